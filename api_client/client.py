@@ -1,0 +1,106 @@
+"""The HTTP edge: one long-lived aiohttp session, requests out, typed values or typed errors in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+
+from api_client.errors import NetworkError, RequestTimeoutError, ThreadsError
+from api_client.models import ContainerStatus
+from api_client.parsing import parse_container_status
+from api_client.redact import redact
+
+STATUS_FIELDS = "status,error_message"
+# Bodies we expect are a few hundred bytes; a huge one is an error page or an attack.
+MAX_BODY_BYTES = 1 << 20
+USER_AGENT = "threads-poller/0.1 (+aiohttp)"
+
+
+def make_session(*, timeout_seconds: float, max_connections: int = 100) -> aiohttp.ClientSession:
+    """The worker's single session: pooled keep-alive connections, one timeout per request."""
+    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+class ThreadsClient:
+    """Calls of the Threads Graph API that threads-poller makes.
+
+    The token is given per call (each account has its own), and it is sent as the documented
+    ``access_token`` query parameter or, with ``auth_header=True``, as a Bearer header.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        auth_header: bool = False,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._auth_header = auth_header
+        self._timeout = (
+            aiohttp.ClientTimeout(total=timeout_seconds) if timeout_seconds is not None else None
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def get_container_status(self, container_id: str, *, token: str) -> ContainerStatus:
+        http_status, body, _ = await self.request(
+            "GET", f"/{container_id}", params={"fields": STATUS_FIELDS}, token=token
+        )
+        return parse_container_status(container_id, http_status, body)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str,
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One HTTP exchange. Every failure leaves as a ``ThreadsError`` with a redacted message."""
+        query = dict(params or {})
+        headers: dict[str, str] = {}
+        if self._auth_header:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            query["access_token"] = token
+        url = self._base_url + path
+        # aiohttp reads timeout=None as "no timeout": pass one only when this client has its own.
+        extra: dict[str, aiohttp.ClientTimeout] = {"timeout": self._timeout} if self._timeout else {}
+        try:
+            async with self._session.request(
+                method, url, params=query, headers=headers, **extra
+            ) as resp:
+                body = await resp.content.read(MAX_BODY_BYTES)
+                return resp.status, body, dict(resp.headers)
+        except TimeoutError:
+            raise RequestTimeoutError(f"{method} {path}: no answer within the timeout") from None
+        except aiohttp.ClientError as exc:
+            # aiohttp's messages can carry the full URL, query string included: redact, and do
+            # not chain the original exception, whose text would be printed with tracebacks.
+            detail = redact(f"{type(exc).__name__}: {exc}", (token,))
+            raise NetworkError(f"{method} {path}: {detail}") from None
+        except asyncio.CancelledError:
+            raise
+        except (ValueError, OSError) as exc:
+            detail = redact(f"{type(exc).__name__}: {exc}", (token,))
+            raise NetworkError(f"{method} {path}: {detail}") from None
+
+    @staticmethod
+    def scrub(error: ThreadsError, token: str) -> ThreadsError:
+        """Last line of defence for text that came from the server (it could echo a token)."""
+        error.message = redact(error.message, (token,))
+        error.args = (error.message,)
+        return error

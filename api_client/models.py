@@ -1,0 +1,52 @@
+"""What the API tells us, as plain typed values.
+
+Status and error_message are kept verbatim as strings: Meta adds values from time to time and an
+enum that raises on a new one would turn a useful answer into a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ApiStatus(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    FINISHED = "FINISHED"
+    PUBLISHED = "PUBLISHED"
+    ERROR = "ERROR"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStatus:
+    container_id: str
+    status: str
+    error_message: str | None = None
+
+
+# Meta's documented error_message values, verbatim (including "ASPEC"), with what they mean for
+# the person who uploaded the media. UNKNOWN is not a reason, so it says what to try instead.
+ERROR_EXPLANATIONS: dict[str, str] = {
+    "FAILED_DOWNLOADING_VIDEO": "Meta could not download the video from its URL "
+    "(URL not public, expired, or too slow).",
+    "FAILED_PROCESSING_AUDIO": "The audio track could not be processed.",
+    "FAILED_PROCESSING_VIDEO": "The video could not be processed "
+    "(codec or container not supported).",
+    "INVALID_ASPEC_RATIO": "The video's aspect ratio is outside what Threads accepts.",
+    "INVALID_BIT_RATE": "The video's bit rate is outside what Threads accepts.",
+    "INVALID_DURATION": "The video is too short or too long for Threads.",
+    "INVALID_FRAME_RATE": "The video's frame rate is outside what Threads accepts.",
+    "INVALID_AUDIO_CHANNELS": "The audio has a number of channels Threads does not accept.",
+    "INVALID_AUDIO_CHANNEL_LAYOUT": "The audio channel layout is not supported.",
+    "UNKNOWN": "Meta gave no reason (image failures are reported this way too); check the media "
+    "against Threads' media specifications and create a new container.",
+}
+
+
+def explain_error_message(error_message: str | None) -> str:
+    if not error_message:
+        return ""
+    return ERROR_EXPLANATIONS.get(
+        error_message, "An error_message this service does not know; kept verbatim."
+    )

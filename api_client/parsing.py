@@ -1,0 +1,107 @@
+"""From (HTTP status, body bytes) to a typed value or a typed error. Pure: no I/O, no clock.
+
+Never raises anything but ``ThreadsError`` subclasses, whatever the bytes are (a property test
+feeds it arbitrary input).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from api_client.errors import GraphAPIError, MalformedResponseError
+from api_client.models import ContainerStatus
+
+_MAX_TEXT = 500
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+
+
+def _decode_json(http_status: int, body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        kind = "empty body" if not body.strip() else "a body that is not JSON"
+        raise MalformedResponseError(
+            f"HTTP {http_status} with {kind}", http_status=http_status
+        ) from None
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_graph_error(http_status: int, payload: Any) -> GraphAPIError | None:
+    """The Graph error envelope ``{"error": {...}}`` as an exception, or None if there is none."""
+    if not isinstance(payload, dict) or "error" not in payload:
+        return None
+    err = payload["error"]
+    if not isinstance(err, dict):
+        return GraphAPIError(
+            _clip(f"error envelope of unexpected shape: {err!r}"),
+            code=None,
+            http_status=http_status,
+        )
+    transient = err.get("is_transient")
+    return GraphAPIError(
+        _clip(_opt_str(err.get("message")) or "no message"),
+        code=_opt_int(err.get("code")),
+        subcode=_opt_int(err.get("error_subcode")),
+        error_type=_opt_str(err.get("type")),
+        fbtrace_id=_opt_str(err.get("fbtrace_id")),
+        is_transient=transient is True or transient == "true",
+        user_title=_opt_str(err.get("error_user_title")),
+        user_msg=_opt_str(err.get("error_user_msg")),
+        http_status=http_status,
+    )
+
+
+def parse_json_object(http_status: int, body: bytes) -> dict[str, Any]:
+    """A success body as a JSON object, or the error it carries instead."""
+    payload = _decode_json(http_status, body)
+    graph_error = parse_graph_error(http_status, payload)
+    if graph_error is not None:
+        raise graph_error
+    if http_status >= 400:
+        raise MalformedResponseError(
+            f"HTTP {http_status} without a Graph error envelope", http_status=http_status
+        )
+    if not isinstance(payload, dict):
+        raise MalformedResponseError(
+            f"HTTP {http_status}: expected a JSON object, got {type(payload).__name__}",
+            http_status=http_status,
+        )
+    return payload
+
+
+def parse_container_status(container_id: str, http_status: int, body: bytes) -> ContainerStatus:
+    payload = parse_json_object(http_status, body)
+    status = payload.get("status")
+    if not isinstance(status, str) or not status.strip():
+        raise MalformedResponseError(
+            _clip(f"status body without a usable 'status' field: {sorted(payload)!r}"),
+            http_status=http_status,
+        )
+    error_message = payload.get("error_message")
+    if error_message is not None and not isinstance(error_message, str):
+        raise MalformedResponseError(
+            "status body with a non-string 'error_message'", http_status=http_status
+        )
+    # Unknown values are kept verbatim; trimming guards against stray whitespace only.
+    return ContainerStatus(
+        container_id=container_id,
+        status=_clip(status.strip()),
+        error_message=_clip(error_message) if error_message else None,
+    )

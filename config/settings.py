@@ -1,0 +1,94 @@
+"""Every knob of the service, with its default, in one pydantic-settings model.
+
+Environment variables carry no prefix (``REDIS_URL``, ``POLL_INTERVAL_SECONDS``...) because the
+names are the documented interface of the container image; a `.env` file in the working directory
+is read too. Secrets are ``SecretStr`` so that a ``repr`` of the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_BASE_URL = "https://graph.threads.net/v1.0"
+
+
+class AuthMode(StrEnum):
+    """How the access token travels: Meta documents the query parameter for Threads."""
+
+    QUERY = "query"
+    HEADER = "header"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot start with; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    redis_url: str = Field(default="redis://localhost:6379/0", min_length=1)
+    threads_access_token: SecretStr | None = None
+    threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
+    threads_auth_mode: AuthMode = AuthMode.QUERY
+
+    # Meta: "query once per minute, for no more than 5 minutes". Fractions are allowed so that
+    # tests and the demo can compress the schedule; production keeps the defaults.
+    poll_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    poll_max_seconds: float = Field(default=300.0, ge=0, le=86400)
+
+    result_ttl_seconds: int = Field(default=7 * 86400, ge=60)
+    events_max_len: int = Field(default=100_000, ge=100)
+    worker_max_jobs: int = Field(default=200, ge=1, le=100_000)
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # A job that outlives this is failed by arq for good, so it must stay well above the HTTP
+    # timeout (checked below).
+    job_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    key_prefix: str = Field(default="threads-poller", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    intake_batch_size: int = Field(default=100, ge=1, le=10_000)
+    intake_claim_idle_seconds: float = Field(default=30.0, gt=0)
+    intake_max_entry_bytes: int = Field(default=4096, ge=64)
+
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.job_timeout_seconds < 2 * self.http_timeout_seconds:
+            raise ValueError(
+                "JOB_TIMEOUT_SECONDS must be at least twice HTTP_TIMEOUT_SECONDS "
+                f"({self.job_timeout_seconds} < 2 x {self.http_timeout_seconds})"
+            )
+        return self
+
+    def token(self) -> str | None:
+        return self.threads_access_token.get_secret_value() if self.threads_access_token else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = "_".join(str(part) for part in err["loc"]).upper() or "SETTINGS"
+            # Never echo the input: it may be a token.
+            lines.append(f"invalid setting {loc}: {err['msg']}")
+        raise SettingsError("; ".join(lines)) from None

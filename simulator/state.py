@@ -1,0 +1,576 @@
+"""Everything the simulator remembers, and the decisions it takes, without any HTTP.
+
+The handlers in `app.py` only translate between HTTP and the methods here, so that each rule
+(script progression, random faults, publish readiness, quota, auth) lives in one place and can
+be read without knowing aiohttp. Every decision is taken and logged synchronously, before any
+sleep, so the call log reflects the moment a request arrived even if the client gives up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
+
+from simulator.steps import (
+    MEDIA_NOT_READY,
+    MISSING_CREATION_ID,
+    QUOTA_EXCEEDED,
+    SERVER_ERROR,
+    TOKEN_EXPIRED,
+    TOKEN_INVALID,
+    TOKEN_MISSING,
+    FinalStep,
+    GraphErrorStep,
+    SlowStep,
+    StatusStep,
+    Step,
+    StepError,
+    parse_step,
+    parse_steps,
+)
+
+RequestKind = Literal["status", "quota", "publish"]
+PublishFault = Literal["timeout_after_publish", "500_after_publish", "500"]
+PUBLISH_FAULTS: tuple[str, ...] = get_args(PublishFault)
+
+DEFAULT_ACCOUNT = "default"
+DEFAULT_FAULT_KINDS: tuple[str, ...] = ("500", "503", "garbage", "slow", "throttle", "429", "drop")
+DEFAULT_SLOW_SECONDS = 3.0
+USAGE_HEADERS = ("X-App-Usage", "X-Business-Use-Case-Usage")
+
+QUOTA_DURATION = 86400
+# Per-profile limits over a moving 24 h, from threads-api.md.
+QUOTA_TOTALS: dict[str, int] = {
+    "quota_usage": 250,
+    "reply_quota_usage": 1000,
+    "delete_quota_usage": 100,
+    "location_search_quota_usage": 500,
+}
+QUOTA_CONFIG_FIELDS: dict[str, str] = {
+    "config": "quota_usage",
+    "reply_config": "reply_quota_usage",
+    "delete_config": "delete_quota_usage",
+    "location_search_config": "location_search_quota_usage",
+}
+POST_QUOTA_TOTAL = QUOTA_TOTALS["quota_usage"]
+
+IN_PROGRESS = StatusStep("IN_PROGRESS")
+FINISHED = StatusStep("FINISHED")
+PUBLISHED = StatusStep("PUBLISHED")
+
+
+class ConfigError(ValueError):
+    """A setting the simulator cannot use (unknown fault kind, negative rate...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A successful publish: the reply body is `{"id": media_id}`."""
+
+    media_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSnapshot:
+    """The usage figures of one user, rendered by the handler into the requested fields."""
+
+    usage: dict[str, int]
+
+
+Outcome = FinalStep | Published | QuotaSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What to answer and how long to wait before answering."""
+
+    outcome: Outcome
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    t: float
+    kind: RequestKind
+    id: str
+    account: str
+    answer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "kind": self.kind,
+            "id": self.id,
+            "account": self.account,
+            "answer": self.answer,
+        }
+
+
+@dataclass(slots=True)
+class ContainerCalls:
+    count: int = 0
+    times: list[float] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)
+    publish_calls: int = 0
+    publishes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "times": list(self.times),
+            "accounts": list(self.accounts),
+            "publish_calls": self.publish_calls,
+            "publishes": self.publishes,
+        }
+
+
+@dataclass(slots=True)
+class _Cursor:
+    index: int = 0
+    # The last status the script produced; faults leave it alone (they are not states).
+    last_status: StatusStep | None = None
+
+
+@dataclass(slots=True)
+class _PublishFaultSetting:
+    fault: PublishFault
+    remaining: int | None  # None: every publish call until cleared
+
+
+@dataclass(frozen=True, slots=True)
+class _RandomSlow:
+    """A random "slow" fault: delay, then answer as if there had been no fault."""
+
+    seconds: float | None  # None: the configured slow_seconds, read when the fault fires
+
+
+def _parse_token_spec(spec: str) -> tuple[str, str]:
+    token, _, user_id = spec.partition("=")
+    if not token:
+        raise ConfigError("empty token")
+    return token, user_id or DEFAULT_ACCOUNT
+
+
+def parse_token_specs(specs: Iterable[str]) -> dict[str, str]:
+    """`TOKEN[=USER_ID]` strings, as given on the command line, to a token -> user id map."""
+    return dict(_parse_token_spec(spec) for spec in specs)
+
+
+class SimulatorState:
+    """Scripts, cursors, faults, quota, tokens and the call log of one simulated Graph API."""
+
+    def __init__(
+        self,
+        *,
+        scripts: Mapping[str, Sequence[str | Step]] | None = None,
+        default_script: Sequence[str | Step] = ("notfound",),
+        fault_rate: float = 0.0,
+        fault_kinds: Sequence[str] = DEFAULT_FAULT_KINDS,
+        slow_seconds: float = DEFAULT_SLOW_SECONDS,
+        seed: int | None = None,
+        tokens: Mapping[str, str] | None = None,
+        expired_tokens: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._rules: dict[str, tuple[Step, ...]] = {}
+        self._default: tuple[Step, ...] = parse_steps(default_script)
+        self._fault_rate = 0.0
+        self._fault_kinds: tuple[Step | _RandomSlow, ...] = ()
+        self._fault_kind_names: tuple[str, ...] = ()
+        self._slow_seconds = DEFAULT_SLOW_SECONDS
+        self._rng = random.Random(seed)
+        self._valid_tokens: dict[str, str] = {}
+        self._expired_tokens: dict[str, str] = {}
+        self._usage: dict[str, dict[str, int]] = {}
+        self._publish_faults: dict[str, _PublishFaultSetting] = {}
+        self._usage_headers: dict[str, str] = {}
+        self._cursors: dict[str, _Cursor] = {}
+        self._published: dict[str, str] = {}
+        self._media_counter = 0
+        self._calls: dict[str, ContainerCalls] = {}
+        self._requests: list[RequestRecord] = []
+        self._quota_calls = 0
+        for key, steps in (scripts or {}).items():
+            self.set_script(key, steps)
+        self.set_faults(rate=fault_rate, kinds=fault_kinds, slow_seconds=slow_seconds)
+        self.set_tokens(valid=tokens or {}, expired=expired_tokens or {})
+
+    # ----- configuration -------------------------------------------------------------------
+
+    def set_script(self, id_or_prefix: str, steps: Sequence[str | Step]) -> None:
+        """Script for one container id, or for every id starting with `prefix` if it ends in *.
+
+        Setting an exact id restarts that container's story (cursor, last status, publish), so
+        a test can re-script a container it already polled; the call log is kept.
+        """
+        if not id_or_prefix:
+            raise ConfigError("empty script key")
+        self._rules[id_or_prefix] = parse_steps(steps)
+        if not id_or_prefix.endswith("*"):
+            self._cursors.pop(id_or_prefix, None)
+            self._published.pop(id_or_prefix, None)
+
+    def remove_script(self, id_or_prefix: str) -> bool:
+        return self._rules.pop(id_or_prefix, None) is not None
+
+    def set_default_script(self, steps: Sequence[str | Step]) -> None:
+        self._default = parse_steps(steps)
+
+    @property
+    def scripts(self) -> dict[str, list[str]]:
+        return {key: [step.label for step in steps] for key, steps in self._rules.items()}
+
+    @property
+    def default_script(self) -> list[str]:
+        return [step.label for step in self._default]
+
+    def set_faults(
+        self,
+        *,
+        rate: float | None = None,
+        kinds: Sequence[str] | None = None,
+        slow_seconds: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Random faults on status calls; arguments left as None keep their current value.
+
+        Everything is validated before anything changes, so a refused call leaves no half-set
+        configuration behind.
+        """
+        new_rate = self._fault_rate if rate is None else rate
+        if not 0.0 <= new_rate <= 1.0:
+            raise ConfigError(f"fault rate must be within [0, 1], got {rate}")
+        new_kinds = self._fault_kinds
+        if kinds is not None:
+            new_kinds = tuple(self._parse_fault_kind(kind) for kind in kinds)
+        if new_rate > 0 and not new_kinds:
+            raise ConfigError("a fault rate needs at least one fault kind")
+        new_slow = self._slow_seconds if slow_seconds is None else slow_seconds
+        if not 0.0 <= new_slow < float("inf"):
+            raise ConfigError(f"slow_seconds must be >= 0, got {slow_seconds}")
+        self._fault_rate, self._fault_kinds, self._slow_seconds = new_rate, new_kinds, new_slow
+        if kinds is not None:
+            self._fault_kind_names = tuple(kinds)
+        if seed is not None:
+            self._rng.seed(seed)
+
+    @staticmethod
+    def _parse_fault_kind(kind: str) -> Step | _RandomSlow:
+        # "slow" alone delays a normal answer; "slow:<s>" does so with its own delay.
+        if kind == "slow":
+            return _RandomSlow(None)
+        try:
+            step = parse_step(kind)
+        except StepError as exc:
+            raise ConfigError(f"unknown fault kind {kind!r}") from exc
+        if isinstance(step, SlowStep) and step.then is None:
+            return _RandomSlow(step.seconds)
+        inner: Step | None = step
+        while isinstance(inner, SlowStep):
+            inner = inner.then
+        # A status would move the container's story, which random faults must never do.
+        if inner is None or isinstance(inner, StatusStep):
+            raise ConfigError(f"a random fault kind must end in a fault, not a status: {kind!r}")
+        return step
+
+    @property
+    def faults(self) -> dict[str, Any]:
+        return {
+            "rate": self._fault_rate,
+            "kinds": list(self._fault_kind_names),
+            "slow_seconds": self._slow_seconds,
+        }
+
+    @property
+    def slow_seconds(self) -> float:
+        return self._slow_seconds
+
+    def set_quota(self, user_id: str, **usage: int) -> None:
+        """Set usage figures (`quota_usage`, `reply_quota_usage`...) for one user id."""
+        for name, value in usage.items():
+            if name not in QUOTA_TOTALS:
+                raise ConfigError(f"unknown usage field {name!r}; known: {sorted(QUOTA_TOTALS)}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer")
+        self._usage_of(user_id).update(usage)
+
+    def quota_of(self, user_id: str) -> dict[str, int]:
+        return dict(self._usage_of(user_id))
+
+    def _usage_of(self, user_id: str) -> dict[str, int]:
+        return self._usage.setdefault(user_id, dict.fromkeys(QUOTA_TOTALS, 0))
+
+    def set_publish_fault(
+        self, container_id: str, fault: str | None, *, times: int | None = None
+    ) -> None:
+        """Fault for publish calls of one container; `times` limits how many calls it hits."""
+        if fault is None:
+            self._publish_faults.pop(container_id, None)
+            return
+        if fault not in PUBLISH_FAULTS:
+            raise ConfigError(f"unknown publish fault {fault!r}; known: {list(PUBLISH_FAULTS)}")
+        if times is not None and times < 1:
+            raise ConfigError("times must be >= 1")
+        self._publish_faults[container_id] = _PublishFaultSetting(cast(PublishFault, fault), times)
+
+    def set_usage_headers(self, headers: Mapping[str, object]) -> None:
+        """Replace the usage headers sent with every API reply (values are JSON-encoded)."""
+        for name in headers:
+            if name not in USAGE_HEADERS:
+                raise ConfigError(f"unknown usage header {name!r}; known: {list(USAGE_HEADERS)}")
+        self._usage_headers = {
+            name: json.dumps(value, separators=(",", ":"))
+            for name, value in headers.items()
+            if value is not None
+        }
+
+    @property
+    def usage_headers(self) -> dict[str, str]:
+        return dict(self._usage_headers)
+
+    def set_tokens(
+        self, *, valid: Mapping[str, str] | None = None, expired: Mapping[str, str] | None = None
+    ) -> None:
+        """Replace the token tables; with no valid token configured any token is accepted."""
+        for token in [*(valid or {}), *(expired or {})]:
+            if not token:
+                raise ConfigError("empty token")
+        self._valid_tokens = dict(valid or {})
+        self._expired_tokens = dict(expired or {})
+
+    def reset(self, *, rules: bool = False) -> None:
+        """Forget cursors, publishes and the call log; also scripts and settings if `rules`."""
+        self._cursors.clear()
+        self._published.clear()
+        self._calls.clear()
+        self._requests.clear()
+        self._quota_calls = 0
+        if rules:
+            self._rules.clear()
+            self._default = parse_steps(["notfound"])
+            self._publish_faults.clear()
+            self._usage.clear()
+            self._usage_headers.clear()
+            self._fault_rate = 0.0
+
+    # ----- call log ------------------------------------------------------------------------
+
+    def calls_for(self, container_id: str) -> ContainerCalls:
+        """A copy of one container's counters (zeros if it was never called)."""
+        calls = self._calls.get(container_id, ContainerCalls())
+        return ContainerCalls(
+            calls.count,
+            list(calls.times),
+            list(calls.accounts),
+            calls.publish_calls,
+            calls.publishes,
+        )
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        return list(self._requests)
+
+    @property
+    def quota_calls(self) -> int:
+        return self._quota_calls
+
+    @property
+    def total_calls(self) -> int:
+        return len(self._requests)
+
+    def calls_summary(self) -> dict[str, Any]:
+        return {
+            "total": self.total_calls,
+            "status_calls": sum(calls.count for calls in self._calls.values()),
+            "publish_calls": sum(calls.publish_calls for calls in self._calls.values()),
+            "quota_calls": self._quota_calls,
+            "containers": {cid: calls.to_json() for cid, calls in self._calls.items()},
+        }
+
+    def _record(
+        self, t: float, kind: RequestKind, object_id: str, account: str, answer: str
+    ) -> None:
+        self._requests.append(RequestRecord(t, kind, object_id, account, answer))
+
+    def _container_calls(self, container_id: str) -> ContainerCalls:
+        return self._calls.setdefault(container_id, ContainerCalls())
+
+    # ----- auth ----------------------------------------------------------------------------
+
+    def _authenticate(self, token: str | None) -> tuple[str, GraphErrorStep | None]:
+        """(account, error): the account is "" when the token maps to nobody."""
+        if not token:
+            return "", TOKEN_MISSING
+        expired = self._expired_tokens.get(token)
+        if expired is not None:
+            return expired, TOKEN_EXPIRED
+        if not self._valid_tokens:
+            return DEFAULT_ACCOUNT, None
+        account = self._valid_tokens.get(token)
+        if account is None:
+            return "", TOKEN_INVALID
+        return account, None
+
+    # ----- status calls --------------------------------------------------------------------
+
+    def script_for(self, container_id: str) -> tuple[Step, ...]:
+        """Exact rule, else the longest matching prefix rule, else the default script."""
+        exact = self._rules.get(container_id)
+        if exact is not None:
+            return exact
+        best: tuple[Step, ...] | None = None
+        best_len = -1
+        for key, steps in self._rules.items():
+            if key.endswith("*"):
+                prefix = key[:-1]
+                if len(prefix) > best_len and container_id.startswith(prefix):
+                    best, best_len = steps, len(prefix)
+        return best if best is not None else self._default
+
+    def handle_status(self, container_id: str, token: str | None) -> Reply:
+        now = self._clock()
+        account, auth_error = self._authenticate(token)
+        calls = self._container_calls(container_id)
+        calls.count += 1
+        calls.times.append(now)
+        calls.accounts.append(account)
+        if auth_error is not None:
+            self._record(now, "status", container_id, account, auth_error.label)
+            return Reply(auth_error)
+        delay = 0.0
+        random_fault = self._draw_random_fault()
+        if isinstance(random_fault, _RandomSlow):
+            delay = self._slow_seconds if random_fault.seconds is None else random_fault.seconds
+        elif random_fault is not None:
+            # Not consuming a step keeps the scripted outcome reachable whatever the dice say.
+            delay, final = self._resolve(random_fault, self._cursor(container_id))
+            self._record(now, "status", container_id, account, final.label)
+            return Reply(final, delay)
+        extra, final = self._consume(container_id)
+        self._record(now, "status", container_id, account, final.label)
+        return Reply(final, delay + extra)
+
+    def _draw_random_fault(self) -> Step | _RandomSlow | None:
+        # No draw at rate 0, so that enabling faults later starts from the seeded sequence.
+        if self._fault_rate <= 0 or self._rng.random() >= self._fault_rate:
+            return None
+        return self._rng.choice(self._fault_kinds)
+
+    def _cursor(self, container_id: str) -> _Cursor:
+        return self._cursors.setdefault(container_id, _Cursor())
+
+    def _consume(self, container_id: str) -> tuple[float, FinalStep]:
+        cursor = self._cursor(container_id)
+        if container_id in self._published:
+            cursor.last_status = PUBLISHED
+            return 0.0, PUBLISHED
+        script = self.script_for(container_id)
+        index = min(cursor.index, len(script) - 1)
+        cursor.index = min(index + 1, len(script) - 1)
+        return self._resolve(script[index], cursor)
+
+    def _resolve(self, step: Step, cursor: _Cursor) -> tuple[float, FinalStep]:
+        """Unwrap slow steps into (total delay, final step) and remember produced statuses."""
+        delay = 0.0
+        current: Step | None = step
+        while isinstance(current, SlowStep):
+            delay += current.seconds
+            current = current.then
+        if current is None:
+            current = cursor.last_status or IN_PROGRESS
+        if isinstance(current, StatusStep):
+            cursor.last_status = current
+        return delay, current
+
+    def current_status(self, container_id: str) -> StatusStep | None:
+        """The container's state as publish sees it, without consuming anything.
+
+        That is the last status the script produced, else the first status the script would
+        produce from its cursor (faults are skipped: they are transport noise, not states).
+        """
+        if container_id in self._published:
+            return PUBLISHED
+        cursor = self._cursors.get(container_id)
+        if cursor is not None and cursor.last_status is not None:
+            return cursor.last_status
+        script = self.script_for(container_id)
+        start = min(cursor.index if cursor else 0, len(script) - 1)
+        for step in script[start:]:
+            current: Step | None = step
+            while isinstance(current, SlowStep):
+                current = current.then
+            if current is None:
+                return IN_PROGRESS
+            if isinstance(current, StatusStep):
+                return current
+        return None
+
+    # ----- quota ---------------------------------------------------------------------------
+
+    def handle_quota(self, user_id: str, token: str | None) -> Reply:
+        now = self._clock()
+        account, auth_error = self._authenticate(token)
+        self._quota_calls += 1
+        if auth_error is not None:
+            self._record(now, "quota", user_id, account, auth_error.label)
+            return Reply(auth_error)
+        user = account if user_id == "me" else user_id
+        self._record(now, "quota", user_id, account, "ok")
+        return Reply(QuotaSnapshot(self.quota_of(user)))
+
+    # ----- publish -------------------------------------------------------------------------
+
+    def handle_publish(self, user_id: str, creation_id: str | None, token: str | None) -> Reply:
+        now = self._clock()
+        account, auth_error = self._authenticate(token)
+        container_id = creation_id or ""
+        calls = self._container_calls(container_id) if creation_id else None
+        if calls is not None:
+            calls.publish_calls += 1
+        if auth_error is not None:
+            self._record(now, "publish", container_id, account, auth_error.label)
+            return Reply(auth_error)
+        if calls is None:
+            self._record(now, "publish", container_id, account, MISSING_CREATION_ID.label)
+            return Reply(MISSING_CREATION_ID)
+        fault = self._publish_faults.get(container_id)
+        if fault is not None and fault.fault == "500":
+            self._spend(container_id, fault)
+            self._record(now, "publish", container_id, account, "500")
+            return Reply(SERVER_ERROR)
+        usage = self._usage_of(account if user_id == "me" else user_id)
+        if usage["quota_usage"] >= POST_QUOTA_TOTAL:
+            self._record(now, "publish", container_id, account, QUOTA_EXCEEDED.label)
+            return Reply(QUOTA_EXCEEDED)
+        status = self.current_status(container_id)
+        if status is None or status.status != "FINISHED":
+            self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
+            return Reply(MEDIA_NOT_READY)
+        self._media_counter += 1
+        media_id = str(18_000_000_000_000_000 + self._media_counter)
+        self._published[container_id] = media_id
+        calls.publishes += 1
+        usage["quota_usage"] += 1
+        if fault is None:
+            self._record(now, "publish", container_id, account, "published")
+            return Reply(Published(media_id))
+        self._spend(container_id, fault)
+        self._record(now, "publish", container_id, account, fault.fault)
+        if fault.fault == "500_after_publish":
+            return Reply(SERVER_ERROR)
+        return Reply(Published(media_id), self._slow_seconds)
+
+    def published_media_id(self, container_id: str) -> str | None:
+        return self._published.get(container_id)
+
+    def _spend(self, container_id: str, fault: _PublishFaultSetting) -> None:
+        if fault.remaining is None:
+            return
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            self._publish_faults.pop(container_id, None)

@@ -1,0 +1,116 @@
+"""Producers: validation, dedup, forced re-polls, and a job that vanished."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import running_worker, wait_until
+from worker import enqueue, enqueue_many, get_result
+from worker.ids import InvalidIdError
+from worker.keys import ARQ_JOB_PREFIX, Keys
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [("", "empty"), ("   ", "empty"), ("12a4", "digits only"), ("-5", "digits only"),
+     ("1" * 33, "at most 32"), ("١٢٣", "digits only"), ("1 2", "digits only")],
+)
+async def test_malformed_ids_are_refused_and_nothing_is_written(
+    redis: Redis, settings: Settings, bad: str, why: str
+) -> None:
+    with pytest.raises(InvalidIdError, match=why):
+        await enqueue_many(redis, ["111", bad], settings=settings)
+    assert await redis.dbsize() == 0  # the good id in the same batch was not written either
+
+
+async def test_malformed_account_is_refused(redis: Redis, settings: Settings) -> None:
+    with pytest.raises(InvalidIdError, match="account id"):
+        await enqueue(redis, "111", account="me@example", settings=settings)
+
+
+async def test_duplicate_enqueue_makes_no_job_and_no_call(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    sim.state.set_script("8001", ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"])
+    first = await enqueue(redis, "8001", settings=settings)
+    again = await enqueue_many(redis, ["8001", "8001"], settings=settings)
+    assert first.outcome == "enqueued"
+    assert [o.outcome for o in again] == ["duplicate"]  # in-batch duplicates are folded too
+    assert await redis.zcard(keys.queue) == 1
+    async with running_worker(settings):
+
+        async def final() -> bool:
+            r = await get_result(redis, "8001", settings=settings)
+            return r is not None and r.final
+
+        # Keep hammering enqueue while the poll runs: none of it may reach the API.
+        for _ in range(10):
+            dup = await enqueue(redis, "8001", settings=settings)
+            assert dup.outcome in {"duplicate", "final"}
+            await asyncio.sleep(0.05)
+        await wait_until(final, timeout=10)
+    assert sim.state.calls_for("8001").count == 3
+    done = await enqueue(redis, "8001", settings=settings)
+    assert (done.outcome, done.status) == ("final", "FINISHED")
+    assert await redis.zcard(keys.queue) == 0
+
+
+async def test_force_polls_a_final_container_again(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    sim.state.set_script("8002", ["FINISHED", "PUBLISHED"])
+    async with running_worker(settings):
+        await enqueue(redis, "8002", settings=settings)
+
+        async def status_is(value: str) -> bool:
+            r = await get_result(redis, "8002", settings=settings)
+            return r is not None and r.final and r.status == value
+
+        await wait_until(lambda: status_is("FINISHED"), timeout=10)
+        again = await enqueue(redis, "8002", force=True, settings=settings)
+        assert again.outcome == "restarted"
+        await wait_until(lambda: status_is("PUBLISHED"), timeout=10)
+    assert sim.state.calls_for("8002").count == 2
+
+
+async def test_enqueue_restarts_a_poll_whose_job_vanished(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    await enqueue(redis, "8003", settings=settings)
+    # Simulate a lost job (e.g. an expired key): the hash says in flight, arq has nothing.
+    for key in await redis.keys(ARQ_JOB_PREFIX + "*"):
+        await redis.delete(key)
+    await redis.delete(keys.queue)
+    again = await enqueue(redis, "8003", settings=settings)
+    assert again.outcome == "restarted"
+    assert await redis.zcard(keys.queue) == 1
+
+
+async def test_reconciler_settles_a_lost_job(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    from worker.producer import store_for
+    from worker.reconcile import reconcile_once
+
+    await enqueue(redis, "8004", settings=settings)
+    for key in await redis.keys(ARQ_JOB_PREFIX + "*"):
+        await redis.delete(key)
+    store = store_for(redis, settings)
+    assert await reconcile_once(store, grace_seconds=60) == 0  # not past its deadline yet
+    assert await reconcile_once(store, grace_seconds=-60) == 1
+    r = await get_result(redis, "8004", settings=settings)
+    assert r is not None and r.status == "TIMED_OUT" and r.final
+    assert r.last_error and "disappeared" in r.last_error
+    assert len(await redis.xrange(keys.events)) == 1
+    assert await reconcile_once(store, grace_seconds=-60) == 0  # idempotent
+
+
+async def test_account_is_stored(redis: Redis, settings: Settings) -> None:
+    await enqueue(redis, "8005", account="424242", settings=settings)
+    r = await get_result(redis, "8005", settings=settings)
+    assert r is not None and r.account == "424242" and r.status == "QUEUED" and not r.final

@@ -1,0 +1,76 @@
+"""The schedule as the API sees it: how many calls, how far apart, never past the window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import running_worker, wait_until
+from worker import enqueue, get_result
+
+
+async def test_check_count_and_spacing(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    settings = settings.model_copy(
+        update={"poll_interval_seconds": 0.5, "poll_max_seconds": 2.5}
+    )
+    sim.state.set_script("7001", ["IN_PROGRESS"])
+    t0 = time.time()
+    async with running_worker(settings):
+        await enqueue(redis, "7001", settings=settings)
+
+        async def final() -> bool:
+            r = await get_result(redis, "7001", settings=settings)
+            return r is not None and r.final
+
+        await wait_until(final, timeout=10)
+    times = sim.state.calls_for("7001").times
+    assert len(times) == 6  # t = 0, 0.5, ..., 2.5
+    assert times[0] - t0 < 0.5  # the first check runs right away
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.5 - 0.02 for g in gaps), gaps  # never sooner than the interval
+    assert all(g < 0.5 + 0.4 for g in gaps), gaps  # and not much later
+    r = await get_result(redis, "7001", settings=settings)
+    assert r is not None and r.enqueued_at is not None
+    assert times[-1] - r.enqueued_at <= 2.5 + 0.25  # within the window (+ slack)
+
+
+async def test_no_api_call_after_final(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    sim.state.set_script("7002", ["IN_PROGRESS", "FINISHED"])
+    async with running_worker(settings):
+        await enqueue(redis, "7002", settings=settings)
+
+        async def final() -> bool:
+            r = await get_result(redis, "7002", settings=settings)
+            return r is not None and r.final
+
+        await wait_until(final, timeout=10)
+        count = sim.state.calls_for("7002").count
+        # Give the worker two intervals to (wrongly) check again.
+        await asyncio.sleep(2 * settings.poll_interval_seconds)
+    assert count == 2 and sim.state.calls_for("7002").count == 2
+
+
+async def test_window_zero_means_one_check(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    settings = settings.model_copy(update={"poll_max_seconds": 0.0})
+    sim.state.set_script("7003", ["IN_PROGRESS"])
+    async with running_worker(settings):
+        await enqueue(redis, "7003", settings=settings)
+
+        async def final() -> bool:
+            r = await get_result(redis, "7003", settings=settings)
+            return r is not None and r.final
+
+        await wait_until(final, timeout=10)
+    r = await get_result(redis, "7003", settings=settings)
+    assert r is not None and r.status == "TIMED_OUT" and r.checks == 1
+    assert sim.state.calls_for("7003").count == 1

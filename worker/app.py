@@ -1,0 +1,162 @@
+"""Wiring: settings -> arq Worker with our job, the intake consumer and the reconciler.
+
+``threads-poller worker`` runs ``build_worker(load_settings()).run()``; for arq's own CLI use
+``arq worker.arq_settings.WorkerSettings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from arq import Worker
+from arq.connections import RedisSettings
+from arq.worker import func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api_client.client import ThreadsClient, make_session
+from config import AuthMode, Settings, load_settings
+from worker.decisions import Schedule
+from worker.intake import IntakeConsumer
+from worker.jobs import PollerContext, check_container
+from worker.keys import Keys
+from worker.producer import store_for
+from worker.reconcile import reconcile_forever
+from worker.store import CHECK_FUNCTION
+from worker.tokens import StaticTokenSource, TokenSource
+
+log = logging.getLogger("threads_poller.worker")
+
+# Our own Redis state counts checks; arq's try limit is only a backstop (when it fires none of
+# our code runs), so it sits far above anything a poll can use.
+MAX_TRIES = 10_000
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    # Without these a Redis blip ends arq's main loop; with them calls wait and retry.
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    rs.retry = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
+    rs.conn_timeout = 5
+    rs.conn_retries = 30
+    rs.conn_retry_delay = 1
+    return rs
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    tokens: TokenSource = ctx.get("tokens") or StaticTokenSource(settings.threads_access_token)
+    session = make_session(
+        timeout_seconds=settings.http_timeout_seconds,
+        max_connections=settings.worker_max_jobs,
+    )
+    store = store_for(ctx["redis"], settings)
+    schedule = Schedule(settings.poll_interval_seconds, settings.poll_max_seconds)
+    ctx["session"] = session
+    ctx["poller"] = PollerContext(
+        settings=settings,
+        store=store,
+        client=ThreadsClient(
+            session,
+            base_url=settings.threads_api_base_url,
+            auth_header=settings.threads_auth_mode == AuthMode.HEADER,
+        ),
+        tokens=tokens,
+        schedule=schedule,
+    )
+    intake = IntakeConsumer(
+        ctx["redis"],
+        store,
+        consumer=consumer_name(),
+        batch_size=settings.intake_batch_size,
+        claim_idle_seconds=settings.intake_claim_idle_seconds,
+        max_entry_bytes=settings.intake_max_entry_bytes,
+    )
+    ctx["intake"] = intake
+    grace = settings.job_timeout_seconds + schedule.interval + 30.0
+    ctx["background"] = [
+        asyncio.create_task(intake.run(), name="intake"),
+        asyncio.create_task(
+            reconcile_forever(
+                store,
+                period_seconds=min(60.0, max(1.0, schedule.interval)),
+                grace_seconds=grace,
+            ),
+            name="reconcile",
+        ),
+    ]
+    log.info(
+        "worker started",
+        extra={
+            "api_base_url": settings.threads_api_base_url,
+            "interval_s": settings.poll_interval_seconds,
+            "window_s": settings.poll_max_seconds,
+            "max_checks": schedule.max_checks,
+            "max_jobs": settings.worker_max_jobs,
+            "queue": store.keys.queue,
+        },
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    for task in ctx.get("background", []):
+        task.cancel()
+    for task in ctx.get("background", []):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    session = ctx.get("session")
+    if session is not None:
+        await session.close()
+    log.info("worker stopped")
+
+
+def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    keys = Keys(settings.key_prefix)
+    interval = settings.poll_interval_seconds
+    options: dict[str, Any] = {
+        "functions": [
+            func(
+                check_container,
+                name=CHECK_FUNCTION,
+                max_tries=MAX_TRIES,
+                timeout=settings.job_timeout_seconds,
+                keep_result=0,
+            )
+        ],
+        "queue_name": keys.queue,
+        "redis_settings": redis_settings(settings),
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.job_timeout_seconds,
+        "keep_result": 0,
+        "max_tries": MAX_TRIES,
+        # arq looks for due jobs every poll_delay; keep it well under the interval so short
+        # test intervals keep their spacing, and at most 0.2 s for sub-second lateness.
+        "poll_delay": max(0.01, min(0.2, interval / 10)),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings},
+        "health_check_key": keys.health_check,
+        "health_check_interval": 10,
+        # On SIGTERM: stop taking checks, let running ones finish within this grace; whatever is
+        # still running then is cancelled and re-run later by arq (nothing is lost either way).
+        "job_completion_wait": int(settings.http_timeout_seconds) + 2,
+    }
+    options.update(overrides)
+    return options
+
+
+def build_worker(settings: Settings | None = None, **overrides: Any) -> Worker:
+    settings = settings or load_settings()
+    return Worker(**worker_options(settings, **overrides))

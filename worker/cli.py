@@ -1,0 +1,256 @@
+"""``threads-poller``: run the worker, feed it, read from it, simulate the API, demo it.
+
+Exit codes (stable, documented in the README):
+    0  done; for ``wait``: final success (FINISHED, PUBLISHED)
+    1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT); ``status``: an id is unknown
+    2  bad usage, a malformed id or an invalid setting (nothing was written)
+    3  ``wait``: still not final when --timeout ran out
+    4  Redis cannot be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config import Settings, SettingsError, load_settings
+from worker.ids import InvalidIdError
+from worker.producer import enqueue_many
+from worker.reader import get_result, wait_for
+from worker.states import is_success
+from worker.store import PollResult
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def safe_redis_url(url: str) -> str:
+    """The Redis URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+    async def run() -> T:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            return await work(redis)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise CliError(
+                f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: {type(exc).__name__}",
+                EXIT_REDIS,
+            ) from None
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def _read_ids(args: argparse.Namespace) -> list[str]:
+    ids: list[str] = list(args.ids)
+    if not ids or ids == ["-"]:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise CliError("no container ids given (as arguments or on stdin)", EXIT_USAGE)
+        ids = [tok for line in sys.stdin for tok in line.split()]
+        if not ids:
+            raise CliError("no container ids on stdin", EXIT_USAGE)
+    return ids
+
+
+def _result_json(cid: str, result: PollResult | None) -> dict[str, Any]:
+    if result is None:
+        return {
+            "container_id": cid,
+            "status": None,
+            "error_message": None,
+            "final": False,
+            "found": False,
+        }
+    data = result.to_dict()
+    data["found"] = True
+    return data
+
+
+def _result_line(cid: str, result: PollResult | None) -> str:
+    if result is None:
+        return f"{cid}  unknown (never enqueued, or its result expired)"
+    text = f"{cid}  {result.status}{' (final)' if result.final else ''}  checks={result.checks}"
+    if result.error_message:
+        text += f"  error_message={result.error_message}"
+    if result.last_error:
+        text += f"  last_error={result.last_error}"
+    return text
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import build_worker
+    from worker.logs import setup_logging
+    from worker.tokens import StaticTokenSource
+
+    settings = _settings()
+    tokens = StaticTokenSource(settings.threads_access_token)
+    setup_logging(settings.log_format, settings.log_level, tokens.known_secrets)
+    if settings.threads_access_token is None:
+        raise CliError(
+            "invalid setting THREADS_ACCESS_TOKEN: not set; the worker cannot call the API",
+            EXIT_USAGE,
+        )
+    worker = build_worker(settings, ctx={"settings": settings, "tokens": tokens})
+    worker.run()
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    settings = _settings()
+    ids = _read_ids(args)
+    try:
+        outcomes = _with_redis(
+            settings,
+            lambda r: enqueue_many(
+                r, ids, account=args.account, force=args.force, settings=settings
+            ),
+        )
+    except InvalidIdError as exc:
+        raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    for o in outcomes:
+        if args.json:
+            print(
+                json.dumps(
+                    {"container_id": o.container_id, "outcome": o.outcome, "status": o.status}
+                )
+            )
+        else:
+            note = {
+                "enqueued": "enqueued",
+                "restarted": "enqueued (previous poll restarted)",
+                "duplicate": f"already being polled ({o.status}); nothing new queued",
+                "final": f"already final ({o.status}); use --force to poll again",
+            }[o.outcome]
+            print(f"{o.container_id}  {note}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings()
+    ids = _read_ids(args)
+
+    async def work(redis: Redis) -> list[tuple[str, PollResult | None]]:
+        return [(cid, await get_result(redis, cid, settings=settings)) for cid in ids]
+
+    try:
+        results = _with_redis(settings, work)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    for cid, result in results:
+        print(json.dumps(_result_json(cid, result)) if args.json else _result_line(cid, result))
+    return EXIT_OK if all(r is not None for _, r in results) else EXIT_FAILURE
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        result = _with_redis(
+            settings, lambda r: wait_for(r, args.id, args.timeout, settings=settings)
+        )
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(json.dumps(_result_json(args.id, result)) if args.json else _result_line(args.id, result))
+    if result is None or not result.final:
+        return EXIT_TIMEOUT
+    return EXIT_OK if is_success(result.status) else EXIT_FAILURE
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulator.server import main as simulate_main
+
+    return simulate_main(args.sim_args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="threads-poller",
+        description="Poll Threads media containers until they are final; results in Redis.",
+        epilog="Settings come from the environment and .env (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run an arq worker that checks containers")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="start polling container ids (args or stdin)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--account", help="Threads user id that owns the containers")
+    p.add_argument("--force", action="store_true", help="poll again even if already final")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("status", help="show the stored state of container ids")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("wait", help="wait until a container is final")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--timeout", type=float, default=360.0, help="seconds (default 360)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("simulate", help="run the Threads API simulator", add_help=False)
+    p.add_argument("sim_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="end-to-end demo on the simulator", add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"threads-poller: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Pure decision logic: what a check's outcome means, and when (if ever) to check again.
+
+No I/O and no clock here: the caller passes ``now``. Everything the scheduler does is decided by
+these functions, so the schedule is tested without Redis or a network.
+
+The schedule: the first check runs as soon as the container is enqueued; each later check runs one
+interval after the previous one ended (never sooner, so Meta's "once per minute" holds even after
+a worker outage), for at most ``max_checks`` checks, and none is scheduled past the window's
+deadline (fixed at enqueue time, so retries and restarts cannot stretch it) plus a small slack
+that absorbs scheduling jitter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from api_client.errors import ThreadsError
+from api_client.models import ContainerStatus
+from api_client.policy import ErrorKind, classify
+from worker.states import API_FINAL_STATES, State
+
+# Jitter allowance for the last check: a half interval, but never more than 5 s.
+MAX_DEADLINE_SLACK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    interval: float
+    window: float
+
+    @property
+    def max_checks(self) -> int:
+        # The epsilon keeps 1.0 / 0.2 from flooring to 4 in binary floating point.
+        return math.floor(self.window / self.interval + 1e-9) + 1
+
+    @property
+    def slack(self) -> float:
+        return min(self.interval / 2, MAX_DEADLINE_SLACK_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to write after a check, and whether another one follows."""
+
+    status: str
+    final: bool
+    next_check_at: float | None
+    error_message: str | None = None
+    # Status last reported by the API; kept on TIMED_OUT so callers see where it stalled.
+    last_api_status: str | None = None
+    error: ThreadsError | None = None
+    error_kind: ErrorKind | None = None
+
+
+def next_check_at(
+    schedule: Schedule, *, checks_made: int, deadline: float, now: float
+) -> float | None:
+    """When the next check is due, or None when the window allows no more."""
+    if checks_made >= schedule.max_checks:
+        return None
+    due = now + schedule.interval
+    if due > deadline + schedule.slack:
+        return None
+    return due
+
+
+def window_closed(schedule: Schedule, *, checks_made: int, deadline: float, now: float) -> bool:
+    """True when a check that is about to run should not call the API any more.
+
+    A container always gets its first check, however late the worker gets to it.
+    """
+    if checks_made == 0:
+        return False
+    return checks_made >= schedule.max_checks or now > deadline + schedule.slack
+
+
+def decide(
+    schedule: Schedule,
+    outcome: ContainerStatus | ThreadsError,
+    *,
+    checks_made: int,
+    deadline: float,
+    now: float,
+    previous_status: str,
+    previous_error_message: str | None = None,
+) -> Decision:
+    """The state after one check. ``checks_made`` counts this check."""
+    if isinstance(outcome, ContainerStatus):
+        if outcome.status in API_FINAL_STATES:
+            return Decision(
+                status=outcome.status,
+                final=True,
+                next_check_at=None,
+                error_message=outcome.error_message,
+                last_api_status=outcome.status,
+            )
+        status, error_message, error, kind = outcome.status, outcome.error_message, None, None
+        last_api_status: str | None = outcome.status
+    else:
+        kind = classify(outcome)
+        if kind.is_fatal:
+            return Decision(
+                status=State.FAILED,
+                final=True,
+                next_check_at=None,
+                error_message=None,
+                error=outcome,
+                error_kind=kind,
+            )
+        # A failed request says nothing about the container: keep what we knew.
+        status, error_message, error = previous_status, previous_error_message, outcome
+        last_api_status = None
+
+    due = next_check_at(schedule, checks_made=checks_made, deadline=deadline, now=now)
+    if due is None:
+        return timed_out(
+            last_api_status or previous_status, error_message, error=error, error_kind=kind
+        )
+    return Decision(
+        status=status,
+        final=False,
+        next_check_at=due,
+        error_message=error_message,
+        last_api_status=last_api_status,
+        error=error,
+        error_kind=kind,
+    )
+
+
+def timed_out(
+    last_status: str,
+    last_error_message: str | None,
+    *,
+    error: ThreadsError | None = None,
+    error_kind: ErrorKind | None = None,
+) -> Decision:
+    return Decision(
+        status=State.TIMED_OUT,
+        final=True,
+        next_check_at=None,
+        error_message=last_error_message,
+        last_api_status=None if last_status == State.QUEUED else last_status,
+        error=error,
+        error_kind=error_kind,
+    )

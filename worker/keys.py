@@ -1,0 +1,58 @@
+"""Every Redis key threads-poller uses, in one place (the README documents them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# arq's own key prefixes (arq.constants); our Lua scripts create and inspect arq jobs directly so
+# that "record the container" and "schedule its first check" are one atomic step.
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_RETRY_PREFIX = "arq:retry:"
+
+INTAKE_GROUP = "threads-poller"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "threads-poller"
+
+    def result(self, container_id: str) -> str:
+        """Hash: the state of one container (schema in the README)."""
+        return f"{self.prefix}:result:{container_id}"
+
+    @property
+    def events(self) -> str:
+        """Stream: one entry per final state."""
+        return f"{self.prefix}:events"
+
+    @property
+    def intake(self) -> str:
+        """Stream: container ids from producers in any language (one XADD each)."""
+        return f"{self.prefix}:intake"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream: intake entries that could not be used, with the reason."""
+        return f"{self.prefix}:intake:dead"
+
+    @property
+    def inflight(self) -> str:
+        """Sorted set: containers being polled, scored by their window's deadline."""
+        return f"{self.prefix}:inflight"
+
+    @property
+    def queue(self) -> str:
+        """arq's queue (sorted set of job ids by due time)."""
+        return f"{self.prefix}:queue"
+
+    @property
+    def health_check(self) -> str:
+        return f"{self.queue}:health-check"
+
+    def job_id_base(self, container_id: str) -> str:
+        return f"{self.prefix}:check:{container_id}:"
+
+    def job_id(self, container_id: str, generation: str) -> str:
+        """One arq job carries one container through its whole window (re-run via Retry)."""
+        return self.job_id_base(container_id) + generation

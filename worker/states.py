@@ -1,0 +1,32 @@
+"""The states a container can be in, as this service reports them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    # Reported by the API.
+    IN_PROGRESS = "IN_PROGRESS"
+    FINISHED = "FINISHED"
+    PUBLISHED = "PUBLISHED"
+    ERROR = "ERROR"
+    EXPIRED = "EXPIRED"
+    # Our own.
+    QUEUED = "QUEUED"  # enqueued, not checked yet
+    TIMED_OUT = "TIMED_OUT"  # the window ended without a final API status
+    FAILED = "FAILED"  # the API says this container cannot be checked (id, permission, token)
+
+
+# EXPIRED and PUBLISHED are final too: other implementations waited forever on them.
+API_FINAL_STATES = frozenset({State.FINISHED, State.PUBLISHED, State.ERROR, State.EXPIRED})
+FINAL_STATES = API_FINAL_STATES | {State.TIMED_OUT, State.FAILED}
+SUCCESS_STATES = frozenset({State.FINISHED, State.PUBLISHED})
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATES
+
+
+def is_success(status: str) -> bool:
+    return status in SUCCESS_STATES
