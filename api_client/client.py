@@ -77,11 +77,11 @@ class ThreadsClient:
         else:
             query["access_token"] = token
         url = self._base_url + path
-        # aiohttp reads timeout=None as "no timeout": pass one only when this client has its own.
-        extra: dict[str, aiohttp.ClientTimeout] = {"timeout": self._timeout} if self._timeout else {}
+        # aiohttp reads timeout=None as "no timeout": fall back to the session's own timeout.
+        timeout = self._timeout or self._session.timeout
         try:
             async with self._session.request(
-                method, url, params=query, headers=headers, **extra
+                method, url, params=query, headers=headers, timeout=timeout
             ) as resp:
                 body = await resp.content.read(MAX_BODY_BYTES)
                 return resp.status, body, dict(resp.headers)

@@ -9,6 +9,7 @@ from api_client.errors import (
     MalformedResponseError,
     NetworkError,
     RequestTimeoutError,
+    ThreadsError,
 )
 from api_client.models import ContainerStatus
 from worker.decisions import Schedule, decide, next_check_at, window_closed
@@ -116,13 +117,13 @@ def test_in_progress_at_the_last_check_times_out_keeping_last_status() -> None:
         GraphAPIError("odd", code=9999, http_status=400),
     ],
 )
-def test_transient_failures_never_produce_a_final_api_state(error: Exception) -> None:
+def test_transient_failures_never_produce_a_final_api_state(error: ThreadsError) -> None:
     d = decide(
         META,
         error,
         checks_made=2,
         deadline=300,
-        now=60,  # type: ignore[arg-type]
+        now=60,
         previous_status="IN_PROGRESS",
     )
     assert not d.final and d.status == "IN_PROGRESS" and d.error is error
@@ -132,7 +133,7 @@ def test_transient_failures_never_produce_a_final_api_state(error: Exception) ->
         error,
         checks_made=6,
         deadline=300,
-        now=300,  # type: ignore[arg-type]
+        now=300,
         previous_status="IN_PROGRESS",
     )
     assert last.final and last.status == State.TIMED_OUT and last.error is error

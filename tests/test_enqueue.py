@@ -17,8 +17,15 @@ from worker.keys import ARQ_JOB_PREFIX, Keys
 
 @pytest.mark.parametrize(
     ("bad", "why"),
-    [("", "empty"), ("   ", "empty"), ("12a4", "digits only"), ("-5", "digits only"),
-     ("1" * 33, "at most 32"), ("١٢٣", "digits only"), ("1 2", "digits only")],
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("12a4", "digits only"),
+        ("-5", "digits only"),
+        ("1" * 33, "at most 32"),
+        ("١٢٣", "digits only"),
+        ("1 2", "digits only"),
+    ],
 )
 async def test_malformed_ids_are_refused_and_nothing_is_written(
     redis: Redis, settings: Settings, bad: str, why: str

@@ -77,8 +77,15 @@ async def test_entries_of_a_dead_consumer_are_claimed(
     redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
 ) -> None:
     store = store_for(redis, settings)
-    dead_worker = IntakeConsumer(redis, store, consumer="dead", batch_size=10,
-                                 claim_idle_seconds=0.2, max_entry_bytes=4096, block_ms=10)
+    dead_worker = IntakeConsumer(
+        redis,
+        store,
+        consumer="dead",
+        batch_size=10,
+        claim_idle_seconds=0.2,
+        max_entry_bytes=4096,
+        block_ms=10,
+    )
     await dead_worker.ensure_group()
     await redis.xadd(keys.intake, {"container_id": "9020"})
     # The dead consumer read the entry but died before enqueueing or acknowledging it.
@@ -86,8 +93,15 @@ async def test_entries_of_a_dead_consumer_are_claimed(
     assert (await redis.xpending(keys.intake, INTAKE_GROUP))["pending"] == 1
     assert await get_result(redis, "9020", settings=settings) is None
 
-    live = IntakeConsumer(redis, store, consumer="live", batch_size=10,
-                          claim_idle_seconds=0.2, max_entry_bytes=4096, block_ms=10)
+    live = IntakeConsumer(
+        redis,
+        store,
+        consumer="live",
+        batch_size=10,
+        claim_idle_seconds=0.2,
+        max_entry_bytes=4096,
+        block_ms=10,
+    )
     assert await live.claim_stale() == 0  # not idle long enough yet
     import asyncio
 

@@ -14,7 +14,10 @@ from worker.store import PollResult
 
 
 async def poll_all(
-    redis: Redis, settings: Settings, scripts: dict[str, list[str]], sim: RunningSimulator,
+    redis: Redis,
+    settings: Settings,
+    scripts: dict[str, list[str]],
+    sim: RunningSimulator,
     timeout: float = 15.0,
 ) -> dict[str, PollResult]:
     for cid, steps in scripts.items():
@@ -45,8 +48,12 @@ async def test_api_final_states(redis: Redis, settings: Settings, sim: RunningSi
     }
     r = await poll_all(redis, settings, scripts, sim)
     assert {cid: r[cid].status for cid in scripts} == {
-        "101": "FINISHED", "102": "ERROR", "103": "EXPIRED", "104": "PUBLISHED",
-        "105": "ERROR", "106": "ERROR",
+        "101": "FINISHED",
+        "102": "ERROR",
+        "103": "EXPIRED",
+        "104": "PUBLISHED",
+        "105": "ERROR",
+        "106": "ERROR",
     }
     assert r["102"].error_message == "FAILED_DOWNLOADING_VIDEO"
     assert r["102"].error_explanation and "download" in r["102"].error_explanation
@@ -72,24 +79,49 @@ async def test_timed_out_keeps_last_status_and_error(
 
 @pytest.mark.parametrize(
     ("step", "code", "subcode", "kind"),
-    [("notfound", 100, 33, "not_found"), ("permission", 10, None, "permission"),
-     ("token_expired", 190, 463, "token"), ("token_invalid", 190, 467, "token")],
+    [
+        ("notfound", 100, 33, "not_found"),
+        ("permission", 10, None, "permission"),
+        ("token_expired", 190, 463, "token"),
+        ("token_invalid", 190, 467, "token"),
+    ],
 )
 async def test_failed_keeps_graph_code(
-    redis: Redis, settings: Settings, sim: RunningSimulator,
-    step: str, code: int, subcode: int | None, kind: str,
+    redis: Redis,
+    settings: Settings,
+    sim: RunningSimulator,
+    step: str,
+    code: int,
+    subcode: int | None,
+    kind: str,
 ) -> None:
     r = (await poll_all(redis, settings, {"301": ["IN_PROGRESS", step]}, sim))["301"]
     assert (r.status, r.final, r.last_error_code, r.last_error_subcode, r.last_error_kind) == (
-        "FAILED", True, code, subcode, kind
+        "FAILED",
+        True,
+        code,
+        subcode,
+        kind,
     )
     assert r.last_error_fbtrace_id
     assert sim.state.calls_for("301").count == 2
 
 
 @pytest.mark.parametrize(
-    "fault", ["500", "502", "503", "transient", "html", "garbage", "badjson", "empty",
-              "throttle", "throttle:613", "429"]
+    "fault",
+    [
+        "500",
+        "502",
+        "503",
+        "transient",
+        "html",
+        "garbage",
+        "badjson",
+        "empty",
+        "throttle",
+        "throttle:613",
+        "429",
+    ],
 )
 async def test_transient_faults_never_end_a_poll(
     redis: Redis, settings: Settings, sim: RunningSimulator, fault: str
@@ -109,8 +141,11 @@ async def test_events_stream_has_one_entry_per_final_state(
         f[b"container_id"].decode(): (f[b"status"].decode(), f[b"error_message"].decode())
         for _, f in events
     }
-    assert got == {"501": ("FINISHED", ""), "502": ("ERROR", "INVALID_DURATION"),
-                   "503": ("TIMED_OUT", "")}
+    assert got == {
+        "501": ("FINISHED", ""),
+        "502": ("ERROR", "INVALID_DURATION"),
+        "503": ("TIMED_OUT", ""),
+    }
     assert len(events) == 3
     assert await redis.zcard(keys.inflight) == 0
 
@@ -119,9 +154,22 @@ async def test_result_hash_schema_and_ttl(
     redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
 ) -> None:
     await poll_all(redis, settings, {"601": ["IN_PROGRESS", "FINISHED"]}, sim)
-    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.result("601"))).items()}
-    for field in ("container_id", "status", "error_message", "final", "checks", "enqueued_at",
-                  "last_checked_at", "next_check_at", "last_error", "deadline_at"):
+    raw = {
+        k.decode(): v.decode()
+        for k, v in (await redis.hgetall(keys.result("601"))).items()  # type: ignore[misc]
+    }
+    for field in (
+        "container_id",
+        "status",
+        "error_message",
+        "final",
+        "checks",
+        "enqueued_at",
+        "last_checked_at",
+        "next_check_at",
+        "last_error",
+        "deadline_at",
+    ):
         assert field in raw
     assert raw["status"] == "FINISHED" and raw["final"] == "1" and raw["checks"] == "2"
     assert float(raw["last_checked_at"]) >= float(raw["enqueued_at"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from redis.asyncio import Redis
@@ -16,9 +17,7 @@ from worker import enqueue, get_result
 async def test_check_count_and_spacing(
     redis: Redis, settings: Settings, sim: RunningSimulator
 ) -> None:
-    settings = settings.model_copy(
-        update={"poll_interval_seconds": 0.5, "poll_max_seconds": 2.5}
-    )
+    settings = settings.model_copy(update={"poll_interval_seconds": 0.5, "poll_max_seconds": 2.5})
     sim.state.set_script("7001", ["IN_PROGRESS"])
     t0 = time.time()
     async with running_worker(settings):
@@ -32,7 +31,7 @@ async def test_check_count_and_spacing(
     times = sim.state.calls_for("7001").times
     assert len(times) == 6  # t = 0, 0.5, ..., 2.5
     assert times[0] - t0 < 0.5  # the first check runs right away
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g >= 0.5 - 0.02 for g in gaps), gaps  # never sooner than the interval
     assert all(g < 0.5 + 0.4 for g in gaps), gaps  # and not much later
     r = await get_result(redis, "7001", settings=settings)

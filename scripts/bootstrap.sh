@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Make this checkout runnable on a fresh Debian machine: redis-server, a venv, the locked deps.
+# Idempotent and quiet when everything is already there. Sourced by demo.sh and test.sh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+ensure_redis_server() {
+  if command -v redis-server >/dev/null 2>&1; then
+    return
+  fi
+  echo "bootstrap: redis-server not found; installing it with apt-get" >&2
+  local sudo=""
+  if [ "$(id -u)" != "0" ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install redis-server" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no apt-get; install redis-server yourself" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # The package starts a system service on 6379 on some images; our tests start their own.
+  command -v redis-server >/dev/null 2>&1 || { echo "bootstrap: redis-server install failed" >&2; exit 1; }
+}
+
+ensure_venv() {
+  local lock="$1"  # requirements.lock or requirements-dev.lock
+  local stamp="$VENV/.installed-$(basename "$lock")"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
+     || [ ! -x "$VENV/bin/threads-poller" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$lock"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" \
+      || "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
+    touch "$stamp"
+  fi
+}

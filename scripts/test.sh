@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what it needs (redis-server included), then lint, types, all tests.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$ROOT"
+ensure_redis_server
+ensure_venv "$ROOT/requirements-dev.lock"
+
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check . >/dev/null || { "$VENV/bin/ruff" format --diff . | head -50; exit 1; }
+echo "== mypy --strict"
+"$VENV/bin/mypy"
+echo "== pytest"
+"$VENV/bin/python" -m pytest -q "$@"

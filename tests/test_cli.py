@@ -1,0 +1,99 @@
+"""The command line, as a pipeline's shell script would use it (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.cli_helpers import run_cli
+from tests.conftest import TEST_TOKEN, running_worker
+
+
+def env_for(project_env: dict[str, str], settings: Settings) -> dict[str, str]:
+    env = dict(project_env)
+    env.update(
+        THREADS_API_BASE_URL=settings.threads_api_base_url,
+        THREADS_ACCESS_TOKEN=TEST_TOKEN,
+        POLL_INTERVAL_SECONDS=str(settings.poll_interval_seconds),
+        POLL_MAX_SECONDS=str(settings.poll_max_seconds),
+        HTTP_TIMEOUT_SECONDS="1",
+        JOB_TIMEOUT_SECONDS="5",
+    )
+    return env
+
+
+async def test_enqueue_status_wait(
+    redis: Redis, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
+) -> None:
+    # Subprocesses take a while to start: a window long enough for the worker to come up.
+    settings = settings.model_copy(update={"poll_max_seconds": 30.0})
+    env = env_for(project_env, settings)
+    sim.state.set_script("1101", ["IN_PROGRESS", "FINISHED"])
+    sim.state.set_script("1102", ["ERROR:INVALID_FRAME_RATE"])
+    sim.state.set_script("1103", ["IN_PROGRESS"])
+
+    code, out, err = await run_cli("enqueue", "1101", "1102", env=env)
+    assert code == 0, err
+    assert "1101  enqueued" in out and "1102  enqueued" in out
+    code, out, _ = await run_cli("enqueue", "--json", env=env, stdin=b"1103\n1101\n")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(d["container_id"], d["outcome"]) for d in lines] == [
+        ("1103", "enqueued"),
+        ("1101", "duplicate"),
+    ]
+
+    code, out, _ = await run_cli("status", "1101", "--json", env=env)
+    assert code == 0
+    row = json.loads(out)
+    assert (row["container_id"], row["status"], row["final"]) == ("1101", "QUEUED", False)
+
+    async with running_worker(settings):
+        ok = await run_cli("wait", "1101", "--timeout", "10", env=env)
+        bad = await run_cli("wait", "1102", "--timeout", "10", "--json", env=env)
+        slow = await run_cli("wait", "1103", "--timeout", "0.3", env=env)
+    assert ok[0] == 0 and "FINISHED" in ok[1], ok
+    assert bad[0] == 1 and json.loads(bad[1])["error_message"] == "INVALID_FRAME_RATE"
+    assert slow[0] == 3
+
+    code, out, _ = await run_cli("status", "1101", "1102", "999", "--json", env=env)
+    rows = {d["container_id"]: d for d in map(json.loads, out.splitlines())}
+    assert code == 1  # one id is unknown
+    assert rows["1101"]["status"] == "FINISHED" and rows["1101"]["final"] is True
+    assert rows["1102"]["error_message"] == "INVALID_FRAME_RATE"
+    assert rows["999"]["found"] is False and rows["999"]["status"] is None
+
+
+async def test_malformed_ids_exit_2_and_write_nothing(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    env = env_for(project_env, settings)
+    code, out, err = await run_cli("enqueue", "123", "12x", env=env)
+    assert code == 2 and out == ""
+    assert "12x" in err and "digits only" in err and "nothing enqueued" in err
+    assert await redis.dbsize() == 0
+    code, _, err = await run_cli("enqueue", env=env, stdin=b"")
+    assert code == 2 and "no container ids" in err
+
+
+async def test_invalid_setting_is_one_clear_line(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    env = env_for(project_env, settings)
+    env["POLL_INTERVAL_SECONDS"] = "soon"
+    code, _, err = await run_cli("worker", env=env)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "POLL_INTERVAL_SECONDS" in err
+    env = env_for(project_env, settings)
+    del env["THREADS_ACCESS_TOKEN"]
+    code, _, err = await run_cli("worker", env=env)
+    assert code == 2 and "THREADS_ACCESS_TOKEN" in err
+
+
+async def test_redis_unreachable_exit_4(project_env: dict[str, str]) -> None:
+    env = dict(project_env, REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
+    code, _, err = await run_cli("status", "123", env=env)
+    assert code == 4 and "cannot reach Redis" in err and "hunter2" not in err
