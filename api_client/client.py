@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 
 import aiohttp
 
 from api_client.errors import NetworkError, RequestTimeoutError, ThreadsError
-from api_client.models import ContainerStatus
-from api_client.parsing import parse_container_status
+from api_client.models import ContainerStatus, PublishingLimit
+from api_client.parsing import QUOTA_FIELDS, parse_container_status, parse_publishing_limit
 from api_client.redact import redact
+from api_client.usage import parse_usage_headers
 
 STATUS_FIELDS = "status,error_message"
 # Bodies we expect are a few hundred bytes; a huge one is an error page or an attack.
@@ -56,10 +58,26 @@ class ThreadsClient:
         return self._base_url
 
     async def get_container_status(self, container_id: str, *, token: str) -> ContainerStatus:
-        http_status, body, _ = await self.request(
+        http_status, body, headers = await self.request(
             "GET", f"/{container_id}", params={"fields": STATUS_FIELDS}, token=token
         )
-        return parse_container_status(container_id, http_status, body)
+        usage = parse_usage_headers(headers)
+        try:
+            status = parse_container_status(container_id, http_status, body)
+        except ThreadsError as exc:
+            exc.usage = usage
+            raise
+        return dataclasses.replace(status, usage=usage) if usage else status
+
+    async def get_publishing_limit(self, user_id: str, *, token: str) -> PublishingLimit:
+        """Every quota block (posts, replies, deletes, location searches) of one profile."""
+        http_status, body, _ = await self.request(
+            "GET",
+            f"/{user_id}/threads_publishing_limit",
+            params={"fields": QUOTA_FIELDS},
+            token=token,
+        )
+        return parse_publishing_limit(http_status, body)
 
     async def request(
         self,

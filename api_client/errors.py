@@ -14,7 +14,10 @@ Whether an error is transient, throttling or fatal is decided in one place: ``po
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api_client.usage import ApiUsage
 
 
 class ThreadsError(Exception):
@@ -24,6 +27,8 @@ class ThreadsError(Exception):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
+        # Usage headers that came with the failed answer, if any (throttling decisions use them).
+        self.usage: ApiUsage | None = None
 
     def to_fields(self) -> dict[str, str]:
         """Flat, token-free description for the result hash and for logs."""

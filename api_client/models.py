@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_client.usage import ApiUsage
+
 
 class ApiStatus(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
@@ -23,6 +27,52 @@ class ContainerStatus:
     container_id: str
     status: str
     error_message: str | None = None
+    usage: ApiUsage | None = None
+
+
+class QuotaConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    quota_total: int | None = None
+    quota_duration: int | None = None
+
+
+class PublishingLimit(BaseModel):
+    """``GET /{user-id}/threads_publishing_limit``: usage over a moving 24 h per action.
+
+    Every block is optional: without ``fields`` the API returns only ``quota_usage``, and a
+    missing block must read as "unknown", not as zero.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    quota_usage: int | None = None
+    config: QuotaConfig | None = None
+    reply_quota_usage: int | None = None
+    reply_config: QuotaConfig | None = None
+    delete_quota_usage: int | None = None
+    delete_config: QuotaConfig | None = None
+    location_search_quota_usage: int | None = None
+    location_search_config: QuotaConfig | None = None
+
+    def remaining(self, kind: str = "quota") -> int | None:
+        """Posts (``quota``), ``reply``, ``delete`` or ``location_search`` left; None if unknown."""
+        usage_name = "quota_usage" if kind == "quota" else f"{kind}_quota_usage"
+        config_name = "config" if kind == "quota" else f"{kind}_config"
+        usage: int | None = getattr(self, usage_name)
+        config: QuotaConfig | None = getattr(self, config_name)
+        if usage is None or config is None or config.quota_total is None:
+            return None
+        return max(0, config.quota_total - usage)
+
+
+class QuotaSnapshot(BaseModel):
+    """A publishing limit as cached in Redis, with when and for whom it was read."""
+
+    user_id: str
+    fetched_at: float
+    limit: PublishingLimit
+    posts_remaining: int | None = Field(default=None)
 
 
 # Meta's documented error_message values, verbatim (including "ASPEC"), with what they mean for

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from api_client.errors import GraphAPIError, MalformedResponseError
-from api_client.models import ContainerStatus
+from api_client.models import ContainerStatus, PublishingLimit
 
 _MAX_TEXT = 500
 
@@ -105,3 +107,27 @@ def parse_container_status(container_id: str, http_status: int, body: bytes) -> 
         status=_clip(status.strip()),
         error_message=_clip(error_message) if error_message else None,
     )
+
+
+QUOTA_FIELDS = (
+    "quota_usage,config,reply_quota_usage,reply_config,delete_quota_usage,delete_config,"
+    "location_search_quota_usage,location_search_config"
+)
+
+
+def parse_publishing_limit(http_status: int, body: bytes) -> PublishingLimit:
+    """``{"data": [{...}]}`` to a model; blocks the API left out stay None."""
+    payload = parse_json_object(http_status, body)
+    data = payload.get("data")
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        raise MalformedResponseError(
+            "publishing limit body without a data[0] object", http_status=http_status
+        )
+    try:
+        return PublishingLimit.model_validate(data[0])
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        raise MalformedResponseError(
+            _clip(f"publishing limit with unexpected values in: {fields}"),
+            http_status=http_status,
+        ) from None

@@ -8,6 +8,7 @@ is read too. Secrets are ``SecretStr`` so that a ``repr`` of the settings never 
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -46,6 +47,11 @@ class Settings(BaseSettings):
     threads_access_token: SecretStr | None = None
     threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
     threads_auth_mode: AuthMode = AuthMode.QUERY
+    # The Threads user id that THREADS_ACCESS_TOKEN belongs to (for its quota); optional.
+    threads_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
+    # Per-account tokens: a JSON object {"<user id>": "<token>"}, re-read when it changes, so a
+    # pipeline that refreshes its 60-day tokens just rewrites the file (or the mounted secret).
+    threads_tokens_file: Path | None = None
 
     # Meta: "query once per minute, for no more than 5 minutes". Fractions are allowed so that
     # tests and the demo can compress the schedule; production keeps the defaults.
@@ -60,6 +66,16 @@ class Settings(BaseSettings):
     # timeout (checked below).
     job_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
+    # Being a good citizen of the Graph API (see the error policy in api_client/policy.py).
+    api_max_concurrency: int = Field(default=50, ge=1, le=10_000)
+    account_max_requests_per_second: float = Field(default=5.0, ge=0)
+    throttle_backoff_seconds: float = Field(default=60.0, gt=0)
+    throttle_backoff_max_seconds: float = Field(default=900.0, gt=0)
+    # How far throttling may push a container's window past POLL_MAX_SECONDS.
+    throttle_max_delay_seconds: float = Field(default=900.0, ge=0)
+    usage_throttle_percent: float = Field(default=90.0, gt=0, le=100)
+    quota_refresh_seconds: float = Field(default=300.0, gt=0)
+
     key_prefix: str = Field(default="threads-poller", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     intake_batch_size: int = Field(default=100, ge=1, le=10_000)
     intake_claim_idle_seconds: float = Field(default=30.0, gt=0)
@@ -67,6 +83,8 @@ class Settings(BaseSettings):
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
+    # Prometheus /metrics of each worker process (worker/metrics.py); 0 turns it off.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:

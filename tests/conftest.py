@@ -134,6 +134,9 @@ def make_settings(redis_url: str, base_url: str, **overrides: Any) -> Settings:
         "http_timeout_seconds": 1.0,
         "job_timeout_seconds": 5.0,
         "intake_claim_idle_seconds": 1.0,
+        # Pacing is tested on its own (test_api_policy.py); elsewhere it would only add delay.
+        "account_max_requests_per_second": 0,
+        "throttle_backoff_seconds": 0.2,
         "log_format": "json",
     }
     values.update(overrides)
@@ -183,4 +186,6 @@ def project_env(redis_server: RedisServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADS_", "POLL_"))}
     env["REDIS_URL"] = redis_server.url
     env["LOG_FORMAT"] = "json"
+    env["ACCOUNT_MAX_REQUESTS_PER_SECOND"] = "0"
+    env["THROTTLE_BACKOFF_SECONDS"] = "0.3"
     return env

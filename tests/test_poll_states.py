@@ -118,9 +118,6 @@ async def test_failed_keeps_graph_code(
         "garbage",
         "badjson",
         "empty",
-        "throttle",
-        "throttle:613",
-        "429",
     ],
 )
 async def test_transient_faults_never_end_a_poll(
@@ -129,6 +126,16 @@ async def test_transient_faults_never_end_a_poll(
     r = (await poll_all(redis, settings, {"401": [fault, "IN_PROGRESS", "FINISHED"]}, sim))["401"]
     assert r.status == "FINISHED"
     assert r.checks == 3 and sim.state.calls_for("401").count == 3
+
+
+@pytest.mark.parametrize("fault", ["throttle", "throttle:17", "throttle:613", "429"])
+async def test_throttling_delays_checks_without_spending_them(
+    redis: Redis, settings: Settings, sim: RunningSimulator, fault: str
+) -> None:
+    r = (await poll_all(redis, settings, {"404": [fault, "IN_PROGRESS", "FINISHED"]}, sim))["404"]
+    assert r.status == "FINISHED"
+    assert r.checks == 2 and r.throttled == 1 and sim.state.calls_for("404").count == 3
+    assert r.last_throttled_at is not None and r.throttle_delay > 0
 
 
 async def test_events_stream_has_one_entry_per_final_state(

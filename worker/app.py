@@ -22,16 +22,20 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api_client.client import ThreadsClient, make_session
-from config import AuthMode, Settings, load_settings
+from api_client.client import make_session
+from config import Settings, load_settings
+from worker import metrics
+from worker.accounts import AccountStore
 from worker.decisions import Schedule
+from worker.health import Heartbeat, arq_probe
 from worker.intake import IntakeConsumer
 from worker.jobs import PollerContext, check_container
 from worker.keys import Keys
 from worker.producer import store_for
+from worker.quota import client_for, refresh_quotas_forever, token_source
 from worker.reconcile import reconcile_forever
 from worker.store import CHECK_FUNCTION
-from worker.tokens import StaticTokenSource, TokenSource
+from worker.tokens import TokenSource
 
 log = logging.getLogger("threads_poller.worker")
 
@@ -57,24 +61,25 @@ def consumer_name() -> str:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    tokens: TokenSource = ctx.get("tokens") or StaticTokenSource(settings.threads_access_token)
+    tokens: TokenSource = ctx.get("tokens") or token_source(settings)
     session = make_session(
         timeout_seconds=settings.http_timeout_seconds,
         max_connections=settings.worker_max_jobs,
     )
     store = store_for(ctx["redis"], settings)
+    accounts = AccountStore(ctx["redis"], store.keys)
     schedule = Schedule(settings.poll_interval_seconds, settings.poll_max_seconds)
+    client = client_for(settings, session)
     ctx["session"] = session
     ctx["poller"] = PollerContext(
         settings=settings,
         store=store,
-        client=ThreadsClient(
-            session,
-            base_url=settings.threads_api_base_url,
-            auth_header=settings.threads_auth_mode == AuthMode.HEADER,
-        ),
+        accounts=accounts,
+        client=client,
         tokens=tokens,
         schedule=schedule,
+        # Caps this process's simultaneous API requests, whatever arq's max_jobs.
+        api_slots=asyncio.Semaphore(settings.api_max_concurrency),
     )
     intake = IntakeConsumer(
         ctx["redis"],
@@ -96,7 +101,24 @@ async def startup(ctx: dict[str, Any]) -> None:
             ),
             name="reconcile",
         ),
+        asyncio.create_task(
+            refresh_quotas_forever(ctx["redis"], accounts, client, tokens, settings),
+            name="quota",
+        ),
     ]
+    # Per-process liveness for `threads-poller health`; the first beat is written before the
+    # worker takes a job, so a health check passes as soon as the worker can work.
+    heartbeat = Heartbeat(
+        ctx["redis"], store.keys, intake.consumer, probe=arq_probe(ctx.get("worker"))
+    )
+    await heartbeat.beat()
+    ctx["heartbeat"] = heartbeat
+    ctx["background"].append(asyncio.create_task(heartbeat.run(), name="heartbeat"))
+    if settings.metrics_port > 0:
+        ctx["metrics_server"] = metrics.start_server(settings.metrics_port)
+        ctx["background"].append(
+            asyncio.create_task(metrics.sample_forever(ctx["redis"], store.keys), name="metrics")
+        )
     log.info(
         "worker started",
         extra={
@@ -119,6 +141,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     session = ctx.get("session")
     if session is not None:
         await session.close()
+    heartbeat = ctx.get("heartbeat")
+    if heartbeat is not None:
+        # At once, not after the TTL: this container's health check fails from here on.
+        await heartbeat.stop()
+    await metrics.stop_server(ctx.get("metrics_server"))
     log.info("worker stopped")
 
 
@@ -159,4 +186,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 def build_worker(settings: Settings | None = None, **overrides: Any) -> Worker:
     settings = settings or load_settings()
-    return Worker(**worker_options(settings, **overrides))
+    worker = Worker(**worker_options(settings, **overrides))
+    # The heartbeat reports arq's job counters and notices SIGTERM's drain through this.
+    worker.ctx["worker"] = worker
+    return worker

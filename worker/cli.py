@@ -2,7 +2,8 @@
 
 Exit codes (stable, documented in the README):
     0  done; for ``wait``: final success (FINISHED, PUBLISHED)
-    1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT); ``status``: an id is unknown
+    1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT); ``status``: an id is unknown;
+       ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
     4  Redis cannot be reached
@@ -114,14 +115,15 @@ def _result_line(cid: str, result: PollResult | None) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import build_worker
     from worker.logs import setup_logging
-    from worker.tokens import StaticTokenSource
+    from worker.quota import token_source
 
     settings = _settings()
-    tokens = StaticTokenSource(settings.threads_access_token)
+    tokens = token_source(settings)
     setup_logging(settings.log_format, settings.log_level, tokens.known_secrets)
-    if settings.threads_access_token is None:
+    if settings.threads_access_token is None and settings.threads_tokens_file is None:
         raise CliError(
-            "invalid setting THREADS_ACCESS_TOKEN: not set; the worker cannot call the API",
+            "invalid setting THREADS_ACCESS_TOKEN: not set (nor THREADS_TOKENS_FILE); "
+            "the worker cannot call the API",
             EXIT_USAGE,
         )
     worker = build_worker(settings, ctx={"settings": settings, "tokens": tokens})
@@ -189,6 +191,69 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if is_success(result.status) else EXIT_FAILURE
 
 
+def cmd_quota(args: argparse.Namespace) -> int:
+    from api_client.errors import ThreadsError
+    from worker.accounts import AccountStore
+    from worker.keys import Keys
+    from worker.quota import get_quota
+
+    settings = _settings()
+
+    async def work(redis: Redis) -> dict[str, Any]:
+        if args.cached:
+            snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(args.user_id)
+            if snap is None:
+                raise CliError(f"no cached quota for {args.user_id}", EXIT_FAILURE)
+            return {"user_id": snap.user_id, "fetched_at": snap.fetched_at,
+                    **snap.limit.model_dump()}  # fmt: skip
+        limit = await get_quota(args.user_id, settings=settings, redis=redis)
+        return {"user_id": args.user_id, **limit.model_dump()}
+
+    try:
+        data = _with_redis(settings, work)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ThreadsError as exc:
+        raise CliError(f"quota of {args.user_id}: {exc}", EXIT_FAILURE) from None
+    if args.json:
+        print(json.dumps(data))
+        return EXIT_OK
+    for kind, usage, config in (
+        ("posts", "quota_usage", "config"),
+        ("replies", "reply_quota_usage", "reply_config"),
+        ("deletes", "delete_quota_usage", "delete_config"),
+        ("location searches", "location_search_quota_usage", "location_search_config"),
+    ):
+        used = data.get(usage)
+        total = (data.get(config) or {}).get("quota_total")
+        window = (data.get(config) or {}).get("quota_duration")
+        shown = "unknown" if used is None else f"{used} of {total if total is not None else '?'}"
+        per = f" per {window // 3600} h" if isinstance(window, int) else ""
+        print(f"{kind:18} {shown}{per}")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import socket
+
+    from worker.health import check
+    from worker.keys import Keys
+
+    settings = _settings()
+    host = None if args.any else (args.host or socket.gethostname())
+    # A Redis that accepts connections but never answers must fail the check, not hang it.
+    health = _with_redis(
+        settings,
+        lambda r: asyncio.wait_for(
+            check(r, Keys(settings.key_prefix), host=host), args.redis_timeout
+        ),
+    )
+    if not health.healthy:
+        raise CliError(health.message, EXIT_FAILURE)
+    print(health.message)
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.server import main as simulate_main
 
@@ -229,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=360.0, help="seconds (default 360)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("quota", help="show an account's publishing quota (API call)")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--cached", action="store_true", help="read the worker's cached copy instead")
+    p.set_defaults(func=cmd_quota)
+
+    p = sub.add_parser(
+        "health", help="exit 0 if a worker on this host is alive (the image's HEALTHCHECK)"
+    )
+    p.add_argument("--any", action="store_true", help="any live worker of this KEY_PREFIX")
+    p.add_argument("--host", help="the worker's host name (default: this host's)")
+    p.add_argument("--redis-timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("simulate", help="run the Threads API simulator", add_help=False)
     p.add_argument("sim_args", nargs=argparse.REMAINDER)

@@ -51,6 +51,53 @@ class Decision:
     last_api_status: str | None = None
     error: ThreadsError | None = None
     error_kind: ErrorKind | None = None
+    # False when the check was deferred for throttling: it does not use up one of the checks.
+    spent: bool = True
+    # What the operator should do about the error, stored after it in ``last_error``.
+    hint: str | None = None
+    # Seconds this decision pushes the window's end out (throttling only).
+    delay_added: float = 0.0
+
+
+def effective_deadline(deadline: float, throttle_delay: float, max_delay: float) -> float:
+    """The window's end: fixed at enqueue, pushed out by throttling up to ``max_delay``."""
+    return deadline + min(throttle_delay, max_delay)
+
+
+def decide_throttled(
+    schedule: Schedule,
+    *,
+    now: float,
+    paused_until: float,
+    deadline: float,
+    throttle_delay: float,
+    max_delay: float,
+    previous_status: str,
+    previous_error_message: str | None,
+    error: ThreadsError | None,
+) -> Decision:
+    """The account is throttled: postpone the check rather than spend it.
+
+    The next check waits for the account's pause to end (and at least one interval); the time
+    this check loses is added to the window, up to ``max_delay`` in all, after which the
+    container times out like any other.
+    """
+    due = max(paused_until, now + schedule.interval)
+    added = due - now
+    end = effective_deadline(deadline, throttle_delay + added, max_delay)
+    kind = ErrorKind.THROTTLED if error is not None else None
+    if due > end + schedule.slack:
+        return timed_out(previous_status, previous_error_message, error=error, error_kind=kind)
+    return Decision(
+        status=previous_status,
+        final=False,
+        next_check_at=due,
+        error_message=previous_error_message,
+        error=error,
+        error_kind=kind,
+        spent=False,
+        delay_added=added,
+    )
 
 
 def next_check_at(

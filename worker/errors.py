@@ -3,7 +3,7 @@ so results and logs treat every failure alike."""
 
 from __future__ import annotations
 
-from api_client.errors import ThreadsError
+from api_client.errors import MissingTokenError, ThreadsError
 
 
 class PollerError(ThreadsError):
@@ -12,3 +12,7 @@ class PollerError(ThreadsError):
 
 class LostJobError(PollerError):
     """The container's check job vanished from Redis before the poll finished."""
+
+
+class RejectedTokenError(MissingTokenError):
+    """The account's current token was already rejected by the API; no request was made."""

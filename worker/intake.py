@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker import metrics
 from worker.ids import InvalidIdError, validate_id
 from worker.keys import INTAKE_GROUP
 from worker.store import EnqueueRequest, ResultStore
@@ -191,5 +192,6 @@ class IntakeConsumer:
             await tx.execute()
         self.accepted += len(good)
         self.dead_lettered += len(dead)
+        metrics.observe_intake(accepted=len(good), dead_lettered=len(dead))
         for d in dead:
             log.warning("intake entry dead-lettered: %s", d.reason, extra={"entry_id": d.entry_id})

@@ -48,7 +48,33 @@ class Keys:
 
     @property
     def health_check(self) -> str:
+        """arq's own health key: one for the whole queue, so it cannot tell workers apart."""
         return f"{self.queue}:health-check"
+
+    def worker_heartbeat(self, worker_name: str) -> str:
+        """String (JSON, with a TTL): one live worker process (``worker.health``)."""
+        return f"{self.prefix}:worker:{worker_name}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker names by last heartbeat (Redis time), to find them without SCAN."""
+        return f"{self.prefix}:workers"
+
+    def account(self, account: str) -> str:
+        """Hash: throttling and token state of one account (Threads user id, or "default")."""
+        return f"{self.prefix}:account:{account}"
+
+    def rate(self, account: str) -> str:
+        return f"{self.prefix}:rate:{account}"
+
+    def quota(self, account: str) -> str:
+        """String: JSON of the account's last publishing limit (QuotaSnapshot)."""
+        return f"{self.prefix}:quota:{account}"
+
+    @property
+    def accounts(self) -> str:
+        """Sorted set: accounts named at enqueue, scored by when they were last seen."""
+        return f"{self.prefix}:accounts"
 
     def job_id_base(self, container_id: str) -> str:
         return f"{self.prefix}:check:{container_id}:"

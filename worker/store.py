@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from api_client.models import explain_error_message
 from worker.decisions import Decision
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
-from worker.states import is_final
 
 CHECK_FUNCTION = "check_container"
 # arq drops a job whose key expired before it ran; a poll lasts minutes, so a day is generous
@@ -64,6 +63,9 @@ class PollResult:
     last_error_code: int | None
     last_error_subcode: int | None
     last_error_fbtrace_id: str | None
+    throttled: int
+    throttle_delay: float
+    last_throttled_at: float | None
     account: str | None
     generation: str
 
@@ -101,6 +103,9 @@ class PollResult:
             last_error_code=opt_int("last_error_code"),
             last_error_subcode=opt_int("last_error_subcode"),
             last_error_fbtrace_id=opt("last_error_fbtrace_id"),
+            throttled=opt_int("throttled") or 0,
+            throttle_delay=_num(h.get("throttle_delay")) or 0.0,
+            last_throttled_at=_num(h.get("last_throttled_at")),
             account=opt("account"),
             generation=h.get("generation", ""),
         )
@@ -156,7 +161,12 @@ class ResultStore:
                     CHECK_FUNCTION, (req.container_id, generation), {}, None, now_ms
                 )
                 await self._enqueue(
-                    keys=[self.keys.result(req.container_id), self.keys.inflight, self.keys.queue],
+                    keys=[
+                        self.keys.result(req.container_id),
+                        self.keys.inflight,
+                        self.keys.queue,
+                        self.keys.accounts,
+                    ],
                     args=[
                         req.container_id,
                         repr(now),
@@ -217,10 +227,16 @@ class ResultStore:
             fields["last_checked_at"] = repr(checked_at)
         if decision.final:
             fields["finalized_at"] = repr(now)
+        if not decision.spent:
+            fields["throttled"] = str(current.throttled + 1)
+            fields["throttle_delay"] = repr(current.throttle_delay + decision.delay_added)
+            fields["last_throttled_at"] = repr(now)
         if decision.error is not None:
             err = decision.error.to_fields()
             fields.update(
-                last_error=str(decision.error),
+                last_error=f"{decision.error}; {decision.hint}"
+                if decision.hint
+                else str(decision.error),
                 last_error_kind=decision.error_kind or "",
                 last_error_code=err.get("code", ""),
                 last_error_subcode=err.get("subcode", ""),
@@ -271,7 +287,3 @@ class ResultStore:
 
     async def inflight_count(self) -> int:
         return int(await self.redis.zcard(self.keys.inflight))
-
-
-def final_exit_status(result: PollResult | None) -> bool:
-    return result is not None and result.final and is_final(result.status)

@@ -1,17 +1,48 @@
-"""Where the worker gets an account's access token. Tokens never travel in job arguments."""
+"""Where the worker gets an account's access token. Tokens never travel in job arguments and are
+never written to Redis; only a short fingerprint is, to recognise a token already rejected.
+
+Lookup order for a container's account: the tokens file (``THREADS_TOKENS_FILE``, a JSON object
+``{"<user id>": "<token>"}``, re-read when its modification time changes), then the environment
+variable ``THREADS_ACCESS_TOKEN_<user id>``, then ``THREADS_ACCESS_TOKEN``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import SecretStr
+
+log = logging.getLogger("threads_poller.tokens")
+
+DEFAULT_ACCOUNT = "default"
+
+
+def fingerprint(token: str) -> str:
+    """A stable, non-reversible tag for a token (12 hex digits of SHA-256)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _read_tokens(path: Path) -> dict[str, str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
+    ):
+        raise ValueError("expected a JSON object of user id -> token strings")
+    return data
 
 
 class TokenSource(Protocol):
     async def token_for(self, account: str | None) -> str | None: ...
 
     def known_secrets(self) -> list[str]:
-        """Every token this source has handed out, for log redaction."""
+        """Every token this source can hand out, for log redaction."""
         ...
 
 
@@ -26,3 +57,71 @@ class StaticTokenSource:
 
     def known_secrets(self) -> list[str]:
         return [self._token.get_secret_value()] if self._token else []
+
+
+class AccountTokenSource:
+    """Per-account tokens from a file and the environment, with the default token last."""
+
+    def __init__(
+        self,
+        default: SecretStr | None,
+        tokens_file: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        recheck_seconds: float = 1.0,
+    ) -> None:
+        self._default = default.get_secret_value() if default else None
+        self._file = tokens_file
+        self._environ = os.environ if environ is None else environ
+        self._recheck = recheck_seconds
+        self._mtime: float | None = None
+        self._checked_at = 0.0
+        self._tokens: dict[str, str] = {}
+        self._reload()
+
+    def _reload(self) -> None:
+        if self._file is None:
+            return
+        now = time.monotonic()
+        if self._mtime is not None and now - self._checked_at < self._recheck:
+            return
+        self._checked_at = now
+        try:
+            mtime = self._file.stat().st_mtime
+        except OSError as exc:
+            if self._mtime != -1.0:
+                log.error(  # noqa: TRY400 - a traceback adds nothing here
+                    "tokens file unreadable: %s", type(exc).__name__,
+                          extra={"path": str(self._file)})  # fmt: skip
+            self._mtime = -1.0
+            return
+        if mtime == self._mtime:
+            return
+        try:
+            data = _read_tokens(self._file)
+        except (OSError, ValueError) as exc:
+            # Never echo the content: it holds tokens. Keep the previous tokens.
+            log.error(  # noqa: TRY400 - the traceback could quote the file, which holds tokens
+                "tokens file ignored: %s", type(exc).__name__, extra={"path": str(self._file)}
+            )
+            self._mtime = mtime
+            return
+        self._tokens = {k.strip(): v.strip() for k, v in data.items()}
+        self._mtime = mtime
+        log.info("tokens file loaded", extra={"path": str(self._file), "accounts": len(data)})
+
+    async def token_for(self, account: str | None) -> str | None:
+        if account and account != DEFAULT_ACCOUNT:
+            self._reload()
+            token = self._tokens.get(account) or self._environ.get(
+                f"THREADS_ACCESS_TOKEN_{account}"
+            )
+            if token:
+                return token
+        return self._default
+
+    def known_secrets(self) -> list[str]:
+        secrets = list(self._tokens.values())
+        secrets += [v for k, v in self._environ.items() if k.startswith("THREADS_ACCESS_TOKEN")]
+        if self._default:
+            secrets.append(self._default)
+        return secrets

@@ -1,5 +1,5 @@
 -- Record a container and schedule its first check, atomically.
--- KEYS: 1 result hash, 2 inflight zset, 3 arq queue
+-- KEYS: 1 result hash, 2 inflight zset, 3 arq queue, 4 accounts zset
 -- ARGV: 1 container_id, 2 now, 3 deadline, 4 ttl seconds, 5 generation, 6 arq job prefix,
 --       7 job id base, 8 job payload, 9 job expiry ms, 10 score ms, 11 account, 12 force,
 --       13 arq in-progress prefix
@@ -26,11 +26,15 @@ redis.call('HSET', KEYS[1],
   'enqueued_at', ARGV[2], 'deadline_at', ARGV[3], 'next_check_at', ARGV[2],
   'last_checked_at', '', 'finalized_at', '', 'updated_at', ARGV[2],
   'last_error', '', 'last_error_kind', '', 'last_error_code', '', 'last_error_subcode', '',
-  'last_error_fbtrace_id', '', 'account', ARGV[11], 'generation', ARGV[5])
+  'last_error_fbtrace_id', '', 'throttled', '0', 'throttle_delay', '0', 'last_throttled_at', '',
+  'account', ARGV[11], 'generation', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('PSETEX', ARGV[6] .. job_id, ARGV[9], ARGV[8])
 redis.call('ZADD', KEYS[3], ARGV[10], job_id)
+if ARGV[11] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[11])
+end
 if restarted == '1' then
   return {'restarted', 'QUEUED'}
 end

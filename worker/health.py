@@ -1,0 +1,248 @@
+"""Per-process liveness: each worker beats in Redis, ``threads-poller health`` reads the beat.
+
+arq's own health key (``{prefix}:queue:health-check``) is one key for the whole queue: with three
+workers it stays fresh while two of them are dead, and the first worker to stop deletes it for
+everybody. So each worker process writes its own key, ``{prefix}:worker:{name}``, every
+``BEAT_SECONDS`` with a TTL of three beats, and lists its name in the ``{prefix}:workers`` sorted
+set so that readers find the live ones without a SCAN over the whole keyspace.
+
+Times in a heartbeat are Redis server time: the health check of one container compares them with
+the same clock, whatever the skew between hosts.
+
+``threads-poller health`` (the image's HEALTHCHECK) passes only when a worker on *this host* beats:
+in a container the host name is the container id, so every replica answers for itself. A worker
+that received SIGTERM reports itself as draining and no longer counts as healthy; on a clean exit
+it deletes its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from worker.keys import Keys
+
+log = logging.getLogger("threads_poller.health")
+
+BEAT_SECONDS = 5.0
+# Three beats: one lost write (a Redis blip, a long GC pause) does not make a worker look dead.
+TTL_SECONDS = 3 * BEAT_SECONDS
+# Sorted-set members older than this are removed by any worker's beat; their keys expired long ago.
+PRUNE_AFTER_SECONDS = 3600.0
+# A state change (draining) is published within this long, not at the next full beat.
+_STATE_POLL_SECONDS = 0.5
+
+
+async def redis_now(redis: Redis) -> float:
+    seconds, micros = await redis.time()
+    return float(seconds) + float(micros) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One worker's last heartbeat, as stored (JSON) in its key."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    beat_at: float
+    ttl_s: float
+    accepting: bool = True
+    jobs: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "host": self.host,
+                "pid": self.pid,
+                "started_at": self.started_at,
+                "beat_at": self.beat_at,
+                "ttl_s": self.ttl_s,
+                "accepting": self.accepting,
+                "jobs": self.jobs,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Beat | None:
+        try:
+            data = json.loads(raw)
+            return cls(
+                name=str(data["name"]),
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                started_at=float(data["started_at"]),
+                beat_at=float(data["beat_at"]),
+                ttl_s=float(data["ttl_s"]),
+                accepting=bool(data.get("accepting", True)),
+                jobs={str(k): int(v) for k, v in (data.get("jobs") or {}).items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Another version, or a hand-written key: not a heartbeat we can vouch for.
+            return None
+
+
+# What the heartbeat reports about the process: arq's counters and whether it still takes jobs.
+StateProbe = Callable[[], tuple[bool, dict[str, int]]]
+
+
+def _no_probe() -> tuple[bool, dict[str, int]]:
+    return True, {}
+
+
+def arq_probe(worker: Any) -> StateProbe:
+    """Read an arq ``Worker``'s counters; duck-typed so a missing attribute degrades, not fails."""
+
+    if worker is None:  # started by arq's own CLI: no Worker object in ctx
+        return _no_probe
+
+    def probe() -> tuple[bool, dict[str, int]]:
+        tasks: Mapping[str, asyncio.Task[Any]] = getattr(worker, "tasks", {}) or {}
+        return bool(getattr(worker, "allow_pick_jobs", True)), {
+            "complete": int(getattr(worker, "jobs_complete", 0)),
+            "failed": int(getattr(worker, "jobs_failed", 0)),
+            "retried": int(getattr(worker, "jobs_retried", 0)),
+            "ongoing": sum(not t.done() for t in tasks.values()),
+        }
+
+    return probe
+
+
+class Heartbeat:
+    """Writes this process's heartbeat until cancelled; ``stop`` removes it."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        name: str,
+        *,
+        probe: StateProbe = _no_probe,
+        beat_seconds: float = BEAT_SECONDS,
+        ttl_seconds: float = TTL_SECONDS,
+        host: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.name = name
+        self.probe = probe
+        self.beat_seconds = beat_seconds
+        self.ttl_seconds = ttl_seconds
+        self.host = host or socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at: float | None = None
+        self.beats = 0
+
+    async def beat(self) -> Beat:
+        now = await redis_now(self.redis)
+        if self.started_at is None:
+            self.started_at = now
+        accepting, jobs = self.probe()
+        beat = Beat(
+            name=self.name,
+            host=self.host,
+            pid=self.pid,
+            started_at=self.started_at,
+            beat_at=now,
+            ttl_s=self.ttl_seconds,
+            accepting=accepting,
+            jobs=jobs,
+        )
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.set(
+                self.keys.worker_heartbeat(self.name),
+                beat.to_json(),
+                px=int(self.ttl_seconds * 1000),
+            )
+            tx.zadd(self.keys.workers, {self.name: now})
+            tx.zremrangebyscore(self.keys.workers, "-inf", now - PRUNE_AFTER_SECONDS)
+            await tx.execute()
+        self.beats += 1
+        return beat
+
+    async def run(self) -> None:
+        """Beat every ``beat_seconds``, and at once when the worker starts draining."""
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        last_accepting = True
+        while True:
+            await asyncio.sleep(min(_STATE_POLL_SECONDS, self.beat_seconds))
+            accepting, _ = self.probe()
+            if loop.time() - last_beat < self.beat_seconds and accepting == last_accepting:
+                continue
+            try:
+                await self.beat()
+                last_beat, last_accepting = loop.time(), accepting
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis is away: the key expires and the health check says so; keep trying.
+                log.warning("heartbeat not written", exc_info=True)
+                last_beat = loop.time()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self.redis.pipeline(transaction=True) as tx:
+                tx.delete(self.keys.worker_heartbeat(self.name))
+                tx.zrem(self.keys.workers, self.name)
+                await tx.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    healthy: bool
+    message: str
+    beats: tuple[Beat, ...] = ()
+
+
+async def live_beats(redis: Redis, keys: Keys) -> tuple[float, list[Beat]]:
+    """Redis time and every heartbeat younger than its own TTL."""
+    now = await redis_now(redis)
+    names = await redis.zrangebyscore(keys.workers, now - PRUNE_AFTER_SECONDS, "+inf")
+    if not names:
+        return now, []
+    decoded = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    raws = await redis.mget([keys.worker_heartbeat(n) for n in decoded])
+    beats = [b for raw in raws if raw is not None and (b := Beat.from_json(raw)) is not None]
+    return now, [b for b in beats if now - b.beat_at <= b.ttl_s]
+
+
+def evaluate(now: float, beats: list[Beat], *, host: str | None) -> Health:
+    """Pure: is a worker (on ``host``, or anywhere when None) alive and taking jobs?"""
+    mine = [b for b in beats if host is None or b.host == host]
+    where = "any host" if host is None else f"host {host}"
+    if not mine:
+        others = f"; {len(beats)} live worker(s) elsewhere" if beats else ""
+        return Health(False, f"unhealthy: no worker heartbeat from {where}{others}")
+    ready = [b for b in mine if b.accepting]
+    if not ready:
+        names = ", ".join(b.name for b in mine)
+        return Health(False, f"unhealthy: worker {names} is shutting down", tuple(mine))
+    best = max(ready, key=lambda b: b.beat_at)
+    jobs = " ".join(f"{k}={v}" for k, v in best.jobs.items())
+    more = f" (+{len(ready) - 1} more)" if len(ready) > 1 else ""
+    age = max(0.0, now - best.beat_at)
+    up = max(0.0, now - best.started_at)
+    return Health(
+        True,
+        f"healthy: worker {best.name} pid {best.pid}, last beat {age:.1f}s ago, up {up:.0f}s"
+        f"{(' ' + jobs) if jobs else ''}{more}",
+        tuple(ready),
+    )
+
+
+async def check(redis: Redis, keys: Keys, *, host: str | None) -> Health:
+    now, beats = await live_beats(redis, keys)
+    return evaluate(now, beats, host=host)
