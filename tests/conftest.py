@@ -161,7 +161,14 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
     try:
         yield worker
     finally:
-        await worker.close()
+        # Drain like the SIGTERM path does: no new checks, let running ones end, then close
+        # (arq's close() re-raises the cancellation of a check still running).
+        worker.allow_pick_jobs = False
+        running = [t for t in worker.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

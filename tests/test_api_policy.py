@@ -1,0 +1,199 @@
+"""Issue 3: each row of the error policy, throttling, pacing, concurrency and many accounts,
+counted from the simulator's side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import running_worker, wait_until
+from worker import enqueue, enqueue_many, get_result
+from worker.accounts import AccountStore
+from worker.keys import Keys
+from worker.store import PollResult
+
+TOKEN_A = "EAAaccountAtokenAAAAAAAAAAAAAAAA1"
+TOKEN_B = "EAAaccountBtokenBBBBBBBBBBBBBBBB2"
+
+
+async def finals(redis: Redis, settings: Settings, ids: list[str]) -> dict[str, PollResult]:
+    out: dict[str, PollResult] = {}
+
+    async def done() -> bool:
+        for cid in ids:
+            r = await get_result(redis, cid, settings=settings)
+            if r is not None and r.final:
+                out[cid] = r
+        return len(out) == len(ids)
+
+    await wait_until(done, timeout=20)
+    return out
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def test_throttled_account_pauses_all_its_checks(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = settings.model_copy(
+        update={"throttle_backoff_seconds": 1.0, "poll_max_seconds": 3.0}
+    )
+    sim.state.set_script("5001", ["throttle", "FINISHED"])
+    sim.state.set_script("5002", ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"])
+    await enqueue(redis, "5001", settings=settings)
+    async with running_worker(settings):
+        await asyncio.sleep(0.1)  # 5001 is checked (and throttled) first
+        await enqueue(redis, "5002", settings=settings)
+        r = await finals(redis, settings, ["5001", "5002"])
+    throttled_at = next(q.t for q in sim.state.requests if q.answer.startswith("throttle"))
+    others = [q.t for q in sim.state.requests if q.t > throttled_at]
+    # Nothing for this account went out during the 1 s pause.
+    assert min(others) - throttled_at >= 1.0 - 0.05
+    assert r["5001"].status == "FINISHED" and r["5001"].throttled == 1
+    assert r["5001"].last_error_kind == "throttled" and r["5001"].last_error_code == 4
+    assert r["5002"].status == "FINISHED" and r["5002"].throttled >= 1
+    assert r["5002"].checks == 3  # deferred, not spent
+    state = await AccountStore(redis, keys).load("default")
+    assert state.throttle_level == 0  # cleared by the next good answer
+
+
+async def test_usage_headers_near_the_limit_slow_the_account_down(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = settings.model_copy(update={"throttle_backoff_seconds": 0.5})
+    sim.state.set_usage_headers({"X-App-Usage": {"call_count": 95, "total_time": 10}})
+    sim.state.set_script("5101", ["IN_PROGRESS", "FINISHED"])
+    await enqueue(redis, "5101", settings=settings)
+    async with running_worker(settings):
+        r = await finals(redis, settings, ["5101"])
+    assert r["5101"].status == "FINISHED"
+    times = sim.state.calls_for("5101").times
+    assert times[1] - times[0] >= 0.5 - 0.05  # the back-off, not the 0.2 s interval
+    raw = await redis.hgetall(keys.account("default"))  # type: ignore[misc]
+    assert raw[b"last_throttle_code"] == b"usage"
+    assert int(raw[b"throttled_total"]) >= 1
+
+
+async def test_expired_token_fails_its_account_once_other_account_unaffected(
+    redis: Redis,
+    settings: Settings,
+    sim: RunningSimulator,
+    tmp_path: Path,
+    caplog: object,
+) -> None:
+    import logging
+
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps({"111": TOKEN_A, "222": TOKEN_B}))
+    sim.state.set_tokens(valid={TOKEN_A: "111"}, expired={TOKEN_B: "222"})
+    sim.state.set_script("61*", ["IN_PROGRESS", "FINISHED"])
+    sim.state.set_script("62*", ["IN_PROGRESS", "FINISHED"])
+    settings = settings.model_copy(
+        update={"threads_tokens_file": tokens_file, "threads_access_token": None}
+    )
+    a_ids = [f"61{i}" for i in range(5)]
+    b_ids = [f"62{i}" for i in range(5)]
+    await enqueue_many(redis, a_ids, account="111", settings=settings)
+    await enqueue_many(redis, b_ids[:1], account="222", settings=settings)
+    assert isinstance(caplog, __import__("pytest").LogCaptureFixture)
+    caplog.set_level(logging.INFO)
+    async with running_worker(settings):
+        await finals(redis, settings, b_ids[:1])
+        await enqueue_many(redis, b_ids[1:], account="222", settings=settings)
+        r = await finals(redis, settings, a_ids + b_ids)
+    assert all(r[c].status == "FINISHED" for c in a_ids)
+    assert all(r[c].status == "FAILED" for c in b_ids)
+    first = r[b_ids[0]]
+    assert (first.last_error_code, first.last_error_subcode) == (190, 463)
+    assert first.last_error and "THREADS_TOKENS_FILE" in first.last_error
+    # Only the first container of account 222 reached the API; the rest failed without a call.
+    b_calls = [q for q in sim.state.requests if q.kind == "status" and q.id.startswith("62")]
+    assert len(b_calls) == 1
+    assert all(r[c].checks == 0 for c in b_ids[1:])
+    # Logged once, not once per container.
+    alerts = [rec for rec in caplog.records if "access token rejected" in rec.getMessage()]
+    assert len(alerts) == 1
+    # Which account the simulator saw for each call: tokens were not mixed up.
+    assert {q.account for q in sim.state.requests if q.id.startswith("61")} == {"111"}
+
+    # The pipeline refreshes the token: checks of that account resume.
+    fresh = "EAAaccountBrefreshedCCCCCCCCCCC3"
+    sim.state.set_tokens(valid={TOKEN_A: "111", fresh: "222"}, expired={TOKEN_B: "222"})
+    tokens_file.write_text(json.dumps({"111": TOKEN_A, "222": fresh}))
+    import os
+    import time
+
+    os.utime(tokens_file, (time.time() + 5, time.time() + 5))  # a new mtime, whatever the clock
+    async with running_worker(settings):
+        await enqueue(redis, b_ids[1], account="222", force=True, settings=settings)
+        await wait_until(lambda: _status_is(redis, settings, b_ids[1], "FINISHED"), timeout=10)
+
+
+async def _status_is(redis: Redis, settings: Settings, cid: str, status: str) -> bool:
+    r = await get_result(redis, cid, settings=settings)
+    return r is not None and r.status == status
+
+
+async def test_missing_token_for_account_is_failed_with_hint(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    settings = settings.model_copy(update={"threads_access_token": None})
+    await enqueue(redis, "6301", account="333", settings=settings)
+    async with running_worker(settings):
+        r = await finals(redis, settings, ["6301"])
+    assert r["6301"].status == "FAILED" and r["6301"].last_error_kind == "token"
+    assert r["6301"].last_error and "THREADS_ACCESS_TOKEN_333" in r["6301"].last_error
+    assert sim.state.total_calls == 0
+
+
+async def test_per_account_rate_cap(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    settings = settings.model_copy(
+        update={"account_max_requests_per_second": 5.0, "poll_max_seconds": 30.0}
+    )
+    sim.state.set_script("71*", ["FINISHED"])
+    sim.state.set_script("72*", ["FINISHED"])
+    a = [f"71{i:02d}" for i in range(15)]
+    b = [f"72{i:02d}" for i in range(15)]
+    await enqueue_many(redis, a, account="1", settings=settings)
+    await enqueue_many(redis, b, account="2", settings=settings)
+    async with running_worker(settings):
+        await finals(redis, settings, a + b)
+    for prefix in ("71", "72"):
+        times = [q.t for q in sim.state.requests if q.id.startswith(prefix)]
+        assert len(times) == 15
+        # GCRA pacing: at most rate + 1 in any one-second window.
+        assert max_in_window(times) <= 6, sorted(times)
+        assert max(times) - min(times) >= 14 / 5 - 0.1
+    # The two accounts were paced independently (both done in about the time of one).
+    all_times = [q.t for q in sim.state.requests]
+    assert max(all_times) - min(all_times) < 2 * 14 / 5
+
+
+async def test_concurrency_cap(redis: Redis, settings: Settings, sim: RunningSimulator) -> None:
+    settings = settings.model_copy(
+        update={"api_max_concurrency": 2, "poll_max_seconds": 30.0, "http_timeout_seconds": 2.0}
+    )
+    sim.state.set_script("73*", ["slow:0.3:FINISHED"])
+    ids = [f"73{i:02d}" for i in range(10)]
+    await enqueue_many(redis, ids, settings=settings)
+    async with running_worker(settings):
+        await finals(redis, settings, ids)
+    times = sorted(q.t for q in sim.state.requests)
+    # 10 requests of 0.3 s through 2 slots: arrivals spread over at least 4 x 0.3 s.
+    assert times[-1] - times[0] >= 4 * 0.3 - 0.05
+    assert max_in_window(times, 0.25) <= 2

@@ -1,0 +1,133 @@
+"""Publishing quota: parsing, the Python API, the CLI and the worker's cached copy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from api_client.errors import MalformedResponseError, ThreadsError
+from api_client.parsing import parse_publishing_limit
+from config import Settings
+from simulator import RunningSimulator
+from tests.cli_helpers import run_cli
+from tests.conftest import TEST_TOKEN, running_worker, wait_until
+from worker import enqueue
+from worker.accounts import AccountStore
+from worker.keys import Keys
+from worker.quota import get_quota
+
+FULL = {
+    "data": [
+        {
+            "quota_usage": 3,
+            "config": {"quota_total": 250, "quota_duration": 86400},
+            "reply_quota_usage": 10,
+            "reply_config": {"quota_total": 1000, "quota_duration": 86400},
+            "delete_quota_usage": 0,
+            "delete_config": {"quota_total": 100, "quota_duration": 86400},
+            "location_search_quota_usage": 7,
+            "location_search_config": {"quota_total": 500, "quota_duration": 86400},
+        }
+    ]
+}
+
+
+def test_full_reply() -> None:
+    q = parse_publishing_limit(200, json.dumps(FULL).encode())
+    assert q.quota_usage == 3 and q.config is not None and q.config.quota_total == 250
+    assert q.remaining("quota") == 247
+    assert q.remaining("reply") == 990
+    assert q.remaining("delete") == 100
+    assert q.remaining("location_search") == 493
+
+
+def test_missing_blocks_are_unknown_not_zero() -> None:
+    q = parse_publishing_limit(200, b'{"data": [{"quota_usage": 4}]}')
+    assert q.quota_usage == 4 and q.config is None and q.reply_quota_usage is None
+    assert q.remaining("quota") is None and q.remaining("reply") is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b'{"data": []}', b'{"data": [5]}', b'{"data": [{"quota_usage": "many"}]}',
+     b'{"data": [{"config": {"quota_total": "x"}}]}', b"not json"],
+)  # fmt: skip
+def test_malformed_quota_replies(body: bytes) -> None:
+    with pytest.raises(MalformedResponseError):
+        parse_publishing_limit(200, body)
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    http=st.integers(min_value=100, max_value=599),
+    payload=st.recursive(
+        st.none() | st.integers() | st.text(max_size=5) | st.booleans(),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["data", "quota_usage", "config", "quota_total", "error", "code"]),
+                c,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    ),
+)
+def test_quota_parser_never_crashes(http: int, payload: object) -> None:
+    with contextlib.suppress(ThreadsError):
+        parse_publishing_limit(http, json.dumps(payload).encode())
+
+
+async def test_get_quota_reads_the_api_and_caches(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    sim.state.set_quota("4242", quota_usage=12, reply_quota_usage=40)
+    limit = await get_quota("4242", settings=settings, redis=redis)
+    assert limit.quota_usage == 12 and limit.remaining("quota") == 238
+    assert limit.reply_quota_usage == 40 and limit.remaining("reply") == 960
+    assert limit.location_search_config is not None
+    cached = await AccountStore(redis, keys).load_quota("4242")
+    assert cached is not None and cached.posts_remaining == 238
+    assert sim.state.quota_calls == 1
+
+
+async def test_quota_cli(
+    redis: Redis, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
+) -> None:
+    sim.state.set_quota("4343", quota_usage=250, delete_quota_usage=1)
+    env = dict(project_env, THREADS_API_BASE_URL=sim.base_url, THREADS_ACCESS_TOKEN=TEST_TOKEN)
+    code, out, err = await run_cli("quota", "4343", "--json", env=env)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["quota_usage"] == 250 and data["config"]["quota_total"] == 250
+    assert data["delete_quota_usage"] == 1
+    code, out, _ = await run_cli("quota", "4343", env=env)
+    assert code == 0 and "posts" in out and "250 of 250 per 24 h" in out
+    code, out, _ = await run_cli("quota", "4343", "--cached", "--json", env=env)
+    assert code == 0 and json.loads(out)["fetched_at"] > 0
+    code, _, err = await run_cli("quota", "43x", env=env)
+    assert code == 2 and "user id" in err
+    sim.state.set_tokens(expired={TEST_TOKEN: "4343"})
+    code, _, err = await run_cli("quota", "4343", env=env)
+    assert code == 1 and "190" in err and TEST_TOKEN not in err
+
+
+async def test_worker_keeps_a_cached_quota_per_account(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = settings.model_copy(update={"quota_refresh_seconds": 0.5})
+    sim.state.set_quota("5151", quota_usage=9)
+    sim.state.set_script("8101", ["FINISHED"])
+    await enqueue(redis, "8101", account="5151", settings=settings)
+    store = AccountStore(redis, keys)
+    async with running_worker(settings):
+        await wait_until(lambda: store.load_quota("5151"), timeout=10)
+    cached = await store.load_quota("5151")
+    assert cached is not None and cached.limit.quota_usage == 9 and cached.posts_remaining == 241
+    assert await redis.ttl(keys.quota("5151")) > 0
