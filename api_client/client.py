@@ -10,7 +10,12 @@ import aiohttp
 
 from api_client.errors import NetworkError, RequestTimeoutError, ThreadsError
 from api_client.models import ContainerStatus, PublishingLimit
-from api_client.parsing import QUOTA_FIELDS, parse_container_status, parse_publishing_limit
+from api_client.parsing import (
+    QUOTA_FIELDS,
+    parse_container_status,
+    parse_publish,
+    parse_publishing_limit,
+)
 from api_client.redact import redact
 from api_client.usage import parse_usage_headers
 
@@ -79,6 +84,17 @@ class ThreadsClient:
         )
         return parse_publishing_limit(http_status, body)
 
+    async def publish(self, user_id: str, creation_id: str, *, token: str) -> str:
+        """``POST /{user-id}/threads_publish``: the published media id.
+
+        Not retried here, ever: a retry after an ambiguous failure could publish twice.
+        """
+        http_status, body, _ = await self.request(
+            "POST", f"/{user_id}/threads_publish", params={"creation_id": creation_id},
+            token=token,
+        )
+        return parse_publish(http_status, body)
+
     async def request(
         self,
         method: str,
@@ -109,7 +125,8 @@ class ThreadsClient:
             # aiohttp's messages can carry the full URL, query string included: redact, and do
             # not chain the original exception, whose text would be printed with tracebacks.
             detail = redact(f"{type(exc).__name__}: {exc}", (token,))
-            raise NetworkError(f"{method} {path}: {detail}") from None
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise NetworkError(f"{method} {path}: {detail}", request_sent=sent) from None
         except asyncio.CancelledError:
             raise
         except (ValueError, OSError) as exc:

@@ -44,7 +44,13 @@ class TransportError(ThreadsError):
 
 
 class NetworkError(TransportError):
-    pass
+    def __init__(
+        self, message: str, *, http_status: int | None = None, request_sent: bool = True
+    ) -> None:
+        super().__init__(message, http_status=http_status)
+        # False only when the connection could not even be opened: then a POST certainly did
+        # nothing, and publishing may be retried. Anything else is ambiguous.
+        self.request_sent = request_sent
 
 
 class RequestTimeoutError(TransportError):

@@ -131,3 +131,14 @@ def parse_publishing_limit(http_status: int, body: bytes) -> PublishingLimit:
             _clip(f"publishing limit with unexpected values in: {fields}"),
             http_status=http_status,
         ) from None
+
+
+def parse_publish(http_status: int, body: bytes) -> str:
+    """``{"id": "<media id>"}``; anything else is an error (and, for a publish, ambiguous)."""
+    payload = parse_json_object(http_status, body)
+    media_id = payload.get("id")
+    if isinstance(media_id, int) and not isinstance(media_id, bool):
+        media_id = str(media_id)
+    if not isinstance(media_id, str) or not media_id.strip():
+        raise MalformedResponseError("publish reply without a media id", http_status=http_status)
+    return _clip(media_id.strip())

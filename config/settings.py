@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     usage_throttle_percent: float = Field(default=90.0, gt=0, le=100)
     quota_refresh_seconds: float = Field(default=300.0, gt=0)
 
+    # Auto-publish (per container, opt-in at enqueue).
+    # A short grace after FINISHED: publishing at once sometimes fails with 24/4279009.
+    publish_grace_seconds: float = Field(default=5.0, ge=0)
+    publish_max_attempts: int = Field(default=3, ge=1, le=20)
+
+    # Webhooks on final states (a default URL here, or one per enqueue).
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=50)
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0)
+
     key_prefix: str = Field(default="threads-poller", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     intake_batch_size: int = Field(default=100, ge=1, le=10_000)
     intake_claim_idle_seconds: float = Field(default=30.0, gt=0)
@@ -85,6 +97,14 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
     # Prometheus /metrics of each worker process (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _check_webhook_secret(self) -> Self:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "WEBHOOK_SECRET must be set when WEBHOOK_URL is (deliveries are signed)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:

@@ -34,7 +34,7 @@ from simulator.steps import (
 )
 
 RequestKind = Literal["status", "quota", "publish"]
-PublishFault = Literal["timeout_after_publish", "500_after_publish", "500"]
+PublishFault = Literal["timeout_after_publish", "500_after_publish", "500", "not_ready"]
 PUBLISH_FAULTS: tuple[str, ...] = get_args(PublishFault)
 
 DEFAULT_ACCOUNT = "default"
@@ -543,6 +543,11 @@ class SimulatorState:
             self._spend(container_id, fault)
             self._record(now, "publish", container_id, account, "500")
             return Reply(SERVER_ERROR)
+        if fault is not None and fault.fault == "not_ready":
+            # Seen on the real API: FINISHED, yet publishing at once answers "Media Not Found".
+            self._spend(container_id, fault)
+            self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
+            return Reply(MEDIA_NOT_READY)
         usage = self._usage_of(account if user_id == "me" else user_id)
         if usage["quota_usage"] >= POST_QUOTA_TOTAL:
             self._record(now, "publish", container_id, account, QUOTA_EXCEEDED.label)

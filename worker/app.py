@@ -34,8 +34,9 @@ from worker.keys import Keys
 from worker.producer import store_for
 from worker.quota import client_for, refresh_quotas_forever, token_source
 from worker.reconcile import reconcile_forever
-from worker.store import CHECK_FUNCTION
+from worker.store import CHECK_FUNCTION, DELIVER_FUNCTION
 from worker.tokens import TokenSource
+from worker.webhooks import deliver_webhook
 
 log = logging.getLogger("threads_poller.worker")
 
@@ -80,6 +81,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         schedule=schedule,
         # Caps this process's simultaneous API requests, whatever arq's max_jobs.
         api_slots=asyncio.Semaphore(settings.api_max_concurrency),
+        client_session=session,
     )
     intake = IntakeConsumer(
         ctx["redis"],
@@ -160,7 +162,15 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 max_tries=MAX_TRIES,
                 timeout=settings.job_timeout_seconds,
                 keep_result=0,
-            )
+            ),
+            # Attempts are counted in the result hash (WEBHOOK_MAX_ATTEMPTS), not by arq.
+            func(
+                deliver_webhook,
+                name=DELIVER_FUNCTION,
+                max_tries=MAX_TRIES,
+                keep_result=0,
+                timeout=settings.webhook_timeout_seconds + 10,
+            ),
         ],
         "queue_name": keys.queue,
         "redis_settings": redis_settings(settings),

@@ -138,7 +138,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         outcomes = _with_redis(
             settings,
             lambda r: enqueue_many(
-                r, ids, account=args.account, force=args.force, settings=settings
+                r,
+                ids,
+                account=args.account,
+                force=args.force,
+                publish=args.publish,
+                webhook_url=args.webhook_url,
+                settings=settings,
             ),
         )
     except InvalidIdError as exc:
@@ -281,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--account", help="Threads user id that owns the containers")
     p.add_argument("--force", action="store_true", help="poll again even if already final")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish each container once FINISHED (needs --account or THREADS_USER_ID)",
+    )
+    p.add_argument("--webhook-url", help="POST a signed JSON body here on the final state")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)
 
@@ -319,8 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose arguments belong to another parser (simulator.server, worker.demo).
+_PASSTHROUGH = {"simulate": "sim_args", "demo": "demo_args"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        # argparse's REMAINDER refuses a leading option (`simulate --port 8787` was an error),
+        # so these commands take the rest of the line as it is.
+        args = build_parser().parse_args(argv[:1])
+        setattr(args, _PASSTHROUGH[argv[0]], argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except CliError as exc:

@@ -131,10 +131,15 @@ def decide(
     now: float,
     previous_status: str,
     previous_error_message: str | None = None,
+    not_final: frozenset[str] = frozenset(),
 ) -> Decision:
-    """The state after one check. ``checks_made`` counts this check."""
+    """The state after one check. ``checks_made`` counts this check.
+
+    ``not_final`` lists API statuses that do not end this poll (FINISHED, while an ambiguous
+    auto-publish waits to be confirmed by PUBLISHED).
+    """
     if isinstance(outcome, ContainerStatus):
-        if outcome.status in API_FINAL_STATES:
+        if outcome.status in API_FINAL_STATES and outcome.status not in not_final:
             return Decision(
                 status=outcome.status,
                 final=True,

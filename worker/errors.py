@@ -16,3 +16,7 @@ class LostJobError(PollerError):
 
 class RejectedTokenError(MissingTokenError):
     """The account's current token was already rejected by the API; no request was made."""
+
+
+class PublishError(PollerError):
+    """Auto-publish did not happen (quota, attempts used up, outcome unknown)."""

@@ -23,3 +23,25 @@ def validate_id(raw: object, *, what: str = "container id") -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidIdError(f"{what} {shown!r} is not a Threads id (digits only)")
     return value
+
+
+MAX_URL_LENGTH = 2048
+
+
+def validate_webhook_url(raw: object) -> str:
+    """An absolute http(s) URL with a host; anything else is refused before it is stored."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidIdError("webhook url must be a non-empty string")
+    value = raw.strip()
+    if len(value) > MAX_URL_LENGTH:
+        raise InvalidIdError(f"webhook url is longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in value)
+    ):
+        raise InvalidIdError("webhook url must be an absolute http:// or https:// URL")
+    return value

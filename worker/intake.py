@@ -20,13 +20,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker import metrics
-from worker.ids import InvalidIdError, validate_id
+from worker.ids import InvalidIdError, validate_id, validate_webhook_url
 from worker.keys import INTAKE_GROUP
 from worker.store import EnqueueRequest, ResultStore
 
 log = logging.getLogger("threads_poller.intake")
 
-ALLOWED_FIELDS = frozenset({"container_id", "account", "force"})
+ALLOWED_FIELDS = frozenset({"container_id", "account", "force", "publish", "webhook_url"})
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
 DEAD_LETTERS_MAX_LEN = 100_000
@@ -67,20 +67,27 @@ def parse_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> EnqueueRequest
     if unknown:
         raise BadEntryError(
             f"unknown field(s) {', '.join(unknown)}; expected container_id and optionally "
-            "account, force"
+            "account, force, publish, webhook_url"
         )
     if "container_id" not in text:
         raise BadEntryError("missing field container_id")
-    force_word = text.get("force", "").strip().lower()
-    if force_word not in TRUE_WORDS | FALSE_WORDS:
-        raise BadEntryError(f"force must be 1/0/true/false, got {force_word[:20]!r}")
+    flags = {name: _flag(text, name) for name in ("force", "publish")}
     try:
         cid = validate_id(text["container_id"])
         account = text.get("account") or None
         account = validate_id(account, what="account id") if account is not None else None
+        hook = text.get("webhook_url") or None
+        hook = validate_webhook_url(hook) if hook is not None else None
     except InvalidIdError as exc:
         raise BadEntryError(str(exc)) from None
-    return EnqueueRequest(cid, account, force_word in TRUE_WORDS)
+    return EnqueueRequest(cid, account, flags["force"], flags["publish"], hook)
+
+
+def _flag(text: dict[str, str], name: str) -> bool:
+    word = text.get(name, "").strip().lower()
+    if word not in TRUE_WORDS | FALSE_WORDS:
+        raise BadEntryError(f"{name} must be 1/0/true/false, got {word[:20]!r}")
+    return word in TRUE_WORDS
 
 
 class IntakeConsumer:

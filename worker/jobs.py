@@ -16,9 +16,11 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from arq import Retry
 
 from api_client.client import ThreadsClient
@@ -34,10 +36,14 @@ from worker.decisions import (
     decide,
     decide_throttled,
     effective_deadline,
+    next_check_at,
     timed_out,
     window_closed,
 )
-from worker.errors import RejectedTokenError
+from worker.errors import PublishError, RejectedTokenError
+from worker.publishing import PublishStatus, PublishVerdict, judge_publish
+from worker.quota import fetch_quota, quota_ttl
+from worker.states import State
 from worker.store import PollResult, ResultStore
 from worker.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 
@@ -58,6 +64,7 @@ class PollerContext:
     tokens: TokenSource
     schedule: Schedule
     api_slots: asyncio.Semaphore
+    client_session: aiohttp.ClientSession
 
 
 def token_hint(account: str) -> str:
@@ -88,6 +95,17 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
         return "stale"
     if current.final:
         return current.status
+
+    if (
+        current.publish
+        and current.status == State.FINISHED
+        and current.publish_status
+        in (
+            PublishStatus.PENDING,
+            PublishStatus.IN_FLIGHT,
+        )
+    ):
+        return await publish_step(poller, current, ctx)
 
     deadline = effective_deadline(
         current.deadline_at or started, current.throttle_delay, settings.throttle_max_delay_seconds
@@ -150,20 +168,156 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
             )  # fmt: skip
 
     checks = current.checks + 1
-    decision = decide(
-        poller.schedule,
-        outcome,
-        checks_made=checks,
-        deadline=deadline,
-        now=now,
-        previous_status=current.status,
-        previous_error_message=current.error_message,
-    )
+    extra: dict[str, str] = {}
+    finished = isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED
+    if current.publish and finished and not current.publish_status:
+        # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
+        decision = Decision(
+            status=State.FINISHED,
+            final=False,
+            next_check_at=now + settings.publish_grace_seconds,
+            last_api_status=State.FINISHED,
+        )
+        extra = {"publish_status": str(PublishStatus.PENDING), "finished_at": repr(now)}
+    else:
+        decision = decide(
+            poller.schedule,
+            outcome,
+            checks_made=checks,
+            deadline=deadline,
+            now=now,
+            previous_status=current.status,
+            previous_error_message=current.error_message,
+            # An unconfirmed publish waits for PUBLISHED; FINISHED alone does not settle it.
+            not_final=AWAITING_PUBLISHED if current.publish_status == "unconfirmed" else NONE,
+        )
     if kind is ErrorKind.TOKEN:
         decision = dataclasses.replace(decision, hint=token_hint(account))
     return await _finish(
-        poller, current, decision, checks=checks, checked_at=now, ctx=ctx, api_ms=api_ms
+        poller, current, decision, checks=checks, checked_at=now, ctx=ctx, api_ms=api_ms,
+        extra=extra,
+    )  # fmt: skip
+
+
+AWAITING_PUBLISHED: frozenset[str] = frozenset({State.FINISHED})
+NONE: frozenset[str] = frozenset()
+
+
+async def publish_step(poller: PollerContext, current: PollResult, ctx: dict[str, Any]) -> str:
+    """Publish a FINISHED container at most once (see worker/publishing.py for the rules)."""
+    settings = poller.settings
+    now = time.time()
+    deadline = effective_deadline(
+        current.deadline_at or now, current.throttle_delay, settings.throttle_max_delay_seconds
     )
+
+    def back_to_polling(error: ThreadsError | None) -> Decision:
+        due = next_check_at(poller.schedule, checks_made=current.checks, deadline=deadline, now=now)
+        if due is None:
+            return timed_out(State.FINISHED, None, error=error,
+                             error_kind=classify(error) if error else None)  # fmt: skip
+        return Decision(State.FINISHED, False, due, last_api_status=State.FINISHED, error=error,
+                        error_kind=classify(error) if error else None)  # fmt: skip
+
+    def final(status: State, error: ThreadsError | None = None) -> Decision:
+        return Decision(status, True, None, last_api_status=State.FINISHED, error=error,
+                        error_kind=classify(error) if error else None)  # fmt: skip
+
+    if current.publish_status == PublishStatus.IN_FLIGHT:
+        # A run claimed the publish and died: the call may have gone out. Never repeat it.
+        decision = back_to_polling(PublishError("publish outcome unknown (worker stopped)"))
+        return await _finish(poller, current, decision, checks=current.checks, ctx=ctx,
+                             extra={"publish_status": PublishStatus.UNCONFIRMED})  # fmt: skip
+
+    account = current.account or DEFAULT_ACCOUNT
+    user_id = current.account or settings.threads_user_id or "me"
+    token = await poller.tokens.token_for(current.account)
+    if not token:
+        missing = MissingTokenError(f"no access token configured for account {account}")
+        decision = dataclasses.replace(
+            final(State.PUBLISH_FAILED, missing), hint=token_hint(account)
+        )
+        return await _finish(poller, current, decision, checks=current.checks, ctx=ctx,
+                             extra={"publish_status": PublishStatus.FAILED})  # fmt: skip
+
+    extra: dict[str, str] = {}
+    try:
+        snapshot = await fetch_quota(poller.client, poller.tokens, user_id)
+    except ThreadsError as exc:
+        # Unknown quota does not block publishing: the publish call enforces it anyway.
+        log.warning("quota check before publish failed", extra={
+            "container_id": current.container_id, "error": str(exc)})  # fmt: skip
+        snapshot = None
+    if snapshot is not None:
+        await poller.accounts.save_quota(snapshot, quota_ttl(settings))
+        if snapshot.limit.quota_usage is not None:
+            extra["quota_usage"] = str(snapshot.limit.quota_usage)
+        if snapshot.limit.config and snapshot.limit.config.quota_total is not None:
+            extra["quota_total"] = str(snapshot.limit.config.quota_total)
+        if snapshot.posts_remaining == 0:
+            err = PublishError(
+                f"posting quota used up: {extra.get('quota_usage')} of "
+                f"{extra.get('quota_total')} posts in the last 24 h; not published"
+            )
+            extra["publish_status"] = PublishStatus.QUOTA_EXHAUSTED
+            return await _finish(poller, current, final(State.QUOTA_EXHAUSTED, err),
+                                 checks=current.checks, ctx=ctx, extra=extra)  # fmt: skip
+
+    claim = await poller.store.claim_publish(current, max_attempts=settings.publish_max_attempts)
+    if claim == "exhausted":
+        err = PublishError(f"not published after {settings.publish_max_attempts} attempts")
+        extra["publish_status"] = PublishStatus.FAILED
+        return await _finish(poller, current, final(State.PUBLISH_FAILED, err),
+                             checks=current.checks, ctx=ctx, extra=extra)  # fmt: skip
+    if claim != "ok":
+        log.info("publish not claimed: %s", claim, extra={"container_id": current.container_id})
+        return claim
+
+    t0 = time.perf_counter()
+    try:
+        outcome: str | ThreadsError = await poller.client.publish(
+            user_id, current.container_id, token=token
+        )
+    except ThreadsError as exc:
+        outcome = ThreadsClient.scrub(exc, token)
+    api_ms = (time.perf_counter() - t0) * 1000
+    verdict = judge_publish(outcome)
+    now = time.time()
+    error = outcome if isinstance(outcome, ThreadsError) else None
+    log.info("publish answered: %s", verdict, extra={
+        "container_id": current.container_id, "api_ms": round(api_ms, 1),
+        "error": str(error) if error else None})  # fmt: skip
+
+    if verdict is PublishVerdict.PUBLISHED:
+        assert isinstance(outcome, str)
+        extra.update(publish_status=PublishStatus.PUBLISHED, media_id=outcome,
+                     published_at=repr(now))  # fmt: skip
+        decision = final(State.PUBLISHED)
+    elif verdict is PublishVerdict.UNCONFIRMED:
+        extra["publish_status"] = PublishStatus.UNCONFIRMED
+        decision = back_to_polling(error)
+    elif (
+        verdict is PublishVerdict.NOT_READY
+        and current.publish_attempts + 1 >= settings.publish_max_attempts
+    ):
+        extra["publish_status"] = PublishStatus.FAILED
+        decision = final(State.PUBLISH_FAILED, error)
+    elif verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER):
+        # Certainly not published: release the claim for a later attempt.
+        extra["publish_status"] = PublishStatus.PENDING
+        wait = settings.publish_grace_seconds if verdict is PublishVerdict.NOT_READY else (
+            poller.schedule.interval)  # fmt: skip
+        decision = Decision(State.FINISHED, False, now + max(wait, 0.05),
+                            last_api_status=State.FINISHED, error=error,
+                            error_kind=classify(error) if error else None)  # fmt: skip
+    elif verdict is PublishVerdict.QUOTA_EXHAUSTED:
+        extra["publish_status"] = PublishStatus.QUOTA_EXHAUSTED
+        decision = final(State.QUOTA_EXHAUSTED, error)
+    else:
+        extra["publish_status"] = PublishStatus.FAILED
+        decision = final(State.PUBLISH_FAILED, error)
+    return await _finish(poller, current, decision, checks=current.checks, ctx=ctx,
+                         api_ms=api_ms, extra=extra)  # fmt: skip
 
 
 def _throttled(
@@ -245,13 +399,14 @@ async def _finish(
     ctx: dict[str, Any],
     checked_at: float | None = None,
     api_ms: float | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """Record the decision; schedule the next check if there is one."""
     now = time.time()
     outcome, _ = await poller.store.record(
-        current, decision, checks=checks, checked_at=checked_at, now=now
+        current, decision, checks=checks, checked_at=checked_at, now=now, extra=extra
     )
-    extra: dict[str, Any] = {
+    log_extra: dict[str, Any] = {
         "container_id": current.container_id,
         "job_try": ctx.get("job_try"),
         "status": decision.status,
@@ -259,23 +414,23 @@ async def _finish(
         "checks": checks,
     }
     if api_ms is not None:
-        extra["api_ms"] = round(api_ms, 1)
+        log_extra["api_ms"] = round(api_ms, 1)
     if decision.next_check_at is not None:
-        extra["next_in_s"] = round(decision.next_check_at - now, 3)
+        log_extra["next_in_s"] = round(decision.next_check_at - now, 3)
     if not decision.spent:
-        extra["throttled"] = True
+        log_extra["throttled"] = True
     if decision.error is not None:
-        extra["error"] = str(decision.error)
-        extra["error_kind"] = decision.error_kind
+        log_extra["error"] = str(decision.error)
+        log_extra["error_kind"] = decision.error_kind
     timings = metrics.check_timings(ctx, current, now)
-    extra.update(timings)
+    log_extra.update(timings)
     metrics.observe_check(
         decision, checked=api_ms is not None, written=outcome == "ok", lag_s=timings.get("lag_s")
     )
     if outcome != "ok":
-        log.info("check outcome not written: %s", outcome, extra=extra)
+        log.info("check outcome not written: %s", outcome, extra=log_extra)
         return outcome
-    log.info("final state" if decision.final else "checked", extra=extra)
+    log.info("final state" if decision.final else "checked", extra=log_extra)
     if not decision.final and decision.next_check_at is not None:
         raise Retry(defer=max(0.0, decision.next_check_at - time.time()))
     return decision.status

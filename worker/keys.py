@@ -37,6 +37,14 @@ class Keys:
         return f"{self.prefix}:intake:dead"
 
     @property
+    def webhook_dead_letters(self) -> str:
+        """Stream: webhook deliveries that failed for good, with the reason."""
+        return f"{self.prefix}:webhooks:dead"
+
+    def webhook_job_id(self, container_id: str, generation: str) -> str:
+        return f"{self.prefix}:webhook:{container_id}:{generation}"
+
+    @property
     def inflight(self) -> str:
         """Sorted set: containers being polled, scored by their window's deadline."""
         return f"{self.prefix}:inflight"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
-from worker.ids import validate_id
+from worker.ids import validate_id, validate_webhook_url
 from worker.keys import Keys
 from worker.store import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
 
@@ -38,18 +38,25 @@ def store_for(redis: Redis, settings: Settings) -> ResultStore:
         window_seconds=settings.poll_max_seconds,
         result_ttl_seconds=settings.result_ttl_seconds,
         events_max_len=settings.events_max_len,
+        default_webhook_url=settings.webhook_url,
     )
 
 
 def build_requests(
-    container_ids: Iterable[str], *, account: str | None = None, force: bool = False
+    container_ids: Iterable[str],
+    *,
+    account: str | None = None,
+    force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
 ) -> list[EnqueueRequest]:
     """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError)."""
     acct = validate_id(account, what="account id") if account is not None else None
+    hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
     seen: dict[str, None] = {}
     for raw in container_ids:
         seen[validate_id(raw)] = None
-    return [EnqueueRequest(cid, acct, force) for cid in seen]
+    return [EnqueueRequest(cid, acct, force, publish, hook) for cid in seen]
 
 
 async def enqueue_many(
@@ -58,10 +65,15 @@ async def enqueue_many(
     *,
     account: str | None = None,
     force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
     settings: Settings | None = None,
 ) -> list[EnqueueOutcome]:
+    """Start polling; ``publish=True`` also publishes each container once it is FINISHED."""
     settings = settings or load_settings()
-    requests = build_requests(container_ids, account=account, force=force)
+    requests = build_requests(
+        container_ids, account=account, force=force, publish=publish, webhook_url=webhook_url
+    )
     done = await store_for(redis, settings).enqueue(requests)
     return [EnqueueOutcome.of(e) for e in done]
 
@@ -72,9 +84,17 @@ async def enqueue(
     *,
     account: str | None = None,
     force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
     settings: Settings | None = None,
 ) -> EnqueueOutcome:
     (outcome,) = await enqueue_many(
-        redis, [container_id], account=account, force=force, settings=settings
+        redis,
+        [container_id],
+        account=account,
+        force=force,
+        publish=publish,
+        webhook_url=webhook_url,
+        settings=settings,
     )
     return outcome

@@ -16,11 +16,20 @@ class State(StrEnum):
     QUEUED = "QUEUED"  # enqueued, not checked yet
     TIMED_OUT = "TIMED_OUT"  # the window ended without a final API status
     FAILED = "FAILED"  # the API says this container cannot be checked (id, permission, token)
+    # Auto-publish only: FINISHED, but the account's post quota is used up.
+    QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
+    # Auto-publish only: FINISHED, but the API refused to publish it (reason in last_error).
+    PUBLISH_FAILED = "PUBLISH_FAILED"
 
 
 # EXPIRED and PUBLISHED are final too: other implementations waited forever on them.
 API_FINAL_STATES = frozenset({State.FINISHED, State.PUBLISHED, State.ERROR, State.EXPIRED})
-FINAL_STATES = API_FINAL_STATES | {State.TIMED_OUT, State.FAILED}
+FINAL_STATES = API_FINAL_STATES | {
+    State.TIMED_OUT,
+    State.FAILED,
+    State.QUOTA_EXHAUSTED,
+    State.PUBLISH_FAILED,
+}
 SUCCESS_STATES = frozenset({State.FINISHED, State.PUBLISHED})
 
 

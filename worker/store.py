@@ -22,6 +22,7 @@ from worker.decisions import Decision
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
 
 CHECK_FUNCTION = "check_container"
+DELIVER_FUNCTION = "deliver_webhook"
 # arq drops a job whose key expired before it ran; a poll lasts minutes, so a day is generous
 # and a periodic sweep (reconcile) settles anything that still slips through.
 JOB_EXPIRY_MS = 86_400_000
@@ -66,6 +67,17 @@ class PollResult:
     throttled: int
     throttle_delay: float
     last_throttled_at: float | None
+    publish: bool
+    publish_status: str | None
+    publish_attempts: int
+    media_id: str | None
+    published_at: float | None
+    finished_at: float | None
+    quota_usage: int | None
+    quota_total: int | None
+    webhook_url: str | None
+    webhook_status: str | None
+    webhook_attempts: int
     account: str | None
     generation: str
 
@@ -106,6 +118,17 @@ class PollResult:
             throttled=opt_int("throttled") or 0,
             throttle_delay=_num(h.get("throttle_delay")) or 0.0,
             last_throttled_at=_num(h.get("last_throttled_at")),
+            publish=h.get("publish") == "1",
+            publish_status=opt("publish_status"),
+            publish_attempts=opt_int("publish_attempts") or 0,
+            media_id=opt("media_id"),
+            published_at=_num(h.get("published_at")),
+            finished_at=_num(h.get("finished_at")),
+            quota_usage=opt_int("quota_usage"),
+            quota_total=opt_int("quota_total"),
+            webhook_url=opt("webhook_url"),
+            webhook_status=opt("webhook_status"),
+            webhook_attempts=opt_int("webhook_attempts") or 0,
             account=opt("account"),
             generation=h.get("generation", ""),
         )
@@ -121,6 +144,8 @@ class EnqueueRequest:
     container_id: str
     account: str | None = None
     force: bool = False
+    publish: bool = False
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +164,17 @@ class ResultStore:
         window_seconds: float,
         result_ttl_seconds: int,
         events_max_len: int,
+        default_webhook_url: str | None = None,
     ) -> None:
         self.redis = redis
+        self.default_webhook_url = default_webhook_url
         self.keys = keys
         self.window_seconds = window_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.events_max_len = events_max_len
         self._enqueue = redis.register_script(_script("enqueue.lua"))
         self._record = redis.register_script(_script("record.lua"))
+        self._claim = redis.register_script(_script("publish_claim.lua"))
 
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
         """Start polling each container unless it is already being polled (one round trip)."""
@@ -181,6 +209,8 @@ class ResultStore:
                         req.account or "",
                         "1" if req.force else "0",
                         ARQ_IN_PROGRESS_PREFIX,
+                        "1" if req.publish else "0",
+                        req.webhook_url or "",
                     ],
                     client=pipe,
                 )
@@ -210,6 +240,7 @@ class ResultStore:
         checks: int,
         checked_at: float | None,
         now: float,
+        extra: Mapping[str, str] | None = None,
     ) -> tuple[str, str]:
         """Write one check's outcome. Returns (outcome, event id); outcome "ok" if written."""
         fields: dict[str, str] = {
@@ -242,6 +273,8 @@ class ResultStore:
                 last_error_subcode=err.get("subcode", ""),
                 last_error_fbtrace_id=err.get("fbtrace_id", ""),
             )
+        if extra:
+            fields.update(extra)
         event: dict[str, str] = {
             "container_id": current.container_id,
             "status": decision.status,
@@ -251,25 +284,52 @@ class ResultStore:
             "finalized_at": repr(now),
         }
         if decision.error is not None:
-            event["last_error"] = str(decision.error)
-        args: list[str | int] = [
+            event["last_error"] = fields["last_error"]
+        if fields.get("media_id"):
+            event["media_id"] = fields["media_id"]
+        # A final state with a webhook creates its delivery job in the same atomic step.
+        hook_id, hook_payload = "", b""
+        if decision.final and (current.webhook_url or self.default_webhook_url):
+            hook_id = self.keys.webhook_job_id(current.container_id, current.generation)
+            hook_payload = serialize_job(
+                DELIVER_FUNCTION, (current.container_id, current.generation), {}, None,
+                int(now * 1000),
+            )  # fmt: skip
+        args: list[str | int | bytes] = [
             current.generation,
             "1" if decision.final else "0",
             self.result_ttl_seconds,
             self.events_max_len,
             current.container_id,
             len(fields),
+            ARQ_JOB_PREFIX + hook_id if hook_id else "",
+            hook_id,
+            hook_payload,
+            JOB_EXPIRY_MS,
+            int(now * 1000),
         ]
         for k, v in fields.items():
             args += [k, v]
         for k, v in event.items():
             args += [k, v]
         reply = await self._record(
-            keys=[self.keys.result(current.container_id), self.keys.inflight, self.keys.events],
+            keys=[
+                self.keys.result(current.container_id),
+                self.keys.inflight,
+                self.keys.events,
+                self.keys.queue,
+            ],
             args=args,
         )
         outcome, event_id = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
         return outcome, event_id
+
+    async def claim_publish(self, current: PollResult, *, max_attempts: int) -> str:
+        reply = await self._claim(
+            keys=[self.keys.result(current.container_id)],
+            args=[current.generation, repr(time.time()), max_attempts],
+        )
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def inflight_past(self, cutoff: float, limit: int = 500) -> list[str]:
         """Containers whose window ended before ``cutoff`` but that are still listed in flight."""

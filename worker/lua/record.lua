@@ -1,7 +1,10 @@
--- Write the outcome of one check; on a final state also emit its event, exactly once.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream
+-- Write the outcome of one check; on a final state also emit its event, exactly once, and (when
+-- a webhook is configured) create its delivery job in the same step, so none can be lost.
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 arq queue
 -- ARGV: 1 generation, 2 final ('1'/'0'), 3 ttl seconds, 4 events maxlen, 5 container id,
---       6 number of hash fields n, 7 .. 6+2n field/value pairs, then event field/value pairs
+--       6 number of hash fields n, 7 webhook job key ('' for none), 8 webhook job id,
+--       9 webhook job payload, 10 webhook job expiry ms, 11 webhook job score ms,
+--       12 .. 11+2n field/value pairs, then event field/value pairs
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
 if cur[1] ~= ARGV[1] then
   return {'stale', ''}
@@ -12,7 +15,7 @@ if cur[2] == '1' then
 end
 local n = tonumber(ARGV[6])
 local fields = {}
-for i = 7, 6 + 2 * n do
+for i = 12, 11 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
@@ -21,9 +24,14 @@ local event_id = ''
 if ARGV[2] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[5])
   local ev = {}
-  for i = 7 + 2 * n, #ARGV do
+  for i = 12 + 2 * n, #ARGV do
     ev[#ev + 1] = ARGV[i]
   end
   event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ev))
+  if ARGV[7] ~= '' then
+    redis.call('PSETEX', ARGV[7], ARGV[10], ARGV[9])
+    redis.call('ZADD', KEYS[4], ARGV[11], ARGV[8])
+    redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
+  end
 end
 return {'ok', event_id}

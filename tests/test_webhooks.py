@@ -1,0 +1,193 @@
+"""Issue 7: signed webhooks on final states, with retries and dead letters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import running_worker, wait_until
+from worker import enqueue, get_result
+from worker.ids import InvalidIdError
+from worker.keys import Keys
+from worker.webhooks import SIGNATURE_HEADER, sign, verify_signature
+
+SECRET = "whsec-test-0123456789"
+
+
+@dataclass
+class Receiver:
+    url: str
+    answers: list[int]
+    got: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def receiver(answers: list[int]) -> AsyncIterator[Receiver]:
+    rec = Receiver("", answers)
+
+    async def handle(request: web.Request) -> web.Response:
+        rec.got.append((await request.read(), dict(request.headers)))
+        status = rec.answers.pop(0) if len(rec.answers) > 1 else rec.answers[0]
+        return web.Response(status=status, text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}/hook?tenant=a"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+def hook_settings(settings: Settings, **more: object) -> Settings:
+    update: dict[str, object] = {
+        "webhook_secret": SecretStr(SECRET),
+        "webhook_backoff_seconds": 0.1,
+        "webhook_max_attempts": 3,
+    }
+    update.update(more)
+    return settings.model_copy(update=update)
+
+
+async def test_signed_delivery_on_final_state(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    settings = hook_settings(settings)
+    sim.state.set_script("9501", ["IN_PROGRESS", "ERROR:INVALID_DURATION"])
+    async with receiver([200]) as rec:
+        await enqueue(redis, "9501", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: len(rec.got) == 1, timeout=10)
+            await wait_until(lambda: _hook_status(redis, settings, "9501", "delivered"))
+    body, headers = rec.got[0]
+    assert verify_signature(SECRET, body, headers[SIGNATURE_HEADER])
+    assert not verify_signature("wrong-secret", body, headers[SIGNATURE_HEADER])
+    assert not verify_signature(SECRET, body + b" ", headers[SIGNATURE_HEADER])
+    data = json.loads(body)
+    assert (data["container_id"], data["status"], data["error_message"]) == (
+        "9501",
+        "ERROR",
+        "INVALID_DURATION",
+    )
+    assert data["final"] is True and data["finalized_at"] >= data["enqueued_at"]
+    assert headers["X-Threads-Poller-Event"] == "container.final"
+    r = await get_result(redis, "9501", settings=settings)
+    assert r is not None and r.webhook_attempts == 1
+
+
+async def _hook_status(redis: Redis, settings: Settings, cid: str, status: str) -> bool:
+    r = await get_result(redis, cid, settings=settings)
+    return r is not None and r.webhook_status == status
+
+
+async def test_retry_then_success(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = hook_settings(settings)
+    sim.state.set_script("9502", ["FINISHED"])
+    async with receiver([500, 503, 200]) as rec:
+        await enqueue(redis, "9502", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: _hook_status(redis, settings, "9502", "delivered"))
+    assert len(rec.got) == 3
+    # Each attempt is signed afresh; the body is the same.
+    assert len({b for b, _ in rec.got}) == 1
+    assert all(verify_signature(SECRET, b, h[SIGNATURE_HEADER]) for b, h in rec.got)
+    assert await redis.xlen(keys.webhook_dead_letters) == 0
+
+
+async def test_retry_then_dead_letter(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = hook_settings(settings)
+    sim.state.set_script("9503", ["EXPIRED"])
+    async with receiver([500]) as rec:
+        await enqueue(redis, "9503", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: _hook_status(redis, settings, "9503", "dead"))
+    assert len(rec.got) == 3
+    (_, dead), = await redis.xrange(keys.webhook_dead_letters)  # fmt: skip
+    assert dead[b"container_id"] == b"9503" and dead[b"reason"] == b"HTTP 500"
+    assert dead[b"attempts"] == b"3" and dead[b"status"] == b"EXPIRED"
+
+
+async def test_client_error_is_not_retried(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    settings = hook_settings(settings)
+    sim.state.set_script("9504", ["FINISHED"])
+    async with receiver([410]) as rec:
+        await enqueue(redis, "9504", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: _hook_status(redis, settings, "9504", "dead"))
+    assert len(rec.got) == 1
+
+
+async def test_default_url_from_settings_and_unreachable_receiver(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    from tests.conftest import free_port
+
+    settings = hook_settings(settings, webhook_url=f"http://127.0.0.1:{free_port()}/nobody",
+                             webhook_max_attempts=2)  # fmt: skip
+    sim.state.set_script("9505", ["FINISHED"])
+    await enqueue(redis, "9505", settings=settings)
+    async with running_worker(settings):
+        await wait_until(lambda: _hook_status(redis, settings, "9505", "dead"))
+    (_, dead), = await redis.xrange(keys.webhook_dead_letters)  # fmt: skip
+    assert b"Connect" in dead[b"reason"] and dead[b"attempts"] == b"2"
+
+
+async def test_no_webhook_no_delivery_job(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    sim.state.set_script("9506", ["FINISHED"])
+    await enqueue(redis, "9506", settings=settings)
+    async with running_worker(settings):
+        await wait_until(lambda: _is_final(redis, settings, "9506"))
+    r = await get_result(redis, "9506", settings=settings)
+    assert r is not None and r.final and r.webhook_status is None
+    assert not [k async for k in redis.scan_iter(match=b"arq:job:*webhook*")]
+
+
+async def _is_final(redis: Redis, settings: Settings, cid: str) -> bool:
+    r = await get_result(redis, cid, settings=settings)
+    return r is not None and r.final
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y", "not a url", "http://", "", "http://a b/"])
+async def test_bad_webhook_url_is_refused(redis: Redis, settings: Settings, url: str) -> None:
+    with pytest.raises(InvalidIdError, match="webhook url"):
+        await enqueue(redis, "9507", webhook_url=url, settings=settings)
+    assert await redis.dbsize() == 0
+
+
+def test_signature_rejects_replays() -> None:
+    body = b'{"a":1}'
+    old = int(time.time()) - 3600
+    assert not verify_signature(SECRET, body, sign(SECRET, body, old))
+    assert verify_signature(SECRET, body, sign(SECRET, body, old), now=old + 10)
+    assert not verify_signature(SECRET, body, "garbage")
+    assert not verify_signature(SECRET, body, "t=1,v1=")
+
+
+def test_webhook_url_needs_a_secret() -> None:
+    from config import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        load_settings(_env_file=None, webhook_url="https://example.invalid/hook")

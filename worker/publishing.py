@@ -1,0 +1,59 @@
+"""Auto-publish: what a ``threads_publish`` answer means. Pure; the job does the I/O.
+
+The rule that matters: a publish that may have happened is never repeated. Only an answer that
+proves nothing was published (a Graph error envelope with a 4xx status, or a connection that was
+never opened) lets a later attempt go ahead; anything ambiguous (timeout, 5xx, a reply without a
+media id) is "unconfirmed", and the worker goes back to checking the container's status until it
+sees PUBLISHED or the window ends.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from api_client.errors import GraphAPIError, NetworkError, ThreadsError
+from api_client.policy import ErrorKind, classify
+
+NOT_READY_CODE, NOT_READY_SUBCODE = 24, 4279009
+# Undocumented for Threads; what the simulator answers for an exhausted post quota.
+QUOTA_EXHAUSTED_SUBCODE = 2207042
+
+
+class PublishVerdict(StrEnum):
+    PUBLISHED = "published"
+    UNCONFIRMED = "unconfirmed"  # may have been published: never publish again
+    NOT_READY = "not_ready"  # 24/4279009: certainly not published; try again after the grace
+    RETRY_LATER = "retry_later"  # certainly not published (throttled, connection refused)
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    FAILED = "failed"  # certainly not published, and retrying will not help
+
+
+class PublishStatus(StrEnum):
+    """The ``publish_status`` field of the result hash."""
+
+    PENDING = "pending"  # FINISHED seen; publish due after the grace
+    IN_FLIGHT = "in_flight"  # a worker claimed the publish call
+    PUBLISHED = "published"
+    UNCONFIRMED = "unconfirmed"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    FAILED = "failed"
+
+
+def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
+    if isinstance(outcome, str):
+        return PublishVerdict.PUBLISHED
+    if isinstance(outcome, NetworkError) and not outcome.request_sent:
+        return PublishVerdict.RETRY_LATER
+    if not isinstance(outcome, GraphAPIError):
+        # Timeouts, dropped connections, garbage or id-less replies: it may have gone through.
+        return PublishVerdict.UNCONFIRMED
+    if outcome.http_status is None or outcome.http_status >= 500:
+        return PublishVerdict.UNCONFIRMED
+    if outcome.code == NOT_READY_CODE and outcome.subcode == NOT_READY_SUBCODE:
+        return PublishVerdict.NOT_READY
+    if outcome.subcode == QUOTA_EXHAUSTED_SUBCODE:
+        return PublishVerdict.QUOTA_EXHAUSTED
+    kind = classify(outcome)
+    if kind in (ErrorKind.THROTTLED, ErrorKind.TRANSIENT):
+        return PublishVerdict.RETRY_LATER
+    return PublishVerdict.FAILED
