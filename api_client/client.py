@@ -90,7 +90,9 @@ class ThreadsClient:
         Not retried here, ever: a retry after an ambiguous failure could publish twice.
         """
         http_status, body, _ = await self.request(
-            "POST", f"/{user_id}/threads_publish", params={"creation_id": creation_id},
+            "POST",
+            f"/{user_id}/threads_publish",
+            params={"creation_id": creation_id},
             token=token,
         )
         return parse_publish(http_status, body)

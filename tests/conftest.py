@@ -137,6 +137,8 @@ def make_settings(redis_url: str, base_url: str, **overrides: Any) -> Settings:
         # Pacing is tested on its own (test_api_policy.py); elsewhere it would only add delay.
         "account_max_requests_per_second": 0,
         "throttle_backoff_seconds": 0.2,
+        # No /metrics server unless a test asks for one (tests/test_metrics.py): no fixed port.
+        "metrics_port": 0,
         "log_format": "json",
     }
     values.update(overrides)
@@ -195,4 +197,5 @@ def project_env(redis_server: RedisServer) -> dict[str, str]:
     env["LOG_FORMAT"] = "json"
     env["ACCOUNT_MAX_REQUESTS_PER_SECOND"] = "0"
     env["THROTTLE_BACKOFF_SECONDS"] = "0.3"
+    env["METRICS_PORT"] = "0"
     return env

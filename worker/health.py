@@ -179,16 +179,16 @@ class Heartbeat:
         last_accepting = True
         while True:
             await asyncio.sleep(min(_STATE_POLL_SECONDS, self.beat_seconds))
-            accepting, _ = self.probe()
-            if loop.time() - last_beat < self.beat_seconds and accepting == last_accepting:
-                continue
             try:
+                accepting, _ = self.probe()
+                if loop.time() - last_beat < self.beat_seconds and accepting == last_accepting:
+                    continue
                 await self.beat()
                 last_beat, last_accepting = loop.time(), accepting
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # Redis is away: the key expires and the health check says so; keep trying.
+                # Redis is away (or the probe broke): the key expires and health says so.
                 log.warning("heartbeat not written", exc_info=True)
                 last_beat = loop.time()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,9 @@ from api_client.redact import redact
 from config import LogFormat
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# In a container the host name is the container id: it tells replicas apart in a log store that
+# merges their streams (Docker's json-file driver does not add it to the line).
+_HOST = socket.gethostname()
 
 
 class RedactingFilter(logging.Filter):
@@ -45,6 +49,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "host": _HOST,
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():

@@ -1,0 +1,193 @@
+"""Per-worker heartbeats and ``threads-poller health`` (the image's HEALTHCHECK)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from redis.asyncio import Redis
+
+from config import Settings
+from tests.cli_helpers import run_cli
+from tests.conftest import RedisServer, free_port, running_worker, wait_until
+from worker.health import (
+    BEAT_SECONDS,
+    TTL_SECONDS,
+    Beat,
+    Heartbeat,
+    arq_probe,
+    check,
+    evaluate,
+    live_beats,
+)
+from worker.keys import Keys
+
+
+def beat(name: str, host: str, *, at: float = 100.0, accepting: bool = True) -> Beat:
+    return Beat(name, host, 1, started_at=at - 50, beat_at=at, ttl_s=15, accepting=accepting)
+
+
+def test_evaluate_matches_this_host_only() -> None:
+    beats = [beat("a-1", "host-a"), beat("b-1", "host-b")]
+    ok = evaluate(101.0, beats, host="host-b")
+    assert ok.healthy and "b-1" in ok.message and "last beat 1.0s ago" in ok.message
+    other = evaluate(101.0, beats, host="host-c")
+    assert not other.healthy
+    assert other.message == (
+        "unhealthy: no worker heartbeat from host host-c; 2 live worker(s) elsewhere"
+    )
+    assert evaluate(101.0, beats, host=None).healthy  # --any
+    assert not evaluate(101.0, [], host=None).healthy
+
+
+def test_evaluate_draining_worker_is_unhealthy() -> None:
+    draining = [beat("a-1", "host-a", accepting=False)]
+    health = evaluate(101.0, draining, host="host-a")
+    assert not health.healthy and "shutting down" in health.message
+    # A second process on the same host that still takes jobs keeps the host healthy.
+    assert evaluate(101.0, [*draining, beat("a-2", "host-a")], host="host-a").healthy
+
+
+def test_beat_json_round_trip_and_garbage() -> None:
+    b = Beat("w", "h", 7, 1.5, 2.5, 15.0, False, {"complete": 3})
+    assert Beat.from_json(b.to_json()) == b
+    for raw in [b"", b"{}", b"[]", b"not json", json.dumps({"name": "w"}).encode()]:
+        assert Beat.from_json(raw) is None
+
+
+async def test_heartbeat_in_redis(redis: Redis) -> None:
+    keys = Keys("hb-test")
+    state = {"accepting": True}
+    hb = Heartbeat(
+        redis, keys, "host-a-1-abc", host="host-a", probe=lambda: (state["accepting"], {"x": 1})
+    )
+    written = await hb.beat()
+    ttl_ms = await redis.pttl(keys.worker_heartbeat("host-a-1-abc"))
+    assert TTL_SECONDS * 1000 - 1000 < ttl_ms <= TTL_SECONDS * 1000
+    assert await redis.zscore(keys.workers, "host-a-1-abc") == written.beat_at
+    now, beats = await live_beats(redis, keys)
+    assert [b.name for b in beats] == ["host-a-1-abc"] and beats[0].jobs == {"x": 1}
+    assert (await check(redis, keys, host="host-a")).healthy
+    assert not (await check(redis, keys, host="host-b")).healthy
+    # Another prefix is another deployment: it does not see this worker.
+    assert not (await check(redis, Keys("other"), host=None)).healthy
+
+    # A worker told to stop says so in its next beat.
+    state["accepting"] = False
+    await hb.beat()
+    assert "shutting down" in (await check(redis, keys, host="host-a")).message
+
+    # A key past its TTL, or a beat older than its own TTL, is not a live worker.
+    state["accepting"] = True
+    await hb.beat()
+    await redis.delete(keys.worker_heartbeat("host-a-1-abc"))
+    assert not (await check(redis, keys, host="host-a")).healthy
+    stale = Beat("old", "host-a", 2, now - 100, now - TTL_SECONDS - 1, TTL_SECONDS)
+    await redis.set(keys.worker_heartbeat("old"), stale.to_json())
+    await redis.zadd(keys.workers, {"old": now})
+    assert not (await check(redis, keys, host="host-a")).healthy
+
+    await hb.beat()
+    await hb.stop()
+    assert await redis.exists(keys.worker_heartbeat("host-a-1-abc")) == 0
+    assert await redis.zscore(keys.workers, "host-a-1-abc") is None
+
+
+async def test_heartbeat_loop_beats_and_reports_drain_at_once(redis: Redis) -> None:
+    keys = Keys("hb-loop")
+    state = {"accepting": True}
+    hb = Heartbeat(
+        redis, keys, "w1", host="h", beat_seconds=0.2, probe=lambda: (state["accepting"], {})
+    )
+    task = asyncio.create_task(hb.run())
+    try:
+        await wait_until(lambda: hb.beats >= 3, timeout=5)
+        # With the default 5 s beat the drain would still show within a poll (0.5 s).
+        slow = Heartbeat(redis, keys, "w2", host="h2", probe=lambda: (state["accepting"], {}))
+        slow_task = asyncio.create_task(slow.run())
+        await slow.beat()
+        state["accepting"] = False
+
+        async def draining() -> bool:
+            return "shutting down" in (await check(redis, keys, host="h2")).message
+
+        await wait_until(draining, timeout=BEAT_SECONDS / 2)
+        slow_task.cancel()
+    finally:
+        task.cancel()
+
+
+async def test_arq_probe_reads_the_worker(settings: Settings, redis: Redis) -> None:
+    async with running_worker(settings) as worker:
+        accepting, jobs = arq_probe(worker)()
+        assert accepting and set(jobs) == {"complete", "failed", "retried", "ongoing"}
+        worker.allow_pick_jobs = False
+        assert arq_probe(worker)()[0] is False
+        worker.allow_pick_jobs = True
+    assert arq_probe(None)() == (True, {})
+
+
+async def test_in_process_worker_health_follows_its_life(
+    settings: Settings, redis: Redis, keys: Keys
+) -> None:
+    host = socket.gethostname()
+    assert not (await check(redis, keys, host=host)).healthy
+    async with running_worker(settings):
+        await wait_until(lambda: _healthy(redis, keys, host), timeout=10)
+        health = await check(redis, keys, host=host)
+        assert health.beats[0].pid > 0 and health.beats[0].name.startswith(host + "-")
+    # A clean stop removes the heartbeat at once, not after its TTL.
+    assert not (await check(redis, keys, host=host)).healthy
+    assert await redis.zcard(keys.workers) == 0
+
+
+async def _healthy(redis: Redis, keys: Keys, host: str) -> bool:
+    return (await check(redis, keys, host=host)).healthy
+
+
+async def test_health_cli_exit_codes(
+    settings: Settings, redis: Redis, redis_server: RedisServer, project_env: dict[str, str]
+) -> None:
+    code, out, err = await run_cli("health", env=project_env)
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        f"threads-poller: unhealthy: no worker heartbeat from host {socket.gethostname()}"
+    )
+    hb = Heartbeat(redis, Keys(settings.key_prefix), "elsewhere-1", host="elsewhere")
+    await hb.beat()
+    code, _, err = await run_cli("health", env=project_env)
+    assert code == 1 and "1 live worker(s) elsewhere" in err
+    code, out, _ = await run_cli("health", "--any", env=project_env)
+    assert code == 0 and out.startswith("healthy: worker elsewhere-1 pid ")
+    code, out, _ = await run_cli("health", "--host", "elsewhere", env=project_env)
+    assert code == 0
+
+    # Redis down (nothing listens on the port): exit 4, one line naming it.
+    dead = dict(project_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    code, _, err = await run_cli("health", env=dead)
+    assert code == 4 and "cannot reach Redis" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_health_cli_gives_up_on_a_silent_redis(project_env: dict[str, str]) -> None:
+    """A Redis that accepts the connection but never answers: exit 4 in time, not a hang."""
+    held: list[asyncio.StreamWriter] = []  # keep the connections open, and silent
+
+    def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        env = dict(project_env, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        code, _, err = await run_cli("health", "--redis-timeout", "1", env=env, timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+    assert held, "the health check did connect"
+    assert code == 4 and "cannot reach Redis" in err and "TimeoutError" in err
+    assert elapsed < 10

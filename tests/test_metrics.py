@@ -1,0 +1,174 @@
+"""Prometheus metrics: what a real worker exposes on METRICS_PORT after real checks."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import free_port, running_worker, wait_until
+from worker import enqueue_many, get_result, metrics
+from worker.keys import Keys
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(port: int) -> dict[Sample, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def current(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def key(name: str, **labels: str) -> Sample:
+    return (name, frozenset(labels.items()))
+
+
+def test_status_label_is_bounded() -> None:
+    assert metrics.status_label("FINISHED") == "FINISHED"
+    assert metrics.status_label("SOMETHING_NEW_FROM_META") == "OTHER"
+    assert metrics.status_label(None) == ""
+
+
+async def test_gauges_sample_the_shared_state(redis: Redis, settings: Settings, keys: Keys) -> None:
+    await enqueue_many(redis, ["7001", "7002", "7003"], settings=settings)
+    # One of them scheduled a minute ahead (as a Retry would): queued, in flight, not due.
+    job_ids = await redis.zrange(keys.queue, 0, -1)
+    await redis.zadd(keys.queue, {job_ids[0]: (time.time() + 60) * 1000})
+    await redis.xadd(keys.dead_letters, {"entry_id": "1-0", "reason": "test", "fields": "{}"})
+    enqueued_ms = min(score for _, score in await redis.zrange(keys.queue, 0, -1, withscores=True))
+
+    await metrics.sample(redis, keys, now=enqueued_ms / 1000 + 10)
+    assert current("threads_poller_containers_in_flight") == 3
+    assert current("threads_poller_queue_jobs") == 3
+    assert current("threads_poller_queue_due_jobs") == 2
+    assert current("threads_poller_queue_lag_seconds") == pytest.approx(10, abs=0.01)
+    assert current("threads_poller_intake_dead_letter_stream_length") == 1
+
+    await redis.delete(keys.queue)
+    await metrics.sample(redis, keys)
+    assert current("threads_poller_queue_due_jobs") == 0
+    assert current("threads_poller_queue_lag_seconds") == 0
+
+
+async def test_worker_exposes_check_outcomes(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    scripts = {
+        "5101": ["IN_PROGRESS", "FINISHED"],
+        "5102": ["notfound"],
+        "5103": ["throttle", "FINISHED"],
+        "5104": ["ERROR:INVALID_BIT_RATE"],
+        "5105": ["notfound"],
+    }
+    for cid, steps in scripts.items():
+        sim.state.set_script(cid, steps)
+    port = free_port()
+    settings = settings.model_copy(update={"metrics_port": port, "poll_max_seconds": 5.0})
+    watched = [
+        key("threads_poller_checks_total", status="IN_PROGRESS", error_kind=""),
+        key("threads_poller_checks_total", status="FINISHED", error_kind=""),
+        key("threads_poller_checks_total", status="ERROR", error_kind=""),
+        key("threads_poller_checks_total", status="", error_kind="not_found"),
+        key("threads_poller_checks_total", status="", error_kind="throttled"),
+        key("threads_poller_api_throttled_total"),
+        key("threads_poller_final_states_total", status="FINISHED"),
+        key("threads_poller_final_states_total", status="FAILED"),
+        key("threads_poller_final_states_total", status="ERROR"),
+        key("threads_poller_api_request_duration_seconds_count", outcome="ok"),
+        key("threads_poller_api_request_duration_seconds_count", outcome="error"),
+        key("threads_poller_check_lag_seconds_count"),
+        key("threads_poller_intake_accepted_total"),
+        key("threads_poller_intake_dead_letters_total"),
+    ]
+    before = {k: current(k[0], **dict(k[1])) for k in watched}
+
+    await enqueue_many(redis, ["5101", "5102", "5103", "5104"], settings=settings)
+    await redis.xadd(keys.intake, {"container_id": "5105"})
+    await redis.xadd(keys.intake, {"container_id": "not-an-id"})
+    ids = list(scripts)
+    async with running_worker(settings) as worker:
+
+        async def all_final() -> bool:
+            results = [await get_result(redis, cid, settings=settings) for cid in ids]
+            return all(r is not None and r.final for r in results)
+
+        await wait_until(all_final, timeout=20)
+        await metrics.sample(redis, keys)
+        after = scrape(port)
+        assert worker.ctx["metrics_server"].port == port
+    delta = {k: after.get(k, 0.0) - before[k] for k in watched}
+
+    assert delta == {
+        watched[0]: 1,  # 5101's first answer
+        watched[1]: 2,  # 5101, 5103
+        watched[2]: 1,  # 5104
+        watched[3]: 2,  # 5102, 5105 (via the intake)
+        watched[4]: 1,  # 5103's first answer
+        watched[5]: 1,
+        watched[6]: 2,
+        watched[7]: 2,
+        watched[8]: 1,
+        watched[9]: 4,  # IN_PROGRESS + 2 FINISHED + ERROR
+        watched[10]: 3,  # 2 not found + 1 throttled
+        watched[11]: 7,  # every check that asked the API
+        watched[12]: 1,
+        watched[13]: 1,
+    }
+    assert sum(sim.state.calls_for(cid).count for cid in ids) == 7
+    assert after[key("threads_poller_containers_in_flight")] == 0
+    assert after[key("threads_poller_intake_dead_letter_stream_length")] == 1
+    # Latency observations are real durations, not zeros.
+    assert after[key("threads_poller_api_request_duration_seconds_sum", outcome="ok")] > 0
+
+    # The server went away with the worker: the port is free again.
+    with pytest.raises(urllib.error.URLError):
+        scrape(port)
+
+
+async def test_metrics_port_zero_serves_nothing(
+    redis: Redis, settings: Settings, keys: Keys
+) -> None:
+    assert settings.metrics_port == 0
+    async with running_worker(settings) as worker:
+        await wait_until(lambda: "heartbeat" in worker.ctx, timeout=10)
+        assert worker.ctx.get("metrics_server") is None
+        names = {t.get_name() for t in worker.ctx["background"]}
+        assert "metrics" not in names and "heartbeat" in names
+
+
+def test_busy_port_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.ERROR, logger="threads_poller.metrics"):
+            assert metrics.start_server(port) is None
+    assert f"cannot listen on 0.0.0.0:{port}" in caplog.text
+
+
+async def test_server_serves_and_closes() -> None:
+    server = metrics.start_server(0, "127.0.0.1")
+    assert server is not None and server.port > 0
+    try:
+        assert key("threads_poller_queue_jobs") in scrape(server.port)
+    finally:
+        await metrics.stop_server(server)
+    with pytest.raises(urllib.error.URLError):
+        scrape(server.port)
