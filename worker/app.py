@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
@@ -188,7 +189,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "health_check_interval": 10,
         # On SIGTERM: stop taking checks, let running ones finish within this grace; whatever is
         # still running then is cancelled and re-run later by arq (nothing is lost either way).
-        "job_completion_wait": int(settings.http_timeout_seconds) + 2,
+        "job_completion_wait": math.ceil(settings.http_timeout_seconds) + 2,
     }
     options.update(overrides)
     return options
