@@ -5,7 +5,7 @@ Keys (documented in the README):
     {prefix}:account:{account}   hash: throttled_until, throttle_level, throttled_total,
                                  last_throttle_code, last_throttled_at, token_rejected_fp,
                                  token_rejected_reason, token_rejected_code, token_rejected_at
-    {prefix}:rate:{account}      string: pacing state of the request rate cap
+    {prefix}:rate:{account}      string: pacing state of the request rate cap (begin_check.lua)
     {prefix}:quota:{account}     string: JSON of the last publishing limit read
     {prefix}:accounts            sorted set: accounts seen at enqueue, by last time seen
 """
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot
 from worker.keys import Keys
+from worker.store import PollResult
 
 ACCOUNT_TTL_SECONDS = 7 * 86400
 
@@ -42,12 +43,44 @@ class AccountState:
     token_rejected_reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CheckStart:
+    """What ``begin_check`` read: the container, its account's state, the pacing wait."""
+
+    result: PollResult | None
+    account: AccountState
+    pace_wait: float
+
+
 class AccountStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
         self._throttle = redis.register_script(_script("throttle.lua"))
-        self._rate = redis.register_script(_script("rate.lua"))
+        self._begin = redis.register_script(_script("begin_check.lua"))
+
+    async def begin_check(
+        self, container_id: str, generation: str, *, per_second: float, max_wait: float
+    ) -> CheckStart:
+        """One round trip for everything a check reads before calling the API."""
+        reply = await self._begin(
+            keys=[self.keys.result(container_id)],
+            args=[
+                generation,
+                self.keys.prefix,
+                1.0 / per_second if per_second > 0 else 0,
+                max_wait,
+            ],
+        )
+        flat, until, level, fp, reason, wait = reply
+        pairs = dict(zip(flat[::2], flat[1::2], strict=True))
+        return CheckStart(
+            PollResult.from_hash(pairs) if pairs else None,
+            AccountState(
+                float(_text(until) or 0), int(_text(level) or 0), _text(fp), _text(reason)
+            ),
+            float(_text(wait) or 0),
+        )
 
     async def load(self, account: str) -> AccountState:
         raw = await self.redis.hmget(  # type: ignore[misc]
@@ -89,13 +122,6 @@ class AccountStore:
             tx.expire(key, ACCOUNT_TTL_SECONDS)
             previous, _, _ = await tx.execute()
         return _text(previous) != fp
-
-    async def pace(self, account: str, *, per_second: float, max_wait: float) -> float:
-        """Seconds to wait before this account's next request may go (0: go now)."""
-        if per_second <= 0:
-            return 0.0
-        reply = await self._rate(keys=[self.keys.rate(account)], args=[1.0 / per_second, max_wait])
-        return float(_text(reply))
 
     async def save_quota(self, snapshot: QuotaSnapshot, ttl_seconds: int) -> None:
         await self.redis.set(

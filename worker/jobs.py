@@ -85,7 +85,13 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
     settings = poller.settings
     started = time.time()
     ctx[metrics.RUN_STARTED_KEY] = started  # for the timings of the check log line
-    current = await poller.store.load(container_id)
+    start = await poller.accounts.begin_check(
+        container_id,
+        generation,
+        per_second=settings.account_max_requests_per_second,
+        max_wait=MAX_PACE_SLEEP_SECONDS,
+    )
+    current, state = start.result, start.account
     if current is None or current.generation != generation:
         # The result expired or a newer poll (forced re-enqueue) replaced this one.
         log.info(
@@ -116,7 +122,6 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
 
     account = current.account or DEFAULT_ACCOUNT
     token = await poller.tokens.token_for(current.account)
-    state = await poller.accounts.load(account)
     if not token or state.token_rejected_fp == fingerprint(token):
         error: MissingTokenError = (
             MissingTokenError(f"no access token configured for account {account}")
@@ -134,11 +139,7 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
         decision = _throttled(poller, current, started, state.throttled_until, None)
         return await _finish(poller, current, decision, checks=current.checks, ctx=ctx)
 
-    wait = await poller.accounts.pace(
-        account,
-        per_second=settings.account_max_requests_per_second,
-        max_wait=MAX_PACE_SLEEP_SECONDS,
-    )
+    wait = start.pace_wait
     if wait > MAX_PACE_SLEEP_SECONDS:
         raise Retry(defer=wait)  # not a check: nothing to record
     if wait > 0:
