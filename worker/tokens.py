@@ -76,6 +76,8 @@ class AccountTokenSource:
         self._mtime: float | None = None
         self._checked_at = 0.0
         self._tokens: dict[str, str] = {}
+        self._secrets: list[str] | None = None
+        self._secrets_for: dict[str, str] | None = None
         self._reload()
 
     def _reload(self) -> None:
@@ -120,8 +122,13 @@ class AccountTokenSource:
         return self._default
 
     def known_secrets(self) -> list[str]:
-        secrets = list(self._tokens.values())
-        secrets += [v for k, v in self._environ.items() if k.startswith("THREADS_ACCESS_TOKEN")]
-        if self._default:
-            secrets.append(self._default)
-        return secrets
+        # Called for every log record (redaction): keep it a list lookup, rebuilt on reload.
+        if self._secrets is None or self._secrets_for is not self._tokens:
+            secrets = list(self._tokens.values())
+            secrets += [
+                v for k, v in self._environ.items() if k.startswith("THREADS_ACCESS_TOKEN") and v
+            ]
+            if self._default:
+                secrets.append(self._default)
+            self._secrets, self._secrets_for = secrets, self._tokens
+        return self._secrets
