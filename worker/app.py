@@ -170,7 +170,9 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 name=DELIVER_FUNCTION,
                 max_tries=MAX_TRIES,
                 keep_result=0,
-                timeout=settings.webhook_timeout_seconds + 10,
+                # arq keeps a killed job locked for its largest function timeout + 10 s:
+                # keep this one small so it does not delay re-runs of killed checks.
+                timeout=settings.webhook_timeout_seconds + 2,
             ),
         ],
         "queue_name": keys.queue,
