@@ -8,7 +8,12 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from api_client.errors import NetworkError, RequestTimeoutError, ThreadsError
+from api_client.errors import (
+    MalformedResponseError,
+    NetworkError,
+    RequestTimeoutError,
+    ThreadsError,
+)
 from api_client.models import ContainerStatus, PublishingLimit
 from api_client.parsing import (
     QUOTA_FIELDS,
@@ -34,6 +39,21 @@ def make_session(*, timeout_seconds: float, max_connections: int = 100) -> aioht
         headers={"User-Agent": USER_AGENT},
         raise_for_status=False,
     )
+
+
+async def _read_body(resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+    """The whole body, up to MAX_BODY_BYTES (``content.read(n)`` may return just one chunk)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise MalformedResponseError(
+                f"{method} {path}: reply larger than {MAX_BODY_BYTES} bytes",
+                http_status=resp.status,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ThreadsClient:
@@ -119,7 +139,7 @@ class ThreadsClient:
             async with self._session.request(
                 method, url, params=query, headers=headers, timeout=timeout
             ) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES)
+                body = await _read_body(resp, method, path)
                 return resp.status, body, dict(resp.headers)
         except TimeoutError:
             raise RequestTimeoutError(f"{method} {path}: no answer within the timeout") from None

@@ -18,6 +18,8 @@ _MAX_TEXT = 500
 
 
 def _clip(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which cannot be encoded to UTF-8 for Redis.
+    text = text.encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
 
 
@@ -61,8 +63,8 @@ def parse_graph_error(http_status: int, payload: Any) -> GraphAPIError | None:
         _clip(_opt_str(err.get("message")) or "no message"),
         code=_opt_int(err.get("code")),
         subcode=_opt_int(err.get("error_subcode")),
-        error_type=_opt_str(err.get("type")),
-        fbtrace_id=_opt_str(err.get("fbtrace_id")),
+        error_type=_clip(kind) if (kind := _opt_str(err.get("type"))) else None,
+        fbtrace_id=_clip(fbtrace) if (fbtrace := _opt_str(err.get("fbtrace_id"))) else None,
         is_transient=transient is True or transient == "true",
         user_title=_opt_str(err.get("error_user_title")),
         user_msg=_opt_str(err.get("error_user_msg")),

@@ -41,9 +41,13 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         validate_default=True,
+        # "inf" and "nan" parse as floats; no setting here means either.
+        allow_inf_nan=False,
     )
 
-    redis_url: str = Field(default="redis://localhost:6379/0", min_length=1)
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://\S+$"
+    )
     threads_access_token: SecretStr | None = None
     threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
     threads_auth_mode: AuthMode = AuthMode.QUERY

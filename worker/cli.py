@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -272,6 +273,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.demo_args)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"timeout must be a finite number, got {text!r}")
+    return value  # a negative timeout means "look once, do not wait"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threads-poller",
@@ -303,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wait", help="wait until a container is final")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--timeout", type=float, default=360.0, help="seconds (default 360)")
+    p.add_argument("--timeout", type=_seconds, default=360.0, help="seconds (default 360)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_wait)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
-from worker.ids import validate_id, validate_webhook_url
+from worker.ids import InvalidIdError, validate_id, validate_webhook_url
 from worker.keys import Keys
 from worker.store import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
 
@@ -51,6 +51,9 @@ def build_requests(
     webhook_url: str | None = None,
 ) -> list[EnqueueRequest]:
     """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError)."""
+    if isinstance(container_ids, str | bytes):
+        # A lone id would otherwise be iterated digit by digit.
+        raise InvalidIdError("container ids must be a list of ids, not one string")
     acct = validate_id(account, what="account id") if account is not None else None
     hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
     seen: dict[str, None] = {}
