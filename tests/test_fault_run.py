@@ -206,14 +206,6 @@ def test_starvation_model() -> None:
 # ----- found by the fault run --------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a Redis restart ends a worker. worker.app.redis_settings retries "
-    "redis.exceptions.ConnectionError/TimeoutError, but a new connection to a Redis that is "
-    "down fails with the builtin ConnectionRefusedError (an OSError), which redis-py's Retry "
-    "does not retry; arq's start_jobs (WATCH on a fresh pooled connection) raises it and the "
-    "worker's main loop exits with status 1",
-)
 async def test_worker_redis_client_waits_for_a_restarting_redis(tmp_path: Path) -> None:
     servers = [start_redis(tmp_path / "redis", appendonly=True)]
     settings = make_settings(servers[0].url, "http://127.0.0.1:9/v1.0")
@@ -258,14 +250,6 @@ class CrashRedisOnCall(SimulatorState):
         return reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a check that meets a Redis restart between its API call and its write fails "
-    "for good: store.record gets ConnectionRefusedError (not retried, see above), the exception "
-    "leaves check_container, arq marks the job failed and deletes it (or its main loop dies on "
-    "finish_job); the container ends TIMED_OUT 'the check job disappeared' via the reconciler "
-    "instead of FINISHED. Seen in the CI fault run under load (notfound -> TIMED_OUT)",
-)
 async def test_a_check_that_meets_a_redis_restart_still_records_its_answer(
     tmp_path: Path,
 ) -> None:

@@ -49,7 +49,9 @@ MAX_TRIES = 10_000
 def redis_settings(settings: Settings) -> RedisSettings:
     rs = RedisSettings.from_dsn(settings.redis_url)
     # Without these a Redis blip ends arq's main loop; with them calls wait and retry.
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    # OSError too: a new connection to a Redis that is restarting fails with the builtin
+    # ConnectionRefusedError inside redis-py's retry loop, before it is wrapped.
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     rs.retry = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
     rs.conn_timeout = 5
     rs.conn_retries = 30
