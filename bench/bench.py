@@ -1,7 +1,7 @@
 """Performance report: throughput against bare arq, in-flight capacity, schedule accuracy.
 
     .venv/bin/python -m bench.bench [--quick] [--phases noop,throughput,schedule,capacity]
-        [--experiment uvloop,cache-secrets,arq-start-lua] [--log-level WARNING]
+        [--experiment uvloop,arq-start-lua] [--log-level WARNING]
         [--worker-env K=V ...] [--profile DIR] [--keep]
 
 One run, one machine, one private ``redis-server`` (started here on a free port, AOF and RDB off,
@@ -348,7 +348,6 @@ def run_noop_worker(redis_url: str, max_jobs: int, poll_delay: float) -> int:
 # editing it, so that its gain can be measured before anyone writes it for real.
 EXPERIMENTS: dict[str, str] = {
     "uvloop": "the uvloop event loop policy",
-    "cache-secrets": "log redaction reads THREADS_ACCESS_TOKEN* from os.environ once, not per line",
     "arq-start-lua": "arq starts a job with one Lua call instead of WATCH, EXISTS, ZSCORE, "
     "MULTI/PSETEX/EXEC (3 round trips fewer per check)",
 }
@@ -369,23 +368,6 @@ def apply_experiments(names: Sequence[str]) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if "cache-secrets" in names:
-        from worker.tokens import AccountTokenSource
-
-        env_secrets: dict[int, list[str]] = {}
-
-        def known_secrets(self: AccountTokenSource) -> list[str]:
-            cached = env_secrets.get(id(self))
-            if cached is None:
-                environ = self._environ
-                cached = [v for k, v in environ.items() if k.startswith("THREADS_ACCESS_TOKEN")]
-                env_secrets[id(self)] = cached
-            secrets = [*self._tokens.values(), *cached]
-            if self._default:
-                secrets.append(self._default)
-            return secrets
-
-        AccountTokenSource.known_secrets = known_secrets  # type: ignore[method-assign]
     if "arq-start-lua" in names:
         from arq.constants import in_progress_key_prefix
         from arq.utils import timestamp_ms
