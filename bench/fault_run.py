@@ -414,7 +414,8 @@ def worker_env(cfg: FaultRunConfig, redis_url: str, api_base_url: str) -> dict[s
         JOB_TIMEOUT_SECONDS=repr(cfg.job_timeout),
         WORKER_MAX_JOBS=str(cfg.max_jobs),
         LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
+        # DEBUG: the run accounting below reads every check's "checked" line.
+        LOG_LEVEL="DEBUG",
         KEY_PREFIX=KEY_PREFIX,
         EVENTS_MAX_LEN=str(max(100_000, 3 * cfg.containers)),
         INTAKE_CLAIM_IDLE_SECONDS="5",

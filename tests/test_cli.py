@@ -88,6 +88,10 @@ async def test_invalid_setting_is_one_clear_line(
     assert code == 2
     assert err.strip().count("\n") == 0 and "POLL_INTERVAL_SECONDS" in err
     env = env_for(project_env, settings)
+    env["EVENT_LOOP"] = "trio"
+    code, _, err = await run_cli("worker", env=env)
+    assert code == 2 and "EVENT_LOOP" in err
+    env = env_for(project_env, settings)
     del env["THREADS_ACCESS_TOKEN"]
     code, _, err = await run_cli("worker", env=env)
     assert code == 2 and "THREADS_ACCESS_TOKEN" in err

@@ -35,8 +35,15 @@ from bench.fault_run import (
 from config import Settings
 from simulator import SimulatorState, run_simulator
 from simulator.state import Reply
-from tests.conftest import make_settings, running_worker, start_redis, stop_redis, wait_until
-from worker import enqueue, get_result
+from tests.conftest import (
+    RedisServer,
+    make_settings,
+    running_worker,
+    start_redis,
+    stop_redis,
+    wait_until,
+)
+from worker import enqueue, enqueue_many, get_result
 from worker.app import redis_settings
 from worker.store import PollResult
 
@@ -296,3 +303,33 @@ async def _finish_880001(redis: Redis, settings: Settings) -> None:
 
         await wait_until(finished, timeout=15, interval=0.2)
         assert worker.main_task is not None and not worker.main_task.done()
+
+
+async def test_worker_survives_connections_dropped_while_it_starts_jobs(
+    redis_server: RedisServer,
+) -> None:
+    """A Redis restart (or a failover, or a proxy dropping idle connections) can cut a
+    connection while arq's start_jobs is WATCHing a job; the worker must carry on."""
+    async with run_simulator(port=0) as sim:
+        sim.state.set_script("8810*", ["IN_PROGRESS"])
+        settings = make_settings(
+            redis_server.url, sim.base_url, poll_interval_seconds=0.05, poll_max_seconds=600.0
+        )
+        redis = Redis.from_url(redis_server.url)
+        await redis.flushall()
+        kill = ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        try:
+            await enqueue_many(redis, [f"8810{i:05d}" for i in range(2000)], settings=settings)
+            with short_failure():
+                async with running_worker(settings) as worker:
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 8
+                    while loop.time() < deadline:
+                        # Drop every other client's connection, as a restarting Redis would.
+                        await redis.execute_command(*kill)
+                        await asyncio.sleep(0.02)
+                        main = worker.main_task
+                        if main is not None and main.done():
+                            raise AssertionError(f"worker main loop ended: {main.exception()!r}")
+        finally:
+            await redis.aclose()

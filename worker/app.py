@@ -1,7 +1,8 @@
 """Wiring: settings -> arq Worker with our job, the intake consumer and the reconciler.
 
-``threads-poller worker`` runs ``build_worker(load_settings()).run()``; for arq's own CLI use
-``arq worker.arq_settings.WorkerSettings``.
+``threads-poller worker`` runs ``build_worker(load_settings()).run()``: a ``PollerWorker``
+(``worker.arq_worker``), arq's Worker with a one-round-trip job claim. arq's own CLI
+(``arq worker.arq_settings.WorkerSettings``) also works, but runs stock arq's claim.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import socket
 import uuid
 from typing import Any
 
-from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 from redis.asyncio.retry import Retry as RedisRetry
@@ -27,6 +27,7 @@ from api_client.client import make_session
 from config import Settings, load_settings
 from worker import metrics
 from worker.accounts import AccountStore
+from worker.arq_worker import PollerWorker
 from worker.decisions import Schedule
 from worker.health import Heartbeat, arq_probe
 from worker.intake import IntakeConsumer
@@ -199,9 +200,9 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return options
 
 
-def build_worker(settings: Settings | None = None, **overrides: Any) -> Worker:
+def build_worker(settings: Settings | None = None, **overrides: Any) -> PollerWorker:
     settings = settings or load_settings()
-    worker = Worker(**worker_options(settings, **overrides))
+    worker = PollerWorker(**worker_options(settings, **overrides))
     # The heartbeat reports arq's job counters and notices SIGTERM's drain through this.
     worker.ctx["worker"] = worker
     return worker

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
+from config.settings import EventLoop
 from worker.ids import InvalidIdError
 from worker.producer import enqueue_many
 from worker.reader import get_result, wait_for
@@ -113,6 +114,20 @@ def _result_line(cid: str, result: PollResult | None) -> str:
     return text
 
 
+def use_event_loop(kind: EventLoop) -> None:
+    if kind is EventLoop.UVLOOP:
+        try:
+            import uvloop
+        except ImportError as exc:  # a platform without uvloop wheels
+            raise CliError(
+                "invalid setting EVENT_LOOP: uvloop is not installed (set EVENT_LOOP=asyncio)",
+                EXIT_USAGE,
+            ) from exc
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(None)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import build_worker
     from worker.logs import setup_logging
@@ -127,6 +142,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "the worker cannot call the API",
             EXIT_USAGE,
         )
+    use_event_loop(settings.event_loop)
+    # After the policy: arq's Worker takes its loop from asyncio when it is built.
     worker = build_worker(settings, ctx={"settings": settings, "tokens": tokens})
     worker.run()
     return EXIT_OK

@@ -77,9 +77,9 @@ class TextFormatter(logging.Formatter):
 class ArqJobLineFilter(logging.Filter):
     """Drops arq's three INFO lines per job run ("→ job", "← job", "↻ retrying").
 
-    Our own check line carries the same facts (container id, job try, status, timings); arq's
-    cost about a quarter of a worker's CPU at full load (bench/). Failures, and everything at
-    LOG_LEVEL=DEBUG, still pass.
+    Our own check line (DEBUG; INFO for final states) carries the same facts (container id,
+    job try, status, timings); arq's cost about a quarter of a worker's CPU at full load
+    (bench/). arq's failure lines (WARNING and up) and its DEBUG lines still pass.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -107,5 +107,4 @@ def setup_logging(
     arq_log = logging.getLogger("arq.worker")
     for old_filter in [f for f in arq_log.filters if isinstance(f, ArqJobLineFilter)]:
         arq_log.removeFilter(old_filter)
-    if root.level > logging.DEBUG:
-        arq_log.addFilter(ArqJobLineFilter())
+    arq_log.addFilter(ArqJobLineFilter())

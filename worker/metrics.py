@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -124,6 +125,18 @@ def observe_api_call(outcome: ContainerStatus | ThreadsError, seconds: float) ->
         API_REQUEST_SECONDS.labels(outcome="ok").observe(seconds)
 
 
+@functools.cache
+def _checks(status: str, error_kind: str) -> Any:
+    # labels() takes a lock and builds a key on every call; label values are bounded (see the
+    # module docstring), so caching each child is bounded too.
+    return CHECKS.labels(status=status, error_kind=error_kind)
+
+
+@functools.cache
+def _final_states(status: str) -> Any:
+    return FINAL_STATES.labels(status=status)
+
+
 def observe_check(
     decision: Decision, *, checked: bool, written: bool, lag_s: float | None = None
 ) -> None:
@@ -131,13 +144,13 @@ def observe_check(
     if checked:
         if decision.error is not None:
             kind = decision.error_kind or classify(decision.error)
-            CHECKS.labels(status="", error_kind=str(kind)).inc()
+            _checks("", str(kind)).inc()
         else:
-            CHECKS.labels(status=status_label(decision.last_api_status), error_kind="").inc()
+            _checks(status_label(decision.last_api_status), "").inc()
         if lag_s is not None:
             CHECK_LAG.observe(max(0.0, lag_s))
     if written and decision.final:
-        FINAL_STATES.labels(status=status_label(decision.status)).inc()
+        _final_states(status_label(decision.status)).inc()
 
 
 def observe_intake(*, accepted: int, dead_lettered: int) -> None:

@@ -1,0 +1,167 @@
+"""PollerWorker's one-round-trip job claim (worker/arq_worker.py, lua/claim_jobs.lua).
+
+It replaces arq's WATCH/EXISTS/ZSCORE/MULTI claim, so it must keep arq's guarantees: a job runs
+in one worker at a time, a job that is not due (or gone) is not started, a worker never takes
+more than max_jobs, and a failed claim loses nothing and does not end the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis, create_pool
+from arq.constants import in_progress_key_prefix
+from arq.worker import func
+
+from tests.conftest import RedisServer, free_port
+from worker.arq_worker import PollerWorker
+
+QUEUE = "claim-test:queue"
+
+ran: list[str] = []
+# One per test: an asyncio.Event belongs to the loop it was first awaited on.
+gate: dict[str, asyncio.Event] = {}
+
+
+async def hold(ctx: dict[str, Any], name: str) -> None:
+    ran.append(name)
+    await gate["release"].wait()
+
+
+@pytest.fixture
+async def pool(redis_server: RedisServer) -> AsyncIterator[ArqRedis]:
+    from arq.connections import RedisSettings
+
+    p = await create_pool(RedisSettings.from_dsn(redis_server.url))
+    await p.flushall()
+    ran.clear()
+    gate["release"] = asyncio.Event()
+    yield p
+    await p.aclose()
+
+
+def make_worker(pool: ArqRedis, max_jobs: int = 10) -> PollerWorker:
+    return PollerWorker(
+        functions=[func(hold, name="hold", timeout=30)],
+        redis_pool=pool,
+        queue_name=QUEUE,
+        max_jobs=max_jobs,
+        keep_result=0,
+        handle_signals=False,
+        poll_delay=0.05,
+    )
+
+
+async def queued(pool: ArqRedis, n: int, *, defer: float | None = None) -> list[bytes]:
+    for i in range(n):
+        await pool.enqueue_job(
+            "hold", f"job{i}", _job_id=f"job{i}", _queue_name=QUEUE, _defer_by=defer
+        )
+    ids: list[bytes] = await pool.zrange(QUEUE, 0, -1)
+    return ids
+
+
+async def finish(worker: PollerWorker) -> None:
+    gate["release"].set()
+    await asyncio.gather(*worker.tasks.values())
+
+
+async def test_claims_due_jobs_and_locks_them_with_its_token(pool: ArqRedis) -> None:
+    worker = make_worker(pool)
+    ids = await queued(pool, 3)
+    await worker.start_jobs(ids)
+    assert sorted(worker.tasks) == ["job0", "job1", "job2"]
+    assert worker.job_counter == 3
+    for i in range(3):
+        assert await pool.get(in_progress_key_prefix + f"job{i}") == worker.token.encode()
+        ttl = await pool.pttl(in_progress_key_prefix + f"job{i}")
+        assert 0 < ttl <= worker.in_progress_timeout_s * 1000
+    await asyncio.sleep(0.05)
+    assert sorted(ran) == ["job0", "job1", "job2"]
+    await finish(worker)
+    assert worker.job_counter == 0
+
+
+async def test_a_job_another_worker_holds_is_not_started(pool: ArqRedis) -> None:
+    first, second = make_worker(pool), make_worker(pool)
+    ids = await queued(pool, 2)
+    await first.start_jobs(ids[:1])
+    await second.start_jobs(ids)
+    assert list(first.tasks) == ["job0"]
+    assert list(second.tasks) == ["job1"]
+    assert second.job_counter == 1
+    await asyncio.sleep(0.05)
+    assert sorted(ran) == ["job0", "job1"]
+    await finish(first)
+    await finish(second)
+
+
+async def test_its_own_running_job_is_not_started_twice(pool: ArqRedis) -> None:
+    worker = make_worker(pool)
+    ids = await queued(pool, 1)
+    await worker.start_jobs(ids)
+    await asyncio.sleep(0.05)
+    # Still due and still in the queue while it runs; the lock carries this worker's token.
+    await worker.start_jobs(ids)
+    await asyncio.sleep(0.05)
+    assert ran == ["job0"]
+    assert worker.job_counter == 1
+    await finish(worker)
+
+
+async def test_a_retried_claim_gets_back_locks_it_set(pool: ArqRedis) -> None:
+    # A claim whose reply was lost left our token on the lock; the retry must take the job
+    # rather than leave it locked (and unrun) until the lock expires.
+    worker = make_worker(pool)
+    ids = await queued(pool, 1)
+    await pool.set(in_progress_key_prefix + "job0", worker.token, px=60_000)
+    await worker.start_jobs(ids)
+    assert list(worker.tasks) == ["job0"]
+    await finish(worker)
+
+
+async def test_jobs_not_due_or_gone_are_not_started(pool: ArqRedis) -> None:
+    worker = make_worker(pool)
+    ids = await queued(pool, 2, defer=60)
+    await worker.start_jobs([*ids, b"no-such-job"])
+    assert worker.tasks == {}
+    assert worker.job_counter == 0
+    assert await pool.exists(in_progress_key_prefix + "job0") == 0
+
+
+async def test_never_more_than_max_jobs(pool: ArqRedis) -> None:
+    worker = make_worker(pool, max_jobs=2)
+    ids = await queued(pool, 5)
+    await worker.start_jobs(ids)
+    assert sorted(worker.tasks) == ["job0", "job1"]
+    # The ones it could not take stay unlocked for other workers.
+    assert await pool.exists(*(in_progress_key_prefix + f"job{i}" for i in range(2, 5))) == 0
+    await worker.start_jobs(ids)
+    assert worker.job_counter == 2
+    await finish(worker)
+
+
+async def test_a_failed_claim_is_logged_and_loses_nothing(
+    pool: ArqRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on this port: every claim fails as during a Redis restart.
+    broken = ArqRedis(host="127.0.0.1", port=free_port())
+    worker = make_worker(broken, max_jobs=3)
+    with caplog.at_level("WARNING", logger="threads_poller.worker"):
+        await worker.start_jobs([b"job0", b"job1"])
+        await worker.start_jobs([b"job0", b"job1"])
+    assert worker.claim_failures == 2
+    assert worker.job_counter == 0 and worker.tasks == {}
+    warnings = [r for r in caplog.records if "could not claim" in r.getMessage()]
+    assert len(warnings) == 1, "one warning per 10 s, not one per poll"
+    assert "ConnectionError" in warnings[0].__dict__["error"]
+    await broken.aclose()
+    # Redis is back: the same worker takes its full max_jobs, so no slot leaked.
+    worker._pool = pool
+    ids = await queued(pool, 4)
+    await worker.start_jobs(ids)
+    assert sorted(worker.tasks) == ["job0", "job1", "job2"]
+    await finish(worker)
