@@ -132,16 +132,34 @@ async def test_jobs_not_due_or_gone_are_not_started(pool: ArqRedis) -> None:
     assert await pool.exists(in_progress_key_prefix + "job0") == 0
 
 
-async def test_never_more_than_max_jobs(pool: ArqRedis) -> None:
+async def test_never_more_than_max_jobs_and_slots_are_refilled(pool: ArqRedis) -> None:
     worker = make_worker(pool, max_jobs=2)
     ids = await queued(pool, 5)
-    await worker.start_jobs(ids)
+    starting = asyncio.create_task(worker.start_jobs(ids))
+    await asyncio.sleep(0.1)
     assert sorted(worker.tasks) == ["job0", "job1"]
-    # The ones it could not take stay unlocked for other workers.
-    assert await pool.exists(*(in_progress_key_prefix + f"job{i}" for i in range(2, 5))) == 0
-    await worker.start_jobs(ids)
     assert worker.job_counter == 2
-    await finish(worker)
+    # The ones it could not take yet stay unlocked for other workers.
+    assert await pool.exists(*(in_progress_key_prefix + f"job{i}" for i in range(2, 5))) == 0
+    # As running jobs end, the same call takes the rest (like stock arq), without a new poll.
+    gate["release"].set()
+    await asyncio.wait_for(starting, timeout=5)
+    await asyncio.gather(*worker.tasks.values())
+    assert sorted(ran) == [f"job{i}" for i in range(5)]
+    assert worker.job_counter == 0
+
+
+async def test_stops_taking_jobs_when_told_to(pool: ArqRedis) -> None:
+    worker = make_worker(pool, max_jobs=1)
+    ids = await queued(pool, 3)
+    starting = asyncio.create_task(worker.start_jobs(ids))
+    await asyncio.sleep(0.05)
+    # SIGTERM's drain sets this; a start_jobs waiting for a slot must not start more.
+    worker.allow_pick_jobs = False
+    gate["release"].set()
+    await asyncio.wait_for(starting, timeout=5)
+    await asyncio.gather(*worker.tasks.values())
+    assert ran == ["job0"]
 
 
 async def test_a_failed_claim_is_logged_and_loses_nothing(
@@ -161,7 +179,7 @@ async def test_a_failed_claim_is_logged_and_loses_nothing(
     await broken.aclose()
     # Redis is back: the same worker takes its full max_jobs, so no slot leaked.
     worker._pool = pool
-    ids = await queued(pool, 4)
+    ids = await queued(pool, 3)
     await worker.start_jobs(ids)
     assert sorted(worker.tasks) == ["job0", "job1", "job2"]
     await finish(worker)

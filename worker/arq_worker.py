@@ -13,6 +13,7 @@ so the Redis data stays exactly what arq expects; arq is pinned to 0.28.* for th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -60,9 +61,12 @@ class PollerWorker(Worker):
         return self._claim
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
-            return
+        """Start the due jobs among ``job_ids`` that nobody holds, as slots allow.
+
+        Like stock arq, it keeps going through the ids as running jobs free their slots, so a
+        busy worker keeps all max_jobs slots full between polls instead of refilling them only
+        once per poll_delay.
+        """
         candidates = []
         for raw in job_ids:
             job_id = raw.decode()
@@ -71,21 +75,33 @@ class PollerWorker(Worker):
             # back to us: skip those here.
             if running is None or running.done():
                 candidates.append(job_id)
-        if not candidates:
-            return
-        lock_ms = int(self.in_progress_timeout_s * 1000)
+        while candidates and self.allow_pick_jobs:
+            if self.job_counter >= self.max_jobs:
+                # Wait for a slot, then let any other job ending at the same moment free its
+                # slot too, so that one claim takes a batch.
+                await self.sem.acquire()
+                self.sem.release()
+                await asyncio.sleep(0)
+                continue
+            free = self.max_jobs - self.job_counter
+            examined = await self._claim_batch(candidates, free)
+            if examined is None:
+                return
+            candidates = candidates[examined:]
+
+    async def _claim_batch(self, candidates: list[str], free: int) -> int | None:
+        """Claim up to ``free`` of ``candidates`` and start them; how many ids were examined
+        (None when Redis could not be reached: the caller waits for the next poll)."""
+        args = [
+            in_progress_key_prefix,
+            int(time.time() * 1000),
+            int(self.in_progress_timeout_s * 1000),
+            self.token,
+            free,
+            *candidates,
+        ]
         try:
-            reply = await self._claimer()(
-                keys=[self.queue_name],
-                args=[
-                    in_progress_key_prefix,
-                    int(time.time() * 1000),
-                    lock_ms,
-                    self.token,
-                    free,
-                    *candidates,
-                ],
-            )
+            reply = await self._claimer()(keys=[self.queue_name], args=args)
         except (RedisError, OSError) as exc:
             # Nothing was started, so nothing is lost: the jobs stay due and the next poll
             # (poll_delay later) tries again. Locks a lost reply did set carry our token, so
@@ -101,8 +117,8 @@ class PollerWorker(Worker):
                         "failures": self.claim_failures,
                     },
                 )
-            return
-        for i in range(0, len(reply), 2):
+            return None
+        for i in range(1, len(reply), 2):
             job_id = reply[i].decode() if isinstance(reply[i], bytes) else str(reply[i])
             score = int(float(reply[i + 1]))
             # Never blocks: job_counter and the semaphore move together, and at most `free`
@@ -112,3 +128,4 @@ class PollerWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        return int(reply[0])

@@ -4,11 +4,12 @@
 -- KEYS: 1 arq queue (zset)
 -- ARGV: 1 in-progress key prefix, 2 now (ms), 3 lock ttl (ms), 4 this worker's token,
 --       5 how many to claim at most, 6.. job ids (due when read, in queue order)
--- Returns {job_id, score, job_id, score, ...} for the jobs this worker now holds.
+-- Returns {examined, job_id, score, job_id, score, ...}: how many of the ids it looked at (it
+-- stops once it holds the limit; the caller goes on from there), then the jobs it now holds.
 -- A lock already holding this worker's token counts as claimed: a retried call whose first
 -- reply was lost (connection cut after the script ran) gets its jobs back instead of leaving
 -- them locked until the lock expires. The caller never passes a job it is running itself.
-local claimed = {}
+local claimed = {0}
 local limit = tonumber(ARGV[5])
 local now = tonumber(ARGV[2])
 local n = 0
@@ -16,6 +17,7 @@ for i = 6, #ARGV do
   if n >= limit then
     break
   end
+  claimed[1] = i - 5
   local job_id = ARGV[i]
   local lock = ARGV[1] .. job_id
   local holder = redis.call('GET', lock)
