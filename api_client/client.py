@@ -38,11 +38,17 @@ def make_session(*, timeout_seconds: float, max_connections: int = 100) -> aioht
         timeout=aiohttp.ClientTimeout(total=timeout_seconds),
         headers={"User-Agent": USER_AGENT},
         raise_for_status=False,
+        # The Graph API is token-authenticated; a jar would only cost a filter per request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
 async def _read_body(resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
     """The whole body, up to MAX_BODY_BYTES (``content.read(n)`` may return just one chunk)."""
+    length = resp.content_length
+    if length is not None and length <= MAX_BODY_BYTES:
+        # aiohttp stops at Content-Length, so the limit holds without counting chunks.
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
