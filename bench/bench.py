@@ -1,15 +1,20 @@
-"""Performance report: throughput against bare arq, in-flight capacity, schedule accuracy.
+"""Performance report: throughput against bare arq, scaling over workers, in-flight capacity,
+schedule accuracy.
 
-    .venv/bin/python -m bench.bench [--quick] [--phases noop,throughput,schedule,capacity]
-        [--experiment uvloop,arq-start-lua] [--log-level WARNING]
-        [--worker-env K=V ...] [--profile DIR] [--keep]
+    .venv/bin/python -m bench.bench [--quick] [--n N]
+        [--phases noop,throughput,schedule,capacity,scale] [--scale-workers 1,2,3]
+        [--log-level INFO] [--worker-env K=V ...] [--profile DIR] [--keep]
 
 One run, one machine, one private ``redis-server`` (started here on a free port, AOF and RDB off,
 stopped at the end). Every process that does work is separate: the Threads API simulator
-(``threads-poller simulate``), the worker under test (``threads-poller worker``), the bare arq
+(``threads-poller simulate``), the worker(s) under test (``threads-poller worker``), the bare arq
 worker of the baseline (``python -m bench.bench --role noop-worker``), Redis, and this script,
 which only enqueues and watches. They all share the machine's cores; the output says how many,
 and how much CPU other processes took during each measurement.
+
+The worker runs with its own defaults (uvloop event loop, one Lua call to claim due jobs) plus
+``--log-level`` (its ``LOG_LEVEL``; INFO logs final states only, DEBUG adds a line per check) and
+any ``--worker-env K=V`` (e.g. ``EVENT_LOOP=asyncio`` to compare event loops).
 
 Phases (``--phases`` picks some; the README's "Performance" section explains every figure):
 
@@ -28,10 +33,15 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
 ``capacity``    100,000 containers queued (no worker): Redis used_memory per container; then a
                 worker runs for a few seconds with all of them due and IN_PROGRESS (interval 60
                 s): its RSS with 100,000 in flight, and Redis memory per container once checked.
+``scale``       the throughput workload with 1, 2 and 3 (``--scale-workers``) worker processes at
+                once on the same Redis and simulator. The queue is held back (RENAMEd away) until
+                every worker is ready, then released to all of them together. Per run: aggregate
+                checks/s (10 % to 90 %), worker, Redis and simulator CPU per check and in % of
+                one core (Redis runs on one thread: 100 % is its ceiling), how busy the whole
+                machine was, and correctness: every container FINISHED exactly once (final
+                events counted per id) with exactly one API call.
 
-``--experiment`` runs the worker through a launcher that patches one candidate optimisation in
-before ``threads-poller worker`` starts (see ``EXPERIMENTS``), so a gain can be measured before
-the core changes. Exit status 0 whatever the figures: this is a report, not a gate.
+Exit status 0 whatever the figures: this is a report, not a gate.
 """
 
 from __future__ import annotations
@@ -87,7 +97,8 @@ TARGET_BYTES_PER_CONTAINER = 1024
 TARGET_P99_LATENESS_S = 1.0
 TARGET_RSS_MIB = 150.0
 
-ALL_PHASES = ("noop", "throughput", "schedule", "capacity")
+ALL_PHASES = ("noop", "throughput", "schedule", "capacity", "scale")
+DEFAULT_PHASES = ALL_PHASES
 
 
 # ----- small helpers -------------------------------------------------------------------------
@@ -343,70 +354,6 @@ def run_noop_worker(redis_url: str, max_jobs: int, poll_delay: float) -> int:
     return 0
 
 
-# What-if experiments, applied by the worker launcher (--role worker) before the real
-# ``threads-poller worker`` starts: each one mimics a candidate optimisation of the core without
-# editing it, so that its gain can be measured before anyone writes it for real.
-EXPERIMENTS: dict[str, str] = {
-    "uvloop": "the uvloop event loop policy",
-    "arq-start-lua": "arq starts a job with one Lua call instead of WATCH, EXISTS, ZSCORE, "
-    "MULTI/PSETEX/EXEC (3 round trips fewer per check)",
-}
-
-# arq's start_jobs check-and-claim (arq.worker.Worker.start_jobs) as one atomic script.
-# KEYS: 1 in-progress key, 2 queue. ARGV: 1 job id, 2 now (ms), 3 in-progress timeout (ms).
-START_JOB_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
-"""
-
-
-def apply_experiments(names: Sequence[str]) -> None:
-    if "uvloop" in names:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if "arq-start-lua" in names:
-        from arq.constants import in_progress_key_prefix
-        from arq.utils import timestamp_ms
-        from arq.worker import Worker
-
-        async def start_jobs(self: Worker, job_ids: list[bytes]) -> None:
-            script = self.ctx.get("_bench_start_job")
-            if script is None:
-                script = self.ctx["_bench_start_job"] = self.pool.register_script(START_JOB_LUA)
-            for job_id_b in job_ids:
-                await self.sem.acquire()
-                if self.job_counter >= self.max_jobs:
-                    self.sem.release()
-                    return
-                self.job_counter += 1
-                job_id = job_id_b.decode()
-                score = await script(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-                )
-                if not score:
-                    self.job_counter -= 1
-                    self.sem.release()
-                    continue
-                task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-                self.tasks[job_id] = task
-
-        Worker.start_jobs = start_jobs  # type: ignore[method-assign]
-
-
-def run_worker(experiments: Sequence[str]) -> int:
-    """``threads-poller worker`` after the given experiments (a launcher; the core is unchanged)."""
-    apply_experiments(experiments)
-    from worker.cli import main as cli_main
-
-    return cli_main(["worker"])
-
-
 # ----- measurement helpers -------------------------------------------------------------------
 
 
@@ -414,8 +361,14 @@ def run_worker(experiments: Sequence[str]) -> int:
 class Sample:
     t: float  # monotonic
     done: int
-    cpu: float  # CPU seconds of the process under test so far
+    cpu: float  # CPU seconds so far of the process(es) under test, summed
     redis_cpu: float  # CPU seconds of redis-server so far
+    sim_cpu: float = 0.0  # CPU seconds of the simulator so far
+    busy: float = 0.0  # busy CPU seconds of the whole machine so far, all cores
+
+
+# The CPU counters of a Sample, for Progress.ms_per_item and Progress.core_pct.
+CPU_FIELDS = ("cpu", "redis_cpu", "sim_cpu", "busy")
 
 
 @dataclass
@@ -444,18 +397,33 @@ class Progress:
         ab = self._steady()
         return None if ab is None else (ab[1].done - ab[0].done) / (ab[1].t - ab[0].t)
 
-    @property
-    def cpu_ms_per_item(self) -> float | None:
-        """CPU time of the process under test per item, between 10 % and 90 % done."""
-        ab = self._steady()
-        return None if ab is None else 1000 * (ab[1].cpu - ab[0].cpu) / (ab[1].done - ab[0].done)
-
-    @property
-    def redis_cpu_ms_per_item(self) -> float | None:
+    def _cpu_delta(self, what: str) -> tuple[float, float, int] | None:
+        """(CPU seconds, wall seconds, items) between 10 % and 90 % done."""
+        assert what in CPU_FIELDS
         ab = self._steady()
         if ab is None:
             return None
-        return 1000 * (ab[1].redis_cpu - ab[0].redis_cpu) / (ab[1].done - ab[0].done)
+        a, b = ab
+        return float(getattr(b, what) - getattr(a, what)), b.t - a.t, b.done - a.done
+
+    def ms_per_item(self, what: str) -> float | None:
+        """CPU milliseconds of one counter (a CPU_FIELDS name) per item, 10 % to 90 % done."""
+        d = self._cpu_delta(what)
+        return None if d is None else 1000 * d[0] / d[2]
+
+    def core_pct(self, what: str) -> float | None:
+        """CPU of one counter in % of one core, 10 % to 90 % done."""
+        d = self._cpu_delta(what)
+        return None if d is None else 100 * d[0] / d[1]
+
+    @property
+    def cpu_ms_per_item(self) -> float | None:
+        """CPU time of the process(es) under test per item, between 10 % and 90 % done."""
+        return self.ms_per_item("cpu")
+
+    @property
+    def redis_cpu_ms_per_item(self) -> float | None:
+        return self.ms_per_item("redis_cpu")
 
     @property
     def full_rate(self) -> float | None:
@@ -477,10 +445,12 @@ async def track(
     n: int,
     *,
     spawned: float,
-    child: Child,
+    children: Sequence[Child],
     redis_pid: int,
+    sim_pid: int,
     limit_s: float,
 ) -> Progress:
+    """Sample progress and CPU every 20 ms until n are done, a child exits, or limit_s."""
     prog = Progress(n, spawned)
     deadline = time.monotonic() + limit_s
     while True:
@@ -488,10 +458,15 @@ async def track(
         prog.polls += 1
         prog.samples.append(
             Sample(
-                time.monotonic(), c, cpu_seconds(child.pid) or 0.0, cpu_seconds(redis_pid) or 0.0
+                time.monotonic(),
+                c,
+                sum(cpu_seconds(child.pid) or 0.0 for child in children),
+                cpu_seconds(redis_pid) or 0.0,
+                cpu_seconds(sim_pid) or 0.0,
+                machine_cpu_seconds()[0],
             )
         )
-        if c >= n or not child.alive() or time.monotonic() > deadline:
+        if c >= n or not all(child.alive() for child in children) or time.monotonic() > deadline:
             return prog
         await asyncio.sleep(0.02)
 
@@ -522,7 +497,7 @@ def counters_delta(
 
 
 # Commands this script itself sends while it watches (not the worker's).
-OWN_COMMANDS = ("info", "xlen", "zcard", "ping")
+OWN_COMMANDS = ("info", "xlen", "xrange", "zcard", "ping", "rename")
 
 
 def describe_commands(delta: RedisDelta, per: int) -> str:
@@ -548,7 +523,7 @@ class Config:
     schedule_seconds: float
     capacity_run_seconds: float
     phases: tuple[str, ...]
-    experiments: tuple[str, ...]
+    scale_workers: tuple[int, ...]
     log_level: str
     worker_env: dict[str, str]
     profile: Path | None
@@ -594,7 +569,54 @@ class Figures:
     extra_calls_duplicates: int | None = None
     duplicates_refused: int | None = None
     duplicates_sent: int | None = None
+    scale: list[ScaleRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScaleRun:
+    """One run of the scale phase: N FINISHED containers drained by ``workers`` processes."""
+
+    workers: int
+    n: int
+    done: int
+    rate: float | None  # aggregate checks/s, 10-90 %
+    worker_cpu_ms: float | None  # all workers' CPU per check
+    worker_pct: float | None  # all workers together, % of one core
+    redis_cpu_ms: float | None
+    redis_pct: float | None
+    sim_cpu_ms: float | None
+    sim_pct: float | None
+    machine_pct: float | None  # busy CPU of the whole machine, % of all its cores
+    cmds_per_check: float
+    events: int  # entries in the events stream
+    finished_once: int  # containers with exactly one event, and that one FINISHED
+    duplicate_events: int  # events beyond the first of a container
+    other_events: int  # events whose status is not FINISHED
+    calls_per_container: float
+    wrong_calls: int  # containers with a call count other than 1
+
+    @property
+    def correct(self) -> bool:
+        return (
+            self.finished_once == self.n
+            and self.events == self.n
+            and self.calls_per_container == 1.0
+            and self.wrong_calls == 0
+        )
+
+
+@dataclass
+class DrainRun:
+    """What Bench.drain measured: N FINISHED containers, drained by one or more workers."""
+
+    workers: list[Child]
+    ids: list[str]
+    prog: Progress
+    delta: RedisDelta
+    calls: dict[str, Any]
+    cpu: str  # Bench.cpu_line over the run
+    rss_kib: int | None  # VmRSS of the first worker at the end
 
 
 class Bench:
@@ -646,6 +668,10 @@ class Bench:
     def redis_pid(self) -> int:
         return self.child("redis").pid
 
+    @property
+    def sim_pid(self) -> int:
+        return self.child("simulator").pid
+
     def settings(self, **overrides: Any) -> Any:
         from config import load_settings
 
@@ -670,24 +696,24 @@ class Bench:
 
     def spawn_worker(self, label: str, env: dict[str, str]) -> Child:
         self._worker_runs += 1
-        if self.cfg.experiments:
-            cmd = [sys.executable, "-m", "bench.bench", "--role", "worker"]
-            cmd += ["--experiment", ",".join(self.cfg.experiments)]
-        else:
-            cmd = [str(BIN / "threads-poller"), "worker"]
+        cmd = [str(BIN / "threads-poller"), "worker"]
         log = self.tmp / f"worker-{self._worker_runs}-{label}.log"
         return spawn(f"worker-{label}", cmd, log, env=env, cwd=self.tmp)
 
-    async def wait_ready(self, child: Child, limit_s: float = 30.0) -> float:
-        """Seconds until the worker's first heartbeat (written at the end of its start-up)."""
+    async def wait_ready(self, *children: Child, limit_s: float = 30.0) -> tuple[float, int]:
+        """Seconds until every worker's first heartbeat (written at the end of its start-up),
+        and how many Redis requests this wait sent (ZCARD polls)."""
         from worker.keys import Keys
 
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < limit_s and child.alive():
-            if await self.redis.zcard(Keys(PREFIX).workers):
-                return time.monotonic() - t0
+        t0, polls = time.monotonic(), 0
+        limit_s *= max(1, len(children))  # they start at once on the same cores
+        while time.monotonic() - t0 < limit_s and all(c.alive() for c in children):
+            polls += 1
+            if await self.redis.zcard(Keys(PREFIX).workers) >= len(children):
+                return time.monotonic() - t0, polls
             await asyncio.sleep(0.02)
-        raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+        failed = next((c for c in children if not c.alive()), children[0])
+        raise RuntimeError(f"{failed.name} did not start:\n{failed.tail()}")
 
     async def sim(self, method: str, path: str, body: Any = None) -> Any:
         async with self.http.request(method, self.sim_admin + path, json=body) as resp:
@@ -752,8 +778,8 @@ class Bench:
             return n - int(await self.redis.zcard(NOOP_QUEUE))
 
         prog = await track(
-            count, n, spawned=spawned, child=child, redis_pid=self.redis_pid,
-            limit_s=max(120.0, n / 100),
+            count, n, spawned=spawned, children=[child], redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid, limit_s=max(120.0, n / 100),
         )  # fmt: skip
         cpu1 = self.cpu_snapshot(child)
         after = await redis_counters(self.redis)
@@ -784,11 +810,11 @@ class Bench:
         opts = worker_options(self.settings(poll_interval_seconds=interval))
         return float(opts["poll_delay"])
 
-    def cpu_snapshot(self, child: Child) -> dict[str, tuple[float, float]]:
+    def cpu_snapshot(self, *workers: Child) -> dict[str, tuple[float, float]]:
         """CPU seconds so far of each process of ours, of the whole machine, and stolen."""
         now = time.monotonic()
         snap = {}
-        for c in [*self.children, child]:
+        for c in [*self.children, *workers]:
             secs = cpu_seconds(c.pid)
             if secs is not None:
                 snap[c.name] = (now, secs)
@@ -817,41 +843,75 @@ class Bench:
             )
         return ", ".join(parts) + f" (of one core; {os.cpu_count()} cores)"
 
-    async def phase_throughput(self) -> None:
+    async def drain(self, label: str, workers: int, *, hold: bool) -> DrainRun:
+        """The throughput workload: N containers scripted FINISHED enqueued beforehand, then
+        ``workers`` worker processes drain them. With ``hold`` the queue is renamed away until
+        every worker is ready, so that they all start on it together."""
         from worker.keys import Keys
 
-        n, f = self.cfg.n, self.figures
-        keys = Keys(PREFIX)
-        out(f"\n[throughput] ours: {n} containers enqueued beforehand, FINISHED on the first check")
+        n, keys = self.cfg.n, Keys(PREFIX)
         await self.reset()
-        settings = self.settings()
         ids = [f"{FINISHED_IDS}{i:015d}" for i in range(n)]
         t0 = time.monotonic()
-        enqueued = await self.enqueue_ids(ids, settings)
+        enqueued = await self.enqueue_ids(ids, self.settings())
         out(f"  enqueued {enqueued} with enqueue_many in {time.monotonic() - t0:.1f} s")
+        held = keys.queue + ":held"
+        if hold:
+            await self.redis.rename(keys.queue, held)
         before = await redis_counters(self.redis)
         spawned = time.monotonic()
-        child = self.spawn_worker("throughput", self.worker_env())
-        ready = await self.wait_ready(child)
-        out(f"  worker pid {child.pid} ready after {ready:.2f} s")
-        prof = self.start_profiler(child, "throughput")
-        cpu0 = self.cpu_snapshot(child)
+        # Room in the events stream for every final event (it is trimmed at EVENTS_MAX_LEN).
+        # One env per worker: each one gets a METRICS_PORT of its own.
+        children = [
+            self.spawn_worker(
+                label if workers == 1 else f"{label}-{i + 1}",
+                self.worker_env(EVENTS_MAX_LEN=str(max(100_000, 2 * n))),
+            )
+            for i in range(workers)
+        ]
+        ready, own_reads = await self.wait_ready(*children)
+        if hold:
+            # The workers' start-up is not part of the figures: count from the release.
+            before = await redis_counters(self.redis)
+            await self.redis.rename(held, keys.queue)
+            spawned, own_reads = time.monotonic(), 1
+        pids = ", ".join(str(c.pid) for c in children)
+        plural = "s" if workers > 1 else ""
+        out(
+            f"  worker{plural} (pid{plural} {pids}) ready after {ready:.2f} s"
+            + ("; queue released to all at once" if hold and workers > 1 else "")
+            + ("; queue released" if hold and workers == 1 else "")
+        )
+        prof = self.start_profiler(children[0], label) if label == "throughput" else None
+        cpu0 = self.cpu_snapshot(*children)
 
         async def count() -> int:
             return int(await self.redis.xlen(keys.events))
 
         prog = await track(
-            count, n, spawned=spawned, child=child, redis_pid=self.redis_pid,
-            limit_s=max(180.0, n / 50),
+            count, n, spawned=spawned, children=children, redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid, limit_s=max(180.0, n / 50),
         )  # fmt: skip
-        cpu1 = self.cpu_snapshot(child)
+        cpu1 = self.cpu_snapshot(*children)
         after = await redis_counters(self.redis)
-        rss = proc_status_kib(child.pid, "VmRSS")
-        child.stop()
+        rss = proc_status_kib(children[0].pid, "VmRSS")
+        for child in children:
+            child.stop()
         if prof is not None:
             prof.stop()
         calls = await self.sim("GET", "/calls")
-        delta = counters_delta(before, after, own_reads=prog.polls + 1)
+        delta = counters_delta(before, after, own_reads=own_reads + prog.polls + 1)
+        if prog.done < n:
+            self.figures.notes.append(f"{label}: only {prog.done}/{n} final before the timeout")
+            for child in children:
+                out(f"  ! only {prog.done}/{n} final; {child.name} log tail:\n{child.tail()}")
+        return DrainRun(children, ids, prog, delta, calls, self.cpu_line(cpu0, cpu1), rss)
+
+    async def phase_throughput(self) -> None:
+        n, f = self.cfg.n, self.figures
+        out(f"\n[throughput] ours: {n} containers enqueued beforehand, FINISHED on the first check")
+        run = await self.drain("throughput", 1, hold=False)
+        prog, delta, calls = run.prog, run.delta, run.calls
         f.check_rate, f.check_full_rate, f.check_wall = (
             prog.steady_rate,
             prog.full_rate,
@@ -861,10 +921,7 @@ class Bench:
         f.check_cpu_ms, f.check_redis_cpu_ms = prog.cpu_ms_per_item, prog.redis_cpu_ms_per_item
         f.cmds_per_check = worker_commands_total(delta) / n
         f.calls_per_container_throughput = int(calls["status_calls"]) / n
-        f.rss_end_throughput_mib = None if rss is None else rss / 1024
-        if prog.done < n:
-            f.notes.append(f"throughput: only {prog.done}/{n} final before the timeout")
-            out(f"  ! only {prog.done}/{n} final; worker log tail:\n{child.tail()}")
+        f.rss_end_throughput_mib = None if run.rss_kib is None else run.rss_kib / 1024
         out(f"  done {prog.done}/{n} in {fmt(prog.wall, '.1f')} s from spawn")
         out(
             f"  checks/s: {fmt(prog.steady_rate)} (10-90 % of the events), "
@@ -883,8 +940,121 @@ class Bench:
             f"  CPU per check (10-90 %): worker {fmt(prog.cpu_ms_per_item, '.3f')} ms, "
             f"redis-server {fmt(prog.redis_cpu_ms_per_item, '.3f')} ms"
         )
-        out(f"  CPU while running: {self.cpu_line(cpu0, cpu1)}")
+        out(f"  CPU while running: {run.cpu}")
         out(f"  worker RSS at the end: {fmt(f.rss_end_throughput_mib, '.1f')} MiB")
+
+    async def final_events(self) -> dict[str, list[str]]:
+        """Every entry of the events stream: container id -> the statuses of its events."""
+        from worker.keys import Keys
+
+        stream, start = Keys(PREFIX).events, "-"
+        seen: dict[str, list[str]] = {}
+        while True:
+            entries = await self.redis.xrange(stream, min=start, max="+", count=5000)
+            for _entry_id, data in entries:
+                cid = data.get(b"container_id", b"").decode()
+                seen.setdefault(cid, []).append(data.get(b"status", b"").decode())
+            if len(entries) < 5000:
+                return seen
+            start = "(" + entries[-1][0].decode()
+
+    async def phase_scale(self) -> None:
+        n, f = self.cfg.n, self.figures
+        cores = os.cpu_count() or 1
+        counts = self.cfg.scale_workers
+        out(
+            f"\n[scale] the throughput workload ({n} containers, FINISHED on the first check) "
+            f"drained by {', '.join(map(str, counts))} worker processes at once; {cores} cores"
+        )
+        out(
+            "  per run: the queue is held back until every worker is ready, then released to "
+            "all; figures from 10 % to 90 % of the events"
+        )
+        for k in counts:
+            procs = k + 2  # the workers, redis-server, the simulator (this script mostly waits)
+            over = ": oversubscribed (more processes than cores)" if procs > cores else ""
+            out(
+                f"  -- {k} worker{'s' if k > 1 else ''} + redis-server + simulator = {procs} "
+                f"processes on {cores} cores{over}"
+            )
+            run = await self.drain(f"scale-{k}w", k, hold=True)
+            prog = run.prog
+            events = await self.final_events()
+            statuses = [events.get(cid, []) for cid in run.ids]
+            containers = run.calls["containers"]
+            wrong_calls = sum(
+                1 for cid in run.ids if int(containers.get(cid, {}).get("count", 0)) != 1
+            )
+            result = ScaleRun(
+                workers=k,
+                n=n,
+                done=prog.done,
+                rate=prog.steady_rate,
+                worker_cpu_ms=prog.ms_per_item("cpu"),
+                worker_pct=prog.core_pct("cpu"),
+                redis_cpu_ms=prog.ms_per_item("redis_cpu"),
+                redis_pct=prog.core_pct("redis_cpu"),
+                sim_cpu_ms=prog.ms_per_item("sim_cpu"),
+                sim_pct=prog.core_pct("sim_cpu"),
+                machine_pct=None if (b := prog.core_pct("busy")) is None else b / cores,
+                cmds_per_check=worker_commands_total(run.delta) / n,
+                events=sum(len(v) for v in events.values()),
+                finished_once=sum(1 for v in statuses if v == ["FINISHED"]),
+                duplicate_events=sum(max(0, len(v) - 1) for v in events.values()),
+                other_events=sum(1 for v in events.values() for st in v if st != "FINISHED"),
+                calls_per_container=int(run.calls["status_calls"]) / n,
+                wrong_calls=wrong_calls,
+            )
+            f.scale.append(result)
+            out(
+                f"     checks/s {fmt(result.rate)} (10-90 %), done {prog.done}/{n} in "
+                f"{fmt(prog.wall, '.1f')} s from the release"
+            )
+            out(
+                f"     CPU per check: workers {fmt(result.worker_cpu_ms, '.3f')} ms, redis-server "
+                f"{fmt(result.redis_cpu_ms, '.3f')} ms, simulator {fmt(result.sim_cpu_ms, '.3f')}"
+                f" ms; Redis commands per check {result.cmds_per_check:.2f}"
+            )
+            out(
+                f"     CPU in % of one core: workers {fmt(result.worker_pct)}%, redis-server "
+                f"{fmt(result.redis_pct)}%, simulator {fmt(result.sim_pct)}%; whole machine "
+                f"{fmt(result.machine_pct)}% busy ({cores} cores, other processes included)"
+            )
+            out(f"     CPU while running: {run.cpu}")
+            out(
+                f"     correctness: {result.events} final events for {n} containers, "
+                f"{result.finished_once} FINISHED exactly once, {result.duplicate_events} "
+                f"duplicate, {result.other_events} not FINISHED, "
+                f"{n - sum(1 for v in statuses if v)} missing; API calls per container "
+                f"{result.calls_per_container:.3f}, {wrong_calls} containers with a count "
+                f"other than 1 -> {'OK' if result.correct else 'WRONG'}"
+            )
+            if not result.correct:
+                f.notes.append(f"scale: {k} workers: not every container FINISHED exactly once")
+        base = f.scale[0] if f.scale else None
+        out(
+            "  workers  checks/s  speed-up  worker ms/check  redis ms/check  redis %core  "
+            "sim %core  machine busy"
+        )
+        for r in f.scale:
+            speedup = r.rate / base.rate if base and base.rate and r.rate else None
+            out(
+                f"  {r.workers:7d}  {fmt(r.rate):>8}  {fmt(speedup, '.2f'):>8}  "
+                f"{fmt(r.worker_cpu_ms, '.3f'):>15}  {fmt(r.redis_cpu_ms, '.3f'):>14}  "
+                f"{fmt(r.redis_pct):>10}%  {fmt(r.sim_pct):>8}%  {fmt(r.machine_pct):>11}%"
+            )
+        out(
+            "  reading: Redis runs on one thread, so 'redis %core' near 100 means Redis is the "
+            "limit; 'machine busy' (all cores, other processes included) near 100 means the cores "
+            "are"
+        )
+        if counts and max(counts) + 2 > cores:
+            out(
+                f"  ! {max(counts)} workers + redis-server + the simulator oversubscribe {cores} "
+                "cores: beyond that point the workers take CPU from Redis and the simulator, so "
+                "these speed-ups say how this box shares its cores, not how far workers with a "
+                "core each would go"
+            )
 
     async def phase_schedule(self) -> None:
         from worker.decisions import Schedule
@@ -952,8 +1122,8 @@ class Bench:
             return int(await self.redis.xlen(keys.events))
 
         prog = await track(
-            count, total, spawned=t0, child=child, redis_pid=self.redis_pid,
-            limit_s=SCHEDULE_WINDOW + 60.0,
+            count, total, spawned=t0, children=[child], redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid, limit_s=SCHEDULE_WINDOW + 60.0,
         )  # fmt: skip
         cpu1 = self.cpu_snapshot(child)
         child.stop()
@@ -999,9 +1169,11 @@ class Bench:
                 f"p99 {fmt(percentile(values, 99), '.3f')} s  "
                 f"max {fmt(max(values, default=math.nan), '.3f')} s"
             )
+        which = "every check" if self.cfg.log_level.upper() == "DEBUG" else "final checks only"
         out(
-            f"  lateness, worker side (lag_s of its log lines: run start - next_check_at): "
-            f"n={len(lags)}  p50 {fmt(f.lag_p50, '.3f')} s  p99 {fmt(f.lag_p99, '.3f')} s  "
+            f"  lateness, worker side (lag_s of its log lines, {which} at LOG_LEVEL "
+            f"{self.cfg.log_level}: run start - next_check_at): n={len(lags)}  "
+            f"p50 {fmt(f.lag_p50, '.3f')} s  p99 {fmt(f.lag_p99, '.3f')} s  "
             f"max {fmt(f.lag_max, '.3f')} s"
         )
         out(
@@ -1156,16 +1328,18 @@ class Bench:
             "0",
             None if extra is None else extra == 0,
         )
+        self.scale_rows(row)
         variant = []
-        variant += [f"experiment {e}" for e in cfg.experiments]
         if cfg.log_level.upper() != "INFO":
             variant.append(f"LOG_LEVEL={cfg.log_level}")
         variant += [f"{k}={v}" for k, v in cfg.worker_env.items()]
         out("\n" + "=" * 100)
         out(
-            f"SUMMARY  {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores shared by the worker, "
-            f"the simulator, redis-server and this script; {'--quick' if cfg.quick else 'default'}"
-            f" run; worker: {', '.join(variant) or 'defaults'} (max_jobs {cfg.max_jobs})"
+            f"SUMMARY  {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores shared by the "
+            f"worker(s), the simulator, redis-server and this script; "
+            f"{'--quick' if cfg.quick else 'default'} run (N {cfg.n}); worker: "
+            f"{', '.join(variant) or 'defaults'} (event loop {event_loop(cfg.worker_env)}, "
+            f"max_jobs {cfg.max_jobs}); bare arq on asyncio"
         )
         out("=" * 100)
         width = max(len(r[0]) for r in rows)
@@ -1174,6 +1348,48 @@ class Bench:
         for note in dict.fromkeys(f.notes):
             out(f"note: {note}")
         out("=" * 100)
+
+    def scale_rows(self, row: Callable[..., None]) -> None:
+        """The scale phase's lines of the summary (none when it did not run)."""
+        runs = self.figures.scale
+        if not runs:
+            return
+        for r in runs:
+            plural = "s" if r.workers > 1 else ""
+            row(f"checks/s, {r.workers} worker{plural} (scale, 10-90 %)", fmt(r.rate))
+        base = runs[0]
+        for r in runs[1:]:
+            speedup = r.rate / base.rate if r.rate and base.rate else None
+            row(f"speed-up {r.workers}w/{base.workers}w", fmt(speedup, ".2f"))
+        label = " / ".join(f"{r.workers}w" for r in runs)
+        row(
+            f"worker CPU ms per check, {label}",
+            " / ".join(fmt(r.worker_cpu_ms, ".3f") for r in runs),
+        )
+        row(f"redis-server % of a core, {label}", " / ".join(fmt(r.redis_pct) for r in runs))
+        row(f"simulator % of a core, {label}", " / ".join(fmt(r.sim_pct) for r in runs))
+        row(f"machine busy % ({os.cpu_count()} cores), {label}",
+            " / ".join(fmt(r.machine_pct) for r in runs))  # fmt: skip
+        row(
+            f"scale: FINISHED exactly once, of {runs[0].n}",
+            " / ".join(str(r.finished_once) for r in runs),
+            "all",
+            all(r.finished_once == r.n and r.events == r.n for r in runs),
+        )
+        row(
+            "scale: API calls per container",
+            " / ".join(f"{r.calls_per_container:.3f}" for r in runs),
+            "1",
+            all(r.calls_per_container == 1.0 and r.wrong_calls == 0 for r in runs),
+        )
+
+
+def event_loop(worker_env: dict[str, str]) -> str:
+    """The worker's event loop: EVENT_LOOP from --worker-env, else the setting's default."""
+    from config import Settings
+
+    default = Settings.model_fields["event_loop"].default
+    return worker_env.get("EVENT_LOOP", str(getattr(default, "value", default)))
 
 
 def worker_lags(log: Path) -> list[float]:
@@ -1224,6 +1440,7 @@ async def run(cfg: Config) -> None:
                 "throughput": bench.phase_throughput,
                 "schedule": bench.phase_schedule,
                 "capacity": bench.phase_capacity,
+                "scale": bench.phase_scale,
             }
             for name in cfg.phases:
                 try:
@@ -1242,63 +1459,70 @@ async def run(cfg: Config) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.bench",
-        description="threads-poller performance report (throughput vs bare arq, capacity, "
-        "schedule accuracy). Always exits 0.",
+        description="threads-poller performance report (throughput vs bare arq, scaling over "
+        "1-3 workers, capacity, schedule accuracy). Always exits 0.",
     )
-    p.add_argument("--quick", action="store_true", help="smaller N (3,000 / 20,000), ~1.5 min")
+    p.add_argument("--quick", action="store_true", help="smaller N (3,000 / 20,000), ~1 min")
     p.add_argument("--n", type=int, help="containers (and no-op jobs) of the throughput runs")
     p.add_argument("--capacity-n", type=int, help="containers queued in the capacity phase")
-    p.add_argument("--phases", default=",".join(ALL_PHASES), help="comma-separated subset")
+    p.add_argument(
+        "--phases",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated, of {', '.join(ALL_PHASES)} (default {','.join(DEFAULT_PHASES)})",
+    )
     p.add_argument("--schedule-seconds", type=float, help="enqueue duration of the schedule phase")
     p.add_argument(
         "--schedule-rate",
         type=float,
         help="checks/s of the schedule phase (default: half the measured checks/s)",
     )
-    p.add_argument("--uvloop", action="store_true", help="run the worker on uvloop")
     p.add_argument(
-        "--experiment",
+        "--scale-workers",
+        default="1,2,3",
+        metavar="K[,K]",
+        help="worker processes at once in each run of the scale phase (default 1,2,3)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="LOG_LEVEL of the worker (default INFO: final states only; DEBUG: every check)",
+    )
+    p.add_argument(
+        "--worker-env",
         action="append",
         default=[],
-        metavar="NAME[,NAME]",
-        help="what-if patches applied by a launcher before the worker starts: "
-        + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
-    )
-    p.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the worker (default INFO)")
-    p.add_argument(
-        "--worker-env", action="append", default=[], metavar="K=V", help="extra worker setting"
+        metavar="K=V",
+        help="extra worker setting, e.g. EVENT_LOOP=asyncio (the default is uvloop)",
     )
     p.add_argument("--max-jobs", type=int, default=200, help="WORKER_MAX_JOBS, and arq max_jobs")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the throughput worker")
     p.add_argument("--keep", action="store_true", help="keep the work dir with all logs")
     # Internal: the subprocesses this script starts.
-    p.add_argument("--role", default="bench", choices=["bench", "noop-worker", "worker"],
+    p.add_argument("--role", default="bench", choices=["bench", "noop-worker"],
                    help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--redis-url", help=argparse.SUPPRESS)
     p.add_argument("--poll-delay", type=float, default=0.2, help=argparse.SUPPRESS)
     return p
 
 
-def experiments_of(args: argparse.Namespace) -> tuple[str, ...]:
-    names = [n.strip() for arg in args.experiment for n in arg.split(",") if n.strip()]
-    if args.uvloop:
-        names.append("uvloop")
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        build_parser().error(f"unknown experiment(s) {unknown}; known: {list(EXPERIMENTS)}")
-    return tuple(dict.fromkeys(names))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role == "noop-worker":
         return run_noop_worker(args.redis_url, args.max_jobs, args.poll_delay)
-    if args.role == "worker":
-        return run_worker(experiments_of(args))
+    parser = build_parser()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = [p for p in phases if p not in ALL_PHASES]
     if unknown:
-        build_parser().error(f"unknown phase(s) {unknown}; known: {list(ALL_PHASES)}")
+        parser.error(f"unknown phase(s) {unknown}; known: {list(ALL_PHASES)}")
+    try:
+        scale_workers = tuple(int(k) for k in args.scale_workers.split(",") if k.strip())
+    except ValueError:
+        parser.error(f"--scale-workers: comma-separated counts, not {args.scale_workers!r}")
+    if not scale_workers or min(scale_workers) < 1:
+        parser.error("--scale-workers: at least one count, each >= 1")
+    bad_env = [kv for kv in args.worker_env if "=" not in kv]
+    if bad_env:
+        parser.error(f"--worker-env takes K=V, not {bad_env}")
     env = dict(kv.split("=", 1) for kv in args.worker_env)
     cfg = Config(
         quick=args.quick,
@@ -1307,7 +1531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         schedule_seconds=args.schedule_seconds or (10.0 if args.quick else 20.0),
         capacity_run_seconds=5.0 if args.quick else 10.0,
         phases=phases,
-        experiments=experiments_of(args),
+        scale_workers=scale_workers,
         log_level=args.log_level,
         worker_env=env,
         profile=args.profile,
