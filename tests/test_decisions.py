@@ -12,7 +12,14 @@ from api_client.errors import (
     ThreadsError,
 )
 from api_client.models import ContainerStatus
-from worker.decisions import Schedule, decide, next_check_at, window_closed
+from worker.decisions import (
+    EARLY_TOLERANCE_SECONDS,
+    Schedule,
+    decide,
+    next_check_at,
+    wait_before_check,
+    window_closed,
+)
 from worker.states import State
 
 META = Schedule(interval=60.0, window=300.0)
@@ -157,3 +164,12 @@ def test_uncheckable_containers_fail_with_the_graph_code(
     d = decide(META, err, checks_made=1, deadline=300, now=0, previous_status="QUEUED")
     assert d.final and d.status == State.FAILED and d.error_kind == kind
     assert d.error is err
+
+
+def test_wait_before_check() -> None:
+    # Due, or within the tolerance of arq's ms scores: run now.
+    assert wait_before_check(None, now=100.0) == 0.0
+    assert wait_before_check(99.0, now=100.0) == 0.0
+    assert wait_before_check(100.0 + EARLY_TOLERANCE_SECONDS, now=100.0) == 0.0
+    # Early (a re-run of a job whose re-schedule was lost): wait the rest.
+    assert wait_before_check(160.0, now=100.0) == 60.0

@@ -308,8 +308,9 @@ async def _finish_880001(redis: Redis, settings: Settings) -> None:
 async def test_worker_survives_connections_dropped_while_it_starts_jobs(
     redis_server: RedisServer,
 ) -> None:
-    """A Redis restart (or a failover, or a proxy dropping idle connections) can cut a
-    connection while arq's start_jobs is WATCHing a job; the worker must carry on."""
+    """A Redis restart (or a failover, or a proxy dropping idle connections) can cut any
+    connection at any moment: while a job is claimed (stock arq WATCHes then), while arq reads
+    or re-schedules a job, during a new connection's handshake. The worker must carry on."""
     async with run_simulator(port=0) as sim:
         sim.state.set_script("8810*", ["IN_PROGRESS"])
         settings = make_settings(
@@ -331,5 +332,15 @@ async def test_worker_survives_connections_dropped_while_it_starts_jobs(
                         main = worker.main_task
                         if main is not None and main.done():
                             raise AssertionError(f"worker main loop ended: {main.exception()!r}")
+                    # And it still works: a new container is checked and settled.
+                    sim.state.set_script("8820001", ["FINISHED"])
+                    await enqueue_many(redis, ["8820001"], settings=settings)
+
+                    async def settled() -> bool:
+                        r = await get_result(redis, "8820001", settings=settings)
+                        return r is not None and r.status == "FINISHED"
+
+                    await wait_until(settled, timeout=15, interval=0.1)
+                    assert worker.main_task is not None and not worker.main_task.done()
         finally:
             await redis.aclose()

@@ -12,6 +12,7 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
+from worker.keys import Keys
 
 
 async def test_check_count_and_spacing(
@@ -73,3 +74,42 @@ async def test_window_zero_means_one_check(
     r = await get_result(redis, "7003", settings=settings)
     assert r is not None and r.status == "TIMED_OUT" and r.checks == 1
     assert sim.state.calls_for("7003").count == 1
+
+
+async def test_a_run_before_its_check_is_due_makes_no_call(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    # A worker killed (or Redis lost) between recording a check and re-scheduling the job leaves
+    # the job due at once; its re-run must wait for the interval, not call the API early.
+    settings = settings.model_copy(update={"poll_interval_seconds": 3.0, "poll_max_seconds": 30})
+    sim.state.set_script("7010", ["IN_PROGRESS", "FINISHED"])
+    keys = Keys(settings.key_prefix)
+    async with running_worker(settings):
+        await enqueue(redis, "7010", settings=settings)
+
+        async def checked_once() -> bool:
+            r = await get_result(redis, "7010", settings=settings)
+            return r is not None and r.checks == 1 and r.next_check_at is not None
+
+        await wait_until(checked_once, timeout=10)
+        r = await get_result(redis, "7010", settings=settings)
+        assert r is not None
+        job_id = keys.job_id_base("7010") + r.generation
+        # The lost re-schedule: the job is due now again.
+        await wait_until(lambda: _queued(redis, keys, job_id), timeout=5)
+        await redis.zadd(keys.queue, {job_id: int(time.time() * 1000)})
+        await asyncio.sleep(1.0)
+        assert sim.state.calls_for("7010").count == 1
+
+        async def final() -> bool:
+            r = await get_result(redis, "7010", settings=settings)
+            return r is not None and r.final
+
+        await wait_until(final, timeout=10)
+    times = sim.state.calls_for("7010").times
+    assert len(times) == 2
+    assert times[1] - times[0] >= 3.0 - 0.02, times
+
+
+async def _queued(redis: Redis, keys: Keys, job_id: str) -> bool:
+    return await redis.zscore(keys.queue, job_id) is not None

@@ -7,6 +7,13 @@ Redis restart, a failover, a proxy dropping idle connections) raises ``WatchErro
 a job slot leaked. ``PollerWorker`` claims a whole batch with one Lua script instead
 (``lua/claim_jobs.lua``), and a failed claim is logged and tried again on the next poll.
 
+It also keeps a Redis error out of arq's main loop. redis-py retries a command, but not the
+handshake of the new connection it retries on, and arq re-raises a job run's exception (from its
+own bookkeeping: reading the job, re-scheduling it) in the loop, which then ends. Here such an
+error is logged; the job is left as a killed worker would leave it (in the queue, locked by this
+worker's token), so the next poll runs it again, and ``check_container`` waits out any time left
+before its check is due.
+
 Everything else (running jobs, retries, timeouts, the lock's lifetime, shutdown) is arq's own,
 so the Redis data stays exactly what arq expects; arq is pinned to 0.28.* for this reason.
 """
@@ -24,6 +31,7 @@ from typing import Any
 
 from arq import Worker
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from redis.asyncio.client import Redis
 from redis.exceptions import RedisError
 
@@ -50,8 +58,8 @@ class PollerWorker(Worker):
         self._claim_source = _claim_script()
         self._claim: Any = None
         self._claim_pool: Redis | None = None
-        self._last_claim_warning = 0.0
-        self.claim_failures = 0
+        self._last_redis_warning = 0.0
+        self.redis_errors = 0
 
     def _claimer(self) -> Any:
         # arq creates its pool in main(); bind the script to whichever pool is current.
@@ -59,6 +67,32 @@ class PollerWorker(Worker):
             self._claim_pool = self.pool
             self._claim = self.pool.register_script(self._claim_source)
         return self._claim
+
+    def _warn_redis_error(self, what: str, exc: BaseException) -> None:
+        self.redis_errors += 1
+        now = time.monotonic()
+        if now - self._last_redis_warning >= _WARN_EVERY_SECONDS:
+            self._last_redis_warning = now
+            log.warning(
+                "%s failed on a Redis error; retrying on the next poll",
+                what,
+                extra={
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                    "redis_errors": self.redis_errors,
+                },
+            )
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            self._warn_redis_error("polling the queue", exc)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except (RedisError, OSError) as exc:
+            self._warn_redis_error(f"job {job_id}", exc)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Start the due jobs among ``job_ids`` that nobody holds, as slots allow.
@@ -94,7 +128,8 @@ class PollerWorker(Worker):
         (None when Redis could not be reached: the caller waits for the next poll)."""
         args = [
             in_progress_key_prefix,
-            int(time.time() * 1000),
+            # arq's own clock: the scores it writes are rounded with it.
+            timestamp_ms(),
             int(self.in_progress_timeout_s * 1000),
             self.token,
             free,
@@ -106,17 +141,7 @@ class PollerWorker(Worker):
             # Nothing was started, so nothing is lost: the jobs stay due and the next poll
             # (poll_delay later) tries again. Locks a lost reply did set carry our token, so
             # that retry takes them back.
-            self.claim_failures += 1
-            now = time.monotonic()
-            if now - self._last_claim_warning >= _WARN_EVERY_SECONDS:
-                self._last_claim_warning = now
-                log.warning(
-                    "could not claim due jobs; retrying on the next poll",
-                    extra={
-                        "error": f"{type(exc).__name__}: {exc}"[:300],
-                        "failures": self.claim_failures,
-                    },
-                )
+            self._warn_redis_error("claiming due jobs", exc)
             return None
         for i in range(1, len(reply), 2):
             job_id = reply[i].decode() if isinstance(reply[i], bytes) else str(reply[i])

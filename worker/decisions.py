@@ -112,6 +112,23 @@ def next_check_at(
     return due
 
 
+# A run this close to its due time is on time: arq starts a job when its score (ms) is due, and
+# the score and next_check_at are computed a few ms apart.
+EARLY_TOLERANCE_SECONDS = 1.0
+
+
+def wait_before_check(next_check: float | None, *, now: float) -> float:
+    """Seconds until the check is due, 0 when it is (or nearly is).
+
+    A run comes early only when arq re-runs a job whose previous run recorded its check but could
+    not re-schedule the job (a worker killed, or Redis lost, between the two writes): waiting keeps
+    the once-per-interval promise instead of spending an API call.
+    """
+    if next_check is None or next_check - now <= EARLY_TOLERANCE_SECONDS:
+        return 0.0
+    return next_check - now
+
+
 def window_closed(schedule: Schedule, *, checks_made: int, deadline: float, now: float) -> bool:
     """True when a check that is about to run should not call the API any more.
 

@@ -38,6 +38,7 @@ from worker.decisions import (
     effective_deadline,
     next_check_at,
     timed_out,
+    wait_before_check,
     window_closed,
 )
 from worker.errors import PublishError, RejectedTokenError
@@ -112,6 +113,13 @@ async def check_container(ctx: dict[str, Any], container_id: str, generation: st
         )
     ):
         return await publish_step(poller, current, ctx)
+
+    early = wait_before_check(current.next_check_at, now=started)
+    if early > 0:
+        log.debug("run before its check is due; deferred", extra={
+            "container_id": container_id, "job_try": ctx.get("job_try"),
+            "wait_s": round(early, 3)})  # fmt: skip
+        raise Retry(defer=early)
 
     deadline = effective_deadline(
         current.deadline_at or started, current.throttle_delay, settings.throttle_max_delay_seconds

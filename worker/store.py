@@ -34,6 +34,15 @@ def _script(name: str) -> str:
     return resources.files("worker").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+def stamp(t: float) -> str:
+    """A time as stored: Unix seconds to the millisecond (``1795438388.610``), rounded down."""
+    return ms_stamp(int(t * 1000))
+
+
+def ms_stamp(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
 def _num(value: str | None) -> float | None:
     if not value:
         return None
@@ -45,7 +54,14 @@ def _num(value: str | None) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """One container's state as stored in its result hash."""
+    """One container's state as stored in its result hash.
+
+    A field missing from the hash means empty / 0 / false: enqueue writes only ``container_id``,
+    ``status``, ``final``, ``enqueued_at``, ``deadline_at``, ``generation`` (and ``account``,
+    ``publish``, ``webhook_url`` when given), and a write stores an empty value by deleting the
+    field. Until the first check is recorded (no ``updated_at`` yet) the next check is due at
+    ``enqueued_at``.
+    """
 
     container_id: str
     status: str
@@ -97,6 +113,9 @@ class PollResult:
             value = _num(h.get(name))
             return None if value is None else int(value)
 
+        enqueued_at = _num(h.get("enqueued_at"))
+        # No write since enqueue: the first check is due at once (enqueue does not store it).
+        next_check_at = _num(h.get("next_check_at")) if "updated_at" in h else enqueued_at
         return cls(
             container_id=h.get("container_id", ""),
             status=h.get("status", ""),
@@ -105,10 +124,10 @@ class PollResult:
             error_explanation=opt("error_explanation"),
             last_api_status=opt("last_api_status"),
             checks=opt_int("checks") or 0,
-            enqueued_at=_num(h.get("enqueued_at")),
+            enqueued_at=enqueued_at,
             deadline_at=_num(h.get("deadline_at")),
             last_checked_at=_num(h.get("last_checked_at")),
-            next_check_at=_num(h.get("next_check_at")),
+            next_check_at=next_check_at,
             finalized_at=_num(h.get("finalized_at")),
             last_error=opt("last_error"),
             last_error_kind=opt("last_error_kind"),
@@ -180,8 +199,9 @@ class ResultStore:
         """Start polling each container unless it is already being polled (one round trip)."""
         if not requests:
             return []
-        now = time.time()
-        now_ms = int(now * 1000)
+        now_ms = int(time.time() * 1000)
+        enqueued_at = ms_stamp(now_ms)
+        deadline_at = ms_stamp(now_ms + round(self.window_seconds * 1000))
         async with self.redis.pipeline(transaction=False) as pipe:
             for req in requests:
                 generation = uuid.uuid4().hex[:12]
@@ -197,8 +217,8 @@ class ResultStore:
                     ],
                     args=[
                         req.container_id,
-                        repr(now),
-                        repr(now + self.window_seconds),
+                        enqueued_at,
+                        deadline_at,
                         self.result_ttl_seconds,
                         generation,
                         ARQ_JOB_PREFIX,
@@ -249,19 +269,19 @@ class ResultStore:
             "checks": str(checks),
             "error_message": decision.error_message or "",
             "error_explanation": explain_error_message(decision.error_message),
-            "next_check_at": repr(decision.next_check_at) if decision.next_check_at else "",
-            "updated_at": repr(now),
+            "next_check_at": stamp(decision.next_check_at) if decision.next_check_at else "",
+            "updated_at": stamp(now),
         }
         if decision.last_api_status is not None:
             fields["last_api_status"] = decision.last_api_status
         if checked_at is not None:
-            fields["last_checked_at"] = repr(checked_at)
+            fields["last_checked_at"] = stamp(checked_at)
         if decision.final:
-            fields["finalized_at"] = repr(now)
+            fields["finalized_at"] = stamp(now)
         if not decision.spent:
             fields["throttled"] = str(current.throttled + 1)
             fields["throttle_delay"] = repr(current.throttle_delay + decision.delay_added)
-            fields["last_throttled_at"] = repr(now)
+            fields["last_throttled_at"] = stamp(now)
         if decision.error is not None:
             err = decision.error.to_fields()
             fields.update(
@@ -281,7 +301,7 @@ class ResultStore:
             "error_message": decision.error_message or "",
             "account": current.account or "",
             "checks": str(checks),
-            "finalized_at": repr(now),
+            "finalized_at": stamp(now),
         }
         if decision.error is not None:
             event["last_error"] = fields["last_error"]
@@ -327,7 +347,7 @@ class ResultStore:
     async def claim_publish(self, current: PollResult, *, max_attempts: int) -> str:
         reply = await self._claim(
             keys=[self.keys.result(current.container_id)],
-            args=[current.generation, repr(time.time()), max_attempts],
+            args=[current.generation, stamp(time.time()), max_attempts],
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 

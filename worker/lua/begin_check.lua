@@ -27,7 +27,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local step = tonumber(ARGV[3])
-if step > 0 and tonumber(acct_state[1]) <= now then
+if step > 0 and (tonumber(acct_state[1]) or 0) <= now then
   -- Same GCRA as rate.lua: reserve a slot unless the wait is longer than the caller accepts.
   local key = ARGV[2] .. ':rate:' .. account
   local tat = tonumber(redis.call('GET', key) or '0')

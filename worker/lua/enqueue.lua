@@ -1,4 +1,7 @@
--- Record a container and schedule its first check, atomically.
+-- Record a container and schedule its first check, atomically. The hash gets only the fields
+-- that say something at this point; every other field is added by the first write that has a
+-- value for it (record.lua, publish_claim.lua, the webhook job), and readers take a missing field
+-- as empty / 0 / false.
 -- KEYS: 1 result hash, 2 inflight zset, 3 arq queue, 4 accounts zset
 -- ARGV: 1 container_id, 2 now, 3 deadline, 4 ttl seconds, 5 generation, 6 arq job prefix,
 --       7 job id base, 8 job payload, 9 job expiry ms, 10 score ms, 11 account, 12 force,
@@ -20,17 +23,22 @@ elseif cur[1] == '1' then
 end
 local job_id = ARGV[7] .. ARGV[5]
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1],
-  'container_id', ARGV[1], 'status', 'QUEUED', 'final', '0', 'checks', '0',
-  'error_message', '', 'error_explanation', '', 'last_api_status', '',
-  'enqueued_at', ARGV[2], 'deadline_at', ARGV[3], 'next_check_at', ARGV[2],
-  'last_checked_at', '', 'finalized_at', '', 'updated_at', ARGV[2],
-  'last_error', '', 'last_error_kind', '', 'last_error_code', '', 'last_error_subcode', '',
-  'last_error_fbtrace_id', '', 'throttled', '0', 'throttle_delay', '0', 'last_throttled_at', '',
-  'publish', ARGV[14], 'publish_status', '', 'publish_attempts', '0', 'media_id', '',
-  'published_at', '', 'finished_at', '', 'quota_usage', '', 'quota_total', '',
-  'webhook_url', ARGV[15], 'webhook_status', '', 'webhook_attempts', '0',
-  'account', ARGV[11], 'generation', ARGV[5])
+-- Only what carries information: a field missing from the hash means "" / 0 / false (README).
+local fields = {'container_id', ARGV[1], 'status', 'QUEUED', 'final', '0',
+  'enqueued_at', ARGV[2], 'deadline_at', ARGV[3], 'generation', ARGV[5]}
+if ARGV[11] ~= '' then
+  fields[#fields + 1] = 'account'
+  fields[#fields + 1] = ARGV[11]
+end
+if ARGV[14] == '1' then
+  fields[#fields + 1] = 'publish'
+  fields[#fields + 1] = '1'
+end
+if ARGV[15] ~= '' then
+  fields[#fields + 1] = 'webhook_url'
+  fields[#fields + 1] = ARGV[15]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('PSETEX', ARGV[6] .. job_id, ARGV[9], ARGV[8])

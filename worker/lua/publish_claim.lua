@@ -9,7 +9,8 @@ end
 if cur[3] ~= 'pending' then
   return cur[3] or ''
 end
-local attempts = tonumber(cur[4] or '0') + 1
+-- A missing field (false) counts as 0, like an empty one.
+local attempts = (tonumber(cur[4] or '') or 0) + 1
 if attempts > tonumber(ARGV[3]) then
   return 'exhausted'
 end

@@ -14,11 +14,22 @@ if cur[2] == '1' then
   return {'already_final', ''}
 end
 local n = tonumber(ARGV[6])
-local fields = {}
-for i = 12, 11 + 2 * n do
-  fields[#fields + 1] = ARGV[i]
+-- An empty value is stored as a missing field (readers take missing as empty / 0 / false).
+local fields, gone = {}, {}
+for i = 12, 10 + 2 * n, 2 do
+  if ARGV[i + 1] == '' then
+    gone[#gone + 1] = ARGV[i]
+  else
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+  end
 end
-redis.call('HSET', KEYS[1], unpack(fields))
+if #fields > 0 then
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local event_id = ''
 if ARGV[2] == '1' then

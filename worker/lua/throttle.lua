@@ -7,7 +7,7 @@ local delay = tonumber(ARGV[2]) * (2 ^ (level - 1))
 if delay > tonumber(ARGV[3]) then delay = tonumber(ARGV[3]) end
 local untl = tonumber(ARGV[1]) + delay
 if tonumber(ARGV[4]) > untl then untl = tonumber(ARGV[4]) end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'throttled_until') or '0')
+local cur = tonumber(redis.call('HGET', KEYS[1], 'throttled_until') or '') or 0
 if cur > untl then untl = cur end
 redis.call('HSET', KEYS[1], 'throttled_until', tostring(untl), 'last_throttle_code', ARGV[5],
   'last_throttled_at', ARGV[1])
