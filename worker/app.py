@@ -16,6 +16,7 @@ import socket
 import uuid
 from typing import Any
 
+from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 from redis.asyncio.retry import Retry as RedisRetry
@@ -152,7 +153,17 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         # At once, not after the TTL: this container's health check fails from here on.
         await heartbeat.stop()
     await metrics.stop_server(ctx.get("metrics_server"))
-    log.info("worker stopped")
+    worker = ctx.get("worker")
+    counts = (
+        {
+            "jobs_complete": worker.jobs_complete,
+            "jobs_retried": worker.jobs_retried,
+            "jobs_failed": worker.jobs_failed,
+        }
+        if isinstance(worker, Worker)
+        else {}
+    )
+    log.info("worker stopped", extra=counts)
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:

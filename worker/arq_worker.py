@@ -27,6 +27,7 @@ import socket
 import time
 import uuid
 from importlib import resources
+from signal import Signals
 from typing import Any
 
 from arq import Worker
@@ -67,6 +68,29 @@ class PollerWorker(Worker):
             self._claim_pool = self.pool
             self._claim = self.pool.register_script(self._claim_source)
         return self._claim
+
+    # arq's own INFO lines are off below DEBUG (worker/logs.py), so say what a signal starts.
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self._log_shutdown(signum, "waiting for running checks")
+        super().handle_sig_wait_for_completion(signum)
+
+    def handle_sig(self, signum: Signals) -> None:
+        self._log_shutdown(signum, "cancelling running checks")
+        super().handle_sig(signum)
+
+    def _log_shutdown(self, signum: Signals, action: str) -> None:
+        log.info(
+            "shutdown on %s: %s",
+            Signals(signum).name,
+            action,
+            extra={
+                "running": sum(not t.done() for t in self.tasks.values()),
+                "wait_s": self._job_completion_wait,
+                "jobs_complete": self.jobs_complete,
+                "jobs_retried": self.jobs_retried,
+                "jobs_failed": self.jobs_failed,
+            },
+        )
 
     def _warn_redis_error(self, what: str, exc: BaseException) -> None:
         self.redis_errors += 1
