@@ -30,6 +30,11 @@ class LogFormat(StrEnum):
     TEXT = "text"
 
 
+# "host:port" (IPv6 in brackets), comma-separated.
+_SENTINEL = r"[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}"
+_SENTINELS = rf"^{_SENTINEL}(,{_SENTINEL})*$"
+
+
 class EventLoop(StrEnum):
     UVLOOP = "uvloop"
     ASYNCIO = "asyncio"
@@ -53,6 +58,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://\S+$"
     )
+    # Redis Sentinel, for failover: "host:port,host:port". The worker and the CLI then ask the
+    # sentinels for the primary of REDIS_SENTINEL_MASTER (again after a failover); REDIS_URL
+    # still gives the database, user and password of the data nodes, its host is not used.
+    redis_sentinels: str | None = Field(default=None, pattern=_SENTINELS)
+    redis_sentinel_master: str = Field(default="mymaster", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     threads_access_token: SecretStr | None = None
     threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
     threads_auth_mode: AuthMode = AuthMode.QUERY
@@ -109,6 +119,16 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
     # Prometheus /metrics of each worker process (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
+        if not self.redis_sentinels:
+            return []
+        pairs = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.rpartition(":")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
 
     @model_validator(mode="after")
     def _check_webhook_secret(self) -> Self:

@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,13 @@ class RedisServer:
         return redis_sync.Redis(host="127.0.0.1", port=self.port)
 
 
-def start_redis(tmp: Path, *, appendonly: bool = False, port: int | None = None) -> RedisServer:
+def start_redis(
+    tmp: Path,
+    *,
+    appendonly: bool = False,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(
@@ -76,6 +82,7 @@ def start_redis(tmp: Path, *, appendonly: bool = False, port: int | None = None)
             "noeviction",
             "--logfile",
             str(tmp / "redis.log"),
+            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -44,7 +44,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker import enqueue, enqueue_many, get_result
-from worker.app import redis_settings
+from worker.connections import redis_settings
 from worker.store import PollResult
 
 CFG = FaultRunConfig(containers=300, interval=6.0, window=30.0)

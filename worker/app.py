@@ -17,18 +17,14 @@ import uuid
 from typing import Any
 
 from arq import Worker
-from arq.connections import RedisSettings
 from arq.worker import func
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api_client.client import make_session
 from config import Settings, load_settings
 from worker import metrics
 from worker.accounts import AccountStore
 from worker.arq_worker import PollerWorker
+from worker.connections import redis_settings
 from worker.decisions import Schedule
 from worker.health import Heartbeat, arq_probe
 from worker.intake import IntakeConsumer
@@ -46,19 +42,6 @@ log = logging.getLogger("threads_poller.worker")
 # Our own Redis state counts checks; arq's try limit is only a backstop (when it fires none of
 # our code runs), so it sits far above anything a poll can use.
 MAX_TRIES = 10_000
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    # Without these a Redis blip ends arq's main loop; with them calls wait and retry.
-    # OSError too: a new connection to a Redis that is restarting fails with the builtin
-    # ConnectionRefusedError inside redis-py's retry loop, before it is wrapped.
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    rs.retry = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
-    rs.conn_timeout = 5
-    rs.conn_retries = 30
-    rs.conn_retry_delay = 1
-    return rs
 
 
 def consumer_name() -> str:

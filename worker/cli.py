@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop
+from worker.connections import open_redis
 from worker.ids import InvalidIdError
 from worker.producer import enqueue_many
 from worker.reader import get_result, wait_for
@@ -64,7 +65,7 @@ def _settings() -> Settings:
 
 def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
     async def run() -> T:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        redis = open_redis(settings)
         try:
             return await work(redis)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
