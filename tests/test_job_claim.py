@@ -19,10 +19,15 @@ from arq import Retry
 from arq.connections import ArqRedis, create_pool
 from arq.constants import in_progress_key_prefix
 from arq.worker import func
+from redis.asyncio import Redis
 
-from tests.conftest import RedisServer, free_port
+from config import Settings
+from simulator import RunningSimulator
+from tests.conftest import RedisServer, free_port, running_worker, wait_until
+from worker import enqueue, get_result
 from worker.arq_job_runner import ARQ_RUN_JOB_SHA256
 from worker.arq_worker import PollerWorker
+from worker.keys import Keys
 
 QUEUE = "claim-test:queue"
 
@@ -236,3 +241,43 @@ def test_the_copied_run_job_is_the_installed_arqs() -> None:
     # must be compared with it (and the copy refreshed) before it is used.
     source = inspect.getsource(arq.worker.Worker.run_job)
     assert hashlib.sha256(source.encode()).hexdigest() == ARQ_RUN_JOB_SHA256
+
+
+async def test_a_check_ends_or_reschedules_its_job_in_its_record_script(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    # arq's finish_job work (re-schedule, or delete the job) is done by lua/record.lua; the arq
+    # data must end up exactly as arq's own finish_job would leave it.
+    settings = settings.model_copy(update={"poll_interval_seconds": 1.5, "poll_max_seconds": 30})
+    keys = Keys(settings.key_prefix)
+    sim.state.set_script("7200", ["IN_PROGRESS", "FINISHED"])
+    async with running_worker(settings) as worker:
+        await enqueue(redis, "7200", settings=settings)
+
+        async def checked_once() -> bool:
+            r = await get_result(redis, "7200", settings=settings)
+            return r is not None and r.checks == 1
+
+        await wait_until(checked_once, timeout=10)
+        r = await get_result(redis, "7200", settings=settings)
+        assert r is not None and r.next_check_at is not None
+        job_id = keys.job_id_base("7200") + r.generation
+        await wait_until(lambda: _gone(redis, in_progress_key_prefix + job_id), timeout=5)
+        score = await redis.zscore(keys.queue, job_id)
+        assert score is not None and abs(score - r.next_check_at * 1000) < 5
+        assert await redis.exists("arq:job:" + job_id, "arq:retry:" + job_id) == 2
+        assert worker.jobs_retried == 1 and worker.jobs_complete == 0
+
+        async def final() -> bool:
+            r = await get_result(redis, "7200", settings=settings)
+            return r is not None and r.final
+
+        await wait_until(final, timeout=10)
+        await wait_until(lambda: _gone(redis, "arq:job:" + job_id), timeout=5)
+        assert await redis.zscore(keys.queue, job_id) is None
+        assert await redis.exists("arq:retry:" + job_id, in_progress_key_prefix + job_id) == 0
+        assert worker.jobs_complete == 1
+
+
+async def _gone(redis: Redis, key: str) -> bool:
+    return int(await redis.exists(key)) == 0

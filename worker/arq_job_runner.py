@@ -2,9 +2,14 @@
 
 Stock ``run_job`` starts with a round trip of its own (GET the job, INCR its try counter); the
 claim script (``lua/claim_jobs.lua``) does that while it claims, so this copy starts from its
-reply. Below the marked line it is arq's code unchanged (MIT licence, (c) Samuel Colvin), kept
-verbatim, style included, so that it can be compared with arq's; ``tests/test_job_claim.py``
-fails if the installed arq's ``run_job`` is not the one this was copied from.
+reply. And it ends with another (``finish_job``: delete the job, or re-schedule it), which a job
+can make needless by doing arq's bookkeeping in its own last script: ``check_container`` does, in
+``lua/record.lua``, atomically with the check's outcome, and says so by returning ``Settled``.
+
+Below the marked line it is arq's code (MIT licence, (c) Samuel Colvin), kept verbatim, style
+included, so that it can be compared with arq's, except the lines marked ``# threads-poller``.
+``tests/test_job_claim.py`` fails if the installed arq's ``run_job`` is not the one this was
+copied from.
 """
 
 # ruff: noqa
@@ -24,6 +29,22 @@ from arq.worker import Function, JobExecutionFailed, Retry, RetryJob, logger, no
 
 if TYPE_CHECKING:
     from arq import Worker
+
+# In the job's ctx when its runner understands ``Settled``; stock arq's does not (it would take
+# the return value for a result and delete the job), so a job must check before returning one.
+SETTLES_ITSELF = "threads_poller_settles_itself"
+
+
+class Settled(str):
+    """Returned by a job that already did arq's ``finish_job`` work (for this run) itself."""
+
+    rescheduled: bool
+
+    def __new__(cls, value: str, *, rescheduled: bool) -> Settled:
+        self = super().__new__(cls, value)
+        self.rescheduled = rescheduled
+        return self
+
 
 # sha256 of ``inspect.getsource(arq.worker.Worker.run_job)`` in the arq this was copied from.
 ARQ_RUN_JOB_SHA256 = "589a19059ff84ee777552dc9fa5ff76b17d6d0d7f99716d2720a2ed07ccb9607"
@@ -126,6 +147,7 @@ async def run_claimed_job(  # noqa: C901
         'score': score,
     }
     ctx = {**self.ctx, **job_ctx}
+    ctx[SETTLES_ITSELF] = True  # threads-poller
 
     if self.on_job_start:
         await self.on_job_start(ctx)
@@ -179,6 +201,16 @@ async def run_claimed_job(  # noqa: C901
             finish = True
             self.jobs_failed += 1
     else:
+        if isinstance(result, Settled):  # threads-poller: no finish_job round trip
+            if result.rescheduled:
+                self.jobs_retried += 1
+            else:
+                self.jobs_complete += 1
+            if self.on_job_end:
+                await self.on_job_end(ctx)
+            if self.after_job_end:
+                await self.after_job_end(ctx)
+            return
         success = True
         finished_ms = timestamp_ms()
         logger.info('%6.2fs ← %s ● %s', (finished_ms - start_ms) / 1000, ref, result_str)

@@ -30,6 +30,7 @@ from api_client.policy import ErrorKind, classify
 from config import Settings
 from worker import metrics
 from worker.accounts import AccountState, AccountStore
+from worker.arq_job_runner import SETTLES_ITSELF, Settled
 from worker.decisions import (
     Decision,
     Schedule,
@@ -45,7 +46,7 @@ from worker.errors import PublishError, RejectedTokenError
 from worker.publishing import PublishStatus, PublishVerdict, judge_publish
 from worker.quota import fetch_quota, quota_ttl
 from worker.states import State
-from worker.store import PollResult, ResultStore
+from worker.store import PollResult, ResultStore, SettleJob
 from worker.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 
 log = logging.getLogger("threads_poller.check")
@@ -412,8 +413,21 @@ async def _finish(
 ) -> str:
     """Record the decision; schedule the next check if there is one."""
     now = time.time()
+    # Under our runner the record script also ends or re-schedules the arq job (one round trip
+    # less, and atomic with the outcome); under stock arq, arq does it after the return.
+    settle: SettleJob | None = None
+    if ctx.get(SETTLES_ITSELF) and "job_id" in ctx:
+        again = not decision.final and decision.next_check_at is not None
+        next_ms = int(decision.next_check_at * 1000) if again and decision.next_check_at else None
+        settle = SettleJob(ctx["job_id"], next_ms)
     outcome, _ = await poller.store.record(
-        current, decision, checks=checks, checked_at=checked_at, now=now, extra=extra
+        current,
+        decision,
+        checks=checks,
+        checked_at=checked_at,
+        now=now,
+        extra=extra,
+        settle_job=settle,
     )
     timings = metrics.check_timings(ctx, current, now)
     metrics.observe_check(
@@ -446,6 +460,8 @@ async def _finish(
             log.log(level, "final state" if decision.final else "checked", extra=log_extra)
     if outcome != "ok":
         return outcome
+    if settle is not None:
+        return Settled(decision.status, rescheduled=settle.next_run_ms is not None)
     if not decision.final and decision.next_check_at is not None:
         raise Retry(defer=max(0.0, decision.next_check_at - time.time()))
     return decision.status

@@ -159,6 +159,15 @@ class PollResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SettleJob:
+    """arq's end-of-run bookkeeping for the job of a check: ``next_run_ms`` re-schedules it
+    (arq's Retry), None deletes it (the poll is over)."""
+
+    job_id: str
+    next_run_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueRequest:
     container_id: str
     account: str | None = None
@@ -261,8 +270,13 @@ class ResultStore:
         checked_at: float | None,
         now: float,
         extra: Mapping[str, str] | None = None,
+        settle_job: SettleJob | None = None,
     ) -> tuple[str, str]:
-        """Write one check's outcome. Returns (outcome, event id); outcome "ok" if written."""
+        """Write one check's outcome. Returns (outcome, event id); outcome "ok" if written.
+
+        With ``settle_job`` the same script also does what arq's ``finish_job`` would do after
+        the run (delete the job, or re-schedule it), but only if the outcome was written.
+        """
         fields: dict[str, str] = {
             "status": decision.status,
             "final": "1" if decision.final else "0",
@@ -328,6 +342,14 @@ class ResultStore:
             JOB_EXPIRY_MS,
             int(now * 1000),
         ]
+        if settle_job is None:
+            args += ["", "", 0]
+        else:
+            args += [
+                "retry" if settle_job.next_run_ms is not None else "done",
+                settle_job.job_id,
+                settle_job.next_run_ms or 0,
+            ]
         for k, v in fields.items():
             args += [k, v]
         for k, v in event.items():

@@ -4,7 +4,11 @@
 -- ARGV: 1 generation, 2 final ('1'/'0'), 3 ttl seconds, 4 events maxlen, 5 container id,
 --       6 number of hash fields n, 7 webhook job key ('' for none), 8 webhook job id,
 --       9 webhook job payload, 10 webhook job expiry ms, 11 webhook job score ms,
---       12 .. 11+2n field/value pairs, then event field/value pairs
+--       12 arq bookkeeping ('' none, 'done', 'retry'), 13 arq job id, 14 its next score ms,
+--       15 .. 14+2n field/value pairs, then event field/value pairs
+-- With 'done' or 'retry' it also does, once the outcome is written, what arq's finish_job does
+-- after a run (worker/arq_job_runner.py): the job's end and its next run are then atomic with
+-- the outcome, and a run costs one round trip less. Key names are arq 0.28's.
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
 if cur[1] ~= ARGV[1] then
   return {'stale', ''}
@@ -16,7 +20,7 @@ end
 local n = tonumber(ARGV[6])
 -- An empty value is stored as a missing field (readers take missing as empty / 0 / false).
 local fields, gone = {}, {}
-for i = 12, 10 + 2 * n, 2 do
+for i = 15, 13 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
   else
@@ -35,7 +39,7 @@ local event_id = ''
 if ARGV[2] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[5])
   local ev = {}
-  for i = 12 + 2 * n, #ARGV do
+  for i = 15 + 2 * n, #ARGV do
     ev[#ev + 1] = ARGV[i]
   end
   event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ev))
@@ -44,5 +48,13 @@ if ARGV[2] == '1' then
     redis.call('ZADD', KEYS[4], ARGV[11], ARGV[8])
     redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
   end
+end
+local job = ARGV[13]
+if ARGV[12] == 'done' then
+  redis.call('DEL', 'arq:in-progress:' .. job, 'arq:retry:' .. job, 'arq:job:' .. job)
+  redis.call('ZREM', KEYS[4], job)
+elseif ARGV[12] == 'retry' then
+  redis.call('DEL', 'arq:in-progress:' .. job)
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[14], job)
 end
 return {'ok', event_id}
