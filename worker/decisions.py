@@ -120,9 +120,10 @@ EARLY_TOLERANCE_SECONDS = 1.0
 def wait_before_check(next_check: float | None, *, now: float) -> float:
     """Seconds until the check is due, 0 when it is (or nearly is).
 
-    A run comes early only when arq re-runs a job whose previous run recorded its check but could
-    not re-schedule the job (a worker killed, or Redis lost, between the two writes): waiting keeps
-    the once-per-interval promise instead of spending an API call.
+    A run comes early only when a job's previous run recorded its check but the job was not
+    re-scheduled: under stock arq, whose re-scheduling is a separate write after the run, a worker
+    killed (or Redis lost) between the two. Waiting keeps the once-per-interval promise instead
+    of spending an API call. (Our runner re-schedules in the record script itself.)
     """
     if next_check is None or next_check - now <= EARLY_TOLERANCE_SECONDS:
         return 0.0
