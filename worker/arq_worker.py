@@ -129,7 +129,8 @@ class PollerWorker(Worker):
     ) -> None:
         try:
             if self.allow_abort_jobs:
-                # Aborts are read in run_job's own first round trip: let arq do it all.
+                # Aborts are read in run_job's own first round trip: let arq do it all (the
+                # job's try is then counted twice; this worker never enables aborts).
                 await super().run_job(job_id, score)
             else:
                 await run_claimed_job(self, job_id, score, job, job_try, start_ms)
