@@ -129,7 +129,8 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="threads-poller-demo-"))
     print(
         f"Meta's schedule is one check a minute for up to 5 minutes; this demo compresses it to "
-        f"one check every {interval:g} s for up to {window:g} s (--interval, --window)."
+        f"one check every {interval:g} s for up to {window:g} s (--interval, --window), and a "
+        f"throttled account's pause from 60 s to {interval:g} s."
     )
     async with local_redis(base.redis_url, workdir) as redis_url, run_simulator(port=0) as sim:
         print(f"Threads API simulator: {sim.base_url}")
@@ -149,6 +150,8 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             THREADS_ACCESS_TOKEN=DEMO_TOKEN,
             POLL_INTERVAL_SECONDS=str(interval),
             POLL_MAX_SECONDS=str(window),
+            # Compressed like the schedule: the default first pause is 60 s.
+            THROTTLE_BACKOFF_SECONDS=str(interval),
             KEY_PREFIX=DEMO_PREFIX,
             LOG_FORMAT="json",
         )
