@@ -42,6 +42,17 @@ class Cluster:
     def sentinel_client(self) -> redis_sync.Redis:
         return redis_sync.Redis(host="127.0.0.1", port=self.sentinel_port)
 
+    def primary_is_up(self) -> bool:
+        """The sentinel sees a primary and does not think it down (redis-py would refuse it)."""
+        try:
+            state = self.sentinel_client().execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "MASTER", MASTER
+            )
+        except RedisError:
+            return False
+        flags = state.get("flags", "") if isinstance(state, dict) else repr(state)
+        return "master" in flags and "s_down" not in flags and "o_down" not in flags
+
     def primary_port(self) -> int | None:
         addr = self.sentinel_client().execute_command(  # type: ignore[no-untyped-call]
             "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
@@ -60,7 +71,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     conf.write_text(
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor {MASTER} 127.0.0.1 {primary.port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 500\n"
+        # Not lower: under load a healthy primary can miss a tighter deadline and be failed over.
+        f"sentinel down-after-milliseconds {MASTER} 2000\n"
         f"sentinel failover-timeout {MASTER} 5000\n"
     )
     binary = shutil.which("redis-server")
@@ -139,6 +151,8 @@ async def test_worker_and_cli_follow_a_failover(cluster: Cluster, sim: RunningSi
             await wait_until(enqueued, timeout=15, interval=0.2)
             await wait_until(lambda: final("9302"), timeout=30, interval=0.2)
             assert worker.main_task is not None and not worker.main_task.done()
+            # The worker's shutdown writes to Redis too: let the sentinel settle first.
+            await wait_until(lambda: _sync(lambda c: c.primary_is_up(), cluster), timeout=15)
         first = await get_result(redis, "9301", settings=settings)
         second = await get_result(redis, "9302", settings=settings)
         assert first is not None and first.status == "FINISHED"
