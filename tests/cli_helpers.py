@@ -7,6 +7,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from config import Settings
+from tests.conftest import TEST_TOKEN
+
 
 def cli_command() -> list[str]:
     script = Path(sys.executable).parent / "threads-poller"
@@ -37,3 +40,18 @@ async def start_worker(env: dict[str, str], log_path: Path) -> asyncio.subproces
     return await asyncio.create_subprocess_exec(
         *cli_command(), "worker", env=env, stdout=log, stderr=log
     )
+
+
+def worker_env(project_env: dict[str, str], settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of a ``threads-poller`` process that works like ``settings``."""
+    env = dict(
+        project_env,
+        THREADS_API_BASE_URL=settings.threads_api_base_url,
+        THREADS_ACCESS_TOKEN=TEST_TOKEN,
+        POLL_INTERVAL_SECONDS=str(settings.poll_interval_seconds),
+        POLL_MAX_SECONDS=str(settings.poll_max_seconds),
+        HTTP_TIMEOUT_SECONDS="1",
+        JOB_TIMEOUT_SECONDS="5",
+    )
+    env.update(overrides)
+    return env

@@ -29,8 +29,8 @@ from api_client.parsing import parse_container_status
 from api_client.policy import classify
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, start_worker
-from tests.conftest import TEST_TOKEN, RedisServer, make_settings, running_worker, wait_until
+from tests.cli_helpers import run_cli, start_worker, worker_env
+from tests.conftest import RedisServer, make_settings, running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result, wait_for
 from worker.ids import InvalidIdError
 from worker.keys import INTAKE_GROUP, Keys
@@ -152,18 +152,6 @@ async def test_python_api_junk_leaves_the_worker_and_the_queue_alone(
 # ----- the command line --------------------------------------------------------------------
 
 
-def cli_env(project_env: dict[str, str], settings: Settings) -> dict[str, str]:
-    return dict(
-        project_env,
-        THREADS_API_BASE_URL=settings.threads_api_base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
-        POLL_INTERVAL_SECONDS=str(settings.poll_interval_seconds),
-        POLL_MAX_SECONDS=str(settings.poll_max_seconds),
-        HTTP_TIMEOUT_SECONDS="1",
-        JOB_TIMEOUT_SECONDS="5",
-    )
-
-
 CLI_JUNK = [
     pytest.param(["enqueue", "12x"], None, "digits only", id="enqueue-letters"),
     pytest.param(["enqueue", "-5"], None, "", id="enqueue-negative"),
@@ -205,7 +193,7 @@ async def test_cli_refuses_junk_with_exit_2_and_writes_nothing(
     stdin: bytes | None,
     why: str,
 ) -> None:
-    code, out, err = await run_cli(*args, env=cli_env(project_env, settings), stdin=stdin)
+    code, out, err = await run_cli(*args, env=worker_env(project_env, settings), stdin=stdin)
     assert_clear_usage_error(code, out, err, why)
     assert await redis.dbsize() == 0
 
@@ -214,7 +202,7 @@ async def test_cli_accepts_crlf_and_surrounding_blanks_on_stdin(
     redis: Redis, settings: Settings, project_env: dict[str, str], keys: Keys
 ) -> None:
     code, out, err = await run_cli(
-        "enqueue", env=cli_env(project_env, settings), stdin=b" 6001\r\n\t6002  6001\r\n"
+        "enqueue", env=worker_env(project_env, settings), stdin=b" 6001\r\n\t6002  6001\r\n"
     )
     assert code == 0, err
     assert out.splitlines() == [
@@ -228,7 +216,7 @@ async def test_cli_wait_with_a_negative_timeout_returns_at_once(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
     code, out, _ = await run_cli(
-        "wait", "6010", "--timeout", "-1", env=cli_env(project_env, settings)
+        "wait", "6010", "--timeout", "-1", env=worker_env(project_env, settings)
     )
     assert code == 3 and "unknown" in out
 
@@ -237,7 +225,7 @@ async def test_cli_wait_refuses_a_nan_timeout(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
     code, out, err = await run_cli(
-        "wait", "6011", "--timeout", "nan", env=cli_env(project_env, settings)
+        "wait", "6011", "--timeout", "nan", env=worker_env(project_env, settings)
     )
     assert_clear_usage_error(code, out, err, "timeout")
 
@@ -276,7 +264,7 @@ def assert_one_line_setting_error(code: int, err: str, name: str) -> None:
 async def test_cli_bad_setting_is_one_line_exit_2(
     redis: Redis, settings: Settings, project_env: dict[str, str], name: str, value: str
 ) -> None:
-    env = dict(cli_env(project_env, settings), **{name: value})
+    env = dict(worker_env(project_env, settings), **{name: value})
     # Every command loads the settings the same way; the worker is tried on a few of them.
     commands = [["enqueue", "6020"]] + ([["worker"]] if value in ("-1", "0", "ftp://x") else [])
     for args in commands:
@@ -289,7 +277,7 @@ async def test_cli_bad_setting_is_one_line_exit_2(
 async def test_cli_refuses_a_redis_url_that_is_not_a_url(
     settings: Settings, project_env: dict[str, str], args: list[str]
 ) -> None:
-    env = dict(cli_env(project_env, settings), REDIS_URL="not-a-url")
+    env = dict(worker_env(project_env, settings), REDIS_URL="not-a-url")
     code, _, err = await run_cli(*args, env=env, timeout=60)
     assert_one_line_setting_error(code, err, "REDIS_URL")
 
@@ -297,7 +285,7 @@ async def test_cli_refuses_a_redis_url_that_is_not_a_url(
 async def test_worker_refuses_an_infinite_intake_claim_idle(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
-    env = dict(cli_env(project_env, settings), INTAKE_CLAIM_IDLE_SECONDS="inf")
+    env = dict(worker_env(project_env, settings), INTAKE_CLAIM_IDLE_SECONDS="inf")
     code, _, err = await run_cli("worker", env=env, timeout=30)
     assert_one_line_setting_error(code, err, "INTAKE_CLAIM_IDLE_SECONDS")
 
@@ -306,7 +294,7 @@ async def test_cli_junk_leaves_the_worker_and_the_queue_alone(
     redis: Redis, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
 ) -> None:
     settings = settings.model_copy(update={"poll_max_seconds": 10.0})
-    env = cli_env(project_env, settings)
+    env = worker_env(project_env, settings)
     sim.state.set_script("6101", SLOW_FINISH)
     sim.state.set_script("6102", ["PUBLISHED"])
     assert (await run_cli("enqueue", "6101", env=env))[0] == 0  # queued before the junk
@@ -359,7 +347,7 @@ async def test_intake_junk_is_dead_lettered_while_the_worker_runs(
     sim.state.set_script("7101", SLOW_FINISH)
     sim.state.set_script("7102", ["EXPIRED"])
     sim.state.set_script("7103", ["ERROR:INVALID_BIT_RATE"])
-    env = dict(cli_env(project_env, settings), POLL_INTERVAL_SECONDS="0.5", POLL_MAX_SECONDS="15")
+    env = worker_env(project_env, settings, POLL_INTERVAL_SECONDS="0.5", POLL_MAX_SECONDS="15")
     await redis.xadd(keys.intake, {"container_id": "7101"})  # before the junk and the worker
     log = tmp_path / "worker.log"
     worker = await start_worker(env, log)

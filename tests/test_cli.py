@@ -8,21 +8,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli
-from tests.conftest import TEST_TOKEN, running_worker
-
-
-def env_for(project_env: dict[str, str], settings: Settings) -> dict[str, str]:
-    env = dict(project_env)
-    env.update(
-        THREADS_API_BASE_URL=settings.threads_api_base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
-        POLL_INTERVAL_SECONDS=str(settings.poll_interval_seconds),
-        POLL_MAX_SECONDS=str(settings.poll_max_seconds),
-        HTTP_TIMEOUT_SECONDS="1",
-        JOB_TIMEOUT_SECONDS="5",
-    )
-    return env
+from tests.cli_helpers import run_cli, worker_env
+from tests.conftest import running_worker
 
 
 async def test_enqueue_status_wait(
@@ -30,7 +17,7 @@ async def test_enqueue_status_wait(
 ) -> None:
     # Subprocesses take a while to start: a window long enough for the worker to come up.
     settings = settings.model_copy(update={"poll_max_seconds": 30.0})
-    env = env_for(project_env, settings)
+    env = worker_env(project_env, settings)
     sim.state.set_script("1101", ["IN_PROGRESS", "FINISHED"])
     sim.state.set_script("1102", ["ERROR:INVALID_FRAME_RATE"])
     sim.state.set_script("1103", ["IN_PROGRESS"])
@@ -70,7 +57,7 @@ async def test_enqueue_status_wait(
 async def test_malformed_ids_exit_2_and_write_nothing(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
-    env = env_for(project_env, settings)
+    env = worker_env(project_env, settings)
     code, out, err = await run_cli("enqueue", "123", "12x", env=env)
     assert code == 2 and out == ""
     assert "12x" in err and "digits only" in err and "nothing enqueued" in err
@@ -82,16 +69,16 @@ async def test_malformed_ids_exit_2_and_write_nothing(
 async def test_invalid_setting_is_one_clear_line(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
-    env = env_for(project_env, settings)
+    env = worker_env(project_env, settings)
     env["POLL_INTERVAL_SECONDS"] = "soon"
     code, _, err = await run_cli("worker", env=env)
     assert code == 2
     assert err.strip().count("\n") == 0 and "POLL_INTERVAL_SECONDS" in err
-    env = env_for(project_env, settings)
+    env = worker_env(project_env, settings)
     env["EVENT_LOOP"] = "trio"
     code, _, err = await run_cli("worker", env=env)
     assert code == 2 and "EVENT_LOOP" in err
-    env = env_for(project_env, settings)
+    env = worker_env(project_env, settings)
     del env["THREADS_ACCESS_TOKEN"]
     code, _, err = await run_cli("worker", env=env)
     assert code == 2 and "THREADS_ACCESS_TOKEN" in err

@@ -10,23 +10,21 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker
-from tests.conftest import TEST_TOKEN, wait_until
+from tests.cli_helpers import start_worker, worker_env
+from tests.conftest import wait_until
 from worker import enqueue_many, get_result
 from worker.keys import Keys
 
 N = 40
 
 
-def worker_env(project_env: dict[str, str], settings: Settings) -> dict[str, str]:
-    return dict(
+def shutdown_env(project_env: dict[str, str], settings: Settings) -> dict[str, str]:
+    return worker_env(
         project_env,
-        THREADS_API_BASE_URL=settings.threads_api_base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
+        settings,
         POLL_INTERVAL_SECONDS="0.5",
         POLL_MAX_SECONDS="10",
         HTTP_TIMEOUT_SECONDS="2",
-        JOB_TIMEOUT_SECONDS="5",
     )
 
 
@@ -42,7 +40,7 @@ async def test_sigterm_loses_nothing(
     sim.state.set_script("200*", ["slow:0.4:IN_PROGRESS", "slow:0.4:IN_PROGRESS", "FINISHED"])
     settings = settings.model_copy(update={"poll_max_seconds": 10.0})
     await enqueue_many(redis, ids, settings=settings)
-    env = worker_env(project_env, settings)
+    env = shutdown_env(project_env, settings)
 
     first = await start_worker(env, tmp_path / "w1.log")
     # Wait until checks are really in flight (the simulator holds each for 0.4 s).

@@ -127,13 +127,13 @@ class PollerWorker(Worker):
     async def _run_claimed(
         self, job_id: str, score: int, job: bytes | None, job_try: int, start_ms: int
     ) -> None:
+        if self.allow_abort_jobs:
+            # Aborts are read in run_job's own first round trip: let arq do it all (the job's
+            # try is then counted twice; this worker never enables aborts).
+            await self.run_job(job_id, score)
+            return
         try:
-            if self.allow_abort_jobs:
-                # Aborts are read in run_job's own first round trip: let arq do it all (the
-                # job's try is then counted twice; this worker never enables aborts).
-                await super().run_job(job_id, score)
-            else:
-                await run_claimed_job(self, job_id, score, job, job_try, start_ms)
+            await run_claimed_job(self, job_id, score, job, job_try, start_ms)
         except (RedisError, OSError) as exc:
             self._warn_redis_error(f"job {job_id}", exc)
 

@@ -417,9 +417,8 @@ async def _finish(
     # less, and atomic with the outcome); under stock arq, arq does it after the return.
     settle: SettleJob | None = None
     if ctx.get(SETTLES_ITSELF) and "job_id" in ctx:
-        again = not decision.final and decision.next_check_at is not None
-        next_ms = int(decision.next_check_at * 1000) if again and decision.next_check_at else None
-        settle = SettleJob(ctx["job_id"], next_ms)
+        again = decision.next_check_at if not decision.final else None
+        settle = SettleJob(ctx["job_id"], None if again is None else int(again * 1000))
     outcome, _ = await poller.store.record(
         current,
         decision,

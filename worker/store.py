@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from api_client.models import explain_error_message
 from worker.decisions import Decision
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 
 CHECK_FUNCTION = "check_container"
 DELIVER_FUNCTION = "deliver_webhook"
@@ -342,27 +342,31 @@ class ResultStore:
             JOB_EXPIRY_MS,
             int(now * 1000),
         ]
+        keys = [
+            self.keys.result(current.container_id),
+            self.keys.inflight,
+            self.keys.events,
+            self.keys.queue,
+        ]
         if settle_job is None:
             args += ["", "", 0]
         else:
+            job_id = settle_job.job_id
+            keys += [
+                ARQ_IN_PROGRESS_PREFIX + job_id,
+                ARQ_RETRY_PREFIX + job_id,
+                ARQ_JOB_PREFIX + job_id,
+            ]
             args += [
                 "retry" if settle_job.next_run_ms is not None else "done",
-                settle_job.job_id,
+                job_id,
                 settle_job.next_run_ms or 0,
             ]
         for k, v in fields.items():
             args += [k, v]
         for k, v in event.items():
             args += [k, v]
-        reply = await self._record(
-            keys=[
-                self.keys.result(current.container_id),
-                self.keys.inflight,
-                self.keys.events,
-                self.keys.queue,
-            ],
-            args=args,
-        )
+        reply = await self._record(keys=keys, args=args)
         outcome, event_id = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
         return outcome, event_id
 

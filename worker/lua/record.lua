@@ -1,6 +1,7 @@
 -- Write the outcome of one check; on a final state also emit its event, exactly once, and (when
 -- a webhook is configured) create its delivery job in the same step, so none can be lost.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 arq queue
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 arq queue; with arq bookkeeping
+--       also 5 the job's in-progress lock, 6 its retry counter, 7 its data (arq's keys)
 -- ARGV: 1 generation, 2 final ('1'/'0'), 3 ttl seconds, 4 events maxlen, 5 container id,
 --       6 number of hash fields n, 7 webhook job key ('' for none), 8 webhook job id,
 --       9 webhook job payload, 10 webhook job expiry ms, 11 webhook job score ms,
@@ -8,7 +9,7 @@
 --       15 .. 14+2n field/value pairs, then event field/value pairs
 -- With 'done' or 'retry' it also does, once the outcome is written, what arq's finish_job does
 -- after a run (worker/arq_job_runner.py): the job's end and its next run are then atomic with
--- the outcome, and a run costs one round trip less. Key names are arq 0.28's.
+-- the outcome, and a run costs one round trip less.
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
 if cur[1] ~= ARGV[1] then
   return {'stale', ''}
@@ -49,12 +50,11 @@ if ARGV[2] == '1' then
     redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
   end
 end
-local job = ARGV[13]
 if ARGV[12] == 'done' then
-  redis.call('DEL', 'arq:in-progress:' .. job, 'arq:retry:' .. job, 'arq:job:' .. job)
-  redis.call('ZREM', KEYS[4], job)
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  redis.call('ZREM', KEYS[4], ARGV[13])
 elseif ARGV[12] == 'retry' then
-  redis.call('DEL', 'arq:in-progress:' .. job)
-  redis.call('ZADD', KEYS[4], 'XX', ARGV[14], job)
+  redis.call('DEL', KEYS[5])
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[14], ARGV[13])
 end
 return {'ok', event_id}
