@@ -10,7 +10,12 @@ from api_client.errors import (
     ThreadsError,
     TransportError,
 )
-from api_client.models import ERROR_EXPLANATIONS, ContainerStatus, explain_error_message
+from api_client.models import (
+    ERROR_EXPLANATIONS,
+    ContainerStatus,
+    explain_api_error,
+    explain_error_message,
+)
 from api_client.parsing import parse_container_status, parse_graph_error
 from api_client.policy import ErrorKind, classify
 from api_client.redact import redact
@@ -28,6 +33,7 @@ __all__ = [
     "ThreadsError",
     "TransportError",
     "classify",
+    "explain_api_error",
     "explain_error_message",
     "make_session",
     "parse_container_status",

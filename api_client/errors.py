@@ -14,10 +14,16 @@ Whether an error is transient, throttling or fatal is decided in one place: ``po
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from api_client.usage import ApiUsage
+
+
+# Graph code 100 for a field the object does not have, e.g. "Tried accessing nonexisting field
+# (status)"; sometimes prefixed "(#100) " or followed by " on node type (...)".
+_NONEXISTING_FIELD = re.compile(r"Tried accessing nonexisting field \(([^()]*)\)", re.IGNORECASE)
 
 
 class ThreadsError(Exception):
@@ -89,6 +95,14 @@ class GraphAPIError(ThreadsError):
         self.is_transient = is_transient
         self.user_title = user_title
         self.user_msg = user_msg
+
+    @property
+    def nonexisting_field(self) -> str | None:
+        """The field named by code 100 "Tried accessing nonexisting field (NAME)", else None."""
+        if self.code != 100:
+            return None
+        match = _NONEXISTING_FIELD.search(self.message)
+        return match.group(1).strip() if match else None
 
     def __str__(self) -> str:
         sub = f"/{self.subcode}" if self.subcode is not None else ""

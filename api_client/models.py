@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api_client.errors import GraphAPIError, ThreadsError
 from api_client.usage import ApiUsage
 
 
@@ -99,4 +100,30 @@ def explain_error_message(error_message: str | None) -> str:
         return ""
     return ERROR_EXPLANATIONS.get(
         error_message, "An error_message this service does not know; kept verbatim."
+    )
+
+
+# The fields the worker reads on GET /{container-id}: only media containers have them.
+CONTAINER_FIELDS = frozenset({"status", "error_message"})
+
+
+def explain_api_error(error: ThreadsError, container_id: str | None = None) -> str | None:
+    """Pure: what an API error means for the person who enqueued the id, when it is one we can
+    explain; None otherwise (the error's own message is then all there is).
+
+    Code 100 "Tried accessing nonexisting field (status)" on ``GET /{id}?fields=status,
+    error_message``: the id names an object without a status, in practice a published post's
+    media id given instead of the container (creation) id. The policy still says
+    INVALID_REQUEST: asking again cannot help.
+    """
+    if not isinstance(error, GraphAPIError):
+        return None
+    field = error.nonexisting_field
+    if field is None or field not in CONTAINER_FIELDS:
+        return None
+    which = f"id {container_id}" if container_id else "this id"
+    return (
+        f"{which} looks like a published media id, not a media container id: the API has no "
+        f"'{field}' field on it (only containers have status and error_message). Enqueue the "
+        "id that POST /{user-id}/threads returned, not the one threads_publish returned"
     )

@@ -1,16 +1,17 @@
-"""Performance report: throughput against bare arq, scaling over workers, in-flight capacity,
-schedule accuracy.
+"""Performance report: throughput against bare arq and against the floor of a check with no job
+system, scaling over workers, in-flight capacity, schedule accuracy.
 
     .venv/bin/python -m bench.bench [--quick] [--n N]
-        [--phases noop,throughput,schedule,capacity,scale] [--scale-workers 1,2,3]
+        [--phases noop,floor,throughput,schedule,capacity,scale] [--scale-workers 1,2,3]
         [--log-level INFO] [--worker-env K=V ...] [--profile DIR] [--keep]
 
 One run, one machine, one private ``redis-server`` (started here on a free port, AOF and RDB off,
 stopped at the end). Every process that does work is separate: the Threads API simulator
 (``threads-poller simulate``), the worker(s) under test (``threads-poller worker``), the bare arq
-worker of the baseline (``python -m bench.bench --role noop-worker``), Redis, and this script,
-which only enqueues and watches. They all share the machine's cores; the output says how many,
-and how much CPU other processes took during each measurement.
+worker of the baseline (``python -m bench.bench --role noop-worker``), the floor process
+(``--role floor-worker``), Redis, and this script, which only enqueues and watches. They all
+share the machine's cores; the output says how many, and how much CPU other processes took
+during each measurement.
 
 The worker runs with its own defaults (uvloop event loop, one Lua call to claim due jobs) plus
 ``--log-level`` (its ``LOG_LEVEL``; INFO logs final states only, DEBUG adds a line per check) and
@@ -21,6 +22,13 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
 ``noop``        bare arq: N no-op jobs (``async def noop(ctx): return None``) written beforehand,
                 then one arq Worker with the same ``max_jobs`` and ``poll_delay`` as ours runs
                 them; jobs/s while the queue drains from 10 % to 90 %.
+``floor``       the per-process floor of a check, with no job system: one asyncio process
+                (``python -m bench.bench --role floor-worker``, the worker's event loop) that
+                does, for each of N containers scripted FINISHED, one aiohttp GET of the
+                simulator's status endpoint and one EVALSHA of a small Lua script (HSET +
+                EXPIRE + ZADD) on the same redis-server, with the worker's concurrency
+                (WORKER_MAX_JOBS checks at once, API_MAX_CONCURRENCY requests at once);
+                checks/s (10 % to 90 %), its CPU and Redis's per check.
 ``throughput``  ours: N containers enqueued beforehand with ``worker.enqueue_many``, all scripted
                 FINISHED (one check each), ``ACCOUNT_MAX_REQUESTS_PER_SECOND=0``; then one
                 ``threads-poller worker`` runs; checks/s = final events per second (10 % to
@@ -77,6 +85,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PREFIX = "bench"
 NOOP_QUEUE = "bench-noop:queue"
+FLOOR_PREFIX = "bench-floor"
+FLOOR_DONE = FLOOR_PREFIX + ":done"  # zset: one member per check done (progress = ZCARD)
 TOKEN = "bench-token-not-a-secret"  # noqa: S105 - the simulator accepts any token
 ARQ_JOB_PREFIX = "arq:job:"
 JOB_EXPIRY_MS = 86_400_000
@@ -97,7 +107,7 @@ TARGET_BYTES_PER_CONTAINER = 1024
 TARGET_P99_LATENESS_S = 1.0
 TARGET_RSS_MIB = 150.0
 
-ALL_PHASES = ("noop", "throughput", "schedule", "capacity", "scale")
+ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale")
 DEFAULT_PHASES = ALL_PHASES
 
 
@@ -354,6 +364,70 @@ def run_noop_worker(redis_url: str, max_jobs: int, poll_delay: float) -> int:
     return 0
 
 
+# The floor's one Redis call per check: what a check must write at the least (its result, an
+# expiry, an index entry), in one round trip.
+# KEYS[1] result hash, KEYS[2] done zset; ARGV[1] status, ARGV[2] now, ARGV[3] TTL s, ARGV[4] id.
+FLOOR_LUA = """
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'checked_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+
+def floor_ids(n: int) -> list[str]:
+    return [f"{FINISHED_IDS}{i:015d}" for i in range(n)]
+
+
+async def floor_checks(
+    redis_url: str, api_base: str, n: int, concurrency: int, api_concurrency: int
+) -> int:
+    """N checks with no job system: ``concurrency`` lanes take ids from one list; each check is
+    one GET (at most ``api_concurrency`` at once, like the worker's api_slots) and one EVALSHA."""
+    from api_client.client import STATUS_FIELDS, make_session
+
+    redis = Redis.from_url(redis_url)
+    write = redis.register_script(FLOOR_LUA)
+    await redis.script_load(FLOOR_LUA)  # so that every check is one EVALSHA, none a NOSCRIPT
+    api_slots = asyncio.Semaphore(api_concurrency)
+    todo = iter(floor_ids(n))
+    params = {"fields": STATUS_FIELDS, "access_token": TOKEN}
+    errors = 0
+    # The worker's session: same connector limit (WORKER_MAX_JOBS), keep-alive, no cookie jar.
+    async with make_session(timeout_seconds=10.0, max_connections=concurrency) as http:
+
+        async def lane() -> None:
+            nonlocal errors
+            for cid in todo:  # shared: each id is taken by exactly one lane
+                try:
+                    async with api_slots, http.get(f"{api_base}/{cid}", params=params) as resp:
+                        body = await resp.read()
+                    status = json.loads(body)["status"]
+                    await write(
+                        keys=[f"{FLOOR_PREFIX}:result:{cid}", FLOOR_DONE],
+                        args=[status, time.time(), 86_400, cid],
+                    )
+                except Exception as exc:  # counted and reported; the count shows it as not done
+                    errors += 1
+                    if errors <= 5:
+                        print(f"floor check {cid} failed: {exc!r}", file=sys.stderr, flush=True)
+
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+    await redis.aclose()
+    print(f"floor: {n} checks, {errors} failed", flush=True)
+    return 1 if errors else 0
+
+
+def run_floor_worker(
+    redis_url: str, api_base: str, n: int, concurrency: int, api_concurrency: int, loop: str
+) -> int:
+    if loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(floor_checks(redis_url, api_base, n, concurrency, api_concurrency))
+
+
 # ----- measurement helpers -------------------------------------------------------------------
 
 
@@ -540,6 +614,12 @@ class Figures:
     noop_cmds_per_job: float | None = None
     noop_cpu_ms: float | None = None
     noop_redis_cpu_ms: float | None = None
+    floor_rate: float | None = None
+    floor_full_rate: float | None = None
+    floor_cpu_ms: float | None = None
+    floor_redis_cpu_ms: float | None = None
+    floor_reads_per_check: float | None = None
+    floor_cmds_per_check: float | None = None
     check_cpu_ms: float | None = None
     check_redis_cpu_ms: float | None = None
     check_rate: float | None = None
@@ -801,6 +881,68 @@ class Bench:
         out(
             f"  CPU per job (10-90 %): bare arq worker {fmt(prog.cpu_ms_per_item, '.3f')} ms, "
             f"redis-server {fmt(prog.redis_cpu_ms_per_item, '.3f')} ms"
+        )
+        out(f"  CPU while running: {self.cpu_line(cpu0, cpu1)}")
+
+    async def phase_floor(self) -> None:
+        n, f, cfg = self.cfg.n, self.figures, self.cfg
+        api_slots = api_max_concurrency(cfg.worker_env)
+        loop = event_loop(cfg.worker_env)
+        out(
+            f"\n[floor] no job system: {n} checks, each one aiohttp GET of the simulator's status "
+            f"endpoint + one EVALSHA (HSET + EXPIRE + ZADD); {cfg.max_jobs} checks at once, "
+            f"{api_slots} requests at once (the worker's WORKER_MAX_JOBS, API_MAX_CONCURRENCY); "
+            f"event loop {loop}"
+        )
+        await self.reset()
+        before = await redis_counters(self.redis)
+        cmd = [
+            sys.executable, "-m", "bench.bench", "--role", "floor-worker",
+            "--redis-url", self.redis_url, "--api-url", self.sim_base, "--n", str(n),
+            "--max-jobs", str(cfg.max_jobs), "--api-concurrency", str(api_slots),
+            "--event-loop", loop,
+        ]  # fmt: skip
+        spawned = time.monotonic()
+        child = spawn("floor", cmd, self.tmp / "floor.log", env=clean_env(), cwd=REPO)
+        cpu0 = self.cpu_snapshot(child)
+
+        async def count() -> int:
+            return int(await self.redis.zcard(FLOOR_DONE))
+
+        prog = await track(
+            count, n, spawned=spawned, children=[child], redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid, limit_s=max(120.0, n / 100),
+        )  # fmt: skip
+        cpu1 = self.cpu_snapshot(child)
+        after = await redis_counters(self.redis)
+        for _ in range(500):  # it exits by itself once its last check is written
+            if not child.alive():
+                break
+            await asyncio.sleep(0.02)
+        code = child.stop()
+        calls = await self.sim("GET", "/calls")
+        delta = counters_delta(before, after, own_reads=prog.polls + 1)
+        f.floor_rate, f.floor_full_rate = prog.steady_rate, prog.full_rate
+        f.floor_cpu_ms, f.floor_redis_cpu_ms = prog.cpu_ms_per_item, prog.redis_cpu_ms_per_item
+        f.floor_reads_per_check = delta.reads / n
+        f.floor_cmds_per_check = worker_commands_total(delta) / n
+        if prog.done < n or code not in (0, None):
+            f.notes.append(f"floor: {prog.done}/{n} checks done, exit status {code}")
+            out(f"  ! {prog.done}/{n} done; floor log tail:\n{child.tail()}")
+        out(f"  done {prog.done}/{n} in {fmt(prog.wall, '.1f')} s from spawn")
+        out(
+            f"  checks/s: {fmt(prog.steady_rate)} (10-90 % of the checks), "
+            f"{fmt(prog.full_rate)} (first to last); API status calls {calls['status_calls']}"
+        )
+        out(
+            f"  Redis per check: {f.floor_reads_per_check:.2f} client round trips (reads), "
+            f"{f.floor_cmds_per_check:.2f} commands (incl. those run inside Lua): "
+            f"{describe_commands(delta, n)}"
+        )
+        out(
+            f"  CPU per check (10-90 %): floor process {fmt(prog.cpu_ms_per_item, '.3f')} ms, "
+            f"redis-server {fmt(prog.redis_cpu_ms_per_item, '.3f')} ms, simulator "
+            f"{fmt(prog.ms_per_item('sim_cpu'), '.3f')} ms"
         )
         out(f"  CPU while running: {self.cpu_line(cpu0, cpu1)}")
 
@@ -1250,6 +1392,7 @@ class Bench:
     def summary(self, started: datetime.datetime) -> None:
         f, cfg = self.figures, self.cfg
         ratio = f.check_rate / f.noop_rate if f.check_rate and f.noop_rate else None
+        floor_ratio = f.check_rate / f.floor_rate if f.check_rate and f.floor_rate else None
         rows: list[tuple[str, str, str, str]] = []
 
         def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
@@ -1269,6 +1412,12 @@ class Bench:
         )
         row("bare arq no-op jobs/s (10-90 %)", fmt(f.noop_rate))
         row("ratio ours / bare arq", fmt(ratio, ".2f"))
+        row("floor checks/s, GET + EVALSHA, no job system", fmt(f.floor_rate))
+        row("ratio ours / floor", fmt(floor_ratio, ".2f"))
+        row(
+            "floor CPU ms per check: process / redis-server",
+            pair(f.floor_cpu_ms, f.floor_redis_cpu_ms, ".3f"),
+        )
         row("worker CPU ms per check / per no-op job", pair(f.check_cpu_ms, f.noop_cpu_ms, ".3f"))
         row(
             "redis CPU ms per check / per no-op job",
@@ -1392,6 +1541,14 @@ def event_loop(worker_env: dict[str, str]) -> str:
     return worker_env.get("EVENT_LOOP", str(getattr(default, "value", default)))
 
 
+def api_max_concurrency(worker_env: dict[str, str]) -> int:
+    """The worker's API_MAX_CONCURRENCY: from --worker-env, else the setting's default."""
+    from config import Settings
+
+    default = Settings.model_fields["api_max_concurrency"].default
+    return int(worker_env.get("API_MAX_CONCURRENCY", default))
+
+
 def worker_lags(log: Path) -> list[float]:
     lags: list[float] = []
     with contextlib.suppress(OSError), log.open(encoding="utf-8", errors="replace") as fh:
@@ -1437,6 +1594,7 @@ async def run(cfg: Config) -> None:
             )
             phases: dict[str, Callable[[], Awaitable[None]]] = {
                 "noop": bench.phase_noop,
+                "floor": bench.phase_floor,
                 "throughput": bench.phase_throughput,
                 "schedule": bench.phase_schedule,
                 "capacity": bench.phase_capacity,
@@ -1459,11 +1617,14 @@ async def run(cfg: Config) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.bench",
-        description="threads-poller performance report (throughput vs bare arq, scaling over "
-        "1-3 workers, capacity, schedule accuracy). Always exits 0.",
+        description="threads-poller performance report (throughput vs bare arq and vs the floor "
+        "of a check with no job system, scaling over 1-3 workers, capacity, schedule accuracy). "
+        "Always exits 0.",
     )
     p.add_argument("--quick", action="store_true", help="smaller N (3,000 / 20,000), ~1 min")
-    p.add_argument("--n", type=int, help="containers (and no-op jobs) of the throughput runs")
+    p.add_argument(
+        "--n", type=int, help="containers (and no-op jobs, floor checks) of the throughput runs"
+    )
     p.add_argument("--capacity-n", type=int, help="containers queued in the capacity phase")
     p.add_argument(
         "--phases",
@@ -1498,9 +1659,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the throughput worker")
     p.add_argument("--keep", action="store_true", help="keep the work dir with all logs")
     # Internal: the subprocesses this script starts.
-    p.add_argument("--role", default="bench", choices=["bench", "noop-worker"],
+    p.add_argument("--role", default="bench", choices=["bench", "noop-worker", "floor-worker"],
                    help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--redis-url", help=argparse.SUPPRESS)
+    p.add_argument("--api-url", help=argparse.SUPPRESS)
+    p.add_argument("--api-concurrency", type=int, default=50, help=argparse.SUPPRESS)
+    p.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"],
+                   help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--poll-delay", type=float, default=0.2, help=argparse.SUPPRESS)
     return p
 
@@ -1509,6 +1674,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role == "noop-worker":
         return run_noop_worker(args.redis_url, args.max_jobs, args.poll_delay)
+    if args.role == "floor-worker":
+        return run_floor_worker(
+            args.redis_url, args.api_url, args.n, args.max_jobs, args.api_concurrency,
+            args.event_loop,
+        )  # fmt: skip
     parser = build_parser()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = [p for p in phases if p not in ALL_PHASES]

@@ -58,9 +58,6 @@ T = TypeVar("T")
 TOKEN = "fault-run-token-not-a-secret"  # noqa: S105 - the simulator takes any token
 KEY_PREFIX = "threads-poller-fault-run"
 ACCOUNT_BASE = 910_000_000_000
-# Seconds arq adds to the largest function timeout for the lock of a running job
-# (arq.worker.Worker.in_progress_timeout_s): a SIGKILLed check runs again only after that.
-ARQ_IN_PROGRESS_EXTRA_SECONDS = 10.0
 THROTTLE_LABELS = frozenset({"throttle", "429"})
 
 
@@ -226,7 +223,7 @@ class FaultRunConfig:
                 f"{','.join(DEFAULT_FAULT_KINDS)}; slow = {self.slow_seconds:g} s "
                 f"> HTTP_TIMEOUT_SECONDS {self.http_timeout:g}",
                 f"  JOB_TIMEOUT_SECONDS {self.job_timeout:g}; a SIGKILLed check runs again after "
-                f"{rerun_after_kill:g} s (arq: the largest function timeout + 10 s)",
+                f"{rerun_after_kill:g} s (the lease: the largest job timeout + 2 s)",
                 f"  throttling: THROTTLE_BACKOFF_SECONDS {self.throttle_backoff:g}, "
                 f"THROTTLE_MAX_DELAY_SECONDS {self.throttle_max_delay:g}, pacing off",
                 f"  redis: appendonly yes, appendfsync {self.appendfsync}, SIGKILLed and restarted "
@@ -383,12 +380,10 @@ class RedisServer:
 
 
 def rerun_after_kill(settings: Settings) -> float:
-    """How long a SIGKILLed check waits for arq to run it again, from the worker's own options."""
-    from worker.app import worker_options
+    """How long a SIGKILLed check waits to run again: its run's lease (worker.app)."""
+    from worker.app import lease_seconds
 
-    options = worker_options(settings)
-    timeouts = [float(getattr(f, "timeout_s", 0) or 0) for f in options["functions"]]
-    return max([float(options["job_timeout"]), *timeouts]) + ARQ_IN_PROGRESS_EXTRA_SECONDS
+    return lease_seconds(settings)
 
 
 def worker_command() -> list[str]:
@@ -729,7 +724,7 @@ class LogFacts:
         return max(self.tries, default=0) - len(self.tries)
 
 
-_RUN_MESSAGES = ("checked", "final state", "check outcome not written", "stale check skipped")
+_RUN_MESSAGES = ("checked", "final state", "check outcome not written", "run no longer owns its poll; outcome dropped")
 
 
 def parse_worker_logs(paths: Iterable[Path]) -> dict[str, LogFacts]:
@@ -747,7 +742,7 @@ def parse_worker_logs(paths: Iterable[Path]) -> dict[str, LogFacts]:
                 msg = str(line.get("msg", ""))
                 if not isinstance(cid, str):
                     continue
-                if msg.startswith("poll with a lost job settled"):
+                if msg.startswith("poll without a job resumed"):
                     facts[cid].reconciled = True
                     continue
                 if not msg.startswith(_RUN_MESSAGES):

@@ -7,6 +7,7 @@ is read too. Secrets are ``SecretStr`` so that a ``repr`` of the settings never 
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Self
@@ -81,8 +82,8 @@ class Settings(BaseSettings):
     events_max_len: int = Field(default=100_000, ge=100)
     worker_max_jobs: int = Field(default=200, ge=1, le=100_000)
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    # A job that outlives this is failed by arq for good, so it must stay well above the HTTP
-    # timeout (checked below).
+    # A run that outlives this is cut off and its job runs again later (checked below: well
+    # above the HTTP timeout). A run owns its poll for this + 2 s (its lease).
     job_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     # Being a good citizen of the Graph API (see the error policy in api_client/policy.py).
@@ -144,6 +145,37 @@ class Settings(BaseSettings):
             raise ValueError(
                 "JOB_TIMEOUT_SECONDS must be at least twice HTTP_TIMEOUT_SECONDS "
                 f"({self.job_timeout_seconds} < 2 x {self.http_timeout_seconds})"
+            )
+        return self
+
+    def longest_poll_seconds(self) -> float:
+        """The longest a poll and its webhook can take from enqueue to done: the window, all the
+        delay throttling and pacing may add, every publish attempt, every webhook retry."""
+        publish = self.publish_max_attempts * (self.publish_grace_seconds + self.poll_interval_seconds)
+        retries = sum(
+            min(self.webhook_backoff_seconds * 2**k, 10 * 86400.0)
+            for k in range(self.webhook_max_attempts - 1)
+        )
+        webhook = retries + self.webhook_max_attempts * (self.webhook_timeout_seconds + 2)
+        return (
+            self.poll_max_seconds
+            + self.throttle_max_delay_seconds
+            + publish
+            + webhook
+            + self.job_timeout_seconds
+            + self.poll_interval_seconds
+        )
+
+    @model_validator(mode="after")
+    def _check_result_ttl(self) -> Self:
+        # A result (and its job) must outlive the longest poll, or both vanish mid-poll.
+        longest = self.longest_poll_seconds()
+        if self.result_ttl_seconds < longest:
+            raise ValueError(
+                f"RESULT_TTL_SECONDS ({self.result_ttl_seconds}) is shorter than the longest "
+                f"possible poll ({math.ceil(longest)} s: POLL_MAX_SECONDS + "
+                "THROTTLE_MAX_DELAY_SECONDS + publish attempts + webhook retries + "
+                "JOB_TIMEOUT_SECONDS); raise it or shorten those"
             )
         return self
 

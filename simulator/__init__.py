@@ -14,6 +14,8 @@ from simulator.state import (
     PublishFault,
     RequestRecord,
     SimulatorState,
+    StatusCall,
+    StatusHook,
 )
 from simulator.steps import (
     DropStep,
@@ -40,6 +42,8 @@ __all__ = [
     "RunningSimulator",
     "SimulatorState",
     "SlowStep",
+    "StatusCall",
+    "StatusHook",
     "StatusStep",
     "Step",
     "StepError",

@@ -287,6 +287,20 @@ async def put_publish_fault(request: web.Request) -> web.StreamResponse:
     return web.json_response(_OK)
 
 
+async def put_account_override(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    step = body.get("step")
+    if step is not None and not isinstance(step, str):
+        raise AdminInputError("'step' must be a string or null")
+    state = request.app[STATE_KEY]
+    state.set_account_override(request.match_info["account"], step, times=_integer(body, "times"))
+    return web.json_response(state.account_overrides)
+
+
+async def get_account_overrides(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[STATE_KEY].account_overrides)
+
+
 async def put_usage_headers(request: web.Request) -> web.StreamResponse:
     request.app[STATE_KEY].set_usage_headers(await _json_object(request))
     return web.json_response(_OK)
@@ -339,6 +353,8 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_get(f"{admin}/quota/{{user_id}}", get_quota)
     app.router.add_put(f"{admin}/quota/{{user_id}}", put_quota)
     app.router.add_put(f"{admin}/publish-faults/{{container_id}}", put_publish_fault)
+    app.router.add_get(f"{admin}/account-overrides", get_account_overrides)
+    app.router.add_put(f"{admin}/account-overrides/{{account}}", put_account_override)
     app.router.add_put(f"{admin}/usage-headers", put_usage_headers)
     app.router.add_put(f"{admin}/tokens", put_tokens)
     app.router.add_get(f"{admin}/calls", get_calls)

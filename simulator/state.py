@@ -110,6 +110,21 @@ class RequestRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StatusCall:
+    """One status call as a hook sees it: when it arrived, for whom, what it will be answered
+    and after how long (``t + delay`` is when the answer goes out)."""
+
+    t: float
+    container_id: str
+    account: str
+    answer: str
+    delay: float
+
+
+StatusHook = Callable[[StatusCall], None]
+
+
 @dataclass(slots=True)
 class ContainerCalls:
     count: int = 0
@@ -139,6 +154,12 @@ class _Cursor:
 class _PublishFaultSetting:
     fault: PublishFault
     remaining: int | None  # None: every publish call until cleared
+
+
+@dataclass(slots=True)
+class _AccountOverride:
+    step: Step
+    remaining: int | None  # None: every status call of the account until cleared
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +216,8 @@ class SimulatorState:
         self._calls: dict[str, ContainerCalls] = {}
         self._requests: list[RequestRecord] = []
         self._quota_calls = 0
+        self._account_overrides: dict[str, _AccountOverride] = {}
+        self._status_hooks: list[StatusHook] = []
         for key, steps in (scripts or {}).items():
             self.set_script(key, steps)
         self.set_faults(rate=fault_rate, kinds=fault_kinds, slow_seconds=slow_seconds)
@@ -290,6 +313,39 @@ class SimulatorState:
     def slow_seconds(self) -> float:
         return self._slow_seconds
 
+    def set_account_override(
+        self, account: str, step: str | Step | None, *, times: int | None = None
+    ) -> None:
+        """Answer the next ``times`` status calls of any container of ``account`` (the account
+        the token maps to) with ``step``, whatever their scripts say; None clears it.
+
+        Like a random fault, an overridden answer does not consume a script step, so the
+        container's story carries on after it (``slow:0.4:throttle`` x 50, then each script).
+        """
+        if step is None:
+            self._account_overrides.pop(account, None)
+            return
+        if times is not None and times < 1:
+            raise ConfigError("times must be >= 1")
+        parsed = parse_step(step) if isinstance(step, str) else step
+        self._account_overrides[account] = _AccountOverride(parsed, times)
+
+    @property
+    def account_overrides(self) -> dict[str, dict[str, Any]]:
+        return {
+            account: {"step": o.step.label, "remaining": o.remaining}
+            for account, o in self._account_overrides.items()
+        }
+
+    def add_status_hook(self, hook: StatusHook) -> None:
+        """Call ``hook`` synchronously for every status call, once its answer is decided and
+        before any delay (a test can act while the answer is in flight)."""
+        self._status_hooks.append(hook)
+
+    def remove_status_hook(self, hook: StatusHook) -> None:
+        if hook in self._status_hooks:
+            self._status_hooks.remove(hook)
+
     def set_quota(self, user_id: str, **usage: int) -> None:
         """Set usage figures (`quota_usage`, `reply_quota_usage`...) for one user id."""
         for name, value in usage.items():
@@ -356,6 +412,7 @@ class SimulatorState:
             self._publish_faults.clear()
             self._usage.clear()
             self._usage_headers.clear()
+            self._account_overrides.clear()
             self._fault_rate = 0.0
 
     # ----- call log ------------------------------------------------------------------------
@@ -434,6 +491,16 @@ class SimulatorState:
 
     def handle_status(self, container_id: str, token: str | None) -> Reply:
         now = self._clock()
+        account, reply = self._status_reply(now, container_id, token)
+        if self._status_hooks:
+            outcome = reply.outcome
+            label = outcome.label if isinstance(outcome, FinalStep) else type(outcome).__name__
+            call = StatusCall(now, container_id, account, label, reply.delay)
+            for hook in list(self._status_hooks):
+                hook(call)
+        return reply
+
+    def _status_reply(self, now: float, container_id: str, token: str | None) -> tuple[str, Reply]:
         account, auth_error = self._authenticate(token)
         calls = self._container_calls(container_id)
         calls.count += 1
@@ -441,7 +508,16 @@ class SimulatorState:
         calls.accounts.append(account)
         if auth_error is not None:
             self._record(now, "status", container_id, account, auth_error.label)
-            return Reply(auth_error)
+            return account, Reply(auth_error)
+        override = self._account_overrides.get(account)
+        if override is not None:
+            if override.remaining is not None:
+                override.remaining -= 1
+                if override.remaining <= 0:
+                    self._account_overrides.pop(account, None)
+            delay, final = self._resolve(override.step, self._cursor(container_id))
+            self._record(now, "status", container_id, account, final.label)
+            return account, Reply(final, delay)
         delay = 0.0
         random_fault = self._draw_random_fault()
         if isinstance(random_fault, _RandomSlow):
@@ -450,10 +526,10 @@ class SimulatorState:
             # Not consuming a step keeps the scripted outcome reachable whatever the dice say.
             delay, final = self._resolve(random_fault, self._cursor(container_id))
             self._record(now, "status", container_id, account, final.label)
-            return Reply(final, delay)
+            return account, Reply(final, delay)
         extra, final = self._consume(container_id)
         self._record(now, "status", container_id, account, final.label)
-        return Reply(final, delay + extra)
+        return account, Reply(final, delay + extra)
 
     def _draw_random_fault(self) -> Step | _RandomSlow | None:
         # No draw at rate 0, so that enabling faults later starts from the seeded sequence.

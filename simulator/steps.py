@@ -180,6 +180,11 @@ QUOTA_EXCEEDED = graph_error(
     user_title="Posting limit reached",
     user_msg="The user has reached the maximum number of published posts",
 )
+# What GET /{id}?fields=status,error_message answers when the id is a published post's media id,
+# not a container id (reported for Threads; the HTTP status is a guess: code 100 decides).
+NONEXISTING_FIELD = graph_error(
+    "nonexisting_field", 400, 100, "Tried accessing nonexisting field (status)"
+)
 SERVER_ERROR = graph_error("500", 500, 1, UNKNOWN_ERROR)
 MISSING_CREATION_ID = graph_error(
     "missing_creation_id", 400, 100, "(#100) The parameter creation_id is required"
@@ -205,6 +210,7 @@ _FIXED: dict[str, Step] = {
     "throttle": graph_error("throttle", 400, 4, THROTTLE_MESSAGES[4], is_transient=True),
     "429": graph_error("429", 429, 4, THROTTLE_MESSAGES[4], is_transient=True),
     "notfound": NOT_FOUND,
+    "nonexisting_field": NONEXISTING_FIELD,
     "permission": graph_error(
         "permission", 403, 10, "Application does not have permission for this action"
     ),

@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
-from arq import Worker
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
 from simulator import RunningSimulator, run_simulator
-from worker.app import build_worker
+from worker.app import PollerWorker, build_worker
 from worker.keys import Keys
 
 TEST_TOKEN = "EAAtestTOKENsecret0123456789abcdef"
@@ -163,24 +162,22 @@ def keys(settings: Settings) -> Keys:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
-    """The real arq worker, in this event loop."""
-    worker = build_worker(settings, handle_signals=False, **overrides)
-    task = asyncio.create_task(worker.async_run())
+async def running_worker(settings: Settings, **kwargs: Any) -> AsyncIterator[PollerWorker]:
+    """The real worker, in this event loop; stopped like SIGTERM stops it."""
+    worker = build_worker(settings, **kwargs)
+    task = asyncio.create_task(worker.run())
     try:
+        await wait_until(lambda: worker.runner is not None or task.done(), timeout=10)
         yield worker
     finally:
-        # Drain like the SIGTERM path does: no new checks, let running ones end, then close
-        # (arq's close() re-raises the cancellation of a check still running).
-        worker.allow_pick_jobs = False
-        running = [t for t in worker.tasks.values() if not t.done()]
-        if running:
-            await asyncio.wait(running, timeout=5)
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        worker.stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:

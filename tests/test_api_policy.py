@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from config import Settings
@@ -92,10 +94,8 @@ async def test_expired_token_fails_its_account_once_other_account_unaffected(
     settings: Settings,
     sim: RunningSimulator,
     tmp_path: Path,
-    caplog: object,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import logging
-
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"111": TOKEN_A, "222": TOKEN_B}))
     sim.state.set_tokens(valid={TOKEN_A: "111"}, expired={TOKEN_B: "222"})
@@ -108,7 +108,6 @@ async def test_expired_token_fails_its_account_once_other_account_unaffected(
     b_ids = [f"62{i}" for i in range(5)]
     await enqueue_many(redis, a_ids, account="111", settings=settings)
     await enqueue_many(redis, b_ids[:1], account="222", settings=settings)
-    assert isinstance(caplog, __import__("pytest").LogCaptureFixture)
     caplog.set_level(logging.INFO)
     async with running_worker(settings):
         await finals(redis, settings, b_ids[:1])
@@ -123,9 +122,15 @@ async def test_expired_token_fails_its_account_once_other_account_unaffected(
     b_calls = [q for q in sim.state.requests if q.kind == "status" and q.id.startswith("62")]
     assert len(b_calls) == 1
     assert all(r[c].checks == 0 for c in b_ids[1:])
-    # Logged once, not once per container.
-    alerts = [rec for rec in caplog.records if "access token rejected" in rec.getMessage()]
-    assert len(alerts) == 1
+    # Logged once per rejected token, not once per container: 5 containers of account 222
+    # failed on that token, in two batches; account 111's token was never rejected.
+    alerts = token_alerts(caplog)
+    assert len(alerts) == 1, [rec.getMessage() for rec in alerts]
+    alert = alerts[0]
+    assert alert.levelno == logging.ERROR
+    assert getattr(alert, "account", None) == "222"
+    assert "THREADS_TOKENS_FILE" in alert.getMessage()  # says what to do about it
+    assert TOKEN_B not in alert.getMessage() and TOKEN_B not in str(getattr(alert, "error", ""))
     # Which account the simulator saw for each call: tokens were not mixed up.
     assert {q.account for q in sim.state.requests if q.id.startswith("61")} == {"111"}
 
@@ -140,6 +145,40 @@ async def test_expired_token_fails_its_account_once_other_account_unaffected(
     async with running_worker(settings):
         await enqueue(redis, b_ids[1], account="222", force=True, settings=settings)
         await wait_until(lambda: _status_is(redis, settings, b_ids[1], "FINISHED"), timeout=10)
+    # The refreshed token was accepted: no second alert.
+    assert len(token_alerts(caplog)) == 1
+
+
+def token_alerts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [rec for rec in caplog.records if "access token rejected" in rec.getMessage()]
+
+
+async def test_concurrent_rejections_of_one_token_are_logged_once(
+    redis: Redis,
+    settings: Settings,
+    sim: RunningSimulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps({"222": TOKEN_B}))
+    sim.state.set_tokens(valid={}, expired={TOKEN_B: "222"})
+    settings = settings.model_copy(
+        update={"threads_tokens_file": tokens_file, "threads_access_token": None}
+    )
+    ids = [f"64{i}" for i in range(8)]
+    # All due before the worker starts: their first checks run at once, and several reach the
+    # API (and are rejected) before the first rejection is recorded.
+    await enqueue_many(redis, ids, account="222", settings=settings)
+    caplog.set_level(logging.INFO)
+    async with running_worker(settings):
+        r = await finals(redis, settings, ids)
+    assert all(r[c].status == "FAILED" and r[c].last_error_kind == "token" for c in ids)
+    calls = [q for q in sim.state.requests if q.kind == "status" and q.id.startswith("64")]
+    assert calls  # at least one rejection came from the API
+    alerts = token_alerts(caplog)
+    assert len(alerts) == 1, (len(calls), [rec.getMessage() for rec in alerts])
+    assert getattr(alerts[0], "account", None) == "222"
 
 
 async def _status_is(redis: Redis, settings: Settings, cid: str, status: str) -> bool:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -44,7 +43,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker import enqueue, enqueue_many, get_result
-from worker.connections import redis_settings
+from worker.connections import open_redis
 from worker.store import PollResult
 
 CFG = FaultRunConfig(containers=300, interval=6.0, window=30.0)
@@ -216,7 +215,7 @@ def test_starvation_model() -> None:
 async def test_worker_redis_client_waits_for_a_restarting_redis(tmp_path: Path) -> None:
     servers = [start_redis(tmp_path / "redis", appendonly=True)]
     settings = make_settings(servers[0].url, "http://127.0.0.1:9/v1.0")
-    pool = await create_pool(redis_settings(settings))
+    pool = open_redis(settings, worker=True)
     try:
         assert await pool.ping()
         stop_redis(servers[0])

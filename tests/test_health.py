@@ -17,7 +17,6 @@ from worker.health import (
     TTL_SECONDS,
     Beat,
     Heartbeat,
-    arq_probe,
     check,
     evaluate,
     live_beats,
@@ -119,14 +118,19 @@ async def test_heartbeat_loop_beats_and_reports_drain_at_once(redis: Redis) -> N
         task.cancel()
 
 
-async def test_arq_probe_reads_the_worker(settings: Settings, redis: Redis) -> None:
+async def test_heartbeat_reports_the_runner(
+    settings: Settings, redis: Redis, keys: Keys
+) -> None:
     async with running_worker(settings) as worker:
-        accepting, jobs = arq_probe(worker)()
-        assert accepting and set(jobs) == {"complete", "failed", "retried", "ongoing"}
-        worker.allow_pick_jobs = False
-        assert arq_probe(worker)()[0] is False
-        worker.allow_pick_jobs = True
-    assert arq_probe(None)() == (True, {})
+        assert worker.runner is not None
+        _, beats = await live_beats(redis, keys)
+        (mine,) = [b for b in beats if b.name == worker.runner.name]
+        assert mine.accepting
+        assert set(mine.jobs) == {
+            "started", "settled", "failed", "released", "redis_errors", "given_up", "ongoing"
+        }  # fmt: skip
+        worker.runner.stop()
+        assert not worker.runner.accepting
 
 
 async def test_in_process_worker_health_follows_its_life(

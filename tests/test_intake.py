@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from redis.asyncio import Redis
@@ -103,8 +105,6 @@ async def test_entries_of_a_dead_consumer_are_claimed(
         block_ms=10,
     )
     assert await live.claim_stale() == 0  # not idle long enough yet
-    import asyncio
-
     await asyncio.sleep(0.3)
     assert await live.claim_stale() == 1
     r = await get_result(redis, "9020", settings=settings)
@@ -126,3 +126,100 @@ async def test_intake_duplicates_are_deduplicated(
 
         await wait_until(final, timeout=10)
     assert sim.state.calls_for("9030").count == 2
+
+
+async def consumer_names(redis: Redis, keys: Keys) -> dict[str, int]:
+    """Name -> pending entries, of every consumer of the intake group."""
+    return {
+        c["name"].decode(): int(c["pending"])
+        for c in await redis.xinfo_consumers(keys.intake, INTAKE_GROUP)
+    }
+
+
+def consumer(redis: Redis, settings: Settings, name: str, **kw: float) -> IntakeConsumer:
+    return IntakeConsumer(
+        redis,
+        store_for(redis, settings),
+        consumer=name,
+        batch_size=10,
+        claim_idle_seconds=kw.get("claim_idle_seconds", 0.2),
+        max_entry_bytes=4096,
+        block_ms=10,
+        consumer_max_idle_seconds=kw.get("consumer_max_idle_seconds", 3600.0),
+    )
+
+
+async def test_close_removes_this_consumer_unless_entries_are_pending_for_it(
+    redis: Redis, settings: Settings, keys: Keys
+) -> None:
+    done = consumer(redis, settings, "worker-a")
+    busy = consumer(redis, settings, "worker-b")
+    await done.ensure_group()
+    await redis.xadd(keys.intake, {"container_id": "9040"})
+    assert await done.read_once() == 1  # read, enqueued and acknowledged: nothing pending
+    await redis.xadd(keys.intake, {"container_id": "9041"})
+    # worker-b read an entry and stops before acknowledging it.
+    await redis.xreadgroup(INTAKE_GROUP, "worker-b", {keys.intake: ">"}, count=10)
+    assert await consumer_names(redis, keys) == {"worker-a": 0, "worker-b": 1}
+
+    await busy.close()
+    await done.close()
+    # worker-b is kept: deleting it would drop its pending entry from the group for good.
+    assert await consumer_names(redis, keys) == {"worker-b": 1}
+    assert (await redis.xpending(keys.intake, INTAKE_GROUP))["pending"] == 1
+    await done.close()  # twice, or with the consumer gone already: no error
+    # Closing without a stream or group at all is not an error either.
+    await redis.flushall()
+    await done.close()
+
+
+async def test_idle_consumers_without_pending_entries_are_pruned(
+    redis: Redis, settings: Settings, keys: Keys
+) -> None:
+    me = consumer(redis, settings, "me", consumer_max_idle_seconds=0.3)
+    await me.ensure_group()
+    await redis.xgroup_createconsumer(keys.intake, INTAKE_GROUP, "dead-empty")
+    await redis.xadd(keys.intake, {"container_id": "9050"})
+    await redis.xreadgroup(INTAKE_GROUP, "dead-busy", {keys.intake: ">"}, count=10)
+    await asyncio.sleep(0.4)
+    await redis.xgroup_createconsumer(keys.intake, INTAKE_GROUP, "alive-empty")
+    await redis.xadd(keys.intake, {"container_id": "9051"})
+    assert await me.read_once() == 1
+    assert set(await consumer_names(redis, keys)) == {
+        "me",
+        "dead-empty",
+        "dead-busy",
+        "alive-empty",
+    }
+
+    assert await me.prune_consumers() == ["dead-empty"]
+    # Idle for long but with an entry pending: kept, and its entry is still claimed.
+    assert await consumer_names(redis, keys) == {"dead-busy": 1, "alive-empty": 0, "me": 0}
+    assert await me.claim_stale() == 1
+    r = await get_result(redis, "9050", settings=settings)
+    assert r is not None and r.status == "QUEUED"
+    # Now dead-busy has nothing pending: the clean stop removes it, and this consumer.
+    await me.close()
+    assert await consumer_names(redis, keys) == {"alive-empty": 0}
+
+
+async def test_run_prunes_idle_consumers_at_start(
+    redis: Redis, settings: Settings, keys: Keys
+) -> None:
+    me = consumer(redis, settings, "restarted", consumer_max_idle_seconds=0.2)
+    await me.ensure_group()
+    await redis.xgroup_createconsumer(keys.intake, INTAKE_GROUP, "before-restart")
+    await asyncio.sleep(0.3)
+    task = asyncio.create_task(me.run())
+    try:
+
+        async def pruned() -> bool:
+            return "before-restart" not in await consumer_names(redis, keys)
+
+        await wait_until(pruned, timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await me.close()
+    assert await consumer_names(redis, keys) == {}

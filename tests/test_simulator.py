@@ -173,6 +173,7 @@ async def test_prefix_rules_exact_rules_and_default(
         ("throttle:613", 400, 613, None, "THApiException", True),
         ("429", 429, 4, None, "THApiException", True),
         ("notfound", 400, 100, 33, "GraphMethodException", False),
+        ("nonexisting_field", 400, 100, None, "THApiException", False),
         ("permission", 403, 10, None, "THApiException", False),
         ("perm:250", 403, 250, None, "THApiException", False),
         ("token_expired", 400, 190, 463, "OAuthException", False),
@@ -212,6 +213,23 @@ async def test_notfound_message_names_the_object(
     assert body["error"]["message"] == (
         "Unsupported get request. Object with ID '424242' does not exist, cannot be loaded due "
         "to missing permissions, or does not support this operation."
+    )
+
+
+async def test_nonexisting_field_reads_as_a_published_media_id(
+    sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    from api_client import ErrorKind, GraphAPIError, ThreadsClient, classify, explain_api_error
+
+    sim.state.set_script("18030000000000002", ["nonexisting_field"])
+    _, body = await get_status(http, sim, "18030000000000002")
+    assert body["error"]["message"] == "Tried accessing nonexisting field (status)"
+    client = ThreadsClient(http, base_url=sim.base_url)
+    with pytest.raises(GraphAPIError) as info:
+        await client.get_container_status("18030000000000002", token=TOKEN)
+    assert classify(info.value) is ErrorKind.INVALID_REQUEST
+    assert (explain_api_error(info.value) or "").startswith(
+        "this id looks like a published media id, not a media container id: "
     )
 
 

@@ -5,123 +5,87 @@ Keys (documented in the README):
     {prefix}:account:{account}   hash: throttled_until, throttle_level, throttled_total,
                                  last_throttle_code, last_throttled_at, token_rejected_fp,
                                  token_rejected_reason, token_rejected_code, token_rejected_at
-    {prefix}:rate:{account}      string: pacing state of the request rate cap (begin_check.lua)
+    {prefix}:rate:{account}      hash + one key per reserved slot: the pacing calendar (lib.lua)
     {prefix}:quota:{account}     string: JSON of the last publishing limit read
     {prefix}:accounts            sorted set: accounts seen at enqueue, by last time seen
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot
-from worker.keys import Keys
-from worker.store import PollResult
+from worker import scripts
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, Keys
+from worker.queue import AccountState, ClaimedJob, text
+
+__all__ = ["ACCOUNT_TTL_SECONDS", "AccountChange", "AccountState", "AccountStore"]
 
 ACCOUNT_TTL_SECONDS = 7 * 86400
 
 
-def _script(name: str) -> str:
-    return resources.files("worker").joinpath("lua", name).read_text(encoding="utf-8")
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 @dataclass(frozen=True, slots=True)
-class AccountState:
-    throttled_until: float = 0.0
-    throttle_level: int = 0
-    token_rejected_fp: str = ""
-    token_rejected_reason: str = ""
+class AccountChange:
+    """What account.lua did: the pause now in force (s, Redis time; 0: none), the back-off
+    level, and whether this call changed it (a new step, a cleared pause, a newly rejected
+    token). ``stale``: the run no longer owned its job, nothing was written."""
 
-
-@dataclass(frozen=True, slots=True)
-class CheckStart:
-    """What ``begin_check`` read: the container, its account's state, the pacing wait."""
-
-    result: PollResult | None
-    account: AccountState
-    pace_wait: float
+    paused_until: float = 0.0
+    level: int = 0
+    changed: bool = False
+    stale: bool = False
 
 
 class AccountStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._throttle = redis.register_script(_script("throttle.lua"))
-        self._begin = redis.register_script(_script("begin_check.lua"))
-
-    async def begin_check(
-        self, container_id: str, generation: str, *, per_second: float, max_wait: float
-    ) -> CheckStart:
-        """One round trip for everything a check reads before calling the API."""
-        reply = await self._begin(
-            keys=[self.keys.result(container_id)],
-            args=[
-                generation,
-                self.keys.prefix,
-                1.0 / per_second if per_second > 0 else 0,
-                max_wait,
-            ],
-        )
-        flat, until, level, fp, reason, wait = reply
-        pairs = dict(zip(flat[::2], flat[1::2], strict=True))
-        return CheckStart(
-            PollResult.from_hash(pairs) if pairs else None,
-            AccountState(
-                float(_text(until) or 0), int(_text(level) or 0), _text(fp), _text(reason)
-            ),
-            float(_text(wait) or 0),
-        )
+        self._account = scripts.register(redis, "account.lua")
 
     async def load(self, account: str) -> AccountState:
         raw = await self.redis.hmget(  # type: ignore[misc]
             self.keys.account(account),
             ["throttled_until", "throttle_level", "token_rejected_fp", "token_rejected_reason"],
         )
-        until, level, fp, reason = (_text(v) for v in raw)
-        return AccountState(float(until or 0), int(level or 0), fp, reason)
+        return AccountState.from_reply(raw)
+
+    async def _change(
+        self, job: ClaimedJob, account: str, action: str, sent_ms: int, *rest: str | int | float
+    ) -> AccountChange:
+        reply = await self._account(
+            keys=[self.keys.account(account), ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            args=[job.token, action, sent_ms, ACCOUNT_TTL_SECONDS, *rest],
+        )
+        if text(reply[0]) != "ok":
+            return AccountChange(stale=True)
+        return AccountChange(int(reply[1]) / 1000, int(reply[2]), text(reply[3]) == "1")
 
     async def note_throttle(
-        self, account: str, *, now: float, base: float, cap: float, at_least: float, code: str
-    ) -> float:
-        """Record a throttled answer; returns until when the account's checks pause."""
-        reply = await self._throttle(
-            keys=[self.keys.account(account)],
-            args=[repr(now), base, cap, repr(at_least), code, ACCOUNT_TTL_SECONDS],
-        )
-        return float(_text(reply))
+        self,
+        job: ClaimedJob,
+        account: str,
+        *,
+        sent_ms: int,
+        base: float,
+        cap: float,
+        at_least_ms: int,
+        code: str,
+    ) -> AccountChange:
+        """A throttled answer to a request sent at ``sent_ms`` (Redis time)."""
+        return await self._change(job, account, "throttle", sent_ms, base, cap, at_least_ms, code)
 
-    async def clear_throttle(self, account: str) -> None:
-        await self.redis.hset(  # type: ignore[misc]
-            self.keys.account(account), mapping={"throttle_level": 0, "throttled_until": 0}
-        )
+    async def clear_throttle(self, job: ClaimedJob, account: str, *, sent_ms: int) -> AccountChange:
+        """A good answer to a request sent at ``sent_ms``: ends a pause that ended before it."""
+        return await self._change(job, account, "clear", sent_ms)
 
-    async def reject_token(self, account: str, fp: str, reason: str, code: str) -> bool:
+    async def reject_token(
+        self, job: ClaimedJob, account: str, fp: str, reason: str, code: str
+    ) -> bool:
         """Remember that this token (by fingerprint) was rejected. True the first time only."""
-        key = self.keys.account(account)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.hget(key, "token_rejected_fp")
-            tx.hset(
-                key,
-                mapping={
-                    "token_rejected_fp": fp,
-                    "token_rejected_reason": reason,
-                    "token_rejected_code": code,
-                    "token_rejected_at": repr(time.time()),
-                },
-            )
-            tx.expire(key, ACCOUNT_TTL_SECONDS)
-            previous, _, _ = await tx.execute()
-        return _text(previous) != fp
+        change = await self._change(job, account, "reject", 0, fp, reason, code)
+        return change.changed
 
     async def save_quota(self, snapshot: QuotaSnapshot, ttl_seconds: int) -> None:
         await self.redis.set(
@@ -134,4 +98,4 @@ class AccountStore:
 
     async def active_accounts(self, since: float) -> list[str]:
         ids = await self.redis.zrangebyscore(self.keys.accounts, since, "+inf")
-        return [_text(i) for i in ids]
+        return [text(i) for i in ids]

@@ -1,8 +1,10 @@
-"""Wiring: settings -> arq Worker with our job, the intake consumer and the reconciler.
+"""Wiring: settings -> one worker process (the runner, its job functions, its background loops).
 
-``threads-poller worker`` runs ``build_worker(load_settings()).run()``: a ``PollerWorker``
-(``worker.arq_worker``), arq's Worker with a one-round-trip job claim. arq's own CLI
-(``arq worker.arq_settings.WorkerSettings``) also works, but runs stock arq's claim.
+``threads-poller worker`` runs ``build_worker(load_settings()).run_forever()``. The process runs
+the job runner (``worker.runner``) with two job functions, the check and the webhook delivery,
+and beside it the intake consumer, the reconciler, the quota refresh, the heartbeat and the
+metrics sampler, all started and stopped together. SIGTERM stops the claiming, lets running jobs
+finish within a grace, and gives the rest back to the queue.
 """
 
 from __future__ import annotations
@@ -11,192 +13,220 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
-import uuid
+import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
-from arq import Worker
-from arq.worker import func
+from redis.asyncio import Redis
 
 from api_client.client import make_session
-from config import Settings, load_settings
+from config import Settings
 from worker import metrics
 from worker.accounts import AccountStore
-from worker.arq_worker import PollerWorker
-from worker.connections import redis_settings
-from worker.decisions import Schedule
-from worker.health import Heartbeat, arq_probe
+from worker.connections import connect_worker_redis
+from worker.health import Heartbeat
 from worker.intake import IntakeConsumer
-from worker.jobs import PollerContext, check_container
+from worker.jobs import CheckJob, PollerContext, policy_of
 from worker.keys import Keys
-from worker.producer import store_for
+from worker.queue import JobQueue
 from worker.quota import client_for, refresh_quotas_forever, token_source
 from worker.reconcile import reconcile_forever
-from worker.store import CHECK_FUNCTION, DELIVER_FUNCTION
+from worker.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
+from worker.store import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
 from worker.tokens import TokenSource
-from worker.webhooks import deliver_webhook
+from worker.webhooks import WebhookJob
 
 log = logging.getLogger("threads_poller.worker")
 
-# Our own Redis state counts checks; arq's try limit is only a backstop (when it fires none of
-# our code runs), so it sits far above anything a poll can use.
-MAX_TRIES = 10_000
+# Runs of one check job beyond this end its poll (TIMED_OUT, saying why): a backstop for a job
+# that keeps failing, far above what a poll uses (its checks, deferrals and publish steps).
+MAX_RUNS_PER_POLL = 500
 
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def result_store(redis: Redis, settings: Settings) -> ResultStore:
+    return ResultStore(
+        redis,
+        Keys(settings.key_prefix),
+        window_seconds=settings.poll_max_seconds,
+        result_ttl_seconds=settings.result_ttl_seconds,
+        events_max_len=settings.events_max_len,
+        default_webhook_url=settings.webhook_url,
+        account_requests_per_second=settings.account_max_requests_per_second,
+    )
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx["settings"]
-    tokens: TokenSource = ctx.get("tokens") or token_source(settings)
-    session = make_session(
-        timeout_seconds=settings.http_timeout_seconds,
-        max_connections=settings.worker_max_jobs,
-    )
-    store = store_for(ctx["redis"], settings)
-    accounts = AccountStore(ctx["redis"], store.keys)
-    schedule = Schedule(settings.poll_interval_seconds, settings.poll_max_seconds)
-    client = client_for(settings, session)
-    ctx["session"] = session
-    ctx["poller"] = PollerContext(
-        settings=settings,
-        store=store,
-        accounts=accounts,
-        client=client,
-        tokens=tokens,
-        schedule=schedule,
-        # Caps this process's simultaneous API requests, whatever arq's max_jobs.
-        api_slots=asyncio.Semaphore(settings.api_max_concurrency),
-        client_session=session,
-    )
-    intake = IntakeConsumer(
-        ctx["redis"],
-        store,
-        consumer=consumer_name(),
-        batch_size=settings.intake_batch_size,
-        claim_idle_seconds=settings.intake_claim_idle_seconds,
-        max_entry_bytes=settings.intake_max_entry_bytes,
-    )
-    ctx["intake"] = intake
-    grace = settings.job_timeout_seconds + schedule.interval + 30.0
-    ctx["background"] = [
-        asyncio.create_task(intake.run(), name="intake"),
-        asyncio.create_task(
-            reconcile_forever(
-                store,
-                period_seconds=min(60.0, max(1.0, schedule.interval)),
-                grace_seconds=grace,
-            ),
-            name="reconcile",
-        ),
-        asyncio.create_task(
-            refresh_quotas_forever(ctx["redis"], accounts, client, tokens, settings),
-            name="quota",
-        ),
-    ]
-    # Per-process liveness for `threads-poller health`; the first beat is written before the
-    # worker takes a job, so a health check passes as soon as the worker can work.
-    heartbeat = Heartbeat(
-        ctx["redis"], store.keys, intake.consumer, probe=arq_probe(ctx.get("worker"))
-    )
-    await heartbeat.beat()
-    ctx["heartbeat"] = heartbeat
-    ctx["background"].append(asyncio.create_task(heartbeat.run(), name="heartbeat"))
-    if settings.metrics_port > 0:
-        ctx["metrics_server"] = metrics.start_server(settings.metrics_port)
-        ctx["background"].append(
-            asyncio.create_task(metrics.sample_forever(ctx["redis"], store.keys), name="metrics")
+def concurrency(settings: Settings) -> int:
+    """Jobs one process runs at once: a claim takes no more than it can run (and call the API
+    for) at once, so due jobs spread over the replicas instead of waiting in one."""
+    return min(settings.worker_max_jobs, settings.api_max_concurrency)
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a run owns its job: the longest job timeout + the runner's margin (a killed
+    run's job is due again after this)."""
+    return max(settings.job_timeout_seconds, webhook_timeout(settings)) + LEASE_MARGIN_SECONDS
+
+
+def webhook_timeout(settings: Settings) -> float:
+    return settings.webhook_timeout_seconds + 2
+
+
+def poll_delay(settings: Settings) -> float:
+    # Well under the interval so short test intervals keep their spacing; 0.2 s at most for
+    # sub-second lateness. The runner also wakes for the next due job and for a freed slot.
+    return max(0.01, min(0.2, settings.poll_interval_seconds / 10))
+
+
+@dataclass
+class PollerWorker:
+    settings: Settings
+    tokens: TokenSource | None = None
+    redis: Redis | None = None
+    runner: Runner | None = field(default=None, init=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def stop(self) -> None:
+        """Stop taking jobs (what SIGTERM does); ``run`` then drains and returns."""
+        self._stopping.set()
+        if self.runner is not None:
+            self.runner.stop()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (the CLI's ``worker`` command)."""
+        asyncio.run(self._main_with_signals())
+
+    async def _main_with_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        await self.run()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info(
+            "shutdown on %s: no new checks; waiting for running ones",
+            sig.name,
+            extra={"running": self.runner.running if self.runner else 0},
         )
-    log.info(
-        "worker started",
-        extra={
-            "api_base_url": settings.threads_api_base_url,
-            "interval_s": settings.poll_interval_seconds,
-            "window_s": settings.poll_max_seconds,
-            "max_checks": schedule.max_checks,
-            "max_jobs": settings.worker_max_jobs,
-            "queue": store.keys.queue,
-        },
-    )
+        self.stop()
+
+    async def run(self) -> None:
+        s = self.settings
+        own_redis = self.redis is None
+        redis = self.redis or await connect_worker_redis(s)
+        tokens = self.tokens or token_source(s)
+        session = make_session(
+            timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
+        )
+        store = result_store(redis, s)
+        queue = JobQueue(redis, store.keys, job_ttl_seconds=s.result_ttl_seconds)
+        accounts = AccountStore(redis, store.keys)
+        client = client_for(s, session)
+        poller = PollerContext(
+            settings=s,
+            store=store,
+            queue=queue,
+            accounts=accounts,
+            client=client,
+            tokens=tokens,
+            policy=policy_of(s),
+            client_session=session,
+        )
+        check = CheckJob(poller)
+        runner = Runner(
+            queue,
+            [
+                JobSpec(
+                    CHECK_FUNCTION,
+                    check,
+                    timeout_s=s.job_timeout_seconds,
+                    # The call of a failed run may have gone out: keep Meta's spacing.
+                    retry_delay_s=s.poll_interval_seconds,
+                    max_tries=MAX_RUNS_PER_POLL,
+                    give_up=check.give_up,
+                ),
+                JobSpec(
+                    DELIVER_FUNCTION,
+                    WebhookJob(poller),
+                    timeout_s=webhook_timeout(s),
+                    retry_delay_s=s.webhook_backoff_seconds,
+                ),
+            ],
+            concurrency=concurrency(s),
+            poll_delay_s=poll_delay(s),
+        )
+        self.runner = runner
+        intake = IntakeConsumer(
+            redis,
+            store,
+            consumer=runner.name,
+            batch_size=s.intake_batch_size,
+            claim_idle_seconds=s.intake_claim_idle_seconds,
+            max_entry_bytes=s.intake_max_entry_bytes,
+        )
+        heartbeat = Heartbeat(
+            redis,
+            store.keys,
+            runner.name,
+            probe=lambda: (runner.accepting, {**runner.stats.as_dict(), "ongoing": runner.running}),
+        )
+        background: list[asyncio.Task[Any]] = []
+
+        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+            background.append(asyncio.create_task(coro, name=name))
+
+        metrics_server = None
+        try:
+            await heartbeat.beat()
+            spawn(heartbeat.run(), "heartbeat")
+            spawn(intake.run(), "intake")
+            spawn(
+                reconcile_forever(
+                    store,
+                    period_seconds=min(60.0, max(1.0, s.poll_interval_seconds)),
+                    grace_seconds=s.job_timeout_seconds + s.poll_interval_seconds + 30.0,
+                ),
+                "reconcile",
+            )
+            spawn(refresh_quotas_forever(redis, accounts, client, tokens, s), "quota")
+            if s.metrics_port > 0:
+                metrics_server = metrics.start_server(s.metrics_port)
+                spawn(metrics.sample_forever(redis, store.keys), "metrics")
+            log.info(
+                "worker started",
+                extra={
+                    "worker": runner.name,
+                    "api_base_url": s.threads_api_base_url,
+                    "interval_s": s.poll_interval_seconds,
+                    "window_s": s.poll_max_seconds,
+                    "concurrency": runner.concurrency,
+                    "lease_s": runner.lease_s,
+                    "queue": store.keys.queue,
+                },
+            )
+            if not self._stopping.is_set():
+                await runner.run()
+            await runner.drain(math.ceil(s.http_timeout_seconds) + 2)
+        finally:
+            runner.stop()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await intake.close()
+            with contextlib.suppress(Exception):
+                # At once, not after the TTL: this process's health check fails from here on.
+                await heartbeat.stop()
+            await session.close()
+            await metrics.stop_server(metrics_server)
+            if own_redis:
+                await redis.aclose()
+            log.info("worker stopped", extra=runner.stats.as_dict())
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ctx.get("background", []):
-        task.cancel()
-    for task in ctx.get("background", []):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    session = ctx.get("session")
-    if session is not None:
-        await session.close()
-    heartbeat = ctx.get("heartbeat")
-    if heartbeat is not None:
-        # At once, not after the TTL: this container's health check fails from here on.
-        await heartbeat.stop()
-    await metrics.stop_server(ctx.get("metrics_server"))
-    worker = ctx.get("worker")
-    counts = (
-        {
-            "jobs_complete": worker.jobs_complete,
-            "jobs_retried": worker.jobs_retried,
-            "jobs_failed": worker.jobs_failed,
-        }
-        if isinstance(worker, Worker)
-        else {}
-    )
-    log.info("worker stopped", extra=counts)
-
-
-def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    keys = Keys(settings.key_prefix)
-    interval = settings.poll_interval_seconds
-    options: dict[str, Any] = {
-        "functions": [
-            func(
-                check_container,
-                name=CHECK_FUNCTION,
-                max_tries=MAX_TRIES,
-                timeout=settings.job_timeout_seconds,
-                keep_result=0,
-            ),
-            # Attempts are counted in the result hash (WEBHOOK_MAX_ATTEMPTS), not by arq.
-            func(
-                deliver_webhook,
-                name=DELIVER_FUNCTION,
-                max_tries=MAX_TRIES,
-                keep_result=0,
-                # arq keeps a killed job locked for its largest function timeout + 10 s:
-                # keep this one small so it does not delay re-runs of killed checks.
-                timeout=settings.webhook_timeout_seconds + 2,
-            ),
-        ],
-        "queue_name": keys.queue,
-        "redis_settings": redis_settings(settings),
-        "max_jobs": settings.worker_max_jobs,
-        "job_timeout": settings.job_timeout_seconds,
-        "keep_result": 0,
-        "max_tries": MAX_TRIES,
-        # arq looks for due jobs every poll_delay; keep it well under the interval so short
-        # test intervals keep their spacing, and at most 0.2 s for sub-second lateness.
-        "poll_delay": max(0.01, min(0.2, interval / 10)),
-        "on_startup": startup,
-        "on_shutdown": shutdown,
-        "ctx": {"settings": settings},
-        "health_check_key": keys.health_check,
-        "health_check_interval": 10,
-        # On SIGTERM: stop taking checks, let running ones finish within this grace; whatever is
-        # still running then is cancelled and re-run later by arq (nothing is lost either way).
-        "job_completion_wait": math.ceil(settings.http_timeout_seconds) + 2,
-    }
-    options.update(overrides)
-    return options
-
-
-def build_worker(settings: Settings | None = None, **overrides: Any) -> PollerWorker:
-    settings = settings or load_settings()
-    worker = PollerWorker(**worker_options(settings, **overrides))
-    # The heartbeat reports arq's job counters and notices SIGTERM's drain through this.
-    worker.ctx["worker"] = worker
-    return worker
+def build_worker(
+    settings: Settings, *, tokens: TokenSource | None = None, redis: Redis | None = None
+) -> PollerWorker:
+    return PollerWorker(settings, tokens=tokens, redis=redis)

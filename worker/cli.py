@@ -130,6 +130,9 @@ def use_event_loop(kind: EventLoop) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from api_client.redact import redact
     from worker.app import build_worker
     from worker.logs import setup_logging
     from worker.quota import token_source
@@ -144,9 +147,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     use_event_loop(settings.event_loop)
-    # After the policy: arq's Worker takes its loop from asyncio when it is built.
-    worker = build_worker(settings, ctx={"settings": settings, "tokens": tokens})
-    worker.run()
+    try:
+        build_worker(settings, tokens=tokens).run_forever()
+    except (RedisError, OSError) as exc:
+        raise CliError(f"cannot reach Redis: {redact(str(exc))[:300]}", EXIT_FAILURE) from None
     return EXIT_OK
 
 
@@ -309,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run an arq worker that checks containers")
+    p = sub.add_parser("worker", help="run a worker that checks containers")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="start polling container ids (args or stdin)")

@@ -7,44 +7,51 @@ With ``REDIS_SENTINELS`` set, every new connection asks the sentinels where the 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api_client.redact import redact
 from config import Settings
 
+log = logging.getLogger("threads_poller.worker")
 
-def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings for the worker."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    # Without these a Redis blip ends arq's main loop; with them calls wait and retry.
-    # OSError too: a new connection to a Redis that is restarting fails with the builtin
-    # ConnectionRefusedError inside redis-py's retry loop, before it is wrapped.
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    rs.retry = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
-    rs.conn_timeout = 5
-    rs.conn_retries = 30
-    rs.conn_retry_delay = 1
-    sentinels = settings.sentinel_addresses()
-    if sentinels:
-        # arq builds the Sentinel client itself and does not pass the retry settings above on;
-        # a failed command then surfaces sooner, and worker.arq_worker logs it and goes on.
-        rs.host = sentinels
-        rs.sentinel = True
-        rs.sentinel_master = settings.redis_sentinel_master
-    return rs
+# A worker that cannot reach Redis at start says so once per attempt and gives up after about
+# this long (exit 1), so an orchestrator's restart policy and logs take over.
+STARTUP_ATTEMPTS = 30
+STARTUP_PAUSE_SECONDS = 2.0
 
 
-def open_redis(settings: Settings, *, connect_timeout: float = 5.0) -> Redis:
-    """A client for the CLI and producers in Python (no connection is made until first use)."""
+def _options(settings: Settings, *, connect_timeout: float, worker: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"socket_connect_timeout": connect_timeout}
+    if worker:
+        # Without these a Redis blip fails every command at once; with them calls wait and
+        # retry. OSError too: a new connection to a Redis that is restarting fails with the
+        # builtin ConnectionRefusedError inside redis-py's retry loop, before it is wrapped.
+        options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError, OSError]
+        options["retry"] = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
+    return options
+
+
+def open_redis(
+    settings: Settings, *, connect_timeout: float = 5.0, worker: bool = False
+) -> Redis:
+    """A client (no connection is made until first use); ``worker`` adds command retries."""
+    options = _options(settings, connect_timeout=connect_timeout, worker=worker)
     sentinels = settings.sentinel_addresses()
     if not sentinels:
-        direct: Redis = Redis.from_url(settings.redis_url, socket_connect_timeout=connect_timeout)
+        direct: Redis = Redis.from_url(settings.redis_url, **options)
         return direct
+    # arq's DSN parser: the database, user, password and TLS of the data nodes.
     rs = RedisSettings.from_dsn(settings.redis_url)
     sentinel = Sentinel(sentinels, socket_connect_timeout=connect_timeout)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(
@@ -53,6 +60,28 @@ def open_redis(settings: Settings, *, connect_timeout: float = 5.0) -> Redis:
         username=rs.username,
         password=rs.password,
         ssl=rs.ssl,
-        socket_connect_timeout=connect_timeout,
+        **options,
     )
     return client
+
+
+async def connect_worker_redis(settings: Settings) -> Redis:
+    """The worker's client, once Redis answers; each failed attempt is logged once."""
+    redis = open_redis(settings, worker=True)
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
+        try:
+            await redis.ping()
+            return redis
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "cannot reach Redis (attempt %d of %d); retrying in %.0fs",
+                attempt,
+                STARTUP_ATTEMPTS,
+                STARTUP_PAUSE_SECONDS,
+                extra={"error": redact(f"{type(exc).__name__}: {exc}")[:300]},
+            )
+            if attempt == STARTUP_ATTEMPTS:
+                await redis.aclose()
+                raise
+            await asyncio.sleep(STARTUP_PAUSE_SECONDS)
+    raise AssertionError("unreachable")

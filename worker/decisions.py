@@ -57,6 +57,11 @@ class Decision:
     hint: str | None = None
     # Seconds this decision pushes the window's end out (throttling only).
     delay_added: float = 0.0
+    # The number of checks to record (None: unchanged).
+    checks: int | None = None
+    # False: only re-schedule the run (an early run, a paused account's publish); the poll's
+    # status, error and counters stay as they are.
+    touch: bool = True
 
 
 def effective_deadline(deadline: float, throttle_delay: float, max_delay: float) -> float:

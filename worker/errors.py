@@ -10,8 +10,8 @@ class PollerError(ThreadsError):
     pass
 
 
-class LostJobError(PollerError):
-    """The container's check job vanished from Redis before the poll finished."""
+class WindowEndedError(PollerError):
+    """The poll's window ended without a final status (the message says how and why)."""
 
 
 class RejectedTokenError(MissingTokenError):

@@ -94,30 +94,12 @@ class Beat:
             return None
 
 
-# What the heartbeat reports about the process: arq's counters and whether it still takes jobs.
+# What the heartbeat reports about the process: the runner's counters and whether it takes jobs.
 StateProbe = Callable[[], tuple[bool, dict[str, int]]]
 
 
 def _no_probe() -> tuple[bool, dict[str, int]]:
     return True, {}
-
-
-def arq_probe(worker: Any) -> StateProbe:
-    """Read an arq ``Worker``'s counters; duck-typed so a missing attribute degrades, not fails."""
-
-    if worker is None:  # started by arq's own CLI: no Worker object in ctx
-        return _no_probe
-
-    def probe() -> tuple[bool, dict[str, int]]:
-        tasks: Mapping[str, asyncio.Task[Any]] = getattr(worker, "tasks", {}) or {}
-        return bool(getattr(worker, "allow_pick_jobs", True)), {
-            "complete": int(getattr(worker, "jobs_complete", 0)),
-            "failed": int(getattr(worker, "jobs_failed", 0)),
-            "retried": int(getattr(worker, "jobs_retried", 0)),
-            "ongoing": sum(not t.done() for t in tasks.values()),
-        }
-
-    return probe
 
 
 class Heartbeat:

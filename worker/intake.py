@@ -6,18 +6,25 @@ Workers read it through one consumer group. An entry is acknowledged (and delete
 poll exists in Redis, so a worker that dies mid-batch leaves its entries pending, and another worker
 claims them after ``INTAKE_CLAIM_IDLE_SECONDS``. An entry that cannot be used goes to the
 dead-letter stream with the reason and the original fields; none is dropped silently.
+
+Every worker process joins the group as a consumer of its own name, and Redis keeps a consumer
+until it is deleted: a worker removes its own on a clean stop (``close``), and consumers idle for
+longer than ``consumer_max_idle_seconds`` are removed at start-up and on a clean stop. Only
+consumers with no pending entries are removed: ``XGROUP DELCONSUMER`` drops a consumer's pending
+entries from the group, and nothing would ever deliver them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from worker import metrics
 from worker.ids import InvalidIdError, validate_id, validate_webhook_url
@@ -30,6 +37,27 @@ ALLOWED_FIELDS = frozenset({"container_id", "account", "force", "publish", "webh
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
 DEAD_LETTERS_MAX_LEN = 100_000
+# A live consumer reads every ``block_ms`` (1 s), so an hour without a read means a dead process.
+CONSUMER_MAX_IDLE_SECONDS = 3600.0
+
+# One script, so that no consumer can read an entry between the pending check and the delete.
+# KEYS[1] stream; ARGV[1] group, ARGV[2] a consumer to delete whatever its idle time ("" for
+# none), ARGV[3] idle bound in ms. Deletes the consumers with no pending entry that are ARGV[2] or
+# idle for longer than the bound; returns their names. (RESP2 in Lua: each consumer of XINFO
+# CONSUMERS is a flat name/value list.)
+DELETE_IDLE_CONSUMERS_LUA = """
+local deleted = {}
+local bound = tonumber(ARGV[3])
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = {}
+  for i = 1, #consumer, 2 do c[consumer[i]] = consumer[i + 1] end
+  if c['pending'] == 0 and (c['name'] == ARGV[2] or c['idle'] > bound) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    deleted[#deleted + 1] = c['name']
+  end
+end
+return deleted
+"""
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -101,7 +129,10 @@ class IntakeConsumer:
         claim_idle_seconds: float,
         max_entry_bytes: int,
         block_ms: int = 1000,
+        consumer_max_idle_seconds: float = CONSUMER_MAX_IDLE_SECONDS,
     ) -> None:
+        if consumer_max_idle_seconds <= 0:
+            raise ValueError("consumer_max_idle_seconds must be > 0")
         self.redis = redis
         self.store = store
         self.stream = store.keys.intake
@@ -111,6 +142,8 @@ class IntakeConsumer:
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.max_entry_bytes = max_entry_bytes
         self.block_ms = block_ms
+        self.consumer_max_idle_ms = int(consumer_max_idle_seconds * 1000)
+        self._delete_consumers = redis.register_script(DELETE_IDLE_CONSUMERS_LUA)
         self.accepted = 0
         self.dead_lettered = 0
 
@@ -122,11 +155,75 @@ class IntakeConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def prune_consumers(self, *, including_self: bool = False) -> list[str]:
+        """Delete the group's consumers idle for longer than the bound (and this one, with
+        ``including_self``), of those with no pending entry; returns the names deleted."""
+        try:
+            reply = await self._delete_consumers(
+                keys=[self.stream],
+                args=[
+                    INTAKE_GROUP,
+                    self.consumer if including_self else "",
+                    self.consumer_max_idle_ms,
+                ],
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                return []  # no stream or no group yet: no consumer either
+            raise
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in reply]
+        others = [n for n in names if n != self.consumer]
+        if others:
+            log.info(
+                "removed %d idle intake consumer(s) with no pending entries",
+                len(others),
+                extra={"consumers": others[:20]},
+            )
+        return names
+
+    async def close(self) -> None:
+        """Clean stop, once ``run()`` has been cancelled: leave the consumer group.
+
+        This consumer is deleted unless entries are still pending for it (another worker claims
+        those after ``INTAKE_CLAIM_IDLE_SECONDS``; the consumer is pruned once it is idle and has
+        none); idle consumers of other, dead processes are pruned too. Never raises a Redis
+        error: a stop must not fail because Redis is away.
+        """
+        try:
+            deleted = await self.prune_consumers(including_self=True)
+        except (RedisError, OSError) as exc:
+            log.warning("could not remove the intake consumer on stop: %r", exc)
+            return
+        if self.consumer in deleted:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            summary = await self.redis.xpending(self.stream, INTAKE_GROUP)
+            mine = [
+                int(c["pending"])
+                for c in summary.get("consumers") or []
+                if c["name"] in (self.consumer, self.consumer.encode())
+            ]
+            if mine and mine[0] > 0:
+                log.warning(
+                    "intake consumer kept on stop: %d entries pending for it; another worker "
+                    "claims them once they are idle",
+                    mine[0],
+                    extra={"consumer": self.consumer},
+                )
+
     async def run(self) -> None:
         backoff = 0.5
+        pruned = False
         while True:
             try:
                 await self.ensure_group()
+                if not pruned:
+                    # Once per process: consumers left behind by workers that died.
+                    pruned = True
+                    try:
+                        await self.prune_consumers()
+                    except (RedisError, OSError) as exc:
+                        log.warning("could not prune idle intake consumers: %r", exc)
                 while True:
                     await self.claim_stale()
                     await self.read_once()

@@ -84,8 +84,13 @@ class Keys:
         """Sorted set: accounts named at enqueue, scored by when they were last seen."""
         return f"{self.prefix}:accounts"
 
+    @property
+    def check_job_prefix(self) -> str:
+        """What every check job id starts with (``job_id`` below)."""
+        return f"{self.prefix}:check:"
+
     def job_id_base(self, container_id: str) -> str:
-        return f"{self.prefix}:check:{container_id}:"
+        return f"{self.check_job_prefix}{container_id}:"
 
     def job_id(self, container_id: str, generation: str) -> str:
         """One arq job carries one container through its whole window (re-run via Retry)."""

@@ -39,6 +39,7 @@ def store_for(redis: Redis, settings: Settings) -> ResultStore:
         result_ttl_seconds=settings.result_ttl_seconds,
         events_max_len=settings.events_max_len,
         default_webhook_url=settings.webhook_url,
+        account_requests_per_second=settings.account_max_requests_per_second,
     )
 
 

@@ -1,42 +1,38 @@
-"""A periodic sweep for polls whose arq job vanished (expired key, lost Redis write, arq's own
-max-tries). Without it such a container would stay non-final forever; with it, it ends as
-TIMED_OUT with a reason, and its event is emitted like any other."""
+"""A periodic sweep for live polls whose job is gone.
+
+The runner never deletes a live poll's job, so only Redis itself can lose one: a failover to a
+replica that had not received the last writes, an AOF that was not fsynced before a crash. Such a
+container would stay non-final forever. The sweep looks at polls still in flight well past their
+window and gives each one without a job its job back (``resume.lua``, a no-op for a poll that has
+one); that run then ends the poll through the planner like any other (TIMED_OUT, saying why, when
+the window is over).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
-from worker.decisions import timed_out
-from worker.errors import LostJobError
 from worker.store import ResultStore
 
 log = logging.getLogger("threads_poller.reconcile")
 
 
-async def reconcile_once(store: ResultStore, *, grace_seconds: float) -> int:
-    """Settle containers past their deadline + grace whose job is gone. Returns how many."""
-    settled = 0
-    for container_id in await store.inflight_past(time.time() - grace_seconds):
+async def reconcile_once(store: ResultStore, *, now: float, grace_seconds: float) -> int:
+    """Resume polls past their deadline + grace whose job is gone. Returns how many."""
+    resumed = 0
+    for container_id in await store.inflight_past(now - grace_seconds):
         current = await store.load(container_id)
         if current is None or current.final:
             await store.forget_inflight(container_id)
             continue
-        if await store.job_exists(current):
-            continue  # late, not lost: the job will settle it
-        decision = timed_out(
-            current.last_api_status or current.status,
-            current.error_message,
-            error=LostJobError("the check job disappeared before the window ended"),
-        )
-        outcome, _ = await store.record(
-            current, decision, checks=current.checks, checked_at=None, now=time.time()
-        )
-        if outcome == "ok":
-            settled += 1
-            log.warning("poll with a lost job settled", extra={"container_id": container_id})
-    return settled
+        outcome = await store.resume(current)
+        if outcome != "ok":
+            resumed += 1
+            log.warning(
+                "poll without a job resumed (%s)", outcome, extra={"container_id": container_id}
+            )
+    return resumed
 
 
 async def reconcile_forever(
@@ -44,7 +40,10 @@ async def reconcile_forever(
 ) -> None:
     while True:
         try:
-            await reconcile_once(store, grace_seconds=grace_seconds)
+            seconds, micros = await store.redis.time()
+            await reconcile_once(
+                store, now=float(seconds) + micros / 1e6, grace_seconds=grace_seconds
+            )
         except asyncio.CancelledError:
             raise
         except Exception:

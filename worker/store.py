@@ -1,8 +1,10 @@
-"""The Redis side: result hashes, the events stream, and atomic enqueue of a container's poll.
+"""The Redis side of a poll: result hashes, the events stream, enqueue and record.
 
 All writes that must not be torn go through the Lua scripts in ``worker/lua``: enqueue records the
-container and creates its arq job in one step (no window where one exists without the other), and
-record writes a check's outcome and, for a final state, its event, once, whatever re-runs follow.
+container and creates its job in one step, on Redis' clock (no window where one exists without
+the other); record writes a check's outcome and either schedules the job's next run or, on a
+final state, ends the job and emits the one event, and only while the run still owns the poll
+(see ``worker.queue``).
 """
 
 from __future__ import annotations
@@ -11,27 +13,23 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from api_client.models import explain_error_message
+from worker import scripts
 from worker.decisions import Decision
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.queue import ClaimedJob, text
 
 CHECK_FUNCTION = "check_container"
 DELIVER_FUNCTION = "deliver_webhook"
-# arq drops a job whose key expired before it ran; a poll lasts minutes, so a day is generous
-# and a periodic sweep (reconcile) settles anything that still slips through.
-JOB_EXPIRY_MS = 86_400_000
 
+WEBHOOK_DEAD_LETTERS_MAX_LEN = 100_000
 EnqueueStatus = Literal["enqueued", "restarted", "duplicate", "final"]
-
-
-def _script(name: str) -> str:
-    return resources.files("worker").joinpath("lua", name).read_text(encoding="utf-8")
+RecordOutcome = Literal["ok", "stale"]
 
 
 def stamp(t: float) -> str:
@@ -81,7 +79,8 @@ class PollResult:
     last_error_subcode: int | None
     last_error_fbtrace_id: str | None
     throttled: int
-    throttle_delay: float
+    # Seconds throttling and pacing pushed the window's end out (capped when read).
+    window_delay: float
     last_throttled_at: float | None
     publish: bool
     publish_status: str | None
@@ -96,6 +95,11 @@ class PollResult:
     webhook_attempts: int
     account: str | None
     generation: str
+    # Job runs this poll has had (each claim of its check job counts one).
+    runs: int = 0
+    # Consecutive 100/33 ("does not exist") answers: fatal only when it repeats.
+    strikes: int = 0
+    intake_entry: str | None = None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> PollResult:
@@ -114,8 +118,10 @@ class PollResult:
             return None if value is None else int(value)
 
         enqueued_at = _num(h.get("enqueued_at"))
-        # No write since enqueue: the first check is due at once (enqueue does not store it).
-        next_check_at = _num(h.get("next_check_at")) if "updated_at" in h else enqueued_at
+        next_check_at = _num(h.get("next_check_at"))
+        if next_check_at is None and "updated_at" not in h:
+            # Written by an older version's enqueue: the first check was due at once.
+            next_check_at = enqueued_at
         return cls(
             container_id=h.get("container_id", ""),
             status=h.get("status", ""),
@@ -135,7 +141,7 @@ class PollResult:
             last_error_subcode=opt_int("last_error_subcode"),
             last_error_fbtrace_id=opt("last_error_fbtrace_id"),
             throttled=opt_int("throttled") or 0,
-            throttle_delay=_num(h.get("throttle_delay")) or 0.0,
+            window_delay=_num(h.get("window_delay")) or 0.0,
             last_throttled_at=_num(h.get("last_throttled_at")),
             publish=h.get("publish") == "1",
             publish_status=opt("publish_status"),
@@ -150,21 +156,16 @@ class PollResult:
             webhook_attempts=opt_int("webhook_attempts") or 0,
             account=opt("account"),
             generation=h.get("generation", ""),
+            runs=opt_int("runs") or 0,
+            strikes=opt_int("strikes") or 0,
+            intake_entry=opt("intake_entry"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("generation")
+        data.pop("intake_entry")
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class SettleJob:
-    """arq's end-of-run bookkeeping for the job of a check: ``next_run_ms`` re-schedules it
-    (arq's Retry), None deletes it (the poll is over)."""
-
-    job_id: str
-    next_run_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,8 @@ class EnqueueRequest:
     force: bool = False
     publish: bool = False
     webhook_url: str | None = None
+    # The intake entry this request came from: a replay of the same entry is a duplicate.
+    intake_entry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,29 @@ class Enqueued:
     container_id: str
     outcome: EnqueueStatus
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    outcome: RecordOutcome
+    # "lease lost" / "already final" / "replaced" when stale.
+    reason: str = ""
+    event_id: str = ""
+    # When the job runs next (Redis time, s); None when the poll ended or the record was stale.
+    next_run_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """The delivery job a final state creates: its id and arq job data."""
+
+    job_id: str
+    data: bytes
+
+
+def pacing_step_ms(per_second: float) -> int:
+    """The pacing slot of an account (one request per slot); 0 turns pacing off."""
+    return max(1, round(1000 / per_second)) if per_second > 0 else 0
 
 
 class ResultStore:
@@ -193,6 +219,7 @@ class ResultStore:
         result_ttl_seconds: int,
         events_max_len: int,
         default_webhook_url: str | None = None,
+        account_requests_per_second: float = 0.0,
     ) -> None:
         self.redis = redis
         self.default_webhook_url = default_webhook_url
@@ -200,23 +227,32 @@ class ResultStore:
         self.window_seconds = window_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.events_max_len = events_max_len
-        self._enqueue = redis.register_script(_script("enqueue.lua"))
-        self._record = redis.register_script(_script("record.lua"))
-        self._claim = redis.register_script(_script("publish_claim.lua"))
+        self.pace_step_ms = pacing_step_ms(account_requests_per_second)
+        self._enqueue = scripts.register(redis, "enqueue.lua")
+        self._record = scripts.register(redis, "record.lua")
+        self._claim = scripts.register(redis, "publish_claim.lua")
+        self._resume = scripts.register(redis, "resume.lua")
+        self._webhook = scripts.register(redis, "webhook_settle.lua")
 
-    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[Enqueued]:
-        """Start polling each container unless it is already being polled (one round trip)."""
+    def check_job_data(self, container_id: str, generation: str) -> bytes:
+        return serialize_job(
+            CHECK_FUNCTION, (container_id, generation), {}, None, int(time.time() * 1000)
+        )
+
+    async def enqueue(
+        self, requests: Sequence[EnqueueRequest], *, window_seconds: float | None = None
+    ) -> list[Enqueued]:
+        """Start polling each container unless it is already being polled (one round trip).
+
+        Times come from Redis' clock; ``window_seconds`` (default: the store's) fixes each new
+        poll's window."""
         if not requests:
             return []
-        now_ms = int(time.time() * 1000)
-        enqueued_at = ms_stamp(now_ms)
-        deadline_at = ms_stamp(now_ms + round(self.window_seconds * 1000))
+        window_ms = round((self.window_seconds if window_seconds is None else window_seconds) * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for req in requests:
                 generation = uuid.uuid4().hex[:12]
-                payload = serialize_job(
-                    CHECK_FUNCTION, (req.container_id, generation), {}, None, now_ms
-                )
+                account = req.account or ""
                 await self._enqueue(
                     keys=[
                         self.keys.result(req.container_id),
@@ -226,27 +262,27 @@ class ResultStore:
                     ],
                     args=[
                         req.container_id,
-                        enqueued_at,
-                        deadline_at,
+                        window_ms,
                         self.result_ttl_seconds,
                         generation,
                         ARQ_JOB_PREFIX,
                         self.keys.job_id_base(req.container_id),
-                        payload,
-                        JOB_EXPIRY_MS,
-                        now_ms,
-                        req.account or "",
-                        "1" if req.force else "0",
+                        self.check_job_data(req.container_id, generation),
                         ARQ_IN_PROGRESS_PREFIX,
+                        account,
+                        "1" if req.force else "0",
                         "1" if req.publish else "0",
                         req.webhook_url or "",
+                        self.pace_step_ms,
+                        self.keys.rate(account or "default"),
+                        req.intake_entry or "",
                     ],
                     client=pipe,
                 )
             replies = await pipe.execute()
         results = []
         for req, reply in zip(requests, replies, strict=True):
-            outcome, status = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
+            outcome, status = (text(v) for v in reply)
             results.append(Enqueued(req.container_id, outcome, status))  # type: ignore[arg-type]
         return results
 
@@ -261,41 +297,186 @@ class ResultStore:
             raws = await pipe.execute()
         return [PollResult.from_hash(raw) if raw else None for raw in raws]
 
+    def webhook_for(self, current: PollResult, body: bytes, now_ms: int) -> Webhook | None:
+        """The delivery job of a final state, or None when the poll has no webhook."""
+        if not (current.webhook_url or self.default_webhook_url):
+            return None
+        job_id = self.keys.webhook_job_id(current.container_id, current.generation)
+        data = serialize_job(
+            DELIVER_FUNCTION, (current.container_id, current.generation, body), {}, None, now_ms
+        )
+        return Webhook(job_id, data)
+
     async def record(
         self,
+        job: ClaimedJob,
         current: PollResult,
         decision: Decision,
         *,
-        checks: int,
-        checked_at: float | None,
-        now: float,
+        checked_at: float | None = None,
         extra: Mapping[str, str] | None = None,
-        settle_job: SettleJob | None = None,
-    ) -> tuple[str, str]:
-        """Write one check's outcome. Returns (outcome, event id); outcome "ok" if written.
+        webhook: Webhook | None = None,
+    ) -> Recorded:
+        """Write one run's outcome, if ``job`` (this run) still owns the poll."""
+        fields = record_fields(current, decision, checked_at=checked_at, extra=extra)
+        event: dict[str, str] = {}
+        if decision.final:
+            checks = decision.checks if decision.checks is not None else current.checks
+            event = {
+                "container_id": current.container_id,
+                "status": decision.status,
+                "error_message": decision.error_message or "",
+                "account": current.account or "",
+                "checks": str(checks),
+            }
+            if decision.error is not None:
+                event["last_error"] = fields["last_error"]
+            if fields.get("media_id"):
+                event["media_id"] = fields["media_id"]
+        job_id = job.job_id
+        want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
+        args: list[str | int | bytes] = [
+            job.token,
+            current.generation,
+            job_id,
+            "1" if decision.final else "0",
+            want_ms,
+            self.pace_step_ms,
+            self.keys.rate(current.account or "default"),
+            self.result_ttl_seconds,
+            self.events_max_len,
+            current.container_id,
+            webhook.job_id if webhook else "",
+            ARQ_JOB_PREFIX + webhook.job_id if webhook else "",
+            webhook.data if webhook else b"",
+            ARQ_JOB_PREFIX,
+            len(fields),
+        ]
+        for k, v in fields.items():
+            args += [k, v]
+        for k, v in event.items():
+            args += [k, v]
+        reply = await self._record(
+            keys=[
+                self.keys.result(current.container_id),
+                self.keys.inflight,
+                self.keys.events,
+                self.keys.queue,
+                ARQ_IN_PROGRESS_PREFIX + job_id,
+                ARQ_RETRY_PREFIX + job_id,
+                ARQ_JOB_PREFIX + job_id,
+            ],
+            args=args,
+        )
+        outcome = text(reply[0])
+        if outcome != "ok":
+            return Recorded("stale", text(reply[1]))
+        at = text(reply[2])
+        return Recorded("ok", event_id=text(reply[1]), next_run_at=int(at) / 1000 if at else None)
 
-        With ``settle_job`` the same script also does what arq's ``finish_job`` would do after
-        the run (delete the job, or re-schedule it), but only if the outcome was written.
-        """
-        fields: dict[str, str] = {
-            "status": decision.status,
-            "final": "1" if decision.final else "0",
-            "checks": str(checks),
-            "error_message": decision.error_message or "",
-            "error_explanation": explain_error_message(decision.error_message),
-            "next_check_at": stamp(decision.next_check_at) if decision.next_check_at else "",
-            "updated_at": stamp(now),
-        }
+    async def claim_publish(
+        self, job: ClaimedJob, current: PollResult, *, max_attempts: int
+    ) -> str:
+        reply = await self._claim(
+            keys=[self.keys.result(current.container_id), ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            args=[job.token, current.generation, max_attempts],
+        )
+        return text(reply)
+
+    async def settle_webhook(
+        self,
+        job: ClaimedJob,
+        *,
+        generation: str,
+        outcome: str,
+        attempt: int,
+        reason: str,
+        url: str,
+        body: bytes,
+        delay_s: float,
+    ) -> bool:
+        """Record one delivery attempt and end or re-schedule its job (fenced)."""
+        container_id = str(job.args[0])
+        dead: list[str | bytes] = []
+        if outcome == "dead":
+            dead = [
+                "container_id", container_id, "generation", generation, "delivery_id",
+                job.job_id, "url", url, "attempts", str(attempt), "reason", reason, "body", body,
+            ]  # fmt: skip
+        reply = await self._webhook(
+            keys=[
+                self.keys.result(container_id),
+                self.keys.queue,
+                ARQ_IN_PROGRESS_PREFIX + job.job_id,
+                ARQ_RETRY_PREFIX + job.job_id,
+                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.webhook_dead_letters,
+            ],
+            args=[
+                job.token, job.job_id, generation, outcome, attempt, int(delay_s * 1000), reason,
+                self.result_ttl_seconds * 1000, WEBHOOK_DEAD_LETTERS_MAX_LEN, *dead,
+            ],  # fmt: skip
+        )
+        return bool(reply)
+
+    async def resume(self, result: PollResult) -> str:
+        """Give a live poll whose job is gone its job back (the reconciler's repair)."""
+        job_id = self.keys.job_id(result.container_id, result.generation)
+        reply = await self._resume(
+            keys=[
+                self.keys.result(result.container_id),
+                self.keys.queue,
+                ARQ_JOB_PREFIX + job_id,
+                ARQ_IN_PROGRESS_PREFIX + job_id,
+            ],
+            args=[
+                result.generation,
+                job_id,
+                self.check_job_data(result.container_id, result.generation),
+                self.result_ttl_seconds,
+            ],
+        )
+        return text(reply)
+
+    async def inflight_past(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Containers whose window ended before ``cutoff`` but that are still listed in flight."""
+        ids = await self.redis.zrangebyscore(self.keys.inflight, "-inf", cutoff, start=0, num=limit)
+        return [text(i) for i in ids]
+
+    async def forget_inflight(self, container_id: str) -> None:
+        await self.redis.zrem(self.keys.inflight, container_id)
+
+    async def inflight_count(self) -> int:
+        return int(await self.redis.zcard(self.keys.inflight))
+
+
+def record_fields(
+    current: PollResult,
+    decision: Decision,
+    *,
+    checked_at: float | None,
+    extra: Mapping[str, str] | None,
+) -> dict[str, str]:
+    """The hash fields a decision writes (an empty value deletes the field). Pure."""
+    fields: dict[str, str] = {}
+    if decision.touch:
+        fields.update(
+            status=decision.status,
+            final="1" if decision.final else "0",
+            error_message=decision.error_message or "",
+            error_explanation=explain_error_message(decision.error_message),
+        )
+        if decision.checks is not None:
+            fields["checks"] = str(decision.checks)
         if decision.last_api_status is not None:
             fields["last_api_status"] = decision.last_api_status
         if checked_at is not None:
             fields["last_checked_at"] = stamp(checked_at)
-        if decision.final:
-            fields["finalized_at"] = stamp(now)
         if not decision.spent:
             fields["throttled"] = str(current.throttled + 1)
-            fields["throttle_delay"] = repr(current.throttle_delay + decision.delay_added)
-            fields["last_throttled_at"] = stamp(now)
+            fields["window_delay"] = f"{current.window_delay + decision.delay_added:.3f}"
+            if checked_at is not None:
+                fields["last_throttled_at"] = stamp(checked_at)
         if decision.error is not None:
             err = decision.error.to_fields()
             fields.update(
@@ -307,89 +488,6 @@ class ResultStore:
                 last_error_subcode=err.get("subcode", ""),
                 last_error_fbtrace_id=err.get("fbtrace_id", ""),
             )
-        if extra:
-            fields.update(extra)
-        event: dict[str, str] = {
-            "container_id": current.container_id,
-            "status": decision.status,
-            "error_message": decision.error_message or "",
-            "account": current.account or "",
-            "checks": str(checks),
-            "finalized_at": stamp(now),
-        }
-        if decision.error is not None:
-            event["last_error"] = fields["last_error"]
-        if fields.get("media_id"):
-            event["media_id"] = fields["media_id"]
-        # A final state with a webhook creates its delivery job in the same atomic step.
-        hook_id, hook_payload = "", b""
-        if decision.final and (current.webhook_url or self.default_webhook_url):
-            hook_id = self.keys.webhook_job_id(current.container_id, current.generation)
-            hook_payload = serialize_job(
-                DELIVER_FUNCTION, (current.container_id, current.generation), {}, None,
-                int(now * 1000),
-            )  # fmt: skip
-        args: list[str | int | bytes] = [
-            current.generation,
-            "1" if decision.final else "0",
-            self.result_ttl_seconds,
-            self.events_max_len,
-            current.container_id,
-            len(fields),
-            ARQ_JOB_PREFIX + hook_id if hook_id else "",
-            hook_id,
-            hook_payload,
-            JOB_EXPIRY_MS,
-            int(now * 1000),
-        ]
-        keys = [
-            self.keys.result(current.container_id),
-            self.keys.inflight,
-            self.keys.events,
-            self.keys.queue,
-        ]
-        if settle_job is None:
-            args += ["", "", 0]
-        else:
-            job_id = settle_job.job_id
-            keys += [
-                ARQ_IN_PROGRESS_PREFIX + job_id,
-                ARQ_RETRY_PREFIX + job_id,
-                ARQ_JOB_PREFIX + job_id,
-            ]
-            args += [
-                "retry" if settle_job.next_run_ms is not None else "done",
-                job_id,
-                settle_job.next_run_ms or 0,
-            ]
-        for k, v in fields.items():
-            args += [k, v]
-        for k, v in event.items():
-            args += [k, v]
-        reply = await self._record(keys=keys, args=args)
-        outcome, event_id = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
-        return outcome, event_id
-
-    async def claim_publish(self, current: PollResult, *, max_attempts: int) -> str:
-        reply = await self._claim(
-            keys=[self.keys.result(current.container_id)],
-            args=[current.generation, stamp(time.time()), max_attempts],
-        )
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
-
-    async def inflight_past(self, cutoff: float, limit: int = 500) -> list[str]:
-        """Containers whose window ended before ``cutoff`` but that are still listed in flight."""
-        ids = await self.redis.zrangebyscore(self.keys.inflight, "-inf", cutoff, start=0, num=limit)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-    async def job_exists(self, result: PollResult) -> bool:
-        job_id = self.keys.job_id(result.container_id, result.generation)
-        return bool(
-            await self.redis.exists(ARQ_JOB_PREFIX + job_id, ARQ_IN_PROGRESS_PREFIX + job_id)
-        )
-
-    async def forget_inflight(self, container_id: str) -> None:
-        await self.redis.zrem(self.keys.inflight, container_id)
-
-    async def inflight_count(self) -> int:
-        return int(await self.redis.zcard(self.keys.inflight))
+    if extra:
+        fields.update(extra)
+    return fields

@@ -9,7 +9,8 @@ A receiver recomputes the HMAC over the raw bytes it received, compares in const
 rejects a ``t`` older than a few minutes (replays). ``verify_signature`` below does exactly that.
 Failures (network, timeout, HTTP 408/429/5xx) are retried with exponential back-off up to
 ``WEBHOOK_MAX_ATTEMPTS``; then, or at once for any other status, the delivery goes to the
-dead-letter stream ``{prefix}:webhooks:dead`` with the reason.
+dead-letter stream ``{prefix}:webhooks:dead`` with the reason and the signed body (so it can be
+replayed). Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import time
 from typing import Any
 
 import aiohttp
-from arq import Retry
 
 from api_client.redact import redact
+from worker.queue import ClaimedJob
 from worker.store import DELIVER_FUNCTION, PollResult
 
 log = logging.getLogger("threads_poller.webhook")
 
-__all__ = ["DELIVER_FUNCTION", "deliver_webhook", "sign", "verify_signature"]
+__all__ = ["DELIVER_FUNCTION", "WebhookJob", "sign", "verify_signature"]
 SIGNATURE_HEADER = "X-Threads-Poller-Signature"
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
@@ -37,6 +38,8 @@ EVENT_NAME = "container.final"
 DEFAULT_TOLERANCE_SECONDS = 300
 RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
+# A receiver's answer is read up to this much (and then dropped): its body is not used.
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -87,98 +90,114 @@ def body_for(result: PollResult, delivery_id: str) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-async def deliver_webhook(ctx: dict[str, Any], container_id: str, generation: str) -> str:
-    from worker.jobs import PollerContext
+class WebhookJob:
+    """``deliver_webhook(container_id, generation, body)``: one delivery attempt.
 
-    poller: PollerContext = ctx["poller"]
-    settings = poller.settings
-    store = poller.store
-    result = await store.load(container_id)
-    if result is None or result.generation != generation or not result.final:
-        return "stale"
-    if result.webhook_status in ("delivered", "dead"):
-        return result.webhook_status
-    url = result.webhook_url or settings.webhook_url
-    job_id = ctx.get("job_id", "")
-    attempt = result.webhook_attempts + 1
-    key = store.keys.result(container_id)
-    if not url:
-        return "no-url"
-    if settings.webhook_secret is None:
-        return await _dead(poller, result, url, attempt, "WEBHOOK_SECRET is not set")
-    body = body_for(result, job_id)
-    secret = settings.webhook_secret.get_secret_value()
-    headers = {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(secret, body, int(time.time())),
-        DELIVERY_HEADER: job_id,
-        EVENT_HEADER: EVENT_NAME,
-    }
-    reason: str | None = None
-    retryable = True
-    try:
-        async with poller.client_session.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds),
-        ) as resp:
-            await resp.read()
-            if 200 <= resp.status < 300:
-                await store.redis.hset(  # type: ignore[misc]
-                    key,
-                    mapping={
-                        "webhook_status": "delivered",
-                        "webhook_attempts": attempt,
-                        "webhook_delivered_at": repr(time.time()),
-                    },
-                )
-                log.info("webhook delivered", extra={"container_id": container_id,
-                                                     "attempt": attempt})  # fmt: skip
-                return "delivered"
-            reason = f"HTTP {resp.status}"
-            retryable = resp.status >= 500 or resp.status in RETRY_STATUSES
-    except TimeoutError:
-        reason = f"no answer within {settings.webhook_timeout_seconds:g}s"
-    except aiohttp.ClientError as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}")
-    if not retryable or attempt >= settings.webhook_max_attempts:
-        return await _dead(poller, result, url, attempt, reason or "failed")
-    await store.redis.hset(  # type: ignore[misc]
-        key, mapping={"webhook_attempts": attempt, "webhook_last_error": reason or ""}
-    )
-    delay = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
-    log.warning(
-        "webhook delivery failed, retrying in %.1fs: %s", delay, reason,
-        extra={"container_id": container_id, "attempt": attempt},
-    )  # fmt: skip
-    raise Retry(defer=delay)
+    The body is built when the final state is recorded and travels in the job, so a forced
+    re-enqueue (a new poll of the same id) does not change or drop what the old poll's
+    delivery says. Every outcome is written by one fenced script (``store.settle_webhook``).
+    """
 
+    def __init__(self, poller: Any) -> None:
+        # worker.jobs.PollerContext (typed loosely: jobs imports this module).
+        self.p = poller
 
-async def _dead(poller: Any, result: PollResult, url: str, attempt: int, reason: str) -> str:
-    store = poller.store
-    async with store.redis.pipeline(transaction=True) as tx:
-        tx.xadd(
-            store.keys.webhook_dead_letters,
-            {
-                "container_id": result.container_id,
-                "status": result.status,
-                "url": redact(url),
-                "attempts": str(attempt),
-                "reason": reason,
-                "at": repr(time.time()),
-            },
-            maxlen=DEAD_LETTERS_MAX_LEN,
-            approximate=True,
+    async def __call__(self, job: ClaimedJob) -> None:
+        settings = self.p.settings
+        store = self.p.store
+        container_id, generation = str(job.args[0]), str(job.args[1])
+        body = job.args[2] if len(job.args) > 2 else None
+        current = await store.load(container_id)
+        if body is None:
+            # A job from before bodies travelled with it: build it from the hash, if still ours.
+            if current is None or current.generation != generation or not current.final:
+                await self.p.queue.settle(job, retry_in_ms=None)
+                return
+            body = body_for(current, job.job_id)
+        url = (
+            current.webhook_url if current is not None and current.generation == generation else None
+        ) or settings.webhook_url
+        attempt = job.try_
+        if not url:
+            await self._settle(job, generation, "dead", attempt, "no webhook URL", "", body)
+            return
+        if settings.webhook_secret is None:
+            await self._settle(
+                job, generation, "dead", attempt, "WEBHOOK_SECRET is not set", url, body
+            )
+            return
+        secret = settings.webhook_secret.get_secret_value()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(secret, body, int(job.now())),
+            DELIVERY_HEADER: job.job_id,
+            EVENT_HEADER: EVENT_NAME,
+        }
+        reason: str | None = None
+        retryable = True
+        try:
+            async with self.p.client_session.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds),
+            ) as resp:
+                await resp.content.read(MAX_RESPONSE_BYTES)
+                if 200 <= resp.status < 300:
+                    await self._settle(job, generation, "delivered", attempt, "", url, body)
+                    log.info(
+                        "webhook delivered",
+                        extra={"container_id": container_id, "attempt": attempt},
+                    )
+                    return
+                reason = f"HTTP {resp.status}"
+                retryable = resp.status >= 500 or resp.status in RETRY_STATUSES
+        except TimeoutError:
+            reason = f"no answer within {settings.webhook_timeout_seconds:g}s"
+        except aiohttp.ClientError as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+        if not retryable or attempt >= settings.webhook_max_attempts:
+            await self._settle(job, generation, "dead", attempt, reason or "failed", url, body)
+            log.error(
+                "webhook dead-lettered after %d attempt(s): %s",
+                attempt,
+                reason,
+                extra={"container_id": container_id},
+            )
+            return
+        delay = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+        await self._settle(job, generation, "retry", attempt, reason or "", url, body, delay)
+        log.warning(
+            "webhook delivery failed, retrying in %.1fs: %s",
+            delay,
+            reason,
+            extra={"container_id": container_id, "attempt": attempt},
         )
-        tx.hset(
-            store.keys.result(result.container_id),
-            mapping={"webhook_status": "dead", "webhook_attempts": attempt,
-                     "webhook_last_error": reason},
-        )  # fmt: skip
-        await tx.execute()
-    log.error(
-        "webhook dead-lettered after %d attempt(s): %s", attempt, reason,
-        extra={"container_id": result.container_id},
-    )  # fmt: skip
-    return "dead"
+
+    async def _settle(
+        self,
+        job: ClaimedJob,
+        generation: str,
+        outcome: str,
+        attempt: int,
+        reason: str,
+        url: str,
+        body: bytes,
+        delay_s: float = 0.0,
+    ) -> None:
+        from worker.jobs import persist
+
+        await persist(
+            "settling a webhook delivery",
+            lambda: self.p.store.settle_webhook(
+                job,
+                generation=generation,
+                outcome=outcome,
+                attempt=attempt,
+                reason=reason,
+                url=redact(url),
+                body=body,
+                delay_s=delay_s,
+            ),
+        )

@@ -1,27 +1,30 @@
--- Write the outcome of one check; on a final state also emit its event, exactly once, and (when
--- a webhook is configured) create its delivery job in the same step, so none can be lost.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 arq queue; with arq bookkeeping
---       also 5 the job's in-progress lock, 6 its retry counter, 7 its data (arq's keys)
--- ARGV: 1 generation, 2 final ('1'/'0'), 3 ttl seconds, 4 events maxlen, 5 container id,
---       6 number of hash fields n, 7 webhook job key ('' for none), 8 webhook job id,
---       9 webhook job payload, 10 webhook job expiry ms, 11 webhook job score ms,
---       12 arq bookkeeping ('' none, 'done', 'retry'), 13 arq job id, 14 its next score ms,
---       15 .. 14+2n field/value pairs, then event field/value pairs
--- With 'done' or 'retry' it also does, once the outcome is written, what arq's finish_job does
--- after a run (worker/arq_job_runner.py): the job's end and its next run are then atomic with
--- the outcome, and a run costs one round trip less.
+#!lua
+-- Record one run of a poll's check job, if that run still owns the poll: the outcome, and then
+-- either the job's next run or, on a final state, the end of the job, the one event and the
+-- webhook delivery job, all in one atomic step (a torn record cannot happen).
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 the job's lock,
+--       6 its tries counter, 7 its data
+-- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
+--       6 pacing step ms (0: none), 7 pacing key of the account, 8 ttl seconds,
+--       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
+--       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
+--       16 .. 15+2n field/value pairs (an empty value deletes the field), then the event's
+--       field/value pairs
+-- Returns {'ok', event id, next run ms} / {'stale', reason}: a run that lost its lease (a newer
+-- run holds the job) changes nothing; a job whose poll is over or was replaced is ended.
+if not owns(KEYS[5], ARGV[1]) then
+  return {'stale', 'lease lost'}
+end
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
-if cur[1] ~= ARGV[1] then
-  return {'stale', ''}
+if cur[1] ~= ARGV[2] or cur[2] == '1' then
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  return {'stale', cur[1] == ARGV[2] and 'already final' or 'replaced'}
 end
-if cur[2] == '1' then
-  -- A re-run of a check whose first run already finished: same state, no second event.
-  return {'already_final', ''}
-end
-local n = tonumber(ARGV[6])
--- An empty value is stored as a missing field (readers take missing as empty / 0 / false).
-local fields, gone = {}, {}
-for i = 15, 13 + 2 * n, 2 do
+local now = now_ms()
+local n = tonumber(ARGV[15])
+local fields, gone = {'updated_at', stamp(now)}, {}
+for i = 16, 14 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
   else
@@ -29,32 +32,47 @@ for i = 15, 13 + 2 * n, 2 do
     fields[#fields + 1] = ARGV[i + 1]
   end
 end
-if #fields > 0 then
-  redis.call('HSET', KEYS[1], unpack(fields))
+local ttl = tonumber(ARGV[8])
+local event_id, at, waited = '', '', 0
+if ARGV[4] == '1' then
+  fields[#fields + 1] = 'finalized_at'
+  fields[#fields + 1] = stamp(now)
+  gone[#gone + 1] = 'next_check_at'
+  redis.call('ZREM', KEYS[2], ARGV[10])
+  local ev = {}
+  for i = 16 + 2 * n, #ARGV do
+    ev[#ev + 1] = ARGV[i]
+  end
+  ev[#ev + 1] = 'finalized_at'
+  ev[#ev + 1] = stamp(now)
+  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ev))
+  if ARGV[11] ~= '' then
+    redis.call('SET', ARGV[12], ARGV[13], 'PX', ttl * 1000)
+    redis.call('ZADD', KEYS[4], now, ARGV[11])
+    fields[#fields + 1] = 'webhook_status'
+    fields[#fields + 1] = 'pending'
+  end
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+else
+  local want = math.max(tonumber(ARGV[5]), now)
+  at = reserve_slot(ARGV[7], tonumber(ARGV[6]), want, now)
+  waited = at - want
+  fields[#fields + 1] = 'next_check_at'
+  fields[#fields + 1] = stamp(at)
+  redis.call('ZADD', KEYS[4], 'XX', at, ARGV[3])
+  redis.call('DEL', KEYS[5])
+  -- The job lives as long as its poll's hash (a poll longer than a day keeps its job).
+  redis.call('PEXPIRE', KEYS[6], ttl * 1000)
+  redis.call('PEXPIRE', KEYS[7], ttl * 1000)
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 if #gone > 0 then
   redis.call('HDEL', KEYS[1], unpack(gone))
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local event_id = ''
-if ARGV[2] == '1' then
-  redis.call('ZREM', KEYS[2], ARGV[5])
-  local ev = {}
-  for i = 15 + 2 * n, #ARGV do
-    ev[#ev + 1] = ARGV[i]
-  end
-  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ev))
-  if ARGV[7] ~= '' then
-    redis.call('PSETEX', ARGV[7], ARGV[10], ARGV[9])
-    redis.call('ZADD', KEYS[4], ARGV[11], ARGV[8])
-    redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
-  end
+if waited > 0 then
+  -- The wait for a pacing slot pushes the window out, like a throttle pause.
+  redis.call('HINCRBYFLOAT', KEYS[1], 'window_delay', waited / 1000)
 end
-if ARGV[12] == 'done' then
-  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
-  redis.call('ZREM', KEYS[4], ARGV[13])
-elseif ARGV[12] == 'retry' then
-  redis.call('DEL', KEYS[5])
-  redis.call('ZADD', KEYS[4], 'XX', ARGV[14], ARGV[13])
-end
-return {'ok', event_id}
+redis.call('EXPIRE', KEYS[1], ttl)
+return {'ok', event_id, at}

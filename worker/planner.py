@@ -1,0 +1,428 @@
+"""The lifecycle planner: what one run of a poll's check job does. Pure: no Redis, no network,
+no clock (the caller passes ``now``, read from Redis' clock).
+
+A poll is in one phase at a time (``phase_of``):
+
+    POLLING ──FINISHED + publish──> PUBLISH_DUE ──claim──> PUBLISH_IN_FLIGHT ──answer──> FINAL
+       │                               ^   (certainly not published: back to due)   │
+       │                               └────────────────────────────────────────────┤
+       │                             ambiguous answer / run died in flight           v
+       └──final status, window over──> FINAL <──PUBLISHED / window over── AWAITING_PUBLISHED
+
+``plan_run`` turns (the poll, its account's state, the token's state, now) into one plan: skip
+the run, record something without calling the API (a deferral, a final state), or call the API
+(status or publish). ``after_status`` and ``after_publish`` turn the API's answer into the
+record. The check job (``worker.jobs``) only carries plans out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from api_client.errors import GraphAPIError, ThreadsError
+from api_client.models import ContainerStatus
+from api_client.policy import ErrorKind, classify
+from worker.decisions import (
+    Decision,
+    Schedule,
+    decide,
+    decide_throttled,
+    effective_deadline,
+    next_check_at,
+    timed_out,
+    wait_before_check,
+    window_closed,
+)
+from worker.errors import PublishError, WindowEndedError
+from worker.publishing import PublishStatus, PublishVerdict
+from worker.states import State
+from worker.store import PollResult
+
+# 100/33 has been seen for containers that do exist, once: fail only when it repeats on the
+# next scheduled check.
+NOT_FOUND_STRIKES = 2
+
+
+class Phase(StrEnum):
+    POLLING = "polling"
+    PUBLISH_DUE = "publish_due"
+    PUBLISH_IN_FLIGHT = "publish_in_flight"
+    AWAITING_PUBLISHED = "awaiting_published"
+    FINAL = "final"
+
+
+class TokenState(StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    REJECTED = "rejected"  # the API already rejected this very token (by fingerprint)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The settings the planner reads, as plain values."""
+
+    schedule: Schedule
+    # How far throttling and pacing may push a window out, in all.
+    max_delay: float
+    publish_grace: float
+    publish_max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Nothing to do: the poll is over or was replaced; the job ends."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Write this without calling the API."""
+
+    decision: Decision
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStatus:
+    """Ask the API for the container's status."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallPublish:
+    """Check the quota, claim the publish, publish."""
+
+
+Plan = Skip | Record | CallStatus | CallPublish
+
+
+def phase_of(r: PollResult) -> Phase:
+    if r.final:
+        return Phase.FINAL
+    if r.publish and r.status == State.FINISHED:
+        if r.publish_status == PublishStatus.PENDING:
+            return Phase.PUBLISH_DUE
+        if r.publish_status == PublishStatus.IN_FLIGHT:
+            return Phase.PUBLISH_IN_FLIGHT
+    if r.publish_status == PublishStatus.UNCONFIRMED:
+        return Phase.AWAITING_PUBLISHED
+    return Phase.POLLING
+
+
+def deadline_of(r: PollResult, policy: Policy) -> float:
+    """The window's end: fixed at enqueue, pushed out by throttling and pacing up to a cap."""
+    return effective_deadline(r.deadline_at or r.enqueued_at or 0.0, r.window_delay, policy.max_delay)
+
+
+def window_ended(r: PollResult, policy: Policy) -> WindowEndedError:
+    """Why a poll stopped without a final status, in words (it always says why)."""
+    checks = f"{r.checks} check{'s' if r.checks != 1 else ''}"
+    last = f", last status {r.last_api_status}" if r.last_api_status else ""
+    pushed = ""
+    if r.window_delay > 0:
+        pushed = f"; throttling and pacing pushed it out by {r.window_delay:.1f}s"
+        if r.window_delay >= policy.max_delay:
+            pushed += " (the most THROTTLE_MAX_DELAY_SECONDS allows)"
+    return WindowEndedError(f"no final status within the window ({checks}{last}){pushed}")
+
+
+def _timed_out(r: PollResult, policy: Policy, error: ThreadsError | None = None) -> Decision:
+    why = error if error is not None else window_ended(r, policy)
+    kind = classify(error) if error is not None else None
+    return timed_out(r.last_api_status or r.status, r.error_message, error=why, error_kind=kind)
+
+
+def _publish_final(status: State, error: ThreadsError | None = None) -> Decision:
+    return Decision(
+        status,
+        True,
+        None,
+        last_api_status=State.FINISHED,
+        error=error,
+        error_kind=classify(error) if error else None,
+    )
+
+
+def back_to_polling(
+    r: PollResult, policy: Policy, now: float, error: ThreadsError | None
+) -> Decision:
+    """After an ambiguous publish: check the status again until PUBLISHED or the window ends."""
+    due = next_check_at(
+        policy.schedule, checks_made=r.checks, deadline=deadline_of(r, policy), now=now
+    )
+    if due is None:
+        return timed_out(
+            State.FINISHED,
+            None,
+            error=error or window_ended(r, policy),
+            error_kind=classify(error) if error else None,
+        )
+    return Decision(
+        State.FINISHED,
+        False,
+        due,
+        last_api_status=State.FINISHED,
+        error=error,
+        error_kind=classify(error) if error else None,
+    )
+
+
+def _defer(r: PollResult, until: float) -> Decision:
+    """Run again at ``until``; nothing else changes."""
+    return Decision(
+        r.status,
+        False,
+        until,
+        error_message=r.error_message,
+        last_api_status=r.last_api_status,
+        spent=True,
+        touch=False,
+    )
+
+
+def plan_run(
+    r: PollResult | None,
+    *,
+    throttled_until: float,
+    token: TokenState,
+    now: float,
+    policy: Policy,
+) -> Plan:
+    if r is None:
+        return Skip("the poll is gone or was replaced")
+    phase = phase_of(r)
+    if phase is Phase.FINAL:
+        return Skip("already final")
+    if phase is Phase.PUBLISH_IN_FLIGHT:
+        # A run claimed the publish and died: the call may have gone out. Never repeat it.
+        decision = back_to_polling(
+            r, policy, now, PublishError("publish outcome unknown (the run publishing it stopped)")
+        )
+        return Record(decision, {"publish_status": PublishStatus.UNCONFIRMED})
+    if wait_before_check(r.next_check_at, now=now) > 0 and r.next_check_at is not None:
+        return Record(_defer(r, r.next_check_at))
+    if phase is not Phase.PUBLISH_DUE and window_closed(
+        policy.schedule, checks_made=r.checks, deadline=deadline_of(r, policy), now=now
+    ):
+        return Record(_timed_out(r, policy))
+    if token is not TokenState.OK:
+        return Record(token_failure(r, token, phase))
+    if throttled_until > now:
+        if phase is Phase.PUBLISH_DUE:
+            # Publishing obeys the account's pause too (the quota and publish calls wait).
+            return Record(_defer(r, throttled_until))
+        return Record(
+            decide_throttled(
+                policy.schedule,
+                now=now,
+                paused_until=throttled_until,
+                deadline=r.deadline_at or now,
+                throttle_delay=r.window_delay,
+                max_delay=policy.max_delay,
+                previous_status=r.status,
+                previous_error_message=r.error_message,
+                error=None,
+            )
+        )
+    if phase is Phase.PUBLISH_DUE:
+        return CallPublish()
+    return CallStatus()
+
+
+def token_failure(r: PollResult, token: TokenState, phase: Phase) -> Decision:
+    from api_client.errors import MissingTokenError
+
+    from worker.errors import RejectedTokenError
+
+    account = r.account or "default"
+    error: MissingTokenError = (
+        MissingTokenError(f"no access token configured for account {account}")
+        if token is TokenState.MISSING
+        else RejectedTokenError("not checked: the account's token was rejected by the API")
+    )
+    if phase is Phase.PUBLISH_DUE:
+        return replace(_publish_final(State.PUBLISH_FAILED, error), hint=token_hint(account))
+    return Decision(
+        State.FAILED,
+        True,
+        None,
+        error=error,
+        error_kind=ErrorKind.TOKEN,
+        last_api_status=r.last_api_status,
+        hint=token_hint(account),
+    )
+
+
+def token_hint(account: str) -> str:
+    where = (
+        "THREADS_ACCESS_TOKEN"
+        if account == "default"
+        else f"THREADS_TOKENS_FILE (or THREADS_ACCESS_TOKEN_{account})"
+    )
+    return (
+        f"the access token of account {account} was rejected: put a valid token in {where}; "
+        "checks of this account resume with the new token, and failed containers can be "
+        "enqueued again with --force"
+    )
+
+
+AWAITING_PUBLISHED: frozenset[str] = frozenset({State.FINISHED})
+
+
+def after_status(
+    r: PollResult,
+    outcome: ContainerStatus | ThreadsError,
+    *,
+    now: float,
+    paused_until: float,
+    policy: Policy,
+    explain: str | None = None,
+) -> Record:
+    """The record after a status call. ``paused_until``: the account's pause when the answer
+    was throttled (0 otherwise); ``explain``: a readable note for an error, if any."""
+    kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
+    if kind is ErrorKind.THROTTLED:
+        assert isinstance(outcome, ThreadsError)
+        decision = decide_throttled(
+            policy.schedule,
+            now=now,
+            paused_until=max(paused_until, now),
+            deadline=r.deadline_at or now,
+            throttle_delay=r.window_delay,
+            max_delay=policy.max_delay,
+            previous_status=r.status,
+            previous_error_message=r.error_message,
+            error=outcome,
+        )
+        return Record(decision)
+    checks = r.checks + 1
+    extra: dict[str, str] = {"strikes": ""}
+    deadline = deadline_of(r, policy)
+    if kind is ErrorKind.NOT_FOUND and r.strikes + 1 < NOT_FOUND_STRIKES:
+        # Once is not proof: ask again at the next scheduled check.
+        assert isinstance(outcome, ThreadsError)
+        extra["strikes"] = str(r.strikes + 1)
+        due = next_check_at(policy.schedule, checks_made=checks, deadline=deadline, now=now)
+        if due is None:
+            return Record(replace(_timed_out(r, policy, outcome), checks=checks), extra)
+        decision = Decision(
+            r.status,
+            False,
+            due,
+            error_message=r.error_message,
+            last_api_status=r.last_api_status,
+            error=outcome,
+            error_kind=kind,
+            hint="not found once; checked again before failing",
+            checks=checks,
+        )
+        return Record(decision, extra)
+    finished = isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED
+    if r.publish and finished and not r.publish_status:
+        # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
+        decision = Decision(
+            State.FINISHED,
+            False,
+            now + policy.publish_grace,
+            last_api_status=State.FINISHED,
+            checks=checks,
+        )
+        extra.update(publish_status=PublishStatus.PENDING, finished_at=f"{now:.3f}")
+        return Record(decision, extra)
+    decision = decide(
+        policy.schedule,
+        outcome,
+        checks_made=checks,
+        deadline=deadline,
+        now=now,
+        previous_status=r.status,
+        previous_error_message=r.error_message,
+        not_final=AWAITING_PUBLISHED
+        if r.publish_status == PublishStatus.UNCONFIRMED
+        else frozenset(),
+    )
+    if decision.status == State.TIMED_OUT and decision.error is None:
+        decision = replace(decision, error=window_ended(replace(r, checks=checks), policy))
+    if kind is ErrorKind.TOKEN:
+        decision = replace(decision, hint=token_hint(r.account or "default"))
+    elif explain and decision.error is not None:
+        decision = replace(decision, hint=explain)
+    return Record(replace(decision, checks=checks), extra)
+
+
+def quota_exhausted(used: int | None, total: int | None) -> Record:
+    """The account's post quota is used up: the container stays unpublished."""
+    err = PublishError(f"posting quota used up: {used} of {total} posts in the last 24 h; not published")
+    return Record(
+        _publish_final(State.QUOTA_EXHAUSTED, err),
+        {"publish_status": PublishStatus.QUOTA_EXHAUSTED},
+    )
+
+
+def publish_not_claimed(claim: str, policy: Policy) -> Record | Skip:
+    if claim == "exhausted":
+        err = PublishError(f"not published after {policy.publish_max_attempts} attempts")
+        return Record(
+            _publish_final(State.PUBLISH_FAILED, err), {"publish_status": PublishStatus.FAILED}
+        )
+    return Skip(f"publish not claimed: {claim}")
+
+
+def after_publish(
+    r: PollResult,
+    verdict: PublishVerdict,
+    *,
+    media_id: str | None,
+    error: ThreadsError | None,
+    now: float,
+    policy: Policy,
+) -> Record:
+    """The record after a publish call (``r`` as it was before the claim)."""
+    if verdict is PublishVerdict.PUBLISHED:
+        return Record(
+            _publish_final(State.PUBLISHED),
+            {
+                "publish_status": PublishStatus.PUBLISHED,
+                "media_id": media_id or "",
+                "published_at": f"{now:.3f}",
+            },
+        )
+    if verdict is PublishVerdict.UNCONFIRMED:
+        return Record(
+            back_to_polling(r, policy, now, error), {"publish_status": PublishStatus.UNCONFIRMED}
+        )
+    attempts = r.publish_attempts + 1
+    if verdict is PublishVerdict.NOT_READY and attempts >= policy.publish_max_attempts:
+        return Record(
+            _publish_final(State.PUBLISH_FAILED, error), {"publish_status": PublishStatus.FAILED}
+        )
+    if verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER):
+        # Certainly not published: release the claim for a later attempt.
+        wait = (
+            policy.publish_grace
+            if verdict is PublishVerdict.NOT_READY
+            else policy.schedule.interval
+        )
+        decision = Decision(
+            State.FINISHED,
+            False,
+            now + max(wait, 0.05),
+            last_api_status=State.FINISHED,
+            error=error,
+            error_kind=classify(error) if error else None,
+        )
+        return Record(decision, {"publish_status": PublishStatus.PENDING})
+    if verdict is PublishVerdict.QUOTA_EXHAUSTED:
+        return Record(
+            _publish_final(State.QUOTA_EXHAUSTED, error),
+            {"publish_status": PublishStatus.QUOTA_EXHAUSTED},
+        )
+    return Record(
+        _publish_final(State.PUBLISH_FAILED, error), {"publish_status": PublishStatus.FAILED}
+    )
+
+
+def graph_code(error: ThreadsError) -> str:
+    return f"{error.code}/{error.subcode}" if isinstance(error, GraphAPIError) else ""

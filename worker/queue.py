@@ -1,0 +1,188 @@
+"""The job protocol on Redis: claim, release, settle; arq's key layout, our own scripts.
+
+The queue is arq's: a sorted set of job ids scored by due time (ms), each job's data under
+``arq:job:<id>`` (arq's pickle format, written with ``arq.jobs.serialize_job``), its lock under
+``arq:in-progress:<id>`` and its try counter under ``arq:retry:<id>``. So arq's ``Job.status()``
+reads our jobs correctly, and a job enqueued with arq's ``enqueue_job`` runs here.
+
+What differs from arq's worker is ownership. A claim (``lua/claim.lua``) gives each run a token
+of its own in the job's lock, for a lease, and moves the job's score to the lease's end. Every
+write a run makes afterwards (``record.lua``, ``settle.lua``, ``release.lua``, ``account.lua``,
+``publish_claim.lua``, ``webhook_settle.lua``) first checks that the lock still holds that
+token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplicate changes nothing,
+and the job, due again when the lease ended, is run by its successor. No path of a run deletes
+a live poll's job: only a fenced final record ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from arq.jobs import DeserializationError, deserialize_job
+from redis.asyncio import Redis
+
+from worker import scripts
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+
+log = logging.getLogger("threads_poller.queue")
+
+RawHash = Mapping[bytes | str, bytes | str]
+
+
+def text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """An account's shared state as a claim read it (``{prefix}:account:{account}``)."""
+
+    throttled_until: float = 0.0
+    throttle_level: int = 0
+    token_rejected_fp: str = ""
+    token_rejected_reason: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any] | None) -> AccountState:
+        if not reply:
+            return cls()
+        until, level, fp, reason = (text(v) for v in reply)
+        return cls(float(until or 0), int(float(level or 0)), fp, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """One run of one job: what the claim handed this worker."""
+
+    job_id: str
+    token: str
+    try_: int
+    # Redis' clock (ms) when the job was claimed, and this process's monotonic clock when the
+    # claim's reply arrived: a run's "now" is Redis' time at the claim plus the time elapsed
+    # since, so no decision reads this host's wall clock (hosts may disagree by seconds).
+    claimed_ms: int
+    claimed_mono: float = 0.0
+    function: str = ""
+    args: tuple[Any, ...] = ()
+    # Why the data could not be read ("" when it could).
+    broken: str = ""
+    # For a poll's check: its hash and its account's state, read by the claim.
+    state: RawHash | None = None
+    account: AccountState = field(default_factory=AccountState)
+
+    def now(self) -> float:
+        """Redis' clock now (s), as far as this run can tell."""
+        return self.claimed_ms / 1000 + (time.monotonic() - self.claimed_mono)
+
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    now_ms: int
+    jobs: list[ClaimedJob]
+    # The earliest due time after now (ms) when nothing more is due now; None if none.
+    next_due_ms: int | None
+
+
+class JobQueue:
+    """The queue of one deployment (``{prefix}:queue``) as seen by workers."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, job_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.job_ttl_ms = job_ttl_seconds * 1000
+        self._claim = scripts.register(redis, "claim.lua")
+        self._release = scripts.register(redis, "release.lua")
+        self._settle = scripts.register(redis, "settle.lua")
+
+    async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
+        reply = await self._claim(
+            keys=[self.keys.queue],
+            args=[
+                limit,
+                lease_ms,
+                worker,
+                ARQ_JOB_PREFIX,
+                ARQ_IN_PROGRESS_PREFIX,
+                ARQ_RETRY_PREFIX,
+                self.keys.check_job_prefix,
+                self.keys.prefix,
+                self.job_ttl_ms,
+            ],
+        )
+        mono = time.monotonic()
+        now_ms = int(reply[0])
+        nxt = text(reply[1])
+        jobs = [_claimed(now_ms, mono, reply[i : i + 6]) for i in range(2, len(reply), 6)]
+        return Claim(now_ms, jobs, int(float(nxt)) if nxt and not jobs else None)
+
+    async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
+        """Give the job back, due again in ``delay_ms``; False if the run no longer owned it."""
+        done = await self._release(
+            keys=[self.keys.queue, ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            args=[job.token, job.job_id, max(0, delay_ms)],
+        )
+        return bool(done)
+
+    async def settle(
+        self,
+        job: ClaimedJob,
+        *,
+        retry_in_ms: int | None,
+        unless_live: tuple[str, str] | None = None,
+    ) -> bool:
+        """End the job (``retry_in_ms`` None) or run it again later; False if not owned.
+
+        ``unless_live=(container_id, generation)``: end it only if that poll is over or was
+        replaced (a guard: a check job is never ended while its poll is live)."""
+        cid, generation = unless_live or ("", "")
+        done = await self._settle(
+            keys=[
+                self.keys.queue,
+                ARQ_IN_PROGRESS_PREFIX + job.job_id,
+                ARQ_RETRY_PREFIX + job.job_id,
+                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.result(cid),
+            ],
+            args=[
+                job.token,
+                job.job_id,
+                "done" if retry_in_ms is None else "retry",
+                retry_in_ms or 0,
+                self.job_ttl_ms,
+                generation,
+            ],
+        )
+        return bool(done)
+
+    async def owner(self, job_id: str) -> str | None:
+        """The token of the run holding ``job_id`` (None when no run holds it)."""
+        value = await self.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
+        return text(value) or None
+
+
+def _claimed(now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
+    job_id, token, data, try_, state, account = part
+    base = ClaimedJob(text(job_id), text(token), int(try_), now_ms, mono)
+    if data is None:
+        return replace(base, broken="the job's data is gone")
+    try:
+        jd = deserialize_job(data)
+    except DeserializationError as exc:
+        return replace(base, broken=f"unreadable job data: {exc}")
+    raw = dict(zip(state[::2], state[1::2], strict=True)) if state else None
+    return replace(
+        base,
+        function=jd.function,
+        args=tuple(jd.args),
+        state=raw,
+        account=AccountState.from_reply(account),
+    )

@@ -1,0 +1,217 @@
+"""The worker's loop: claim due jobs, run each under its timeout, never lose one.
+
+A small typed runner of our own on arq's Redis job format (``worker.queue``), in the manner of
+saq's worker: the loop only claims and runs; what a job does, and how it settles itself, lives
+in its function. It replaces arq's ``Worker`` because arq's end-of-run writes (``finish_job``,
+``finish_failed_job``) are not fenced: a stalled run deletes its successor's job, and a timeout,
+a Redis error or too many tries deletes a live poll (README, "Why our own runner").
+
+Every failure path of a run ends in "the job runs again later": an exception or a timeout
+releases the job (due again after the spec's ``retry_delay_s``), a shutdown cancellation
+releases it at once, and when even that write fails (Redis away) the lease expires and the job is
+due again by itself. Only the job function's own fenced writes end a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from worker.queue import ClaimedJob, JobQueue
+
+log = logging.getLogger("threads_poller.runner")
+
+JobFunction = Callable[[ClaimedJob], Awaitable[None]]
+GiveUp = Callable[[ClaimedJob, str], Awaitable[None]]
+
+# The lease outlives the job's timeout by this much, so that a run cut off by its timeout still
+# owns its job while it releases it.
+LEASE_MARGIN_SECONDS = 2.0
+# How long a failed claim keeps quiet before it warns again (a Redis restart fails every poll).
+_WARN_EVERY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """How to run one job function (its arq function name is ``name``)."""
+
+    name: str
+    run: JobFunction
+    timeout_s: float
+    # After a run that raised or timed out: when the job is due again.
+    retry_delay_s: float
+    # Runs of one job beyond this call ``give_up`` (which must end the job) instead of ``run``.
+    max_tries: int = 1000
+    give_up: GiveUp | None = None
+
+
+@dataclass
+class RunnerStats:
+    started: int = 0
+    settled: int = 0
+    failed: int = 0  # raised or timed out, then released
+    released: int = 0
+    redis_errors: int = 0
+    given_up: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "started": self.started,
+            "settled": self.settled,
+            "failed": self.failed,
+            "released": self.released,
+            "redis_errors": self.redis_errors,
+            "given_up": self.given_up,
+        }
+
+
+def worker_name() -> str:
+    """Unique per worker process; the prefix of its runs' tokens."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Runner:
+    queue: JobQueue
+    specs: Sequence[JobSpec]
+    concurrency: int
+    poll_delay_s: float
+    name: str = field(default_factory=worker_name)
+    stats: RunnerStats = field(default_factory=RunnerStats)
+
+    def __post_init__(self) -> None:
+        self._specs = {s.name: s for s in self.specs}
+        self.lease_s = max(s.timeout_s for s in self.specs) + LEASE_MARGIN_SECONDS
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self._wake = asyncio.Event()
+        self._last_warning = 0.0
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        """Take no more jobs (SIGTERM); running ones go on (see ``drain``)."""
+        self._accepting = False
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and start jobs until ``stop``."""
+        backoff = self.poll_delay_s
+        while self._accepting:
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                await self._wait(None)
+                continue
+            try:
+                claim = await self.queue.claim(
+                    self.name, limit=free, lease_ms=int(self.lease_s * 1000)
+                )
+            except (RedisError, OSError) as exc:
+                self._warn("claiming due jobs", exc)
+                await self._wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = self.poll_delay_s
+            for job in claim.jobs:
+                task = asyncio.create_task(self._run(job), name=f"job {job.job_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+            if len(claim.jobs) < free:
+                # Nothing more is due: sleep until the next due job, a poll period at most.
+                wait = self.poll_delay_s
+                if claim.next_due_ms is not None:
+                    wait = min(wait, max(0.0, (claim.next_due_ms - claim.now_ms) / 1000))
+                await self._wait(wait)
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for running jobs, then cancel the rest (they are released)."""
+        self.stop()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=LEASE_MARGIN_SECONDS + 1)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _run(self, job: ClaimedJob) -> None:
+        self.stats.started += 1
+        spec = self._specs.get(job.function)
+        if spec is None:
+            why = job.broken or f"no job function named {job.function!r} in this worker"
+            log.error("job not runnable: %s", why, extra={"job_id": job.job_id})
+            # Due again after a lease: a worker of another version may know it; data that is
+            # gone is restored by the reconciler (worker.reconcile) for a poll's check job.
+            await self._release(job, int(self.lease_s * 1000))
+            return
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                if job.try_ > spec.max_tries and spec.give_up is not None:
+                    self.stats.given_up += 1
+                    await spec.give_up(job, f"{job.try_ - 1} runs did not settle it")
+                else:
+                    await spec.run(job)
+            self.stats.settled += 1
+        except asyncio.CancelledError:
+            # A shutdown: the job is due again at once, for another worker (or this one later).
+            await asyncio.shield(self._release(job, 0))
+            raise
+        except Exception as exc:
+            self.stats.failed += 1
+            what = "timed out" if isinstance(exc, TimeoutError) else "failed"
+            log.warning(
+                "job run %s; it runs again in %.1fs",
+                what,
+                spec.retry_delay_s,
+                extra={
+                    "job_id": job.job_id,
+                    "job_try": job.try_,
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                },
+            )
+            await self._release(job, int(spec.retry_delay_s * 1000))
+
+    async def _release(self, job: ClaimedJob, delay_ms: int) -> None:
+        try:
+            if await self.queue.release(job, delay_ms=delay_ms):
+                self.stats.released += 1
+        except (RedisError, OSError) as exc:
+            # The lease runs out by itself and the job is due again then.
+            self._warn(f"releasing job {job.job_id}", exc)
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        self.stats.redis_errors += 1
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning(
+                "%s failed on a Redis error; retrying",
+                what,
+                extra={
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                    "redis_errors": self.stats.redis_errors,
+                },
+            )
