@@ -947,10 +947,9 @@ class Bench:
         out(f"  CPU while running: {self.cpu_line(cpu0, cpu1)}")
 
     def poll_delay(self, interval: float) -> float:
-        from worker.app import worker_options
+        from worker.app import poll_delay
 
-        opts = worker_options(self.settings(poll_interval_seconds=interval))
-        return float(opts["poll_delay"])
+        return poll_delay(self.settings(poll_interval_seconds=interval))
 
     def cpu_snapshot(self, *workers: Child) -> dict[str, tuple[float, float]]:
         """CPU seconds so far of each process of ours, of the whole machine, and stolen."""

@@ -724,7 +724,12 @@ class LogFacts:
         return max(self.tries, default=0) - len(self.tries)
 
 
-_RUN_MESSAGES = ("checked", "final state", "check outcome not written", "run no longer owns its poll; outcome dropped")
+_RUN_MESSAGES = (
+    "checked",
+    "final state",
+    "check outcome not written",
+    "run no longer owns its poll; outcome dropped",
+)
 
 
 def parse_worker_logs(paths: Iterable[Path]) -> dict[str, LogFacts]:
@@ -992,7 +997,7 @@ def classify_container(
         # Answered in time, no run killed, and still no check recorded it: a timeout under load
         # or a client that misread the answer; either way not something to explain away.
         return "wrong", detail + " - answered in time, but no check recorded it"
-    if result.throttle_delay >= cfg.throttle_max_delay - 1e-6:
+    if result.window_delay >= cfg.throttle_max_delay - 1e-6:
         return "explained", "throttle-starved: its account's pauses used up the window's extension"
     if result.checks >= cfg.max_checks:
         return "explained", "fault-starved: no answer carried it in time, in all its checks"

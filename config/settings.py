@@ -151,13 +151,15 @@ class Settings(BaseSettings):
     def longest_poll_seconds(self) -> float:
         """The longest a poll and its webhook can take from enqueue to done: the window, all the
         delay throttling and pacing may add, every publish attempt, every webhook retry."""
-        publish = self.publish_max_attempts * (self.publish_grace_seconds + self.poll_interval_seconds)
+        publish = self.publish_max_attempts * (
+            self.publish_grace_seconds + self.poll_interval_seconds
+        )
         retries = sum(
             min(self.webhook_backoff_seconds * 2**k, 10 * 86400.0)
             for k in range(self.webhook_max_attempts - 1)
         )
         webhook = retries + self.webhook_max_attempts * (self.webhook_timeout_seconds + 2)
-        return (
+        return float(
             self.poll_max_seconds
             + self.throttle_max_delay_seconds
             + publish

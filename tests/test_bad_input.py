@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
-from arq import Worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -32,6 +31,7 @@ from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, start_worker, worker_env
 from tests.conftest import RedisServer, make_settings, running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result, wait_for
+from worker.app import PollerWorker
 from worker.ids import InvalidIdError
 from worker.keys import INTAKE_GROUP, Keys
 from worker.states import API_FINAL_STATES, FINAL_STATES
@@ -144,7 +144,7 @@ async def test_python_api_junk_leaves_the_worker_and_the_queue_alone(
             }
 
         await wait_until(both_final, timeout=15)
-        assert worker.main_task is not None and not worker.main_task.done()
+        assert worker.alive
     assert await result_ids(redis, keys) == {"5001", "5002"}
     assert sim.state.calls_for("5001").count == 3
 
@@ -310,7 +310,7 @@ async def test_cli_junk_leaves_the_worker_and_the_queue_alone(
         assert code == 0 and "PUBLISHED" in out
         code, out, _ = await run_cli("wait", "6101", "--timeout", "15", env=env)
         assert code == 0 and "FINISHED" in out
-        assert worker.main_task is not None and not worker.main_task.done()
+        assert worker.alive
     assert await get_result(redis, "6103", settings=settings) is None
 
 
@@ -452,7 +452,7 @@ class FuzzHarness:
         self.stack = contextlib.AsyncExitStack()
         self.server = ReplyServer()
         self.counter = 0
-        self.worker: Worker | None = None
+        self.worker: PollerWorker | None = None
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -473,8 +473,7 @@ class FuzzHarness:
 
     @property
     def worker_alive(self) -> bool:
-        task = self.worker.main_task if self.worker is not None else None
-        return task is not None and not task.done()
+        return self.worker is not None and self.worker.alive
 
     async def poll(self, raw: Raw, timeout: float = 15) -> PollResult | None:
         self.counter += 1

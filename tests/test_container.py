@@ -413,7 +413,7 @@ def test_builder_stage_yields_a_working_package(dockerfile: Dockerfile, tmp_path
     probe = (
         "import importlib.resources, worker, worker.store, sys;"
         "assert worker.__file__.startswith(sys.argv[1]), worker.__file__;"
-        "[worker.store._script(n) for n in ('enqueue.lua', 'record.lua')];"
+        "import worker.scripts; [worker.scripts.source(n) for n in ('enqueue.lua', 'record.lua')];"
         "from worker.cli import main; sys.exit(main(['health', '--help']))"
     )
     env = dict(os.environ, PYTHONPATH=str(site))

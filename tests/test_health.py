@@ -118,9 +118,7 @@ async def test_heartbeat_loop_beats_and_reports_drain_at_once(redis: Redis) -> N
         task.cancel()
 
 
-async def test_heartbeat_reports_the_runner(
-    settings: Settings, redis: Redis, keys: Keys
-) -> None:
+async def test_heartbeat_reports_the_runner(settings: Settings, redis: Redis, keys: Keys) -> None:
     async with running_worker(settings) as worker:
         assert worker.runner is not None
         _, beats = await live_beats(redis, keys)

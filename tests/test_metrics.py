@@ -112,26 +112,26 @@ async def test_worker_exposes_check_outcomes(
         await wait_until(all_final, timeout=20)
         await metrics.sample(redis, keys)
         after = scrape(port)
-        assert worker.ctx["metrics_server"].port == port
+        assert worker.metrics_server is not None and worker.metrics_server.port == port
     delta = {k: after.get(k, 0.0) - before[k] for k in watched}
 
     assert delta == {
         watched[0]: 1,  # 5101's first answer
         watched[1]: 2,  # 5101, 5103
         watched[2]: 1,  # 5104
-        watched[3]: 2,  # 5102, 5105 (via the intake)
+        watched[3]: 4,  # 5102, 5105 (via the intake): twice each, as 100/33 must repeat
         watched[4]: 1,  # 5103's first answer
         watched[5]: 1,
         watched[6]: 2,
         watched[7]: 2,
         watched[8]: 1,
         watched[9]: 4,  # IN_PROGRESS + 2 FINISHED + ERROR
-        watched[10]: 3,  # 2 not found + 1 throttled
-        watched[11]: 7,  # every check that asked the API
+        watched[10]: 5,  # 4 not found + 1 throttled
+        watched[11]: 9,  # every check that asked the API
         watched[12]: 1,
         watched[13]: 1,
     }
-    assert sum(sim.state.calls_for(cid).count for cid in ids) == 7
+    assert sum(sim.state.calls_for(cid).count for cid in ids) == 9
     assert after[key("threads_poller_containers_in_flight")] == 0
     assert after[key("threads_poller_intake_dead_letter_stream_length")] == 1
     # Latency observations are real durations, not zeros.
@@ -147,9 +147,9 @@ async def test_metrics_port_zero_serves_nothing(
 ) -> None:
     assert settings.metrics_port == 0
     async with running_worker(settings) as worker:
-        await wait_until(lambda: "heartbeat" in worker.ctx, timeout=10)
-        assert worker.ctx.get("metrics_server") is None
-        names = {t.get_name() for t in worker.ctx["background"]}
+        await wait_until(lambda: worker.background, timeout=10)
+        assert worker.metrics_server is None
+        names = {t.get_name() for t in worker.background}
         assert "metrics" not in names and "heartbeat" in names
 
 

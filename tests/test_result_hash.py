@@ -4,6 +4,7 @@ container)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -14,15 +15,25 @@ from api_client.errors import GraphAPIError
 from api_client.policy import ErrorKind
 from config import Settings
 from worker import enqueue, get_result
-from worker.accounts import AccountStore
 from worker.decisions import Decision
 from worker.keys import ARQ_JOB_PREFIX, Keys
 from worker.producer import store_for
+from worker.queue import ClaimedJob, JobQueue
 from worker.store import PollResult
 
-ALWAYS = {"container_id", "status", "final", "enqueued_at", "deadline_at", "generation"}
+ALWAYS = {
+    "container_id", "status", "final", "enqueued_at", "deadline_at", "generation", "next_check_at"
+}  # fmt: skip
 STAMP = re.compile(r"\d+\.\d{3}")
 HOOK = "https://hooks.example.com/threads?tenant=a"
+
+
+async def claimed(redis: Redis, settings: Settings, keys: Keys) -> ClaimedJob:
+    """Claim the one due job, as a worker would (the tests enqueue one container each)."""
+    queue = JobQueue(redis, keys, job_ttl_seconds=settings.result_ttl_seconds)
+    claim = await queue.claim("test-worker", limit=1, lease_ms=30_000)
+    (job,) = claim.jobs
+    return job
 
 
 async def raw_hash(redis: Redis, keys: Keys, cid: str) -> dict[str, str]:
@@ -39,7 +50,7 @@ def legacy_hash(h: dict[str, str]) -> dict[bytes | str, bytes | str]:
         "enqueued_at": at, "deadline_at": h["deadline_at"], "next_check_at": at,
         "last_checked_at": "", "finalized_at": "", "updated_at": at,
         "last_error": "", "last_error_kind": "", "last_error_code": "", "last_error_subcode": "",
-        "last_error_fbtrace_id": "", "throttled": "0", "throttle_delay": "0",
+        "last_error_fbtrace_id": "", "throttled": "0", "window_delay": "0",
         "last_throttled_at": "", "publish": h.get("publish", "0"), "publish_status": "",
         "publish_attempts": "0", "media_id": "", "published_at": "", "finished_at": "",
         "quota_usage": "", "quota_total": "", "webhook_url": h.get("webhook_url", ""),
@@ -108,7 +119,7 @@ async def test_fresh_enqueue_reads_back_like_the_full_schema(
         "last_error_subcode": None,
         "last_error_fbtrace_id": None,
         "throttled": 0,
-        "throttle_delay": 0.0,
+        "window_delay": 0.0,
         "last_throttled_at": None,
         "publish": bool(options.get("publish")),
         "publish_status": None,
@@ -122,15 +133,15 @@ async def test_fresh_enqueue_reads_back_like_the_full_schema(
         "webhook_status": None,
         "webhook_attempts": 0,
         "account": options.get("account"),
+        "runs": 0,
+        "strikes": 0,
     }
     # Exactly what the old 34-field hash of the same poll reads as.
     assert r == PollResult.from_hash(legacy_hash(h))
-    # And what a check reads first (begin_check.lua), with and without pacing.
-    accounts = AccountStore(redis, keys)
-    for per_second in (0.0, 50.0):
-        start = await accounts.begin_check("9104", r.generation, per_second=per_second, max_wait=1)
-        assert start.result == r and start.account.throttled_until == 0.0
-        assert 0 <= start.pace_wait <= 1
+    # And what a check's claim reads (claim.lua): the same poll, one run counted.
+    job = await claimed(redis, settings, keys)
+    assert job.state is not None and job.account.throttled_until == 0.0
+    assert PollResult.from_hash(job.state) == dataclasses.replace(r, runs=1)
 
 
 async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
@@ -147,12 +158,11 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     )  # fmt: skip
     decision = Decision(
         "IN_PROGRESS", False, now + 60, last_api_status="IN_PROGRESS", error=err,
-        error_kind=ErrorKind.TRANSIENT,
+        error_kind=ErrorKind.TRANSIENT, checks=current.checks + 1,
     )  # fmt: skip
-    outcome, event_id = await store.record(
-        current, decision, checks=current.checks + 1, checked_at=now, now=now
-    )
-    assert (outcome, event_id) == ("ok", "")
+    job = await claimed(redis, settings, keys)
+    written = await store.record(job, current, decision, checked_at=now)
+    assert (written.outcome, written.event_id) == ("ok", "")
     r = await store.load("9105")
     assert r is not None
     assert (r.status, r.final, r.checks) == ("IN_PROGRESS", False, 1)
@@ -168,26 +178,27 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     assert STAMP.fullmatch(h["next_check_at"]) and STAMP.fullmatch(h["updated_at"])
 
     # The final write: next_check_at goes away (it must not read as enqueued_at again).
+    await redis.zadd(keys.queue, {job.job_id: 0})  # due now rather than in 60 s
+    job = await claimed(redis, settings, keys)
     later = now + 61
     final = Decision("ERROR", True, None, error_message="FAILED_DOWNLOADING_VIDEO",
-                     last_api_status="ERROR")  # fmt: skip
-    outcome, event_id = await store.record(r, final, checks=2, checked_at=later, now=later)
-    assert outcome == "ok" and event_id
+                     last_api_status="ERROR", checks=2)  # fmt: skip
+    written = await store.record(job, r, final, checked_at=later)
+    assert written.outcome == "ok" and written.event_id
     done = await store.load("9105")
     assert done is not None
     assert (done.status, done.final, done.checks) == ("ERROR", True, 2)
     assert done.error_message == "FAILED_DOWNLOADING_VIDEO" and done.error_explanation
     assert done.next_check_at is None
-    assert done.finalized_at == pytest.approx(later, abs=0.002)
+    assert done.finalized_at == pytest.approx(time.time(), abs=2)  # Redis' clock
     assert "next_check_at" not in await raw_hash(redis, keys, "9105")
     assert await redis.zscore(keys.inflight, "9105") is None
     (_, event), = await redis.xrange(keys.events)  # fmt: skip
     assert event[b"status"] == b"ERROR" and event[b"checks"] == b"2"
     assert event[b"account"] == b"" and STAMP.fullmatch(event[b"finalized_at"].decode())
-    # A re-run of the same check writes nothing more.
-    assert (await store.record(r, final, checks=2, checked_at=later, now=later))[0] == (
-        "already_final"
-    )
+    # A repeat of the same write (its lease is gone with the job) writes nothing more.
+    assert (await store.record(job, r, final, checked_at=later)).outcome == "stale"
+    assert len(await redis.xrange(keys.events)) == 1
 
 
 async def test_throttled_check_on_a_minimal_hash(
@@ -199,15 +210,18 @@ async def test_throttled_check_on_a_minimal_hash(
     assert current is not None
     now = time.time()
     postponed = Decision("QUEUED", False, now + 5, spent=False, delay_added=2.5)
-    assert (await store.record(current, postponed, checks=0, checked_at=None, now=now))[0] == "ok"
+    job = await claimed(redis, settings, keys)
+    assert (await store.record(job, current, postponed, checked_at=now)).outcome == "ok"
     r = await store.load("9106")
     assert r is not None
-    assert (r.status, r.checks, r.throttled, r.throttle_delay) == ("QUEUED", 0, 1, 2.5)
+    assert (r.status, r.checks, r.throttled, r.window_delay) == ("QUEUED", 0, 1, 2.5)
     assert r.last_throttled_at == pytest.approx(now, abs=0.002)
-    assert r.last_checked_at is None and r.account == "77"
-    assert (await store.record(r, postponed, checks=0, checked_at=None, now=now))[0] == "ok"
+    assert r.last_checked_at == pytest.approx(now, abs=0.002) and r.account == "77"
+    await redis.zadd(keys.queue, {job.job_id: 0})
+    job = await claimed(redis, settings, keys)
+    assert (await store.record(job, r, postponed, checked_at=now)).outcome == "ok"
     again = await store.load("9106")
-    assert again is not None and (again.throttled, again.throttle_delay) == (2, 5.0)
+    assert again is not None and (again.throttled, again.window_delay) == (2, 5.0)
 
 
 async def test_publish_claim_on_a_minimal_hash(
@@ -218,18 +232,22 @@ async def test_publish_claim_on_a_minimal_hash(
     current = await store.load("9107")
     assert current is not None
     # No publish_status yet (FINISHED not seen): nothing to claim.
-    assert await store.claim_publish(current, max_attempts=3) == ""
+    job = await claimed(redis, settings, keys)
+    assert await store.claim_publish(job, current, max_attempts=3) == ""
     now = time.time()
-    seen = Decision("FINISHED", False, now + 1, last_api_status="FINISHED")
-    extra = {"publish_status": "pending", "finished_at": repr(now)}
-    await store.record(current, seen, checks=1, checked_at=now, now=now, extra=extra)
+    seen = Decision("FINISHED", False, now, last_api_status="FINISHED", checks=1)
+    extra = {"publish_status": "pending", "finished_at": f"{now:.3f}"}
+    await store.record(job, current, seen, checked_at=now, extra=extra)
     current = await store.load("9107")
     assert current is not None and current.publish_status == "pending"
     assert current.publish_attempts == 0
-    assert await store.claim_publish(current, max_attempts=3) == "ok"
+    # A run that no longer owns the poll cannot claim it.
+    assert await store.claim_publish(job, current, max_attempts=3) == "stale"
+    job = await claimed(redis, settings, keys)
+    assert await store.claim_publish(job, current, max_attempts=3) == "ok"
     r = await store.load("9107")
     assert r is not None and (r.publish_status, r.publish_attempts) == ("in_flight", 1)
-    assert await store.claim_publish(r, max_attempts=3) == "in_flight"
+    assert await store.claim_publish(job, r, max_attempts=3) == "in_flight"
 
 
 async def test_final_state_creates_the_webhook_job_on_a_minimal_hash(
@@ -240,8 +258,11 @@ async def test_final_state_creates_the_webhook_job_on_a_minimal_hash(
     current = await store.load("9108")
     assert current is not None and current.webhook_url == HOOK
     now = time.time()
-    done = Decision("FINISHED", True, None, last_api_status="FINISHED")
-    assert (await store.record(current, done, checks=1, checked_at=now, now=now))[0] == "ok"
+    done = Decision("FINISHED", True, None, last_api_status="FINISHED", checks=1)
+    job = await claimed(redis, settings, keys)
+    hook = store.webhook_for(current, b"{}", int(now * 1000))
+    written = await store.record(job, current, done, checked_at=now, webhook=hook)
+    assert written.outcome == "ok"
     r = await store.load("9108")
     assert r is not None and (r.webhook_status, r.webhook_attempts) == ("pending", 0)
     job_id = keys.webhook_job_id("9108", current.generation)
@@ -258,8 +279,9 @@ async def test_forced_poll_starts_again_from_the_minimal_hash(
     assert current is not None
     now = time.time()
     err = GraphAPIError("gone", code=100, subcode=33, http_status=400)
-    failed = Decision("FAILED", True, None, error=err, error_kind=ErrorKind.NOT_FOUND)
-    await store.record(current, failed, checks=1, checked_at=now, now=now)
+    failed = Decision("FAILED", True, None, error=err, error_kind=ErrorKind.NOT_FOUND, checks=1)
+    job = await claimed(redis, settings, keys)
+    await store.record(job, current, failed, checked_at=now)
     again = await enqueue(redis, "9109", force=True, settings=settings)
     assert (again.outcome, again.status) == ("restarted", "QUEUED")
     # Nothing of the previous poll survives: no error, no account, publish or webhook.

@@ -150,7 +150,7 @@ async def test_worker_and_cli_follow_a_failover(cluster: Cluster, sim: RunningSi
 
             await wait_until(enqueued, timeout=15, interval=0.2)
             await wait_until(lambda: final("9302"), timeout=30, interval=0.2)
-            assert worker.main_task is not None and not worker.main_task.done()
+            assert worker.alive
             # The worker's shutdown writes to Redis too: let the sentinel settle first.
             await wait_until(lambda: _sync(lambda c: c.primary_is_up(), cluster), timeout=15)
         first = await get_result(redis, "9301", settings=settings)

@@ -84,7 +84,16 @@ class PollerWorker:
     tokens: TokenSource | None = None
     redis: Redis | None = None
     runner: Runner | None = field(default=None, init=False)
+    # The loops running beside the runner, and the /metrics server (None when off).
+    background: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+    metrics_server: metrics.MetricsServer | None = field(default=None, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _alive: bool = field(default=False, init=False)
+
+    @property
+    def alive(self) -> bool:
+        """True while the runner claims jobs (between start-up and a stop)."""
+        return self._alive
 
     def stop(self) -> None:
         """Stop taking jobs (what SIGTERM does); ``run`` then drains and returns."""
@@ -170,12 +179,11 @@ class PollerWorker:
             runner.name,
             probe=lambda: (runner.accepting, {**runner.stats.as_dict(), "ongoing": runner.running}),
         )
-        background: list[asyncio.Task[Any]] = []
+        background = self.background
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
             background.append(asyncio.create_task(coro, name=name))
 
-        metrics_server = None
         try:
             await heartbeat.beat()
             spawn(heartbeat.run(), "heartbeat")
@@ -190,7 +198,7 @@ class PollerWorker:
             )
             spawn(refresh_quotas_forever(redis, accounts, client, tokens, s), "quota")
             if s.metrics_port > 0:
-                metrics_server = metrics.start_server(s.metrics_port)
+                self.metrics_server = metrics.start_server(s.metrics_port)
                 spawn(metrics.sample_forever(redis, store.keys), "metrics")
             log.info(
                 "worker started",
@@ -205,7 +213,11 @@ class PollerWorker:
                 },
             )
             if not self._stopping.is_set():
-                await runner.run()
+                self._alive = True
+                try:
+                    await runner.run()
+                finally:
+                    self._alive = False
             await runner.drain(math.ceil(s.http_timeout_seconds) + 2)
         finally:
             runner.stop()
@@ -220,7 +232,7 @@ class PollerWorker:
                 # At once, not after the TTL: this process's health check fails from here on.
                 await heartbeat.stop()
             await session.close()
-            await metrics.stop_server(metrics_server)
+            await metrics.stop_server(self.metrics_server)
             if own_redis:
                 await redis.aclose()
             log.info("worker stopped", extra=runner.stats.as_dict())

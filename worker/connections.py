@@ -34,17 +34,18 @@ STARTUP_PAUSE_SECONDS = 2.0
 def _options(settings: Settings, *, connect_timeout: float, worker: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"socket_connect_timeout": connect_timeout}
     if worker:
-        # Without these a Redis blip fails every command at once; with them calls wait and
-        # retry. OSError too: a new connection to a Redis that is restarting fails with the
-        # builtin ConnectionRefusedError inside redis-py's retry loop, before it is wrapped.
+        # Without these a Redis blip fails every command at once; with them a command waits
+        # out a restart (about 2.5 s of retries). Not longer: the runner and the fenced writes
+        # retry on their own, and a command stuck in long back-off would hold a claim for the
+        # whole of a failover after the new primary is up. OSError too: a new connection to a
+        # Redis that is restarting fails with the builtin ConnectionRefusedError inside
+        # redis-py's retry loop, before it is wrapped.
         options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError, OSError]
-        options["retry"] = RedisRetry(ExponentialBackoff(cap=5.0, base=0.1), 8)
+        options["retry"] = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 6)
     return options
 
 
-def open_redis(
-    settings: Settings, *, connect_timeout: float = 5.0, worker: bool = False
-) -> Redis:
+def open_redis(settings: Settings, *, connect_timeout: float = 5.0, worker: bool = False) -> Redis:
     """A client (no connection is made until first use); ``worker`` adds command retries."""
     options = _options(settings, connect_timeout=connect_timeout, worker=worker)
     sentinels = settings.sentinel_addresses()

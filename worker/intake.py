@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -272,7 +273,10 @@ class IntakeConsumer:
         dead: list[DeadLetter] = []
         for entry_id, fields in entries:
             try:
-                good.append((entry_id, parse_entry(fields, max_bytes=self.max_entry_bytes)))
+                req = parse_entry(fields, max_bytes=self.max_entry_bytes)
+                # The entry's id goes with it: an entry read again (its consumer died before
+                # the XACK below) is then a duplicate, even with force 1.
+                good.append((entry_id, dataclasses.replace(req, intake_entry=entry_id.decode())))
             except BadEntryError as exc:
                 dead.append(DeadLetter(entry_id.decode(), str(exc), _show(fields)))
         # The polls must exist before the entries are acknowledged: a crash in between means the

@@ -137,7 +137,8 @@ class CheckJob:
             assert token is not None
             await self._publish(job, current, token)
         else:
-            assert isinstance(plan, CallStatus) and token is not None
+            assert isinstance(plan, CallStatus)
+            assert token is not None
             await self._check(job, current, token)
 
     async def give_up(self, job: ClaimedJob, why: str) -> None:
@@ -204,7 +205,8 @@ class CheckJob:
                 ),
             )
             if change.stale:
-                return self._stale(job, current, "lease lost")
+                self._stale(job, current, "lease lost")
+                return
             paused_until = change.paused_until
             if change.changed:
                 log.warning(
@@ -273,7 +275,9 @@ class CheckJob:
                 extra["quota_total"] = str(total)
             if snapshot.posts_remaining == 0:
                 plan = quota_exhausted(used, total)
-                await self.record(job, current, dataclasses.replace(plan, extra={**extra, **plan.extra}))
+                await self.record(
+                    job, current, dataclasses.replace(plan, extra={**extra, **plan.extra})
+                )
                 return
         claim = await persist(
             "claiming the publish",
@@ -315,7 +319,9 @@ class CheckJob:
             now=job.now(),
             policy=p.policy,
         )
-        await self.record(job, current, dataclasses.replace(plan, extra={**extra, **plan.extra}), api_s=api_s)
+        await self.record(
+            job, current, dataclasses.replace(plan, extra={**extra, **plan.extra}), api_s=api_s
+        )
 
     def _stale(self, job: ClaimedJob, current: PollResult, reason: str) -> None:
         # A newer run owns the poll (this one stalled past its lease): its answer is dropped.
@@ -339,7 +345,10 @@ class CheckJob:
         webhook = None
         if decision.final:
             now = job.now()
-            body = body_for(final_view(current, decision, plan.extra, now), self.p.store.keys.webhook_job_id(current.container_id, current.generation))
+            body = body_for(
+                final_view(current, decision, plan.extra, now),
+                self.p.store.keys.webhook_job_id(current.container_id, current.generation),
+            )
             webhook = p.store.webhook_for(current, body, int(now * 1000))
         written = await persist(
             "recording a check",

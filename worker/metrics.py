@@ -19,7 +19,6 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -161,8 +160,11 @@ def observe_intake(*, accepted: int, dead_lettered: int) -> None:
 
 
 async def sample(redis: Redis, keys: Keys, now: float | None = None) -> None:
-    """Read the shared state into the gauges (one round trip)."""
-    now_ms = int((time.time() if now is None else now) * 1000)
+    """Read the shared state into the gauges (two round trips; "due" by Redis' clock)."""
+    if now is None:
+        seconds, micros = await redis.time()
+        now = float(seconds) + micros / 1e6
+    now_ms = int(now * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.inflight)
         pipe.zcard(keys.queue)

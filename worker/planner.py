@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from api_client.errors import GraphAPIError, ThreadsError
+from api_client.errors import GraphAPIError, MissingTokenError, ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
 from worker.decisions import (
@@ -35,7 +35,7 @@ from worker.decisions import (
     wait_before_check,
     window_closed,
 )
-from worker.errors import PublishError, WindowEndedError
+from worker.errors import PublishError, RejectedTokenError, WindowEndedError
 from worker.publishing import PublishStatus, PublishVerdict
 from worker.states import State
 from worker.store import PollResult
@@ -113,7 +113,9 @@ def phase_of(r: PollResult) -> Phase:
 
 def deadline_of(r: PollResult, policy: Policy) -> float:
     """The window's end: fixed at enqueue, pushed out by throttling and pacing up to a cap."""
-    return effective_deadline(r.deadline_at or r.enqueued_at or 0.0, r.window_delay, policy.max_delay)
+    return effective_deadline(
+        r.deadline_at or r.enqueued_at or 0.0, r.window_delay, policy.max_delay
+    )
 
 
 def window_ended(r: PollResult, policy: Policy) -> WindowEndedError:
@@ -232,10 +234,6 @@ def plan_run(
 
 
 def token_failure(r: PollResult, token: TokenState, phase: Phase) -> Decision:
-    from api_client.errors import MissingTokenError
-
-    from worker.errors import RejectedTokenError
-
     account = r.account or "default"
     error: MissingTokenError = (
         MissingTokenError(f"no access token configured for account {account}")
@@ -298,7 +296,8 @@ def after_status(
         )
         return Record(decision)
     checks = r.checks + 1
-    extra: dict[str, str] = {"strikes": ""}
+    # Only an answer about the container ends a run of 100/33s (a failed request says nothing).
+    extra: dict[str, str] = {"strikes": ""} if isinstance(outcome, ContainerStatus) else {}
     deadline = deadline_of(r, policy)
     if kind is ErrorKind.NOT_FOUND and r.strikes + 1 < NOT_FOUND_STRIKES:
         # Once is not proof: ask again at the next scheduled check.
@@ -354,7 +353,9 @@ def after_status(
 
 def quota_exhausted(used: int | None, total: int | None) -> Record:
     """The account's post quota is used up: the container stays unpublished."""
-    err = PublishError(f"posting quota used up: {used} of {total} posts in the last 24 h; not published")
+    err = PublishError(
+        f"posting quota used up: {used} of {total} posts in the last 24 h; not published"
+    )
     return Record(
         _publish_final(State.QUOTA_EXHAUSTED, err),
         {"publish_status": PublishStatus.QUOTA_EXHAUSTED},

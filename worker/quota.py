@@ -86,7 +86,8 @@ async def refresh_quotas_forever(
     period = settings.quota_refresh_seconds
     while True:
         try:
-            users = await accounts.active_accounts(since=time.time() - 86400)
+            seconds, _ = await redis.time()
+            users = await accounts.active_accounts(since=float(seconds) - 86400)
             if settings.threads_user_id and settings.threads_user_id not in users:
                 users.append(settings.threads_user_id)
             for user_id in users:

@@ -124,7 +124,7 @@ class Runner:
             except (RedisError, OSError) as exc:
                 self._warn("claiming due jobs", exc)
                 await self._wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)
                 continue
             backoff = self.poll_delay_s
             for job in claim.jobs:
@@ -152,10 +152,11 @@ class Runner:
         self._tasks.discard(task)
         self._wake.set()
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, seconds: float | None) -> None:
+        """Sleep ``seconds`` (None: until woken), or until a slot frees or ``stop``."""
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _run(self, job: ClaimedJob) -> None:
         self.stats.started += 1

@@ -9,6 +9,7 @@ final state, ends the job and emits the one event, and only while the run still 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -248,7 +249,9 @@ class ResultStore:
         poll's window."""
         if not requests:
             return []
-        window_ms = round((self.window_seconds if window_seconds is None else window_seconds) * 1000)
+        window_ms = round(
+            (self.window_seconds if window_seconds is None else window_seconds) * 1000
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for req in requests:
                 generation = uuid.uuid4().hex[:12]
@@ -399,10 +402,21 @@ class ResultStore:
         container_id = str(job.args[0])
         dead: list[str | bytes] = []
         if outcome == "dead":
-            dead = [
-                "container_id", container_id, "generation", generation, "delivery_id",
-                job.job_id, "url", url, "attempts", str(attempt), "reason", reason, "body", body,
-            ]  # fmt: skip
+            try:
+                status = str(json.loads(body).get("status", ""))
+            except (ValueError, AttributeError):
+                status = ""
+            fields = {
+                "container_id": container_id,
+                "status": status,
+                "generation": generation,
+                "delivery_id": job.job_id,
+                "url": url,
+                "attempts": str(attempt),
+                "reason": reason,
+            }
+            dead = [part for pair in fields.items() for part in pair]
+            dead += ["body", body]
         reply = await self._webhook(
             keys=[
                 self.keys.result(container_id),
@@ -413,9 +427,17 @@ class ResultStore:
                 self.keys.webhook_dead_letters,
             ],
             args=[
-                job.token, job.job_id, generation, outcome, attempt, int(delay_s * 1000), reason,
-                self.result_ttl_seconds * 1000, WEBHOOK_DEAD_LETTERS_MAX_LEN, *dead,
-            ],  # fmt: skip
+                job.token,
+                job.job_id,
+                generation,
+                outcome,
+                attempt,
+                int(delay_s * 1000),
+                reason,
+                self.result_ttl_seconds * 1000,
+                WEBHOOK_DEAD_LETTERS_MAX_LEN,
+                *dead,
+            ],
         )
         return bool(reply)
 

@@ -115,7 +115,9 @@ class WebhookJob:
                 return
             body = body_for(current, job.job_id)
         url = (
-            current.webhook_url if current is not None and current.generation == generation else None
+            current.webhook_url
+            if current is not None and current.generation == generation
+            else None
         ) or settings.webhook_url
         attempt = job.try_
         if not url:

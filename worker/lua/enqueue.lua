@@ -64,7 +64,7 @@ redis.call('ZADD', KEYS[2], deadline / 1000, ARGV[1])
 redis.call('SET', ARGV[5] .. job_id, ARGV[7], 'PX', ttl * 1000)
 redis.call('ZADD', KEYS[3], first, job_id)
 if account ~= '' then
-  redis.call('ZADD', KEYS[4], now, account)
+  redis.call('ZADD', KEYS[4], now / 1000, account)
 end
 if restarted == '1' then
   return {'restarted', 'QUEUED'}

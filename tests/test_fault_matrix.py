@@ -1,0 +1,162 @@
+"""Never strand a poll: every row of the fault matrix (bench/fault_matrix.py) at CI size.
+
+Each row runs real ``threads-poller worker`` processes against a private redis-server and the
+simulator, injects one fault and asserts the row's figures: nothing lost, nothing stranded, no
+duplicate final event, API calls per container within the documented bound, job runs per API call
+at most 1.2, and what the row itself is about. ``python -m bench.fault_matrix`` runs the same
+code (``--scale full`` for the bigger sizes).
+
+The second half checks the accounting itself: a harness that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench.fault_matrix import (
+    ACCOUNT,
+    ACCOUNT_TOKEN,
+    MAX_RUNS_PER_CALL,
+    ROWS,
+    TOKEN,
+    Expect,
+    Harness,
+    Knobs,
+    RowResult,
+    call_bound,
+    gaps,
+    is_throttled,
+    max_in_window,
+    new_result,
+    parse_rows,
+    render,
+    run_row,
+)
+from simulator import StatusCall
+
+
+@pytest.mark.parametrize("row", [r.key for r in ROWS])
+async def test_fault_matrix_row(row: str, tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = await run_row(row, scale="ci", workdir=tmp_path / row, say=lines.append)
+    text = "\n".join(lines) + "\n" + render([result])
+    assert result.containers > 0, text
+    assert result.lost == 0, text
+    assert result.stranded == 0, text
+    assert result.duplicate_events == 0, text
+    assert result.over_bound == 0, text
+    assert result.right == result.containers, text
+    ratio = result.runs_per_call
+    assert ratio is not None and ratio <= MAX_RUNS_PER_CALL, text
+    assert result.failures == [], text
+
+
+# ----- the accounting itself -----------------------------------------------------------------
+
+
+def call(t: float, answer: str = "IN_PROGRESS", cid: str = "1", delay: float = 0.0) -> StatusCall:
+    return StatusCall(t, cid, "default", answer, delay)
+
+
+def test_call_bound_counts_only_documented_extras() -> None:
+    calls = [call(0), call(1, "throttle"), call(2, "429"), call(3, "drop"), call(4, "FINISHED")]
+    assert call_bound(6, calls) == 6 + 2 + 1
+    assert call_bound(6, calls, polls=2, disrupted=1) == 12 + 2 + 1 + 1
+    assert call_bound(6, [call(0)] * 7) == 6
+    assert is_throttled("throttle:613") and is_throttled("429") and not is_throttled("500")
+
+
+def test_rate_and_gap_figures() -> None:
+    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
+    assert max_in_window([i * 0.02 for i in range(51)]) == 50  # 50/s paced: 50 in any 1 s
+    assert max_in_window([]) == 0
+    assert gaps([2.0, 0.0, 0.5]) == [0.5, 1.5]
+
+
+def test_rows_are_named_and_numbered() -> None:
+    assert parse_rows("1,frozen,11") == ["oom", "frozen", "sigkill"]
+    assert parse_rows(None) == [r.key for r in ROWS]
+    with pytest.raises(SystemExit):
+        parse_rows("nope")
+    assert len({r.number for r in ROWS}) == len(ROWS) == 11
+
+
+async def test_the_monitor_sees_a_stranded_poll_and_the_row_fails(tmp_path: Path) -> None:
+    """No worker: one poll's job is deleted (stranded), one is left queued (lost, not
+    stranded), one is made final with two events and too many API calls."""
+    async with Harness("selftest", Knobs(), tmp_path, lambda _: None) as h:
+        stranded, queued, final = h.ids("99", 3)
+        await h.enqueue([stranded, queued, final], Expect("FINISHED"))
+        gen = await h.hash_field(stranded, "generation")
+        assert gen is not None
+        await h.redis.delete("arq:job:" + h.job_id(stranded, gen))
+        await h.redis.hset(  # type: ignore[misc]
+            h.result_key(final),
+            mapping={"final": "1", "status": "FINISHED", "checks": "1", "runs": "1"},
+        )
+        for _ in range(2):
+            await h.redis.xadd(h.events, {"container_id": final})
+        for i in range(8):
+            h.ledger.record(call(float(i), cid=final))
+        await h.sample()
+        assert list(h.stranded_seen) == [stranded]
+        result = await h.collect(new_result(ROWS[0]), "test")
+    assert (result.containers, result.right, result.lost, result.stranded) == (3, 1, 2, 1)
+    assert result.duplicate_events == 1 and result.over_bound == 1
+    assert (result.calls_max, result.bound_at_max) == (8, 6)
+    assert result.runs is None and result.runs_unknown == 2  # two hashes without `runs`
+    text = "\n".join(result.failures)
+    for words in ("2 lost", "1 stranded", "duplicate", "over the call bound", "unknown"):
+        assert words in text, text
+    assert not result.passed
+
+
+def test_runs_per_call_is_judged() -> None:
+    r = RowResult("x", "0", "t", runs=13, calls_total=10)
+    assert r.runs_per_call == pytest.approx(1.3)
+    assert RowResult("x", "0", "t", runs=None, calls_total=10).runs_per_call is None
+    assert r.cells()[7] == "1.30"
+    assert RowResult("x", "0", "t", runs=None, calls_total=10).cells()[7] == "unknown"
+
+
+# ----- the simulator hooks the matrix uses ------------------------------------------------------
+
+
+async def test_account_override_answers_the_next_calls_of_an_account(tmp_path: Path) -> None:
+    async with Harness("selftest-sim", Knobs(), tmp_path, lambda _: None) as h:
+        assert h.sim is not None
+        h.state.set_script("501", ["FINISHED"])
+        h.state.set_account_override(ACCOUNT, "slow:0.1:throttle", times=2)
+        seen: list[StatusCall] = []
+        h.state.add_status_hook(seen.append)
+        url = f"{h.sim.base_url}/501"
+        async with aiohttp.ClientSession() as http:
+
+            async def status(token: str) -> int:
+                params = {"fields": "status", "access_token": token}
+                async with http.get(url, params=params) as resp:
+                    body = await resp.json()
+                    return int(body.get("error", {}).get("code", 0))
+
+            # Another account's calls are not overridden, and do not use up the override.
+            assert await status(TOKEN) == 0
+            both = await asyncio.gather(status(ACCOUNT_TOKEN), status(ACCOUNT_TOKEN))
+            assert list(both) == [4, 4]
+            assert await status(ACCOUNT_TOKEN) == 0  # the script again: not consumed
+            async with http.put(
+                f"{h.sim.admin_url}/account-overrides/{ACCOUNT}", json={"step": "500", "times": 1}
+            ) as resp:
+                assert (await resp.json())[ACCOUNT] == {"step": "500", "remaining": 1}
+            assert await status(ACCOUNT_TOKEN) == 1
+    assert [(c.account, c.answer) for c in seen] == [
+        ("default", "FINISHED"),
+        (ACCOUNT, "throttle"),
+        (ACCOUNT, "throttle"),
+        (ACCOUNT, "FINISHED"),
+        (ACCOUNT, "500"),
+    ]
+    assert [c.delay for c in seen[1:3]] == [0.1, 0.1]
