@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
 
 from api_client.client import make_session
@@ -78,6 +79,45 @@ def poll_delay(settings: Settings) -> float:
     return max(0.01, min(0.2, settings.poll_interval_seconds / 10))
 
 
+def build_poller(
+    settings: Settings, redis: Redis, tokens: TokenSource, session: aiohttp.ClientSession
+) -> PollerContext:
+    """What every job run needs, from the settings (once per process)."""
+    store = result_store(redis, settings)
+    return PollerContext(
+        settings=settings,
+        store=store,
+        queue=JobQueue(redis, store.keys, job_ttl_seconds=settings.result_ttl_seconds),
+        accounts=AccountStore(redis, store.keys),
+        client=client_for(settings, session),
+        tokens=tokens,
+        policy=policy_of(settings),
+        client_session=session,
+    )
+
+
+def job_specs(settings: Settings, poller: PollerContext) -> list[JobSpec]:
+    """The job functions a worker runs, with their timeouts and retry rules."""
+    check = CheckJob(poller)
+    return [
+        JobSpec(
+            CHECK_FUNCTION,
+            check,
+            timeout_s=settings.job_timeout_seconds,
+            # The call of a failed run may have gone out: keep Meta's spacing.
+            retry_delay_s=settings.poll_interval_seconds,
+            max_tries=MAX_RUNS_PER_POLL,
+            give_up=check.give_up,
+        ),
+        JobSpec(
+            DELIVER_FUNCTION,
+            WebhookJob(poller),
+            timeout_s=webhook_timeout(settings),
+            retry_delay_s=settings.webhook_backoff_seconds,
+        ),
+    ]
+
+
 @dataclass
 class PollerWorker:
     settings: Settings
@@ -127,40 +167,11 @@ class PollerWorker:
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
         )
-        store = result_store(redis, s)
-        queue = JobQueue(redis, store.keys, job_ttl_seconds=s.result_ttl_seconds)
-        accounts = AccountStore(redis, store.keys)
-        client = client_for(s, session)
-        poller = PollerContext(
-            settings=s,
-            store=store,
-            queue=queue,
-            accounts=accounts,
-            client=client,
-            tokens=tokens,
-            policy=policy_of(s),
-            client_session=session,
-        )
-        check = CheckJob(poller)
+        poller = build_poller(s, redis, tokens, session)
+        store, accounts, client = poller.store, poller.accounts, poller.client
         runner = Runner(
-            queue,
-            [
-                JobSpec(
-                    CHECK_FUNCTION,
-                    check,
-                    timeout_s=s.job_timeout_seconds,
-                    # The call of a failed run may have gone out: keep Meta's spacing.
-                    retry_delay_s=s.poll_interval_seconds,
-                    max_tries=MAX_RUNS_PER_POLL,
-                    give_up=check.give_up,
-                ),
-                JobSpec(
-                    DELIVER_FUNCTION,
-                    WebhookJob(poller),
-                    timeout_s=webhook_timeout(s),
-                    retry_delay_s=s.webhook_backoff_seconds,
-                ),
-            ],
+            poller.queue,
+            job_specs(s, poller),
             concurrency=concurrency(s),
             poll_delay_s=poll_delay(s),
         )

@@ -18,8 +18,10 @@ local function owns(lock_key, token)
   return redis.call('GET', lock_key) == token
 end
 
--- Reserve an account's first free pacing slot at or after want (ms); returns the slot's time.
--- Slot i covers [i * step, (i + 1) * step) ms and takes one request; a taken slot is a key
+-- Reserve an account's first free pacing slot at or after want (ms); returns the time to run:
+-- want itself when its own slot is free, else the start of the first free slot after it.
+-- Slot i covers [i * step, (i + 1) * step) ms and takes one request (so any second holds at
+-- most the rate's requests, plus one at its edges); a taken slot is a key
 -- "<rate>:<i>" that expires a minute after its time. The hash <rate> remembers one run of taken
 -- slots [from, to), so a burst of N reservations costs O(N), not O(N^2), while checks scheduled
 -- for later (the next check, a throttle pause's end) still find the free slots before them.
@@ -27,7 +29,8 @@ local function reserve_slot(rate, step, want, now)
   if step <= 0 then
     return want
   end
-  local i = math.ceil(want / step)
+  -- The slot that holds `want`: a free one is taken at `want` itself (no rounding up).
+  local i = math.floor(want / step)
   local run = redis.call('HMGET', rate, 'from', 'to')
   local from, to = tonumber(run[1]), tonumber(run[2])
   local in_run = from ~= nil and to ~= nil and i >= from and i < to
