@@ -341,3 +341,48 @@ async def test_paced_enqueues_get_their_own_slots(redis: Redis, settings: Settin
     await store.enqueue([EnqueueRequest("7199", account="6")])
     r = await store.load("7199")
     assert r is not None and r.next_check_at == r.enqueued_at
+
+
+# ----- what a run says, and whom it waits for -----------------------------------------------
+
+
+async def test_a_published_media_id_is_said_to_be_one(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    sim.state.set_script("7201", ["nonexisting_field"])
+    await enqueue(redis, "7201", settings=settings)
+    async with running_worker(settings):
+        await wait_until(lambda: _final(redis, settings, "7201"), timeout=10)
+    r = await get_result(redis, "7201", settings=settings)
+    assert r is not None and r.status == "FAILED" and r.last_error_code == 100
+    assert r.last_error is not None and "published media id" in r.last_error
+
+
+async def test_publishing_waits_while_the_account_is_paused(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    """The quota and publish calls obey the account's throttle pause like the checks do."""
+    settings = settings.model_copy(update={"publish_grace_seconds": 1.0, "poll_max_seconds": 10.0})
+    sim.state.set_script("7202", ["FINISHED"])
+    await enqueue(redis, "7202", account="888", publish=True, settings=settings)
+
+    async def finished_seen() -> bool:
+        r = await get_result(redis, "7202", settings=settings)
+        return r is not None and r.publish_status == "pending"
+
+    async with running_worker(settings):
+        await wait_until(finished_seen, timeout=10)
+        quota_calls = sim.state.quota_calls  # the periodic refresh's, at start-up
+        seconds, micros = await redis.time()
+        paused_until = seconds + micros / 1e6 + 1.5
+        await redis.hset(  # type: ignore[misc]
+            keys.account("888"),
+            mapping={"throttled_until": f"{paused_until:.3f}", "throttle_level": 1},
+        )
+        await asyncio.sleep(1.0)
+        assert sim.state.calls_for("7202").publish_calls == 0
+        assert sim.state.quota_calls == quota_calls
+        await wait_until(lambda: _final(redis, settings, "7202"), timeout=10)
+    r = await get_result(redis, "7202", settings=settings)
+    assert r is not None and r.status == "PUBLISHED"
+    assert r.published_at is not None and r.published_at >= paused_until - 0.01

@@ -1,0 +1,923 @@
+"""The lifecycle planner (worker.planner), pure: no Redis, no network, no clock.
+
+The last test models one poll as a state machine: the scheduler, the planner, the API, crashes,
+and the two Redis scripts that write a poll (record.lua through ``store.record_fields``, and
+publish_claim.lua), and checks that whatever happens a container is published at most once, every
+poll ends in a bounded time, and a final state stays final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from api_client.errors import (
+    GraphAPIError,
+    MissingTokenError,
+    NetworkError,
+    RequestTimeoutError,
+    ThreadsError,
+)
+from api_client.models import ContainerStatus
+from api_client.policy import ErrorKind
+from worker.decisions import EARLY_TOLERANCE_SECONDS, Schedule
+from worker.errors import PublishError, RejectedTokenError, WindowEndedError
+from worker.planner import (
+    CallPublish,
+    CallStatus,
+    Phase,
+    Plan,
+    Policy,
+    Record,
+    Skip,
+    TokenState,
+    after_publish,
+    after_status,
+    phase_of,
+    plan_run,
+    publish_not_claimed,
+    quota_exhausted,
+)
+from worker.publishing import PublishStatus, PublishVerdict, judge_publish
+from worker.states import State
+from worker.store import PollResult, ms_stamp, record_fields, stamp
+
+POLICY = Policy(
+    schedule=Schedule(interval=1.0, window=5.0),
+    max_delay=10.0,
+    publish_grace=0.5,
+    publish_max_attempts=3,
+)
+T0 = 1_700_000_000.0
+DEADLINE = T0 + 5.0
+SLACK = POLICY.schedule.slack  # 0.5
+
+
+def poll(**fields: object) -> PollResult:
+    """A poll as its result hash holds it: the enqueue fields, then ``fields`` (None drops one)."""
+    h: dict[str, str] = {
+        "container_id": "1",
+        "status": State.QUEUED,
+        "final": "0",
+        "enqueued_at": stamp(T0),
+        "deadline_at": stamp(DEADLINE),
+        "generation": "g1",
+        "next_check_at": stamp(T0),
+    }
+    for k, v in fields.items():
+        if v is None:
+            h.pop(k, None)
+        else:
+            h[k] = "1" if v is True else "0" if v is False else str(v)
+    return PollResult.from_hash(h)
+
+
+def publish_due(**fields: object) -> PollResult:
+    due: dict[str, object] = {
+        "status": State.FINISHED,
+        "last_api_status": State.FINISHED,
+        "checks": 2,
+        "publish": True,
+        "publish_status": PublishStatus.PENDING,
+    }
+    return poll(**{**due, **fields})
+
+
+def plan(r: PollResult | None, now: float, **kw: object) -> Plan:
+    throttled_until = kw.pop("throttled_until", 0.0)
+    token = kw.pop("token", TokenState.OK)
+    policy = kw.pop("policy", POLICY)
+    assert not kw
+    assert isinstance(throttled_until, float)
+    assert isinstance(token, TokenState)
+    assert isinstance(policy, Policy)
+    return plan_run(r, throttled_until=throttled_until, token=token, now=now, policy=policy)
+
+
+def as_record(p: Plan) -> Record:
+    assert isinstance(p, Record), p
+    return p
+
+
+def status_record(
+    r: PollResult, outcome: ContainerStatus | ThreadsError, now: float, paused_until: float = 0.0
+) -> Record:
+    return after_status(r, outcome, now=now, paused_until=paused_until, policy=POLICY)
+
+
+def cs(value: str, msg: str | None = None) -> ContainerStatus:
+    return ContainerStatus("1", value, msg)
+
+
+def not_found() -> GraphAPIError:
+    return GraphAPIError("does not exist", code=100, subcode=33, http_status=400)
+
+
+def throttled_error() -> GraphAPIError:
+    return GraphAPIError("limit", code=4, is_transient=True, http_status=400)
+
+
+def apply(r: PollResult, rec: Record, now: float) -> PollResult:
+    """The poll after record.lua wrote ``rec`` (the unit tests' short version of the model)."""
+    h = dict(hash_of(r))
+    write_record(h, r, rec, now_ms=int(now * 1000), checked_at=now)
+    return PollResult.from_hash(h)
+
+
+def hash_of(r: PollResult) -> dict[str, str]:
+    """Enough of ``r`` as a hash to rebuild it (the fields these tests use)."""
+    h: dict[str, str] = {"updated_at": "1"}
+    for name, value in r.to_dict().items():
+        if value is None or value == "" or value is False or value == 0:
+            continue
+        h[name] = "1" if value is True else str(value)
+    h["generation"] = r.generation
+    h["final"] = "1" if r.final else "0"
+    return h
+
+
+# --- phase_of ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "phase"),
+    [
+        ({}, Phase.POLLING),
+        ({"status": State.IN_PROGRESS, "checks": 1}, Phase.POLLING),
+        ({"status": State.IN_PROGRESS, "publish": True}, Phase.POLLING),
+        ({"status": State.ERROR, "final": True}, Phase.FINAL),
+        (
+            {
+                "status": State.PUBLISHED,
+                "final": True,
+                "publish": True,
+                "publish_status": "pending",
+            },
+            Phase.FINAL,
+        ),
+        (
+            {"status": State.FINISHED, "publish": True, "publish_status": "pending"},
+            Phase.PUBLISH_DUE,
+        ),
+        (
+            {"status": State.FINISHED, "publish": True, "publish_status": "in_flight"},
+            Phase.PUBLISH_IN_FLIGHT,
+        ),
+        (
+            {"status": State.FINISHED, "publish": True, "publish_status": "unconfirmed"},
+            Phase.AWAITING_PUBLISHED,
+        ),
+        # A throttled or failed check keeps the status; publish_status is what says "awaiting".
+        (
+            {"status": State.TIMED_OUT, "publish": True, "publish_status": "unconfirmed"},
+            Phase.AWAITING_PUBLISHED,
+        ),
+    ],
+)
+def test_phase_of(fields: dict[str, object], phase: Phase) -> None:
+    assert phase_of(poll(**fields)) is phase
+
+
+# --- plan_run ---------------------------------------------------------------------------------
+
+
+def test_no_poll_or_a_final_one_is_skipped() -> None:
+    assert isinstance(plan(None, T0), Skip)
+    done = poll(status=State.FINISHED, final=True, next_check_at=None)
+    for token in TokenState:
+        assert isinstance(plan(done, T0 + 100, token=token, throttled_until=T0 + 500), Skip)
+
+
+def test_an_early_run_defers_to_the_due_time_without_touching_the_poll() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1, next_check_at=stamp(T0 + 3.0), updated_at=1)
+    rec = as_record(plan(r, T0 + 1.0))
+    d = rec.decision
+    assert not d.final and not d.touch and d.next_check_at == r.next_check_at
+    assert rec.extra == {}
+    # Only the job's next run is written: no status, no error, no counter.
+    assert record_fields(r, d, checked_at=None, extra=rec.extra) == {}
+
+
+def test_a_run_within_the_tolerance_of_its_due_time_is_on_time() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1, next_check_at=stamp(T0 + 2.0))
+    assert isinstance(plan(r, T0 + 2.0 - EARLY_TOLERANCE_SECONDS), CallStatus)
+
+
+def test_the_first_check_always_runs_however_late() -> None:
+    assert isinstance(plan(poll(), T0 + 1000.0), CallStatus)
+
+
+@pytest.mark.parametrize(
+    ("fields", "now", "words"),
+    [
+        # The window's end passed (plus its slack).
+        ({"checks": 3, "last_api_status": "IN_PROGRESS"}, DEADLINE + SLACK + 0.1, "3 checks"),
+        ({"checks": 1}, DEADLINE + SLACK + 0.1, "(1 check)"),
+        # Every check of the window was used (window 5 s / interval 1 s: 6 checks).
+        ({"checks": 6, "last_api_status": "IN_PROGRESS"}, T0 + 4.0, "6 checks"),
+    ],
+)
+def test_a_closed_window_times_out_saying_why(
+    fields: dict[str, object], now: float, words: str
+) -> None:
+    r = poll(status=State.IN_PROGRESS, next_check_at=stamp(now - 1), **fields)
+    d = as_record(plan(r, now)).decision
+    assert d.final and d.status == State.TIMED_OUT and d.next_check_at is None
+    assert isinstance(d.error, WindowEndedError)
+    assert "no final status within the window" in str(d.error) and words in str(d.error)
+    if r.last_api_status:
+        assert d.last_api_status == r.last_api_status
+        assert f"last status {r.last_api_status}" in str(d.error)
+    assert record_fields(r, d, checked_at=None, extra=None)["last_error"] == str(d.error)
+
+
+def test_a_window_pushed_out_by_throttling_says_so() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=2, window_delay="10.0", next_check_at=stamp(T0))
+    now = DEADLINE + 10.0 + SLACK + 0.1
+    err = as_record(plan(r, now)).decision.error
+    assert isinstance(err, WindowEndedError)
+    assert "pushed it out by 10.0s" in str(err) and "THROTTLE_MAX_DELAY_SECONDS" in str(err)
+    # ...and inside the pushed-out window it is still checked.
+    assert isinstance(plan(r, now - 1.0), CallStatus)
+
+
+@pytest.mark.parametrize(
+    ("token", "error_type"),
+    [(TokenState.MISSING, MissingTokenError), (TokenState.REJECTED, RejectedTokenError)],
+)
+def test_no_usable_token_fails_with_the_hint(
+    token: TokenState, error_type: type[ThreadsError]
+) -> None:
+    d = as_record(plan(poll(status=State.IN_PROGRESS, checks=1), T0 + 1, token=token)).decision
+    assert d.final and d.status == State.FAILED and d.error_kind is ErrorKind.TOKEN
+    assert type(d.error) is error_type
+    assert d.hint is not None and "THREADS_ACCESS_TOKEN" in d.hint
+    fields = record_fields(poll(), d, checked_at=None, extra=None)
+    assert fields["last_error"] == f"{d.error}; {d.hint}"
+    # The account is named, with where its token goes.
+    d42 = as_record(plan(poll(account="42"), T0, token=token)).decision
+    assert d42.hint is not None and "THREADS_ACCESS_TOKEN_42" in d42.hint
+
+
+@pytest.mark.parametrize("token", [TokenState.MISSING, TokenState.REJECTED])
+def test_no_usable_token_when_publishing_is_publish_failed(token: TokenState) -> None:
+    rec = as_record(plan(publish_due(), T0 + 3, token=token))
+    d = rec.decision
+    assert d.final and d.status == State.PUBLISH_FAILED and d.last_api_status == State.FINISHED
+    # Like every other PUBLISH_FAILED: a final poll never says its publish is still due.
+    assert rec.extra == {"publish_status": PublishStatus.FAILED}
+    assert isinstance(d.error, MissingTokenError)
+    assert d.hint is not None and "THREADS_ACCESS_TOKEN" in d.hint
+
+
+def test_a_throttled_account_defers_the_check_without_spending_it() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1, next_check_at=stamp(T0 + 1))
+    rec = as_record(plan(r, T0 + 1, throttled_until=T0 + 4.0))
+    d = rec.decision
+    assert not d.final and not d.spent and d.delay_added == pytest.approx(3.0)
+    assert d.next_check_at == T0 + 4.0 and d.status == State.IN_PROGRESS
+    fields = record_fields(r, d, checked_at=T0 + 1, extra=rec.extra)
+    assert fields["throttled"] == "1" and fields["window_delay"] == "3.000"
+    assert "checks" not in fields
+    # A pause longer than the window may be pushed out times out instead.
+    long = as_record(plan(r, T0 + 1, throttled_until=T0 + 60.0)).decision
+    assert long.final and long.status == State.TIMED_OUT
+
+
+def test_publishing_obeys_the_account_pause() -> None:
+    r = publish_due(next_check_at=stamp(T0 + 3))
+    rec = as_record(plan(r, T0 + 3, throttled_until=T0 + 40.0))
+    d = rec.decision
+    assert not d.final and not d.touch and d.next_check_at == T0 + 40.0
+    assert rec.extra == {}
+    assert record_fields(r, d, checked_at=None, extra=rec.extra) == {}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"throttled_until": T0 + 100.0},
+        {"token": TokenState.MISSING},
+    ],
+)
+def test_a_publish_in_flight_is_never_repeated(kw: dict[str, object]) -> None:
+    r = publish_due(publish_status=PublishStatus.IN_FLIGHT, publish_attempts=1)
+    rec = as_record(plan(r, T0 + 3, **kw))
+    d = rec.decision
+    assert rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    assert not d.final and d.status == State.FINISHED and d.next_check_at == T0 + 4.0
+    assert isinstance(d.error, PublishError) and "unknown" in str(d.error)
+    after = apply(r, rec, T0 + 3)
+    assert phase_of(after) is Phase.AWAITING_PUBLISHED
+    assert isinstance(plan(after, T0 + 4.0), CallStatus)
+
+
+def test_a_publish_in_flight_past_the_window_times_out_unconfirmed() -> None:
+    r = publish_due(publish_status=PublishStatus.IN_FLIGHT, publish_attempts=1)
+    rec = as_record(plan(r, DEADLINE + 30))
+    assert rec.decision.final and rec.decision.status == State.TIMED_OUT
+    assert rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+
+
+def test_a_due_publish_is_called_even_past_the_window() -> None:
+    assert isinstance(plan(publish_due(), T0 + 3), CallPublish)
+    assert isinstance(plan(publish_due(), DEADLINE + 30), CallPublish)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"status": State.IN_PROGRESS, "checks": 2},
+        {"status": State.FINISHED, "checks": 2, "publish": True, "publish_status": "unconfirmed"},
+    ],
+)
+def test_otherwise_the_status_is_checked(fields: dict[str, object]) -> None:
+    assert isinstance(plan(poll(**fields), T0 + 2), CallStatus)
+
+
+# --- after_status -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final", [State.FINISHED, State.PUBLISHED, State.ERROR, State.EXPIRED])
+def test_final_api_states_end_the_poll(final: str) -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1)
+    rec = status_record(r, cs(final, "UNKNOWN" if final == State.ERROR else None), T0 + 1)
+    d = rec.decision
+    assert d.final and d.status == final and d.last_api_status == final and d.checks == 2
+    assert rec.extra == {"strikes": ""}
+    if final == State.ERROR:
+        assert d.error_message == "UNKNOWN"
+
+
+def test_in_progress_schedules_the_next_check() -> None:
+    d = status_record(poll(), cs(State.IN_PROGRESS), T0).decision
+    assert not d.final and d.next_check_at == T0 + 1.0 and d.checks == 1
+
+
+def test_in_progress_at_the_last_check_times_out_saying_why() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=5)
+    d = status_record(r, cs(State.IN_PROGRESS), T0 + 5).decision
+    assert d.final and d.status == State.TIMED_OUT and d.last_api_status == State.IN_PROGRESS
+    assert isinstance(d.error, WindowEndedError) and "6 checks" in str(d.error)
+
+
+def test_not_found_once_is_checked_again() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1)
+    rec = status_record(r, not_found(), T0 + 1)
+    d = rec.decision
+    assert not d.final and d.status == State.IN_PROGRESS
+    assert d.next_check_at == T0 + 2.0 and d.checks == 2
+    assert d.error_kind is ErrorKind.NOT_FOUND and d.hint and "again" in d.hint
+    assert rec.extra == {"strikes": "1"}
+
+
+def test_not_found_once_at_the_last_check_times_out_with_the_error() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=5)
+    rec = status_record(r, not_found(), T0 + 5)
+    d = rec.decision
+    assert d.final and d.status == State.TIMED_OUT and d.checks == 6
+    assert isinstance(d.error, GraphAPIError) and d.error_kind is ErrorKind.NOT_FOUND
+
+
+def test_not_found_twice_in_a_row_fails() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=2, strikes=1)
+    d = status_record(r, not_found(), T0 + 2).decision
+    assert d.final and d.status == State.FAILED and d.error_kind is ErrorKind.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "between",
+    [NetworkError("reset"), RequestTimeoutError("slow"), throttled_error()],
+    ids=["network", "timeout", "throttled"],
+)
+def test_a_failed_request_between_two_not_founds_keeps_the_strike(between: ThreadsError) -> None:
+    r = apply(poll(), status_record(poll(), not_found(), T0), T0)
+    assert r.strikes == 1 and not r.final
+    rec = status_record(r, between, T0 + 1, paused_until=T0 + 2)
+    assert "strikes" not in rec.extra and not rec.decision.final
+    r = apply(r, rec, T0 + 1)
+    assert r.strikes == 1
+    d = status_record(r, not_found(), T0 + 2).decision
+    assert d.final and d.status == State.FAILED
+
+
+def test_an_answer_about_the_container_resets_the_strikes() -> None:
+    r = apply(poll(), status_record(poll(), not_found(), T0), T0)
+    rec = status_record(r, cs(State.IN_PROGRESS), T0 + 1)
+    assert rec.extra == {"strikes": ""}
+    r = apply(r, rec, T0 + 1)
+    assert r.strikes == 0
+    d = status_record(r, not_found(), T0 + 2).decision
+    assert not d.final
+
+
+def test_finished_with_publish_makes_the_publish_due_after_the_grace() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=1, publish=True)
+    rec = status_record(r, cs(State.FINISHED), T0 + 1)
+    d = rec.decision
+    assert not d.final and d.status == State.FINISHED and d.checks == 2
+    assert d.next_check_at == T0 + 1 + POLICY.publish_grace
+    assert rec.extra["publish_status"] == PublishStatus.PENDING
+    assert rec.extra["finished_at"] == f"{T0 + 1:.3f}"
+    after = apply(r, rec, T0 + 1)
+    assert phase_of(after) is Phase.PUBLISH_DUE
+    assert isinstance(plan(after, T0 + 1 + POLICY.publish_grace), CallPublish)
+
+
+def test_a_throttled_answer_does_not_spend_the_check() -> None:
+    r = poll(status=State.IN_PROGRESS, checks=2)
+    rec = status_record(r, throttled_error(), T0 + 2, paused_until=T0 + 5)
+    d = rec.decision
+    assert not d.final and not d.spent and d.delay_added == pytest.approx(3.0)
+    assert d.next_check_at == T0 + 5 and d.checks is None and d.error_kind is ErrorKind.THROTTLED
+    assert rec.extra == {}
+    after = apply(r, rec, T0 + 2)
+    assert after.checks == 2 and after.throttled == 1 and after.window_delay == pytest.approx(3)
+    # No pause known (0): the next interval.
+    d0 = status_record(r, throttled_error(), T0 + 2, paused_until=0.0).decision
+    assert d0.next_check_at == T0 + 3 and not d0.spent
+
+
+def test_unconfirmed_publish_keeps_polling_on_finished_until_published() -> None:
+    r = poll(
+        status=State.FINISHED,
+        last_api_status=State.FINISHED,
+        checks=2,
+        publish=True,
+        publish_status=PublishStatus.UNCONFIRMED,
+        publish_attempts=1,
+    )
+    rec = status_record(r, cs(State.FINISHED), T0 + 3)
+    assert not rec.decision.final and rec.decision.next_check_at == T0 + 4
+    assert "publish_status" not in rec.extra
+    r = apply(r, rec, T0 + 3)
+    assert phase_of(r) is Phase.AWAITING_PUBLISHED
+    d = status_record(r, cs(State.PUBLISHED), T0 + 4).decision
+    assert d.final and d.status == State.PUBLISHED
+    # The window ends first: TIMED_OUT, still unconfirmed.
+    last = status_record(r, cs(State.FINISHED), DEADLINE + SLACK)
+    assert last.decision.final and last.decision.status == State.TIMED_OUT
+
+
+def test_a_rejected_token_fails_with_the_hint() -> None:
+    err = GraphAPIError("bad token", code=190, http_status=400)
+    d = status_record(poll(account="7"), err, T0).decision
+    assert d.final and d.status == State.FAILED and d.error_kind is ErrorKind.TOKEN
+    assert d.hint is not None and "THREADS_ACCESS_TOKEN_7" in d.hint
+
+
+def test_an_explained_error_carries_the_explanation() -> None:
+    err = GraphAPIError("Tried accessing nonexisting field (status)", code=100, http_status=400)
+    d = after_status(poll(), err, now=T0, paused_until=0, policy=POLICY, explain="why").decision
+    assert d.final and d.status == State.FAILED and d.hint == "why"
+
+
+# --- after_publish ----------------------------------------------------------------------------
+
+
+def publish_record(
+    verdict: PublishVerdict,
+    *,
+    attempts: int = 0,
+    now: float = T0 + 3,
+    media_id: str | None = None,
+    error: ThreadsError | None = None,
+) -> Record:
+    r = publish_due(publish_attempts=attempts)
+    return after_publish(r, verdict, media_id=media_id, error=error, now=now, policy=POLICY)
+
+
+def test_published() -> None:
+    rec = publish_record(PublishVerdict.PUBLISHED, media_id="m1")
+    assert rec.decision.final and rec.decision.status == State.PUBLISHED
+    assert rec.extra == {
+        "publish_status": PublishStatus.PUBLISHED,
+        "media_id": "m1",
+        "published_at": f"{T0 + 3:.3f}",
+    }
+
+
+def test_unconfirmed_goes_back_to_polling() -> None:
+    err = RequestTimeoutError("slow")
+    rec = publish_record(PublishVerdict.UNCONFIRMED, error=err)
+    d = rec.decision
+    assert not d.final and d.status == State.FINISHED and d.next_check_at == T0 + 4
+    assert d.error is err and rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    late = publish_record(PublishVerdict.UNCONFIRMED, error=err, now=DEADLINE + 30)
+    assert late.decision.final and late.decision.status == State.TIMED_OUT
+    assert late.decision.error is err
+    assert late.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+
+
+def test_not_ready_is_tried_again_after_the_grace_then_fails() -> None:
+    err = GraphAPIError("not ready", code=24, subcode=4279009, http_status=400)
+    rec = publish_record(PublishVerdict.NOT_READY, attempts=0, error=err)
+    assert not rec.decision.final and rec.decision.next_check_at == T0 + 3 + 0.5
+    assert rec.extra == {"publish_status": PublishStatus.PENDING}
+    # ``r`` is the poll before the claim: attempts 2 -> this was the 3rd and last.
+    last = publish_record(PublishVerdict.NOT_READY, attempts=2, error=err)
+    assert last.decision.final and last.decision.status == State.PUBLISH_FAILED
+    assert last.decision.error is err and last.extra == {"publish_status": PublishStatus.FAILED}
+
+
+def test_retry_later_waits_an_interval() -> None:
+    err = NetworkError("refused", request_sent=False)
+    for attempts in (0, 2):
+        rec = publish_record(PublishVerdict.RETRY_LATER, attempts=attempts, error=err)
+        assert not rec.decision.final and rec.decision.next_check_at == T0 + 3 + 1.0
+        assert rec.extra == {"publish_status": PublishStatus.PENDING}
+    # Attempts used up: the next claim says so.
+    done = publish_not_claimed("exhausted", POLICY)
+    assert isinstance(done, Record) and done.decision.status == State.PUBLISH_FAILED
+    assert "3 attempts" in str(done.decision.error)
+    assert done.extra == {"publish_status": PublishStatus.FAILED}
+
+
+def test_quota_exhausted() -> None:
+    rec = publish_record(PublishVerdict.QUOTA_EXHAUSTED, error=GraphAPIError("q", code=9))
+    assert rec.decision.final and rec.decision.status == State.QUOTA_EXHAUSTED
+    assert rec.extra == {"publish_status": PublishStatus.QUOTA_EXHAUSTED}
+    before = quota_exhausted(250, 250)
+    assert before.decision.status == State.QUOTA_EXHAUSTED and "250 of 250" in str(
+        before.decision.error
+    )
+
+
+def test_failed() -> None:
+    err = GraphAPIError("nope", code=10, http_status=400)
+    rec = publish_record(PublishVerdict.FAILED, error=err)
+    assert rec.decision.final and rec.decision.status == State.PUBLISH_FAILED
+    assert rec.decision.error is err and rec.extra == {"publish_status": PublishStatus.FAILED}
+
+
+def test_every_publish_verdict_is_covered() -> None:
+    for verdict in PublishVerdict:
+        rec = publish_record(verdict, media_id="m" if verdict is PublishVerdict.PUBLISHED else None)
+        # Only an answer that proves nothing was published makes the publish due again.
+        assert (rec.extra["publish_status"] == PublishStatus.PENDING) == (
+            verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER)
+        )
+
+
+def test_a_claim_held_elsewhere_is_not_a_record() -> None:
+    for claim in ("in_flight", "unconfirmed", "stale", ""):
+        assert isinstance(publish_not_claimed(claim, POLICY), Skip)
+
+
+# --- the state machine ------------------------------------------------------------------------
+
+MAX_RUNS = 200
+MAX_FAULTS = 5  # crashes and early wake-ups per sequence (a crash could otherwise repeat forever)
+MAX_PAUSES = 5  # account pauses per sequence (each one may hold a due publish back)
+RUN_TICK_MS = 1  # a run starts at least a millisecond after the previous one (Redis' clock)
+
+
+def write_record(
+    h: dict[str, str],
+    current: PollResult,
+    rec: Record,
+    *,
+    now_ms: int,
+    checked_at: float | None,
+) -> bool:
+    """record.lua, without pacing: False (nothing written) when the poll is already final."""
+    if h.get("final") == "1" or h.get("generation") != current.generation:
+        return False
+    d = rec.decision
+    fields = record_fields(current, d, checked_at=checked_at, extra=rec.extra)
+    h["updated_at"] = ms_stamp(now_ms)
+    for k, v in fields.items():
+        if v == "":
+            h.pop(k, None)
+        else:
+            h[k] = v
+    if d.final:
+        h["finalized_at"] = ms_stamp(now_ms)
+        h.pop("next_check_at", None)
+    else:
+        want = int(d.next_check_at * 1000) if d.next_check_at else 0
+        h["next_check_at"] = ms_stamp(max(want, now_ms))
+    return True
+
+
+def claim_publish(h: dict[str, str], *, now_ms: int, max_attempts: int) -> str:
+    """publish_claim.lua."""
+    if h.get("final") == "1":
+        return "stale"
+    status = h.get("publish_status")
+    if status != PublishStatus.PENDING:
+        return status or ""
+    attempts = int(h.get("publish_attempts") or 0) + 1
+    if attempts > max_attempts:
+        return "exhausted"
+    h.update(
+        publish_status=PublishStatus.IN_FLIGHT,
+        publish_attempts=str(attempts),
+        publish_claimed_at=ms_stamp(now_ms),
+    )
+    return "ok"
+
+
+@dataclass
+class World:
+    """Redis (the poll's hash, its account's pause), the clock, and what the API server saw."""
+
+    h: dict[str, str]
+    clock_ms: int
+    throttled_until: float = 0.0
+    faults: int = 0
+    pauses: int = 0
+    pause_total: float = 0.0
+    crash_delay_total: float = 0.0
+    runs: int = 0
+    status_calls: int = 0
+    publish_calls: int = 0
+    # A publish call went through on the server (the container is published).
+    published_on_server: bool = False
+    # A publish call was answered with a media id or ambiguously: it may have published.
+    maybe_published: bool = False
+
+    @property
+    def now(self) -> float:
+        return self.clock_ms / 1000
+
+    def crash(self, delay: float) -> None:
+        # The run dies; its job is due again when its lease ends (0: re-run at once).
+        self.faults += 1
+        self.crash_delay_total += delay
+        self.clock_ms += int(delay * 1000)
+
+
+# Weighted towards the answers that lead to a publish.
+STATUS_ANSWERS = [
+    "IN_PROGRESS",
+    "FINISHED",
+    "IN_PROGRESS",
+    "FINISHED",
+    "FINISHED",
+    "ERROR",
+    "EXPIRED",
+    "PUBLISHED",
+    "transient",
+    "throttled",
+    "not_found",
+]
+PUBLISH_ANSWERS = ["media_id", "not_ready", "timeout", "5xx", "4xx", "refused", "throttled"]
+
+
+def status_answer(label: str, *, published: bool) -> ContainerStatus | ThreadsError:
+    if label == "transient":
+        return GraphAPIError("try again", code=2, is_transient=True, http_status=503)
+    if label == "throttled":
+        return throttled_error()
+    if label == "not_found":
+        return not_found()
+    if published and label in ("IN_PROGRESS", "FINISHED"):
+        return cs(State.PUBLISHED)  # the server knows what it did
+    return cs(label, "UNKNOWN" if label == "ERROR" else None)
+
+
+def publish_answer(label: str) -> str | ThreadsError:
+    answers: Mapping[str, str | ThreadsError] = {
+        "media_id": "18000000000000001",
+        "not_ready": GraphAPIError("not ready", code=24, subcode=4279009, http_status=400),
+        "timeout": RequestTimeoutError("publish timed out"),
+        "5xx": GraphAPIError("oops", code=1, http_status=500),
+        "4xx": GraphAPIError("bad", code=10, http_status=400),
+        "refused": NetworkError("connection refused", request_sent=False),
+        "throttled": GraphAPIError("limit", code=4, http_status=400),
+    }
+    return answers[label]
+
+
+def time_bound(policy: Policy, w: World, final: PollResult) -> float:
+    """When a poll is final at the latest.
+
+    Polling (checks, throttle deferrals, the checks after an ambiguous publish) never runs past
+    the window's end D = deadline_at + min(window_delay, max_delay) plus the slack: no check is
+    scheduled later, and a run that comes later times out. The publish, started by FINISHED
+    (seen by then), waits the grace, then makes at most ``publish_max_attempts`` calls (each
+    claim counts one), each followed by a wait of the grace (not ready) or an interval (retry
+    later) before the next claim, the last of which may only find the attempts used up. What
+    the window does not cover: a due publish waits for its account's pauses (not capped by
+    max_delay), a crashed run is re-run when its lease ends, and each run starts a tick after
+    the last.
+    """
+    s = policy.schedule
+    deadline = (final.deadline_at or 0.0) + min(final.window_delay, policy.max_delay)
+    publish = 0.0
+    if final.publish:
+        per_attempt = max(policy.publish_grace, s.interval, 0.05)
+        publish = policy.publish_grace + policy.publish_max_attempts * per_attempt
+    ticks = w.runs * RUN_TICK_MS / 1000
+    return deadline + s.slack + publish + w.pause_total + w.crash_delay_total + ticks + 1e-3
+
+
+def maybe_pause(data: st.DataObject, w: World, at: float) -> float:
+    """Sometimes the account gets (or extends) a pause: returns its length (0: none)."""
+    if w.pauses >= MAX_PAUSES:
+        return 0.0
+    length = data.draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.5, 2.0, 7.0]), label="pause")
+    if length:
+        w.pauses += 1
+        w.pause_total += length
+        w.throttled_until = max(w.throttled_until, float(stamp(at + length)))
+    return length
+
+
+def crash_point(data: st.DataObject, w: World, points: list[str]) -> str:
+    if w.faults >= MAX_FAULTS:
+        return "none"
+    return data.draw(st.sampled_from(["none", "none", "none", *points]), label="crash")
+
+
+def crash_delay(data: st.DataObject) -> float:
+    return data.draw(st.sampled_from([0.0, 2.0]), label="lease")
+
+
+def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
+    """One run of the poll's job, from the claim to the record (or a crash)."""
+    h = w.h
+    due_ms = round(float(h["next_check_at"]) * 1000)
+    early = (
+        w.faults < MAX_FAULTS
+        and due_ms > w.clock_ms
+        and data.draw(st.sampled_from([False, False, False, True]), label="early wake-up")
+    )
+    if early:
+        # A re-run whose re-schedule was lost: the job runs before it is due.
+        w.faults += 1
+    else:
+        w.clock_ms = max(w.clock_ms, due_ms)
+    w.clock_ms += RUN_TICK_MS
+    w.runs += 1
+    now = w.now
+    maybe_pause(data, w, now)
+    current = PollResult.from_hash(h)
+    token = data.draw(
+        st.sampled_from([TokenState.OK] * 40 + [TokenState.MISSING, TokenState.REJECTED]),
+        label="token",
+    )
+    p = plan_run(current, throttled_until=w.throttled_until, token=token, now=now, policy=policy)
+    phase = phase_of(current)
+    if early and (current.next_check_at or 0) - now > EARLY_TOLERANCE_SECONDS:
+        # An early run never calls the API.
+        assert isinstance(p, Record), p
+        assert not p.decision.touch or phase is Phase.PUBLISH_IN_FLIGHT
+
+    if isinstance(p, Skip):
+        # Only a final poll is skipped; its job would end here. (A live one: the job is
+        # released and planned again a second later.)
+        w.clock_ms += 1000
+        return
+    if isinstance(p, Record):
+        if crash_point(data, w, ["before record"]) != "none":
+            w.crash(crash_delay(data))
+            return
+        assert write_record(h, current, p, now_ms=w.clock_ms, checked_at=None)
+        return
+    if isinstance(p, CallStatus):
+        point = crash_point(data, w, ["before call", "after call"])
+        if point == "before call":
+            w.crash(crash_delay(data))
+            return
+        labels = [a for a in STATUS_ANSWERS if w.pauses < MAX_PAUSES or a != "throttled"]
+        label = data.draw(st.sampled_from(labels), label="status answer")
+        outcome = status_answer(label, published=w.published_on_server)
+        w.status_calls += 1
+        paused_until = 0.0
+        if label == "throttled":
+            # account.lua notes the pause before the record: it stays even if the run dies.
+            w.pauses += 1
+            length = data.draw(st.sampled_from([0.5, 2.0, 7.0]), label="throttle pause")
+            w.pause_total += length
+            w.throttled_until = max(w.throttled_until, float(stamp(now + length)))
+            paused_until = w.throttled_until
+        if point == "after call":
+            w.crash(crash_delay(data))
+            return
+        rec = after_status(current, outcome, now=now, paused_until=paused_until, policy=policy)
+        assert write_record(h, current, rec, now_ms=w.clock_ms, checked_at=now)
+        return
+
+    assert isinstance(p, CallPublish), p
+    assert phase is Phase.PUBLISH_DUE
+    point = crash_point(data, w, ["before claim", "after claim", "after publish call"])
+    if point == "before claim":
+        w.crash(crash_delay(data))
+        return
+    if data.draw(st.sampled_from([False] * 19 + [True]), label="no posts left"):
+        rec = quota_exhausted(250, 250)
+        assert write_record(h, current, rec, now_ms=w.clock_ms, checked_at=None)
+        return
+    claim = claim_publish(h, now_ms=w.clock_ms, max_attempts=policy.publish_max_attempts)
+    if claim != "ok":
+        not_claimed = publish_not_claimed(claim, policy)
+        if isinstance(not_claimed, Record):
+            assert write_record(h, current, not_claimed, now_ms=w.clock_ms, checked_at=None)
+        # A Skip releases the job, due again at once.
+        return
+    if point == "after claim":
+        w.crash(crash_delay(data))
+        return
+    # (a): the server never sees a publish of a container after one that may have published it.
+    assert not w.maybe_published, "a second publish call after a published/ambiguous one"
+    assert not w.published_on_server
+    w.publish_calls += 1
+    label = data.draw(st.sampled_from(PUBLISH_ANSWERS), label="publish answer")
+    answer = publish_answer(label)
+    verdict = judge_publish(answer)
+    if label == "media_id":
+        w.published_on_server = True
+    if verdict in (PublishVerdict.PUBLISHED, PublishVerdict.UNCONFIRMED):
+        w.maybe_published = True
+        if verdict is PublishVerdict.UNCONFIRMED and data.draw(st.booleans(), label="it went"):
+            w.published_on_server = True
+    if point == "after publish call":
+        w.crash(crash_delay(data))
+        return
+    rec = after_publish(
+        current,
+        verdict,
+        media_id=answer if isinstance(answer, str) else None,
+        error=answer if isinstance(answer, ThreadsError) else None,
+        now=now,
+        policy=policy,
+    )
+    assert write_record(h, current, rec, now_ms=w.clock_ms, checked_at=None)
+
+
+policies = st.builds(
+    Policy,
+    schedule=st.builds(
+        Schedule,
+        interval=st.sampled_from([1.0, 3.0]),
+        window=st.sampled_from([5.0, 0.0, 12.0]),
+    ),
+    max_delay=st.sampled_from([10.0, 0.0, 3.0]),
+    publish_grace=st.sampled_from([0.5, 2.0, 5.0]),
+    publish_max_attempts=st.sampled_from([3, 1]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=policies, publish=st.sampled_from([True, True, True, False]), data=st.data())
+def test_a_poll_is_published_at_most_once_and_always_ends(
+    policy: Policy, publish: bool, data: st.DataObject
+) -> None:
+    start_ms = int(T0 * 1000)
+    window_ms = round(policy.schedule.window * 1000)
+    h = {
+        "container_id": "1",
+        "status": State.QUEUED,
+        "final": "0",
+        "enqueued_at": ms_stamp(start_ms),
+        "deadline_at": ms_stamp(start_ms + window_ms),
+        "generation": "g1",
+        "next_check_at": ms_stamp(start_ms),
+    }
+    if publish:
+        h["publish"] = "1"
+    w = World(h=h, clock_ms=start_ms)
+
+    while h.get("final") != "1" and w.runs < MAX_RUNS:
+        run_once(data, w, policy)
+
+    # (b) it ends, within a bounded number of runs and by a bounded time.
+    final = PollResult.from_hash(h)
+    assert final.final, f"not final after {w.runs} runs: {h}"
+    assert final.finalized_at is not None
+    assert final.finalized_at <= time_bound(policy, w, final), (final, w)
+    # What a final state says about publishing is true, and it says it is over.
+    assert final.publish_status not in (PublishStatus.PENDING, PublishStatus.IN_FLIGHT)
+    if final.publish_status == PublishStatus.PUBLISHED:
+        assert w.published_on_server
+    if final.status in (State.PUBLISH_FAILED, State.QUOTA_EXHAUSTED):
+        assert not w.maybe_published
+    assert w.publish_calls <= policy.publish_max_attempts
+    event(f"final {final.status}, publish_status {final.publish_status}")
+    event(f"{w.publish_calls} publish calls, {w.faults} faults, {w.pauses} pauses")
+
+    # (c) a final state is never changed: any later run is skipped, and a record is refused.
+    before = dict(h)
+    for later in (0.0, 1.0, 1000.0):
+        for token in TokenState:
+            for paused in (0.0, final.finalized_at + 500):
+                p = plan_run(
+                    final,
+                    throttled_until=paused,
+                    token=token,
+                    now=final.finalized_at + later,
+                    policy=policy,
+                )
+                assert isinstance(p, Skip)
+    stray = after_status(final, cs(State.IN_PROGRESS), now=w.now, paused_until=0.0, policy=policy)
+    assert not write_record(h, final, stray, now_ms=w.clock_ms + 1, checked_at=w.now)
+    assert claim_publish(h, now_ms=w.clock_ms, max_attempts=policy.publish_max_attempts) == "stale"
+    assert h == before
