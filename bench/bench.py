@@ -755,7 +755,10 @@ class Bench:
     def settings(self, **overrides: Any) -> Any:
         from config import load_settings
 
-        return load_settings(redis_url=self.redis_url, key_prefix=PREFIX, **overrides)
+        # Like the workers' (worker_env): no pacing, or enqueue would space the first checks.
+        values: dict[str, Any] = {"account_max_requests_per_second": 0}
+        values.update(overrides)
+        return load_settings(redis_url=self.redis_url, key_prefix=PREFIX, **values)
 
     def worker_env(self, **settings: str) -> dict[str, str]:
         env = clean_env()

@@ -386,3 +386,17 @@ async def test_publishing_waits_while_the_account_is_paused(
     r = await get_result(redis, "7202", settings=settings)
     assert r is not None and r.status == "PUBLISHED"
     assert r.published_at is not None and r.published_at >= paused_until - 0.01
+
+
+async def test_the_workers_pacing_rules_not_the_producers(
+    redis: Redis, settings: Settings
+) -> None:
+    """Workers publish their pacing; a producer's own setting is only the fallback."""
+    from worker.store import EnqueueRequest
+
+    await store_for(redis, settings).publish_config()  # the worker's: pacing off
+    paced_producer = settings.model_copy(update={"account_max_requests_per_second": 1.0})
+    store = store_for(redis, paced_producer)
+    await store.enqueue([EnqueueRequest(f"73{i:02d}", account="5") for i in range(5)])
+    results = await store.load_many([f"73{i:02d}" for i in range(5)])
+    assert all(r is not None and r.next_check_at == r.enqueued_at for r in results)

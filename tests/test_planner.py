@@ -57,6 +57,12 @@ DEADLINE = T0 + 5.0
 SLACK = POLICY.schedule.slack  # 0.5
 
 
+def load(h: Mapping[str, str]) -> PollResult:
+    """``PollResult.from_hash`` of a hash written with str keys and values."""
+    raw: dict[bytes | str, bytes | str] = dict(h.items())
+    return PollResult.from_hash(raw)
+
+
 def poll(**fields: object) -> PollResult:
     """A poll as its result hash holds it: the enqueue fields, then ``fields`` (None drops one)."""
     h: dict[str, str] = {
@@ -73,7 +79,7 @@ def poll(**fields: object) -> PollResult:
             h.pop(k, None)
         else:
             h[k] = "1" if v is True else "0" if v is False else str(v)
-    return PollResult.from_hash(h)
+    return load(h)
 
 
 def publish_due(**fields: object) -> PollResult:
@@ -125,7 +131,7 @@ def apply(r: PollResult, rec: Record, now: float) -> PollResult:
     """The poll after record.lua wrote ``rec`` (the unit tests' short version of the model)."""
     h = dict(hash_of(r))
     write_record(h, r, rec, now_ms=int(now * 1000), checked_at=now)
-    return PollResult.from_hash(h)
+    return load(h)
 
 
 def hash_of(r: PollResult) -> dict[str, str]:
@@ -759,7 +765,7 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
     w.runs += 1
     now = w.now
     maybe_pause(data, w, now)
-    current = PollResult.from_hash(h)
+    current = load(h)
     token = data.draw(
         st.sampled_from([TokenState.OK] * 40 + [TokenState.MISSING, TokenState.REJECTED]),
         label="token",
@@ -890,12 +896,14 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
         run_once(data, w, policy)
 
     # (b) it ends, within a bounded number of runs and by a bounded time.
-    final = PollResult.from_hash(h)
+    final = load(h)
     assert final.final, f"not final after {w.runs} runs: {h}"
     assert final.finalized_at is not None
     assert final.finalized_at <= time_bound(policy, w, final), (final, w)
     # What a final state says about publishing is true, and it says it is over.
     assert final.publish_status not in (PublishStatus.PENDING, PublishStatus.IN_FLIGHT)
+    # FINISHED starts an opted-in publish, and then only the publish's outcome ends the poll.
+    assert not (final.publish and final.status == State.FINISHED)
     if final.publish_status == PublishStatus.PUBLISHED:
         assert w.published_on_server
     if final.status in (State.PUBLISH_FAILED, State.QUOTA_EXHAUSTED):

@@ -196,6 +196,7 @@ class PollerWorker:
             background.append(asyncio.create_task(coro, name=name))
 
         try:
+            await store.publish_config()
             await heartbeat.beat()
             spawn(heartbeat.run(), "heartbeat")
             spawn(intake.run(), "intake")

@@ -45,6 +45,11 @@ class Keys:
         return f"{self.prefix}:webhook:{container_id}:{generation}"
 
     @property
+    def config(self) -> str:
+        """Hash: what the workers publish for producers (``pace_step_ms``: the pacing slot)."""
+        return f"{self.prefix}:config"
+
+    @property
     def inflight(self) -> str:
         """Sorted set: containers being polled, scored by their window's deadline."""
         return f"{self.prefix}:inflight"

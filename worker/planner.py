@@ -210,7 +210,9 @@ def plan_run(
     ):
         return Record(_timed_out(r, policy))
     if token is not TokenState.OK:
-        return Record(token_failure(r, token, phase))
+        # A due publish that fails for its token is over, like every other PUBLISH_FAILED.
+        extra = {"publish_status": PublishStatus.FAILED} if phase is Phase.PUBLISH_DUE else {}
+        return Record(token_failure(r, token, phase), extra)
     if throttled_until > now:
         if phase is Phase.PUBLISH_DUE:
             # Publishing obeys the account's pause too (the quota and publish calls wait).

@@ -262,6 +262,7 @@ class ResultStore:
                         self.keys.inflight,
                         self.keys.queue,
                         self.keys.accounts,
+                        self.keys.config,
                     ],
                     args=[
                         req.container_id,
@@ -288,6 +289,12 @@ class ResultStore:
             outcome, status = (text(v) for v in reply)
             results.append(Enqueued(req.container_id, outcome, status))  # type: ignore[arg-type]
         return results
+
+    async def publish_config(self) -> None:
+        """Tell producers this worker's pacing (their enqueue reserves the first check's slot)."""
+        await self.redis.hset(  # type: ignore[misc]
+            self.keys.config, mapping={"pace_step_ms": self.pace_step_ms}
+        )
 
     async def load(self, container_id: str) -> PollResult | None:
         raw = await self.redis.hgetall(self.keys.result(container_id))  # type: ignore[misc]

@@ -2,7 +2,7 @@
 -- Record a container and schedule its first check, atomically, on Redis' clock. The hash gets
 -- only the fields that say something at this point; every other field is added by the first
 -- write that has a value for it, and readers take a missing field as empty / 0 / false.
--- KEYS: 1 result hash, 2 inflight zset, 3 queue, 4 accounts zset
+-- KEYS: 1 result hash, 2 inflight zset, 3 queue, 4 accounts zset, 5 the deployment's config hash
 -- ARGV: 1 container_id, 2 window ms, 3 ttl seconds, 4 generation, 5 job key prefix,
 --       6 job id base ("<prefix>:check:<id>:"), 7 job data, 8 lock prefix, 9 account,
 --       10 force ('1'/'0'), 11 publish ('1'/'0'), 12 webhook url, 13 pacing step ms (0: none),
@@ -31,7 +31,10 @@ end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[2])
 local account = ARGV[9]
-local first = reserve_slot(ARGV[14], tonumber(ARGV[13]), now, now)
+-- The workers' pacing rate rules (they publish it at start, KEYS[5]); the producer's own
+-- setting is only the fallback before any worker has run.
+local step = tonumber(redis.call('HGET', KEYS[5], 'pace_step_ms') or ARGV[13])
+local first = reserve_slot(ARGV[14], step, now, now)
 local job_id = ARGV[6] .. ARGV[4]
 local ttl = tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
