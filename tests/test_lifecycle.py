@@ -388,9 +388,7 @@ async def test_publishing_waits_while_the_account_is_paused(
     assert r.published_at is not None and r.published_at >= paused_until - 0.01
 
 
-async def test_the_workers_pacing_rules_not_the_producers(
-    redis: Redis, settings: Settings
-) -> None:
+async def test_the_workers_pacing_rules_not_the_producers(redis: Redis, settings: Settings) -> None:
     """Workers publish their pacing; a producer's own setting is only the fallback."""
     from worker.store import EnqueueRequest
 

@@ -789,6 +789,11 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         assert write_record(h, current, p, now_ms=w.clock_ms, checked_at=None)
         return
     if isinstance(p, CallStatus):
+        # No check past the window: a late run (after a crash) times out without calling.
+        s = policy.schedule
+        if current.checks > 0:
+            end = (current.deadline_at or 0.0) + min(current.window_delay, policy.max_delay)
+            assert now <= end + s.slack and current.checks < s.max_checks, (now, current)
         point = crash_point(data, w, ["before call", "after call"])
         if point == "before call":
             w.crash(crash_delay(data))
@@ -909,6 +914,7 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
     if final.status in (State.PUBLISH_FAILED, State.QUOTA_EXHAUSTED):
         assert not w.maybe_published
     assert w.publish_calls <= policy.publish_max_attempts
+    assert final.checks <= policy.schedule.max_checks
     event(f"final {final.status}, publish_status {final.publish_status}")
     event(f"{w.publish_calls} publish calls, {w.faults} faults, {w.pauses} pauses")
 

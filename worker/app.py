@@ -29,7 +29,6 @@ from worker.connections import connect_worker_redis
 from worker.health import Heartbeat
 from worker.intake import IntakeConsumer
 from worker.jobs import CheckJob, PollerContext, policy_of
-from worker.keys import Keys
 from worker.queue import JobQueue
 from worker.quota import client_for, refresh_quotas_forever, token_source
 from worker.reconcile import reconcile_forever
@@ -46,15 +45,7 @@ MAX_RUNS_PER_POLL = 500
 
 
 def result_store(redis: Redis, settings: Settings) -> ResultStore:
-    return ResultStore(
-        redis,
-        Keys(settings.key_prefix),
-        window_seconds=settings.poll_max_seconds,
-        result_ttl_seconds=settings.result_ttl_seconds,
-        events_max_len=settings.events_max_len,
-        default_webhook_url=settings.webhook_url,
-        account_requests_per_second=settings.account_max_requests_per_second,
-    )
+    return ResultStore.from_settings(redis, settings)
 
 
 def concurrency(settings: Settings) -> int:

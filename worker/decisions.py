@@ -64,9 +64,9 @@ class Decision:
     touch: bool = True
 
 
-def effective_deadline(deadline: float, throttle_delay: float, max_delay: float) -> float:
+def effective_deadline(deadline: float, window_delay: float, max_delay: float) -> float:
     """The window's end: fixed at enqueue, pushed out by throttling up to ``max_delay``."""
-    return deadline + min(throttle_delay, max_delay)
+    return deadline + min(window_delay, max_delay)
 
 
 def decide_throttled(
@@ -75,7 +75,7 @@ def decide_throttled(
     now: float,
     paused_until: float,
     deadline: float,
-    throttle_delay: float,
+    window_delay: float,
     max_delay: float,
     previous_status: str,
     previous_error_message: str | None,
@@ -89,7 +89,7 @@ def decide_throttled(
     """
     due = max(paused_until, now + schedule.interval)
     added = due - now
-    end = effective_deadline(deadline, throttle_delay + added, max_delay)
+    end = effective_deadline(deadline, window_delay + added, max_delay)
     kind = ErrorKind.THROTTLED if error is not None else None
     if due > end + schedule.slack:
         return timed_out(previous_status, previous_error_message, error=error, error_kind=kind)

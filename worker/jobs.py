@@ -13,16 +13,13 @@ back, and it runs again.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-from redis.exceptions import RedisError
 
 from api_client.client import ThreadsClient
 from api_client.errors import GraphAPIError, ThreadsError
@@ -48,18 +45,13 @@ from worker.planner import (
     token_hint,
 )
 from worker.publishing import judge_publish
-from worker.queue import ClaimedJob, JobQueue
+from worker.queue import ClaimedJob, JobQueue, persist
 from worker.quota import fetch_quota, quota_ttl
 from worker.store import PollResult, Recorded, ResultStore, stamp
 from worker.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 from worker.webhooks import body_for
 
 log = logging.getLogger("threads_poller.check")
-T = TypeVar("T")
-
-# A write refused by Redis is tried again after these pauses (then every last one), while the
-# run's timeout allows.
-_WRITE_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -83,25 +75,6 @@ class PollerContext:
     tokens: TokenSource
     policy: Policy
     client_session: aiohttp.ClientSession
-
-
-async def persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
-    """Run a fenced write, again after a Redis error, until it goes through (or the run's
-    timeout cancels it). Fenced writes are safe to repeat: a repeat of one that went through
-    is refused as stale."""
-    for attempt in range(10_000):
-        try:
-            return await write()
-        except (RedisError, OSError) as exc:
-            pause = _WRITE_BACKOFF_SECONDS[min(attempt, len(_WRITE_BACKOFF_SECONDS) - 1)]
-            if attempt in (0, 10):
-                log.warning(
-                    "%s refused by Redis; trying again",
-                    what,
-                    extra={"error": f"{type(exc).__name__}: {exc}"[:300], "attempt": attempt + 1},
-                )
-            await asyncio.sleep(pause)
-    raise RuntimeError(f"{what}: gave up")  # pragma: no cover - the run's timeout comes first
 
 
 def token_state(token: str | None, job: ClaimedJob) -> TokenState:

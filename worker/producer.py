@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from config import Settings, load_settings
 from worker.ids import InvalidIdError, validate_id, validate_webhook_url
-from worker.keys import Keys
 from worker.store import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
 
 
@@ -32,15 +31,7 @@ class EnqueueOutcome:
 
 
 def store_for(redis: Redis, settings: Settings) -> ResultStore:
-    return ResultStore(
-        redis,
-        Keys(settings.key_prefix),
-        window_seconds=settings.poll_max_seconds,
-        result_ttl_seconds=settings.result_ttl_seconds,
-        events_max_len=settings.events_max_len,
-        default_webhook_url=settings.webhook_url,
-        account_requests_per_second=settings.account_max_requests_per_second,
-    )
+    return ResultStore.from_settings(redis, settings)
 
 
 def build_requests(

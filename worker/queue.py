@@ -16,14 +16,16 @@ a live poll's job: only a fenced final record ends it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.jobs import DeserializationError, deserialize_job
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from worker import scripts
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
@@ -31,6 +33,11 @@ from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
 log = logging.getLogger("threads_poller.queue")
 
 RawHash = Mapping[bytes | str, bytes | str]
+T = TypeVar("T")
+
+# A write refused by Redis is tried again after these pauses (then every last one), while the
+# run's timeout allows.
+_WRITE_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def text(value: bytes | str | None) -> str:
@@ -186,3 +193,22 @@ def _claimed(now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
         state=raw,
         account=AccountState.from_reply(account),
     )
+
+
+async def persist(what: str, write: Callable[[], Awaitable[T]]) -> T:
+    """Run a fenced write, again after a Redis error, until it goes through (or the run's
+    timeout cancels it). Fenced writes are safe to repeat: a repeat of one that went through
+    is refused as stale."""
+    for attempt in range(10_000):
+        try:
+            return await write()
+        except (RedisError, OSError) as exc:
+            pause = _WRITE_BACKOFF_SECONDS[min(attempt, len(_WRITE_BACKOFF_SECONDS) - 1)]
+            if attempt in (0, 10):
+                log.warning(
+                    "%s refused by Redis; trying again",
+                    what,
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:300], "attempt": attempt + 1},
+                )
+            await asyncio.sleep(pause)
+    raise RuntimeError(f"{what}: gave up")  # pragma: no cover - the run's timeout comes first

@@ -20,6 +20,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from api_client.models import explain_error_message
+from config import Settings
 from worker import scripts
 from worker.decisions import Decision
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
@@ -198,6 +199,19 @@ class Recorded:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One delivery attempt's outcome: ``delivered``, ``retry`` (after ``delay_s``) or ``dead``."""
+
+    generation: str
+    outcome: Literal["delivered", "retry", "dead"]
+    attempt: int
+    reason: str
+    url: str  # redacted
+    body: bytes
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Webhook:
     """The delivery job a final state creates: its id and arq job data."""
 
@@ -234,6 +248,18 @@ class ResultStore:
         self._claim = scripts.register(redis, "publish_claim.lua")
         self._resume = scripts.register(redis, "resume.lua")
         self._webhook = scripts.register(redis, "webhook_settle.lua")
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> ResultStore:
+        return cls(
+            redis,
+            Keys(settings.key_prefix),
+            window_seconds=settings.poll_max_seconds,
+            result_ttl_seconds=settings.result_ttl_seconds,
+            events_max_len=settings.events_max_len,
+            default_webhook_url=settings.webhook_url,
+            account_requests_per_second=settings.account_max_requests_per_second,
+        )
 
     def check_job_data(self, container_id: str, generation: str) -> bytes:
         return serialize_job(
@@ -393,19 +419,14 @@ class ResultStore:
         )
         return text(reply)
 
-    async def settle_webhook(
-        self,
-        job: ClaimedJob,
-        *,
-        generation: str,
-        outcome: str,
-        attempt: int,
-        reason: str,
-        url: str,
-        body: bytes,
-        delay_s: float,
-    ) -> bool:
+    async def settle_webhook(self, job: ClaimedJob, attempt: WebhookAttempt) -> bool:
         """Record one delivery attempt and end or re-schedule its job (fenced)."""
+        generation, outcome, reason, body = (
+            attempt.generation,
+            attempt.outcome,
+            attempt.reason,
+            attempt.body,
+        )
         container_id = str(job.args[0])
         dead: list[str | bytes] = []
         if outcome == "dead":
@@ -418,8 +439,8 @@ class ResultStore:
                 "status": status,
                 "generation": generation,
                 "delivery_id": job.job_id,
-                "url": url,
-                "attempts": str(attempt),
+                "url": attempt.url,
+                "attempts": str(attempt.attempt),
                 "reason": reason,
             }
             dead = [part for pair in fields.items() for part in pair]
@@ -438,8 +459,8 @@ class ResultStore:
                 job.job_id,
                 generation,
                 outcome,
-                attempt,
-                int(delay_s * 1000),
+                attempt.attempt,
+                int(attempt.delay_s * 1000),
                 reason,
                 self.result_ttl_seconds * 1000,
                 WEBHOOK_DEAD_LETTERS_MAX_LEN,

@@ -20,13 +20,13 @@ import hmac
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 from api_client.redact import redact
-from worker.queue import ClaimedJob
-from worker.store import DELIVER_FUNCTION, PollResult
+from worker.queue import ClaimedJob, persist
+from worker.store import DELIVER_FUNCTION, PollResult, WebhookAttempt
 
 log = logging.getLogger("threads_poller.webhook")
 
@@ -181,25 +181,12 @@ class WebhookJob:
         self,
         job: ClaimedJob,
         generation: str,
-        outcome: str,
+        outcome: Literal["delivered", "retry", "dead"],
         attempt: int,
         reason: str,
         url: str,
         body: bytes,
         delay_s: float = 0.0,
     ) -> None:
-        from worker.jobs import persist
-
-        await persist(
-            "settling a webhook delivery",
-            lambda: self.p.store.settle_webhook(
-                job,
-                generation=generation,
-                outcome=outcome,
-                attempt=attempt,
-                reason=reason,
-                url=redact(url),
-                body=body,
-                delay_s=delay_s,
-            ),
-        )
+        done = WebhookAttempt(generation, outcome, attempt, reason, redact(url), body, delay_s)
+        await persist("settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done))
