@@ -725,16 +725,47 @@ def time_bound(policy: Policy, w: World, final: PollResult) -> float:
     return deadline + s.slack + publish + w.pause_total + w.crash_delay_total + ticks + 1e-3
 
 
-def maybe_pause(data: st.DataObject, w: World, at: float) -> float:
-    """Sometimes the account gets (or extends) a pause: returns its length (0: none)."""
+def test_the_time_bound_is_reached_by_a_publish_retried_at_the_window_end() -> None:
+    # FINISHED at the last moment of the window, then every publish attempt answered "retry
+    # later" (connection refused): the poll ends exactly at the bound, an interval per attempt
+    # after the grace (more than grace * attempts + interval).
+    w = World(h=hash_of(poll(publish=True, status=State.IN_PROGRESS, checks=5)), clock_ms=0)
+    w.h["next_check_at"] = stamp(DEADLINE + SLACK)
+    refused = NetworkError("connection refused", request_sent=False)
+    while w.h.get("final") != "1":
+        now = float(w.h["next_check_at"])
+        w.clock_ms = round(now * 1000)
+        r = load(w.h)
+        p = plan(r, now)
+        if isinstance(p, CallStatus):
+            rec = status_record(r, cs(State.FINISHED), now)
+        else:
+            assert isinstance(p, CallPublish)
+            claim = claim_publish(w.h, now_ms=w.clock_ms, max_attempts=3)
+            if claim == "ok":
+                rec = after_publish(
+                    r, judge_publish(refused), media_id=None, error=refused, now=now, policy=POLICY
+                )
+            else:
+                not_claimed = publish_not_claimed(claim, POLICY)
+                assert isinstance(not_claimed, Record)
+                rec = not_claimed
+        assert write_record(w.h, r, rec, now_ms=w.clock_ms, checked_at=now)
+    final = load(w.h)
+    assert final.status == State.PUBLISH_FAILED and final.publish_attempts == 3
+    assert final.finalized_at == pytest.approx(DEADLINE + SLACK + 0.5 + 3 * 1.0)
+    assert final.finalized_at == pytest.approx(time_bound(POLICY, w, final) - 1e-3)
+
+
+def maybe_pause(data: st.DataObject, w: World, at: float) -> None:
+    """Sometimes the account gets (or extends) a pause (another container was throttled)."""
     if w.pauses >= MAX_PAUSES:
-        return 0.0
+        return
     length = data.draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.5, 2.0, 7.0]), label="pause")
     if length:
         w.pauses += 1
         w.pause_total += length
         w.throttled_until = max(w.throttled_until, float(stamp(at + length)))
-    return length
 
 
 def crash_point(data: st.DataObject, w: World, points: list[str]) -> str:
@@ -778,8 +809,8 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         assert not p.decision.touch or phase is Phase.PUBLISH_IN_FLIGHT
 
     if isinstance(p, Skip):
-        # Only a final poll is skipped; its job would end here. (A live one: the job is
-        # released and planned again a second later.)
+        # A live poll is never skipped (a final one is not run here); if it were, its job
+        # would be released and planned again a second later (CheckJob._end).
         w.clock_ms += 1000
         return
     if isinstance(p, Record):
@@ -818,6 +849,7 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         return
 
     assert isinstance(p, CallPublish), p
+    # Only a due publish is planned (publish_claim.lua would refuse any other, below).
     assert phase is Phase.PUBLISH_DUE
     point = crash_point(data, w, ["before claim", "after claim", "after publish call"])
     if point == "before claim":
@@ -832,7 +864,7 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         not_claimed = publish_not_claimed(claim, policy)
         if isinstance(not_claimed, Record):
             assert write_record(h, current, not_claimed, now_ms=w.clock_ms, checked_at=None)
-        # A Skip releases the job, due again at once.
+        # A Skip (the claim is held): the job is released, due again at once.
         return
     if point == "after claim":
         w.crash(crash_delay(data))

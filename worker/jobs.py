@@ -316,7 +316,7 @@ class CheckJob:
         p = self.p
         decision = plan.decision
         webhook = None
-        if decision.final:
+        if decision.final and (current.webhook_url or p.settings.webhook_url):
             now = job.now()
             body = body_for(
                 final_view(current, decision, plan.extra, now),

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from arq.jobs import DeserializationError, deserialize_job
@@ -178,19 +178,22 @@ class JobQueue:
 
 def _claimed(now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
     job_id, token, data, try_, state, account = part
-    base = ClaimedJob(text(job_id), text(token), int(try_), now_ms, mono)
+    jid, tok, n = text(job_id), text(token), int(try_)
     if data is None:
-        return replace(base, broken="the job's data is gone")
+        return ClaimedJob(jid, tok, n, now_ms, mono, broken="the job's data is gone")
     try:
         jd = deserialize_job(data)
     except DeserializationError as exc:
-        return replace(base, broken=f"unreadable job data: {exc}")
-    raw = dict(zip(state[::2], state[1::2], strict=True)) if state else None
-    return replace(
-        base,
+        return ClaimedJob(jid, tok, n, now_ms, mono, broken=f"unreadable job data: {exc}")
+    return ClaimedJob(
+        jid,
+        tok,
+        n,
+        now_ms,
+        mono,
         function=jd.function,
         args=tuple(jd.args),
-        state=raw,
+        state=dict(zip(state[::2], state[1::2], strict=True)) if state else None,
         account=AccountState.from_reply(account),
     )
 
