@@ -116,6 +116,9 @@ async def test_worker_and_cli_follow_a_failover(cluster: Cluster, sim: RunningSi
         sim.base_url,
         redis_sentinels=f"127.0.0.1:{cluster.sentinel_port}",
         redis_sentinel_master=MASTER,
+        # Longer than a failover takes to settle (sentinel's down-after, the promotion, the
+        # clients' retries): a container enqueued right after it is still checked in its window.
+        poll_max_seconds=10.0,
     )
     sim.state.set_script("9301", ["IN_PROGRESS", "FINISHED"])
     sim.state.set_script("9302", ["IN_PROGRESS", "FINISHED"])
