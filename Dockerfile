@@ -7,7 +7,7 @@
 #   docker run --env-file .env threads-poller status 17889615691921648
 #
 # Stop grace: on SIGTERM the worker stops taking checks and lets running ones finish for
-# int(HTTP_TIMEOUT_SECONDS) + 2 seconds (arq's job_completion_wait, worker/app.py), then exits 0.
+# int(HTTP_TIMEOUT_SECONDS) + 2 seconds (arq's job_completion_wait, worker/runtime/app.py), then exits 0.
 # The orchestrator's grace period (docker stop -t / compose stop_grace_period / Kubernetes
 # terminationGracePeriodSeconds) must exceed HTTP_TIMEOUT_SECONDS + 2 (12 s with the defaults),
 # plus a few seconds to close connections; Docker's default of 10 s is too short. A check cut off
@@ -50,7 +50,7 @@ USER 10001:10001
 EXPOSE 9100
 STOPSIGNAL SIGTERM
 # Passes only while a worker process in this container writes its heartbeat to Redis
-# (worker/health.py): exit 1 names the reason, 4 means Redis is unreachable.
+# (worker/ops/health.py): exit 1 names the reason, 4 means Redis is unreachable.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["threads-poller", "health"]
 ENTRYPOINT ["threads-poller"]

@@ -786,7 +786,7 @@ class Bench:
     async def wait_ready(self, *children: Child, limit_s: float = 30.0) -> tuple[float, int]:
         """Seconds until every worker's first heartbeat (written at the end of its start-up),
         and how many Redis requests this wait sent (ZCARD polls)."""
-        from worker.keys import Keys
+        from worker.store.keys import Keys
 
         t0, polls = time.monotonic(), 0
         limit_s *= max(1, len(children))  # they start at once on the same cores
@@ -809,7 +809,7 @@ class Bench:
 
     async def enqueue_ids(self, ids: Sequence[str], settings: Any, batch: int = 1000) -> int:
         """enqueue_many in batches; returns how many came back ``enqueued``."""
-        from worker.producer import enqueue_many
+        from worker.client.producer import enqueue_many
 
         done = 0
         for i in range(0, len(ids), batch):
@@ -950,7 +950,7 @@ class Bench:
         out(f"  CPU while running: {self.cpu_line(cpu0, cpu1)}")
 
     def poll_delay(self, interval: float) -> float:
-        from worker.app import poll_delay
+        from worker.runtime.app import poll_delay
 
         return poll_delay(self.settings(poll_interval_seconds=interval))
 
@@ -991,7 +991,7 @@ class Bench:
         """The throughput workload: N containers scripted FINISHED enqueued beforehand, then
         ``workers`` worker processes drain them. With ``hold`` the queue is renamed away until
         every worker is ready, so that they all start on it together."""
-        from worker.keys import Keys
+        from worker.store.keys import Keys
 
         n, keys = self.cfg.n, Keys(PREFIX)
         await self.reset()
@@ -1089,7 +1089,7 @@ class Bench:
 
     async def final_events(self) -> dict[str, list[str]]:
         """Every entry of the events stream: container id -> the statuses of its events."""
-        from worker.keys import Keys
+        from worker.store.keys import Keys
 
         stream, start = Keys(PREFIX).events, "-"
         seen: dict[str, list[str]] = {}
@@ -1201,9 +1201,9 @@ class Bench:
             )
 
     async def phase_schedule(self) -> None:
-        from worker.decisions import Schedule
-        from worker.keys import Keys
-        from worker.producer import enqueue_many
+        from worker.client.producer import enqueue_many
+        from worker.core.decisions import Schedule
+        from worker.store.keys import Keys
 
         f, keys = self.figures, Keys(PREFIX)
         schedule = Schedule(SCHEDULE_INTERVAL, SCHEDULE_WINDOW)
@@ -1332,8 +1332,8 @@ class Bench:
         out(f"  CPU during the phase: {self.cpu_line(cpu0, cpu1)}")
 
     async def phase_capacity(self) -> None:
-        from worker.keys import ARQ_JOB_PREFIX as JOB_PREFIX
-        from worker.keys import Keys
+        from worker.store.keys import ARQ_JOB_PREFIX as JOB_PREFIX
+        from worker.store.keys import Keys
 
         n, f, keys = self.cfg.capacity_n, self.figures, Keys(PREFIX)
         out(f"\n[capacity] {n} containers queued, default schedule (60 s / 300 s), no worker")

@@ -61,7 +61,7 @@ from bench.fault_run import RedisServer, free_port, retrying, worker_command
 from config import Settings, load_settings
 from simulator import SimulatorState, StatusCall, run_simulator
 from simulator.server import RunningSimulator
-from worker.producer import enqueue_many
+from worker.client.producer import enqueue_many
 
 Scale = Literal["ci", "full"]
 
@@ -1490,8 +1490,8 @@ async def deliver_and_die(h: Harness, entries: list[tuple[bytes, dict[bytes, byt
     """What a consumer that took ``entries`` did before dying: its own processing up to the
     acknowledgement (``IntakeConsumer.process``); if that wrote no poll, the enqueue the
     consumer does (``parse_entry`` + ``ResultStore.enqueue``)."""
-    from worker.intake import IntakeConsumer, parse_entry
-    from worker.producer import store_for
+    from worker.client.producer import store_for
+    from worker.runtime.intake import IntakeConsumer, parse_entry
 
     store = store_for(h.redis, h.settings)
     with contextlib.suppress(_Died):

@@ -48,10 +48,10 @@ from config import Settings, load_settings
 from simulator import DEFAULT_FAULT_KINDS, SimulatorState, run_simulator
 from simulator.state import Reply
 from simulator.steps import DropStep, GraphErrorStep, RawStep, StatusStep
-from worker.decisions import Schedule
-from worker.keys import INTAKE_GROUP, Keys
-from worker.producer import enqueue_many
-from worker.store import PollResult
+from worker.client.producer import enqueue_many
+from worker.core.decisions import Schedule
+from worker.core.result import PollResult
+from worker.store.keys import INTAKE_GROUP, Keys
 
 T = TypeVar("T")
 
@@ -205,7 +205,7 @@ class FaultRunConfig:
 
     @property
     def reconcile_grace(self) -> float:
-        # worker.app: a poll whose job vanished is settled after deadline + this.
+        # worker.runtime.app: a poll whose job vanished is settled after deadline + this.
         return self.job_timeout + self.interval + 30.0
 
     def describe(self, rerun_after_kill: float) -> str:
@@ -380,8 +380,8 @@ class RedisServer:
 
 
 def rerun_after_kill(settings: Settings) -> float:
-    """How long a SIGKILLed check waits to run again: its run's lease (worker.app)."""
-    from worker.app import lease_seconds
+    """How long a SIGKILLed check waits to run again: its run's lease (worker.runtime.app)."""
+    from worker.runtime.app import lease_seconds
 
     return lease_seconds(settings)
 

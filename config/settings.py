@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     event_loop: EventLoop = EventLoop.UVLOOP
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
-    # Prometheus /metrics of each worker process (worker/metrics.py); 0 turns it off.
+    # Prometheus /metrics of each worker process (worker/ops/metrics.py); 0 turns it off.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:

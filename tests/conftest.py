@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from config import Settings, load_settings
 from simulator import RunningSimulator, run_simulator
-from worker.app import PollerWorker, build_worker
-from worker.keys import Keys
+from worker.runtime.app import PollerWorker, build_worker
+from worker.store.keys import Keys
 
 TEST_TOKEN = "EAAtestTOKENsecret0123456789abcdef"
 

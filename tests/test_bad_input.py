@@ -31,11 +31,11 @@ from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, start_worker, worker_env
 from tests.conftest import RedisServer, make_settings, running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result, wait_for
-from worker.app import PollerWorker
-from worker.ids import InvalidIdError
-from worker.keys import INTAKE_GROUP, Keys
-from worker.states import API_FINAL_STATES, FINAL_STATES
-from worker.store import PollResult
+from worker.core.ids import InvalidIdError
+from worker.core.result import PollResult
+from worker.core.states import API_FINAL_STATES, FINAL_STATES
+from worker.runtime.app import PollerWorker
+from worker.store.keys import INTAKE_GROUP, Keys
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from api_client.errors import (
     ThreadsError,
 )
 from api_client.models import ContainerStatus
-from worker.decisions import (
+from worker.core.decisions import (
     EARLY_TOLERANCE_SECONDS,
     Schedule,
     decide,
@@ -20,7 +20,7 @@ from worker.decisions import (
     wait_before_check,
     window_closed,
 )
-from worker.states import State
+from worker.core.states import State
 
 META = Schedule(interval=60.0, window=300.0)
 

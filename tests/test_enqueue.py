@@ -12,8 +12,8 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result
-from worker.ids import InvalidIdError
-from worker.keys import ARQ_JOB_PREFIX, Keys
+from worker.core.ids import InvalidIdError
+from worker.store.keys import ARQ_JOB_PREFIX, Keys
 
 
 @pytest.mark.parametrize(
@@ -104,8 +104,8 @@ async def test_reconciler_gives_a_lost_job_back(
 ) -> None:
     """Only Redis can lose a live poll's job (a failover, an unsynced AOF): the sweep gives it
     back, and the poll then ends through its checks like any other."""
-    from worker.producer import store_for
-    from worker.reconcile import reconcile_once
+    from worker.client.producer import store_for
+    from worker.runtime.reconcile import reconcile_once
 
     sim.state.set_script("8004", ["FINISHED"])
     await enqueue(redis, "8004", settings=settings)

@@ -43,8 +43,8 @@ from tests.conftest import (
     wait_until,
 )
 from worker import enqueue, enqueue_many, get_result
-from worker.connections import open_redis
-from worker.store import PollResult
+from worker.core.result import PollResult
+from worker.store.connections import open_redis
 
 CFG = FaultRunConfig(containers=300, interval=6.0, window=30.0)
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from config import Settings
 from tests.cli_helpers import run_cli
 from tests.conftest import RedisServer, free_port, running_worker, wait_until
-from worker.health import (
+from worker.ops.health import (
     BEAT_SECONDS,
     TTL_SECONDS,
     Beat,
@@ -21,7 +21,7 @@ from worker.health import (
     evaluate,
     live_beats,
 )
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 
 def beat(name: str, host: str, *, at: float = 100.0, accepting: bool = True) -> Beat:

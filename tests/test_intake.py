@@ -12,9 +12,9 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import get_result
-from worker.intake import IntakeConsumer
-from worker.keys import INTAKE_GROUP, Keys
-from worker.producer import store_for
+from worker.client.producer import store_for
+from worker.runtime.intake import IntakeConsumer
+from worker.store.keys import INTAKE_GROUP, Keys
 
 
 async def test_xadd_is_enough_to_get_a_final_state(

@@ -24,16 +24,16 @@ from config import Settings, SettingsError
 from simulator import RunningSimulator
 from tests.conftest import make_settings, running_worker, wait_until
 from worker import enqueue, get_result
-from worker.accounts import AccountStore
-from worker.app import build_poller, job_specs
-from worker.decisions import Decision
-from worker.jobs import PollerContext
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
-from worker.producer import store_for
-from worker.queue import ClaimedJob, JobQueue
-from worker.quota import token_source
-from worker.runner import JobSpec, Runner
-from worker.store import CHECK_FUNCTION
+from worker.client.producer import store_for
+from worker.core.decisions import Decision
+from worker.jobs.check import PollerContext
+from worker.jobs.quota import token_source
+from worker.runtime.app import build_poller, job_specs
+from worker.runtime.runner import JobSpec, Runner
+from worker.store.accounts import AccountStore
+from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
+from worker.store.queue import ClaimedJob, JobQueue
+from worker.store.results import CHECK_FUNCTION
 
 # ----- the runner: every failure path ends in "the job runs again" -------------------------
 
@@ -325,7 +325,7 @@ async def test_paced_enqueues_get_their_own_slots(redis: Redis, settings: Settin
     check due at its own slot (no run bounces), and the wait pushes the window out."""
     settings = settings.model_copy(update={"account_max_requests_per_second": 10.0})
     store = store_for(redis, settings)
-    from worker.store import EnqueueRequest
+    from worker.store.results import EnqueueRequest
 
     await store.enqueue([EnqueueRequest(f"71{i:02d}", account="5") for i in range(20)])
     results = await store.load_many([f"71{i:02d}" for i in range(20)])
@@ -390,7 +390,7 @@ async def test_publishing_waits_while_the_account_is_paused(
 
 async def test_the_workers_pacing_rules_not_the_producers(redis: Redis, settings: Settings) -> None:
     """Workers publish their pacing; a producer's own setting is only the fallback."""
-    from worker.store import EnqueueRequest
+    from worker.store.results import EnqueueRequest
 
     await store_for(redis, settings).publish_config()  # the worker's: pacing off
     paced_producer = settings.model_copy(update={"account_max_requests_per_second": 1.0})

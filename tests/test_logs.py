@@ -16,7 +16,7 @@ from config import LogFormat, Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue_many, get_result
-from worker.logs import setup_logging
+from worker.ops.logs import setup_logging
 
 
 async def run_two_checks(redis: Redis, settings: Settings, sim: RunningSimulator) -> None:

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import free_port, running_worker, wait_until
-from worker import enqueue_many, get_result, metrics
-from worker.keys import Keys
+from worker import enqueue_many, get_result
+from worker.ops import metrics
+from worker.store.keys import Keys
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 

@@ -1,4 +1,4 @@
-"""The lifecycle planner (worker.planner), pure: no Redis, no network, no clock.
+"""The lifecycle planner (worker.core.planner), pure: no Redis, no network, no clock.
 
 The last test models one poll as a state machine: the scheduler, the planner, the API, crashes,
 and the two Redis scripts that write a poll (record.lua through ``store.record_fields``, and
@@ -24,9 +24,9 @@ from api_client.errors import (
 )
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind
-from worker.decisions import EARLY_TOLERANCE_SECONDS, Schedule
-from worker.errors import PublishError, RejectedTokenError, WindowEndedError
-from worker.planner import (
+from worker.core.decisions import EARLY_TOLERANCE_SECONDS, Schedule
+from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError
+from worker.core.planner import (
     CallPublish,
     CallStatus,
     Phase,
@@ -42,9 +42,10 @@ from worker.planner import (
     publish_not_claimed,
     quota_exhausted,
 )
-from worker.publishing import PublishStatus, PublishVerdict, judge_publish
-from worker.states import State
-from worker.store import PollResult, ms_stamp, record_fields, stamp
+from worker.core.publishing import PublishStatus, PublishVerdict, judge_publish
+from worker.core.result import PollResult, ms_stamp, stamp
+from worker.core.states import State
+from worker.store.results import record_fields
 
 POLICY = Policy(
     schedule=Schedule(interval=1.0, window=5.0),

@@ -9,8 +9,8 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue_many, get_result
-from worker.keys import Keys
-from worker.store import PollResult
+from worker.core.result import PollResult
+from worker.store.keys import Keys
 
 
 async def poll_all(

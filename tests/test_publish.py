@@ -13,8 +13,8 @@ from simulator import RunningSimulator
 from tests.cli_helpers import start_worker
 from tests.conftest import TEST_TOKEN, running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result
-from worker.keys import Keys
-from worker.store import PollResult
+from worker.core.result import PollResult
+from worker.store.keys import Keys
 
 ACCOUNT = "777"
 

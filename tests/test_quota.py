@@ -18,9 +18,9 @@ from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
 from tests.conftest import TEST_TOKEN, running_worker, wait_until
 from worker import enqueue
-from worker.accounts import AccountStore
-from worker.keys import Keys
-from worker.quota import get_quota
+from worker.jobs.quota import get_quota
+from worker.store.accounts import AccountStore
+from worker.store.keys import Keys
 
 FULL = {
     "data": [

@@ -15,11 +15,11 @@ from api_client.errors import GraphAPIError
 from api_client.policy import ErrorKind
 from config import Settings
 from worker import enqueue, get_result
-from worker.decisions import Decision
-from worker.keys import ARQ_JOB_PREFIX, Keys
-from worker.producer import store_for
-from worker.queue import ClaimedJob, JobQueue
-from worker.store import PollResult
+from worker.client.producer import store_for
+from worker.core.decisions import Decision
+from worker.core.result import PollResult
+from worker.store.keys import ARQ_JOB_PREFIX, Keys
+from worker.store.queue import ClaimedJob, JobQueue
 
 ALWAYS = {
     "container_id", "status", "final", "enqueued_at", "deadline_at", "generation", "next_check_at"

@@ -12,7 +12,7 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 
 async def test_check_count_and_spacing(

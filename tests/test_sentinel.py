@@ -1,5 +1,5 @@
 """Redis Sentinel: the worker and the CLI find the primary through the sentinels, and follow a
-failover (REDIS_SENTINELS, worker/connections.py). Real redis-server processes: a primary, a
+failover (REDIS_SENTINELS, worker/store/connections.py). Real redis-server processes: a primary, a
 replica, and one sentinel (quorum 1) that promotes the replica when the primary dies."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker import enqueue, get_result
-from worker.connections import open_redis
+from worker.store.connections import open_redis
 
 MASTER = "threads-primary"
 

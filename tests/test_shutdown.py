@@ -13,7 +13,7 @@ from simulator import RunningSimulator
 from tests.cli_helpers import start_worker, worker_env
 from tests.conftest import wait_until
 from worker import enqueue_many, get_result
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 N = 40
 

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from api_client.errors import GraphAPIError
 from api_client.redact import redact
 from config import load_settings
-from worker.tokens import AccountTokenSource, fingerprint
+from worker.jobs.tokens import AccountTokenSource, fingerprint
 
 
 def bump_mtime(path: Path) -> None:

@@ -17,9 +17,9 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
-from worker.ids import InvalidIdError
-from worker.keys import Keys
-from worker.webhooks import SIGNATURE_HEADER, sign, verify_signature
+from worker.core.ids import InvalidIdError
+from worker.jobs.webhook import SIGNATURE_HEADER, sign, verify_signature
+from worker.store.keys import Keys
 
 SECRET = "whsec-test-0123456789"
 

@@ -1,9 +1,9 @@
 """threads-poller's worker side: arq jobs, the Redis result store, producers and readers."""
 
-from worker.producer import EnqueueOutcome, enqueue, enqueue_many
-from worker.reader import get_result, wait_for
-from worker.states import FINAL_STATES, State, is_final, is_success
-from worker.store import PollResult
+from worker.client.producer import EnqueueOutcome, enqueue, enqueue_many
+from worker.client.reader import get_result, wait_for
+from worker.core.result import PollResult
+from worker.core.states import FINAL_STATES, State, is_final, is_success
 
 __all__ = [
     "FINAL_STATES",

@@ -26,12 +26,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop
-from worker.connections import open_redis
-from worker.ids import InvalidIdError
-from worker.producer import enqueue_many
-from worker.reader import get_result, wait_for
-from worker.states import is_success
-from worker.store import PollResult
+from worker.client.producer import enqueue_many
+from worker.client.reader import get_result, wait_for
+from worker.core.ids import InvalidIdError
+from worker.core.result import PollResult
+from worker.core.states import is_success
+from worker.store.connections import open_redis
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -133,9 +133,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from api_client.redact import redact
-    from worker.app import build_worker
-    from worker.logs import setup_logging
-    from worker.quota import token_source
+    from worker.jobs.quota import token_source
+    from worker.ops.logs import setup_logging
+    from worker.runtime.app import build_worker
 
     settings = _settings()
     tokens = token_source(settings)
@@ -222,9 +222,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_quota(args: argparse.Namespace) -> int:
     from api_client.errors import ThreadsError
-    from worker.accounts import AccountStore
-    from worker.keys import Keys
-    from worker.quota import get_quota
+    from worker.jobs.quota import get_quota
+    from worker.store.accounts import AccountStore
+    from worker.store.keys import Keys
 
     settings = _settings()
 
@@ -265,8 +265,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     import socket
 
-    from worker.health import check
-    from worker.keys import Keys
+    from worker.ops.health import check
+    from worker.store.keys import Keys
 
     settings = _settings()
     host = None if args.any else (args.host or socket.gethostname())

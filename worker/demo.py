@@ -27,9 +27,9 @@ from redis.asyncio import Redis
 
 from config import Settings, load_settings
 from simulator import run_simulator
-from worker.keys import Keys
-from worker.producer import enqueue_many
-from worker.reader import get_result
+from worker.client.producer import enqueue_many
+from worker.client.reader import get_result
+from worker.store.keys import Keys
 
 DEMO_TOKEN = "demo-token-not-a-real-secret"  # noqa: S105 - the simulator takes any token
 DEMO_PREFIX = "threads-poller-demo"

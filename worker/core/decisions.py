@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from api_client.errors import ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
-from worker.states import API_FINAL_STATES, State
+from worker.core.states import API_FINAL_STATES, State
 
 # Jitter allowance for the last check: a half interval, but never more than 5 s.
 MAX_DEADLINE_SLACK_SECONDS = 5.0

@@ -27,8 +27,8 @@ from arq.jobs import DeserializationError, deserialize_job
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker import scripts
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store import scripts
+from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 
 log = logging.getLogger("threads_poller.queue")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
-from worker.ids import InvalidIdError, validate_id, validate_webhook_url
-from worker.store import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
+from worker.core.ids import InvalidIdError, validate_id, validate_webhook_url
+from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ import time
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
-from worker.ids import validate_id
-from worker.producer import store_for
-from worker.store import PollResult
+from worker.client.producer import store_for
+from worker.core.ids import validate_id
+from worker.core.result import PollResult
 
 
 async def get_result(

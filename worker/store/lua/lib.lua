@@ -1,4 +1,4 @@
--- Shared by every script: the loader (worker/scripts.py) puts this file after each script's
+-- Shared by every script: the loader (worker/store/scripts.py) puts this file after each script's
 -- first line (its "#!lua" shebang, which makes Redis refuse a writing script up front when it is
 -- over maxmemory, instead of failing half-way through it).
 

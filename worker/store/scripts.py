@@ -1,4 +1,4 @@
-"""The one loader of ``worker/lua/*.lua``.
+"""The one loader of ``worker/store/lua/*.lua``.
 
 Each script starts with its ``#!lua`` line (so Redis refuses a writing script as a whole when it
 is over ``maxmemory``, rather than failing half-way); the loader puts the shared ``lib.lua``
@@ -20,11 +20,11 @@ LIB = "lib.lua"
 @functools.cache
 def source(name: str) -> str:
     """The text Redis runs for ``lua/<name>``: its shebang line, the library, its body."""
-    folder = resources.files("worker").joinpath("lua")
+    folder = resources.files("worker.store").joinpath("lua")
     text = folder.joinpath(name).read_text(encoding="utf-8")
     first, _, body = text.partition("\n")
     if not first.startswith("#!lua"):
-        raise ValueError(f"worker/lua/{name} must start with a '#!lua' line")
+        raise ValueError(f"worker/store/lua/{name} must start with a '#!lua' line")
     lib = folder.joinpath(LIB).read_text(encoding="utf-8")
     return f"{first}\n{lib}\n{body}"
 

@@ -1,6 +1,6 @@
 """The worker's loop: claim due jobs, run each under its timeout, never lose one.
 
-A small typed runner of our own on arq's Redis job format (``worker.queue``), in the manner of
+A small typed runner of our own on arq's Redis job format (``worker.store.queue``), in the manner of
 saq's worker: the loop only claims and runs; what a job does, and how it settles itself, lives
 in its function. It replaces arq's ``Worker`` because arq's end-of-run writes (``finish_job``,
 ``finish_failed_job``) are not fenced: a stalled run deletes its successor's job, and a timeout,
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from worker.queue import ClaimedJob, JobQueue
+from worker.store.queue import ClaimedJob, JobQueue
 
 log = logging.getLogger("threads_poller.runner")
 
@@ -165,7 +165,7 @@ class Runner:
             why = job.broken or f"no job function named {job.function!r} in this worker"
             log.error("job not runnable: %s", why, extra={"job_id": job.job_id})
             # Due again after a lease: a worker of another version may know it; data that is
-            # gone is restored by the reconciler (worker.reconcile) for a poll's check job.
+            # gone is restored by the reconciler (worker.runtime.reconcile) for a poll's check job.
             await self._release(job, int(self.lease_s * 1000))
             return
         try:

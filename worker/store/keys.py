@@ -65,7 +65,7 @@ class Keys:
         return f"{self.queue}:health-check"
 
     def worker_heartbeat(self, worker_name: str) -> str:
-        """String (JSON, with a TTL): one live worker process (``worker.health``)."""
+        """String (JSON, with a TTL): one live worker process (``worker.ops.health``)."""
         return f"{self.prefix}:worker:{worker_name}"
 
     @property

@@ -19,10 +19,10 @@ from api_client.client import ThreadsClient, make_session
 from api_client.errors import MissingTokenError, ThreadsError
 from api_client.models import PublishingLimit, QuotaSnapshot
 from config import AuthMode, Settings, load_settings
-from worker.accounts import AccountStore
-from worker.ids import validate_id
-from worker.keys import Keys
-from worker.tokens import DEFAULT_ACCOUNT, AccountTokenSource, TokenSource
+from worker.core.ids import validate_id
+from worker.jobs.tokens import DEFAULT_ACCOUNT, AccountTokenSource, TokenSource
+from worker.store.accounts import AccountStore
+from worker.store.keys import Keys
 
 log = logging.getLogger("threads_poller.quota")
 

@@ -1,10 +1,10 @@
 """Wiring: settings -> one worker process (the runner, its job functions, its background loops).
 
 ``threads-poller worker`` runs ``build_worker(load_settings()).run_forever()``. The process runs
-the job runner (``worker.runner``) with two job functions, the check and the webhook delivery,
-and beside it the intake consumer, the reconciler, the quota refresh, the heartbeat and the
-metrics sampler, all started and stopped together. SIGTERM stops the claiming, lets running jobs
-finish within a grace, and gives the rest back to the queue.
+the job runner (``worker.runtime.runner``) with two job functions, the check and the webhook
+delivery, and beside it the intake consumer, the reconciler, the quota refresh, the heartbeat
+and the metrics sampler, all started and stopped together. SIGTERM stops the claiming, lets
+running jobs finish within a grace, and gives the rest back to the queue.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from redis.asyncio import Redis
 
 from api_client.client import make_session
 from config import Settings
-from worker import metrics
-from worker.accounts import AccountStore
-from worker.connections import connect_worker_redis
-from worker.health import Heartbeat
-from worker.intake import IntakeConsumer
-from worker.jobs import CheckJob, PollerContext, policy_of
-from worker.queue import JobQueue
-from worker.quota import client_for, refresh_quotas_forever, token_source
-from worker.reconcile import reconcile_forever
-from worker.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
-from worker.store import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
-from worker.tokens import TokenSource
-from worker.webhooks import WebhookJob
+from worker.jobs.check import CheckJob, PollerContext, policy_of
+from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
+from worker.jobs.tokens import TokenSource
+from worker.jobs.webhook import WebhookJob
+from worker.ops import metrics
+from worker.ops.health import Heartbeat
+from worker.runtime.intake import IntakeConsumer
+from worker.runtime.reconcile import reconcile_forever
+from worker.runtime.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
+from worker.store.accounts import AccountStore
+from worker.store.connections import connect_worker_redis
+from worker.store.queue import JobQueue
+from worker.store.results import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
 
 log = logging.getLogger("threads_poller.worker")
 

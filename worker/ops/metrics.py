@@ -35,10 +35,10 @@ from redis.asyncio import Redis
 from api_client.errors import ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
-from worker.decisions import Decision
-from worker.keys import Keys
-from worker.states import State
-from worker.store import PollResult
+from worker.core.decisions import Decision
+from worker.core.result import PollResult
+from worker.core.states import State
+from worker.store.keys import Keys
 
 log = logging.getLogger("threads_poller.metrics")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from worker.store import ResultStore
+from worker.store.results import ResultStore
 
 log = logging.getLogger("threads_poller.reconcile")
 

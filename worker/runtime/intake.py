@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from worker import metrics
-from worker.ids import InvalidIdError, validate_id, validate_webhook_url
-from worker.keys import INTAKE_GROUP
-from worker.store import EnqueueRequest, ResultStore
+from worker.core.ids import InvalidIdError, validate_id, validate_webhook_url
+from worker.ops import metrics
+from worker.store.keys import INTAKE_GROUP
+from worker.store.results import EnqueueRequest, ResultStore
 
 log = logging.getLogger("threads_poller.intake")
 

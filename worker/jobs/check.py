@@ -1,6 +1,6 @@
 """The job functions: a poll's check, and a final state's webhook delivery.
 
-A check run carries out one plan of ``worker.planner``: it makes at most one status call (or,
+A check run carries out one plan of ``worker.core.planner``: it makes at most one status call (or,
 for auto-publish, one quota read and one publish call) and writes the outcome with one fenced
 script (``store.record``), which also schedules the job's next run or ends it. The wait between
 checks lives in Redis (the job's score), not in a sleeping task.
@@ -26,10 +26,8 @@ from api_client.errors import GraphAPIError, ThreadsError
 from api_client.models import ContainerStatus, explain_api_error
 from api_client.policy import ErrorKind, classify
 from config import Settings
-from worker import metrics
-from worker.accounts import AccountStore
-from worker.decisions import Schedule
-from worker.planner import (
+from worker.core.decisions import Schedule
+from worker.core.planner import (
     CallPublish,
     CallStatus,
     Policy,
@@ -44,12 +42,15 @@ from worker.planner import (
     quota_exhausted,
     token_hint,
 )
-from worker.publishing import judge_publish
-from worker.queue import ClaimedJob, JobQueue, persist
-from worker.quota import fetch_quota, quota_ttl
-from worker.store import PollResult, Recorded, ResultStore, stamp
-from worker.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
-from worker.webhooks import body_for
+from worker.core.publishing import judge_publish
+from worker.core.result import PollResult, stamp
+from worker.jobs.quota import fetch_quota, quota_ttl
+from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
+from worker.jobs.webhook import body_for
+from worker.ops import metrics
+from worker.store.accounts import AccountStore
+from worker.store.queue import ClaimedJob, JobQueue, persist
+from worker.store.results import Recorded, ResultStore
 
 log = logging.getLogger("threads_poller.check")
 
@@ -65,7 +66,7 @@ def policy_of(settings: Settings) -> Policy:
 
 @dataclass
 class PollerContext:
-    """What every run needs; built once per worker process (``worker.app``)."""
+    """What every run needs; built once per worker process (``worker.runtime.app``)."""
 
     settings: Settings
     store: ResultStore
@@ -116,8 +117,8 @@ class CheckJob:
 
     async def give_up(self, job: ClaimedJob, why: str) -> None:
         """Too many runs without a settled outcome: end the poll as TIMED_OUT, saying why."""
-        from worker.decisions import timed_out
-        from worker.errors import PollerError
+        from worker.core.decisions import timed_out
+        from worker.core.errors import PollerError
 
         current = PollResult.from_hash(job.state) if job.state else None
         if current is None or current.final:
@@ -224,7 +225,7 @@ class CheckJob:
         await self.record(job, current, plan, checked_at=now, api_s=api_s)
 
     async def _publish(self, job: ClaimedJob, current: PollResult, token: str) -> None:
-        """Publish a FINISHED container at most once (see worker/publishing.py for the rules)."""
+        """Publish a FINISHED container at most once (the rules: worker/core/publishing.py)."""
         p = self.p
         s = p.settings
         user_id = current.account or s.threads_user_id or "me"

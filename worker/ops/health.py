@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from worker.keys import Keys
+from worker.store.keys import Keys
 
 log = logging.getLogger("threads_poller.health")
 

@@ -25,8 +25,9 @@ from typing import Any, Literal
 import aiohttp
 
 from api_client.redact import redact
-from worker.queue import ClaimedJob, persist
-from worker.store import DELIVER_FUNCTION, PollResult, WebhookAttempt
+from worker.core.result import PollResult
+from worker.store.queue import ClaimedJob, persist
+from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
 
 log = logging.getLogger("threads_poller.webhook")
 
@@ -99,7 +100,7 @@ class WebhookJob:
     """
 
     def __init__(self, poller: Any) -> None:
-        # worker.jobs.PollerContext (typed loosely: jobs imports this module).
+        # worker.jobs.check.PollerContext (typed loosely: jobs imports this module).
         self.p = poller
 
     async def __call__(self, job: ClaimedJob) -> None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot
-from worker import scripts
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, Keys
-from worker.queue import AccountState, ClaimedJob, text
+from worker.store import scripts
+from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, Keys
+from worker.store.queue import AccountState, ClaimedJob, text
 
 __all__ = ["ACCOUNT_TTL_SECONDS", "AccountChange", "AccountState", "AccountStore"]
 

@@ -12,7 +12,7 @@ A poll is in one phase at a time (``phase_of``):
 ``plan_run`` turns (the poll, its account's state, the token's state, now) into one plan: skip
 the run, record something without calling the API (a deferral, a final state), or call the API
 (status or publish). ``after_status`` and ``after_publish`` turn the API's answer into the
-record. The check job (``worker.jobs``) only carries plans out.
+record. The check job (``worker.jobs.check``) only carries plans out.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from enum import StrEnum
 from api_client.errors import GraphAPIError, MissingTokenError, ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
-from worker.decisions import (
+from worker.core.decisions import (
     Decision,
     Schedule,
     decide,
@@ -35,10 +35,10 @@ from worker.decisions import (
     wait_before_check,
     window_closed,
 )
-from worker.errors import PublishError, RejectedTokenError, WindowEndedError
-from worker.publishing import PublishStatus, PublishVerdict
-from worker.states import State
-from worker.store import PollResult
+from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError
+from worker.core.publishing import PublishStatus, PublishVerdict
+from worker.core.result import PollResult
+from worker.core.states import State
 
 # 100/33 has been seen for containers that do exist, once: fail only when it repeats on the
 # next scheduled check.

@@ -1,5 +1,5 @@
 #!lua
--- Claim due jobs for one worker, in one round trip (worker/queue.py, JobQueue.claim).
+-- Claim due jobs for one worker, in one round trip (worker/store/queue.py, JobQueue.claim).
 -- KEYS: 1 queue (zset: job id -> due ms)
 -- ARGV: 1 most jobs to claim, 2 lease ms, 3 worker name, 4 job key prefix, 5 lock prefix,
 --       6 tries prefix, 7 check job id prefix ("<prefix>:check:"), 8 key prefix, 9 job ttl ms

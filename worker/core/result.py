@@ -1,0 +1,146 @@
+"""The poll's state as stored in its result hash, read back as a typed value. Pure.
+
+Times in the hash are Unix seconds to the millisecond (``1795438388.610``), in one format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+def stamp(t: float) -> str:
+    """A time as stored: Unix seconds to the millisecond (``1795438388.610``), rounded down."""
+    return ms_stamp(int(t * 1000))
+
+
+def ms_stamp(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def _num(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """One container's state as stored in its result hash.
+
+    A field missing from the hash means empty / 0 / false: enqueue writes only ``container_id``,
+    ``status``, ``final``, ``enqueued_at``, ``deadline_at``, ``generation`` (and ``account``,
+    ``publish``, ``webhook_url`` when given), and a write stores an empty value by deleting the
+    field. Until the first check is recorded (no ``updated_at`` yet) the next check is due at
+    ``enqueued_at``.
+    """
+
+    container_id: str
+    status: str
+    final: bool
+    error_message: str | None
+    error_explanation: str | None
+    last_api_status: str | None
+    checks: int
+    enqueued_at: float | None
+    deadline_at: float | None
+    last_checked_at: float | None
+    next_check_at: float | None
+    finalized_at: float | None
+    last_error: str | None
+    last_error_kind: str | None
+    last_error_code: int | None
+    last_error_subcode: int | None
+    last_error_fbtrace_id: str | None
+    throttled: int
+    # Seconds throttling and pacing pushed the window's end out (capped when read).
+    window_delay: float
+    last_throttled_at: float | None
+    publish: bool
+    publish_status: str | None
+    publish_attempts: int
+    media_id: str | None
+    published_at: float | None
+    finished_at: float | None
+    quota_usage: int | None
+    quota_total: int | None
+    webhook_url: str | None
+    webhook_status: str | None
+    webhook_attempts: int
+    account: str | None
+    generation: str
+    # Job runs this poll has had (each claim of its check job counts one).
+    runs: int = 0
+    # Consecutive 100/33 ("does not exist") answers: fatal only when it repeats.
+    strikes: int = 0
+    intake_entry: str | None = None
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> PollResult:
+        h = {
+            (k.decode() if isinstance(k, bytes) else k): (
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            )
+            for k, v in raw.items()
+        }
+
+        def opt(name: str) -> str | None:
+            return h.get(name) or None
+
+        def opt_int(name: str) -> int | None:
+            value = _num(h.get(name))
+            return None if value is None else int(value)
+
+        enqueued_at = _num(h.get("enqueued_at"))
+        next_check_at = _num(h.get("next_check_at"))
+        if next_check_at is None and "updated_at" not in h:
+            # Written by an older version's enqueue: the first check was due at once.
+            next_check_at = enqueued_at
+        return cls(
+            container_id=h.get("container_id", ""),
+            status=h.get("status", ""),
+            final=h.get("final") == "1",
+            error_message=opt("error_message"),
+            error_explanation=opt("error_explanation"),
+            last_api_status=opt("last_api_status"),
+            checks=opt_int("checks") or 0,
+            enqueued_at=enqueued_at,
+            deadline_at=_num(h.get("deadline_at")),
+            last_checked_at=_num(h.get("last_checked_at")),
+            next_check_at=next_check_at,
+            finalized_at=_num(h.get("finalized_at")),
+            last_error=opt("last_error"),
+            last_error_kind=opt("last_error_kind"),
+            last_error_code=opt_int("last_error_code"),
+            last_error_subcode=opt_int("last_error_subcode"),
+            last_error_fbtrace_id=opt("last_error_fbtrace_id"),
+            throttled=opt_int("throttled") or 0,
+            window_delay=_num(h.get("window_delay")) or 0.0,
+            last_throttled_at=_num(h.get("last_throttled_at")),
+            publish=h.get("publish") == "1",
+            publish_status=opt("publish_status"),
+            publish_attempts=opt_int("publish_attempts") or 0,
+            media_id=opt("media_id"),
+            published_at=_num(h.get("published_at")),
+            finished_at=_num(h.get("finished_at")),
+            quota_usage=opt_int("quota_usage"),
+            quota_total=opt_int("quota_total"),
+            webhook_url=opt("webhook_url"),
+            webhook_status=opt("webhook_status"),
+            webhook_attempts=opt_int("webhook_attempts") or 0,
+            account=opt("account"),
+            generation=h.get("generation", ""),
+            runs=opt_int("runs") or 0,
+            strikes=opt_int("strikes") or 0,
+            intake_entry=opt("intake_entry"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("generation")
+        data.pop("intake_entry")
+        return data
