@@ -233,8 +233,11 @@ def cmd_quota(args: argparse.Namespace) -> int:
             snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(args.user_id)
             if snap is None:
                 raise CliError(f"no cached quota for {args.user_id}", EXIT_FAILURE)
-            return {"user_id": snap.user_id, "fetched_at": snap.fetched_at,
-                    **snap.limit.model_dump()}  # fmt: skip
+            return {
+                "user_id": snap.user_id,
+                "fetched_at": snap.fetched_at,
+                **snap.limit.model_dump(),
+            }
         limit = await get_quota(args.user_id, settings=settings, redis=redis)
         return {"user_id": args.user_id, **limit.model_dump()}
 

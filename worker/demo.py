@@ -94,11 +94,24 @@ async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
         )
     port = _free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-         "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     started = f"redis://127.0.0.1:{port}/0"
     try:
         for _ in range(100):
@@ -215,11 +228,17 @@ async def _feed_and_watch(
         status = r.status if r else "-"
         good = r is not None and r.final and status == sc.expect
         ok &= good
-        rows.append([
-            sc.container_id, sc.story, status, (r.error_message or "") if r else "",
-            str(r.checks) if r else "0", str(calls(sc.container_id).count),
-            "yes" if good else f"NO (expected {sc.expect})",
-        ])  # fmt: skip
+        rows.append(
+            [
+                sc.container_id,
+                sc.story,
+                status,
+                (r.error_message or "") if r else "",
+                str(r.checks) if r else "0",
+                str(calls(sc.container_id).count),
+                "yes" if good else f"NO (expected {sc.expect})",
+            ]
+        )
     print()
     print(_table(rows))
     events = await redis.xlen(keys.events)

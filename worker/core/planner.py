@@ -37,7 +37,7 @@ from worker.core.decisions import (
 )
 from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError
 from worker.core.publishing import PublishStatus, PublishVerdict
-from worker.core.result import PollResult
+from worker.core.result import PollResult, stamp
 from worker.core.states import State
 
 # 100/33 has been seen for containers that do exist, once: fail only when it repeats on the
@@ -330,7 +330,7 @@ def after_status(
             last_api_status=State.FINISHED,
             checks=checks,
         )
-        extra.update(publish_status=PublishStatus.PENDING, finished_at=f"{now:.3f}")
+        extra.update(publish_status=PublishStatus.PENDING, finished_at=stamp(now))
         return Record(decision, extra)
     decision = decide(
         policy.schedule,
@@ -389,7 +389,7 @@ def after_publish(
             {
                 "publish_status": PublishStatus.PUBLISHED,
                 "media_id": media_id or "",
-                "published_at": f"{now:.3f}",
+                "published_at": stamp(now),
             },
         )
     if verdict is PublishVerdict.UNCONFIRMED:

@@ -98,8 +98,9 @@ async def refresh_quotas_forever(
                 try:
                     snapshot = await fetch_quota(client, tokens, user_id)
                 except ThreadsError as exc:
-                    log.warning("quota refresh failed", extra={"account": user_id,
-                                                               "error": str(exc)})  # fmt: skip
+                    log.warning(
+                        "quota refresh failed", extra={"account": user_id, "error": str(exc)}
+                    )
                     continue
                 await accounts.save_quota(snapshot, quota_ttl(settings))
         except asyncio.CancelledError:

@@ -92,8 +92,10 @@ class AccountTokenSource:
         except OSError as exc:
             if self._mtime != -1.0:
                 log.error(  # noqa: TRY400 - a traceback adds nothing here
-                    "tokens file unreadable: %s", type(exc).__name__,
-                          extra={"path": str(self._file)})  # fmt: skip
+                    "tokens file unreadable: %s",
+                    type(exc).__name__,
+                    extra={"path": str(self._file)},
+                )
             self._mtime = -1.0
             return
         if mtime == self._mtime:

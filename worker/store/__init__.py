@@ -1,0 +1,6 @@
+"""Every Redis command and Lua script: the job protocol (claim, release, settle), the result
+hashes (the only writer of them), events, account state, key names, connections.
+
+May import: ``worker.core``, ``config``, ``api_client`` (values), redis, arq's job format.
+Not ``worker.ops``, ``worker.jobs``, ``worker.runtime`` or ``worker.client``.
+"""
