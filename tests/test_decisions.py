@@ -20,6 +20,7 @@ from worker.core.decisions import (
     wait_before_check,
     window_closed,
 )
+from worker.core.errors import failure_of
 from worker.core.states import State
 
 META = Schedule(interval=60.0, window=300.0)
@@ -133,7 +134,7 @@ def test_transient_failures_never_produce_a_final_api_state(error: ThreadsError)
         now=60,
         previous_status="IN_PROGRESS",
     )
-    assert not d.final and d.status == "IN_PROGRESS" and d.error is error
+    assert not d.final and d.status == "IN_PROGRESS" and d.error == failure_of(error)
     # ...and on the last check, only TIMED_OUT, with the error kept.
     last = decide(
         META,
@@ -143,7 +144,7 @@ def test_transient_failures_never_produce_a_final_api_state(error: ThreadsError)
         now=300,
         previous_status="IN_PROGRESS",
     )
-    assert last.final and last.status == State.TIMED_OUT and last.error is error
+    assert last.final and last.status == State.TIMED_OUT and last.error == failure_of(error)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_uncheckable_containers_fail_with_the_graph_code(
     err = GraphAPIError("nope", code=code, subcode=subcode, fbtrace_id="Abc", http_status=400)
     d = decide(META, err, checks_made=1, deadline=300, now=0, previous_status="QUEUED")
     assert d.final and d.status == State.FAILED and d.error_kind == kind
-    assert d.error is err
+    assert d.error == failure_of(err)
 
 
 def test_wait_before_check() -> None:

@@ -17,6 +17,7 @@ from config import Settings
 from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
+from worker.core.errors import failure_of
 from worker.core.result import PollResult
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
 from worker.store.queue import ClaimedJob, JobQueue
@@ -157,8 +158,8 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
         fbtrace_id="AbCdEf", http_status=500,
     )  # fmt: skip
     decision = Decision(
-        "IN_PROGRESS", False, now + 60, last_api_status="IN_PROGRESS", error=err,
-        error_kind=ErrorKind.TRANSIENT, checks=current.checks + 1,
+        "IN_PROGRESS", False, now + 60, last_api_status="IN_PROGRESS",
+        error=failure_of(err, ErrorKind.TRANSIENT), checks=current.checks + 1,
     )  # fmt: skip
     job = await claimed(redis, settings, keys)
     written = await store.record(job, current, decision, checked_at=now)
@@ -279,7 +280,7 @@ async def test_forced_poll_starts_again_from_the_minimal_hash(
     assert current is not None
     now = time.time()
     err = GraphAPIError("gone", code=100, subcode=33, http_status=400)
-    failed = Decision("FAILED", True, None, error=err, error_kind=ErrorKind.NOT_FOUND, checks=1)
+    failed = Decision("FAILED", True, None, error=failure_of(err), checks=1)
     job = await claimed(redis, settings, keys)
     await store.record(job, current, failed, checked_at=now)
     again = await enqueue(redis, "9109", force=True, settings=settings)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from api_client.errors import ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
+from worker.core.errors import Failure, failure_of
 from worker.core.states import API_FINAL_STATES, State
 
 # Jitter allowance for the last check: a half interval, but never more than 5 s.
@@ -39,6 +40,9 @@ class Schedule:
         return min(self.interval / 2, MAX_DEADLINE_SLACK_SECONDS)
 
 
+_KINDS = frozenset(k.value for k in ErrorKind)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to write after a check, and whether another one follows."""
@@ -49,8 +53,8 @@ class Decision:
     error_message: str | None = None
     # Status last reported by the API; kept on TIMED_OUT so callers see where it stalled.
     last_api_status: str | None = None
-    error: ThreadsError | None = None
-    error_kind: ErrorKind | None = None
+    # Why it failed (the one typed failure value: worker.core.errors.failure_of builds it).
+    error: Failure | None = None
     # False when the check was deferred for throttling: it does not use up one of the checks.
     spent: bool = True
     # What the operator should do about the error, stored after it in ``last_error``.
@@ -62,6 +66,13 @@ class Decision:
     # False: only re-schedule the run (an early run, a paused account's publish); the poll's
     # status, error and counters stay as they are.
     touch: bool = True
+
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        """The policy's kind of the failure (None for none, or for the service's own)."""
+        if self.error is None or self.error.kind not in _KINDS:
+            return None
+        return ErrorKind(self.error.kind)
 
 
 def effective_deadline(deadline: float, window_delay: float, max_delay: float) -> float:
@@ -98,8 +109,7 @@ def decide_throttled(
         final=False,
         next_check_at=due,
         error_message=previous_error_message,
-        error=error,
-        error_kind=kind,
+        error=failure_of(error, kind),
         spent=False,
         delay_added=added,
     )
@@ -180,8 +190,7 @@ def decide(
                 final=True,
                 next_check_at=None,
                 error_message=None,
-                error=outcome,
-                error_kind=kind,
+                error=failure_of(outcome, kind),
             )
         # A failed request says nothing about the container: keep what we knew.
         status, error_message, error = previous_status, previous_error_message, outcome
@@ -198,8 +207,7 @@ def decide(
         next_check_at=due,
         error_message=error_message,
         last_api_status=last_api_status,
-        error=error,
-        error_kind=kind,
+        error=failure_of(error, kind),
     )
 
 
@@ -207,8 +215,8 @@ def timed_out(
     last_status: str,
     last_error_message: str | None,
     *,
-    error: ThreadsError | None = None,
-    error_kind: ErrorKind | None = None,
+    error: BaseException | Failure | None = None,
+    error_kind: str | None = None,
 ) -> Decision:
     return Decision(
         status=State.TIMED_OUT,
@@ -216,6 +224,5 @@ def timed_out(
         next_check_at=None,
         error_message=last_error_message,
         last_api_status=None if last_status == State.QUEUED else last_status,
-        error=error,
-        error_kind=error_kind,
+        error=failure_of(error, error_kind),
     )

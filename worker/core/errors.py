@@ -1,22 +1,98 @@
-"""Failures that are the service's own rather than the API's; they share the ThreadsError shape
-so results and logs treat every failure alike."""
+"""The service's own errors, under one root, and the typed failure value every result stores.
+
+    PollerError                 the root: anything threads-poller itself refuses or reports
+    ├── InvalidIdError          a malformed container / account id or webhook URL (nothing written)
+    ├── BadEntryError           an intake stream entry that cannot be used (dead-lettered)
+    ├── WindowEndedError        a poll's window ended without a final status (says why)
+    ├── PublishError            auto-publish did not happen (quota, attempts, outcome unknown)
+    ├── RejectedTokenError      the account's token was already rejected; no request was made
+    └── GaveUpError             a check job ran too often without settling
+
+The API client's errors (``api_client.errors.ThreadsError`` and below) stay the client's: they
+are not subclassed here to steer policy. What a result says about either kind is one value,
+``Failure`` (kind, message, code, subcode, fbtrace_id, HTTP status), built in one place:
+``failure_of``.
+"""
 
 from __future__ import annotations
 
-from api_client.errors import MissingTokenError, ThreadsError
+from dataclasses import dataclass
+from typing import ClassVar
+
+from api_client.errors import ThreadsError
+from api_client.policy import ErrorKind, classify
 
 
-class PollerError(ThreadsError):
-    pass
+class PollerError(Exception):
+    """Base for all of threads-poller's own errors."""
+
+    # The ``last_error_kind`` a failure of this class is stored with ("" for none).
+    kind: ClassVar[str] = ""
+
+
+class InvalidIdError(PollerError, ValueError):
+    """A container id, account id or webhook URL that cannot be right; nothing was written."""
+
+
+class BadEntryError(PollerError, ValueError):
+    """An intake stream entry that cannot be used; it goes to the dead-letter stream."""
 
 
 class WindowEndedError(PollerError):
     """The poll's window ended without a final status (the message says how and why)."""
 
 
-class RejectedTokenError(MissingTokenError):
-    """The account's current token was already rejected by the API; no request was made."""
-
-
 class PublishError(PollerError):
     """Auto-publish did not happen (quota, attempts used up, outcome unknown)."""
+
+
+class RejectedTokenError(PollerError):
+    """The account's current token was already rejected by the API; no request was made."""
+
+    kind = ErrorKind.TOKEN.value
+
+
+class GaveUpError(PollerError):
+    """A check job ran more often than any poll needs without settling: its poll was ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a check or a poll failed, as a result stores it (``last_error*``). Token-free."""
+
+    kind: str  # an api_client.policy.ErrorKind value, or a PollerError's kind ("" for none)
+    message: str
+    type: str = ""  # the error's class name (GraphAPIError, WindowEndedError, ...)
+    code: int | None = None
+    subcode: int | None = None
+    fbtrace_id: str | None = None
+    http_status: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def failure_of(error: BaseException | Failure | None, kind: str | None = None) -> Failure | None:
+    """The one place a failure value is built (``kind`` overrides the policy's reading)."""
+    if error is None or isinstance(error, Failure):
+        return error
+    if isinstance(error, ThreadsError):
+        fields = error.to_fields()
+        return Failure(
+            kind=str(kind or classify(error)),
+            message=str(error),
+            type=type(error).__name__,
+            code=_int(fields.get("code")),
+            subcode=_int(fields.get("subcode")),
+            fbtrace_id=fields.get("fbtrace_id") or None,
+            http_status=error.http_status,
+        )
+    own = error.kind if isinstance(error, PollerError) else ""
+    return Failure(kind=str(kind or own), message=str(error), type=type(error).__name__)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from worker.core.errors import InvalidIdError
+
 MAX_ID_LENGTH = 32  # Graph ids are 64-bit numbers (<= 20 digits); leave room, refuse junk.
-
-
-class InvalidIdError(ValueError):
-    """An identifier that cannot be a Threads container or user id."""
 
 
 def validate_id(raw: object, *, what: str = "container id") -> str:

@@ -35,7 +35,7 @@ from worker.core.decisions import (
     wait_before_check,
     window_closed,
 )
-from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError
+from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError, failure_of
 from worker.core.publishing import PublishStatus, PublishVerdict
 from worker.core.result import PollResult, stamp
 from worker.core.states import State
@@ -130,25 +130,23 @@ def window_ended(r: PollResult, policy: Policy) -> WindowEndedError:
     return WindowEndedError(f"no final status within the window ({checks}{last}){pushed}")
 
 
-def _timed_out(r: PollResult, policy: Policy, error: ThreadsError | None = None) -> Decision:
+def _timed_out(r: PollResult, policy: Policy, error: BaseException | None = None) -> Decision:
     why = error if error is not None else window_ended(r, policy)
-    kind = classify(error) if error is not None else None
-    return timed_out(r.last_api_status or r.status, r.error_message, error=why, error_kind=kind)
+    return timed_out(r.last_api_status or r.status, r.error_message, error=why)
 
 
-def _publish_final(status: State, error: ThreadsError | None = None) -> Decision:
+def _publish_final(status: State, error: BaseException | None = None) -> Decision:
     return Decision(
         status,
         True,
         None,
         last_api_status=State.FINISHED,
-        error=error,
-        error_kind=classify(error) if error else None,
+        error=failure_of(error),
     )
 
 
 def back_to_polling(
-    r: PollResult, policy: Policy, now: float, error: ThreadsError | None
+    r: PollResult, policy: Policy, now: float, error: BaseException | None
 ) -> Decision:
     """After an ambiguous publish: check the status again until PUBLISHED or the window ends."""
     due = next_check_at(
@@ -158,16 +156,14 @@ def back_to_polling(
         return timed_out(
             State.FINISHED,
             None,
-            error=error or window_ended(r, policy),
-            error_kind=classify(error) if error else None,
+            error=failure_of(error or window_ended(r, policy)),
         )
     return Decision(
         State.FINISHED,
         False,
         due,
         last_api_status=State.FINISHED,
-        error=error,
-        error_kind=classify(error) if error else None,
+        error=failure_of(error),
     )
 
 
@@ -237,7 +233,7 @@ def plan_run(
 
 def token_failure(r: PollResult, token: TokenState, phase: Phase) -> Decision:
     account = r.account or "default"
-    error: MissingTokenError = (
+    error: MissingTokenError | RejectedTokenError = (
         MissingTokenError(f"no access token configured for account {account}")
         if token is TokenState.MISSING
         else RejectedTokenError("not checked: the account's token was rejected by the API")
@@ -248,8 +244,7 @@ def token_failure(r: PollResult, token: TokenState, phase: Phase) -> Decision:
         State.FAILED,
         True,
         None,
-        error=error,
-        error_kind=ErrorKind.TOKEN,
+        error=failure_of(error, ErrorKind.TOKEN),
         last_api_status=r.last_api_status,
         hint=token_hint(account),
     )
@@ -314,8 +309,7 @@ def after_status(
             due,
             error_message=r.error_message,
             last_api_status=r.last_api_status,
-            error=outcome,
-            error_kind=kind,
+            error=failure_of(outcome, kind),
             hint="not found once; checked again before failing",
             checks=checks,
         )
@@ -345,7 +339,8 @@ def after_status(
         else frozenset(),
     )
     if decision.status == State.TIMED_OUT and decision.error is None:
-        decision = replace(decision, error=window_ended(replace(r, checks=checks), policy))
+        why = window_ended(replace(r, checks=checks), policy)
+        decision = replace(decision, error=failure_of(why))
     if kind is ErrorKind.TOKEN:
         decision = replace(decision, hint=token_hint(r.account or "default"))
     elif explain and decision.error is not None:
@@ -378,7 +373,7 @@ def after_publish(
     verdict: PublishVerdict,
     *,
     media_id: str | None,
-    error: ThreadsError | None,
+    error: BaseException | None,
     now: float,
     policy: Policy,
 ) -> Record:
@@ -413,8 +408,7 @@ def after_publish(
             False,
             now + max(wait, 0.05),
             last_api_status=State.FINISHED,
-            error=error,
-            error_kind=classify(error) if error else None,
+            error=failure_of(error),
         )
         return Record(decision, {"publish_status": PublishStatus.PENDING})
     if verdict is PublishVerdict.QUOTA_EXHAUSTED:

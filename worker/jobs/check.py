@@ -118,7 +118,7 @@ class CheckJob:
     async def give_up(self, job: ClaimedJob, why: str) -> None:
         """Too many runs without a settled outcome: end the poll as TIMED_OUT, saying why."""
         from worker.core.decisions import timed_out
-        from worker.core.errors import PollerError
+        from worker.core.errors import GaveUpError
 
         current = PollResult.from_hash(job.state) if job.state else None
         if current is None or current.final:
@@ -127,7 +127,7 @@ class CheckJob:
         decision = timed_out(
             current.last_api_status or current.status,
             current.error_message,
-            error=PollerError(f"the check job was given up: {why}"),
+            error=GaveUpError(f"the check job was given up: {why}"),
         )
         await self.record(job, current, Record(dataclasses.replace(decision)))
 

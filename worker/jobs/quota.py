@@ -1,7 +1,7 @@
 """Publishing quota: read ``threads_publishing_limit`` for an account and cache it in Redis.
 
-``get_quota(user_id)`` is the Python API; ``threads-poller quota USER_ID`` the CLI. Workers
-refresh the cached copy of every account seen at enqueue in the last 24 h every
+``get_quota(user_id, settings=settings)`` is the Python API; ``threads-poller quota USER_ID``
+the CLI. Workers refresh the cached copy of every account seen at enqueue in the last 24 h every
 ``QUOTA_REFRESH_SECONDS`` (one worker per account per period, by a short Redis lock), so callers
 can read ``{prefix}:quota:{user_id}`` without spending API calls.
 """
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from api_client.client import ThreadsClient, make_session
 from api_client.errors import MissingTokenError, ThreadsError
 from api_client.models import PublishingLimit, QuotaSnapshot
-from config import AuthMode, Settings, load_settings
+from config import AuthMode, Settings
 from worker.core.ids import validate_id
 from worker.jobs.tokens import DEFAULT_ACCOUNT, AccountTokenSource, TokenSource
 from worker.store.accounts import AccountStore
@@ -57,10 +57,9 @@ async def fetch_quota(client: ThreadsClient, tokens: TokenSource, user_id: str) 
 
 
 async def get_quota(
-    user_id: str, *, settings: Settings | None = None, redis: Redis | None = None
+    user_id: str, *, settings: Settings, redis: Redis | None = None
 ) -> PublishingLimit:
     """Ask the API for one account's publishing limits; cache them in Redis when given one."""
-    settings = settings or load_settings()
     user_id = validate_id(user_id, what="user id")
     async with make_session(timeout_seconds=settings.http_timeout_seconds) as session:
         snapshot = await fetch_quota(client_for(settings, session), token_source(settings), user_id)

@@ -142,7 +142,7 @@ def observe_check(
     """One check run: ``checked`` when it asked the API, ``written`` when its outcome was stored."""
     if checked:
         if decision.error is not None:
-            kind = decision.error_kind or classify(decision.error)
+            kind = decision.error.kind
             _checks("", str(kind)).inc()
         else:
             _checks(status_label(decision.last_api_status), "").inc()

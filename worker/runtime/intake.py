@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from worker.core.ids import InvalidIdError, validate_id, validate_webhook_url
+from worker.core.errors import BadEntryError, InvalidIdError
+from worker.core.ids import validate_id, validate_webhook_url
 from worker.ops import metrics
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
@@ -61,10 +62,6 @@ return deleted
 """
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-
-
-class BadEntryError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

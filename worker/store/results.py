@@ -393,15 +393,13 @@ def record_fields(
             if checked_at is not None:
                 fields["last_throttled_at"] = stamp(checked_at)
         if decision.error is not None:
-            err = decision.error.to_fields()
+            err = decision.error
             fields.update(
-                last_error=f"{decision.error}; {decision.hint}"
-                if decision.hint
-                else str(decision.error),
-                last_error_kind=decision.error_kind or "",
-                last_error_code=err.get("code", ""),
-                last_error_subcode=err.get("subcode", ""),
-                last_error_fbtrace_id=err.get("fbtrace_id", ""),
+                last_error=f"{err}; {decision.hint}" if decision.hint else str(err),
+                last_error_kind=err.kind,
+                last_error_code="" if err.code is None else str(err.code),
+                last_error_subcode="" if err.subcode is None else str(err.subcode),
+                last_error_fbtrace_id=err.fbtrace_id or "",
             )
     if extra:
         fields.update(extra)
