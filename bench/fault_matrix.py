@@ -23,8 +23,8 @@ Every row asserts, besides what the row is about:
   over the simulator's status calls. A hash without ``runs`` makes the figure unknown, and the
   row fails on it.
 
-The exit code is 0 only when every row passes. ``tests/test_fault_matrix.py`` runs every row at
-CI size with the same code.
+The exit code is 0 only when every row passes. ``tests/system/test_fault_matrix.py`` runs every
+row at CI size with the same code.
 """
 
 from __future__ import annotations
@@ -57,9 +57,15 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from bench.fault_run import RedisServer, free_port, retrying, worker_command
+from bench.fault_run import retrying
+from bench.harness import (
+    RedisServer,
+    SimulatorThread,
+    environment_without_settings,
+    threads_poller_command,
+)
 from config import Settings, load_settings
-from simulator import SimulatorState, StatusCall, run_simulator
+from simulator import SimulatorState, StatusCall
 from simulator.server import RunningSimulator
 from worker.client.producer import enqueue_many
 
@@ -150,50 +156,6 @@ class Ledger:
             for c in self.calls
             if c.answer != "drop" and start <= c.t + c.delay <= end
         )
-
-
-class SimulatorThread:
-    """The simulator on an event loop of its own thread: what it records (arrival times, the
-    moments answers go out) does not wait for the harness's own work (sampling Redis, parsing
-    big replies), so rates and gaps are measured as the workers produced them."""
-
-    def __init__(self, state: SimulatorState) -> None:
-        self.state = state
-        self.sim: RunningSimulator | None = None
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-            self._ready.set()
-        finally:
-            self._loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with run_simulator(port=0, state=self.state) as sim:
-            self.sim = sim
-            self._ready.set()
-            await self._stop.wait()
-
-    def start(self) -> RunningSimulator:
-        self._thread.start()
-        self._ready.wait(30)
-        if self.sim is None:
-            raise RuntimeError(f"the simulator did not start: {self._error!r}")
-        return self.sim
-
-    def stop(self) -> None:
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 def call_bound(
@@ -359,14 +321,8 @@ class Knobs:
 
 def clean_environment() -> dict[str, str]:
     """The caller's environment minus every service setting (nothing may change a row)."""
-    ours = {name.upper() for name in Settings.model_fields}
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in ours
-        and not k.upper().startswith("THREADS_ACCESS_TOKEN_")
-        and k not in ("PYTHONPATH", SKEW_ENV)
-    }
+    env = environment_without_settings()
+    return {k: v for k, v in env.items() if k not in ("PYTHONPATH", SKEW_ENV)}
 
 
 @dataclass
@@ -419,7 +375,7 @@ class Harness:
         self._sample_every = 0.1
         self._n_started = 0
         self.t0 = time.monotonic()
-        self.redis_server = RedisServer(workdir / "redis", free_port(), "no")
+        self.redis_server = RedisServer(workdir / "redis", appendonly=True, appendfsync="no")
         self.state = SimulatorState(
             default_script=("notfound",), tokens={TOKEN: "default", ACCOUNT_TOKEN: ACCOUNT}
         )
@@ -458,8 +414,8 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        await self.redis_server.start()
-        self._stack.push_async_callback(self.redis_server.stop)
+        await self.redis_server.astart(wait_s=30)
+        self._stack.push_async_callback(self.redis_server.astop)
         self._loop = asyncio.get_running_loop()
         sim_thread = SimulatorThread(self.state)
         self.sim = await asyncio.to_thread(sim_thread.start)
@@ -531,7 +487,7 @@ class Harness:
         path = self.workdir / "logs" / f"{name}.log"
         with path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                *worker_command(),
+                *threads_poller_command(),
                 "worker",
                 env=env,
                 cwd=self.workdir,  # no stray .env file

@@ -25,11 +25,9 @@ import contextlib
 import functools
 import json
 import math
-import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -44,8 +42,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bench.harness import (
+    RedisServer,
+    environment_without_settings,
+    simulator_in_process,
+    threads_poller_command,
+)
 from config import Settings, load_settings
-from simulator import DEFAULT_FAULT_KINDS, SimulatorState, run_simulator
+from simulator import DEFAULT_FAULT_KINDS, SimulatorState
 from simulator.state import Reply
 from simulator.steps import DropStep, GraphErrorStep, RawStep, StatusStep
 from worker.client.producer import enqueue_many
@@ -305,80 +309,6 @@ def starved_probability(
 # ----- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _pings(url: str) -> bool:
-    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-    try:
-        return bool(await client.ping())
-    except (RedisError, OSError):
-        return False
-    finally:
-        await client.aclose()
-
-
-class RedisServer:
-    """A private redis-server with AOF on; ``crash_and_restart`` keeps port and directory."""
-
-    def __init__(self, directory: Path, port: int, appendfsync: str) -> None:
-        self.dir = directory
-        self.port = port
-        self.appendfsync = appendfsync
-        self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
-        self.downtime = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/test.sh installs it)")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            binary,
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync,
-            "--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log"),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not await _pings(self.url):
-            if self.proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            await asyncio.sleep(0.05)
-
-    async def crash_and_restart(self) -> float:
-        """SIGKILL (no shutdown, no final fsync), then start on the same port and directory."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.kill()
-        await self.proc.wait()
-        await self.start()
-        took = time.monotonic() - t0
-        self.restarts += 1
-        self.downtime += took
-        return took
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 def rerun_after_kill(settings: Settings) -> float:
     """How long a SIGKILLed check waits to run again: its run's lease (worker.runtime.app)."""
     from worker.runtime.app import lease_seconds
@@ -386,19 +316,9 @@ def rerun_after_kill(settings: Settings) -> float:
     return lease_seconds(settings)
 
 
-def worker_command() -> list[str]:
-    script = Path(sys.executable).parent / "threads-poller"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
-
-
 def worker_env(cfg: FaultRunConfig, redis_url: str, api_base_url: str) -> dict[str, str]:
     # Nothing from the caller's environment may change the run: drop every service setting.
-    ours = {name.upper() for name in Settings.model_fields}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in ours and not k.upper().startswith("THREADS_ACCESS_TOKEN_")
-    }
+    env = environment_without_settings()
     env.update(
         REDIS_URL=redis_url,
         THREADS_API_BASE_URL=api_base_url,
@@ -444,7 +364,7 @@ class WorkerPool:
         self.logs.append(path)
         with path.open("wb") as log:
             self.procs[slot] = await asyncio.create_subprocess_exec(
-                *worker_command(),
+                *threads_poller_command(),
                 "worker",
                 env=self.env,
                 cwd=self.logdir,  # no stray .env file can be read
@@ -591,8 +511,9 @@ async def run_fault_run(
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     t_wall = time.monotonic()
-    redis_server = RedisServer(workdir / "redis", free_port(), cfg.appendfsync)
-    await redis_server.start()
+    # AOF on: crash_and_restart (SIGKILL, same port and directory) replays it.
+    redis_server = RedisServer(workdir / "redis", appendonly=True, appendfsync=cfg.appendfsync)
+    await redis_server.astart(wait_s=30)
     state = LedgerState(
         default_script=("notfound",),
         fault_rate=cfg.fault_rate,
@@ -606,7 +527,7 @@ async def run_fault_run(
     ids = [container_id(i) for i in range(cfg.containers)]
     progress = Progress()
     try:
-        async with run_simulator(port=0, state=state) as sim:
+        async with simulator_in_process(state) as sim:
             env = worker_env(cfg, redis_server.url, sim.base_url)
             # The workers' settings exactly (for the enqueue window and the kill re-run delay).
             fields = {name.upper(): name for name in Settings.model_fields}
@@ -647,7 +568,7 @@ async def run_fault_run(
                 await pool.stop(grace=5)
                 await redis.aclose()
     finally:
-        await redis_server.stop()
+        await redis_server.astop()
     report.wall_time = time.monotonic() - t_wall
     if report.passed and not cfg.keep and cfg.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,29 +1,21 @@
-"""Running the installed ``threads-poller`` command the way a user would."""
+"""Running the installed ``threads-poller`` command the way a user would (integration and system
+tests; the command itself: bench.harness.threads_poller_command)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import sys
 from pathlib import Path
 
+from bench.harness import threads_poller_command
 from config import Settings
 from tests.conftest import TEST_TOKEN
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).parent / "threads-poller"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("threads-poller")
-    return [found] if found else [sys.executable, "-m", "worker.cli"]
 
 
 async def run_cli(
     *args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 30
 ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *cli_command(),
+        *threads_poller_command(),
         *args,
         env=env,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -38,7 +30,7 @@ async def run_cli(
 async def start_worker(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
     log = log_path.open("ab")
     return await asyncio.create_subprocess_exec(
-        *cli_command(), "worker", env=env, stdout=log, stderr=log
+        *threads_poller_command(), "worker", env=env, stdout=log, stderr=log
     )
 
 

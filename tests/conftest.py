@@ -1,6 +1,9 @@
-"""Shared fixtures: a real redis-server on a free port, the simulator, settings, a worker.
+"""Shared fixtures of tests/unit, tests/integration and tests/system: a real redis-server on a
+free port, the simulator, settings, a worker (processes, ports and servers: bench/harness.py).
 
 No Redis mocks: every test that touches Redis talks to a real ``redis-server`` started here.
+Unit tests may use the plain helpers (``make_settings``, ``TEST_TOKEN``) but no fixture that
+starts something: tests/unit/conftest.py refuses them.
 """
 
 from __future__ import annotations
@@ -8,104 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import redis as redis_sync
 from redis.asyncio import Redis
 
+from bench.harness import RedisServer, simulator_in_process, start_redis, stop_redis
 from config import Settings, load_settings
-from simulator import RunningSimulator, run_simulator
+from simulator import RunningSimulator
 from worker.runtime.app import PollerWorker, build_worker
 from worker.store.keys import Keys
 
 TEST_TOKEN = "EAAtestTOKENsecret0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class RedisServer:
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis_sync.Redis:
-        return redis_sync.Redis(host="127.0.0.1", port=self.port)
-
-
-def start_redis(
-    tmp: Path,
-    *,
-    appendonly: bool = False,
-    port: int | None = None,
-    extra_args: Sequence[str] = (),
-) -> RedisServer:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is not installed: run the README's test command (scripts/test.sh)"
-        )
-    port = port or free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(tmp),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if appendonly else "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--logfile",
-            str(tmp / "redis.log"),
-            *extra_args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(port, tmp, proc)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if server.client().ping():
-                return server
-        except redis_sync.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not start on port {port}")
-        time.sleep(0.05)
-
-
-def stop_redis(server: RedisServer) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +44,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
-    async with run_simulator(port=0) as running:
+    async with simulator_in_process() as running:
         yield running
 
 

@@ -1,14 +1,41 @@
-"""threads-poller's worker side: arq jobs, the Redis result store, producers and readers."""
+"""threads-poller for producers and readers: the public surface is what this module exports.
 
-from worker.client.producer import EnqueueOutcome, enqueue, enqueue_many
+The client
+    PollerClient      enqueue container ids, read and wait for their results (one deployment)
+    EnqueueOutcome    what an enqueue did: enqueued | restarted | duplicate | final
+    PollResult        one container's stored state
+
+States
+    State             every status a result can have
+    FINAL_STATES      the statuses after which a poll is over
+    is_final          whether a status is final
+    is_success        whether a status is a final success (FINISHED, PUBLISHED)
+
+Errors
+    PollerError       the root of threads-poller's own errors
+    InvalidIdError    a malformed id, account or webhook URL was refused; nothing was written
+
+Module functions (one ``PollerClient.from_settings(settings, redis)`` per call)
+    enqueue, enqueue_many, get_result, wait_for
+
+Importing ``worker`` does not load the worker's runtime (``worker.runtime``, ``worker.jobs``,
+``worker.ops``); everything else under ``worker.`` is internal and may change.
+"""
+
+from worker.client.client import EnqueueOutcome, PollerClient
+from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_result, wait_for
+from worker.core.errors import InvalidIdError, PollerError
 from worker.core.result import PollResult
 from worker.core.states import FINAL_STATES, State, is_final, is_success
 
 __all__ = [
     "FINAL_STATES",
     "EnqueueOutcome",
+    "InvalidIdError",
     "PollResult",
+    "PollerClient",
+    "PollerError",
     "State",
     "enqueue",
     "enqueue_many",

@@ -20,18 +20,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop
-from worker.client.producer import enqueue_many
-from worker.client.reader import get_result, wait_for
-from worker.core.ids import InvalidIdError
+from worker.client.client import PollerClient
+from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
 from worker.core.states import is_success
-from worker.store.connections import open_redis
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -63,18 +60,19 @@ def _settings() -> Settings:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a client of its own Redis connection, closed afterwards."""
+
     async def run() -> T:
-        redis = open_redis(settings)
-        try:
-            return await work(redis)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise CliError(
-                f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: {type(exc).__name__}",
-                EXIT_REDIS,
-            ) from None
-        finally:
-            await redis.aclose()
+        async with PollerClient.from_settings(settings) as client:
+            try:
+                return await work(client)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                raise CliError(
+                    f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: "
+                    f"{type(exc).__name__}",
+                    EXIT_REDIS,
+                ) from None
 
     return asyncio.run(run())
 
@@ -158,16 +156,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings()
     ids = _read_ids(args)
     try:
-        outcomes = _with_redis(
+        outcomes = _with_client(
             settings,
-            lambda r: enqueue_many(
-                r,
+            lambda c: c.enqueue_many(
                 ids,
                 account=args.account,
                 force=args.force,
                 publish=args.publish,
                 webhook_url=args.webhook_url,
-                settings=settings,
             ),
         )
     except InvalidIdError as exc:
@@ -194,11 +190,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     ids = _read_ids(args)
 
-    async def work(redis: Redis) -> list[tuple[str, PollResult | None]]:
-        return [(cid, await get_result(redis, cid, settings=settings)) for cid in ids]
+    async def work(client: PollerClient) -> list[tuple[str, PollResult | None]]:
+        return list(zip(ids, await client.get_many(ids), strict=True))
 
     try:
-        results = _with_redis(settings, work)
+        results = _with_client(settings, work)
     except InvalidIdError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     for cid, result in results:
@@ -209,9 +205,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        result = _with_redis(
-            settings, lambda r: wait_for(r, args.id, args.timeout, settings=settings)
-        )
+        result = _with_client(settings, lambda c: c.wait(args.id, timeout=args.timeout))
     except InvalidIdError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     print(json.dumps(_result_json(args.id, result)) if args.json else _result_line(args.id, result))
@@ -228,7 +222,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
     settings = _settings()
 
-    async def work(redis: Redis) -> dict[str, Any]:
+    async def work(client: PollerClient) -> dict[str, Any]:
+        redis = client.redis
         if args.cached:
             snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(args.user_id)
             if snap is None:
@@ -242,7 +237,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
         return {"user_id": args.user_id, **limit.model_dump()}
 
     try:
-        data = _with_redis(settings, work)
+        data = _with_client(settings, work)
     except InvalidIdError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except ThreadsError as exc:
@@ -274,10 +269,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     settings = _settings()
     host = None if args.any else (args.host or socket.gethostname())
     # A Redis that accepts connections but never answers must fail the check, not hang it.
-    health = _with_redis(
+    health = _with_client(
         settings,
-        lambda r: asyncio.wait_for(
-            check(r, Keys(settings.key_prefix), host=host), args.redis_timeout
+        lambda c: asyncio.wait_for(
+            check(c.redis, Keys(settings.key_prefix), host=host), args.redis_timeout
         ),
     )
     if not health.healthy:

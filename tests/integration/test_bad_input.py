@@ -26,12 +26,13 @@ from redis.asyncio import Redis
 from api_client.errors import ThreadsError
 from api_client.parsing import parse_container_status
 from api_client.policy import classify
+from bench.harness import RedisServer
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, start_worker, worker_env
-from tests.conftest import RedisServer, make_settings, running_worker, wait_until
+from tests.conftest import make_settings, running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result, wait_for
-from worker.core.ids import InvalidIdError
+from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
 from worker.core.states import API_FINAL_STATES, FINAL_STATES
 from worker.runtime.app import PollerWorker

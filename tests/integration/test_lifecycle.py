@@ -2,7 +2,8 @@
 
 Against a real redis-server (and the simulator where a worker runs): a run that raises, times
 out, lost its lease or used up its tries; arq's own job API reading our jobs; the settings that
-could strand data; the account state one throttling episode leaves.
+could strand data (those refused at load time: tests/unit/test_lifecycle.py); the account state one
+throttling episode leaves.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from arq.jobs import Job, JobStatus
 from redis.asyncio import Redis
 
 from api_client.client import make_session
-from config import Settings, SettingsError
+from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
@@ -268,15 +269,6 @@ async def _final(redis: Redis, settings: Settings, cid: str) -> bool:
 
 
 # ----- settings that cannot strand data ----------------------------------------------------
-
-
-def test_a_result_ttl_shorter_than_the_longest_poll_is_refused() -> None:
-    with pytest.raises(SettingsError) as err:
-        make_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:9/v1.0", result_ttl_seconds=600)
-    assert "RESULT_TTL_SECONDS (600)" in str(err.value)
-    assert "THROTTLE_MAX_DELAY_SECONDS" in str(err.value)
-    ok = make_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:9/v1.0")
-    assert ok.result_ttl_seconds >= ok.longest_poll_seconds()
 
 
 async def test_the_job_lives_as_long_as_its_poll(

@@ -7,16 +7,14 @@ INFO keeps to final states and anomalies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
 
-from config import LogFormat, Settings
+from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue_many, get_result
-from worker.ops.logs import setup_logging
 
 
 async def run_two_checks(redis: Redis, settings: Settings, sim: RunningSimulator) -> None:
@@ -61,23 +59,3 @@ async def test_debug_logs_every_check(
         ("final state", logging.INFO),
     ]
     assert lines[0].__dict__["status"] == "IN_PROGRESS" and "next_in_s" in lines[0].__dict__
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root, arq_log = logging.getLogger(), logging.getLogger("arq.worker")
-    saved = (list(root.handlers), root.level, arq_log.level, list(arq_log.filters))
-    yield
-    root.handlers[:], arq_log.filters[:] = saved[0], saved[3]
-    root.setLevel(saved[1])
-    arq_log.setLevel(saved[2])
-
-
-def test_arq_info_lines_are_not_built_below_debug(restore_logging: None) -> None:
-    arq_log = logging.getLogger("arq.worker")
-    setup_logging(LogFormat.JSON, "INFO")
-    # arq's per-job "→ job" / "← job" records would be built and then dropped: skip them.
-    assert not arq_log.isEnabledFor(logging.INFO)
-    assert arq_log.isEnabledFor(logging.WARNING)  # its failures still show
-    setup_logging(LogFormat.JSON, "DEBUG")
-    assert arq_log.isEnabledFor(logging.DEBUG)

@@ -12,7 +12,7 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, enqueue_many, get_result
-from worker.core.ids import InvalidIdError
+from worker.core.errors import InvalidIdError
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
 
 

@@ -6,7 +6,8 @@ duplicate final event, API calls per container within the documented bound, job 
 at most 1.2, and what the row itself is about. ``python -m bench.fault_matrix`` runs the same
 code (``--scale full`` for the bigger sizes).
 
-The second half checks the accounting itself: a harness that cannot fail proves nothing.
+The second half checks the harness itself against a real Redis: a harness that cannot fail proves
+nothing (its pure accounting: tests/unit/test_fault_matrix.py).
 """
 
 from __future__ import annotations
@@ -26,13 +27,7 @@ from bench.fault_matrix import (
     Expect,
     Harness,
     Knobs,
-    RowResult,
-    call_bound,
-    gaps,
-    is_throttled,
-    max_in_window,
     new_result,
-    parse_rows,
     render,
     run_row,
 )
@@ -55,34 +50,11 @@ async def test_fault_matrix_row(row: str, tmp_path: Path) -> None:
     assert result.failures == [], text
 
 
-# ----- the accounting itself -----------------------------------------------------------------
+# ----- the harness itself: the monitor and the accounting see what went wrong ----------------
 
 
 def call(t: float, answer: str = "IN_PROGRESS", cid: str = "1", delay: float = 0.0) -> StatusCall:
     return StatusCall(t, cid, "default", answer, delay)
-
-
-def test_call_bound_counts_only_documented_extras() -> None:
-    calls = [call(0), call(1, "throttle"), call(2, "429"), call(3, "drop"), call(4, "FINISHED")]
-    assert call_bound(6, calls) == 6 + 2 + 1
-    assert call_bound(6, calls, polls=2, disrupted=1) == 12 + 2 + 1 + 1
-    assert call_bound(6, [call(0)] * 7) == 6
-    assert is_throttled("throttle:613") and is_throttled("429") and not is_throttled("500")
-
-
-def test_rate_and_gap_figures() -> None:
-    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
-    assert max_in_window([i * 0.02 for i in range(51)]) == 50  # 50/s paced: 50 in any 1 s
-    assert max_in_window([]) == 0
-    assert gaps([2.0, 0.0, 0.5]) == [0.5, 1.5]
-
-
-def test_rows_are_named_and_numbered() -> None:
-    assert parse_rows("1,frozen,11") == ["oom", "frozen", "sigkill"]
-    assert parse_rows(None) == [r.key for r in ROWS]
-    with pytest.raises(SystemExit):
-        parse_rows("nope")
-    assert len({r.number for r in ROWS}) == len(ROWS) == 11
 
 
 async def test_the_monitor_sees_a_stranded_poll_and_the_row_fails(tmp_path: Path) -> None:
@@ -113,14 +85,6 @@ async def test_the_monitor_sees_a_stranded_poll_and_the_row_fails(tmp_path: Path
     for words in ("2 lost", "1 stranded", "duplicate", "over the call bound", "unknown"):
         assert words in text, text
     assert not result.passed
-
-
-def test_runs_per_call_is_judged() -> None:
-    r = RowResult("x", "0", "t", runs=13, calls_total=10)
-    assert r.runs_per_call == pytest.approx(1.3)
-    assert RowResult("x", "0", "t", runs=None, calls_total=10).runs_per_call is None
-    assert r.cells()[7] == "1.30"
-    assert RowResult("x", "0", "t", runs=None, calls_total=10).cells()[7] == "unknown"
 
 
 # ----- the simulator hooks the matrix uses ------------------------------------------------------

@@ -5,8 +5,6 @@ replica, and one sentinel (quorum 1) that promotes the replica when the primary 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +14,17 @@ import redis as redis_sync
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from simulator import RunningSimulator
-from tests.conftest import (
+from bench.harness import (
+    Child,
     RedisServer,
     free_port,
-    make_settings,
-    running_worker,
+    redis_binary,
+    spawn,
     start_redis,
     stop_redis,
-    wait_until,
 )
+from simulator import RunningSimulator
+from tests.conftest import make_settings, running_worker, wait_until
 from worker import enqueue, get_result
 from worker.store.connections import open_redis
 
@@ -37,7 +36,7 @@ class Cluster:
     primary: RedisServer
     replica: RedisServer
     sentinel_port: int
-    sentinel: subprocess.Popen[bytes]
+    sentinel: Child
 
     def sentinel_client(self) -> redis_sync.Redis:
         return redis_sync.Redis(host="127.0.0.1", port=self.sentinel_port)
@@ -75,22 +74,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         f"sentinel down-after-milliseconds {MASTER} 2000\n"
         f"sentinel failover-timeout {MASTER} 5000\n"
     )
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    proc = subprocess.Popen(
-        [binary, str(conf), "--sentinel", "--logfile", str(tmp_path / "sentinel.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    c = Cluster(primary, replica, port, proc)
+    cmd = [redis_binary(), str(conf), "--sentinel", "--logfile", str(tmp_path / "sentinel.log")]
+    sentinel = spawn("sentinel", cmd, tmp_path / "sentinel.out", new_session=False)
+    c = Cluster(primary, replica, port, sentinel)
     try:
         yield c
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+        sentinel.stop(timeout=5)
         for server in (replica, primary):
-            if server.proc.poll() is None:
-                stop_redis(server)
+            stop_redis(server)  # a no-op for the primary the test killed
 
 
 def sentinel_knows_the_replica(c: Cluster) -> bool:

@@ -13,9 +13,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from bench.harness import free_port
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import free_port, running_worker, wait_until
+from tests.conftest import running_worker, wait_until
 from worker import enqueue_many, get_result
 from worker.ops import metrics
 from worker.store.keys import Keys
@@ -39,12 +40,6 @@ def current(name: str, **labels: str) -> float:
 
 def key(name: str, **labels: str) -> Sample:
     return (name, frozenset(labels.items()))
-
-
-def test_status_label_is_bounded() -> None:
-    assert metrics.status_label("FINISHED") == "FINISHED"
-    assert metrics.status_label("SOMETHING_NEW_FROM_META") == "OTHER"
-    assert metrics.status_label(None) == ""
 
 
 async def test_gauges_sample_the_shared_state(redis: Redis, settings: Settings, keys: Keys) -> None:

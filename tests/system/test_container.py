@@ -38,14 +38,15 @@ import pytest
 from redis.asyncio import Redis
 from ruamel.yaml import YAML
 
+from bench.harness import free_port
 from config import Settings, load_settings
 from simulator import RunningSimulator
 from simulator.server import build_parser as simulator_parser
-from tests.conftest import TEST_TOKEN, free_port, wait_until
+from tests.conftest import TEST_TOKEN, wait_until
 from worker import enqueue_many, get_result
 from worker.ops.health import TTL_SECONDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/system/ -> the repository
 VENV_BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"

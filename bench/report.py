@@ -1,0 +1,162 @@
+"""The bench's summary: one table of every figure, with the targets of issue #6 and their
+verdicts, printed at the end of a run."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from collections.abc import Callable
+
+from bench.measure import fmt, out, verdict
+from bench.phases import Config, Figures, ScaleRun, event_loop
+
+# Targets of issue #6.
+TARGET_RATIO = 1.0  # issue 16: at least bare arq's no-op rate, in the same run
+TARGET_BYTES_PER_CONTAINER = 1024
+TARGET_P99_LATENESS_S = 1.0
+TARGET_RSS_MIB = 150.0
+
+
+def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
+    """The table at the end of a run: every figure, its target and verdict where it has one."""
+    ratio = f.check_rate / f.noop_rate if f.check_rate and f.noop_rate else None
+    floor_ratio = f.check_rate / f.floor_rate if f.check_rate and f.floor_rate else None
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        rows.append((name, value, target, "" if not target else verdict(ok)))
+
+    def le(value: float | None, limit: float) -> bool | None:
+        return None if value is None or math.isnan(value) else value <= limit
+
+    def pair(a: float | None, b: float | None, spec: str, unit: str = "") -> str:
+        return f"{fmt(a, spec)} / {fmt(b, spec)}{unit}"
+
+    row(
+        "checks/s, one worker (10-90 %)",
+        fmt(f.check_rate),
+        f">= {TARGET_RATIO} x bare arq",
+        None if ratio is None else ratio >= TARGET_RATIO,
+    )
+    row("bare arq no-op jobs/s (10-90 %)", fmt(f.noop_rate))
+    row("ratio ours / bare arq", fmt(ratio, ".2f"))
+    row("floor checks/s, GET + EVALSHA, no job system", fmt(f.floor_rate))
+    row("ratio ours / floor", fmt(floor_ratio, ".2f"))
+    row(
+        "floor CPU ms per check: process / redis-server",
+        pair(f.floor_cpu_ms, f.floor_redis_cpu_ms, ".3f"),
+    )
+    row("worker CPU ms per check / per no-op job", pair(f.check_cpu_ms, f.noop_cpu_ms, ".3f"))
+    row(
+        "redis CPU ms per check / per no-op job",
+        pair(f.check_redis_cpu_ms, f.noop_redis_cpu_ms, ".3f"),
+    )
+    row(
+        "Redis round trips per check / per no-op job",
+        pair(f.reads_per_check, f.noop_reads_per_job, ".2f"),
+    )
+    row(
+        "Redis commands per check / per no-op job",
+        pair(f.cmds_per_check, f.noop_cmds_per_job, ".2f"),
+    )
+    row(
+        "Redis bytes per queued container",
+        fmt(f.bytes_per_container),
+        f"<= {TARGET_BYTES_PER_CONTAINER}",
+        le(f.bytes_per_container, TARGET_BYTES_PER_CONTAINER),
+    )
+    row("Redis bytes per container once checked", fmt(f.bytes_per_checked_container))
+    row("enqueue_many containers/s", fmt(f.enqueue_rate))
+    row(
+        f"lateness p99 at {fmt(f.sched_target_rate)} checks/s",
+        fmt(f.late_p99, ".3f") + " s",
+        f"<= {TARGET_P99_LATENESS_S:g} s",
+        le(f.late_p99, TARGET_P99_LATENESS_S),
+    )
+    row("lateness p50 / max", pair(f.late_p50, f.late_max, ".3f", " s"))
+    row(
+        "worker lag_s p50 / p99 / max",
+        f"{fmt(f.lag_p50, '.3f')} / {pair(f.lag_p99, f.lag_max, '.3f', ' s')}",
+    )
+    in_flight = fmt(f.capacity_in_flight, "d") if f.capacity_in_flight else "n/a"
+    row(
+        f"worker RSS, {in_flight} in flight",
+        fmt(f.rss_100k_mib, ".1f") + " MiB",
+        f"<= {TARGET_RSS_MIB:g} MiB",
+        le(f.rss_100k_mib, TARGET_RSS_MIB),
+    )
+    row("worker RSS after the throughput run", fmt(f.rss_end_throughput_mib, ".1f") + " MiB")
+    row("worker RSS idle", fmt(f.rss_idle_mib, ".1f") + " MiB")
+    calls = f.calls_per_container_throughput
+    row(
+        "API calls per container (FINISHED)",
+        fmt(calls, ".3f"),
+        "1",
+        None if calls is None else calls == 1.0,
+    )
+    row(
+        f"API calls per container (IN_PROGRESS, max {fmt(f.expected_checks, 'd')})",
+        fmt(f.calls_per_container_schedule, ".3f"),
+    )
+    extra = f.extra_calls_duplicates
+    row(
+        "extra calls from duplicate enqueues",
+        "n/a" if extra is None else str(extra),
+        "0",
+        None if extra is None else extra == 0,
+    )
+    scale_rows(f.scale, row)
+    variant = []
+    if cfg.log_level.upper() != "INFO":
+        variant.append(f"LOG_LEVEL={cfg.log_level}")
+    variant += [f"{k}={v}" for k, v in cfg.worker_env.items()]
+    out("\n" + "=" * 100)
+    out(
+        f"SUMMARY  {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores shared by the "
+        f"worker(s), the simulator, redis-server and this script; "
+        f"{'--quick' if cfg.quick else 'default'} run (N {cfg.n}); worker: "
+        f"{', '.join(variant) or 'defaults'} (event loop {event_loop(cfg.worker_env)}, "
+        f"max_jobs {cfg.max_jobs}); bare arq on asyncio"
+    )
+    out("=" * 100)
+    width = max(len(r[0]) for r in rows)
+    for name, value, target, ok in rows:
+        out(f"{name:<{width}}  {value:>24}  {target:<22} {ok}".rstrip())
+    for note in dict.fromkeys(f.notes):
+        out(f"note: {note}")
+    out("=" * 100)
+
+
+def scale_rows(runs: list[ScaleRun], row: Callable[..., None]) -> None:
+    """The scale phase's lines of the summary (none when it did not run)."""
+    if not runs:
+        return
+    for r in runs:
+        plural = "s" if r.workers > 1 else ""
+        row(f"checks/s, {r.workers} worker{plural} (scale, 10-90 %)", fmt(r.rate))
+    base = runs[0]
+    for r in runs[1:]:
+        speedup = r.rate / base.rate if r.rate and base.rate else None
+        row(f"speed-up {r.workers}w/{base.workers}w", fmt(speedup, ".2f"))
+    label = " / ".join(f"{r.workers}w" for r in runs)
+    row(
+        f"worker CPU ms per check, {label}",
+        " / ".join(fmt(r.worker_cpu_ms, ".3f") for r in runs),
+    )
+    row(f"redis-server % of a core, {label}", " / ".join(fmt(r.redis_pct) for r in runs))
+    row(f"simulator % of a core, {label}", " / ".join(fmt(r.sim_pct) for r in runs))
+    row(f"machine busy % ({os.cpu_count()} cores), {label}",
+        " / ".join(fmt(r.machine_pct) for r in runs))  # fmt: skip
+    row(
+        f"scale: FINISHED exactly once, of {runs[0].n}",
+        " / ".join(str(r.finished_once) for r in runs),
+        "all",
+        all(r.finished_once == r.n and r.events == r.n for r in runs),
+    )
+    row(
+        "scale: API calls per container",
+        " / ".join(f"{r.calls_per_container:.3f}" for r in runs),
+        "1",
+        all(r.calls_per_container == 1.0 and r.wrong_calls == 0 for r in runs),
+    )

@@ -1,0 +1,1 @@
+"""Whole runs, marked ``slow`` (tests/system/conftest.py): fault run and matrix, Sentinel, image."""

@@ -1,0 +1,262 @@
+"""``PollerClient``: the one object a producer or a reader holds.
+
+    async with PollerClient.from_settings(settings) as client:   # opens (and closes) its Redis
+        out = await client.enqueue("17889615691921648")
+        result = await client.wait("17889615691921648", timeout=360)
+
+    client = PollerClient(redis, window_seconds=300)  # or on a Redis you already have
+
+Everything a producer decides is a parameter of the client (or of the call): the key prefix of
+the deployment, the window a new poll gets, how long its result is kept. Nothing is read from
+the environment here; ``from_settings`` is the one bridge from ``Settings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from redis.asyncio import Redis
+
+from config import Settings
+from worker.core.errors import InvalidIdError
+from worker.core.ids import validate_id, validate_webhook_url
+from worker.core.result import PollResult
+from worker.store.connections import open_redis
+from worker.store.keys import Keys
+from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
+
+# The defaults of a deployment that sets nothing (they equal Settings' defaults; a unit test
+# holds them together).
+DEFAULT_KEY_PREFIX = "threads-poller"
+DEFAULT_WINDOW_SECONDS = 300.0  # POLL_MAX_SECONDS
+DEFAULT_RESULT_TTL_SECONDS = 7 * 86400  # RESULT_TTL_SECONDS
+DEFAULT_EVENTS_MAX_LEN = 100_000  # EVENTS_MAX_LEN
+DEFAULT_ACCOUNT_REQUESTS_PER_SECOND = 5.0  # ACCOUNT_MAX_REQUESTS_PER_SECOND
+MAX_WINDOW_SECONDS = 86400.0  # POLL_MAX_SECONDS' upper bound
+
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOutcome:
+    container_id: str
+    outcome: EnqueueStatus  # enqueued | restarted | duplicate | final
+    status: str  # the container's status right after the call
+
+    @classmethod
+    def of(cls, e: Enqueued) -> EnqueueOutcome:
+        return cls(e.container_id, e.outcome, e.status)
+
+
+def _ids(container_ids: Iterable[str]) -> list[str]:
+    if isinstance(container_ids, str | bytes):
+        # A lone id would otherwise be iterated digit by digit.
+        raise InvalidIdError("container ids must be a list of ids, not one string")
+    return [validate_id(raw) for raw in container_ids]
+
+
+def build_requests(
+    container_ids: Iterable[str],
+    *,
+    account: str | None = None,
+    force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
+) -> list[EnqueueRequest]:
+    """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError).
+
+    Repeated ids are folded into one request, in order of first appearance."""
+    acct = validate_id(account, what="account id") if account is not None else None
+    hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
+    ids = _ids(container_ids)
+    return [EnqueueRequest(cid, acct, force, publish, hook) for cid in dict.fromkeys(ids)]
+
+
+def _window(value: float, result_ttl_seconds: int) -> float:
+    if not (math.isfinite(value) and 0 <= value <= MAX_WINDOW_SECONDS):
+        raise ValueError(
+            f"window_seconds must be between 0 and {MAX_WINDOW_SECONDS:g}, got {value}"
+        )
+    if value >= result_ttl_seconds:
+        # The result hash and the job expire after result_ttl_seconds: mid-poll, here.
+        raise ValueError(
+            f"window_seconds ({value:g}) must be shorter than result_ttl_seconds "
+            f"({result_ttl_seconds})"
+        )
+    return float(value)
+
+
+class PollerClient:
+    """Enqueue container ids and read their results, in one deployment (one key prefix).
+
+    ``window_seconds`` is the window every poll this client starts gets (a call may pass its
+    own); the worker polls until the window ends, then reports TIMED_OUT.
+    ``account_requests_per_second`` only matters before any worker has run: the workers publish
+    their pacing, and enqueue follows theirs. The client never closes a Redis it was given.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS,
+        events_max_len: int = DEFAULT_EVENTS_MAX_LEN,
+        account_requests_per_second: float = DEFAULT_ACCOUNT_REQUESTS_PER_SECOND,
+    ) -> None:
+        if not _KEY_PREFIX.match(key_prefix):
+            raise ValueError(f"key_prefix {key_prefix!r} is not 1 to 64 of [A-Za-z0-9_.:-]")
+        if result_ttl_seconds < 60:
+            raise ValueError(f"result_ttl_seconds must be at least 60, got {result_ttl_seconds}")
+        if events_max_len < 100:
+            raise ValueError(f"events_max_len must be at least 100, got {events_max_len}")
+        if not (math.isfinite(account_requests_per_second) and account_requests_per_second >= 0):
+            raise ValueError("account_requests_per_second must be a finite number >= 0")
+        self.redis = redis
+        self.window_seconds = _window(window_seconds, result_ttl_seconds)
+        self._store = ResultStore(
+            redis,
+            Keys(key_prefix),
+            window_seconds=self.window_seconds,
+            result_ttl_seconds=result_ttl_seconds,
+            events_max_len=events_max_len,
+            account_requests_per_second=account_requests_per_second,
+        )
+        self._owns_redis = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis: Redis | None = None) -> PollerClient:
+        """A client of the deployment ``settings`` describe; without ``redis`` it opens its own
+        (``open_redis``: REDIS_URL or Sentinel) and ``aclose`` closes it."""
+        client = cls(
+            redis if redis is not None else open_redis(settings),
+            key_prefix=settings.key_prefix,
+            window_seconds=settings.poll_max_seconds,
+            result_ttl_seconds=settings.result_ttl_seconds,
+            events_max_len=settings.events_max_len,
+            account_requests_per_second=settings.account_max_requests_per_second,
+        )
+        client._owns_redis = redis is None
+        return client
+
+    @property
+    def key_prefix(self) -> str:
+        return self._store.keys.prefix
+
+    async def aclose(self) -> None:
+        """Close the Redis connection ``from_settings`` opened (a given one is left open)."""
+        if self._owns_redis:
+            self._owns_redis = False
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # Producers.
+
+    async def enqueue_many(
+        self,
+        container_ids: Iterable[str],
+        *,
+        account: str | None = None,
+        force: bool = False,
+        publish: bool = False,
+        webhook_url: str | None = None,
+        window_seconds: float | None = None,
+    ) -> list[EnqueueOutcome]:
+        """Start polling each id (one round trip); one outcome per distinct id, in order.
+
+        Everything is validated first: one bad id, account or URL raises InvalidIdError and
+        writes nothing. An id already being polled creates no job (``duplicate``); one already
+        final is left alone (``final``) unless ``force``. ``publish=True`` publishes each
+        container once FINISHED; ``webhook_url`` gets the final state, signed.
+        ``window_seconds`` (default: the client's) fixes each new poll's window."""
+        window = (
+            self.window_seconds
+            if window_seconds is None
+            else _window(window_seconds, self._store.result_ttl_seconds)
+        )
+        requests = build_requests(
+            container_ids, account=account, force=force, publish=publish, webhook_url=webhook_url
+        )
+        done = await self._store.enqueue(requests, window_seconds=window)
+        return [EnqueueOutcome.of(e) for e in done]
+
+    async def enqueue(
+        self,
+        container_id: str,
+        *,
+        account: str | None = None,
+        force: bool = False,
+        publish: bool = False,
+        webhook_url: str | None = None,
+        window_seconds: float | None = None,
+    ) -> EnqueueOutcome:
+        """``enqueue_many`` of one id."""
+        (outcome,) = await self.enqueue_many(
+            [container_id],
+            account=account,
+            force=force,
+            publish=publish,
+            webhook_url=webhook_url,
+            window_seconds=window_seconds,
+        )
+        return outcome
+
+    # Readers.
+
+    async def get(self, container_id: str) -> PollResult | None:
+        """The stored state, or None when the id was never enqueued (or its result expired)."""
+        return await self._store.load(validate_id(container_id))
+
+    async def get_many(self, container_ids: Iterable[str]) -> list[PollResult | None]:
+        """``get`` of each id (one round trip), in the order given, repeats included."""
+        ids = _ids(container_ids)
+        return await self._store.load_many(ids) if ids else []
+
+    async def wait(
+        self,
+        container_id: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - how long to wait is the call's point
+    ) -> PollResult | None:
+        """Block until the container is final or ``timeout`` seconds pass; return the last state
+        (None: unknown id). A timeout <= 0 looks once.
+
+        Wakes on the events stream (XREAD BLOCK) rather than polling the hash; the hash is
+        re-read at least once a second so a trimmed stream or a missed event cannot make it
+        hang."""
+        cid = validate_id(container_id)
+        deadline = time.monotonic() + timeout
+        last_id = "$"
+        while True:
+            result = await self._store.load(cid)
+            if result is not None and result.final:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return result
+            block_ms = max(1, int(min(remaining, 1.0) * 1000))
+            reply = await self.redis.xread(
+                {self._store.keys.events: last_id}, block=block_ms, count=100
+            )
+            for _stream, entries in reply or []:
+                if entries:
+                    last_id = entries[-1][0]
+            await asyncio.sleep(0)
