@@ -20,11 +20,13 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
 from api_client.redact import redact
+from worker.core.publishing import WebhookOutcome as Out
+from worker.core.publishing import WebhookStatus
 from worker.core.result import PollResult
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
@@ -41,6 +43,7 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
 # A receiver's answer is read up to this much (and then dropped): its body is not used.
 MAX_RESPONSE_BYTES = 64 * 1024
+_SETTLED = frozenset({WebhookStatus.DELIVERED, WebhookStatus.DEAD})
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -121,12 +124,23 @@ class WebhookJob:
             else None
         ) or settings.webhook_url
         attempt = job.try_
+        mine = current is not None and current.generation == generation
+        if mine and current is not None and current.webhook_status in _SETTLED:
+            # Already delivered or dead-lettered (by a run whose end this run repeats).
+            await self.p.queue.settle(job, retry_in_ms=None)
+            return
         if not url:
-            await self._settle(job, generation, "dead", attempt, "no webhook URL", "", body)
+            await self._settle(job, generation, Out.DEAD, attempt, "no webhook URL", "", body)
             return
         if settings.webhook_secret is None:
             await self._settle(
-                job, generation, "dead", attempt, "WEBHOOK_SECRET is not set", url, body
+                job,
+                generation,
+                Out.DEAD,
+                attempt,
+                "WEBHOOK_SECRET is not set",
+                url,
+                body,
             )
             return
         secret = settings.webhook_secret.get_secret_value()
@@ -148,7 +162,7 @@ class WebhookJob:
             ) as resp:
                 await resp.content.read(MAX_RESPONSE_BYTES)
                 if 200 <= resp.status < 300:
-                    await self._settle(job, generation, "delivered", attempt, "", url, body)
+                    await self._settle(job, generation, Out.DELIVERED, attempt, "", url, body)
                     log.info(
                         "webhook delivered",
                         extra={"container_id": container_id, "attempt": attempt},
@@ -161,7 +175,7 @@ class WebhookJob:
         except aiohttp.ClientError as exc:
             reason = redact(f"{type(exc).__name__}: {exc}")
         if not retryable or attempt >= settings.webhook_max_attempts:
-            await self._settle(job, generation, "dead", attempt, reason or "failed", url, body)
+            await self._settle(job, generation, Out.DEAD, attempt, reason or "failed", url, body)
             log.error(
                 "webhook dead-lettered after %d attempt(s): %s",
                 attempt,
@@ -170,7 +184,7 @@ class WebhookJob:
             )
             return
         delay = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
-        await self._settle(job, generation, "retry", attempt, reason or "", url, body, delay)
+        await self._settle(job, generation, Out.RETRY, attempt, reason or "", url, body, delay)
         log.warning(
             "webhook delivery failed, retrying in %.1fs: %s",
             delay,
@@ -182,7 +196,7 @@ class WebhookJob:
         self,
         job: ClaimedJob,
         generation: str,
-        outcome: Literal["delivered", "retry", "dead"],
+        outcome: Out,
         attempt: int,
         reason: str,
         url: str,

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from api_client.models import explain_error_message
 from config import Settings
 from worker.core.decisions import Decision
+from worker.core.publishing import WebhookOutcome
 from worker.core.result import PollResult, stamp
 from worker.store import scripts
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
@@ -68,7 +69,7 @@ class WebhookAttempt:
     """One delivery attempt's outcome: ``delivered``, ``retry`` (after ``delay_s``) or ``dead``."""
 
     generation: str
-    outcome: Literal["delivered", "retry", "dead"]
+    outcome: WebhookOutcome
     attempt: int
     reason: str
     url: str  # redacted
@@ -294,7 +295,7 @@ class ResultStore:
         )
         container_id = str(job.args[0])
         dead: list[str | bytes] = []
-        if outcome == "dead":
+        if outcome is WebhookOutcome.DEAD:
             try:
                 status = str(json.loads(body).get("status", ""))
             except (ValueError, AttributeError):
