@@ -207,13 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the throughput worker")
     p.add_argument("--keep", action="store_true", help="keep the work dir with all logs")
     # Internal: the subprocesses this script starts.
-    p.add_argument("--role", default="bench", choices=["bench", "noop-worker", "floor-worker"],
-                   help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument(
+        "--role",
+        default="bench",
+        choices=["bench", "noop-worker", "floor-worker"],
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--redis-url", help=argparse.SUPPRESS)
     p.add_argument("--api-url", help=argparse.SUPPRESS)
     p.add_argument("--api-concurrency", type=int, default=50, help=argparse.SUPPRESS)
-    p.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"],
-                   help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument(
+        "--event-loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
+    )
     p.add_argument("--poll-delay", type=float, default=0.2, help=argparse.SUPPRESS)
     return p
 
@@ -224,9 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_noop_worker(args.redis_url, args.max_jobs, args.poll_delay)
     if args.role == "floor-worker":
         return run_floor_worker(
-            args.redis_url, args.api_url, args.n, args.max_jobs, args.api_concurrency,
+            args.redis_url,
+            args.api_url,
+            args.n,
+            args.max_jobs,
+            args.api_concurrency,
             args.event_loop,
-        )  # fmt: skip
+        )
     parser = build_parser()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = [p for p in phases if p not in ALL_PHASES]

@@ -548,9 +548,20 @@ async def run_fault_run(
                     chaos(cfg, pool, redis_server, t0, stop_chaos, say)
                 )
                 finished = await _watch(
-                    cfg, redis, keys, ids, progress, pool, redis_server, state, t0, producer,
-                    stop_chaos, rerun, say,
-                )  # fmt: skip
+                    cfg,
+                    redis,
+                    keys,
+                    ids,
+                    progress,
+                    pool,
+                    redis_server,
+                    state,
+                    t0,
+                    producer,
+                    stop_chaos,
+                    rerun,
+                    say,
+                )
                 stop_chaos.set()
                 await chaos_task
                 await producer

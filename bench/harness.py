@@ -263,9 +263,17 @@ class RedisServer:
     def command(self) -> list[str]:
         args = [
             redis_binary(),
-            "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-        ]  # fmt: skip
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+        ]
         if self.appendfsync is not None:
             args += ["--appendfsync", self.appendfsync]
         args += ["--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log")]

@@ -105,9 +105,13 @@ async def start_redis(tmp: Path) -> RedisServer:
 async def start_simulator(tmp: Path) -> tuple[Child, str, str]:
     """``threads-poller simulate --port 0``: FINISHED by default, IN_PROGRESS for two prefixes."""
     args = [
-        "--default-script", "FINISHED",
-        "--script", f"{SCHEDULE_IDS}*=IN_PROGRESS", "--script", f"{CAPACITY_IDS}*=IN_PROGRESS",
-    ]  # fmt: skip
+        "--default-script",
+        "FINISHED",
+        "--script",
+        f"{SCHEDULE_IDS}*=IN_PROGRESS",
+        "--script",
+        f"{CAPACITY_IDS}*=IN_PROGRESS",
+    ]
     child, base, admin = await start_simulator_process(
         args, tmp / "simulator.log", env=clean_env(), cwd=tmp
     )
@@ -363,9 +367,17 @@ class Bench:
         self.cfg.profile.mkdir(parents=True, exist_ok=True)
         raw = self.cfg.profile / f"{label}.txt"
         cmd = [
-            str(BIN / "py-spy"), "record", "--pid", str(child.pid), "--rate", "100",
-            "--format", "raw", "--output", str(raw),
-        ]  # fmt: skip
+            str(BIN / "py-spy"),
+            "record",
+            "--pid",
+            str(child.pid),
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ]
         prof = spawn("py-spy", cmd, self.tmp / f"py-spy-{label}.log", cwd=self.tmp)
         out(f"  profiling the worker with py-spy -> {raw}")
         return prof
@@ -389,10 +401,18 @@ class Bench:
                 await pipe.execute()
         before = await redis_counters(self.redis)
         cmd = [
-            sys.executable, "-m", "bench.bench", "--role", "noop-worker",
-            "--redis-url", self.redis_url, "--max-jobs", str(self.cfg.max_jobs),
-            "--poll-delay", str(self.poll_delay(60.0)),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "bench.bench",
+            "--role",
+            "noop-worker",
+            "--redis-url",
+            self.redis_url,
+            "--max-jobs",
+            str(self.cfg.max_jobs),
+            "--poll-delay",
+            str(self.poll_delay(60.0)),
+        ]
         spawned = time.monotonic()
         child = spawn("noop-worker", cmd, self.tmp / "noop-worker.log", env=clean_env(), cwd=REPO)
         cpu0 = self.cpu_snapshot(child)
@@ -401,9 +421,14 @@ class Bench:
             return n - int(await self.redis.zcard(NOOP_QUEUE))
 
         prog = await track(
-            count, n, spawned=spawned, children=[child], redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid, limit_s=max(120.0, n / 100),
-        )  # fmt: skip
+            count,
+            n,
+            spawned=spawned,
+            children=[child],
+            redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid,
+            limit_s=max(120.0, n / 100),
+        )
         cpu1 = self.cpu_snapshot(child)
         after = await redis_counters(self.redis)
         child.stop()
@@ -440,11 +465,24 @@ class Bench:
         await self.reset()
         before = await redis_counters(self.redis)
         cmd = [
-            sys.executable, "-m", "bench.bench", "--role", "floor-worker",
-            "--redis-url", self.redis_url, "--api-url", self.sim_base, "--n", str(n),
-            "--max-jobs", str(cfg.max_jobs), "--api-concurrency", str(api_slots),
-            "--event-loop", loop,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "bench.bench",
+            "--role",
+            "floor-worker",
+            "--redis-url",
+            self.redis_url,
+            "--api-url",
+            self.sim_base,
+            "--n",
+            str(n),
+            "--max-jobs",
+            str(cfg.max_jobs),
+            "--api-concurrency",
+            str(api_slots),
+            "--event-loop",
+            loop,
+        ]
         spawned = time.monotonic()
         child = spawn("floor", cmd, self.tmp / "floor.log", env=clean_env(), cwd=REPO)
         cpu0 = self.cpu_snapshot(child)
@@ -453,9 +491,14 @@ class Bench:
             return int(await self.redis.zcard(FLOOR_DONE))
 
         prog = await track(
-            count, n, spawned=spawned, children=[child], redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid, limit_s=max(120.0, n / 100),
-        )  # fmt: skip
+            count,
+            n,
+            spawned=spawned,
+            children=[child],
+            redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid,
+            limit_s=max(120.0, n / 100),
+        )
         cpu1 = self.cpu_snapshot(child)
         after = await redis_counters(self.redis)
         for _ in range(500):  # it exits by itself once its last check is written
@@ -573,9 +616,14 @@ class Bench:
             return int(await self.redis.xlen(keys.events))
 
         prog = await track(
-            count, n, spawned=spawned, children=children, redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid, limit_s=max(180.0, n / 50),
-        )  # fmt: skip
+            count,
+            n,
+            spawned=spawned,
+            children=children,
+            redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid,
+            limit_s=max(180.0, n / 50),
+        )
         cpu1 = self.cpu_snapshot(*children)
         after = await redis_counters(self.redis)
         rss = proc_status_kib(children[0].pid, "VmRSS")
@@ -806,9 +854,14 @@ class Bench:
             return int(await self.redis.xlen(keys.events))
 
         prog = await track(
-            count, total, spawned=t0, children=[child], redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid, limit_s=SCHEDULE_WINDOW + 60.0,
-        )  # fmt: skip
+            count,
+            total,
+            spawned=t0,
+            children=[child],
+            redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid,
+            limit_s=SCHEDULE_WINDOW + 60.0,
+        )
         cpu1 = self.cpu_snapshot(child)
         child.stop()
         calls = (await self.sim("GET", "/calls"))["containers"]

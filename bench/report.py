@@ -146,8 +146,10 @@ def scale_rows(runs: list[ScaleRun], row: Callable[..., None]) -> None:
     )
     row(f"redis-server % of a core, {label}", " / ".join(fmt(r.redis_pct) for r in runs))
     row(f"simulator % of a core, {label}", " / ".join(fmt(r.sim_pct) for r in runs))
-    row(f"machine busy % ({os.cpu_count()} cores), {label}",
-        " / ".join(fmt(r.machine_pct) for r in runs))  # fmt: skip
+    row(
+        f"machine busy % ({os.cpu_count()} cores), {label}",
+        " / ".join(fmt(r.machine_pct) for r in runs),
+    )
     row(
         f"scale: FINISHED exactly once, of {runs[0].n}",
         " / ".join(str(r.finished_once) for r in runs),

@@ -86,8 +86,14 @@ async def test_heartbeat_reports_the_runner(settings: Settings, redis: Redis, ke
         (mine,) = [b for b in beats if b.name == worker.runner.name]
         assert mine.accepting
         assert set(mine.jobs) == {
-            "started", "settled", "failed", "released", "redis_errors", "given_up", "ongoing"
-        }  # fmt: skip
+            "started",
+            "settled",
+            "failed",
+            "released",
+            "redis_errors",
+            "given_up",
+            "ongoing",
+        }
         worker.runner.stop()
         assert not worker.runner.accepting
 

@@ -61,7 +61,7 @@ async def test_publishes_once_finished(
     assert r.published_at - r.finished_at >= 0.1  # the grace before publishing
     calls = sim.state.calls_for("9101")
     assert (calls.publish_calls, calls.publishes, calls.count) == (1, 1, 2)
-    (_, event), = await redis.xrange(keys.events)  # fmt: skip
+    ((_, event),) = await redis.xrange(keys.events)
     assert event[b"status"] == b"PUBLISHED" and event[b"media_id"] == r.media_id.encode()
 
 
@@ -154,8 +154,9 @@ async def test_no_publish_unless_asked(
 async def test_never_two_publishes_with_two_workers_and_faults(
     redis: Redis, settings: Settings, sim: RunningSimulator
 ) -> None:
-    settings = pub_settings(settings, poll_max_seconds=5.0, http_timeout_seconds=0.5,
-                            job_timeout_seconds=2.0)  # fmt: skip
+    settings = pub_settings(
+        settings, poll_max_seconds=5.0, http_timeout_seconds=0.5, job_timeout_seconds=2.0
+    )
     sim.state.set_faults(rate=0.2, seed=7, slow_seconds=0.8)
     ids = [f"93{i:02d}" for i in range(40)]
     sim.state.set_script("93*", ["IN_PROGRESS", "FINISHED"])
@@ -179,9 +180,10 @@ async def test_never_two_publishes_with_two_workers_and_faults(
             assert calls.publishes == 1, cid
             assert r.status == "PUBLISHED", (cid, r.status, r.last_error)
             assert r.publish_status == (
-                "unconfirmed" if fault in ("timeout_after_publish", "500_after_publish") else
-                "published"
-            ), (cid, r.publish_status)  # fmt: skip
+                "unconfirmed"
+                if fault in ("timeout_after_publish", "500_after_publish")
+                else "published"
+            ), (cid, r.publish_status)
 
 
 async def test_worker_killed_mid_publish_does_not_publish_twice(

@@ -23,8 +23,14 @@ from worker.store.keys import ARQ_JOB_PREFIX, Keys
 from worker.store.queue import ClaimedJob, JobQueue
 
 ALWAYS = {
-    "container_id", "status", "final", "enqueued_at", "deadline_at", "generation", "next_check_at"
-}  # fmt: skip
+    "container_id",
+    "status",
+    "final",
+    "enqueued_at",
+    "deadline_at",
+    "generation",
+    "next_check_at",
+}
 STAMP = re.compile(r"\d+\.\d{3}")
 HOOK = "https://hooks.example.com/threads?tenant=a"
 
@@ -46,18 +52,41 @@ def legacy_hash(h: dict[str, str]) -> dict[bytes | str, bytes | str]:
     """What enqueue.lua wrote before, for the same poll: all 34 fields, empty ones as "" or "0"."""
     at = h["enqueued_at"]
     return {
-        "container_id": h["container_id"], "status": "QUEUED", "final": "0", "checks": "0",
-        "error_message": "", "error_explanation": "", "last_api_status": "",
-        "enqueued_at": at, "deadline_at": h["deadline_at"], "next_check_at": at,
-        "last_checked_at": "", "finalized_at": "", "updated_at": at,
-        "last_error": "", "last_error_kind": "", "last_error_code": "", "last_error_subcode": "",
-        "last_error_fbtrace_id": "", "throttled": "0", "window_delay": "0",
-        "last_throttled_at": "", "publish": h.get("publish", "0"), "publish_status": "",
-        "publish_attempts": "0", "media_id": "", "published_at": "", "finished_at": "",
-        "quota_usage": "", "quota_total": "", "webhook_url": h.get("webhook_url", ""),
-        "webhook_status": "", "webhook_attempts": "0", "account": h.get("account", ""),
+        "container_id": h["container_id"],
+        "status": "QUEUED",
+        "final": "0",
+        "checks": "0",
+        "error_message": "",
+        "error_explanation": "",
+        "last_api_status": "",
+        "enqueued_at": at,
+        "deadline_at": h["deadline_at"],
+        "next_check_at": at,
+        "last_checked_at": "",
+        "finalized_at": "",
+        "updated_at": at,
+        "last_error": "",
+        "last_error_kind": "",
+        "last_error_code": "",
+        "last_error_subcode": "",
+        "last_error_fbtrace_id": "",
+        "throttled": "0",
+        "window_delay": "0",
+        "last_throttled_at": "",
+        "publish": h.get("publish", "0"),
+        "publish_status": "",
+        "publish_attempts": "0",
+        "media_id": "",
+        "published_at": "",
+        "finished_at": "",
+        "quota_usage": "",
+        "quota_total": "",
+        "webhook_url": h.get("webhook_url", ""),
+        "webhook_status": "",
+        "webhook_attempts": "0",
+        "account": h.get("account", ""),
         "generation": h["generation"],
-    }  # fmt: skip
+    }
 
 
 async def test_fresh_enqueue_writes_only_the_fields_that_say_something(
@@ -154,13 +183,21 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     assert current is not None
     now = time.time()
     err = GraphAPIError(
-        "An unexpected error has occurred.", code=2, subcode=99, error_type="OAuthException",
-        fbtrace_id="AbCdEf", http_status=500,
-    )  # fmt: skip
+        "An unexpected error has occurred.",
+        code=2,
+        subcode=99,
+        error_type="OAuthException",
+        fbtrace_id="AbCdEf",
+        http_status=500,
+    )
     decision = Decision(
-        "IN_PROGRESS", False, now + 60, last_api_status="IN_PROGRESS",
-        error=failure_of(err, ErrorKind.TRANSIENT), checks=current.checks + 1,
-    )  # fmt: skip
+        "IN_PROGRESS",
+        False,
+        now + 60,
+        last_api_status="IN_PROGRESS",
+        error=failure_of(err, ErrorKind.TRANSIENT),
+        checks=current.checks + 1,
+    )
     job = await claimed(redis, settings, keys)
     written = await store.record(job, current, decision, checked_at=now)
     assert (written.outcome, written.event_id) == ("ok", "")
@@ -182,8 +219,14 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     await redis.zadd(keys.queue, {job.job_id: 0})  # due now rather than in 60 s
     job = await claimed(redis, settings, keys)
     later = now + 61
-    final = Decision("ERROR", True, None, error_message="FAILED_DOWNLOADING_VIDEO",
-                     last_api_status="ERROR", checks=2)  # fmt: skip
+    final = Decision(
+        "ERROR",
+        True,
+        None,
+        error_message="FAILED_DOWNLOADING_VIDEO",
+        last_api_status="ERROR",
+        checks=2,
+    )
     written = await store.record(job, r, final, checked_at=later)
     assert written.outcome == "ok" and written.event_id
     done = await store.load("9105")
@@ -194,7 +237,7 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     assert done.finalized_at == pytest.approx(time.time(), abs=2)  # Redis' clock
     assert "next_check_at" not in await raw_hash(redis, keys, "9105")
     assert await redis.zscore(keys.inflight, "9105") is None
-    (_, event), = await redis.xrange(keys.events)  # fmt: skip
+    ((_, event),) = await redis.xrange(keys.events)
     assert event[b"status"] == b"ERROR" and event[b"checks"] == b"2"
     assert event[b"account"] == b"" and STAMP.fullmatch(event[b"finalized_at"].decode())
     # A repeat of the same write (its lease is gone with the job) writes nothing more.

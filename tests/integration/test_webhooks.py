@@ -120,7 +120,7 @@ async def test_retry_then_dead_letter(
         async with running_worker(settings):
             await wait_until(lambda: _hook_status(redis, settings, "9503", "dead"))
     assert len(rec.got) == 3
-    (_, dead), = await redis.xrange(keys.webhook_dead_letters)  # fmt: skip
+    ((_, dead),) = await redis.xrange(keys.webhook_dead_letters)
     assert dead[b"container_id"] == b"9503" and dead[b"reason"] == b"HTTP 500"
     assert dead[b"attempts"] == b"3" and dead[b"status"] == b"EXPIRED"
 
@@ -142,13 +142,14 @@ async def test_default_url_from_settings_and_unreachable_receiver(
 ) -> None:
     from bench.harness import free_port
 
-    settings = hook_settings(settings, webhook_url=f"http://127.0.0.1:{free_port()}/nobody",
-                             webhook_max_attempts=2)  # fmt: skip
+    settings = hook_settings(
+        settings, webhook_url=f"http://127.0.0.1:{free_port()}/nobody", webhook_max_attempts=2
+    )
     sim.state.set_script("9505", ["FINISHED"])
     await enqueue(redis, "9505", settings=settings)
     async with running_worker(settings):
         await wait_until(lambda: _hook_status(redis, settings, "9505", "dead"))
-    (_, dead), = await redis.xrange(keys.webhook_dead_letters)  # fmt: skip
+    ((_, dead),) = await redis.xrange(keys.webhook_dead_letters)
     assert b"Connect" in dead[b"reason"] and dead[b"attempts"] == b"2"
 
 

@@ -21,10 +21,20 @@ def test_floor_is_in_the_default_run_and_its_report(
     assert "floor" in DEFAULT_PHASES
     assert build_parser().parse_args([]).phases.split(",") == list(DEFAULT_PHASES)
     cfg = Config(
-        quick=True, n=100, capacity_n=100, schedule_seconds=1.0, capacity_run_seconds=1.0,
-        phases=DEFAULT_PHASES, scale_workers=(1,), log_level="INFO", worker_env={},
-        profile=None, keep=False, max_jobs=200, half_rate=None,
-    )  # fmt: skip
+        quick=True,
+        n=100,
+        capacity_n=100,
+        schedule_seconds=1.0,
+        capacity_run_seconds=1.0,
+        phases=DEFAULT_PHASES,
+        scale_workers=(1,),
+        log_level="INFO",
+        worker_env={},
+        profile=None,
+        keep=False,
+        max_jobs=200,
+        half_rate=None,
+    )
     bench = Bench(cfg, tmp_path)
     bench.figures.floor_rate, bench.figures.check_rate = 5000.0, 2000.0
     bench.figures.floor_cpu_ms, bench.figures.floor_redis_cpu_ms = 0.185, 0.036

@@ -47,9 +47,15 @@ def test_missing_blocks_are_unknown_not_zero() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{}", b'{"data": []}', b'{"data": [5]}', b'{"data": [{"quota_usage": "many"}]}',
-     b'{"data": [{"config": {"quota_total": "x"}}]}', b"not json"],
-)  # fmt: skip
+    [
+        b"{}",
+        b'{"data": []}',
+        b'{"data": [5]}',
+        b'{"data": [{"quota_usage": "many"}]}',
+        b'{"data": [{"config": {"quota_total": "x"}}]}',
+        b"not json",
+    ],
+)
 def test_malformed_quota_replies(body: bytes) -> None:
     with pytest.raises(MalformedResponseError):
         parse_publishing_limit(200, body)
