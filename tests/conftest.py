@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,25 @@ from worker.runtime.app import PollerWorker, build_worker
 from worker.store.keys import Keys
 
 TEST_TOKEN = "EAAtestTOKENsecret0123456789abcdef"
+
+TESTS = Path(__file__).resolve().parent
+FOLDERS = ("unit", "integration", "system")  # the order they run in: fastest first
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test lives in one of FOLDERS; run unit, then integration, then system (pytest's own
+    order within each), so that ``pytest -x`` stops on a broken unit test within seconds."""
+    for item in items:
+        if _folder(item) not in FOLDERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system"
+            )
+    items.sort(key=lambda item: FOLDERS.index(_folder(item)))
+
+
+def _folder(item: pytest.Item) -> str:
+    path = item.path.resolve()
+    return path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else FOLDERS[-1]
 
 
 @pytest.fixture(scope="session")
