@@ -1248,7 +1248,11 @@ async def row_pacing(h: Harness, spec: RowSpec, n: int) -> RowResult:
     result = await h.collect(new_result(spec), settled)
     times = [c.t for c in h.ledger.calls if c.account == ACCOUNT]
     peak = max_in_window(times)
-    allowed = limit * 1.1 + 1
+    # Slots are one request each (at most limit + 1 in any 1 s at slot edges); a worker running
+    # late on a loaded machine claims several due slots at once and fires them together, which
+    # compresses a window by up to its lateness: hence the 20 %. (Runs do not re-check pacing at
+    # call time: README, Configuration.)
+    allowed = limit * 1.2 + 1
     span = max(times) - min(times) if len(times) > 1 else 0.0
     result.figures.update(
         {
@@ -1260,7 +1264,7 @@ async def row_pacing(h: Harness, spec: RowSpec, n: int) -> RowResult:
     )
     if peak > allowed:
         result.failures.append(
-            f"{peak} calls of the account within 1 s > {allowed:g} (limit {limit:g}/s + 10% + 1)"
+            f"{peak} calls of the account within 1 s > {allowed:g} (limit {limit:g}/s + 20% + 1)"
         )
     return result
 
