@@ -42,7 +42,12 @@ async def test_fault_run_ci_sized_loses_nothing(tmp_path: Path) -> None:
     assert len(report.explained) <= 2, text
     # The run really was hostile: kills, a Redis crash, faults, both doors.
     assert report.kills >= 5 and report.redis_restarts == 1, text
-    assert report.intake_written == 75 and report.enqueue_outcomes["enqueued"] == 225, text
+    # An enqueue whose reply a Redis restart cut off is sent again and answers "duplicate": the
+    # poll exists once either way (enqueue is idempotent).
+    outcomes = report.enqueue_outcomes
+    assert report.intake_written == 75, text
+    assert outcomes["enqueued"] + outcomes.get("duplicate", 0) == 225, text
+    assert outcomes.get("duplicate", 0) <= report.redis_restarts * 5, text
     assert report.calls_total > cfg.containers and report.calls_max > cfg.max_checks, text
     assert report.passed, text
     assert report.inflight_left == 0 and report.queue_left == 0 and report.intake_left == 0, text
