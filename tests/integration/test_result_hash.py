@@ -18,7 +18,7 @@ from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
 from worker.core.errors import failure_of
-from worker.core.result import PollResult
+from worker.core.result import Changes, PollResult
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
 from worker.store.queue import ClaimedJob, JobQueue
 
@@ -280,8 +280,8 @@ async def test_publish_claim_on_a_minimal_hash(
     assert await store.claim_publish(job, current, max_attempts=3) == ""
     now = time.time()
     seen = Decision("FINISHED", False, now, last_api_status="FINISHED", checks=1)
-    extra = {"publish_status": "pending", "finished_at": f"{now:.3f}"}
-    await store.record(job, current, seen, checked_at=now, extra=extra)
+    changes = Changes(publish_status="pending", finished_at=now)
+    await store.record(job, current, seen, checked_at=now, changes=changes)
     current = await store.load("9107")
     assert current is not None and current.publish_status == "pending"
     assert current.publish_attempts == 0

@@ -42,7 +42,7 @@ from worker.core.planner import (
     quota_exhausted,
 )
 from worker.core.publishing import PublishStatus, PublishVerdict, judge_publish
-from worker.core.result import PollResult, ms_stamp, stamp
+from worker.core.result import CLEAR, Changes, PollResult, ms_stamp, stamp
 from worker.core.states import State
 from worker.store.results import record_fields
 
@@ -203,9 +203,9 @@ def test_an_early_run_defers_to_the_due_time_without_touching_the_poll() -> None
     rec = as_record(plan(r, T0 + 1.0))
     d = rec.decision
     assert not d.final and not d.touch and d.next_check_at == r.next_check_at
-    assert rec.extra == {}
+    assert rec.changes.hash_fields() == {}
     # Only the job's next run is written: no status, no error, no counter.
-    assert record_fields(r, d, checked_at=None, extra=rec.extra) == {}
+    assert record_fields(r, d, checked_at=None, changes=rec.changes) == {}
 
 
 def test_a_run_within_the_tolerance_of_its_due_time_is_on_time() -> None:
@@ -238,7 +238,7 @@ def test_a_closed_window_times_out_saying_why(
     if r.last_api_status:
         assert d.last_api_status == r.last_api_status
         assert f"last status {r.last_api_status}" in str(d.error)
-    assert record_fields(r, d, checked_at=None, extra=None)["last_error"] == str(d.error)
+    assert record_fields(r, d, checked_at=None, changes=None)["last_error"] == str(d.error)
 
 
 def test_a_window_pushed_out_by_throttling_says_so() -> None:
@@ -260,7 +260,7 @@ def test_no_usable_token_fails_with_the_hint(token: TokenState, words: str) -> N
     assert d.final and d.status == State.FAILED and d.error_kind is ErrorKind.TOKEN
     assert d.error is not None and words in d.error.message
     assert d.hint is not None and "THREADS_ACCESS_TOKEN" in d.hint
-    fields = record_fields(poll(), d, checked_at=None, extra=None)
+    fields = record_fields(poll(), d, checked_at=None, changes=None)
     assert fields["last_error"] == f"{d.error}; {d.hint}"
     # The account is named, with where its token goes.
     d42 = as_record(plan(poll(account="42"), T0, token=token)).decision
@@ -273,7 +273,7 @@ def test_no_usable_token_when_publishing_is_publish_failed(token: TokenState) ->
     d = rec.decision
     assert d.final and d.status == State.PUBLISH_FAILED and d.last_api_status == State.FINISHED
     # Like every other PUBLISH_FAILED: a final poll never says its publish is still due.
-    assert rec.extra == {"publish_status": PublishStatus.FAILED}
+    assert rec.changes.hash_fields() == {"publish_status": PublishStatus.FAILED}
     assert d.error is not None and d.error.kind == "token"
     assert d.hint is not None and "THREADS_ACCESS_TOKEN" in d.hint
 
@@ -284,7 +284,7 @@ def test_a_throttled_account_defers_the_check_without_spending_it() -> None:
     d = rec.decision
     assert not d.final and not d.spent and d.delay_added == pytest.approx(3.0)
     assert d.next_check_at == T0 + 4.0 and d.status == State.IN_PROGRESS
-    fields = record_fields(r, d, checked_at=T0 + 1, extra=rec.extra)
+    fields = record_fields(r, d, checked_at=T0 + 1, changes=rec.changes)
     assert fields["throttled"] == "1" and fields["window_delay"] == "3.000"
     assert "checks" not in fields
     # A pause longer than the window may be pushed out times out instead.
@@ -297,8 +297,8 @@ def test_publishing_obeys_the_account_pause() -> None:
     rec = as_record(plan(r, T0 + 3, throttled_until=T0 + 40.0))
     d = rec.decision
     assert not d.final and not d.touch and d.next_check_at == T0 + 40.0
-    assert rec.extra == {}
-    assert record_fields(r, d, checked_at=None, extra=rec.extra) == {}
+    assert rec.changes.hash_fields() == {}
+    assert record_fields(r, d, checked_at=None, changes=rec.changes) == {}
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,7 @@ def test_a_publish_in_flight_is_never_repeated(kw: dict[str, object]) -> None:
     r = publish_due(publish_status=PublishStatus.IN_FLIGHT, publish_attempts=1)
     rec = as_record(plan(r, T0 + 3, **kw))
     d = rec.decision
-    assert rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    assert rec.changes.hash_fields() == {"publish_status": PublishStatus.UNCONFIRMED}
     assert not d.final and d.status == State.FINISHED and d.next_check_at == T0 + 4.0
     assert (d.error is not None and d.error.type == "PublishError") and "unknown" in str(d.error)
     after = apply(r, rec, T0 + 3)
@@ -325,7 +325,7 @@ def test_a_publish_in_flight_past_the_window_times_out_unconfirmed() -> None:
     r = publish_due(publish_status=PublishStatus.IN_FLIGHT, publish_attempts=1)
     rec = as_record(plan(r, DEADLINE + 30))
     assert rec.decision.final and rec.decision.status == State.TIMED_OUT
-    assert rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    assert rec.changes.hash_fields() == {"publish_status": PublishStatus.UNCONFIRMED}
 
 
 def test_a_due_publish_is_called_even_past_the_window() -> None:
@@ -354,7 +354,7 @@ def test_final_api_states_end_the_poll(final: str) -> None:
     rec = status_record(r, cs(final, "UNKNOWN" if final == State.ERROR else None), T0 + 1)
     d = rec.decision
     assert d.final and d.status == final and d.last_api_status == final and d.checks == 2
-    assert rec.extra == {"strikes": ""}
+    assert rec.changes.hash_fields() == {"strikes": ""}
     if final == State.ERROR:
         assert d.error_message == "UNKNOWN"
 
@@ -380,7 +380,7 @@ def test_not_found_once_is_checked_again() -> None:
     assert not d.final and d.status == State.IN_PROGRESS
     assert d.next_check_at == T0 + 2.0 and d.checks == 2
     assert d.error_kind is ErrorKind.NOT_FOUND and d.hint and "again" in d.hint
-    assert rec.extra == {"strikes": "1"}
+    assert rec.changes.hash_fields() == {"strikes": "1"}
 
 
 def test_not_found_once_at_the_last_check_times_out_with_the_error() -> None:
@@ -408,7 +408,7 @@ def test_a_failed_request_between_two_not_founds_keeps_the_strike(between: Threa
     r = apply(poll(), status_record(poll(), not_found(), T0), T0)
     assert r.strikes == 1 and not r.final
     rec = status_record(r, between, T0 + 1, paused_until=T0 + 2)
-    assert "strikes" not in rec.extra and not rec.decision.final
+    assert "strikes" not in rec.changes.hash_fields() and not rec.decision.final
     r = apply(r, rec, T0 + 1)
     assert r.strikes == 1
     d = status_record(r, not_found(), T0 + 2).decision
@@ -418,7 +418,7 @@ def test_a_failed_request_between_two_not_founds_keeps_the_strike(between: Threa
 def test_an_answer_about_the_container_resets_the_strikes() -> None:
     r = apply(poll(), status_record(poll(), not_found(), T0), T0)
     rec = status_record(r, cs(State.IN_PROGRESS), T0 + 1)
-    assert rec.extra == {"strikes": ""}
+    assert rec.changes.hash_fields() == {"strikes": ""}
     r = apply(r, rec, T0 + 1)
     assert r.strikes == 0
     d = status_record(r, not_found(), T0 + 2).decision
@@ -431,8 +431,8 @@ def test_finished_with_publish_makes_the_publish_due_after_the_grace() -> None:
     d = rec.decision
     assert not d.final and d.status == State.FINISHED and d.checks == 2
     assert d.next_check_at == T0 + 1 + POLICY.publish_grace
-    assert rec.extra["publish_status"] == PublishStatus.PENDING
-    assert rec.extra["finished_at"] == f"{T0 + 1:.3f}"
+    assert rec.changes.hash_fields()["publish_status"] == PublishStatus.PENDING
+    assert rec.changes.hash_fields()["finished_at"] == f"{T0 + 1:.3f}"
     after = apply(r, rec, T0 + 1)
     assert phase_of(after) is Phase.PUBLISH_DUE
     assert isinstance(plan(after, T0 + 1 + POLICY.publish_grace), CallPublish)
@@ -444,7 +444,7 @@ def test_a_throttled_answer_does_not_spend_the_check() -> None:
     d = rec.decision
     assert not d.final and not d.spent and d.delay_added == pytest.approx(3.0)
     assert d.next_check_at == T0 + 5 and d.checks is None and d.error_kind is ErrorKind.THROTTLED
-    assert rec.extra == {}
+    assert rec.changes.hash_fields() == {}
     after = apply(r, rec, T0 + 2)
     assert after.checks == 2 and after.throttled == 1 and after.window_delay == pytest.approx(3)
     # No pause known (0): the next interval.
@@ -463,7 +463,7 @@ def test_unconfirmed_publish_keeps_polling_on_finished_until_published() -> None
     )
     rec = status_record(r, cs(State.FINISHED), T0 + 3)
     assert not rec.decision.final and rec.decision.next_check_at == T0 + 4
-    assert "publish_status" not in rec.extra
+    assert "publish_status" not in rec.changes.hash_fields()
     r = apply(r, rec, T0 + 3)
     assert phase_of(r) is Phase.AWAITING_PUBLISHED
     d = status_record(r, cs(State.PUBLISHED), T0 + 4).decision
@@ -504,7 +504,7 @@ def publish_record(
 def test_published() -> None:
     rec = publish_record(PublishVerdict.PUBLISHED, media_id="m1")
     assert rec.decision.final and rec.decision.status == State.PUBLISHED
-    assert rec.extra == {
+    assert rec.changes.hash_fields() == {
         "publish_status": PublishStatus.PUBLISHED,
         "media_id": "m1",
         "published_at": f"{T0 + 3:.3f}",
@@ -516,22 +516,24 @@ def test_unconfirmed_goes_back_to_polling() -> None:
     rec = publish_record(PublishVerdict.UNCONFIRMED, error=err)
     d = rec.decision
     assert not d.final and d.status == State.FINISHED and d.next_check_at == T0 + 4
-    assert d.error == failure_of(err) and rec.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    assert d.error == failure_of(err) and rec.changes.hash_fields() == {
+        "publish_status": PublishStatus.UNCONFIRMED
+    }
     late = publish_record(PublishVerdict.UNCONFIRMED, error=err, now=DEADLINE + 30)
     assert late.decision.final and late.decision.status == State.TIMED_OUT
     assert late.decision.error == failure_of(err)
-    assert late.extra == {"publish_status": PublishStatus.UNCONFIRMED}
+    assert late.changes.hash_fields() == {"publish_status": PublishStatus.UNCONFIRMED}
 
 
 def test_not_ready_is_tried_again_after_the_grace_then_fails() -> None:
     err = GraphAPIError("not ready", code=24, subcode=4279009, http_status=400)
     rec = publish_record(PublishVerdict.NOT_READY, attempts=0, error=err)
     assert not rec.decision.final and rec.decision.next_check_at == T0 + 3 + 0.5
-    assert rec.extra == {"publish_status": PublishStatus.PENDING}
+    assert rec.changes.hash_fields() == {"publish_status": PublishStatus.PENDING}
     # ``r`` is the poll before the claim: attempts 2 -> this was the 3rd and last.
     last = publish_record(PublishVerdict.NOT_READY, attempts=2, error=err)
     assert last.decision.final and last.decision.status == State.PUBLISH_FAILED
-    assert last.decision.error == failure_of(err) and last.extra == {
+    assert last.decision.error == failure_of(err) and last.changes.hash_fields() == {
         "publish_status": PublishStatus.FAILED
     }
 
@@ -541,18 +543,18 @@ def test_retry_later_waits_an_interval() -> None:
     for attempts in (0, 2):
         rec = publish_record(PublishVerdict.RETRY_LATER, attempts=attempts, error=err)
         assert not rec.decision.final and rec.decision.next_check_at == T0 + 3 + 1.0
-        assert rec.extra == {"publish_status": PublishStatus.PENDING}
+        assert rec.changes.hash_fields() == {"publish_status": PublishStatus.PENDING}
     # Attempts used up: the next claim says so.
     done = publish_not_claimed("exhausted", POLICY)
     assert isinstance(done, Record) and done.decision.status == State.PUBLISH_FAILED
     assert "3 attempts" in str(done.decision.error)
-    assert done.extra == {"publish_status": PublishStatus.FAILED}
+    assert done.changes.hash_fields() == {"publish_status": PublishStatus.FAILED}
 
 
 def test_quota_exhausted() -> None:
     rec = publish_record(PublishVerdict.QUOTA_EXHAUSTED, error=GraphAPIError("q", code=9))
     assert rec.decision.final and rec.decision.status == State.QUOTA_EXHAUSTED
-    assert rec.extra == {"publish_status": PublishStatus.QUOTA_EXHAUSTED}
+    assert rec.changes.hash_fields() == {"publish_status": PublishStatus.QUOTA_EXHAUSTED}
     before = quota_exhausted(250, 250)
     assert before.decision.status == State.QUOTA_EXHAUSTED and "250 of 250" in str(
         before.decision.error
@@ -563,7 +565,7 @@ def test_failed() -> None:
     err = GraphAPIError("nope", code=10, http_status=400)
     rec = publish_record(PublishVerdict.FAILED, error=err)
     assert rec.decision.final and rec.decision.status == State.PUBLISH_FAILED
-    assert rec.decision.error == failure_of(err) and rec.extra == {
+    assert rec.decision.error == failure_of(err) and rec.changes.hash_fields() == {
         "publish_status": PublishStatus.FAILED
     }
 
@@ -572,7 +574,7 @@ def test_every_publish_verdict_is_covered() -> None:
     for verdict in PublishVerdict:
         rec = publish_record(verdict, media_id="m" if verdict is PublishVerdict.PUBLISHED else None)
         # Only an answer that proves nothing was published makes the publish due again.
-        assert (rec.extra["publish_status"] == PublishStatus.PENDING) == (
+        assert (rec.changes.hash_fields()["publish_status"] == PublishStatus.PENDING) == (
             verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER)
         )
 
@@ -602,7 +604,7 @@ def write_record(
     if h.get("final") == "1" or h.get("generation") != current.generation:
         return False
     d = rec.decision
-    fields = record_fields(current, d, checked_at=checked_at, extra=rec.extra)
+    fields = record_fields(current, d, checked_at=checked_at, changes=rec.changes)
     h["updated_at"] = ms_stamp(now_ms)
     for k, v in fields.items():
         if v == "":
@@ -973,3 +975,38 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
     assert not write_record(h, final, stray, now_ms=w.clock_ms + 1, checked_at=w.now)
     assert claim_publish(h, now_ms=w.clock_ms, max_attempts=policy.publish_max_attempts) == "stale"
     assert h == before
+
+
+def test_changes_become_hash_strings_in_one_time_format() -> None:
+    c = Changes(
+        publish_status=PublishStatus.PUBLISHED,
+        media_id="m1",
+        published_at=T0 + 1.23456,
+        finished_at=T0,
+        quota_usage=3,
+        quota_total=250,
+    )
+    assert c.hash_fields() == {
+        "publish_status": "published",
+        "media_id": "m1",
+        "published_at": stamp(T0 + 1.23456),
+        "finished_at": stamp(T0),
+        "quota_usage": "3",
+        "quota_total": "250",
+    }
+    assert c.hash_fields()["published_at"] == f"{int(T0) + 1}.234"
+
+
+def test_changes_clear_and_leave_alone() -> None:
+    assert Changes().hash_fields() == {} and not Changes()
+    assert Changes(strikes=CLEAR).hash_fields() == {"strikes": ""} and Changes(strikes=CLEAR)
+    assert Changes(strikes=2).hash_fields() == {"strikes": "2"}
+
+
+def test_changes_merge_later_wins_where_set() -> None:
+    quota = Changes(quota_usage=250, quota_total=250, publish_status=PublishStatus.PENDING)
+    merged = quota.merged(Changes(publish_status=PublishStatus.QUOTA_EXHAUSTED))
+    assert merged == Changes(
+        quota_usage=250, quota_total=250, publish_status=PublishStatus.QUOTA_EXHAUSTED
+    )
+    assert Changes(media_id="a").merged(Changes()) == Changes(media_id="a")

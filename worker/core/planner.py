@@ -17,7 +17,6 @@ record. The check job (``worker.jobs.check``) only carries plans out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -37,7 +36,7 @@ from worker.core.decisions import (
 )
 from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError, failure_of
 from worker.core.publishing import PublishStatus, PublishVerdict
-from worker.core.result import PollResult, stamp
+from worker.core.result import CLEAR, Changes, PollResult
 from worker.core.states import State
 
 # 100/33 has been seen for containers that do exist, once: fail only when it repeats on the
@@ -82,7 +81,7 @@ class Record:
     """Write this without calling the API."""
 
     decision: Decision
-    extra: Mapping[str, str] = field(default_factory=dict)
+    changes: Changes = field(default_factory=Changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +197,7 @@ def plan_run(
         decision = back_to_polling(
             r, policy, now, PublishError("publish outcome unknown (the run publishing it stopped)")
         )
-        return Record(decision, {"publish_status": PublishStatus.UNCONFIRMED})
+        return Record(decision, Changes(publish_status=PublishStatus.UNCONFIRMED))
     if wait_before_check(r.next_check_at, now=now) > 0 and r.next_check_at is not None:
         return Record(_defer(r, r.next_check_at))
     if phase is not Phase.PUBLISH_DUE and window_closed(
@@ -207,8 +206,12 @@ def plan_run(
         return Record(_timed_out(r, policy))
     if token is not TokenState.OK:
         # A due publish that fails for its token is over, like every other PUBLISH_FAILED.
-        extra = {"publish_status": PublishStatus.FAILED} if phase is Phase.PUBLISH_DUE else {}
-        return Record(token_failure(r, token, phase), extra)
+        changes = (
+            Changes(publish_status=PublishStatus.FAILED)
+            if phase is Phase.PUBLISH_DUE
+            else Changes()
+        )
+        return Record(token_failure(r, token, phase), changes)
     if throttled_until > now:
         if phase is Phase.PUBLISH_DUE:
             # Publishing obeys the account's pause too (the quota and publish calls wait).
@@ -294,15 +297,15 @@ def after_status(
         return Record(decision)
     checks = r.checks + 1
     # Only an answer about the container ends a run of 100/33s (a failed request says nothing).
-    extra: dict[str, str] = {"strikes": ""} if isinstance(outcome, ContainerStatus) else {}
+    changes = Changes(strikes=CLEAR) if isinstance(outcome, ContainerStatus) else Changes()
     deadline = deadline_of(r, policy)
     if kind is ErrorKind.NOT_FOUND and r.strikes + 1 < NOT_FOUND_STRIKES:
         # Once is not proof: ask again at the next scheduled check.
         assert isinstance(outcome, ThreadsError)
-        extra["strikes"] = str(r.strikes + 1)
+        changes = Changes(strikes=r.strikes + 1)
         due = next_check_at(policy.schedule, checks_made=checks, deadline=deadline, now=now)
         if due is None:
-            return Record(replace(_timed_out(r, policy, outcome), checks=checks), extra)
+            return Record(replace(_timed_out(r, policy, outcome), checks=checks), changes)
         decision = Decision(
             r.status,
             False,
@@ -313,7 +316,7 @@ def after_status(
             hint="not found once; checked again before failing",
             checks=checks,
         )
-        return Record(decision, extra)
+        return Record(decision, changes)
     finished = isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED
     if r.publish and finished and not r.publish_status:
         # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
@@ -324,8 +327,8 @@ def after_status(
             last_api_status=State.FINISHED,
             checks=checks,
         )
-        extra.update(publish_status=PublishStatus.PENDING, finished_at=stamp(now))
-        return Record(decision, extra)
+        changes = changes.merged(Changes(publish_status=PublishStatus.PENDING, finished_at=now))
+        return Record(decision, changes)
     decision = decide(
         policy.schedule,
         outcome,
@@ -345,7 +348,7 @@ def after_status(
         decision = replace(decision, hint=token_hint(r.account or "default"))
     elif explain and decision.error is not None:
         decision = replace(decision, hint=explain)
-    return Record(replace(decision, checks=checks), extra)
+    return Record(replace(decision, checks=checks), changes)
 
 
 def quota_exhausted(used: int | None, total: int | None) -> Record:
@@ -355,7 +358,7 @@ def quota_exhausted(used: int | None, total: int | None) -> Record:
     )
     return Record(
         _publish_final(State.QUOTA_EXHAUSTED, err),
-        {"publish_status": PublishStatus.QUOTA_EXHAUSTED},
+        Changes(publish_status=PublishStatus.QUOTA_EXHAUSTED),
     )
 
 
@@ -363,7 +366,7 @@ def publish_not_claimed(claim: str, policy: Policy) -> Record | Skip:
     if claim == "exhausted":
         err = PublishError(f"not published after {policy.publish_max_attempts} attempts")
         return Record(
-            _publish_final(State.PUBLISH_FAILED, err), {"publish_status": PublishStatus.FAILED}
+            _publish_final(State.PUBLISH_FAILED, err), Changes(publish_status=PublishStatus.FAILED)
         )
     return Skip(f"publish not claimed: {claim}")
 
@@ -381,20 +384,20 @@ def after_publish(
     if verdict is PublishVerdict.PUBLISHED:
         return Record(
             _publish_final(State.PUBLISHED),
-            {
-                "publish_status": PublishStatus.PUBLISHED,
-                "media_id": media_id or "",
-                "published_at": stamp(now),
-            },
+            Changes(
+                publish_status=PublishStatus.PUBLISHED, media_id=media_id or "", published_at=now
+            ),
         )
     if verdict is PublishVerdict.UNCONFIRMED:
         return Record(
-            back_to_polling(r, policy, now, error), {"publish_status": PublishStatus.UNCONFIRMED}
+            back_to_polling(r, policy, now, error),
+            Changes(publish_status=PublishStatus.UNCONFIRMED),
         )
     attempts = r.publish_attempts + 1
     if verdict is PublishVerdict.NOT_READY and attempts >= policy.publish_max_attempts:
         return Record(
-            _publish_final(State.PUBLISH_FAILED, error), {"publish_status": PublishStatus.FAILED}
+            _publish_final(State.PUBLISH_FAILED, error),
+            Changes(publish_status=PublishStatus.FAILED),
         )
     if verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER):
         # Certainly not published: release the claim for a later attempt.
@@ -410,14 +413,14 @@ def after_publish(
             last_api_status=State.FINISHED,
             error=failure_of(error),
         )
-        return Record(decision, {"publish_status": PublishStatus.PENDING})
+        return Record(decision, Changes(publish_status=PublishStatus.PENDING))
     if verdict is PublishVerdict.QUOTA_EXHAUSTED:
         return Record(
             _publish_final(State.QUOTA_EXHAUSTED, error),
-            {"publish_status": PublishStatus.QUOTA_EXHAUSTED},
+            Changes(publish_status=PublishStatus.QUOTA_EXHAUSTED),
         )
     return Record(
-        _publish_final(State.PUBLISH_FAILED, error), {"publish_status": PublishStatus.FAILED}
+        _publish_final(State.PUBLISH_FAILED, error), Changes(publish_status=PublishStatus.FAILED)
     )
 
 

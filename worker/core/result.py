@@ -6,7 +6,7 @@ Times in the hash are Unix seconds to the millisecond (``1795438388.610``), in o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -144,3 +144,50 @@ class PollResult:
         data.pop("generation")
         data.pop("intake_entry")
         return data
+
+
+# "Clear this field" for an optional count: the hash stores an empty value by deleting it.
+CLEAR = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The fields a run writes beside its decision's, typed; ``None`` leaves a field as it is.
+
+    ``hash_fields()`` is the one place they become hash strings (times through ``stamp``).
+    """
+
+    publish_status: str | None = None
+    # Consecutive 100/33 answers; CLEAR (0) deletes the field.
+    strikes: int | None = None
+    finished_at: float | None = None
+    published_at: float | None = None
+    media_id: str | None = None
+    quota_usage: int | None = None
+    quota_total: int | None = None
+
+    def merged(self, later: Changes) -> Changes:
+        """These changes with ``later``'s set fields written over them."""
+        given = {f.name: getattr(later, f.name) for f in fields(later)}
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def hash_fields(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.publish_status is not None:
+            out["publish_status"] = str(self.publish_status)
+        if self.strikes is not None:
+            out["strikes"] = str(self.strikes) if self.strikes else ""
+        if self.finished_at is not None:
+            out["finished_at"] = stamp(self.finished_at)
+        if self.published_at is not None:
+            out["published_at"] = stamp(self.published_at)
+        if self.media_id is not None:
+            out["media_id"] = self.media_id
+        if self.quota_usage is not None:
+            out["quota_usage"] = str(self.quota_usage)
+        if self.quota_total is not None:
+            out["quota_total"] = str(self.quota_total)
+        return out
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))

@@ -26,7 +26,7 @@ from api_client.errors import GraphAPIError, ThreadsError
 from api_client.models import ContainerStatus, explain_api_error
 from api_client.policy import ErrorKind, classify
 from config import Settings
-from worker.core.decisions import Schedule
+from worker.core.decisions import Decision, Schedule
 from worker.core.planner import (
     CallPublish,
     CallStatus,
@@ -43,7 +43,7 @@ from worker.core.planner import (
     token_hint,
 )
 from worker.core.publishing import judge_publish
-from worker.core.result import PollResult, stamp
+from worker.core.result import Changes, PollResult, stamp
 from worker.jobs.quota import fetch_quota, quota_ttl
 from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 from worker.jobs.webhook import body_for
@@ -229,7 +229,7 @@ class CheckJob:
         p = self.p
         s = p.settings
         user_id = current.account or s.threads_user_id or "me"
-        extra: dict[str, str] = {}
+        quota = Changes()
         try:
             snapshot = await fetch_quota(p.client, p.tokens, user_id)
         except ThreadsError as exc:
@@ -243,14 +243,11 @@ class CheckJob:
             await p.accounts.save_quota(snapshot, quota_ttl(s))
             used = snapshot.limit.quota_usage
             total = snapshot.limit.config.quota_total if snapshot.limit.config else None
-            if used is not None:
-                extra["quota_usage"] = str(used)
-            if total is not None:
-                extra["quota_total"] = str(total)
+            quota = Changes(quota_usage=used, quota_total=total)
             if snapshot.posts_remaining == 0:
                 plan = quota_exhausted(used, total)
                 await self.record(
-                    job, current, dataclasses.replace(plan, extra={**extra, **plan.extra})
+                    job, current, dataclasses.replace(plan, changes=quota.merged(plan.changes))
                 )
                 return
         claim = await persist(
@@ -294,7 +291,7 @@ class CheckJob:
             policy=p.policy,
         )
         await self.record(
-            job, current, dataclasses.replace(plan, extra={**extra, **plan.extra}), api_s=api_s
+            job, current, dataclasses.replace(plan, changes=quota.merged(plan.changes)), api_s=api_s
         )
 
     def _stale(self, job: ClaimedJob, current: PollResult, reason: str) -> None:
@@ -320,14 +317,14 @@ class CheckJob:
         if decision.final and (current.webhook_url or p.settings.webhook_url):
             now = job.now()
             body = body_for(
-                final_view(current, decision, plan.extra, now),
+                final_view(current, decision, plan.changes, now),
                 self.p.store.keys.webhook_job_id(current.container_id, current.generation),
             )
             webhook = p.store.webhook_for(current, body, int(now * 1000))
         written = await persist(
             "recording a check",
             lambda: p.store.record(
-                job, current, decision, checked_at=checked_at, extra=plan.extra, webhook=webhook
+                job, current, decision, checked_at=checked_at, changes=plan.changes, webhook=webhook
             ),
         )
         self._observe(job, current, plan, written, api_s)
@@ -377,16 +374,13 @@ class CheckJob:
         log.log(level, "final state" if decision.final else "checked", extra=extra)
 
 
-def final_view(
-    current: PollResult, decision: Any, extra: dict[str, str] | Any, now: float
-) -> PollResult:
+def final_view(current: PollResult, decision: Decision, changes: Changes, now: float) -> PollResult:
     """The poll as its final record leaves it (for the webhook body, built before the write)."""
     from api_client.models import explain_error_message
 
     last_error = current.last_error
     if decision.error is not None:
         last_error = f"{decision.error}; {decision.hint}" if decision.hint else str(decision.error)
-    published = extra.get("published_at")
     return dataclasses.replace(
         current,
         status=decision.status,
@@ -395,7 +389,11 @@ def final_view(
         error_explanation=explain_error_message(decision.error_message) or None,
         last_error=last_error,
         checks=decision.checks if decision.checks is not None else current.checks,
-        media_id=extra.get("media_id") or current.media_id,
+        media_id=changes.media_id or current.media_id,
         finalized_at=float(stamp(now)),
-        published_at=float(published) if published else current.published_at,
+        published_at=(
+            float(stamp(changes.published_at))
+            if changes.published_at is not None
+            else current.published_at
+        ),
     )

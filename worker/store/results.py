@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +23,7 @@ from api_client.models import explain_error_message
 from config import Settings
 from worker.core.decisions import Decision
 from worker.core.publishing import WebhookOutcome
-from worker.core.result import PollResult, stamp
+from worker.core.result import Changes, PollResult, stamp
 from worker.store import scripts
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import ClaimedJob, text
@@ -216,11 +216,11 @@ class ResultStore:
         decision: Decision,
         *,
         checked_at: float | None = None,
-        extra: Mapping[str, str] | None = None,
+        changes: Changes | None = None,
         webhook: Webhook | None = None,
     ) -> Recorded:
         """Write one run's outcome, if ``job`` (this run) still owns the poll."""
-        fields = record_fields(current, decision, checked_at=checked_at, extra=extra)
+        fields = record_fields(current, decision, checked_at=checked_at, changes=changes)
         event: dict[str, str] = {}
         if decision.final:
             checks = decision.checks if decision.checks is not None else current.checks
@@ -371,7 +371,7 @@ def record_fields(
     decision: Decision,
     *,
     checked_at: float | None,
-    extra: Mapping[str, str] | None,
+    changes: Changes | None,
 ) -> dict[str, str]:
     """The hash fields a decision writes (an empty value deletes the field). Pure."""
     fields: dict[str, str] = {}
@@ -402,6 +402,6 @@ def record_fields(
                 last_error_subcode="" if err.subcode is None else str(err.subcode),
                 last_error_fbtrace_id=err.fbtrace_id or "",
             )
-    if extra:
-        fields.update(extra)
+    if changes:
+        fields.update(changes.hash_fields())
     return fields
