@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,10 @@ class DrainRun:
 # ----- the bench --------------------------------------------------------------------------------
 
 
+# Per process name: (monotonic time, CPU seconds so far) at one instant.
+CpuSnapshot = dict[str, tuple[float, float]]
+
+
 class Bench:
     def __init__(self, cfg: Config, tmp: Path) -> None:
         self.cfg = cfg
@@ -399,7 +403,6 @@ class Bench:
                     pipe.psetex(ARQ_JOB_PREFIX + job_id, JOB_EXPIRY_MS, payload)
                     pipe.zadd(NOOP_QUEUE, {job_id: now_ms})
                 await pipe.execute()
-        before = await redis_counters(self.redis)
         cmd = [
             sys.executable,
             "-m",
@@ -413,26 +416,12 @@ class Bench:
             "--poll-delay",
             str(self.poll_delay(60.0)),
         ]
-        spawned = time.monotonic()
-        child = spawn("noop-worker", cmd, self.tmp / "noop-worker.log", env=clean_env(), cwd=REPO)
-        cpu0 = self.cpu_snapshot(child)
 
         async def count() -> int:
             return n - int(await self.redis.zcard(NOOP_QUEUE))
 
-        prog = await track(
-            count,
-            n,
-            spawned=spawned,
-            children=[child],
-            redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid,
-            limit_s=max(120.0, n / 100),
-        )
-        cpu1 = self.cpu_snapshot(child)
-        after = await redis_counters(self.redis)
+        child, prog, delta, cpu0, cpu1 = await self.run_child("noop-worker", cmd, count)
         child.stop()
-        delta = counters_delta(before, after, own_reads=prog.polls + 1)
         f.noop_rate, f.noop_full_rate = prog.steady_rate, prog.full_rate
         f.noop_cpu_ms, f.noop_redis_cpu_ms = prog.cpu_ms_per_item, prog.redis_cpu_ms_per_item
         f.noop_reads_per_job = delta.reads / n
@@ -463,7 +452,6 @@ class Bench:
             f"event loop {loop}"
         )
         await self.reset()
-        before = await redis_counters(self.redis)
         cmd = [
             sys.executable,
             "-m",
@@ -483,31 +471,17 @@ class Bench:
             "--event-loop",
             loop,
         ]
-        spawned = time.monotonic()
-        child = spawn("floor", cmd, self.tmp / "floor.log", env=clean_env(), cwd=REPO)
-        cpu0 = self.cpu_snapshot(child)
 
         async def count() -> int:
             return int(await self.redis.zcard(FLOOR_DONE))
 
-        prog = await track(
-            count,
-            n,
-            spawned=spawned,
-            children=[child],
-            redis_pid=self.redis_pid,
-            sim_pid=self.sim_pid,
-            limit_s=max(120.0, n / 100),
-        )
-        cpu1 = self.cpu_snapshot(child)
-        after = await redis_counters(self.redis)
+        child, prog, delta, cpu0, cpu1 = await self.run_child("floor", cmd, count)
         for _ in range(500):  # it exits by itself once its last check is written
             if not child.alive():
                 break
             await asyncio.sleep(0.02)
         code = child.stop()
         calls = await self.sim("GET", "/calls")
-        delta = counters_delta(before, after, own_reads=prog.polls + 1)
         f.floor_rate, f.floor_full_rate = prog.steady_rate, prog.full_rate
         f.floor_cpu_ms, f.floor_redis_cpu_ms = prog.cpu_ms_per_item, prog.redis_cpu_ms_per_item
         f.floor_reads_per_check = delta.reads / n
@@ -537,7 +511,31 @@ class Bench:
 
         return poll_delay(self.settings(poll_interval_seconds=interval))
 
-    def cpu_snapshot(self, *workers: Child) -> dict[str, tuple[float, float]]:
+    async def run_child(
+        self, name: str, cmd: list[str], count: Callable[[], Awaitable[int]]
+    ) -> tuple[Child, Progress, RedisDelta, CpuSnapshot, CpuSnapshot]:
+        """Spawn one measured process and track it until ``count`` reaches n: the child, its
+        progress, the Redis counters' change over the run, and CPU snapshots at both ends."""
+        n = self.cfg.n
+        before = await redis_counters(self.redis)
+        spawned = time.monotonic()
+        child = spawn(name, cmd, self.tmp / f"{name}.log", env=clean_env(), cwd=REPO)
+        cpu0 = self.cpu_snapshot(child)
+        prog = await track(
+            count,
+            n,
+            spawned=spawned,
+            children=[child],
+            redis_pid=self.redis_pid,
+            sim_pid=self.sim_pid,
+            limit_s=max(120.0, n / 100),
+        )
+        cpu1 = self.cpu_snapshot(child)
+        after = await redis_counters(self.redis)
+        delta = counters_delta(before, after, own_reads=prog.polls + 1)
+        return child, prog, delta, cpu0, cpu1
+
+    def cpu_snapshot(self, *workers: Child) -> CpuSnapshot:
         """CPU seconds so far of each process of ours, of the whole machine, and stolen."""
         now = time.monotonic()
         snap = {}
