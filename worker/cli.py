@@ -263,16 +263,19 @@ def cmd_quota(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     import socket
 
-    from worker.ops.health import check
+    from worker.ops.health import check, is_local
     from worker.store.keys import Keys
 
     settings = _settings()
     host = None if args.any else (args.host or socket.gethostname())
+    # Plain `health` (the HEALTHCHECK) vouches for this container's own worker process only.
+    local = is_local if not (args.any or args.host) else None
     # A Redis that accepts connections but never answers must fail the check, not hang it.
     health = _with_client(
         settings,
         lambda c: asyncio.wait_for(
-            check(c.redis, Keys(settings.key_prefix), host=host), args.redis_timeout
+            check(c.redis, Keys(settings.key_prefix), host=host, local=local),
+            args.redis_timeout,
         ),
     )
     if not health.healthy:
@@ -345,10 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quota)
 
     p = sub.add_parser(
-        "health", help="exit 0 if a worker on this host is alive (the image's HEALTHCHECK)"
+        "health",
+        help="exit 0 if a worker process of this container (PID namespace) is alive and taking "
+        "jobs (the image's HEALTHCHECK)",
     )
     p.add_argument("--any", action="store_true", help="any live worker of this KEY_PREFIX")
-    p.add_argument("--host", help="the worker's host name (default: this host's)")
+    p.add_argument(
+        "--host", help="any live worker with this host name (not checked against a process)"
+    )
     p.add_argument("--redis-timeout", type=float, default=5.0, help="seconds (default 5)")
     p.set_defaults(func=cmd_health)
 

@@ -4,6 +4,7 @@ beats are judged, pure: tests/unit/test_health.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -132,6 +133,21 @@ async def test_health_cli_exit_codes(
     assert code == 0 and out.startswith("healthy: worker elsewhere-1 pid ")
     code, out, _ = await run_cli("health", "--host", "elsewhere", env=project_env)
     assert code == 0
+
+    # Host networking: a beat with this host's name from a process not in this PID namespace
+    # (here: a pid and life that /proc does not show) does not make this container healthy.
+    host = socket.gethostname()
+    ghost = Heartbeat(redis, Keys(settings.key_prefix), f"{host}-ghost", host=host)
+    ghost.pid, ghost.proc = 999_999, "another-boot:1"
+    await ghost.beat()
+    code, _, err = await run_cli("health", env=project_env)
+    assert code == 1 and "no worker process in this container beats" in err
+    code, _, _ = await run_cli("health", "--host", host, env=project_env)
+    assert code == 0  # --host trusts the name, as documented
+    # A beat from a live process here (this test process: same PID namespace) counts.
+    await Heartbeat(redis, Keys(settings.key_prefix), f"{host}-real", host=host).beat()
+    code, out, _ = await run_cli("health", env=project_env)
+    assert code == 0 and f"worker {host}-real pid {os.getpid()}" in out
 
     # Redis down (nothing listens on the port): exit 4, one line naming it.
     dead = dict(project_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")

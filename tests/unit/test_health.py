@@ -5,8 +5,9 @@ heartbeats in Redis and ``threads-poller health``: tests/integration/test_health
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from worker.ops.health import Beat, evaluate
+from worker.ops.health import Beat, evaluate, process_identity
 
 
 def beat(name: str, host: str, *, at: float = 100.0, accepting: bool = True) -> Beat:
@@ -35,7 +36,35 @@ def test_evaluate_draining_worker_is_unhealthy() -> None:
 
 
 def test_beat_json_round_trip_and_garbage() -> None:
-    b = Beat("w", "h", 7, 1.5, 2.5, 15.0, False, {"complete": 3})
+    b = Beat("w", "h", 7, 1.5, 2.5, 15.0, False, {"complete": 3}, proc="boot:9")
     assert Beat.from_json(b.to_json()) == b
     for raw in [b"", b"{}", b"[]", b"not json", json.dumps({"name": "w"}).encode()]:
         assert Beat.from_json(raw) is None
+
+
+def test_local_probe_counts_only_beats_of_processes_here() -> None:
+    """Host networking: a beat with this host's name but another container's process is not ours."""
+    ours = Beat("a-1", "host-a", 1, 50.0, 100.0, 15.0, proc="boot:111")
+    next_door = Beat("a-2", "host-a", 7, 50.0, 100.0, 15.0, proc="boot:222")
+    here = {"a-1"}
+    health = evaluate(101.0, [ours, next_door], host="host-a", local=lambda b: b.name in here)
+    assert health.healthy and health.beats == (ours,)
+    here.clear()
+    alone = evaluate(101.0, [next_door], host="host-a", local=lambda b: b.name in here)
+    assert not alone.healthy
+    assert "no worker process in this container" in alone.message
+    # No /proc to ask: the host name decides, and the message says so.
+    blind = evaluate(101.0, [next_door], host="host-a", local=lambda b: None)
+    assert blind.healthy and "host name match only" in blind.message
+
+
+def test_process_identity_reads_proc_stat(tmp_path: Path) -> None:
+    (tmp_path / "sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "sys/kernel/random/boot_id").write_text("b00t\n")
+    (tmp_path / "42").mkdir()
+    # A command name with a space and a ")" in it must not shift the fields.
+    fields = " ".join(str(i) for i in range(3, 53))  # fields 3..52; starttime is field 22
+    (tmp_path / "42" / "stat").write_text(f"42 (my )worker) {fields}\n")
+    assert process_identity(42, tmp_path) == "b00t:22"
+    assert process_identity(43, tmp_path) is None
+    assert process_identity(42, tmp_path / "nowhere") is None

@@ -9,10 +9,15 @@ set so that readers find the live ones without a SCAN over the whole keyspace.
 Times in a heartbeat are Redis server time: the health check of one container compares them with
 the same clock, whatever the skew between hosts.
 
-``threads-poller health`` (the image's HEALTHCHECK) passes only when a worker on *this host* beats:
-in a container the host name is the container id, so every replica answers for itself. A worker
-that received SIGTERM reports itself as draining and no longer counts as healthy; on a clean exit
-it deletes its key.
+``threads-poller health`` (the image's HEALTHCHECK) passes only when a worker process that is
+alive *here* beats. A host name is not enough: with host networking every container shares the
+host's name, and a container with no worker in it would answer for a worker next door. So each
+beat carries its process's identity (``proc``: the boot id and the process's start time from
+``/proc``, written once at start), and the check compares it with ``/proc/{pid}`` as this PID
+namespace (this container) sees it: another container's worker, a dead process or a reused pid
+does not match. Where ``/proc`` is missing (not Linux) the check falls back to the host name and
+says so. A worker that received SIGTERM reports itself as draining and no longer counts as
+healthy; on a clean exit it deletes its key.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -46,6 +52,20 @@ async def redis_now(redis: Redis) -> float:
     return float(seconds) + float(micros) / 1_000_000
 
 
+def process_identity(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """One process's life, as this PID namespace sees it: boot id and start time (clock ticks
+    since boot). None when the process is gone or there is no ``/proc``."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        boot = (proc / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and ")": count fields after its last ")".
+    # Field 22 (starttime) is the 20th after it.
+    after = stat.rsplit(")", 1)[-1].split()
+    return f"{boot}:{after[19]}" if len(after) > 19 else None
+
+
 @dataclass(frozen=True, slots=True)
 class Beat:
     """One worker's last heartbeat, as stored (JSON) in its key."""
@@ -58,6 +78,8 @@ class Beat:
     ttl_s: float
     accepting: bool = True
     jobs: dict[str, int] = field(default_factory=dict)
+    # process_identity() of the worker, written at start (None: written without /proc).
+    proc: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -70,6 +92,7 @@ class Beat:
                 "ttl_s": self.ttl_s,
                 "accepting": self.accepting,
                 "jobs": self.jobs,
+                "proc": self.proc,
             },
             separators=(",", ":"),
         )
@@ -87,6 +110,7 @@ class Beat:
                 ttl_s=float(data["ttl_s"]),
                 accepting=bool(data.get("accepting", True)),
                 jobs={str(k): int(v) for k, v in (data.get("jobs") or {}).items()},
+                proc=str(data["proc"]) if data.get("proc") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             # Another version, or a hand-written key: not a heartbeat we can vouch for.
@@ -123,6 +147,7 @@ class Heartbeat:
         self.ttl_seconds = ttl_seconds
         self.host = host or socket.gethostname()
         self.pid = os.getpid()
+        self.proc = process_identity(self.pid)
         self.started_at: float | None = None
         self.beats = 0
 
@@ -140,6 +165,7 @@ class Heartbeat:
             ttl_s=self.ttl_seconds,
             accepting=accepting,
             jobs=jobs,
+            proc=self.proc,
         )
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(
@@ -200,10 +226,41 @@ async def live_beats(redis: Redis, keys: Keys) -> tuple[float, list[Beat]]:
     return now, [b for b in beats if now - b.beat_at <= b.ttl_s]
 
 
-def evaluate(now: float, beats: list[Beat], *, host: str | None) -> Health:
-    """Pure: is a worker (on ``host``, or anywhere when None) alive and taking jobs?"""
+# Is this beat's process alive here (this PID namespace)? None: cannot tell, match the host.
+LocalProbe = Callable[[Beat], bool | None]
+
+
+def is_local(beat: Beat) -> bool | None:
+    """``beat``'s process runs in this container (same pid, same life)? None without /proc."""
+    if process_identity(os.getpid()) is None:
+        return None
+    return beat.proc is not None and process_identity(beat.pid) == beat.proc
+
+
+def evaluate(
+    now: float, beats: list[Beat], *, host: str | None, local: LocalProbe | None = None
+) -> Health:
+    """Pure: is a worker (on ``host``, or anywhere when None) alive and taking jobs?
+
+    With ``local``, only beats whose process ``local`` finds here count (``threads-poller
+    health`` without --host or --any: this container's own worker)."""
     mine = [b for b in beats if host is None or b.host == host]
     where = "any host" if host is None else f"host {host}"
+    fallback = ""
+    if local is not None and mine:
+        verdicts = [(b, local(b)) for b in mine]
+        if any(v is None for _, v in verdicts):
+            fallback = " (host name match only: no /proc here)"
+        else:
+            here = [b for b, v in verdicts if v]
+            if not here:
+                return Health(
+                    False,
+                    f"unhealthy: no worker process in this container beats; {len(mine)} live "
+                    f"worker(s) with host name {host} run elsewhere (host networking?)",
+                )
+            mine = here
+            where = "this container"
     if not mine:
         others = f"; {len(beats)} live worker(s) elsewhere" if beats else ""
         return Health(False, f"unhealthy: no worker heartbeat from {where}{others}")
@@ -219,11 +276,13 @@ def evaluate(now: float, beats: list[Beat], *, host: str | None) -> Health:
     return Health(
         True,
         f"healthy: worker {best.name} pid {best.pid}, last beat {age:.1f}s ago, up {up:.0f}s"
-        f"{(' ' + jobs) if jobs else ''}{more}",
+        f"{(' ' + jobs) if jobs else ''}{more}{fallback}",
         tuple(ready),
     )
 
 
-async def check(redis: Redis, keys: Keys, *, host: str | None) -> Health:
+async def check(
+    redis: Redis, keys: Keys, *, host: str | None, local: LocalProbe | None = None
+) -> Health:
     now, beats = await live_beats(redis, keys)
-    return evaluate(now, beats, host=host)
+    return evaluate(now, beats, host=host, local=local)
