@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # still gives the database, user and password of the data nodes, its host is not used.
     redis_sentinels: str | None = Field(default=None, pattern=_SENTINELS)
     redis_sentinel_master: str = Field(default="mymaster", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # A worker that cannot reach Redis at start logs each attempt and exits 1 after this long,
+    # so the orchestrator's restart policy (and its logs) take over instead of silence.
+    redis_startup_timeout_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
     threads_access_token: SecretStr | None = None
     threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
     threads_auth_mode: AuthMode = AuthMode.QUERY

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -148,7 +149,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         build_worker(settings, tokens=tokens).run_forever()
     except (RedisError, OSError) as exc:
-        raise CliError(f"cannot reach Redis: {redact(str(exc))[:300]}", EXIT_FAILURE) from None
+        # One log line in the configured format (JSON in a container), not a traceback.
+        logging.getLogger("threads_poller.worker").error(  # noqa: TRY400
+            "worker stopped: cannot reach Redis",
+            extra={"error": redact(f"{type(exc).__name__}: {exc}")[:300]},
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

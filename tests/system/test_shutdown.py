@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.harness import free_port
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
+from tests.cli_helpers import run_cli, start_worker, worker_env
 from tests.conftest import wait_until
 from worker import enqueue_many, get_result
 from worker.store.keys import Keys
@@ -78,3 +81,55 @@ async def test_sigterm_loses_nothing(
 
 async def finals_equal(finals: object, n: int) -> bool:
     return await finals() == n  # type: ignore[operator,no-any-return]
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines, "the worker said nothing"
+    assert "Traceback" not in text
+    return [json.loads(line) for line in lines]  # every line is one JSON log record
+
+
+async def test_start_with_redis_down_gives_up_in_bounded_time_and_says_so(
+    project_env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    env = worker_env(
+        project_env,
+        settings,
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        REDIS_STARTUP_TIMEOUT_SECONDS="6",
+        LOG_FORMAT="json",
+    )
+    started = time.monotonic()
+    code, out, err = await run_cli("worker", env=env, timeout=30)
+    elapsed = time.monotonic() - started
+    records = _json_lines(err)
+    assert code == 1 and out == ""
+    assert 3 < elapsed < 15, elapsed
+    attempts = [r for r in records if str(r["msg"]).startswith("cannot reach Redis (attempt")]
+    assert len(attempts) >= 2 and "giving up in" in str(attempts[0]["msg"])
+    assert str(attempts[-1]["msg"]).endswith("giving up")
+    assert records[-1]["msg"] == "worker stopped: cannot reach Redis"
+    assert records[-1]["level"] == "error" and "Connection refused" in str(records[-1]["error"])
+
+
+async def test_sigterm_while_redis_is_down_exits_0_at_once(
+    project_env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    """`docker stop` of a worker still waiting for Redis: exit 0, JSON lines, no traceback."""
+    env = worker_env(
+        project_env, settings, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", LOG_FORMAT="json"
+    )
+    log_path = tmp_path / "worker.log"
+    proc = await start_worker(env, log_path)
+    await wait_until(lambda: _said(log_path, "cannot reach Redis (attempt 1)"), timeout=20)
+    stopped = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0 and time.monotonic() - stopped < 5
+    records = _json_lines(log_path.read_text())
+    assert records[-1]["msg"] == "worker stopped before Redis answered"
+
+
+def _said(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()

@@ -33,7 +33,7 @@ from worker.runtime.intake import IntakeConsumer
 from worker.runtime.reconcile import reconcile_forever
 from worker.runtime.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
 from worker.store.accounts import AccountStore
-from worker.store.connections import connect_worker_redis
+from worker.store.connections import StartupAborted, connect_worker_redis
 from worker.store.queue import JobQueue
 from worker.store.results import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
 
@@ -153,7 +153,11 @@ class PollerWorker:
     async def run(self) -> None:
         s = self.settings
         own_redis = self.redis is None
-        redis = self.redis or await connect_worker_redis(s)
+        try:
+            redis = self.redis or await connect_worker_redis(s, stopping=self._stopping)
+        except StartupAborted:
+            log.info("worker stopped before Redis answered")
+            return
         tokens = self.tokens or token_source(s)
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)

@@ -8,6 +8,7 @@ With ``REDIS_SENTINELS`` set, every new connection asks the sentinels where the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -25,10 +26,12 @@ from config import Settings
 
 log = logging.getLogger("threads_poller.worker")
 
-# A worker that cannot reach Redis at start says so once per attempt and gives up after about
-# this long (exit 1), so an orchestrator's restart policy and logs take over.
-STARTUP_ATTEMPTS = 30
+# Between start-up attempts to reach Redis (REDIS_STARTUP_TIMEOUT_SECONDS bounds them all).
 STARTUP_PAUSE_SECONDS = 2.0
+
+
+class StartupAborted(Exception):
+    """A stop was asked for before Redis answered."""
 
 
 def _options(settings: Settings, *, connect_timeout: float, worker: bool) -> dict[str, Any]:
@@ -66,23 +69,64 @@ def open_redis(settings: Settings, *, connect_timeout: float = 5.0, worker: bool
     return client
 
 
-async def connect_worker_redis(settings: Settings) -> Redis:
-    """The worker's client, once Redis answers; each failed attempt is logged once."""
+async def connect_worker_redis(
+    settings: Settings, *, stopping: asyncio.Event | None = None
+) -> Redis:
+    """The worker's client, once Redis answers; each failed attempt is logged once.
+
+    Gives up (re-raising the last error) after ``REDIS_STARTUP_TIMEOUT_SECONDS``, and at once
+    with StartupAborted when ``stopping`` is set (SIGTERM while Redis is down)."""
     redis = open_redis(settings, worker=True)
-    for attempt in range(1, STARTUP_ATTEMPTS + 1):
-        try:
-            await redis.ping()
-            return redis
-        except (RedisError, OSError) as exc:
-            log.warning(
-                "cannot reach Redis (attempt %d of %d); retrying in %.0fs",
-                attempt,
-                STARTUP_ATTEMPTS,
-                STARTUP_PAUSE_SECONDS,
-                extra={"error": redact(f"{type(exc).__name__}: {exc}")[:300]},
-            )
-            if attempt == STARTUP_ATTEMPTS:
-                await redis.aclose()
-                raise
-            await asyncio.sleep(STARTUP_PAUSE_SECONDS)
-    raise AssertionError("unreachable")
+    try:
+        await _until_answered(redis, settings.redis_startup_timeout_seconds, stopping)
+    except BaseException:
+        await redis.aclose()
+        raise
+    return redis
+
+
+async def _until_answered(redis: Redis, timeout_s: float, stopping: asyncio.Event | None) -> None:
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + timeout_s
+    attempt = 0
+    last: BaseException | None = None
+    while True:
+        attempt += 1
+        ping = asyncio.ensure_future(redis.ping())
+        stop = asyncio.ensure_future(stopping.wait())
+        left = max(0.1, give_up_at - loop.time())
+        done, _ = await asyncio.wait({ping, stop}, timeout=left, return_when="FIRST_COMPLETED")
+        stop.cancel()
+        if ping in done and ping.exception() is None:
+            return
+        exc: BaseException
+        if ping in done:
+            exc = ping.exception() or RedisTimeoutError("no answer from Redis")
+            if not isinstance(exc, RedisError | OSError):
+                raise exc
+            last = exc
+        else:
+            ping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await ping
+            if stopping.is_set():
+                raise StartupAborted
+            # Cut short by the deadline: the last answer Redis (or the OS) gave says more.
+            exc = last or RedisTimeoutError("no answer from Redis")
+        left = give_up_at - loop.time()
+        final = left <= STARTUP_PAUSE_SECONDS
+        log.warning(
+            "cannot reach Redis (attempt %d); %s",
+            attempt,
+            "giving up"
+            if final
+            else f"retrying in {STARTUP_PAUSE_SECONDS:.0f}s, giving up in {left:.0f}s",
+            extra={"error": redact(f"{type(exc).__name__}: {exc}")[:300]},
+        )
+        if final:
+            raise exc
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), STARTUP_PAUSE_SECONDS)
+        if stopping.is_set():
+            raise StartupAborted
