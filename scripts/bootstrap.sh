@@ -33,8 +33,14 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
      || [ ! -x "$VENV/bin/threads-poller" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$lock"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" \
-      || "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
+    # The editable install builds with setuptools>=69 and wheel (pyproject.toml): reuse the
+    # venv's when the lock installed them (the dev lock does), else let pip fetch them in an
+    # isolated build. Never try the venv's own old setuptools first: that is the failed
+    # "invalid command 'bdist_wheel'" build a newcomer would see.
+    local isolation="--no-build-isolation"
+    "$VENV/bin/python" -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 69)' \
+      >/dev/null 2>&1 || isolation=""
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps $isolation -e "$ROOT"
     touch "$stamp"
   fi
 }

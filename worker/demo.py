@@ -183,6 +183,22 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
                 await asyncio.wait_for(worker.wait(), 30)
             print(f"Worker stopped (exit {worker.returncode}).")
             await redis.aclose()
+            print(where_results_are(redis_url, base.redis_url))
+
+
+def where_results_are(used_url: str, configured_url: str) -> str:
+    """The closing hint: read the results only where they still are."""
+    cli = " ".join(_worker_command())
+    if used_url != configured_url:
+        return (
+            "The demo's private Redis stopped with it, results included. To keep them, start "
+            f"a Redis at REDIS_URL ({configured_url}) and run the demo again; then read them "
+            f"with: KEY_PREFIX={DEMO_PREFIX} {cli} status {SCENARIOS[0].container_id}"
+        )
+    return (
+        f"Results stay in {configured_url} for RESULT_TTL_SECONDS: "
+        f"KEY_PREFIX={DEMO_PREFIX} {cli} status {SCENARIOS[0].container_id}"
+    )
 
 
 async def _feed_and_watch(
@@ -242,7 +258,7 @@ async def _feed_and_watch(
     print()
     print(_table(rows))
     events = await redis.xlen(keys.events)
-    print(f"\nEvents stream {keys.events}: {events} entries. Results: HGETALL {keys.result('ID')}")
+    print(f"\nEvents stream {keys.events}: {events} entries; results in {keys.result('ID')}.")
     print("Every scenario reached its expected final state." if ok else "SOME SCENARIOS FAILED.")
     return 0 if ok else 1
 
