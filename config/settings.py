@@ -45,6 +45,15 @@ class SettingsError(Exception):
     """A setting has a value the service cannot start with; the message names the variable."""
 
 
+class SettingsConflict(ValueError):
+    """Settings that are valid one by one but not together; ``names`` are their variables."""
+
+    def __init__(self, names: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.names = names
+        self.message = message
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -137,17 +146,19 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_webhook_secret(self) -> Self:
         if self.webhook_url and not self.webhook_secret:
-            raise ValueError(
-                "WEBHOOK_SECRET must be set when WEBHOOK_URL is (deliveries are signed)"
+            raise SettingsConflict(
+                ("WEBHOOK_URL", "WEBHOOK_SECRET"),
+                "WEBHOOK_SECRET must be set when WEBHOOK_URL is (deliveries are signed)",
             )
         return self
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:
         if self.job_timeout_seconds < 2 * self.http_timeout_seconds:
-            raise ValueError(
+            raise SettingsConflict(
+                ("JOB_TIMEOUT_SECONDS", "HTTP_TIMEOUT_SECONDS"),
                 "JOB_TIMEOUT_SECONDS must be at least twice HTTP_TIMEOUT_SECONDS "
-                f"({self.job_timeout_seconds} < 2 x {self.http_timeout_seconds})"
+                f"({self.job_timeout_seconds} < 2 x {self.http_timeout_seconds})",
             )
         return self
 
@@ -176,11 +187,12 @@ class Settings(BaseSettings):
         # A result (and its job) must outlive the longest poll, or both vanish mid-poll.
         longest = self.longest_poll_seconds()
         if self.result_ttl_seconds < longest:
-            raise ValueError(
+            raise SettingsConflict(
+                ("RESULT_TTL_SECONDS", "POLL_MAX_SECONDS", "THROTTLE_MAX_DELAY_SECONDS"),
                 f"RESULT_TTL_SECONDS ({self.result_ttl_seconds}) is shorter than the longest "
                 f"possible poll ({math.ceil(longest)} s: POLL_MAX_SECONDS + "
                 "THROTTLE_MAX_DELAY_SECONDS + publish attempts + webhook retries + "
-                "JOB_TIMEOUT_SECONDS); raise it or shorten those"
+                "JOB_TIMEOUT_SECONDS); raise it or shorten those",
             )
         return self
 
@@ -195,6 +207,12 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, SettingsConflict):
+                # A rule across variables: name them all, and say the rule without pydantic's
+                # "Value error, " prefix.
+                lines.append(f"invalid settings {', '.join(cause.names)}: {cause.message}")
+                continue
             loc = "_".join(str(part) for part in err["loc"]).upper() or "SETTINGS"
             # Never echo the input: it may be a token.
             lines.append(f"invalid setting {loc}: {err['msg']}")

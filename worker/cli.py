@@ -137,6 +137,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.runtime.app import build_worker
 
     settings = _settings()
+    tokens_file = settings.threads_tokens_file
+    if tokens_file is not None and not tokens_file.is_file():
+        # Starting anyway would fail every container of those accounts, much later.
+        why = "no such file" if not tokens_file.exists() else "not a regular file"
+        raise CliError(f"invalid setting THREADS_TOKENS_FILE: {why}: {tokens_file}", EXIT_USAGE)
     tokens = token_source(settings)
     setup_logging(settings.log_format, settings.log_level, tokens.known_secrets)
     if settings.threads_access_token is None and settings.threads_tokens_file is None:

@@ -82,6 +82,14 @@ async def test_invalid_setting_is_one_clear_line(
     del env["THREADS_ACCESS_TOKEN"]
     code, _, err = await run_cli("worker", env=env)
     assert code == 2 and "THREADS_ACCESS_TOKEN" in err
+    # A tokens file that is not there: refused at start, naming the path (not failed later).
+    env = worker_env(project_env, settings, THREADS_TOKENS_FILE="/nonexistent/tokens.json")
+    code, out, err = await run_cli("worker", env=env)
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "threads-poller: invalid setting THREADS_TOKENS_FILE: no such file: "
+        "/nonexistent/tokens.json"
+    )
 
 
 async def test_redis_unreachable_exit_4(project_env: dict[str, str]) -> None:
