@@ -219,8 +219,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
         result = _with_client(settings, lambda c: c.wait(args.id, timeout=args.timeout))
     except InvalidIdError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    if result is None:
+        if args.json:
+            print(json.dumps(_result_json(args.id, result)))
+        raise CliError(
+            f"unknown id {args.id}: never enqueued (or its result expired); nothing to wait for",
+            EXIT_FAILURE,
+        )
     print(json.dumps(_result_json(args.id, result)) if args.json else _result_line(args.id, result))
-    if result is None or not result.final:
+    if not result.final:
         return EXIT_TIMEOUT
     return EXIT_OK if is_success(result.status) else EXIT_FAILURE
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,10 +217,27 @@ async def test_cli_accepts_crlf_and_surrounding_blanks_on_stdin(
 async def test_cli_wait_with_a_negative_timeout_returns_at_once(
     redis: Redis, settings: Settings, project_env: dict[str, str]
 ) -> None:
-    code, out, _ = await run_cli(
-        "wait", "6010", "--timeout", "-1", env=worker_env(project_env, settings)
+    env = worker_env(project_env, settings)
+    await enqueue(redis, "6012", settings=settings)
+    code, out, _ = await run_cli("wait", "6012", "--timeout", "-1", env=env)
+    assert code == 3 and "QUEUED" in out  # known, not final: "still processing"
+
+
+async def test_cli_wait_on_an_unknown_id_exits_1_at_once(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    """Never enqueued is not "still processing": exit 1 now, not 3 after the timeout."""
+    env = worker_env(project_env, settings)
+    started = time.monotonic()
+    code, out, err = await run_cli("wait", "6010", "--timeout", "60", env=env)
+    assert time.monotonic() - started < 15
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        "threads-poller: unknown id 6010: never enqueued (or its result expired); "
+        "nothing to wait for"
     )
-    assert code == 3 and "unknown" in out
+    code, out, _ = await run_cli("wait", "6010", "--timeout", "60", "--json", env=env)
+    assert code == 1 and json.loads(out)["found"] is False
 
 
 async def test_cli_wait_refuses_a_nan_timeout(

@@ -237,7 +237,8 @@ class PollerClient:
         timeout: float,  # noqa: ASYNC109 - how long to wait is the call's point
     ) -> PollResult | None:
         """Block until the container is final or ``timeout`` seconds pass; return the last state
-        (None: unknown id). A timeout <= 0 looks once.
+        (None at once: an id that was never enqueued, or whose result expired, will not become
+        final by waiting). A timeout <= 0 looks once.
 
         Wakes on the events stream (XREAD BLOCK) rather than polling the hash; the hash is
         re-read at least once a second so a trimmed stream or a missed event cannot make it
@@ -247,7 +248,7 @@ class PollerClient:
         last_id = "$"
         while True:
             result = await self._store.load(cid)
-            if result is not None and result.final:
+            if result is None or result.final:
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
