@@ -269,13 +269,21 @@ def cmd_quota(args: argparse.Namespace) -> int:
         ("deletes", "delete_quota_usage", "delete_config"),
         ("location searches", "location_search_quota_usage", "location_search_config"),
     ):
-        used = data.get(usage)
-        total = (data.get(config) or {}).get("quota_total")
-        window = (data.get(config) or {}).get("quota_duration")
-        shown = "unknown" if used is None else f"{used} of {total if total is not None else '?'}"
-        per = f" per {window // 3600} h" if isinstance(window, int) else ""
-        print(f"{kind:18} {shown}{per}")
+        conf = data.get(config) or {}
+        print(
+            quota_line(kind, data.get(usage), conf.get("quota_total"), conf.get("quota_duration"))
+        )
     return EXIT_OK
+
+
+def quota_line(kind: str, used: object, total: object, window: object) -> str:
+    """One quota as a person reads it: used and left, never a bare "2 of 250". Pure."""
+    per = f" per {window // 3600} h" if isinstance(window, int) and window >= 3600 else ""
+    if not isinstance(used, int):
+        return f"{kind:18} unknown (the API did not say)"
+    if not isinstance(total, int):
+        return f"{kind:18} {used} used, limit unknown"
+    return f"{kind:18} {used} used, {max(0, total - used)} left of {total}{per}"
 
 
 def cmd_health(args: argparse.Namespace) -> int:

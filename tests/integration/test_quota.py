@@ -42,7 +42,8 @@ async def test_quota_cli(
     assert data["quota_usage"] == 250 and data["config"]["quota_total"] == 250
     assert data["delete_quota_usage"] == 1
     code, out, _ = await run_cli("quota", "4343", env=env)
-    assert code == 0 and "posts" in out and "250 of 250 per 24 h" in out
+    assert code == 0 and "posts" in out and "250 used, 0 left of 250 per 24 h" in out
+    assert "deletes" in out and "1 used, 99 left of 100 per 24 h" in out
     code, out, _ = await run_cli("quota", "4343", "--cached", "--json", env=env)
     assert code == 0 and json.loads(out)["fetched_at"] > 0
     code, _, err = await run_cli("quota", "43x", env=env)

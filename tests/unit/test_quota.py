@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from api_client.errors import MalformedResponseError, ThreadsError
 from api_client.parsing import parse_publishing_limit
+from worker.cli import quota_line
 
 FULL = {
     "data": [
@@ -80,3 +81,10 @@ def test_malformed_quota_replies(body: bytes) -> None:
 def test_quota_parser_never_crashes(http: int, payload: object) -> None:
     with contextlib.suppress(ThreadsError):
         parse_publishing_limit(http, json.dumps(payload).encode())
+
+
+def test_quota_line_says_used_and_left() -> None:
+    assert quota_line("posts", 2, 250, 86400) == f"{'posts':18} 2 used, 248 left of 250 per 24 h"
+    assert quota_line("replies", 1001, 1000, 86400).endswith("1001 used, 0 left of 1000 per 24 h")
+    assert quota_line("deletes", None, 100, 86400).endswith("unknown (the API did not say)")
+    assert quota_line("posts", 3, None, None).endswith("3 used, limit unknown")
