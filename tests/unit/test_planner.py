@@ -290,6 +290,11 @@ def test_a_throttled_account_defers_the_check_without_spending_it() -> None:
     # A pause longer than the window may be pushed out times out instead.
     long = as_record(plan(r, T0 + 1, throttled_until=T0 + 60.0)).decision
     assert long.final and long.status == State.TIMED_OUT
+    # ... and says why, though no answer was received to quote.
+    assert long.error is not None and long.error.kind == ErrorKind.THROTTLED
+    assert "throttled for 59s more" in long.error.message
+    assert "THROTTLE_MAX_DELAY_SECONDS" in long.error.message
+    assert record_fields(r, long, checked_at=T0 + 1, changes=None)["last_error"]
 
 
 def test_publishing_obeys_the_account_pause() -> None:
@@ -955,6 +960,9 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
         assert not w.maybe_published
     assert w.publish_calls <= policy.publish_max_attempts
     assert final.checks <= policy.schedule.max_checks
+    # (c) a poll that stopped without a final answer always says why.
+    if final.status == State.TIMED_OUT:
+        assert final.last_error, h
     event(f"final {final.status}, publish_status {final.publish_status}")
     event(f"{w.publish_calls} publish calls, {w.faults} faults, {w.pauses} pauses")
 

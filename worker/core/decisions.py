@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from api_client.errors import ThreadsError
 from api_client.models import ContainerStatus
 from api_client.policy import ErrorKind, classify
-from worker.core.errors import Failure, failure_of
+from worker.core.errors import Failure, WindowEndedError, failure_of
 from worker.core.states import API_FINAL_STATES, State
 
 # Jitter allowance for the last check: a half interval, but never more than 5 s.
@@ -103,7 +103,17 @@ def decide_throttled(
     end = effective_deadline(deadline, window_delay + added, max_delay)
     kind = ErrorKind.THROTTLED if error is not None else None
     if due > end + schedule.slack:
-        return timed_out(previous_status, previous_error_message, error=error, error_kind=kind)
+        # Always say why it stopped: with no answer to quote (the account was paused before
+        # this check was sent), the reason is the pause outlasting what the window may absorb.
+        why: ThreadsError | WindowEndedError = error or WindowEndedError(
+            f"no final status within the window: the account is throttled for "
+            f"{max(0.0, paused_until - now):.0f}s more, and throttling and pacing may push the "
+            f"window out by {max_delay:.0f}s at most (THROTTLE_MAX_DELAY_SECONDS); "
+            f"{window_delay:.1f}s used"
+        )
+        return timed_out(
+            previous_status, previous_error_message, error=why, error_kind=ErrorKind.THROTTLED
+        )
     return Decision(
         status=previous_status,
         final=False,
