@@ -208,9 +208,14 @@ def publish_due_at(r: PollResult, policy: Policy, now: float) -> float:
     return max(now + settle, (r.enqueued_at or now) + policy.publish_min_age)
 
 
+# The longest single wait after a "not ready" (config/settings.py counts the same cap).
+MAX_NOT_READY_BACKOFF_SECONDS = 300.0
+
+
 def not_ready_backoff(policy: Policy, attempts: int) -> float:
     """The wait after the ``attempts``-th publish answered 24/4279009: the grace, doubling."""
-    return max(policy.publish_grace, 0.05) * 2.0 ** max(attempts - 1, 0)
+    wait = max(policy.publish_grace, 0.05) * 2.0 ** max(attempts - 1, 0)
+    return min(wait, max(MAX_NOT_READY_BACKOFF_SECONDS, policy.publish_grace))
 
 
 def children_deadline(r: PollResult, policy: Policy) -> float:
