@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     # A short grace after FINISHED: publishing at once sometimes fails with 24/4279009.
     publish_grace_seconds: float = Field(default=5.0, ge=0)
     publish_max_attempts: int = Field(default=3, ge=1, le=20)
+    # Meta: "wait on average 30 seconds before publishing a Threads media container"; counted
+    # from enqueue (the pipeline enqueues right after creating the container).
+    publish_min_age_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # A reply waits this long after FINISHED instead of PUBLISH_GRACE_SECONDS: video replies
+    # published a few seconds after FINISHED came out as standalone posts (lost reply_to_id),
+    # so a few seconds is known to be too short; 30 s is Meta's documented average wait, and
+    # a reply has 24 h before its container expires.
+    publish_reply_settle_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     # Webhooks on final states (a default URL here, or one per enqueue).
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
@@ -165,8 +173,18 @@ class Settings(BaseSettings):
     def longest_poll_seconds(self) -> float:
         """The longest a poll and its webhook can take from enqueue to done: the window, all the
         delay throttling and pacing may add, every publish attempt, every webhook retry."""
-        publish = self.publish_max_attempts * (
-            self.publish_grace_seconds + self.poll_interval_seconds
+        # The first attempt waits the longer of the grace and a reply's settle time, and the
+        # minimum age; each "not ready" doubles the wait (worker/core/planner.py).
+        publish = (
+            max(self.publish_grace_seconds, self.publish_reply_settle_seconds)
+            + self.publish_min_age_seconds
+            + sum(
+                max(
+                    min(self.publish_grace_seconds * 2**k, max(300.0, self.publish_grace_seconds)),
+                    self.poll_interval_seconds,
+                )
+                for k in range(self.publish_max_attempts)
+            )
         )
         retries = sum(
             min(self.webhook_backoff_seconds * 2**k, 10 * 86400.0)

@@ -287,6 +287,28 @@ async def put_publish_fault(request: web.Request) -> web.StreamResponse:
     return web.json_response(_OK)
 
 
+async def put_carousel(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    children = _string_list(body, "children") if body.get("children") is not None else None
+    state = request.app[STATE_KEY]
+    state.set_carousel(request.match_info["parent"], children)
+    return web.json_response(state.carousels)
+
+
+async def put_reply(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    reply_to = body.get("reply_to")
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise AdminInputError("'reply_to' must be a string or null")
+    state = request.app[STATE_KEY]
+    state.set_reply(
+        request.match_info["container_id"],
+        reply_to,
+        settle_seconds=_number(body, "settle_seconds") or 0.0,
+    )
+    return web.json_response(state.replies)
+
+
 async def put_account_override(request: web.Request) -> web.StreamResponse:
     body = await _json_object(request)
     step = body.get("step")
@@ -353,6 +375,8 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_get(f"{admin}/quota/{{user_id}}", get_quota)
     app.router.add_put(f"{admin}/quota/{{user_id}}", put_quota)
     app.router.add_put(f"{admin}/publish-faults/{{container_id}}", put_publish_fault)
+    app.router.add_put(f"{admin}/carousels/{{parent}}", put_carousel)
+    app.router.add_put(f"{admin}/replies/{{container_id}}", put_reply)
     app.router.add_get(f"{admin}/account-overrides", get_account_overrides)
     app.router.add_put(f"{admin}/account-overrides/{{account}}", put_account_override)
     app.router.add_put(f"{admin}/usage-headers", put_usage_headers)

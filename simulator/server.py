@@ -119,6 +119,25 @@ def _rate_arg(text: str) -> float:
     return rate
 
 
+def _carousel_arg(text: str) -> tuple[str, list[str]]:
+    parent, sep, children = text.partition("=")
+    kids = [c.strip() for c in children.split(",") if c.strip()]
+    if not sep or not parent or len(kids) < 2:
+        raise argparse.ArgumentTypeError(f"expected PARENT=CHILD,CHILD,... got {text!r}")
+    return parent, kids
+
+
+def _reply_arg(text: str) -> tuple[str, str, float]:
+    cid, sep, rest = text.partition("=")
+    reply_to, _, settle = rest.partition(":")
+    if not sep or not cid or not reply_to:
+        raise argparse.ArgumentTypeError(f"expected ID=REPLY_TO[:SETTLE_S] got {text!r}")
+    try:
+        return cid, reply_to, float(settle) if settle else 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad settle seconds in {text!r}") from None
+
+
 def _kinds_arg(text: str) -> list[str]:
     return [kind.strip() for kind in text.split(",") if kind.strip()]
 
@@ -150,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=parse_step_list("notfound"),
         metavar="STEPS",
         help="script for ids no rule matches (default: notfound)",
+    )
+    parser.add_argument(
+        "--carousel",
+        action="append",
+        default=[],
+        type=_carousel_arg,
+        metavar="PARENT=CHILD,CHILD,...",
+        help="a carousel container and its children (repeatable)",
+    )
+    parser.add_argument(
+        "--reply",
+        action="append",
+        default=[],
+        type=_reply_arg,
+        metavar="ID=REPLY_TO[:SETTLE_S]",
+        help="a reply container; published sooner than SETTLE_S after FINISHED it loses its "
+        "reply_to_id (repeatable)",
     )
     parser.add_argument("--fault-rate", type=_rate_arg, default=0.0)
     parser.add_argument(
@@ -199,7 +235,7 @@ def state_from_args(args: argparse.Namespace) -> SimulatorState:
     scripts = _load_scripts_file(args.scripts_file) if args.scripts_file else {}
     # Command-line scripts win over the file, so a file can be tweaked without editing it.
     scripts.update(dict(args.script))
-    return SimulatorState(
+    state = SimulatorState(
         scripts=scripts,
         default_script=args.default_script,
         fault_rate=args.fault_rate,
@@ -209,6 +245,11 @@ def state_from_args(args: argparse.Namespace) -> SimulatorState:
         tokens=parse_token_specs(args.token),
         expired_tokens=parse_token_specs(args.expired_token),
     )
+    for parent, children in args.carousel:
+        state.set_carousel(parent, children)
+    for cid, reply_to, settle in args.reply:
+        state.set_reply(cid, reply_to, settle_seconds=settle)
+    return state
 
 
 async def _serve(args: argparse.Namespace, state: SimulatorState) -> None:

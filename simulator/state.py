@@ -18,7 +18,10 @@ from typing import Any, Literal, cast, get_args
 from simulator.steps import (
     MEDIA_NOT_READY,
     MISSING_CREATION_ID,
+    NO_ID_REPLY,
+    PERMISSION_AFTER_PUBLISH,
     QUOTA_EXCEEDED,
+    REPLY_QUOTA_EXCEEDED,
     SERVER_ERROR,
     TOKEN_EXPIRED,
     TOKEN_INVALID,
@@ -34,7 +37,16 @@ from simulator.steps import (
 )
 
 RequestKind = Literal["status", "quota", "publish"]
-PublishFault = Literal["timeout_after_publish", "500_after_publish", "500", "not_ready"]
+# "*_after_publish": the post goes out, but the answer does not say so (observed: a timeout, a
+# 5xx, code 10, a reply without an id).
+PublishFault = Literal[
+    "timeout_after_publish",
+    "500_after_publish",
+    "code10_after_publish",
+    "noid_after_publish",
+    "500",
+    "not_ready",
+]
 PUBLISH_FAULTS: tuple[str, ...] = get_args(PublishFault)
 
 DEFAULT_ACCOUNT = "default"
@@ -57,6 +69,7 @@ QUOTA_CONFIG_FIELDS: dict[str, str] = {
     "location_search_config": "location_search_quota_usage",
 }
 POST_QUOTA_TOTAL = QUOTA_TOTALS["quota_usage"]
+REPLY_QUOTA_TOTAL = QUOTA_TOTALS["reply_quota_usage"]
 
 IN_PROGRESS = StatusStep("IN_PROGRESS")
 FINISHED = StatusStep("FINISHED")
@@ -132,6 +145,11 @@ class ContainerCalls:
     accounts: list[str] = field(default_factory=list)
     publish_calls: int = 0
     publishes: int = 0
+    # A carousel's parent: status calls made while one of its children was not FINISHED yet.
+    early_parent_calls: int = 0
+    # A reply published sooner than its settle time after FINISHED: it went out as a standalone
+    # post (observed for video replies: the reply_to_id was lost).
+    lost_reply_to: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,7 +158,18 @@ class ContainerCalls:
             "accounts": list(self.accounts),
             "publish_calls": self.publish_calls,
             "publishes": self.publishes,
+            "early_parent_calls": self.early_parent_calls,
+            "lost_reply_to": self.lost_reply_to,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplySetting:
+    """A container created as a reply (``reply_to_id`` at creation, on the real API)."""
+
+    reply_to: str
+    # Published sooner than this after its first FINISHED answer, it loses its reply_to_id.
+    settle_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -218,6 +247,11 @@ class SimulatorState:
         self._quota_calls = 0
         self._account_overrides: dict[str, _AccountOverride] = {}
         self._status_hooks: list[StatusHook] = []
+        self._carousels: dict[str, tuple[str, ...]] = {}
+        self._parent_of: dict[str, str] = {}
+        self._replies: dict[str, ReplySetting] = {}
+        # When each container first answered FINISHED (a reply's settle time counts from it).
+        self._finished_at: dict[str, float] = {}
         for key, steps in (scripts or {}).items():
             self.set_script(key, steps)
         self.set_faults(rate=fault_rate, kinds=fault_kinds, slow_seconds=slow_seconds)
@@ -374,6 +408,48 @@ class SimulatorState:
             raise ConfigError("times must be >= 1")
         self._publish_faults[container_id] = _PublishFaultSetting(cast(PublishFault, fault), times)
 
+    def set_carousel(self, parent: str, children: Sequence[str] | None) -> None:
+        """Make ``parent`` a carousel container of ``children`` (None: a plain container again).
+
+        Publishing it then needs every child FINISHED as well as the parent itself (else
+        24/4279009, as observed); it counts as one post. Status calls on the parent while a
+        child is not FINISHED are counted (``early_parent_calls``): a client should not make
+        them."""
+        for child in self._carousels.pop(parent, ()):
+            self._parent_of.pop(child, None)
+        if children is None:
+            return
+        if not 2 <= len(children) <= 20 or parent in children:
+            raise ConfigError("a carousel has 2 to 20 children, none of them the parent")
+        self._carousels[parent] = tuple(children)
+        for child in children:
+            self._parent_of[child] = parent
+
+    @property
+    def carousels(self) -> dict[str, list[str]]:
+        return {parent: list(children) for parent, children in self._carousels.items()}
+
+    def set_reply(
+        self, container_id: str, reply_to: str | None, *, settle_seconds: float = 0.0
+    ) -> None:
+        """Make a container a reply to ``reply_to`` (None: a post again). A reply's publish
+        spends the reply quota (``reply_quota_usage``, 1000 / 24 h), not the post quota; one
+        published less than ``settle_seconds`` after its first FINISHED answer goes out as a
+        standalone post (``lost_reply_to``) and spends the post quota instead."""
+        if reply_to is None:
+            self._replies.pop(container_id, None)
+            return
+        if not 0.0 <= settle_seconds < float("inf"):
+            raise ConfigError("settle_seconds must be >= 0")
+        self._replies[container_id] = ReplySetting(reply_to, settle_seconds)
+
+    @property
+    def replies(self) -> dict[str, dict[str, Any]]:
+        return {
+            cid: {"reply_to": r.reply_to, "settle_seconds": r.settle_seconds}
+            for cid, r in self._replies.items()
+        }
+
     def set_usage_headers(self, headers: Mapping[str, object]) -> None:
         """Replace the usage headers sent with every API reply (values are JSON-encoded)."""
         for name in headers:
@@ -406,7 +482,11 @@ class SimulatorState:
         self._calls.clear()
         self._requests.clear()
         self._quota_calls = 0
+        self._finished_at.clear()
         if rules:
+            self._carousels.clear()
+            self._parent_of.clear()
+            self._replies.clear()
             self._rules.clear()
             self._default = parse_steps(["notfound"])
             self._publish_faults.clear()
@@ -426,6 +506,8 @@ class SimulatorState:
             list(calls.accounts),
             calls.publish_calls,
             calls.publishes,
+            calls.early_parent_calls,
+            calls.lost_reply_to,
         )
 
     @property
@@ -527,9 +609,22 @@ class SimulatorState:
             delay, final = self._resolve(random_fault, self._cursor(container_id))
             self._record(now, "status", container_id, account, final.label)
             return account, Reply(final, delay)
+        if self._children_not_finished(container_id):
+            calls.early_parent_calls += 1
         extra, final = self._consume(container_id)
+        if isinstance(final, StatusStep) and final.status == "FINISHED":
+            self._finished_at.setdefault(container_id, now)
         self._record(now, "status", container_id, account, final.label)
         return account, Reply(final, delay + extra)
+
+    def _children_not_finished(self, container_id: str) -> list[str]:
+        """A carousel's children whose state is not FINISHED (none for other containers)."""
+        out = []
+        for child in self._carousels.get(container_id, ()):
+            status = self.current_status(child)
+            if status is None or status.status != "FINISHED":
+                out.append(child)
+        return out
 
     def _draw_random_fault(self) -> Step | _RandomSlow | None:
         # No draw at rate 0, so that enabling faults later starts from the seeded sequence.
@@ -625,18 +720,31 @@ class SimulatorState:
             self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
             return Reply(MEDIA_NOT_READY)
         usage = self._usage_of(account if user_id == "me" else user_id)
-        if usage["quota_usage"] >= POST_QUOTA_TOTAL:
+        reply = self._replies.get(container_id)
+        if reply is not None and usage["reply_quota_usage"] >= REPLY_QUOTA_TOTAL:
+            self._record(now, "publish", container_id, account, REPLY_QUOTA_EXCEEDED.label)
+            return Reply(REPLY_QUOTA_EXCEEDED)
+        if reply is None and usage["quota_usage"] >= POST_QUOTA_TOTAL:
             self._record(now, "publish", container_id, account, QUOTA_EXCEEDED.label)
             return Reply(QUOTA_EXCEEDED)
         status = self.current_status(container_id)
-        if status is None or status.status != "FINISHED":
+        if (
+            status is None
+            or status.status != "FINISHED"
+            or self._children_not_finished(container_id)
+        ):
+            # Observed: a carousel whose children (or itself) are not FINISHED answers this.
             self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
             return Reply(MEDIA_NOT_READY)
         self._media_counter += 1
         media_id = str(18_000_000_000_000_000 + self._media_counter)
         self._published[container_id] = media_id
         calls.publishes += 1
-        usage["quota_usage"] += 1
+        finished = self._finished_at.get(container_id)
+        if reply is not None and (finished is None or now - finished < reply.settle_seconds):
+            calls.lost_reply_to += 1
+            reply = None  # it went out as a standalone post
+        usage["reply_quota_usage" if reply is not None else "quota_usage"] += 1
         if fault is None:
             self._record(now, "publish", container_id, account, "published")
             return Reply(Published(media_id))
@@ -644,6 +752,10 @@ class SimulatorState:
         self._record(now, "publish", container_id, account, fault.fault)
         if fault.fault == "500_after_publish":
             return Reply(SERVER_ERROR)
+        if fault.fault == "code10_after_publish":
+            return Reply(PERMISSION_AFTER_PUBLISH)
+        if fault.fault == "noid_after_publish":
+            return Reply(NO_ID_REPLY)
         return Reply(Published(media_id), self._slow_seconds)
 
     def published_media_id(self, container_id: str) -> str | None:

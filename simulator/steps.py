@@ -180,6 +180,22 @@ QUOTA_EXCEEDED = graph_error(
     user_title="Posting limit reached",
     user_msg="The user has reached the maximum number of published posts",
 )
+# The same guess for an exhausted reply quota (1000 replies / 24 h).
+REPLY_QUOTA_EXCEEDED = graph_error(
+    "reply_quota_exceeded",
+    400,
+    4,
+    "The user has reached the maximum number of published replies",
+    subcode=2207042,
+    user_title="Reply limit reached",
+    user_msg="The user has reached the maximum number of published replies",
+)
+# Observed at threads_publish although the post went out.
+PERMISSION_AFTER_PUBLISH = graph_error(
+    "code10_after_publish", 400, 10, "Application does not have permission for this action"
+)
+# A 200 without the media id: the post may well be out.
+NO_ID_REPLY = RawStep("noid_after_publish", 200, '{"success": true}', "application/json")
 # What GET /{id}?fields=status,error_message answers when the id is a published post's media id,
 # not a container id (reported for Threads; the HTTP status is a guess: code 100 decides).
 NONEXISTING_FIELD = graph_error(

@@ -2,7 +2,8 @@
 
 Exit codes (stable, documented in the README):
     0  done; for ``wait``: final success (FINISHED, PUBLISHED)
-    1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT); ``status``: an id is unknown;
+    1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT, and the auto-publish and
+       carousel ones); ``status``: an id is unknown;
        ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
@@ -26,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop
-from worker.client.client import PollerClient
+from worker.client.client import EnqueueOutcome, PollerClient
 from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
 from worker.core.states import is_success
@@ -165,18 +166,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings()
-    ids = _read_ids(args)
-    try:
-        outcomes = _with_client(
-            settings,
-            lambda c: c.enqueue_many(
-                ids,
+    if (args.carousel is None) != (args.children is None):
+        raise CliError("--carousel and --children go together", EXIT_USAGE)
+    if args.carousel is not None and args.ids:
+        raise CliError("--carousel takes no container ids (its children: --children)", EXIT_USAGE)
+    ids = _read_ids(args) if args.carousel is None else []
+
+    async def work(c: PollerClient) -> list[EnqueueOutcome]:
+        if args.carousel is not None:
+            children = [part for part in args.children.split(",") if part.strip()]
+            one = await c.enqueue_carousel(
+                args.carousel,
+                children,
                 account=args.account,
                 force=args.force,
                 publish=args.publish,
                 webhook_url=args.webhook_url,
-            ),
+                reply_to=args.reply_to,
+            )
+            return [one]
+        return await c.enqueue_many(
+            ids,
+            account=args.account,
+            force=args.force,
+            publish=args.publish,
+            webhook_url=args.webhook_url,
+            reply_to=args.reply_to,
         )
+
+    try:
+        outcomes = _with_client(settings, work)
     except InvalidIdError as exc:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
     for o in outcomes:
@@ -353,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish each container once FINISHED (needs --account or THREADS_USER_ID)",
     )
     p.add_argument("--webhook-url", help="POST a signed JSON body here on the final state")
+    p.add_argument(
+        "--reply-to",
+        metavar="MEDIA_ID",
+        help="the containers are replies to this media id (reply quota, longer settle time)",
+    )
+    p.add_argument(
+        "--carousel",
+        metavar="PARENT",
+        help="enqueue one carousel: its parent container id (with --children; no IDs)",
+    )
+    p.add_argument(
+        "--children", metavar="A,B,...", help="the carousel's 2 to 20 item container ids"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)
 

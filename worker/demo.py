@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from config import Settings, load_settings
 from simulator import run_simulator
-from worker.client.producer import enqueue_many
+from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_result
 from worker.store.keys import Keys
 
@@ -41,10 +41,18 @@ class Scenario:
     story: str
     steps: tuple[str, ...]
     expect: str
+    # A carousel: its children's scripts (the row is the parent's).
+    children: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # A reply, auto-published.
+    reply_to: str | None = None
 
 
-def _sc(n: int, story: str, steps: str, expect: str) -> Scenario:
-    return Scenario(f"17900000000000{n:02d}", story, tuple(steps.split(",")), expect)
+def _sc(n: int, story: str, steps: str, expect: str, **more: object) -> Scenario:
+    return Scenario(f"17900000000000{n:02d}", story, tuple(steps.split(",")), expect, **more)  # type: ignore[arg-type]
+
+
+def _kid(n: int, steps: str) -> tuple[str, tuple[str, ...]]:
+    return f"17900000000001{n:02d}", tuple(steps.split(","))
 
 
 SCENARIOS = (
@@ -57,6 +65,20 @@ SCENARIOS = (
     _sc(7, "API 503 and a garbage body, then ready", "503,garbage,FINISHED", "FINISHED"),
     _sc(8, "image rejected (error UNKNOWN)", "ERROR:UNKNOWN", "ERROR"),
     _sc(9, "throttled (code 4), then ready", "throttle,IN_PROGRESS,FINISHED", "FINISHED"),
+    _sc(
+        10,
+        "carousel of 2: parent polled once both children FINISHED",
+        "IN_PROGRESS,FINISHED",
+        "FINISHED",
+        children=(_kid(1, "FINISHED"), _kid(2, "IN_PROGRESS,FINISHED")),
+    ),
+    _sc(
+        11,
+        "video reply, auto-published after its settle time",
+        "IN_PROGRESS,FINISHED",
+        "PUBLISHED",
+        reply_to="17900000000009999",
+    ),
 )
 
 
@@ -143,12 +165,20 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
     print(
         f"Meta's schedule is one check a minute for up to 5 minutes; this demo compresses it to "
         f"one check every {interval:g} s for up to {window:g} s (--interval, --window), and a "
-        f"throttled account's pause from 60 s to {interval:g} s."
+        f"throttled account's pause, the publish's minimum age and a reply's settle time from "
+        f"60 s, 30 s and 30 s to {interval:g} s."
     )
     async with local_redis(base.redis_url, workdir) as redis_url, run_simulator(port=0) as sim:
         print(f"Threads API simulator: {sim.base_url}")
         for sc in SCENARIOS:
             sim.state.set_script(sc.container_id, sc.steps)
+            for kid, steps in sc.children:
+                sim.state.set_script(kid, steps)
+            if sc.children:
+                sim.state.set_carousel(sc.container_id, [kid for kid, _ in sc.children])
+            if sc.reply_to:
+                # Published sooner than this after FINISHED, the reply would lose its reply_to.
+                sim.state.set_reply(sc.container_id, sc.reply_to, settle_seconds=interval / 2)
         settings: Settings = load_settings(
             redis_url=redis_url,
             threads_api_base_url=sim.base_url,
@@ -163,8 +193,12 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             THREADS_ACCESS_TOKEN=DEMO_TOKEN,
             POLL_INTERVAL_SECONDS=str(interval),
             POLL_MAX_SECONDS=str(window),
-            # Compressed like the schedule: the default first pause is 60 s.
+            # Compressed like the schedule: the default first pause is 60 s, the publish waits
+            # 30 s after enqueue and a reply 30 s after FINISHED.
             THROTTLE_BACKOFF_SECONDS=str(interval),
+            PUBLISH_MIN_AGE_SECONDS=str(interval),
+            PUBLISH_REPLY_SETTLE_SECONDS=str(interval),
+            PUBLISH_GRACE_SECONDS=str(interval / 4),
             KEY_PREFIX=DEMO_PREFIX,
             LOG_FORMAT="json",
         )
@@ -211,14 +245,23 @@ async def _feed_and_watch(
     keys = Keys(settings.key_prefix)
     # Clear the previous demo's results so every container is polled afresh.
     for sc in SCENARIOS:
-        await redis.delete(keys.result(sc.container_id))
-    half = len(SCENARIOS) // 2
-    await enqueue_many(redis, [s.container_id for s in SCENARIOS[:half]], settings=settings)
-    for sc in SCENARIOS[half:]:
+        await redis.delete(keys.result(sc.container_id), *(keys.result(k) for k, _ in sc.children))
+    plain = [sc for sc in SCENARIOS if not sc.children and not sc.reply_to]
+    half = len(plain) // 2
+    await enqueue_many(redis, [s.container_id for s in plain[:half]], settings=settings)
+    for sc in plain[half:]:
         await redis.xadd(keys.intake, {"container_id": sc.container_id})
+    for sc in SCENARIOS:
+        if sc.children:
+            kids = ",".join(kid for kid, _ in sc.children)
+            await redis.xadd(keys.intake, {"container_id": sc.container_id, "children": kids})
+        if sc.reply_to:
+            await enqueue(
+                redis, sc.container_id, publish=True, reply_to=sc.reply_to, settings=settings
+            )
     print(
-        f"Enqueued {half} containers with the Python API and {len(SCENARIOS) - half} with "
-        f"XADD {keys.intake}\n"
+        f"Enqueued {half + 1} containers with the Python API (one a reply, auto-published) and "
+        f"{len(plain) - half} with XADD {keys.intake}, plus a carousel (XADD with children)\n"
     )
     t0 = time.monotonic()
     results = {}

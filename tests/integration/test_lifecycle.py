@@ -354,7 +354,13 @@ async def test_publishing_waits_while_the_account_is_paused(
     redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
 ) -> None:
     """The quota and publish calls obey the account's throttle pause like the checks do."""
-    settings = settings.model_copy(update={"publish_grace_seconds": 1.0, "poll_max_seconds": 10.0})
+    settings = settings.model_copy(
+        update={
+            "publish_grace_seconds": 1.0,
+            "poll_max_seconds": 10.0,
+            "publish_min_age_seconds": 0,
+        }
+    )
     sim.state.set_script("7202", ["FINISHED"])
     await enqueue(redis, "7202", account="888", publish=True, settings=settings)
 

@@ -20,7 +20,12 @@ ACCOUNT = "777"
 
 
 def pub_settings(settings: Settings, **more: object) -> Settings:
-    update: dict[str, object] = {"publish_grace_seconds": 0.1, "poll_max_seconds": 3.0}
+    # The minimum age (30 s by default) is tested on its own, below.
+    update: dict[str, object] = {
+        "publish_grace_seconds": 0.1,
+        "poll_max_seconds": 3.0,
+        "publish_min_age_seconds": 0.0,
+    }
     update.update(more)
     return settings.model_copy(update=update)
 
@@ -108,11 +113,13 @@ async def test_unconfirmed_and_never_published_times_out_without_a_second_call(
     settings = pub_settings(settings, poll_max_seconds=1.5)
     sim.state.set_publish_fault("9105", "500")  # a 5xx: we cannot know it did nothing
     r = await publish_one(redis, settings, sim, "9105", ["FINISHED"])
+    # Issue 14: PUBLISH_UNCONFIRMED (was TIMED_OUT), telling the operator to look first.
     assert (r.status, r.publish_status, r.last_api_status) == (
-        "TIMED_OUT",
+        "PUBLISH_UNCONFIRMED",
         "unconfirmed",
         "FINISHED",
     )
+    assert r.last_error and "before reposting" in r.last_error
     calls = sim.state.calls_for("9105")
     assert (calls.publish_calls, calls.publishes) == (1, 0)
     assert calls.count >= 2  # it went back to checking the status
@@ -135,8 +142,10 @@ async def test_not_ready_gives_up_after_max_attempts(
     settings = pub_settings(settings, publish_max_attempts=2)
     sim.state.set_publish_fault("9107", "not_ready")
     r = await publish_one(redis, settings, sim, "9107", ["FINISHED"])
-    assert (r.status, r.publish_status) == ("PUBLISH_FAILED", "failed")
+    # Issue 14: NEEDS_RECREATE (was PUBLISH_FAILED): only a new container can be published.
+    assert (r.status, r.publish_status) == ("NEEDS_RECREATE", "needs_recreate")
     assert r.last_error_code == 24 and r.last_error_subcode == 4279009
+    assert r.last_error and "create a new container" in r.last_error
     assert sim.state.calls_for("9107").publish_calls == 2
 
 
@@ -175,7 +184,7 @@ async def test_never_two_publishes_with_two_workers_and_faults(
             # Ambiguous and in fact not published: never published again, polled until the
             # window ended, and the result says the outcome is unknown.
             assert calls.publishes == 0, cid
-            assert (r.status, r.publish_status) == ("TIMED_OUT", "unconfirmed"), (cid, r)
+            assert (r.status, r.publish_status) == ("PUBLISH_UNCONFIRMED", "unconfirmed"), (cid, r)
         else:
             assert calls.publishes == 1, cid
             assert r.status == "PUBLISHED", (cid, r.status, r.last_error)
@@ -207,6 +216,7 @@ async def test_worker_killed_mid_publish_does_not_publish_twice(
         HTTP_TIMEOUT_SECONDS="2",
         JOB_TIMEOUT_SECONDS="4",
         PUBLISH_GRACE_SECONDS="0.1",
+        PUBLISH_MIN_AGE_SECONDS="0",
     )
     first = await start_worker(env, tmp_path / "w1.log")
     await wait_until(lambda: sim.state.calls_for("9401").publish_calls == 1, timeout=20)

@@ -165,6 +165,18 @@ async def test_fresh_enqueue_reads_back_like_the_full_schema(
         "account": options.get("account"),
         "runs": 0,
         "strikes": 0,
+        # Issue 14: replies and carousels (empty for a plain container).
+        "reply_to": None,
+        "children": [],
+        "children_pending": 0,
+        "children_ready_at": None,
+        "failed_child": None,
+        "failed_child_status": None,
+        "failed_child_error": None,
+        "carousel_parent": None,
+        "reply_quota_usage": None,
+        "reply_quota_total": None,
+        "publish_note": None,
     }
     # Exactly what the old 34-field hash of the same poll reads as.
     assert r == PollResult.from_hash(legacy_hash(h))

@@ -512,6 +512,8 @@ async def test_call_log(sim: RunningSimulator, http: aiohttp.ClientSession) -> N
         "accounts": [],
         "publish_calls": 0,
         "publishes": 0,
+        "early_parent_calls": 0,
+        "lost_reply_to": 0,
     }
     _, records = await admin(http, sim, "GET", "/requests")
     assert [(r["kind"], r["id"], r["answer"]) for r in records] == [

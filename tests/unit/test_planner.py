@@ -9,7 +9,7 @@ poll ends in a bounded time, and a final state stays final.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import event, given, settings
@@ -21,7 +21,7 @@ from api_client.errors import (
     RequestTimeoutError,
     ThreadsError,
 )
-from api_client.models import ContainerStatus
+from api_client.models import ContainerStatus, PublishingLimit, QuotaConfig
 from api_client.policy import ErrorKind
 from worker.core.decisions import EARLY_TOLERANCE_SECONDS, Schedule
 from worker.core.errors import failure_of
@@ -36,9 +36,12 @@ from worker.core.planner import (
     TokenState,
     after_publish,
     after_status,
+    children_deadline,
+    not_ready_backoff,
     phase_of,
     plan_run,
     publish_not_claimed,
+    publish_quota,
     quota_exhausted,
 )
 from worker.core.publishing import PublishStatus, PublishVerdict, judge_publish
@@ -138,8 +141,10 @@ def hash_of(r: PollResult) -> dict[str, str]:
     """Enough of ``r`` as a hash to rebuild it (the fields these tests use)."""
     h: dict[str, str] = {"updated_at": "1"}
     for name, value in r.to_dict().items():
-        if value is None or value == "" or value is False or value == 0:
+        if value is None or value == "" or value is False or value == 0 or value == []:
             continue
+        if isinstance(value, list):
+            value = ",".join(value)
         h[name] = "1" if value is True else str(value)
     h["generation"] = r.generation
     h["final"] = "1" if r.final else "0"
@@ -329,7 +334,9 @@ def test_a_publish_in_flight_is_never_repeated(kw: dict[str, object]) -> None:
 def test_a_publish_in_flight_past_the_window_times_out_unconfirmed() -> None:
     r = publish_due(publish_status=PublishStatus.IN_FLIGHT, publish_attempts=1)
     rec = as_record(plan(r, DEADLINE + 30))
-    assert rec.decision.final and rec.decision.status == State.TIMED_OUT
+    # Issue 14: distinct from TIMED_OUT, telling the operator to look before reposting.
+    assert rec.decision.final and rec.decision.status == State.PUBLISH_UNCONFIRMED
+    assert rec.decision.hint is not None and "before reposting" in rec.decision.hint
     assert rec.changes.hash_fields() == {"publish_status": PublishStatus.UNCONFIRMED}
 
 
@@ -473,9 +480,12 @@ def test_unconfirmed_publish_keeps_polling_on_finished_until_published() -> None
     assert phase_of(r) is Phase.AWAITING_PUBLISHED
     d = status_record(r, cs(State.PUBLISHED), T0 + 4).decision
     assert d.final and d.status == State.PUBLISHED
-    # The window ends first: TIMED_OUT, still unconfirmed.
+    # ... and says the media id is unknown.
+    assert status_record(r, cs(State.PUBLISHED), T0 + 4).changes.publish_note
+    # The window ends first: PUBLISH_UNCONFIRMED (issue 14; was TIMED_OUT), still unconfirmed.
     last = status_record(r, cs(State.FINISHED), DEADLINE + SLACK)
-    assert last.decision.final and last.decision.status == State.TIMED_OUT
+    assert last.decision.final and last.decision.status == State.PUBLISH_UNCONFIRMED
+    assert last.decision.error is not None and "within the window" in str(last.decision.error)
 
 
 def test_a_rejected_token_fails_with_the_hint() -> None:
@@ -525,22 +535,27 @@ def test_unconfirmed_goes_back_to_polling() -> None:
         "publish_status": PublishStatus.UNCONFIRMED
     }
     late = publish_record(PublishVerdict.UNCONFIRMED, error=err, now=DEADLINE + 30)
-    assert late.decision.final and late.decision.status == State.TIMED_OUT
+    assert late.decision.final and late.decision.status == State.PUBLISH_UNCONFIRMED
     assert late.decision.error == failure_of(err)
     assert late.changes.hash_fields() == {"publish_status": PublishStatus.UNCONFIRMED}
 
 
-def test_not_ready_is_tried_again_after_the_grace_then_fails() -> None:
+def test_not_ready_is_tried_again_with_back_off_then_needs_recreate() -> None:
     err = GraphAPIError("not ready", code=24, subcode=4279009, http_status=400)
     rec = publish_record(PublishVerdict.NOT_READY, attempts=0, error=err)
     assert not rec.decision.final and rec.decision.next_check_at == T0 + 3 + 0.5
     assert rec.changes.hash_fields() == {"publish_status": PublishStatus.PENDING}
-    # ``r`` is the poll before the claim: attempts 2 -> this was the 3rd and last.
+    # The wait doubles: the grace after the 1st attempt, twice the grace after the 2nd.
+    second = publish_record(PublishVerdict.NOT_READY, attempts=1, error=err)
+    assert second.decision.next_check_at == T0 + 3 + 1.0
+    # ``r`` is the poll before the claim: attempts 2 -> this was the 3rd and last. Issue 14:
+    # NEEDS_RECREATE (was PUBLISH_FAILED), the Graph error kept, the way out said.
     last = publish_record(PublishVerdict.NOT_READY, attempts=2, error=err)
-    assert last.decision.final and last.decision.status == State.PUBLISH_FAILED
+    assert last.decision.final and last.decision.status == State.NEEDS_RECREATE
     assert last.decision.error == failure_of(err) and last.changes.hash_fields() == {
-        "publish_status": PublishStatus.FAILED
+        "publish_status": PublishStatus.NEEDS_RECREATE
     }
+    assert last.decision.hint is not None and "create a new container" in last.decision.hint
 
 
 def test_retry_later_waits_an_interval() -> None:
@@ -587,6 +602,141 @@ def test_every_publish_verdict_is_covered() -> None:
 def test_a_claim_held_elsewhere_is_not_a_record() -> None:
     for claim in ("in_flight", "unconfirmed", "stale", ""):
         assert isinstance(publish_not_claimed(claim, POLICY), Skip)
+
+
+# --- carousels, replies, the publish's timing and quota (issue 14) ---------------------------
+
+
+def carousel(**fields: object) -> PollResult:
+    """A carousel's parent as enqueue.lua writes it: its job waits for its children."""
+    base: dict[str, object] = {
+        "children": "11,12,13",
+        "children_pending": 3,
+        "next_check_at": stamp(DEADLINE),
+    }
+    return poll(**{**base, **fields})
+
+
+def test_a_carousel_parent_waits_for_its_children_without_a_call() -> None:
+    r = carousel()
+    assert phase_of(r) is Phase.WAITING_CHILDREN
+    for now in (T0, DEADLINE, DEADLINE + 5):
+        rec = as_record(plan(r, now))
+        # Only a safety net: deferred to the children's latest end, nothing touched.
+        assert not rec.decision.final and not rec.decision.touch
+        assert rec.decision.next_check_at == children_deadline(r, POLICY)
+    # Throttled or tokenless accounts change nothing: the parent makes no call to fail.
+    rec = as_record(plan(r, T0, token=TokenState.MISSING, throttled_until=T0 + 100.0))
+    assert not rec.decision.final
+
+
+def test_ready_children_start_the_parents_own_window() -> None:
+    h = hash_of(carousel())
+    for child in ("11", "12"):
+        child_ended(h, child, State.FINISHED, "", now_ms=int((T0 + 2) * 1000))
+    assert phase_of(load(h)) is Phase.WAITING_CHILDREN and load(h).children_pending == 1
+    child_ended(h, "13", State.FINISHED, "", now_ms=int((T0 + 4) * 1000))
+    r = load(h)
+    assert phase_of(r) is Phase.POLLING and r.children_ready_at == T0 + 4
+    # Its own window starts when the last child is FINISHED, and its first check is due.
+    assert r.deadline_at == pytest.approx(T0 + 4 + 5.0) and r.next_check_at == T0 + 4
+    assert isinstance(plan(r, T0 + 4), CallStatus)
+    # From then on it is polled like any container: IN_PROGRESS at t+9 is still in its window.
+    r = apply(r, status_record(r, cs(State.IN_PROGRESS), T0 + 4), T0 + 4)
+    assert isinstance(plan(r, T0 + 8.5), CallStatus)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(State.ERROR, "FAILED_DOWNLOADING_VIDEO"), (State.EXPIRED, ""), (State.TIMED_OUT, "")],
+)
+def test_a_failed_child_ends_the_parent_naming_it(status: str, error: str) -> None:
+    h = hash_of(carousel())
+    child_ended(h, "11", State.FINISHED, "", now_ms=int((T0 + 1) * 1000))
+    child_ended(h, "12", status, error, now_ms=int((T0 + 2) * 1000))
+    # The first failure wins; a later one, or the last FINISHED, changes nothing.
+    child_ended(h, "13", State.FINISHED, "", now_ms=int((T0 + 3) * 1000))
+    r = load(h)
+    assert phase_of(r) is Phase.WAITING_CHILDREN and r.next_check_at == T0 + 2
+    rec = as_record(plan(r, T0 + 2))
+    d = rec.decision
+    assert d.final and d.status == State.CHILD_FAILED and (d.error_message or "") == error
+    assert d.error is not None and "carousel child 12 ended " + status in str(d.error)
+    fields = record_fields(r, d, checked_at=None, changes=rec.changes)
+    assert "12" in fields["last_error"] and "recreate" in fields["last_error"]
+    if error:
+        assert fields["error_message"] == error and fields["error_explanation"]
+
+
+def test_children_that_never_all_finish_time_out_the_parent_saying_so() -> None:
+    r = carousel(children_pending=1)
+    rec = as_record(plan(r, children_deadline(r, POLICY)))
+    d = rec.decision
+    assert d.final and d.status == State.TIMED_OUT
+    assert d.error is not None and "1 of 3 still pending" in str(d.error)
+
+
+def test_a_publish_waits_the_minimum_age_and_a_reply_its_settle_time() -> None:
+    policy = Policy(
+        schedule=POLICY.schedule,
+        max_delay=10.0,
+        publish_grace=0.5,
+        publish_max_attempts=3,
+        publish_min_age=30.0,
+        reply_settle=20.0,
+    )
+    post = poll(status=State.IN_PROGRESS, checks=1, publish=True)
+    rec = after_status(post, cs(State.FINISHED), now=T0 + 2, paused_until=0, policy=policy)
+    assert rec.decision.next_check_at == T0 + 30.0  # the age, not the grace
+    late = after_status(post, cs(State.FINISHED), now=T0 + 40, paused_until=0, policy=policy)
+    assert late.decision.next_check_at == T0 + 40.5  # the grace
+    reply = poll(status=State.IN_PROGRESS, checks=1, publish=True, reply_to="555")
+    rec = after_status(reply, cs(State.FINISHED), now=T0 + 40, paused_until=0, policy=policy)
+    assert rec.decision.next_check_at == T0 + 60.0  # the reply's settle time
+    # An early run (its re-schedule lost) does not publish before then.
+    after = apply(reply, rec, T0 + 40)
+    early = as_record(plan(after, T0 + 45, policy=policy))
+    assert not early.decision.touch and early.decision.next_check_at == T0 + 60.0
+
+
+def limit_of(posts_used: int, replies_used: int) -> PublishingLimit:
+    return PublishingLimit(
+        quota_usage=posts_used,
+        config=QuotaConfig(quota_total=250, quota_duration=86400),
+        reply_quota_usage=replies_used,
+        reply_config=QuotaConfig(quota_total=1000, quota_duration=86400),
+    )
+
+
+def test_a_reply_spends_the_reply_quota_and_a_post_the_post_quota() -> None:
+    post, reply = publish_due(), publish_due(reply_to="555")
+    changes, stop = publish_quota(reply, limit_of(250, 10))
+    assert stop is None  # posts used up, replies left: a reply goes ahead
+    assert changes.hash_fields() == {"reply_quota_usage": "10", "reply_quota_total": "1000"}
+    changes, stop = publish_quota(reply, limit_of(0, 1000))
+    assert stop is not None and stop.decision.status == State.QUOTA_EXHAUSTED
+    assert "1000 of 1000 replies" in str(stop.decision.error)
+    assert stop.changes.hash_fields()["reply_quota_usage"] == "1000"
+    _, stop = publish_quota(post, limit_of(3, 1000))
+    assert stop is None
+    changes, stop = publish_quota(post, limit_of(250, 0))
+    assert stop is not None and "250 of 250 posts" in str(stop.decision.error)
+    assert stop.changes.hash_fields()["publish_status"] == PublishStatus.QUOTA_EXHAUSTED
+    # An unknown quota (a block the API left out) does not block the publish.
+    assert publish_quota(reply, PublishingLimit(quota_usage=250))[1] is None
+
+
+def test_code_10_at_publish_is_ambiguous_but_other_4xx_are_not() -> None:
+    code10 = GraphAPIError("no permission", code=10, http_status=400)
+    assert judge_publish(code10) is PublishVerdict.UNCONFIRMED
+    assert judge_publish(GraphAPIError("perm", code=200, http_status=403)) is PublishVerdict.FAILED
+
+
+def test_a_token_failure_while_unconfirmed_is_publish_unconfirmed() -> None:
+    r = publish_due(publish_status=PublishStatus.UNCONFIRMED, publish_attempts=1)
+    d = as_record(plan(r, T0 + 3, token=TokenState.REJECTED)).decision
+    assert d.final and d.status == State.PUBLISH_UNCONFIRMED
+    assert d.hint is not None and "THREADS_ACCESS_TOKEN" in d.hint and "reposting" in d.hint
 
 
 # --- the state machine ------------------------------------------------------------------------
@@ -643,6 +793,25 @@ def claim_publish(h: dict[str, str], *, now_ms: int, max_attempts: int) -> str:
     return "ok"
 
 
+def child_ended(h: dict[str, str], child: str, status: str, error: str, *, now_ms: int) -> None:
+    """record.lua's write into a carousel's parent when one of its children's poll ends (the
+    parent's job made due: ``next_check_at``)."""
+    if h.get("final") == "1":
+        return
+    if status == State.FINISHED:
+        left = int(h.get("children_pending") or 0) - 1
+        h["children_pending"] = str(left)
+        if left <= 0 and "failed_child" not in h and "children_ready_at" not in h:
+            window_ms = round((float(h["deadline_at"]) - float(h["enqueued_at"])) * 1000)
+            h["children_ready_at"] = ms_stamp(now_ms)
+            h["deadline_at"] = ms_stamp(now_ms + window_ms)
+            h["next_check_at"] = ms_stamp(now_ms)
+    elif "failed_child" not in h:
+        h.update(failed_child=child, failed_child_status=status, next_check_at=ms_stamp(now_ms))
+        if error:
+            h["failed_child_error"] = error
+
+
 @dataclass
 class World:
     """Redis (the poll's hash, its account's pause), the clock, and what the API server saw."""
@@ -661,6 +830,11 @@ class World:
     published_on_server: bool = False
     # A publish call was answered with a media id or ambiguously: it may have published.
     maybe_published: bool = False
+    # A carousel: its children whose polls have not ended yet, and the first that failed.
+    children_left: list[str] = field(default_factory=list)
+    child_failure: tuple[str, str, str] | None = None
+    # Which quota a publish found used up ("post" / "reply").
+    quota_exhausted: str | None = None
 
     @property
     def now(self) -> float:
@@ -687,7 +861,16 @@ STATUS_ANSWERS = [
     "throttled",
     "not_found",
 ]
-PUBLISH_ANSWERS = ["media_id", "not_ready", "timeout", "5xx", "4xx", "refused", "throttled"]
+PUBLISH_ANSWERS = [
+    "media_id",
+    "not_ready",
+    "timeout",
+    "5xx",
+    "4xx",
+    "code10",
+    "refused",
+    "throttled",
+]
 
 
 def status_answer(label: str, *, published: bool) -> ContainerStatus | ThreadsError:
@@ -708,7 +891,9 @@ def publish_answer(label: str) -> str | ThreadsError:
         "not_ready": GraphAPIError("not ready", code=24, subcode=4279009, http_status=400),
         "timeout": RequestTimeoutError("publish timed out"),
         "5xx": GraphAPIError("oops", code=1, http_status=500),
-        "4xx": GraphAPIError("bad", code=10, http_status=400),
+        "4xx": GraphAPIError("bad", code=200, http_status=400),
+        # Code 10 at publish has come back for posts that went out: ambiguous.
+        "code10": GraphAPIError("no permission", code=10, http_status=400),
         "refused": NetworkError("connection refused", request_sent=False),
         "throttled": GraphAPIError("limit", code=4, http_status=400),
     }
@@ -729,13 +914,23 @@ def time_bound(policy: Policy, w: World, final: PollResult) -> float:
     the last.
     """
     s = policy.schedule
+    ticks = w.runs * RUN_TICK_MS / 1000
+    extra = w.pause_total + w.crash_delay_total + ticks + 1e-3
+    if final.is_carousel and final.children_ready_at is None:
+        # A parent whose children never all became FINISHED is never polled: it ends when one
+        # fails, or at the latest when the children's window (and its slack) is over.
+        return children_deadline(final, policy) + extra
     deadline = (final.deadline_at or 0.0) + min(final.window_delay, policy.max_delay)
     publish = 0.0
     if final.publish:
-        per_attempt = max(policy.publish_grace, s.interval, 0.05)
-        publish = policy.publish_grace + policy.publish_max_attempts * per_attempt
-    ticks = w.runs * RUN_TICK_MS / 1000
-    return deadline + s.slack + publish + w.pause_total + w.crash_delay_total + ticks + 1e-3
+        # The first claim waits the grace (a reply's settle time) and the minimum age; each
+        # attempt but the last is followed by its back-off (not ready) or an interval (retry
+        # later), the last by an interval before the claim that finds the attempts used up.
+        settle = max(policy.publish_grace, policy.reply_settle if final.reply_to else 0.0)
+        publish = settle + policy.publish_min_age + max(s.interval, 0.05)
+        for k in range(1, policy.publish_max_attempts):
+            publish += max(not_ready_backoff(policy, k), s.interval, 0.05)
+    return deadline + s.slack + publish + extra
 
 
 def test_the_time_bound_is_reached_by_a_publish_retried_at_the_window_end() -> None:
@@ -833,6 +1028,9 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         assert write_record(h, current, p, now_ms=w.clock_ms, checked_at=None)
         return
     if isinstance(p, CallStatus):
+        # (d) a carousel's parent is never polled before every child is FINISHED.
+        assert not (current.is_carousel and current.children_ready_at is None), current
+        assert not w.children_left and w.child_failure is None
         # No check past the window: a late run (after a crash) times out without calling.
         s = policy.schedule
         if current.checks > 0:
@@ -868,9 +1066,22 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
     if point == "before claim":
         w.crash(crash_delay(data))
         return
-    if data.draw(st.sampled_from([False] * 19 + [True]), label="no posts left"):
-        rec = quota_exhausted(250, 250)
-        assert write_record(h, current, rec, now_ms=w.clock_ms, checked_at=None)
+    # (e) no publish before the grace (a reply: its settle time) and the minimum age.
+    settle = max(policy.publish_grace, policy.reply_settle if current.reply_to else 0.0)
+    assert current.finished_at is not None and current.enqueued_at is not None
+    earliest = max(current.finished_at + settle, current.enqueued_at + policy.publish_min_age)
+    assert now >= earliest - EARLY_TOLERANCE_SECONDS - 2e-3, (now, earliest)
+    used_up = data.draw(st.sampled_from([None] * 8 + ["post", "reply"]), label="quota used up")
+    limit = PublishingLimit(
+        quota_usage=250 if used_up == "post" else 3,
+        config=QuotaConfig(quota_total=250),
+        reply_quota_usage=1000 if used_up == "reply" else 5,
+        reply_config=QuotaConfig(quota_total=1000),
+    )
+    quota, stop = publish_quota(current, limit)
+    if stop is not None:
+        w.quota_exhausted = used_up
+        assert write_record(h, current, stop, now_ms=w.clock_ms, checked_at=None)
         return
     claim = claim_publish(h, now_ms=w.clock_ms, max_attempts=policy.publish_max_attempts)
     if claim != "ok":
@@ -906,7 +1117,36 @@ def run_once(data: st.DataObject, w: World, policy: Policy) -> None:
         now=now,
         policy=policy,
     )
+    rec = Record(rec.decision, quota.merged(rec.changes))
     assert write_record(h, current, rec, now_ms=w.clock_ms, checked_at=None)
+
+
+def maybe_child_ends(data: st.DataObject, w: World, policy: Policy) -> bool:
+    """Sometimes one of a carousel's children ends its own poll before the parent's job runs
+    (its record writes into the parent: ``child_ended``). True when one did."""
+    offset_ms = data.draw(
+        st.sampled_from([0, 300, 1500, 4000, 0, 300, None]), label="child ends in"
+    )
+    if offset_ms is None:
+        return False
+    at = w.clock_ms + offset_ms
+    due = round(float(w.h["next_check_at"]) * 1000)
+    # A child's poll ends within its window (the parent's until they are ready) or not at all.
+    child_end = float(w.h["deadline_at"]) + policy.max_delay + policy.schedule.slack
+    if at > due or at / 1000 > child_end:
+        return False
+    w.clock_ms = at
+    i = data.draw(st.integers(0, len(w.children_left) - 1), label="which child")
+    child = w.children_left.pop(i)
+    status = data.draw(
+        st.sampled_from([State.FINISHED] * 5 + [State.ERROR, State.EXPIRED, State.TIMED_OUT]),
+        label="child's final status",
+    )
+    error = "FAILED_DOWNLOADING_VIDEO" if status == State.ERROR else ""
+    if status != State.FINISHED and w.child_failure is None:
+        w.child_failure = (child, status, error)
+    child_ended(w.h, child, status, error, now_ms=at)
+    return True
 
 
 policies = st.builds(
@@ -919,14 +1159,23 @@ policies = st.builds(
     max_delay=st.sampled_from([10.0, 0.0, 3.0]),
     publish_grace=st.sampled_from([0.5, 2.0, 5.0]),
     publish_max_attempts=st.sampled_from([3, 1]),
+    publish_min_age=st.sampled_from([0.0, 0.0, 3.0, 8.0]),
+    reply_settle=st.sampled_from([0.0, 4.0]),
 )
+KINDS = ["post", "post", "reply", "carousel", "carousel"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(policy=policies, publish=st.sampled_from([True, True, True, False]), data=st.data())
+@given(
+    policy=policies,
+    publish=st.sampled_from([True, True, True, False]),
+    kind=st.sampled_from(KINDS),
+    data=st.data(),
+)
 def test_a_poll_is_published_at_most_once_and_always_ends(
-    policy: Policy, publish: bool, data: st.DataObject
+    policy: Policy, publish: bool, kind: str, data: st.DataObject
 ) -> None:
+    """Posts, replies and carousels (whose children end at random times, in any state)."""
     start_ms = int(T0 * 1000)
     window_ms = round(policy.schedule.window * 1000)
     h = {
@@ -941,8 +1190,21 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
     if publish:
         h["publish"] = "1"
     w = World(h=h, clock_ms=start_ms)
+    if kind == "reply":
+        h["reply_to"] = "555"
+    if kind == "carousel":
+        # As enqueue.lua writes a carousel's parent: its job waits for its children.
+        children = [str(11 + i) for i in range(data.draw(st.integers(2, 4), label="children"))]
+        h.update(
+            children=",".join(children),
+            children_pending=str(len(children)),
+            next_check_at=h["deadline_at"],
+        )
+        w.children_left = list(children)
 
     while h.get("final") != "1" and w.runs < MAX_RUNS:
+        if w.children_left and maybe_child_ends(data, w, policy):
+            continue
         run_once(data, w, policy)
 
     # (b) it ends, within a bounded number of runs and by a bounded time.
@@ -956,14 +1218,38 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
     assert not (final.publish and final.status == State.FINISHED)
     if final.publish_status == PublishStatus.PUBLISHED:
         assert w.published_on_server
-    if final.status in (State.PUBLISH_FAILED, State.QUOTA_EXHAUSTED):
+    if final.status in (State.PUBLISH_FAILED, State.QUOTA_EXHAUSTED, State.NEEDS_RECREATE):
         assert not w.maybe_published
+    if final.status == State.PUBLISH_UNCONFIRMED:
+        # Only after a claim whose call may have gone out (answered ambiguously, or its run died).
+        assert final.publish_attempts >= 1 and final.publish_status == PublishStatus.UNCONFIRMED
+    if final.status == State.QUOTA_EXHAUSTED:
+        # The quota that stopped it is the one it spends.
+        assert w.quota_exhausted == ("reply" if kind == "reply" else "post")
     assert w.publish_calls <= policy.publish_max_attempts
     assert final.checks <= policy.schedule.max_checks
+    if kind == "reply":
+        assert final.reply_to == "555"
+    if kind == "carousel" and final.children_ready_at is None:
+        # Never polled; a failed child ends it naming the child and its error_message.
+        assert w.status_calls == 0 and w.publish_calls == 0
+        if w.child_failure is not None:
+            child, status, error = w.child_failure
+            assert final.status == State.CHILD_FAILED, final
+            assert (final.failed_child, final.failed_child_status) == (child, status)
+            assert (final.error_message or "") == error
+            assert final.last_error is not None and child in final.last_error
+        else:
+            assert final.status == State.TIMED_OUT
     # (c) a poll that stopped without a final answer always says why.
-    if final.status == State.TIMED_OUT:
+    if final.status in (
+        State.TIMED_OUT,
+        State.PUBLISH_UNCONFIRMED,
+        State.NEEDS_RECREATE,
+        State.CHILD_FAILED,
+    ):
         assert final.last_error, h
-    event(f"final {final.status}, publish_status {final.publish_status}")
+    event(f"{kind}: final {final.status}, publish_status {final.publish_status}")
     event(f"{w.publish_calls} publish calls, {w.faults} faults, {w.pauses} pauses")
 
     # (c) a final state is never changed: any later run is skipped, and a record is refused.
@@ -982,6 +1268,7 @@ def test_a_poll_is_published_at_most_once_and_always_ends(
     stray = after_status(final, cs(State.IN_PROGRESS), now=w.now, paused_until=0.0, policy=policy)
     assert not write_record(h, final, stray, now_ms=w.clock_ms + 1, checked_at=w.now)
     assert claim_publish(h, now_ms=w.clock_ms, max_attempts=policy.publish_max_attempts) == "stale"
+    child_ended(h, "99", State.ERROR, "UNKNOWN", now_ms=w.clock_ms + 1)
     assert h == before
 
 

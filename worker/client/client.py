@@ -14,6 +14,7 @@ the environment here; ``from_settings`` is the one bridge from ``Settings``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 import time
@@ -26,7 +27,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_id, validate_webhook_url
+from worker.core.ids import validate_children, validate_id, validate_webhook_url
 from worker.core.result import PollResult
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
@@ -69,14 +70,42 @@ def build_requests(
     force: bool = False,
     publish: bool = False,
     webhook_url: str | None = None,
+    reply_to: str | None = None,
 ) -> list[EnqueueRequest]:
     """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError).
 
     Repeated ids are folded into one request, in order of first appearance."""
     acct = validate_id(account, what="account id") if account is not None else None
     hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
+    reply = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
     ids = _ids(container_ids)
-    return [EnqueueRequest(cid, acct, force, publish, hook) for cid in dict.fromkeys(ids)]
+    return [
+        EnqueueRequest(cid, acct, force, publish, hook, reply_to=reply)
+        for cid in dict.fromkeys(ids)
+    ]
+
+
+def build_carousel(
+    parent: str,
+    children: Iterable[str],
+    *,
+    account: str | None = None,
+    force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
+    reply_to: str | None = None,
+) -> EnqueueRequest:
+    """A carousel: its parent container and its 2 to 20 item containers, validated."""
+    (req,) = build_requests(
+        [parent],
+        account=account,
+        force=force,
+        publish=publish,
+        webhook_url=webhook_url,
+        reply_to=reply_to,
+    )
+    kids = validate_children(list(children), parent=req.container_id)
+    return dataclasses.replace(req, children=kids)
 
 
 def _window(value: float, result_ttl_seconds: int) -> float:
@@ -179,6 +208,7 @@ class PollerClient:
         publish: bool = False,
         webhook_url: str | None = None,
         window_seconds: float | None = None,
+        reply_to: str | None = None,
     ) -> list[EnqueueOutcome]:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
@@ -186,17 +216,53 @@ class PollerClient:
         writes nothing. An id already being polled creates no job (``duplicate``); one already
         final is left alone (``final``) unless ``force``. ``publish=True`` publishes each
         container once FINISHED; ``webhook_url`` gets the final state, signed.
-        ``window_seconds`` (default: the client's) fixes each new poll's window."""
-        window = (
-            self.window_seconds
-            if window_seconds is None
-            else _window(window_seconds, self._store.result_ttl_seconds)
-        )
+        ``window_seconds`` (default: the client's) fixes each new poll's window. ``reply_to``
+        (a media id) says the containers are replies: their publish spends the reply quota and
+        waits PUBLISH_REPLY_SETTLE_SECONDS after FINISHED."""
         requests = build_requests(
-            container_ids, account=account, force=force, publish=publish, webhook_url=webhook_url
+            container_ids,
+            account=account,
+            force=force,
+            publish=publish,
+            webhook_url=webhook_url,
+            reply_to=reply_to,
         )
-        done = await self._store.enqueue(requests, window_seconds=window)
+        done = await self._store.enqueue(requests, window_seconds=self._window_of(window_seconds))
         return [EnqueueOutcome.of(e) for e in done]
+
+    def _window_of(self, window_seconds: float | None) -> float:
+        if window_seconds is None:
+            return self.window_seconds
+        return _window(window_seconds, self._store.result_ttl_seconds)
+
+    async def enqueue_carousel(
+        self,
+        parent: str,
+        children: Iterable[str],
+        *,
+        account: str | None = None,
+        force: bool = False,
+        publish: bool = False,
+        webhook_url: str | None = None,
+        window_seconds: float | None = None,
+        reply_to: str | None = None,
+    ) -> EnqueueOutcome:
+        """Poll a carousel as one unit: its 2 to 20 children each get their own poll (and
+        result); the parent is polled only once every child is FINISHED, and ends
+        ``CHILD_FAILED`` (naming the child) as soon as one ends otherwise. ``publish`` publishes
+        the parent once FINISHED (the children are never published on their own). The outcome
+        is the parent's; a parent already being polled starts nothing new (``duplicate``)."""
+        req = build_carousel(
+            parent,
+            children,
+            account=account,
+            force=force,
+            publish=publish,
+            webhook_url=webhook_url,
+            reply_to=reply_to,
+        )
+        (done,) = await self._store.enqueue([req], window_seconds=self._window_of(window_seconds))
+        return EnqueueOutcome.of(done)
 
     async def enqueue(
         self,
@@ -207,6 +273,7 @@ class PollerClient:
         publish: bool = False,
         webhook_url: str | None = None,
         window_seconds: float | None = None,
+        reply_to: str | None = None,
     ) -> EnqueueOutcome:
         """``enqueue_many`` of one id."""
         (outcome,) = await self.enqueue_many(
@@ -216,6 +283,7 @@ class PollerClient:
             publish=publish,
             webhook_url=webhook_url,
             window_seconds=window_seconds,
+            reply_to=reply_to,
         )
         return outcome
 

@@ -29,11 +29,17 @@ async def enqueue_many(
     force: bool = False,
     publish: bool = False,
     webhook_url: str | None = None,
+    reply_to: str | None = None,
     settings: Settings,
 ) -> list[EnqueueOutcome]:
     """Start polling; ``publish=True`` also publishes each container once it is FINISHED."""
     return await PollerClient.from_settings(settings, redis).enqueue_many(
-        container_ids, account=account, force=force, publish=publish, webhook_url=webhook_url
+        container_ids,
+        account=account,
+        force=force,
+        publish=publish,
+        webhook_url=webhook_url,
+        reply_to=reply_to,
     )
 
 
@@ -45,8 +51,38 @@ async def enqueue(
     force: bool = False,
     publish: bool = False,
     webhook_url: str | None = None,
+    reply_to: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     return await PollerClient.from_settings(settings, redis).enqueue(
-        container_id, account=account, force=force, publish=publish, webhook_url=webhook_url
+        container_id,
+        account=account,
+        force=force,
+        publish=publish,
+        webhook_url=webhook_url,
+        reply_to=reply_to,
+    )
+
+
+async def enqueue_carousel(
+    redis: Redis,
+    parent: str,
+    children: Iterable[str],
+    *,
+    account: str | None = None,
+    force: bool = False,
+    publish: bool = False,
+    webhook_url: str | None = None,
+    reply_to: str | None = None,
+    settings: Settings,
+) -> EnqueueOutcome:
+    """``PollerClient.enqueue_carousel``: the parent polled once every child is FINISHED."""
+    return await PollerClient.from_settings(settings, redis).enqueue_carousel(
+        parent,
+        children,
+        account=account,
+        force=force,
+        publish=publish,
+        webhook_url=webhook_url,
+        reply_to=reply_to,
     )

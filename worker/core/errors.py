@@ -5,6 +5,7 @@
     ├── BadEntryError           an intake stream entry that cannot be used (dead-lettered)
     ├── WindowEndedError        a poll's window ended without a final status (says why)
     ├── PublishError            auto-publish did not happen (quota, attempts, outcome unknown)
+    ├── CarouselChildError      a carousel's child ended without FINISHED (names the child)
     ├── RejectedTokenError      the account's token was already rejected; no request was made
     └── GaveUpError             a check job ran too often without settling
 
@@ -44,6 +45,10 @@ class WindowEndedError(PollerError):
 
 class PublishError(PollerError):
     """Auto-publish did not happen (quota, attempts used up, outcome unknown)."""
+
+
+class CarouselChildError(PollerError):
+    """A carousel's child ended without FINISHED: the carousel cannot be published."""
 
 
 class RejectedTokenError(PollerError):

@@ -23,6 +23,28 @@ def validate_id(raw: object, *, what: str = "container id") -> str:
     return value
 
 
+# Meta: a carousel has 2 to 20 items.
+MIN_CHILDREN, MAX_CHILDREN = 2, 20
+
+
+def validate_children(raw: object, *, parent: str) -> tuple[str, ...]:
+    """A carousel's item container ids: 2 to 20 distinct ids, none of them the parent."""
+    if isinstance(raw, str):
+        raw = [part for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple):
+        raise InvalidIdError("carousel children must be a list of container ids")
+    ids = tuple(validate_id(child, what="carousel child id") for child in raw)
+    if not MIN_CHILDREN <= len(ids) <= MAX_CHILDREN:
+        raise InvalidIdError(
+            f"a carousel has {MIN_CHILDREN} to {MAX_CHILDREN} children, got {len(ids)}"
+        )
+    if len(set(ids)) != len(ids):
+        raise InvalidIdError("carousel children must be distinct ids")
+    if parent in ids:
+        raise InvalidIdError(f"carousel child {parent} is the parent itself")
+    return ids
+
+
 MAX_URL_LENGTH = 2048
 
 

@@ -3,11 +3,19 @@ no clock (the caller passes ``now``, read from Redis' clock).
 
 A poll is in one phase at a time (``phase_of``):
 
+    WAITING_CHILDREN ──last child FINISHED──> POLLING   (a carousel's parent only)
+       └──a child failed / children never ready──> FINAL
+
     POLLING ──FINISHED + publish──> PUBLISH_DUE ──claim──> PUBLISH_IN_FLIGHT ──answer──> FINAL
        │                               ^   (certainly not published: back to due)   │
        │                               └────────────────────────────────────────────┤
        │                             ambiguous answer / run died in flight           v
        └──final status, window over──> FINAL <──PUBLISHED / window over── AWAITING_PUBLISHED
+
+A carousel's parent waits on its children through its hash: each child's final record updates
+the parent's ``children_pending`` (or ``failed_child``) in the same script and makes the parent's
+job due (``store/lua/record.lua``), so nothing polls Redis and the parent costs no API call
+before every child is FINISHED.
 
 ``plan_run`` turns (the poll, its account's state, the token's state, now) into one plan: skip
 the run, record something without calling the API (a deferral, a final state), or call the API
@@ -21,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from api_client.errors import GraphAPIError, MissingTokenError, ThreadsError
-from api_client.models import ContainerStatus
+from api_client.models import ContainerStatus, PublishingLimit
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import (
     Decision,
@@ -34,7 +42,13 @@ from worker.core.decisions import (
     wait_before_check,
     window_closed,
 )
-from worker.core.errors import PublishError, RejectedTokenError, WindowEndedError, failure_of
+from worker.core.errors import (
+    CarouselChildError,
+    PublishError,
+    RejectedTokenError,
+    WindowEndedError,
+    failure_of,
+)
 from worker.core.publishing import PublishStatus, PublishVerdict
 from worker.core.result import CLEAR, Changes, PollResult
 from worker.core.states import State
@@ -45,6 +59,7 @@ NOT_FOUND_STRIKES = 2
 
 
 class Phase(StrEnum):
+    WAITING_CHILDREN = "waiting_children"
     POLLING = "polling"
     PUBLISH_DUE = "publish_due"
     PUBLISH_IN_FLIGHT = "publish_in_flight"
@@ -67,6 +82,11 @@ class Policy:
     max_delay: float
     publish_grace: float
     publish_max_attempts: int
+    # No publish sooner than this after enqueue (Meta: "on average 30 seconds").
+    publish_min_age: float = 0.0
+    # A reply's wait after FINISHED instead of the grace (video replies published a few
+    # seconds after FINISHED lost their reply_to_id).
+    reply_settle: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +120,8 @@ Plan = Skip | Record | CallStatus | CallPublish
 def phase_of(r: PollResult) -> Phase:
     if r.final:
         return Phase.FINAL
+    if r.is_carousel and r.children_ready_at is None:
+        return Phase.WAITING_CHILDREN
     if r.publish and r.status == State.FINISHED:
         if r.publish_status == PublishStatus.PENDING:
             return Phase.PUBLISH_DUE
@@ -117,14 +139,14 @@ def deadline_of(r: PollResult, policy: Policy) -> float:
     )
 
 
-def window_ended(r: PollResult, policy: Policy) -> WindowEndedError:
+def window_ended(r: PollResult, policy: Policy | None) -> WindowEndedError:
     """Why a poll stopped without a final status, in words (it always says why)."""
     checks = f"{r.checks} check{'s' if r.checks != 1 else ''}"
     last = f", last status {r.last_api_status}" if r.last_api_status else ""
     pushed = ""
     if r.window_delay > 0:
         pushed = f"; throttling and pacing pushed it out by {r.window_delay:.1f}s"
-        if r.window_delay >= policy.max_delay:
+        if policy is not None and r.window_delay >= policy.max_delay:
             pushed += " (the most THROTTLE_MAX_DELAY_SECONDS allows)"
     return WindowEndedError(f"no final status within the window ({checks}{last}){pushed}")
 
@@ -179,7 +201,106 @@ def _defer(r: PollResult, until: float) -> Decision:
     )
 
 
+def publish_due_at(r: PollResult, policy: Policy, now: float) -> float:
+    """When a container FINISHED at ``now`` may be published: after the grace (a reply's longer
+    settle time) and no sooner than the minimum age after enqueue."""
+    settle = max(policy.publish_grace, policy.reply_settle) if r.reply_to else policy.publish_grace
+    return max(now + settle, (r.enqueued_at or now) + policy.publish_min_age)
+
+
+# The longest single wait after a "not ready" (config/settings.py counts the same cap).
+MAX_NOT_READY_BACKOFF_SECONDS = 300.0
+
+
+def not_ready_backoff(policy: Policy, attempts: int) -> float:
+    """The wait after the ``attempts``-th publish answered 24/4279009: the grace, doubling."""
+    wait = max(policy.publish_grace, 0.05) * 2.0 ** max(attempts - 1, 0)
+    return min(wait, max(MAX_NOT_READY_BACKOFF_SECONDS, policy.publish_grace))
+
+
+def children_deadline(r: PollResult, policy: Policy) -> float:
+    """The latest a carousel's children can all have reported: their window (the parent's until
+    they are ready), as far as throttling may push it, plus an interval for their last record."""
+    s = policy.schedule
+    return (r.deadline_at or r.enqueued_at or 0.0) + policy.max_delay + s.slack + s.interval
+
+
+def child_failed(r: PollResult) -> Decision:
+    child = r.failed_child or "?"
+    status = r.failed_child_status or "not FINISHED"
+    reason = f" ({r.failed_child_error})" if r.failed_child_error else ""
+    err = CarouselChildError(
+        f"carousel child {child} ended {status}{reason}; the carousel cannot be published "
+        "(its parent was not polled)"
+    )
+    return Decision(
+        State.CHILD_FAILED,
+        True,
+        None,
+        error_message=r.failed_child_error,
+        error=failure_of(err),
+        hint="recreate that child and the carousel container",
+    )
+
+
+def _waiting(r: PollResult, policy: Policy, now: float) -> Record:
+    if r.failed_child:
+        return Record(child_failed(r))
+    until = children_deadline(r, policy)
+    if now < until:
+        # Only a safety net: the last child's record makes this job due long before.
+        return Record(_defer(r, until))
+    pending = r.children_pending
+    err = WindowEndedError(
+        f"carousel children not all FINISHED within the window ({pending} of "
+        f"{len(r.children)} still pending); the parent was not polled"
+    )
+    return Record(timed_out(State.QUEUED, None, error=err))
+
+
+UNCONFIRMED_HINT = (
+    "the publish answer was ambiguous and the container never showed PUBLISHED: look at the "
+    "account's posts before reposting (publishing again may post it twice)"
+)
+MEDIA_ID_UNKNOWN = (
+    "published (seen as PUBLISHED after an ambiguous publish answer); media id unknown: the API "
+    "documents no way to learn it from the container"
+)
+
+
+def _settle_unconfirmed(r: PollResult, rec: Record) -> Record:
+    """After an ambiguous publish, an ending without PUBLISHED is PUBLISH_UNCONFIRMED (not
+    TIMED_OUT or FAILED: the post may be live), and PUBLISHED says the media id is unknown."""
+    d = rec.decision
+    unconfirmed = PublishStatus.UNCONFIRMED
+    if not d.final or unconfirmed not in (r.publish_status, rec.changes.publish_status):
+        return rec
+    if d.status == State.PUBLISHED:
+        return replace(rec, changes=rec.changes.merged(Changes(publish_note=MEDIA_ID_UNKNOWN)))
+    if d.status not in (State.TIMED_OUT, State.FAILED):
+        return rec
+    hint = f"{d.hint}; {UNCONFIRMED_HINT}" if d.hint else UNCONFIRMED_HINT
+    error = d.error or failure_of(window_ended(r, None))
+    return replace(
+        rec, decision=replace(d, status=State.PUBLISH_UNCONFIRMED, hint=hint, error=error)
+    )
+
+
 def plan_run(
+    r: PollResult | None,
+    *,
+    throttled_until: float,
+    token: TokenState,
+    now: float,
+    policy: Policy,
+) -> Plan:
+    plan = _plan_run(r, throttled_until=throttled_until, token=token, now=now, policy=policy)
+    if isinstance(plan, Record) and r is not None:
+        return _settle_unconfirmed(r, plan)
+    return plan
+
+
+def _plan_run(
     r: PollResult | None,
     *,
     throttled_until: float,
@@ -192,6 +313,8 @@ def plan_run(
     phase = phase_of(r)
     if phase is Phase.FINAL:
         return Skip("already final")
+    if phase is Phase.WAITING_CHILDREN:
+        return _waiting(r, policy, now)
     if phase is Phase.PUBLISH_IN_FLIGHT:
         # A run claimed the publish and died: the call may have gone out. Never repeat it.
         decision = back_to_polling(
@@ -280,6 +403,21 @@ def after_status(
 ) -> Record:
     """The record after a status call. ``paused_until``: the account's pause when the answer
     was throttled (0 otherwise); ``explain``: a readable note for an error, if any."""
+    rec = _after_status(
+        r, outcome, now=now, paused_until=paused_until, policy=policy, explain=explain
+    )
+    return _settle_unconfirmed(r, rec)
+
+
+def _after_status(
+    r: PollResult,
+    outcome: ContainerStatus | ThreadsError,
+    *,
+    now: float,
+    paused_until: float,
+    policy: Policy,
+    explain: str | None,
+) -> Record:
     kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
     if kind is ErrorKind.THROTTLED:
         assert isinstance(outcome, ThreadsError)
@@ -323,7 +461,7 @@ def after_status(
         decision = Decision(
             State.FINISHED,
             False,
-            now + policy.publish_grace,
+            publish_due_at(r, policy, now),
             last_api_status=State.FINISHED,
             checks=checks,
         )
@@ -351,15 +489,34 @@ def after_status(
     return Record(replace(decision, checks=checks), changes)
 
 
-def quota_exhausted(used: int | None, total: int | None) -> Record:
-    """The account's post quota is used up: the container stays unpublished."""
-    err = PublishError(
-        f"posting quota used up: {used} of {total} posts in the last 24 h; not published"
-    )
+def quota_exhausted(used: int | None, total: int | None, *, reply: bool = False) -> Record:
+    """The account's post (or, for a reply, reply) quota is used up: not published."""
+    what, unit = ("reply quota", "replies") if reply else ("posting quota", "posts")
+    err = PublishError(f"{what} used up: {used} of {total} {unit} in the last 24 h; not published")
     return Record(
         _publish_final(State.QUOTA_EXHAUSTED, err),
         Changes(publish_status=PublishStatus.QUOTA_EXHAUSTED),
     )
+
+
+def publish_quota(r: PollResult, limit: PublishingLimit) -> tuple[Changes, Record | None]:
+    """The quota a publish spends, read just before it: a reply spends the reply quota
+    (1000 / 24 h), anything else (a carousel too: one post) the post quota (250 / 24 h).
+    Returns the figures to store and, when none is left, the final record."""
+    reply = r.reply_to is not None
+    config = limit.reply_config if reply else limit.config
+    used = limit.reply_quota_usage if reply else limit.quota_usage
+    total = config.quota_total if config else None
+    changes = (
+        Changes(reply_quota_usage=used, reply_quota_total=total)
+        if reply
+        else Changes(quota_usage=used, quota_total=total)
+    )
+    if limit.remaining("reply" if reply else "quota") != 0:
+        # Unknown (None) does not block: the publish call enforces the quota anyway.
+        return changes, None
+    rec = quota_exhausted(used, total, reply=reply)
+    return changes, replace(rec, changes=changes.merged(rec.changes))
 
 
 def publish_not_claimed(claim: str, policy: Policy) -> Record | Skip:
@@ -381,6 +538,26 @@ def after_publish(
     policy: Policy,
 ) -> Record:
     """The record after a publish call (``r`` as it was before the claim)."""
+    return _settle_unconfirmed(
+        r, _after_publish(r, verdict, media_id=media_id, error=error, now=now, policy=policy)
+    )
+
+
+NEEDS_RECREATE_HINT = (
+    "this container cannot be published (24/4279009 'Media Not Found' on every attempt after "
+    "FINISHED): create a new container and publish that"
+)
+
+
+def _after_publish(
+    r: PollResult,
+    verdict: PublishVerdict,
+    *,
+    media_id: str | None,
+    error: BaseException | None,
+    now: float,
+    policy: Policy,
+) -> Record:
     if verdict is PublishVerdict.PUBLISHED:
         return Record(
             _publish_final(State.PUBLISHED),
@@ -395,14 +572,16 @@ def after_publish(
         )
     attempts = r.publish_attempts + 1
     if verdict is PublishVerdict.NOT_READY and attempts >= policy.publish_max_attempts:
-        return Record(
-            _publish_final(State.PUBLISH_FAILED, error),
-            Changes(publish_status=PublishStatus.FAILED),
+        decision = replace(
+            _publish_final(State.NEEDS_RECREATE, error),
+            hint=f"{NEEDS_RECREATE_HINT} ({attempts} attempts)",
         )
+        return Record(decision, Changes(publish_status=PublishStatus.NEEDS_RECREATE))
     if verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER):
-        # Certainly not published: release the claim for a later attempt.
+        # Certainly not published: release the claim for a later attempt. "Not ready" after
+        # FINISHED has cleared for others when retried a little later, and later still.
         wait = (
-            policy.publish_grace
+            not_ready_backoff(policy, attempts)
             if verdict is PublishVerdict.NOT_READY
             else policy.schedule.interval
         )

@@ -1,10 +1,10 @@
 """Auto-publish: what a ``threads_publish`` answer means. Pure; the job does the I/O.
 
 The rule that matters: a publish that may have happened is never repeated. Only an answer that
-proves nothing was published (a Graph error envelope with a 4xx status, or a connection that was
-never opened) lets a later attempt go ahead; anything ambiguous (timeout, 5xx, a reply without a
-media id) is "unconfirmed", and the worker goes back to checking the container's status until it
-sees PUBLISHED or the window ends.
+proves nothing was published (a Graph error envelope with a 4xx status other than code 10, or a
+connection that was never opened) lets a later attempt go ahead; anything ambiguous (timeout, 5xx,
+code 10, a reply without a media id) is "unconfirmed", and the worker goes back to checking the
+container's status until it sees PUBLISHED or the window ends (then PUBLISH_UNCONFIRMED).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ class PublishStatus(StrEnum):
     UNCONFIRMED = "unconfirmed"
     QUOTA_EXHAUSTED = "quota_exhausted"
     FAILED = "failed"
+    NEEDS_RECREATE = "needs_recreate"  # 24/4279009 on every attempt: a new container is needed
+
+
+# Code 10 at threads_publish has come back for posts that did go out (threads-api.md,
+# "observed in the wild"): at publish it proves nothing, unlike on a status call.
+AMBIGUOUS_PUBLISH_CODES = frozenset({10})
 
 
 def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
@@ -48,6 +54,8 @@ def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
         # Timeouts, dropped connections, garbage or id-less replies: it may have gone through.
         return PublishVerdict.UNCONFIRMED
     if outcome.http_status is None or outcome.http_status >= 500:
+        return PublishVerdict.UNCONFIRMED
+    if outcome.code in AMBIGUOUS_PUBLISH_CODES:
         return PublishVerdict.UNCONFIRMED
     if outcome.code == NOT_READY_CODE and outcome.subcode == NOT_READY_SUBCODE:
         return PublishVerdict.NOT_READY

@@ -78,6 +78,30 @@ class PollResult:
     # Consecutive 100/33 ("does not exist") answers: fatal only when it repeats.
     strikes: int = 0
     intake_entry: str | None = None
+    # A reply: the media id it answers (kept for the result; it picks the reply quota and the
+    # longer settle time before publishing).
+    reply_to: str | None = None
+    # A carousel's parent: its children, how many are not FINISHED yet, and when the last one
+    # was (the parent's own window starts then; until then it is never polled).
+    children: tuple[str, ...] = ()
+    children_pending: int = 0
+    children_ready_at: float | None = None
+    # A child that ended without FINISHED (written into the parent by the child's record).
+    failed_child: str | None = None
+    failed_child_status: str | None = None
+    failed_child_error: str | None = None
+    # A carousel's child: its parent, and which poll of the parent it reports to.
+    carousel_parent: str | None = None
+    parent_generation: str | None = None
+    # A reply's publish reads the reply quota (1000 / 24 h), not the post quota.
+    reply_quota_usage: int | None = None
+    reply_quota_total: int | None = None
+    # What the operator should know about a publish that is not an error (media id unknown).
+    publish_note: str | None = None
+
+    @property
+    def is_carousel(self) -> bool:
+        return bool(self.children)
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> PollResult:
@@ -137,12 +161,26 @@ class PollResult:
             runs=opt_int("runs") or 0,
             strikes=opt_int("strikes") or 0,
             intake_entry=opt("intake_entry"),
+            reply_to=opt("reply_to"),
+            children=tuple(c for c in (h.get("children") or "").split(",") if c),
+            children_pending=opt_int("children_pending") or 0,
+            children_ready_at=_num(h.get("children_ready_at")),
+            failed_child=opt("failed_child"),
+            failed_child_status=opt("failed_child_status"),
+            failed_child_error=opt("failed_child_error"),
+            carousel_parent=opt("carousel_parent"),
+            parent_generation=opt("parent_generation"),
+            reply_quota_usage=opt_int("reply_quota_usage"),
+            reply_quota_total=opt_int("reply_quota_total"),
+            publish_note=opt("publish_note"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("generation")
         data.pop("intake_entry")
+        data.pop("parent_generation")
+        data["children"] = list(self.children)
         return data
 
 
@@ -165,6 +203,9 @@ class Changes:
     media_id: str | None = None
     quota_usage: int | None = None
     quota_total: int | None = None
+    reply_quota_usage: int | None = None
+    reply_quota_total: int | None = None
+    publish_note: str | None = None
 
     def merged(self, later: Changes) -> Changes:
         """These changes with ``later``'s set fields written over them."""
@@ -187,6 +228,12 @@ class Changes:
             out["quota_usage"] = str(self.quota_usage)
         if self.quota_total is not None:
             out["quota_total"] = str(self.quota_total)
+        if self.reply_quota_usage is not None:
+            out["reply_quota_usage"] = str(self.reply_quota_usage)
+        if self.reply_quota_total is not None:
+            out["reply_quota_total"] = str(self.reply_quota_total)
+        if self.publish_note is not None:
+            out["publish_note"] = self.publish_note
         return out
 
     def __bool__(self) -> bool:

@@ -20,6 +20,15 @@ class State(StrEnum):
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     # Auto-publish only: FINISHED, but the API refused to publish it (reason in last_error).
     PUBLISH_FAILED = "PUBLISH_FAILED"
+    # Auto-publish only: FINISHED, yet every publish attempt answered 24/4279009 ("Media Not
+    # Found"): this container will not publish; only a new container can.
+    NEEDS_RECREATE = "NEEDS_RECREATE"
+    # Auto-publish only: the publish answer was ambiguous (timeout, 5xx, code 10, no id) and the
+    # container never showed PUBLISHED within the window: it may or may not be live.
+    PUBLISH_UNCONFIRMED = "PUBLISH_UNCONFIRMED"
+    # Carousels only: a child ended without FINISHED (failed_child names it), so the carousel
+    # can never be published; its parent was never polled.
+    CHILD_FAILED = "CHILD_FAILED"
 
 
 # EXPIRED and PUBLISHED are final too: other implementations waited forever on them.
@@ -29,6 +38,9 @@ FINAL_STATES = API_FINAL_STATES | {
     State.FAILED,
     State.QUOTA_EXHAUSTED,
     State.PUBLISH_FAILED,
+    State.NEEDS_RECREATE,
+    State.PUBLISH_UNCONFIRMED,
+    State.CHILD_FAILED,
 }
 SUCCESS_STATES = frozenset({State.FINISHED, State.PUBLISHED})
 

@@ -39,7 +39,7 @@ from worker.core.planner import (
     graph_code,
     plan_run,
     publish_not_claimed,
-    quota_exhausted,
+    publish_quota,
     token_hint,
 )
 from worker.core.publishing import judge_publish
@@ -61,6 +61,8 @@ def policy_of(settings: Settings) -> Policy:
         max_delay=settings.throttle_max_delay_seconds,
         publish_grace=settings.publish_grace_seconds,
         publish_max_attempts=settings.publish_max_attempts,
+        publish_min_age=settings.publish_min_age_seconds,
+        reply_settle=settings.publish_reply_settle_seconds,
     )
 
 
@@ -241,14 +243,10 @@ class CheckJob:
             snapshot = None
         if snapshot is not None:
             await p.accounts.save_quota(snapshot, quota_ttl(s))
-            used = snapshot.limit.quota_usage
-            total = snapshot.limit.config.quota_total if snapshot.limit.config else None
-            quota = Changes(quota_usage=used, quota_total=total)
-            if snapshot.posts_remaining == 0:
-                plan = quota_exhausted(used, total)
-                await self.record(
-                    job, current, dataclasses.replace(plan, changes=quota.merged(plan.changes))
-                )
+            # A reply spends the reply quota, anything else the post quota.
+            quota, stop = publish_quota(current, snapshot.limit)
+            if stop is not None:
+                await self.record(job, current, stop)
                 return
         claim = await persist(
             "claiming the publish",

@@ -1,6 +1,7 @@
 """The language-neutral door: a Redis stream any pipeline can feed with one XADD.
 
     XADD threads-poller:intake * container_id 17889615691921648 [account 1234] [force 1]
+    XADD threads-poller:intake * container_id PARENT children A,B,C [publish 1]   (a carousel)
 
 Workers read it through one consumer group. An entry is acknowledged (and deleted) only after its
 poll exists in Redis, so a worker that dies mid-batch leaves its entries pending, and another worker
@@ -28,14 +29,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from worker.core.errors import BadEntryError, InvalidIdError
-from worker.core.ids import validate_id, validate_webhook_url
+from worker.core.ids import validate_children, validate_id, validate_webhook_url
 from worker.ops import metrics
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
 
 log = logging.getLogger("threads_poller.intake")
 
-ALLOWED_FIELDS = frozenset({"container_id", "account", "force", "publish", "webhook_url"})
+ALLOWED_FIELDS = frozenset(
+    {"container_id", "account", "force", "publish", "webhook_url", "reply_to", "children"}
+)
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
 DEAD_LETTERS_MAX_LEN = 100_000
@@ -93,7 +96,7 @@ def parse_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> EnqueueRequest
     if unknown:
         raise BadEntryError(
             f"unknown field(s) {', '.join(unknown)}; expected container_id and optionally "
-            "account, force, publish, webhook_url"
+            "account, force, publish, webhook_url, reply_to, children"
         )
     if "container_id" not in text:
         raise BadEntryError("missing field container_id")
@@ -104,9 +107,15 @@ def parse_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> EnqueueRequest
         account = validate_id(account, what="account id") if account is not None else None
         hook = text.get("webhook_url") or None
         hook = validate_webhook_url(hook) if hook is not None else None
+        reply_to = text.get("reply_to") or None
+        reply_to = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
+        children = text.get("children") or None
+        kids = validate_children(children, parent=cid) if children is not None else ()
     except InvalidIdError as exc:
         raise BadEntryError(str(exc)) from None
-    return EnqueueRequest(cid, account, flags["force"], flags["publish"], hook)
+    return EnqueueRequest(
+        cid, account, flags["force"], flags["publish"], hook, reply_to=reply_to, children=kids
+    )
 
 
 def _flag(text: dict[str, str], name: str) -> bool:

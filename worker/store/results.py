@@ -18,6 +18,7 @@ from typing import Literal
 
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from api_client.models import explain_error_message
 from config import Settings
@@ -45,6 +46,10 @@ class EnqueueRequest:
     webhook_url: str | None = None
     # The intake entry this request came from: a replay of the same entry is a duplicate.
     intake_entry: str | None = None
+    # A reply: the media id it answers.
+    reply_to: str | None = None
+    # A carousel: ``container_id`` is its parent, these its children (each polled on its own).
+    children: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,43 +149,79 @@ class ResultStore:
         window_ms = round(
             (self.window_seconds if window_seconds is None else window_seconds) * 1000
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # A carousel's parent and children go in one MULTI: none of them starts without the rest.
+        carousels = any(req.children for req in requests)
+        calls: list[int] = []  # per request: how many script calls it made (parent first)
+        async with self.redis.pipeline(transaction=carousels) as pipe:
             for req in requests:
                 generation = uuid.uuid4().hex[:12]
-                account = req.account or ""
-                await self._enqueue(
-                    keys=[
-                        self.keys.result(req.container_id),
-                        self.keys.inflight,
-                        self.keys.queue,
-                        self.keys.accounts,
-                        self.keys.config,
-                    ],
-                    args=[
-                        req.container_id,
+                await self._enqueue_one(pipe, req, generation, window_ms, children=req.children)
+                for child in req.children:
+                    # A child is polled like any container (never published on its own); its
+                    # final record reports to this poll of the parent.
+                    one = EnqueueRequest(child, req.account, force=req.force)
+                    await self._enqueue_one(
+                        pipe,
+                        one,
+                        uuid.uuid4().hex[:12],
                         window_ms,
-                        self.result_ttl_seconds,
-                        generation,
-                        ARQ_JOB_PREFIX,
-                        self.keys.job_id_base(req.container_id),
-                        self.check_job_data(req.container_id, generation),
-                        ARQ_IN_PROGRESS_PREFIX,
-                        account,
-                        "1" if req.force else "0",
-                        "1" if req.publish else "0",
-                        req.webhook_url or "",
-                        self.pace_step_ms,
-                        self.keys.rate(account or "default"),
-                        req.intake_entry or "",
-                    ],
-                    client=pipe,
-                )
+                        parent=(req.container_id, generation),
+                    )
+                calls.append(1 + len(req.children))
             replies = await pipe.execute()
         results = []
-        for req, reply in zip(requests, replies, strict=True):
-            outcome, status = (text(v) for v in reply)
+        at = 0
+        for req, n in zip(requests, calls, strict=True):
+            # A carousel's outcome is its parent's.
+            outcome, status = (text(v) for v in replies[at])
+            at += n
             results.append(Enqueued(req.container_id, outcome, status))  # type: ignore[arg-type]
         return results
+
+    async def _enqueue_one(
+        self,
+        pipe: Pipeline,
+        req: EnqueueRequest,
+        generation: str,
+        window_ms: int,
+        *,
+        children: tuple[str, ...] = (),
+        parent: tuple[str, str] | None = None,
+    ) -> None:
+        account = req.account or ""
+        await self._enqueue(
+            keys=[
+                self.keys.result(req.container_id),
+                self.keys.inflight,
+                self.keys.queue,
+                self.keys.accounts,
+                self.keys.config,
+                self.keys.result(parent[0] if parent else req.container_id),
+            ],
+            args=[
+                req.container_id,
+                window_ms,
+                self.result_ttl_seconds,
+                generation,
+                ARQ_JOB_PREFIX,
+                self.keys.job_id_base(req.container_id),
+                self.check_job_data(req.container_id, generation),
+                ARQ_IN_PROGRESS_PREFIX,
+                account,
+                "1" if req.force else "0",
+                "1" if req.publish else "0",
+                req.webhook_url or "",
+                self.pace_step_ms,
+                self.keys.rate(account or "default"),
+                req.intake_entry or "",
+                req.reply_to or "",
+                parent[0] if parent else "",
+                parent[1] if parent else "",
+                ",".join(children),
+                len(children),
+            ],
+            client=pipe,
+        )
 
     async def publish_config(self) -> None:
         """Tell producers this worker's pacing (their enqueue reserves the first check's slot)."""
@@ -236,6 +277,8 @@ class ResultStore:
             if fields.get("media_id"):
                 event["media_id"] = fields["media_id"]
         job_id = job.job_id
+        # A carousel child's final record reports to its parent (record.lua).
+        parent = current.carousel_parent if decision.final else None
         want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
         args: list[str | int | bytes] = [
             job.token,
@@ -253,6 +296,12 @@ class ResultStore:
             webhook.data if webhook else b"",
             ARQ_JOB_PREFIX,
             len(fields),
+            parent or "",
+            (current.parent_generation or "") if parent else "",
+            self.keys.job_id(parent, current.parent_generation or "") if parent else "",
+            decision.status,
+            decision.error_message or "",
+            "1" if current.is_carousel and current.children_ready_at is None else "0",
         ]
         for k, v in fields.items():
             args += [k, v]
@@ -267,6 +316,7 @@ class ResultStore:
                 ARQ_IN_PROGRESS_PREFIX + job_id,
                 ARQ_RETRY_PREFIX + job_id,
                 ARQ_JOB_PREFIX + job_id,
+                self.keys.result(parent or current.container_id),
             ],
             args=args,
         )

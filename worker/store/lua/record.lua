@@ -2,13 +2,20 @@
 -- Record one run of a poll's check job, if that run still owns the poll: the outcome, and then
 -- either the job's next run or, on a final state, the end of the job, the one event and the
 -- webhook delivery job, all in one atomic step (a torn record cannot happen).
+-- A carousel child's final record also reports to its parent's poll, in the same step: a
+-- FINISHED child counts down the parent's children_pending, and the last one starts the parent's
+-- own window and makes its job due; any other ending names the child in the parent
+-- (failed_child) and makes the parent's job due, which then ends it as CHILD_FAILED.
 -- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 the job's lock,
---       6 its tries counter, 7 its data
+--       6 its tries counter, 7 its data, 8 a carousel child's parent's result hash (else KEYS[1])
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
 --       6 pacing step ms (0: none), 7 pacing key of the account, 8 ttl seconds,
 --       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
 --       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
---       16 .. 15+2n field/value pairs (an empty value deletes the field), then the event's
+--       16 parent id ('' for none), 17 parent generation, 18 parent's job id,
+--       19 this record's status, 20 its error_message, 21 '1' when this run planned a carousel
+--       parent still waiting for its children,
+--       22 .. 21+2n field/value pairs (an empty value deletes the field), then the event's
 --       field/value pairs
 -- Returns {'ok', event id, next run ms} / {'stale', reason}: a run that lost its lease (a newer
 -- run holds the job) changes nothing; a job whose poll is over or was replaced is ended.
@@ -23,8 +30,40 @@ if cur[1] ~= ARGV[2] or cur[2] == '1' then
 end
 local now = now_ms()
 local n = tonumber(ARGV[15])
+local base = 22
+local ttl = tonumber(ARGV[8])
+
+local function report_to_parent()
+  local p = redis.call('HMGET', KEYS[8], 'generation', 'final', 'enqueued_at', 'deadline_at',
+    'failed_child', 'children_ready_at')
+  if p[1] ~= ARGV[17] or p[2] ~= '0' or p[5] or p[6] then
+    return
+  end
+  local due = now
+  if ARGV[19] == 'FINISHED' then
+    if redis.call('HINCRBY', KEYS[8], 'children_pending', -1) > 0 then
+      redis.call('EXPIRE', KEYS[8], ttl)
+      return
+    end
+    -- The parent's own window (as long as it was given) starts now.
+    local window = math.floor((tonumber(p[4]) - tonumber(p[3])) * 1000 + 0.5)
+    due = reserve_slot(ARGV[7], tonumber(ARGV[6]), now, now)
+    redis.call('HSET', KEYS[8], 'children_ready_at', stamp(now),
+      'deadline_at', stamp(now + window), 'next_check_at', stamp(due))
+    redis.call('ZADD', KEYS[2], (now + window) / 1000, ARGV[16])
+  else
+    redis.call('HSET', KEYS[8], 'failed_child', ARGV[10], 'failed_child_status', ARGV[19],
+      'next_check_at', stamp(now))
+    if ARGV[20] ~= '' then
+      redis.call('HSET', KEYS[8], 'failed_child_error', ARGV[20])
+    end
+  end
+  redis.call('ZADD', KEYS[4], 'XX', due, ARGV[18])
+  redis.call('EXPIRE', KEYS[8], ttl)
+end
+
 local fields, gone = {'updated_at', stamp(now)}, {}
-for i = 16, 14 + 2 * n, 2 do
+for i = base, base - 2 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
   else
@@ -32,7 +71,6 @@ for i = 16, 14 + 2 * n, 2 do
     fields[#fields + 1] = ARGV[i + 1]
   end
 end
-local ttl = tonumber(ARGV[8])
 local event_id, at, waited = '', '', 0
 if ARGV[4] == '1' then
   fields[#fields + 1] = 'finalized_at'
@@ -40,7 +78,7 @@ if ARGV[4] == '1' then
   gone[#gone + 1] = 'next_check_at'
   redis.call('ZREM', KEYS[2], ARGV[10])
   local ev = {}
-  for i = 16 + 2 * n, #ARGV do
+  for i = base + 2 * n, #ARGV do
     ev[#ev + 1] = ARGV[i]
   end
   ev[#ev + 1] = 'finalized_at'
@@ -54,8 +92,17 @@ if ARGV[4] == '1' then
   end
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  if ARGV[16] ~= '' then
+    report_to_parent()
+  end
 else
   local want = math.max(tonumber(ARGV[5]), now)
+  if ARGV[21] == '1' and redis.call('HEXISTS', KEYS[1], 'children_ready_at') +
+      redis.call('HEXISTS', KEYS[1], 'failed_child') > 0 then
+    -- A child reported while this run planned from the parent's older state: run it again now
+    -- rather than at the safety net's time.
+    want = now
+  end
   at = reserve_slot(ARGV[7], tonumber(ARGV[6]), want, now)
   waited = at - want
   fields[#fields + 1] = 'next_check_at'
