@@ -58,6 +58,8 @@ def hook_settings(settings: Settings, **more: object) -> Settings:
         "webhook_secret": SecretStr(SECRET),
         "webhook_backoff_seconds": 0.1,
         "webhook_max_attempts": 3,
+        # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
+        "webhook_allowed_hosts": "127.0.0.1",
     }
     update.update(more)
     return settings.model_copy(update=update)

@@ -14,6 +14,7 @@ the environment here; ``from_settings`` is the one bridge from ``Settings``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 import time
@@ -26,11 +27,13 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_id, validate_webhook_url
+from worker.core.ids import validate_id
 from worker.core.result import PollResult
+from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
 from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
+from worker.store.targets import Resolve, check_webhook_url
 
 # The defaults of a deployment that sets nothing (they equal Settings' defaults; a unit test
 # holds them together).
@@ -70,13 +73,13 @@ def build_requests(
     publish: bool = False,
     webhook_url: str | None = None,
 ) -> list[EnqueueRequest]:
-    """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError).
+    """Validate the ids and the account: one bad one raises InvalidIdError (nothing is written).
 
-    Repeated ids are folded into one request, in order of first appearance."""
+    ``webhook_url`` goes in as given: ``check_webhook_url`` has judged it. Repeated ids are
+    folded into one request, in order of first appearance."""
     acct = validate_id(account, what="account id") if account is not None else None
-    hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
     ids = _ids(container_ids)
-    return [EnqueueRequest(cid, acct, force, publish, hook) for cid in dict.fromkeys(ids)]
+    return [EnqueueRequest(cid, acct, force, publish, webhook_url) for cid in dict.fromkeys(ids)]
 
 
 def _window(value: float, result_ttl_seconds: int) -> float:
@@ -100,6 +103,11 @@ class PollerClient:
     own); the worker polls until the window ends, then reports TIMED_OUT.
     ``account_requests_per_second`` only matters before any worker has run: the workers publish
     their pacing, and enqueue follows theirs. The client never closes a Redis it was given.
+
+    ``webhook_policy`` says where a ``webhook_url`` may point (default: public addresses only,
+    the workers' default); ``from_settings`` takes it from WEBHOOK_ALLOWED_HOSTS,
+    WEBHOOK_ALLOW_PRIVATE_ADDRESSES and whether WEBHOOK_SECRET is set. ``webhook_resolve``
+    replaces the system's DNS lookup of its host (tests, a custom resolver).
     """
 
     def __init__(
@@ -111,6 +119,8 @@ class PollerClient:
         result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS,
         events_max_len: int = DEFAULT_EVENTS_MAX_LEN,
         account_requests_per_second: float = DEFAULT_ACCOUNT_REQUESTS_PER_SECOND,
+        webhook_policy: WebhookPolicy | None = None,
+        webhook_resolve: Resolve | None = None,
     ) -> None:
         if not _KEY_PREFIX.match(key_prefix):
             raise ValueError(f"key_prefix {key_prefix!r} is not 1 to 64 of [A-Za-z0-9_.:-]")
@@ -130,12 +140,21 @@ class PollerClient:
             events_max_len=events_max_len,
             account_requests_per_second=account_requests_per_second,
         )
+        self.webhook_policy = webhook_policy or WebhookPolicy()
+        self._resolve = webhook_resolve
         self._owns_redis = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis | None = None) -> PollerClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        redis: Redis | None = None,
+        *,
+        webhook_resolve: Resolve | None = None,
+    ) -> PollerClient:
         """A client of the deployment ``settings`` describe; without ``redis`` it opens its own
         (``open_redis``: REDIS_URL or Sentinel) and ``aclose`` closes it."""
+        policy = webhook_policy(settings)
         client = cls(
             redis if redis is not None else open_redis(settings),
             key_prefix=settings.key_prefix,
@@ -143,6 +162,8 @@ class PollerClient:
             result_ttl_seconds=settings.result_ttl_seconds,
             events_max_len=settings.events_max_len,
             account_requests_per_second=settings.account_max_requests_per_second,
+            webhook_policy=policy,
+            webhook_resolve=webhook_resolve,
         )
         client._owns_redis = redis is None
         return client
@@ -183,7 +204,9 @@ class PollerClient:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
         Everything is validated first: one bad id, account or URL raises InvalidIdError and
-        writes nothing. An id already being polled creates no job (``duplicate``); one already
+        writes nothing. A URL must be http(s) and, by ``webhook_policy``, resolve to allowed
+        addresses only (the workers check again when they deliver). An id already being polled
+        creates no job (``duplicate``); one already
         final is left alone (``final``) unless ``force``. ``publish=True`` publishes each
         container once FINISHED; ``webhook_url`` gets the final state, signed.
         ``window_seconds`` (default: the client's) fixes each new poll's window."""
@@ -192,9 +215,14 @@ class PollerClient:
             if window_seconds is None
             else _window(window_seconds, self._store.result_ttl_seconds)
         )
-        requests = build_requests(
-            container_ids, account=account, force=force, publish=publish, webhook_url=webhook_url
-        )
+        requests = build_requests(container_ids, account=account, force=force, publish=publish)
+        if webhook_url is not None:
+            policy = self.webhook_policy
+            if policy.signing is None:
+                signing = await self._store.workers_sign_webhooks()
+                policy = dataclasses.replace(policy, signing=signing)
+            hook = await check_webhook_url(webhook_url, policy, resolve=self._resolve)
+            requests = [dataclasses.replace(r, webhook_url=hook) for r in requests]
         done = await self._store.enqueue(requests, window_seconds=window)
         return [EnqueueOutcome.of(e) for e in done]
 

@@ -1,4 +1,7 @@
-"""Validation of the identifiers producers hand us: refused early, with a clear reason."""
+"""Validation of the identifiers producers hand us: refused early, with a clear reason.
+
+(Webhook URLs: ``worker.core.targets``.)
+"""
 
 from __future__ import annotations
 
@@ -20,26 +23,4 @@ def validate_id(raw: object, *, what: str = "container id") -> str:
     if not (value.isascii() and value.isdigit()):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidIdError(f"{what} {shown!r} is not a Threads id (digits only)")
-    return value
-
-
-MAX_URL_LENGTH = 2048
-
-
-def validate_webhook_url(raw: object) -> str:
-    """An absolute http(s) URL with a host; anything else is refused before it is stored."""
-    from urllib.parse import urlsplit
-
-    if not isinstance(raw, str) or not raw.strip():
-        raise InvalidIdError("webhook url must be a non-empty string")
-    value = raw.strip()
-    if len(value) > MAX_URL_LENGTH:
-        raise InvalidIdError(f"webhook url is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(value)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or any(c.isspace() for c in value)
-    ):
-        raise InvalidIdError("webhook url must be an absolute http:// or https:// URL")
     return value
