@@ -18,17 +18,17 @@ import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
-from config.settings import EventLoop
+from config.settings import EventLoop, redacted_url
 from worker.client.client import PollerClient
 from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
 from worker.core.states import is_success
+from worker.core.targets import check_target, parse_target, webhook_policy
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -43,21 +43,16 @@ class CliError(Exception):
 
 def safe_redis_url(url: str) -> str:
     """The Redis URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    return urlunsplit(parts)
+    return redacted_url(url)
 
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
+        webhook_policy(settings)  # WEBHOOK_ALLOWED_HOSTS is parsed there
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    return settings
 
 
 def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]]) -> T:
@@ -137,13 +132,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     tokens = token_source(settings)
-    setup_logging(settings.log_format, settings.log_level, tokens.known_secrets)
+    own = settings.secrets()  # the Redis password, the webhook secret
+    setup_logging(settings.log_format, settings.log_level, lambda: [*tokens.known_secrets(), *own])
     if settings.threads_access_token is None and settings.threads_tokens_file is None:
         raise CliError(
             "invalid setting THREADS_ACCESS_TOKEN: not set (nor THREADS_TOKENS_FILE); "
             "the worker cannot call the API",
             EXIT_USAGE,
         )
+    if settings.webhook_url:
+        try:
+            check_target(parse_target(settings.webhook_url), webhook_policy(settings, worker=True))
+        except InvalidIdError as exc:
+            raise CliError(f"invalid setting WEBHOOK_URL: {exc}", EXIT_USAGE) from None
     use_event_loop(settings.event_loop)
     try:
         build_worker(settings, tokens=tokens).run_forever()

@@ -26,6 +26,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
+from config.settings import redacted_url
 from simulator import run_simulator
 from worker.client.producer import enqueue_many
 from worker.client.reader import get_result
@@ -83,7 +84,7 @@ async def _redis_answers(url: str) -> bool:
 async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
     """Yield a Redis URL that answers: the configured one, or a private redis-server."""
     if await _redis_answers(url):
-        print(f"Redis: using {url}")
+        print(f"Redis: using {redacted_url(url)}")
         yield url
         return
     binary = shutil.which("redis-server")
@@ -118,7 +119,10 @@ async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
             if await _redis_answers(started):
                 break
             await asyncio.sleep(0.05)
-        print(f"Redis: {url} did not answer; started a private redis-server at {started}")
+        print(
+            f"Redis: {redacted_url(url)} did not answer; started a private redis-server at "
+            f"{started}"
+        )
         yield started
     finally:
         proc.terminate()

@@ -170,6 +170,7 @@ class PollerWorker:
         redis = self.redis or await connect_worker_redis(s)
         tokens = self.tokens or token_source(s)
         policy = webhook_policy(s, worker=True)
+        own_secrets = s.secrets()
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
         )
@@ -194,7 +195,7 @@ class PollerWorker:
             max_entry_bytes=s.intake_max_entry_bytes,
             webhook_policy=policy,
             webhook_resolve=self.webhook_resolve,
-            secrets=tokens.known_secrets,
+            secrets=lambda: [*tokens.known_secrets(), *own_secrets],
         )
         heartbeat = Heartbeat(
             redis,
