@@ -6,7 +6,7 @@ Exit codes (stable, documented in the README):
        ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
-    4  Redis cannot be reached
+    4  Redis cannot be reached, or refused this user (credentials, ACL permissions)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,6 +63,17 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
         async with PollerClient.from_settings(settings) as client:
             try:
                 return await work(client)
+            except NoPermissionError as exc:
+                # A least-privilege user (README, Security): say what it may not do.
+                raise CliError(
+                    f"Redis refused this user ({exc}); a producer-only user enqueues with --intake",
+                    EXIT_REDIS,
+                ) from None
+            except AuthenticationError:
+                raise CliError(
+                    f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+                    EXIT_REDIS,
+                ) from None
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 raise CliError(
                     f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: "
@@ -156,6 +168,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings()
     ids = _read_ids(args)
+    if args.intake:
+        return _submit(settings, ids, args)
     try:
         outcomes = _with_client(
             settings,
@@ -184,6 +198,41 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 "final": f"already final ({o.status}); use --force to poll again",
             }[o.outcome]
             print(f"{o.container_id}  {note}")
+    return EXIT_OK
+
+
+def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int:
+    try:
+        entries = _with_client(
+            settings,
+            lambda c: c.submit_many(
+                ids,
+                account=args.account,
+                force=args.force,
+                publish=args.publish,
+                webhook_url=args.webhook_url,
+            ),
+        )
+    except InvalidIdError as exc:
+        raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    for cid, entry in zip(dict.fromkeys(ids), entries, strict=True):
+        cid = cid.strip()
+        if args.json:
+            print(json.dumps({"container_id": cid, "outcome": "submitted", "entry_id": entry}))
+        else:
+            print(f"{cid}  submitted to the intake (entry {entry})")
+    return EXIT_OK
+
+
+def cmd_acl(args: argparse.Namespace) -> int:
+    from worker.store.acl import acl_setuser
+
+    prefix = args.prefix or _settings().key_prefix
+    user = args.user or f"{prefix}-{'-'.join(args.roles)}"
+    try:
+        print(acl_setuser(user, args.roles, prefix))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
 
@@ -325,8 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish each container once FINISHED (needs --account or THREADS_USER_ID)",
     )
     p.add_argument("--webhook-url", help="POST a signed JSON body here on the final state")
+    p.add_argument(
+        "--intake",
+        action="store_true",
+        help="XADD to the intake stream instead (all a Redis user with the producer role may do)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("acl", help="print the ACL SETUSER line of a least-privilege Redis user")
+    p.add_argument("roles", nargs="+", choices=["producer", "reader", "enqueuer", "worker"])
+    p.add_argument("--user", help="the user's name (default: <prefix>-<roles>)")
+    p.add_argument("--prefix", help="the deployment's KEY_PREFIX (default: from the settings)")
+    p.set_defaults(func=cmd_acl)
 
     p = sub.add_parser("status", help="show the stored state of container ids")
     p.add_argument("ids", nargs="*", metavar="ID")

@@ -247,6 +247,40 @@ class PollerClient:
         )
         return outcome
 
+    async def submit_many(
+        self,
+        container_ids: Iterable[str],
+        *,
+        account: str | None = None,
+        force: bool = False,
+        publish: bool = False,
+        webhook_url: str | None = None,
+    ) -> list[str]:
+        """Hand each id to the workers through the intake stream (one ``XADD`` each, one round
+        trip): what a Redis user with the ``producer`` role may do, and nothing more. Returns
+        the entry ids. The same checks as ``enqueue_many`` run here first, but the outcome
+        comes later: the workers poll the entries, or dead-letter them (``{prefix}:intake:dead``
+        says why; the WEBHOOK_SECRET check happens there, since this role cannot read
+        ``{prefix}:config``). The window is the workers' POLL_MAX_SECONDS."""
+        requests = build_requests(container_ids, account=account, force=force, publish=publish)
+        hook = None
+        if webhook_url is not None:
+            hook = await check_webhook_url(webhook_url, self.webhook_policy, resolve=self._resolve)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for req in requests:
+                fields = {"container_id": req.container_id}
+                if req.account:
+                    fields["account"] = req.account
+                if force:
+                    fields["force"] = "1"
+                if publish:
+                    fields["publish"] = "1"
+                if hook:
+                    fields["webhook_url"] = hook
+                pipe.xadd(self._store.keys.intake, fields)  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+
     # Readers.
 
     async def get(self, container_id: str) -> PollResult | None:
