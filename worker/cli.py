@@ -160,6 +160,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     use_event_loop(settings.event_loop)
     try:
         build_worker(settings, tokens=tokens).run_forever()
+    except AuthenticationError:
+        raise CliError(
+            f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+            EXIT_FAILURE,
+        ) from None
     except (RedisError, OSError) as exc:
         raise CliError(f"cannot reach Redis: {redact(str(exc))[:300]}", EXIT_FAILURE) from None
     return EXIT_OK

@@ -10,10 +10,12 @@ the reconciler, a clean stop) runs under its own user without a single refusal i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import io
 import json
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,9 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from bench.harness import RedisServer, free_port, start_redis, stop_redis
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, start_worker
 from tests.conftest import make_settings, running_worker, wait_until
+from tests.leaks import assert_no_leaks, dump_redis, http_doors
 from worker import PollerClient
 from worker.core.targets import WebhookPolicy
 from worker.ops.health import check as health_check
@@ -370,3 +373,72 @@ def test_the_printed_recipe_is_what_the_tests_use(admin: redis_sync.Redis) -> No
     with contextlib.redirect_stdout(buffer):
         assert main(["acl", "producer", "--user", "p", "--prefix", PREFIX]) == 0
     assert buffer.getvalue().strip() == acl_setuser("p", ["producer"], PREFIX)
+
+
+async def test_the_redis_password_reaches_no_log_message_health_or_metrics(
+    acl_server: RedisServer,
+    admin: redis_sync.Redis,
+    sim: RunningSimulator,
+    project_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A worker process with its password in REDIS_URL, at DEBUG, whose connections are cut
+    while it runs; then every door: its log, /metrics, health, status, Redis itself, and the
+    errors of a wrong password and of an unreachable Redis."""
+    password = PASSWORDS["worker"]
+    metrics_port = free_port()
+    env = dict(
+        project_env,
+        REDIS_URL=url(acl_server, "worker"),
+        KEY_PREFIX=PREFIX,
+        THREADS_API_BASE_URL=sim.base_url,
+        THREADS_ACCESS_TOKEN="EAAtoken-for-the-acl-run-0123",
+        POLL_INTERVAL_SECONDS="0.2",
+        POLL_MAX_SECONDS="5",
+        HTTP_TIMEOUT_SECONDS="1",
+        JOB_TIMEOUT_SECONDS="5",
+        LOG_LEVEL="DEBUG",
+        METRICS_PORT=str(metrics_port),
+    )
+    sim.state.set_script("9850", ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"])
+    admin.xadd(KEYS.intake, {"container_id": "9850"})
+    log_path = tmp_path / "worker.log"
+    proc = await start_worker(env, log_path)
+    doors: dict[str, bytes | str] = {}
+    try:
+
+        async def final() -> bool:
+            raw = admin.hgetall(KEYS.result("9850"))
+            return raw.get(b"final") == b"1"  # type: ignore[union-attr]
+
+        await wait_until(lambda: admin.exists(KEYS.workers), timeout=15)
+        for _ in range(3):  # connection errors, reconnects: what a log would mention
+            command(admin, "CLIENT", "KILL", "USER", "worker")
+            await asyncio.sleep(0.3)
+        await wait_until(final, timeout=20)
+        doors |= await http_doors({"metrics": f"http://127.0.0.1:{metrics_port}/metrics"})
+        code, out, err = await run_cli("health", "--any", env=env)
+        assert code == 0, err
+        doors["health"] = out + err
+        code, out, err = await run_cli("status", "9850", "--json", env=env)
+        doors["status"] = out + err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+    doors["worker log"] = log_path.read_text()
+    wrong = dict(env, REDIS_URL=url(acl_server, "worker", password + "-wrong"))
+    code, out, err = await run_cli("worker", env=wrong)
+    assert code == 1 and "refused the credentials" in err, err  # at once, not after retries
+    doors["worker, wrong password"] = out + err
+    gone = dict(env, REDIS_URL=f"redis://worker:{password}@127.0.0.1:{free_port()}/0")
+    code, out, err = await run_cli("status", "9850", env=gone)
+    assert code == 4 and "worker:***@" in err
+    doors["status, Redis unreachable"] = out + err
+    code, out, err = await run_cli("health", "--any", env=gone)
+    doors["health, Redis unreachable"] = out + err
+    async with as_user(acl_server, "admin") as r:
+        doors["redis"] = await dump_redis(r)
+    assert "worker started" in str(doors["worker log"])
+    assert_no_leaks(doors, [password, password + "-wrong"])
+    # (The wrong password's attempts are there as reason "auth"; nothing else is.)
+    assert [d for d in denials(admin, "worker") if d.get("reason") != "auth"] == []

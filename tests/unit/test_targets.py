@@ -106,6 +106,7 @@ def test_legacy_numeric_forms_mean_their_address_and_are_refused(host: str, mean
         ("http://1.2.3.4.5/", "not a valid host name"),
         ("http://08.1/", "not a valid host name"),  # 8 is not octal
         ("http://user:pw@example.com/", "credentials"),
+        ("https://example.com/h?a=1&Access_Token=EAAx", "access_token"),
         ("http://example.com@127.0.0.1/", "credentials"),
         ("http://a b/", "printable ASCII"),
         ("http://example.com\\@127.0.0.1/", "backslashes"),

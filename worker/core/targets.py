@@ -232,6 +232,13 @@ def parse_target(raw: object) -> WebhookTarget:
             "webhook url must not carry credentials (user:password@); deliveries are "
             "authenticated by their signature"
         )
+    if re.search(r"[?&;]access_token=", rest, re.IGNORECASE):
+        # The Threads token's own parameter: it would be stored with the poll (and redacted,
+        # so mangled, wherever it shows). A receiver authenticates deliveries by the signature.
+        raise InvalidIdError(
+            "webhook url must not carry an access_token parameter; deliveries are "
+            "authenticated by their signature"
+        )
     m = _AUTHORITY.match(authority)
     if m is None:
         shown = authority if len(authority) <= 60 else authority[:60] + "..."

@@ -308,7 +308,9 @@ class IntakeConsumer:
                 # the XACK below) is then a duplicate, even with force 1.
                 good.append((entry_id, dataclasses.replace(req, intake_entry=entry_id.decode())))
             except BadEntryError as exc:
-                dead.append(DeadLetter(entry_id.decode(), str(exc), _show(fields, secrets=secrets)))
+                # A reason may quote the value it refuses (a token pasted as an id).
+                reason = redact(str(exc), secrets)
+                dead.append(DeadLetter(entry_id.decode(), reason, _show(fields, secrets=secrets)))
         hooks = [req.webhook_url for _, req in good if req.webhook_url]
         if hooks:
             verdicts = await check_webhook_urls(hooks, self.webhook_policy, resolve=self._resolve)

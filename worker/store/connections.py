@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api_client.redact import redact
@@ -91,6 +91,10 @@ async def connect_worker_redis(settings: Settings) -> Redis:
         try:
             await redis.ping()
             return redis
+        except AuthenticationError:
+            # Wrong credentials do not heal by waiting: say so at once (exit 1).
+            await redis.aclose()
+            raise
         except (RedisError, OSError) as exc:
             log.warning(
                 "cannot reach Redis (attempt %d of %d); retrying in %.0fs",
