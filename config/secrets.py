@@ -61,9 +61,13 @@ def read_secret_file(path: Path, *, name: str, check: FileModeCheck) -> tuple[st
         problem = file_mode_problem(path)
         if problem is not None and check is FileModeCheck.REFUSE:
             raise SecretFileError(f"{path} is {problem}; {mode_advice(name)}")
-        if path.stat().st_size > MAX_SECRET_FILE_BYTES:
+        if not stat.S_ISREG(path.stat().st_mode):
+            # A FIFO or /dev/zero would block or never end.
+            raise SecretFileError(f"{path} is not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SECRET_FILE_BYTES + 1)
+        if len(raw) > MAX_SECRET_FILE_BYTES:
             raise SecretFileError(f"{path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
-        raw = path.read_bytes()
     except OSError as exc:
         raise SecretFileError(f"{path} cannot be read ({type(exc).__name__})") from None
     try:

@@ -27,6 +27,7 @@ from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop, redacted_url
 from worker.client.client import PollerClient
 from worker.core.errors import InvalidIdError
+from worker.core.ids import MAX_BATCH, validate_id
 from worker.core.result import PollResult
 from worker.core.states import is_success
 from worker.core.targets import check_target, parse_target, webhook_policy
@@ -84,15 +85,43 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
     return asyncio.run(run())
 
 
+# Ids read from stdin at once: all are validated before any is written ("nothing enqueued"),
+# so they are held in memory; past this, split the input.
+MAX_STDIN_IDS = 1_000_000
+MAX_STDIN_LINE = 1 << 20
+
+
 def _read_ids(args: argparse.Namespace) -> list[str]:
     ids: list[str] = list(args.ids)
     if not ids or ids == ["-"]:
         if sys.stdin is None or sys.stdin.isatty():
             raise CliError("no container ids given (as arguments or on stdin)", EXIT_USAGE)
-        ids = [tok for line in sys.stdin for tok in line.split()]
+        ids = []
+        for line in sys.stdin:
+            # A line is at most one id's worth of text plus blanks: a multi-megabyte "line"
+            # is not a list of ids.
+            if len(line) > MAX_STDIN_LINE:
+                raise CliError(
+                    f"a line on stdin is longer than {MAX_STDIN_LINE} characters", EXIT_USAGE
+                )
+            ids += line.split()
+            if len(ids) > MAX_STDIN_IDS:
+                raise CliError(
+                    f"more than {MAX_STDIN_IDS} ids on stdin; split the input", EXIT_USAGE
+                )
         if not ids:
             raise CliError("no container ids on stdin", EXIT_USAGE)
     return ids
+
+
+async def _in_batches(ids: list[str], call: Callable[[list[str]], Awaitable[list[T]]]) -> list[T]:
+    """``call`` on MAX_BATCH ids at a time, once every id has been validated."""
+    for raw in ids:
+        validate_id(raw)
+    out: list[T] = []
+    for i in range(0, len(ids), MAX_BATCH):
+        out += await call(ids[i : i + MAX_BATCH])
+    return out
 
 
 def _result_json(cid: str, result: PollResult | None) -> dict[str, Any]:
@@ -172,18 +201,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings()
-    ids = _read_ids(args)
+    # One outcome per distinct id, whichever batch a repeat falls in.
+    ids = list(dict.fromkeys(raw.strip() for raw in _read_ids(args)))
     if args.intake:
         return _submit(settings, ids, args)
     try:
         outcomes = _with_client(
             settings,
-            lambda c: c.enqueue_many(
+            lambda c: _in_batches(
                 ids,
-                account=args.account,
-                force=args.force,
-                publish=args.publish,
-                webhook_url=args.webhook_url,
+                lambda batch: c.enqueue_many(
+                    batch,
+                    account=args.account,
+                    force=args.force,
+                    publish=args.publish,
+                    webhook_url=args.webhook_url,
+                ),
             ),
         )
     except InvalidIdError as exc:
@@ -210,18 +243,20 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
     try:
         entries = _with_client(
             settings,
-            lambda c: c.submit_many(
+            lambda c: _in_batches(
                 ids,
-                account=args.account,
-                force=args.force,
-                publish=args.publish,
-                webhook_url=args.webhook_url,
+                lambda batch: c.submit_many(
+                    batch,
+                    account=args.account,
+                    force=args.force,
+                    publish=args.publish,
+                    webhook_url=args.webhook_url,
+                ),
             ),
         )
     except InvalidIdError as exc:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
-    for cid, entry in zip(dict.fromkeys(ids), entries, strict=True):
-        cid = cid.strip()
+    for cid, entry in zip(ids, entries, strict=True):
         if args.json:
             print(json.dumps({"container_id": cid, "outcome": "submitted", "entry_id": entry}))
         else:
@@ -246,7 +281,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ids = _read_ids(args)
 
     async def work(client: PollerClient) -> list[tuple[str, PollResult | None]]:
-        return list(zip(ids, await client.get_many(ids), strict=True))
+        return list(zip(ids, await _in_batches(ids, client.get_many), strict=True))
 
     try:
         results = _with_client(settings, work)

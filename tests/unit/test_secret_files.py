@@ -103,6 +103,11 @@ def test_the_tokens_file_is_judged_at_start_too(tmp_path: Path) -> None:
         ({"webhook_secret_file": "EMPTY"}, "WEBHOOK_SECRET_FILE", "is empty"),
         ({"webhook_secret_file": "MISSING"}, "WEBHOOK_SECRET_FILE", "cannot be read"),
         ({"webhook_secret_file": "BINARY"}, "WEBHOOK_SECRET_FILE", "not UTF-8"),
+        (
+            {"webhook_secret_file": "DEVICE", "secret_file_mode_check": "warn"},
+            "WEBHOOK_SECRET_FILE",
+            "not a regular file",  # /dev/zero would never end
+        ),
     ],
 )
 def test_bad_secret_files_are_one_line(
@@ -113,6 +118,7 @@ def test_bad_secret_files_are_one_line(
         "EMPTY": secret_file(tmp_path, "empty", "\n"),
         "MISSING": tmp_path / "missing",
         "BINARY": tmp_path / "binary",
+        "DEVICE": Path("/dev/zero"),
     }
     files["BINARY"].write_bytes(b"\xff\xfe\x00")
     files["BINARY"].chmod(0o600)

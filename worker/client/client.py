@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_id
+from worker.core.ids import validate_batch, validate_id
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.store.connections import open_redis
@@ -62,7 +62,7 @@ def _ids(container_ids: Iterable[str]) -> list[str]:
     if isinstance(container_ids, str | bytes):
         # A lone id would otherwise be iterated digit by digit.
         raise InvalidIdError("container ids must be a list of ids, not one string")
-    return [validate_id(raw) for raw in container_ids]
+    return validate_batch(container_ids)
 
 
 def build_requests(

@@ -5,9 +5,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from worker.core.errors import InvalidIdError
 
 MAX_ID_LENGTH = 32  # Graph ids are 64-bit numbers (<= 20 digits); leave room, refuse junk.
+# Ids per call (one pipeline, one round trip): far above what a producer batches, far below what
+# would hold a Redis connection (and the worker's memory) for seconds.
+MAX_BATCH = 10_000
 
 
 def validate_id(raw: object, *, what: str = "container id") -> str:
@@ -24,3 +29,13 @@ def validate_id(raw: object, *, what: str = "container id") -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidIdError(f"{what} {shown!r} is not a Threads id (digits only)")
     return value
+
+
+def validate_batch(raws: Iterable[object]) -> list[str]:
+    """Every id of one call, validated; at most MAX_BATCH (InvalidIdError beyond, at once)."""
+    ids: list[str] = []
+    for raw in raws:
+        if len(ids) == MAX_BATCH:
+            raise InvalidIdError(f"at most {MAX_BATCH} ids per call; split the batch")
+        ids.append(validate_id(raw))
+    return ids

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +56,8 @@ def parse_tokens(raw: bytes) -> dict[str, str]:
 
 
 def _read_tokens(path: Path) -> dict[str, str]:
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError("not a regular file")  # a FIFO would block the worker's loop
     with path.open("rb") as f:
         return parse_tokens(f.read(MAX_TOKENS_FILE_BYTES + 1))
 
