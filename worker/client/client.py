@@ -105,9 +105,10 @@ class PollerClient:
     their pacing, and enqueue follows theirs. The client never closes a Redis it was given.
 
     ``webhook_policy`` says where a ``webhook_url`` may point (default: public addresses only,
-    the workers' default); ``from_settings`` takes it from WEBHOOK_ALLOWED_HOSTS,
-    WEBHOOK_ALLOW_PRIVATE_ADDRESSES and whether WEBHOOK_SECRET is set. ``webhook_resolve``
-    replaces the system's DNS lookup of its host (tests, a custom resolver).
+    the workers' default); ``from_settings`` takes it from WEBHOOK_ALLOWED_HOSTS and
+    WEBHOOK_ALLOW_PRIVATE_ADDRESSES. Without WEBHOOK_SECRET of its own, the client asks what
+    the workers published (``{prefix}:config``) and refuses a URL they could not sign for.
+    ``webhook_resolve`` replaces the system's DNS lookup of its host (tests, a custom resolver).
     """
 
     def __init__(
