@@ -4,12 +4,22 @@ receiver: tests/integration/test_webhooks.py.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from config import Settings, SettingsError, load_settings
-from worker.jobs.webhook import sign, verify_signature
+from worker.core.targets import WebhookPolicy
+from worker.jobs.webhook import (
+    GuardedResolver,
+    TargetRefusedError,
+    delivery_refusal,
+    sign,
+    verify_signature,
+)
 
 SECRET = "whsec-test-0123456789"
 
@@ -80,3 +90,68 @@ def test_a_bad_schedule_is_one_line_naming_the_variable(
     text = str(info.value)
     assert text.startswith(f"invalid setting {name}:") and why in text, text
     assert "\n" not in text
+
+
+class Answers(AbstractResolver):
+    """A resolver answering from a table (no socket)."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(hostname=host, host=a, port=port, family=family, proto=0, flags=0)
+            for a in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def test_the_delivery_resolver_refuses_what_the_policy_refuses() -> None:
+    answers = {
+        "public.example": ["93.184.216.34", "2606:2800:220:1::1"],
+        "mixed.example": ["93.184.216.34", "10.0.0.1"],
+        "meta.example": ["169.254.169.254"],
+        "scoped.example": ["fe80::1%1"],
+        "odd.example": ["not-an-address"],
+        "inside.example": ["127.0.0.1"],
+    }
+    guard = GuardedResolver(WebhookPolicy.parse("inside.example"), Answers(answers))
+
+    async def resolve(host: str) -> list[ResolveResult] | str:
+        try:
+            return await guard.resolve(host, 443)
+        except TargetRefusedError as exc:
+            return str(exc)
+
+    async def run() -> dict[str, list[ResolveResult] | str]:
+        return {host: await resolve(host) for host in answers}
+
+    got = asyncio.run(run())
+    assert [r["host"] for r in got["public.example"]] == answers["public.example"]  # type: ignore[index]
+    assert got["mixed.example"] == (
+        "mixed.example resolves to a private address: 10.0.0.1 (set "
+        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES=true or list it in WEBHOOK_ALLOWED_HOSTS)"
+    )
+    assert "link-local address: 169.254.169.254" in str(got["meta.example"])
+    assert "link-local" in str(got["scoped.example"])
+    assert "resolved to 'not-an-address'" in str(got["odd.example"])
+    assert isinstance(got["inside.example"], list)  # allowed by name, whatever it resolves to
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:8080/h", "loopback"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://2130706433/", "non-canonical"),
+        ("https://...", "not a valid host name"),
+        ("https://hooks.example.com/h", None),  # a name: the resolver decides
+    ],
+)
+def test_a_stored_url_is_judged_again_before_delivery(url: str, why: str | None) -> None:
+    refusal = delivery_refusal(url, WebhookPolicy(signing=True))
+    assert (refusal is None) if why is None else (why in (refusal or "")), refusal
