@@ -1668,6 +1668,8 @@ ROWS: tuple[RowSpec, ...] = (
                 ("WEBHOOK_SECRET", WEBHOOK_SECRET),
                 ("WEBHOOK_BACKOFF_SECONDS", "0.3"),
                 ("WEBHOOK_MAX_ATTEMPTS", "5"),
+                # The receiver is on loopback: the SSRF guard refuses it unless allowed.
+                ("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1"),
             ),
         ),
     ),

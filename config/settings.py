@@ -8,14 +8,75 @@ is read too. Secrets are ``SecretStr`` so that a ``repr`` of the settings never 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.secrets import FileModeCheck, SecretFileError, file_mode_problem, read_secret_file
+
 DEFAULT_API_BASE_URL = "https://graph.threads.net/v1.0"
+# Between attempts 1-2, 2-3, ...: what users of webhook services know (Stripe, GitHub's
+# redeliveries): a blip is retried at once, an outage of hours is still covered (~17.6 h in all).
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h"
+# Before WEBHOOK_RETRY_SCHEDULE: WEBHOOK_BACKOFF_SECONDS doubling, this many attempts.
+LEGACY_WEBHOOK_MAX_ATTEMPTS = 5
+MAX_RETRY_DELAY_SECONDS = 86400.0
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_retry_schedule(text: str) -> tuple[float, ...]:
+    """ "5s,5m,30m,2h" -> seconds; ValueError on a bad item (a plain number is seconds)."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise ValueError("empty; give delays such as 5s,5m,30m,2h")
+    if len(items) > 49:
+        raise ValueError(f"at most 49 delays, got {len(items)}")
+    delays = []
+    for item in items:
+        m = _DURATION.match(item.lower())
+        if m is None:
+            raise ValueError(f"{item[:20]!r} is not a delay such as 5s, 5m, 2h or 0.5")
+        seconds = float(m[1]) * _UNITS[m[2]]
+        if not 0 < seconds <= MAX_RETRY_DELAY_SECONDS:
+            raise ValueError(f"{item[:20]!r}: each delay must be > 0 and at most 24h")
+        delays.append(seconds)
+    return tuple(delays)
+
+
+def redacted_url(url: str) -> str:
+    """A URL without the password of its user part, for messages and ``repr``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if not password:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host += f":{port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class AuthMode(StrEnum):
@@ -68,6 +129,15 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://\S+$"
     )
+    # How a secrets file readable by others is treated (config/secrets.py): refused, or loaded
+    # with a warning. Before every *_FILE setting, which its validators read.
+    secret_file_mode_check: FileModeCheck = FileModeCheck.REFUSE
+    # The password of REDIS_URL's user, from a file (a Docker / Kubernetes secret), when the URL
+    # carries none.
+    redis_password_file: Path | None = None
+    # rediss:// only: the CA that signed Redis' certificate (else the system's); the host name
+    # is verified against it unless REDIS_URL says ssl_check_hostname=false.
+    redis_tls_ca_file: Path | None = None
     # Redis Sentinel, for failover: "host:port,host:port". The worker and the CLI then ask the
     # sentinels for the primary of REDIS_SENTINEL_MASTER (again after a failover); REDIS_URL
     # still gives the database, user and password of the data nodes, its host is not used.
@@ -77,6 +147,7 @@ class Settings(BaseSettings):
     # so the orchestrator's restart policy (and its logs) take over instead of silence.
     redis_startup_timeout_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
     threads_access_token: SecretStr | None = None
+    threads_access_token_file: Path | None = None
     threads_api_base_url: str = Field(default=DEFAULT_API_BASE_URL, pattern=r"^https?://\S+$")
     threads_auth_mode: AuthMode = AuthMode.QUERY
     # The Threads user id that THREADS_ACCESS_TOKEN belongs to (for its quota); optional.
@@ -124,9 +195,18 @@ class Settings(BaseSettings):
     # Webhooks on final states (a default URL here, or one per enqueue).
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    webhook_max_attempts: int = Field(default=5, ge=1, le=50)
-    webhook_backoff_seconds: float = Field(default=2.0, gt=0)
+    # The delays between attempts (WEBHOOK_RETRY_SCHEDULE, default above); attempts: one more
+    # than the delays unless WEBHOOK_MAX_ATTEMPTS says otherwise (the last delay then repeats).
+    webhook_retry_schedule: str | None = Field(default=None, max_length=1024)
+    webhook_max_attempts: int | None = Field(default=None, ge=1, le=50)
+    # The schedule before WEBHOOK_RETRY_SCHEDULE: this delay, doubling (kept for old configs).
+    webhook_backoff_seconds: float | None = Field(default=None, gt=0)
+    # The SSRF guard (worker/core/targets.py): host names, *.suffix names, IPs and CIDRs always
+    # allowed (receivers inside the deployment), and whether private networks are.
+    webhook_allowed_hosts: str = Field(default="", max_length=16384)
+    webhook_allow_private_addresses: bool = False
 
     key_prefix: str = Field(default="threads-poller", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     intake_batch_size: int = Field(default=100, ge=1, le=10_000)
@@ -140,6 +220,122 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
     # Prometheus /metrics of each worker process (worker/ops/metrics.py); 0 turns it off.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+    # Set by the validators: what a worker logs once logging is up (a too-open secrets file).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+    _redis_password: str | None = PrivateAttr(default=None)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name == "redis_url" else value
+
+    @field_validator(
+        "threads_tokens_file",
+        "threads_access_token_file",
+        "webhook_secret_file",
+        "redis_password_file",
+    )
+    @classmethod
+    def _check_secret_file_mode(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # The tokens file may appear later (it is re-read); one that exists now is judged now.
+        if value is None or (info.field_name == "threads_tokens_file" and not value.exists()):
+            return value
+        check = info.data.get("secret_file_mode_check", FileModeCheck.REFUSE)
+        try:
+            problem = file_mode_problem(value)
+        except OSError as exc:
+            raise ValueError(f"{value} cannot be read ({type(exc).__name__})") from None
+        if problem is not None and check is FileModeCheck.REFUSE:
+            raise ValueError(
+                f"{value} is {problem}; chmod 600 it (Kubernetes: defaultMode 0400, or 0440 "
+                "with fsGroup), or set SECRET_FILE_MODE_CHECK=warn"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Self:
+        for secret, file in (
+            ("threads_access_token", "threads_access_token_file"),
+            ("webhook_secret", "webhook_secret_file"),
+        ):
+            path = getattr(self, file)
+            if path is None:
+                continue
+            if getattr(self, secret) is not None:
+                raise ValueError(f"set {secret.upper()} or {file.upper()}, not both")
+            setattr(self, secret, SecretStr(self._read(path, file)))
+        if self.redis_password_file is not None:
+            if self.redis_url_password():
+                raise ValueError("REDIS_URL has a password: set it there or in REDIS_PASSWORD_FILE")
+            self._redis_password = self._read(self.redis_password_file, "redis_password_file")
+        return self
+
+    def _read(self, path: Path, field: str) -> str:
+        try:
+            value, warning = read_secret_file(
+                path, name=field.upper(), check=self.secret_file_mode_check
+            )
+        except SecretFileError as exc:
+            raise ValueError(f"{field.upper()}: {exc}") from None
+        if warning:
+            self._warnings.append(warning)
+        return value
+
+    def warnings(self) -> list[str]:
+        """What loading the settings found worth a warning (logged by the worker at start)."""
+        return list(self._warnings)
+
+    def redis_url_password(self) -> str | None:
+        try:
+            return urlsplit(self.redis_url).password
+        except ValueError:
+            return None
+
+    def redis_password(self) -> str | None:
+        """REDIS_URL's password, or REDIS_PASSWORD_FILE's content (None: neither)."""
+        return self._redis_password or self.redis_url_password()
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold, for log redaction."""
+        values = [self.token(), self.redis_password()]
+        if self.webhook_secret is not None:
+            values.append(self.webhook_secret.get_secret_value())
+        return [v for v in values if v]
+
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """The wait after attempt 1, 2, ... (one fewer than the attempts)."""
+        if self.webhook_backoff_seconds is not None:
+            attempts = self.webhook_max_attempts or LEGACY_WEBHOOK_MAX_ATTEMPTS
+            return tuple(
+                min(self.webhook_backoff_seconds * 2**k, 10 * 86400.0) for k in range(attempts - 1)
+            )
+        schedule = parse_retry_schedule(
+            self.webhook_retry_schedule or DEFAULT_WEBHOOK_RETRY_SCHEDULE
+        )
+        attempts = self.webhook_max_attempts or len(schedule) + 1
+        return tuple(schedule[min(k, len(schedule) - 1)] for k in range(attempts - 1))
+
+    def webhook_attempts(self) -> int:
+        return len(self.webhook_retry_delays()) + 1
+
+    def webhook_retry_delay(self, attempt: int) -> float:
+        """How long to wait after failed attempt ``attempt`` (1-based)."""
+        delays = self.webhook_retry_delays()
+        return delays[min(attempt, len(delays)) - 1] if delays else 0.0
+
+    @model_validator(mode="after")
+    def _check_webhook_retries(self) -> Self:
+        if self.webhook_backoff_seconds is not None and self.webhook_retry_schedule is not None:
+            raise ValueError(
+                "set WEBHOOK_RETRY_SCHEDULE or WEBHOOK_BACKOFF_SECONDS (the old doubling "
+                "schedule), not both"
+            )
+        if self.webhook_retry_schedule is not None:
+            try:
+                parse_retry_schedule(self.webhook_retry_schedule)
+            except ValueError as exc:
+                raise ValueError(f"WEBHOOK_RETRY_SCHEDULE: {exc}") from None
+        return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
@@ -186,11 +382,8 @@ class Settings(BaseSettings):
                 for k in range(self.publish_max_attempts)
             )
         )
-        retries = sum(
-            min(self.webhook_backoff_seconds * 2**k, 10 * 86400.0)
-            for k in range(self.webhook_max_attempts - 1)
-        )
-        webhook = retries + self.webhook_max_attempts * (self.webhook_timeout_seconds + 2)
+        delays = self.webhook_retry_delays()
+        webhook = sum(delays) + (len(delays) + 1) * (self.webhook_timeout_seconds + 2)
         return float(
             self.poll_max_seconds
             + self.throttle_max_delay_seconds
@@ -218,6 +411,9 @@ class Settings(BaseSettings):
         return self.threads_access_token.get_secret_value() if self.threads_access_token else None
 
 
+_NAMED = re.compile(r"^Value error, ([A-Z][A-Z0-9_]+): (.*)$", re.DOTALL)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning pydantic's report into one line per bad variable."""
     try:
@@ -231,7 +427,12 @@ def load_settings(**overrides: object) -> Settings:
                 # "Value error, " prefix.
                 lines.append(f"invalid settings {', '.join(cause.names)}: {cause.message}")
                 continue
-            loc = "_".join(str(part) for part in err["loc"]).upper() or "SETTINGS"
+            loc = "_".join(str(part) for part in err["loc"]).upper()
+            msg = err["msg"]
+            # A check about one variable, made across settings, names it first ("NAME: why").
+            named = _NAMED.match(msg) if not loc else None
+            if named:
+                loc, msg = named[1], f"Value error, {named[2]}"
             # Never echo the input: it may be a token.
-            lines.append(f"invalid setting {loc}: {err['msg']}")
+            lines.append(f"invalid setting {loc or 'SETTINGS'}: {msg}")
         raise SettingsError("; ".join(lines)) from None

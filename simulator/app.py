@@ -35,6 +35,9 @@ STATE_KEY = web.AppKey("simulator_state", SimulatorState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+MAX_BODY_BYTES = 1 << 20
+
+
 class AdminInputError(ValueError):
     """A malformed admin request body."""
 
@@ -168,7 +171,7 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AdminInputError("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise AdminInputError("the body must be a JSON object")
@@ -360,7 +363,8 @@ async def post_reset(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(state: SimulatorState) -> web.Application:
-    app = web.Application(middlewares=[_admin_errors])
+    # Bodies: admin JSON and publish forms are small; aiohttp answers 413 past this.
+    app = web.Application(middlewares=[_admin_errors], client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = state
     api, admin = API_PREFIX, ADMIN_PREFIX
     app.router.add_get(f"{api}/{{user_id}}/threads_publishing_limit", publishing_limit)

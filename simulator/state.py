@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from simulator.steps import (
+    MAX_SLOW_SECONDS,
     MEDIA_NOT_READY,
     MISSING_CREATION_ID,
     NO_ID_REPLY,
@@ -308,8 +309,10 @@ class SimulatorState:
         if new_rate > 0 and not new_kinds:
             raise ConfigError("a fault rate needs at least one fault kind")
         new_slow = self._slow_seconds if slow_seconds is None else slow_seconds
-        if not 0.0 <= new_slow < float("inf"):
-            raise ConfigError(f"slow_seconds must be >= 0, got {slow_seconds}")
+        if not 0.0 <= new_slow <= MAX_SLOW_SECONDS:
+            raise ConfigError(
+                f"slow_seconds must be within [0, {MAX_SLOW_SECONDS:g}], got {slow_seconds}"
+            )
         self._fault_rate, self._fault_kinds, self._slow_seconds = new_rate, new_kinds, new_slow
         if kinds is not None:
             self._fault_kind_names = tuple(kinds)

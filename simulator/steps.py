@@ -239,13 +239,20 @@ STATUS_WORDS = sorted(KNOWN_STATUSES)
 FAULT_WORDS = sorted(_FIXED)
 
 
+# The simulator's own inputs are bounded too: a step's text, a script's length, and a slow
+# answer's delay (a request held for ever would be a hang, not a fault).
+MAX_STEP_CHARS = 256
+MAX_SCRIPT_STEPS = 10_000
+MAX_SLOW_SECONDS = 3600.0
+
+
 def _parse_seconds(text: str, raw: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
-        raise StepError(f"bad seconds in step {raw!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise StepError(f"bad seconds in step {raw!r}")
+        raise StepError(f"bad seconds in step {raw[:40]!r}") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SLOW_SECONDS:
+        raise StepError(f"seconds must be within [0, {MAX_SLOW_SECONDS:g}] in step {raw[:40]!r}")
     return seconds
 
 
@@ -260,6 +267,8 @@ def parse_step(raw: str) -> Step:
     text = raw.strip()
     if not text:
         raise StepError("empty step")
+    if len(text) > MAX_STEP_CHARS:
+        raise StepError(f"a step has at most {MAX_STEP_CHARS} characters: {raw[:40]!r}...")
     if text in KNOWN_STATUSES:
         return StatusStep(text)
     fixed = _FIXED.get(text)
@@ -297,10 +306,14 @@ def parse_step(raw: str) -> Step:
 
 def parse_steps(raws: Iterable[str | Step]) -> tuple[Step, ...]:
     """Parse a script; an empty script is refused because "the last step repeats" needs one."""
-    steps = tuple(raw if not isinstance(raw, str) else parse_step(raw) for raw in raws)
+    steps: list[Step] = []
+    for raw in raws:
+        if len(steps) == MAX_SCRIPT_STEPS:
+            raise StepError(f"a script has at most {MAX_SCRIPT_STEPS} steps")
+        steps.append(raw if not isinstance(raw, str) else parse_step(raw))
     if not steps:
         raise StepError("a script needs at least one step")
-    return steps
+    return tuple(steps)
 
 
 def parse_step_list(text: str) -> tuple[Step, ...]:

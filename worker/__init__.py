@@ -4,6 +4,8 @@ The client
     PollerClient      enqueue container ids, read and wait for their results (one deployment)
     EnqueueOutcome    what an enqueue did: enqueued | restarted | duplicate | final
     PollResult        one container's stored state
+    WebhookPolicy     where a webhook URL may point (the SSRF guard's allowlist), for a client
+                      built without settings
 
 States
     State             every status a result can have
@@ -28,6 +30,7 @@ from worker.client.reader import get_result, wait_for
 from worker.core.errors import InvalidIdError, PollerError
 from worker.core.result import PollResult
 from worker.core.states import FINAL_STATES, State, is_final, is_success
+from worker.core.targets import WebhookPolicy
 
 __all__ = [
     "FINAL_STATES",
@@ -37,6 +40,7 @@ __all__ = [
     "PollerClient",
     "PollerError",
     "State",
+    "WebhookPolicy",
     "enqueue",
     "enqueue_many",
     "get_result",

@@ -7,7 +7,7 @@ Exit codes (stable, documented in the README):
        ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
-    4  Redis cannot be reached
+    4  Redis cannot be reached, or refused this user (credentials, ACL permissions)
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings, SettingsError, load_settings
-from config.settings import EventLoop
+from config.settings import EventLoop, redacted_url
 from worker.client.client import EnqueueOutcome, PollerClient
 from worker.core.errors import InvalidIdError
+from worker.core.ids import MAX_BATCH, validate_id
 from worker.core.result import PollResult
 from worker.core.states import is_success
+from worker.core.targets import check_target, parse_target, webhook_policy
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -45,21 +47,16 @@ class CliError(Exception):
 
 def safe_redis_url(url: str) -> str:
     """The Redis URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    return urlunsplit(parts)
+    return redacted_url(url)
 
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
+        webhook_policy(settings)  # WEBHOOK_ALLOWED_HOSTS is parsed there
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    return settings
 
 
 def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]]) -> T:
@@ -69,6 +66,17 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
         async with PollerClient.from_settings(settings) as client:
             try:
                 return await work(client)
+            except NoPermissionError as exc:
+                # A least-privilege user (README, Security): say what it may not do.
+                raise CliError(
+                    f"Redis refused this user ({exc}); a producer-only user enqueues with --intake",
+                    EXIT_REDIS,
+                ) from None
+            except AuthenticationError:
+                raise CliError(
+                    f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+                    EXIT_REDIS,
+                ) from None
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 raise CliError(
                     f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: "
@@ -79,15 +87,43 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
     return asyncio.run(run())
 
 
+# Ids read from stdin at once: all are validated before any is written ("nothing enqueued"),
+# so they are held in memory; past this, split the input.
+MAX_STDIN_IDS = 1_000_000
+MAX_STDIN_LINE = 1 << 20
+
+
 def _read_ids(args: argparse.Namespace) -> list[str]:
     ids: list[str] = list(args.ids)
     if not ids or ids == ["-"]:
         if sys.stdin is None or sys.stdin.isatty():
             raise CliError("no container ids given (as arguments or on stdin)", EXIT_USAGE)
-        ids = [tok for line in sys.stdin for tok in line.split()]
+        ids = []
+        for line in sys.stdin:
+            # A line is at most one id's worth of text plus blanks: a multi-megabyte "line"
+            # is not a list of ids.
+            if len(line) > MAX_STDIN_LINE:
+                raise CliError(
+                    f"a line on stdin is longer than {MAX_STDIN_LINE} characters", EXIT_USAGE
+                )
+            ids += line.split()
+            if len(ids) > MAX_STDIN_IDS:
+                raise CliError(
+                    f"more than {MAX_STDIN_IDS} ids on stdin; split the input", EXIT_USAGE
+                )
         if not ids:
             raise CliError("no container ids on stdin", EXIT_USAGE)
     return ids
+
+
+async def _in_batches(ids: list[str], call: Callable[[list[str]], Awaitable[list[T]]]) -> list[T]:
+    """``call`` on MAX_BATCH ids at a time, once every id has been validated."""
+    for raw in ids:
+        validate_id(raw)
+    out: list[T] = []
+    for i in range(0, len(ids), MAX_BATCH):
+        out += await call(ids[i : i + MAX_BATCH])
+    return out
 
 
 def _result_json(cid: str, result: PollResult | None) -> dict[str, Any]:
@@ -144,16 +180,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
         why = "no such file" if not tokens_file.exists() else "not a regular file"
         raise CliError(f"invalid setting THREADS_TOKENS_FILE: {why}: {tokens_file}", EXIT_USAGE)
     tokens = token_source(settings)
-    setup_logging(settings.log_format, settings.log_level, tokens.known_secrets)
+    own = settings.secrets()  # the Redis password, the webhook secret
+    setup_logging(settings.log_format, settings.log_level, lambda: [*tokens.known_secrets(), *own])
     if settings.threads_access_token is None and settings.threads_tokens_file is None:
         raise CliError(
             "invalid setting THREADS_ACCESS_TOKEN: not set (nor THREADS_TOKENS_FILE); "
             "the worker cannot call the API",
             EXIT_USAGE,
         )
+    if settings.webhook_url:
+        try:
+            check_target(parse_target(settings.webhook_url), webhook_policy(settings, worker=True))
+        except InvalidIdError as exc:
+            raise CliError(f"invalid setting WEBHOOK_URL: {exc}", EXIT_USAGE) from None
     use_event_loop(settings.event_loop)
     try:
         build_worker(settings, tokens=tokens).run_forever()
+    except AuthenticationError:
+        raise CliError(
+            f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+            EXIT_FAILURE,
+        ) from None
     except (RedisError, OSError) as exc:
         # One log line in the configured format (JSON in a container), not a traceback.
         logging.getLogger("threads_poller.worker").error(  # noqa: TRY400
@@ -170,7 +217,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError("--carousel and --children go together", EXIT_USAGE)
     if args.carousel is not None and args.ids:
         raise CliError("--carousel takes no container ids (its children: --children)", EXIT_USAGE)
-    ids = _read_ids(args) if args.carousel is None else []
+    if args.intake and (args.carousel is not None or args.reply_to):
+        raise CliError("--intake takes plain container ids (no --carousel, --reply-to)", EXIT_USAGE)
+    # One outcome per distinct id, whichever batch a repeat falls in.
+    ids = (
+        list(dict.fromkeys(raw.strip() for raw in _read_ids(args))) if args.carousel is None else []
+    )
+    if args.intake:
+        return _submit(settings, ids, args)
 
     async def work(c: PollerClient) -> list[EnqueueOutcome]:
         if args.carousel is not None:
@@ -185,13 +239,16 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 reply_to=args.reply_to,
             )
             return [one]
-        return await c.enqueue_many(
+        return await _in_batches(
             ids,
-            account=args.account,
-            force=args.force,
-            publish=args.publish,
-            webhook_url=args.webhook_url,
-            reply_to=args.reply_to,
+            lambda batch: c.enqueue_many(
+                batch,
+                account=args.account,
+                force=args.force,
+                publish=args.publish,
+                webhook_url=args.webhook_url,
+                reply_to=args.reply_to,
+            ),
         )
 
     try:
@@ -216,12 +273,49 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int:
+    try:
+        entries = _with_client(
+            settings,
+            lambda c: _in_batches(
+                ids,
+                lambda batch: c.submit_many(
+                    batch,
+                    account=args.account,
+                    force=args.force,
+                    publish=args.publish,
+                    webhook_url=args.webhook_url,
+                ),
+            ),
+        )
+    except InvalidIdError as exc:
+        raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    for cid, entry in zip(ids, entries, strict=True):
+        if args.json:
+            print(json.dumps({"container_id": cid, "outcome": "submitted", "entry_id": entry}))
+        else:
+            print(f"{cid}  submitted to the intake (entry {entry})")
+    return EXIT_OK
+
+
+def cmd_acl(args: argparse.Namespace) -> int:
+    from worker.store.acl import acl_setuser
+
+    prefix = args.prefix or _settings().key_prefix
+    user = args.user or f"{prefix}-{'-'.join(args.roles)}"
+    try:
+        print(acl_setuser(user, args.roles, prefix))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     ids = _read_ids(args)
 
     async def work(client: PollerClient) -> list[tuple[str, PollResult | None]]:
-        return list(zip(ids, await client.get_many(ids), strict=True))
+        return list(zip(ids, await _in_batches(ids, client.get_many), strict=True))
 
     try:
         results = _with_client(settings, work)
@@ -385,8 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--children", metavar="A,B,...", help="the carousel's 2 to 20 item container ids"
     )
+    p.add_argument(
+        "--intake",
+        action="store_true",
+        help="XADD to the intake stream instead (all a Redis user with the producer role may do)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("acl", help="print the ACL SETUSER line of a least-privilege Redis user")
+    p.add_argument("roles", nargs="+", choices=["producer", "reader", "enqueuer", "worker"])
+    p.add_argument("--user", help="the user's name (default: <prefix>-<roles>)")
+    p.add_argument("--prefix", help="the deployment's KEY_PREFIX (default: from the settings)")
+    p.set_defaults(func=cmd_acl)
 
     p = sub.add_parser("status", help="show the stored state of container ids")
     p.add_argument("ids", nargs="*", metavar="ID")

@@ -4,6 +4,9 @@ Local Redis (a private redis-server is started when ``REDIS_URL`` does not answe
 Threads API simulator, and a real ``threads-poller worker`` process. A handful of containers,
 scripted so that between them they reach every final state, are fed through both doors (the
 Python API and the Redis intake stream); progress is shown live and a table closes the run.
+The containers fed through the Python API also get a signed webhook, received by the demo itself
+on 127.0.0.1: the SSRF guard refuses loopback targets, so the demo allows that one explicitly
+(``WEBHOOK_ALLOWED_HOSTS=127.0.0.1``), as a deployment names its in-cluster receivers.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,19 +24,58 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from config import Settings, load_settings
+from config.settings import redacted_url
 from simulator import run_simulator
 from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_result
 from worker.store.keys import Keys
 
 DEMO_TOKEN = "demo-token-not-a-real-secret"  # noqa: S105 - the simulator takes any token
+DEMO_WEBHOOK_SECRET = "demo-webhook-secret-not-a-real-one"  # noqa: S105
 DEMO_PREFIX = "threads-poller-demo"
+# The demo's receiver listens on loopback, which the SSRF guard refuses unless allowed.
+DEMO_ALLOWED_HOSTS = "127.0.0.1"
+
+
+@dataclass
+class Deliveries:
+    """What the demo's webhook receiver got: container id -> signature verified."""
+
+    url: str = ""
+    verified: dict[str, bool] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[Deliveries]:
+    from aiohttp import web
+
+    from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
+
+    got = Deliveries()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        ok = verify_signature(DEMO_WEBHOOK_SECRET, body, request.headers.get(SIGNATURE_HEADER, ""))
+        got.verified[str(json.loads(body).get("container_id"))] = ok
+        return web.Response(status=200 if ok else 401)
+
+    app = web.Application()
+    app.router.add_post("/threads-hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    got.url = f"http://127.0.0.1:{runner.addresses[0][1]}/threads-hook"
+    try:
+        yield got
+    finally:
+        await runner.cleanup()
 
 
 @dataclass(frozen=True)
@@ -105,7 +148,7 @@ async def _redis_answers(url: str) -> bool:
 async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
     """Yield a Redis URL that answers: the configured one, or a private redis-server."""
     if await _redis_answers(url):
-        print(f"Redis: using {url}")
+        print(f"Redis: using {redacted_url(url)}")
         yield url
         return
     binary = shutil.which("redis-server")
@@ -140,7 +183,10 @@ async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
             if await _redis_answers(started):
                 break
             await asyncio.sleep(0.05)
-        print(f"Redis: {url} did not answer; started a private redis-server at {started}")
+        print(
+            f"Redis: {redacted_url(url)} did not answer; started a private redis-server at "
+            f"{started}"
+        )
         yield started
     finally:
         proc.terminate()
@@ -168,8 +214,13 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
         f"throttled account's pause, the publish's minimum age and a reply's settle time from "
         f"60 s, 30 s and 30 s to {interval:g} s."
     )
-    async with local_redis(base.redis_url, workdir) as redis_url, run_simulator(port=0) as sim:
+    async with (
+        local_redis(base.redis_url, workdir) as redis_url,
+        run_simulator(port=0) as sim,
+        webhook_receiver() as hooks,
+    ):
         print(f"Threads API simulator: {sim.base_url}")
+        print(f"Webhook receiver: {hooks.url} (WEBHOOK_ALLOWED_HOSTS={DEMO_ALLOWED_HOSTS})")
         for sc in SCENARIOS:
             sim.state.set_script(sc.container_id, sc.steps)
             for kid, steps in sc.children:
@@ -185,6 +236,7 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             poll_interval_seconds=interval,
             poll_max_seconds=window,
             key_prefix=DEMO_PREFIX,
+            webhook_allowed_hosts=DEMO_ALLOWED_HOSTS,
         )
         env = dict(
             os.environ,
@@ -201,6 +253,8 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             PUBLISH_GRACE_SECONDS=str(interval / 4),
             KEY_PREFIX=DEMO_PREFIX,
             LOG_FORMAT="json",
+            WEBHOOK_SECRET=DEMO_WEBHOOK_SECRET,
+            WEBHOOK_ALLOWED_HOSTS=DEMO_ALLOWED_HOSTS,
         )
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log:
@@ -210,7 +264,7 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
         print(f"Worker: pid {worker.pid}, log {log_path}")
         redis = Redis.from_url(redis_url)
         try:
-            return await _feed_and_watch(redis, settings, sim.state, worker, give_up_after)
+            return await _feed_and_watch(redis, settings, sim.state, worker, give_up_after, hooks)
         finally:
             if worker.returncode is None:
                 worker.send_signal(signal.SIGTERM)
@@ -241,6 +295,7 @@ async def _feed_and_watch(
     sim_state: object,
     worker: asyncio.subprocess.Process,
     give_up_after: float,
+    hooks: Deliveries,
 ) -> int:
     keys = Keys(settings.key_prefix)
     # Clear the previous demo's results so every container is polled afresh.
@@ -248,7 +303,11 @@ async def _feed_and_watch(
         await redis.delete(keys.result(sc.container_id), *(keys.result(k) for k, _ in sc.children))
     plain = [sc for sc in SCENARIOS if not sc.children and not sc.reply_to]
     half = len(plain) // 2
-    await enqueue_many(redis, [s.container_id for s in plain[:half]], settings=settings)
+    hooked = [s.container_id for s in plain[:half]]
+    # Before the worker has said it can sign (it publishes that at start), a producer without
+    # the secret cannot know: wait for it, as a pipeline started with its workers would.
+    await _wait_for_config(redis, keys, worker)
+    await enqueue_many(redis, hooked, webhook_url=hooks.url, settings=settings)
     for sc in plain[half:]:
         await redis.xadd(keys.intake, {"container_id": sc.container_id})
     for sc in SCENARIOS:
@@ -260,8 +319,9 @@ async def _feed_and_watch(
                 redis, sc.container_id, publish=True, reply_to=sc.reply_to, settings=settings
             )
     print(
-        f"Enqueued {half + 1} containers with the Python API (one a reply, auto-published) and "
-        f"{len(plain) - half} with XADD {keys.intake}, plus a carousel (XADD with children)\n"
+        f"Enqueued {half + 1} containers with the Python API ({half} with a signed webhook, "
+        f"one a reply, auto-published) and {len(plain) - half} with XADD {keys.intake}, plus a "
+        "carousel (XADD with children)\n"
     )
     t0 = time.monotonic()
     results = {}
@@ -272,7 +332,8 @@ async def _feed_and_watch(
         finals = sum(1 for r in results.values() if r and r.final)
         summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         print(f"  t={time.monotonic() - t0:5.1f}s  final {finals}/{len(SCENARIOS)}  |  {summary}")
-        if finals == len(SCENARIOS) or time.monotonic() - t0 > give_up_after:
+        hooks_done = all(cid in hooks.verified for cid in hooked)
+        if (finals == len(SCENARIOS) and hooks_done) or time.monotonic() - t0 > give_up_after:
             break
         if worker.returncode is not None:
             print("The worker exited early; see its log.")
@@ -302,8 +363,18 @@ async def _feed_and_watch(
     print(_table(rows))
     events = await redis.xlen(keys.events)
     print(f"\nEvents stream {keys.events}: {events} entries; results in {keys.result('ID')}.")
+    signed = sum(1 for cid in hooked if hooks.verified.get(cid))
+    print(f"Webhooks received with a valid signature: {signed} of {len(hooked)}")
+    ok &= signed == len(hooked)
     print("Every scenario reached its expected final state." if ok else "SOME SCENARIOS FAILED.")
     return 0 if ok else 1
+
+
+async def _wait_for_config(redis: Redis, keys: Keys, worker: asyncio.subprocess.Process) -> None:
+    for _ in range(200):
+        if await redis.hget(keys.config, "webhook_signing") == b"1" or worker.returncode:  # type: ignore[misc]
+            return
+        await asyncio.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

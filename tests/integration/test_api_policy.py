@@ -98,6 +98,7 @@ async def test_expired_token_fails_its_account_once_other_account_unaffected(
 ) -> None:
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"111": TOKEN_A, "222": TOKEN_B}))
+    tokens_file.chmod(0o600)  # a secrets file others may read is refused
     sim.state.set_tokens(valid={TOKEN_A: "111"}, expired={TOKEN_B: "222"})
     sim.state.set_script("61*", ["IN_PROGRESS", "FINISHED"])
     sim.state.set_script("62*", ["IN_PROGRESS", "FINISHED"])
@@ -162,6 +163,7 @@ async def test_concurrent_rejections_of_one_token_are_logged_once(
 ) -> None:
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps({"222": TOKEN_B}))
+    tokens_file.chmod(0o600)
     sim.state.set_tokens(valid={}, expired={TOKEN_B: "222"})
     settings = settings.model_copy(
         update={"threads_tokens_file": tokens_file, "threads_access_token": None}

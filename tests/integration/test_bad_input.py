@@ -124,6 +124,32 @@ async def test_python_api_refuses_a_string_as_a_batch(redis: Redis, settings: Se
     assert await redis.dbsize() == 0
 
 
+async def test_python_api_bounds_a_batch(redis: Redis, settings: Settings) -> None:
+    """One call is one pipeline: at most MAX_BATCH ids, refused before anything is sent (an
+    endless generator included); the CLI splits a longer stdin into such batches."""
+    import itertools
+
+    from worker.core.ids import MAX_BATCH
+
+    with pytest.raises(InvalidIdError, match=f"at most {MAX_BATCH} ids"):
+        await enqueue_many(redis, (str(i) for i in itertools.count(1)), settings=settings)
+    assert await redis.dbsize() == 0
+    outs = await enqueue_many(redis, [str(i) for i in range(1, MAX_BATCH + 1)], settings=settings)
+    assert len(outs) == MAX_BATCH
+
+
+async def test_cli_enqueues_a_long_stdin_in_batches(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    from worker.core.ids import MAX_BATCH
+
+    ids = b"".join(b"%d\n" % i for i in range(1, MAX_BATCH + 51)) + b"7\n"
+    code, out, err = await run_cli("enqueue", env=worker_env(project_env, settings), stdin=ids)
+    assert code == 0, err
+    assert len(out.splitlines()) == MAX_BATCH + 50  # "7" again: folded into its first line
+    assert await redis.zcard(Keys(settings.key_prefix).queue) == MAX_BATCH + 50
+
+
 async def test_python_api_junk_leaves_the_worker_and_the_queue_alone(
     redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
 ) -> None:
@@ -168,6 +194,8 @@ CLI_JUNK = [
     pytest.param(["enqueue"], b"", "no container ids", id="stdin-empty"),
     pytest.param(["enqueue"], b"  \n\t\r\n", "no container ids", id="stdin-blank"),
     pytest.param(["enqueue"], b"123\n" + b"9" * 10_000 + b"\n", "at most 32", id="stdin-long"),
+    pytest.param(["enqueue"], b"1" * (2 << 20), "longer than", id="stdin-one-huge-line"),
+    pytest.param(["enqueue"], b"1\n" * 1_000_001, "split the input", id="stdin-too-many"),
     pytest.param(["status", "abc"], None, "digits only", id="status-letters"),
     pytest.param(["status", ""], None, "empty", id="status-empty"),
     pytest.param(["status", "12", "1" * 5000], None, "at most 32", id="status-huge"),

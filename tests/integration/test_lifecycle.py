@@ -27,6 +27,7 @@ from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
+from worker.core.targets import WebhookPolicy
 from worker.jobs.check import PollerContext
 from worker.jobs.quota import token_source
 from worker.runtime.app import build_poller, job_specs
@@ -243,7 +244,9 @@ async def test_runs_beyond_the_limit_end_the_poll_saying_why(
     settings = settings.model_copy(update={"poll_max_seconds": 60.0})
     session = make_session(timeout_seconds=1, max_connections=4)
     try:
-        poller: PollerContext = build_poller(settings, redis, token_source(settings), session)
+        poller: PollerContext = build_poller(
+            settings, redis, token_source(settings), session, session, WebhookPolicy()
+        )
         check_spec = job_specs(settings, poller)[0]
         assert check_spec.name == CHECK_FUNCTION and check_spec.give_up is not None
 
@@ -390,7 +393,8 @@ async def test_the_workers_pacing_rules_not_the_producers(redis: Redis, settings
     """Workers publish their pacing; a producer's own setting is only the fallback."""
     from worker.store.results import EnqueueRequest
 
-    await store_for(redis, settings).publish_config()  # the worker's: pacing off
+    # The worker's: pacing off.
+    await store_for(redis, settings).publish_config(webhook_signing=False)
     paced_producer = settings.model_copy(update={"account_max_requests_per_second": 1.0})
     store = store_for(redis, paced_producer)
     await store.enqueue([EnqueueRequest(f"73{i:02d}", account="5") for i in range(5)])

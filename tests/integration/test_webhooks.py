@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -17,7 +19,7 @@ from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue, get_result
 from worker.core.errors import InvalidIdError
-from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
+from worker.jobs.webhook import SIGNATURE_HEADER, sign, verify_signature
 from worker.store.keys import Keys
 
 SECRET = "whsec-test-0123456789"
@@ -28,6 +30,7 @@ class Receiver:
     url: str
     answers: list[int]
     got: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)  # time.monotonic() of each request
 
 
 @contextlib.asynccontextmanager
@@ -35,6 +38,7 @@ async def receiver(answers: list[int]) -> AsyncIterator[Receiver]:
     rec = Receiver("", answers)
 
     async def handle(request: web.Request) -> web.Response:
+        rec.at.append(time.monotonic())
         rec.got.append((await request.read(), dict(request.headers)))
         status = rec.answers.pop(0) if len(rec.answers) > 1 else rec.answers[0]
         return web.Response(status=status, text="ok")
@@ -58,6 +62,8 @@ def hook_settings(settings: Settings, **more: object) -> Settings:
         "webhook_secret": SecretStr(SECRET),
         "webhook_backoff_seconds": 0.1,
         "webhook_max_attempts": 3,
+        # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
+        "webhook_allowed_hosts": "127.0.0.1",
     }
     update.update(more)
     return settings.model_copy(update=update)
@@ -175,3 +181,33 @@ async def test_bad_webhook_url_is_refused(redis: Redis, settings: Settings, url:
     with pytest.raises(InvalidIdError, match="webhook url"):
         await enqueue(redis, "9507", webhook_url=url, settings=settings)
     assert await redis.dbsize() == 0
+
+
+async def test_retries_follow_the_schedule_and_the_dead_letter_can_be_replayed(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    """WEBHOOK_RETRY_SCHEDULE spaces the attempts; the dead letter keeps the exact body, which
+    a replay signs afresh (the signature's timestamp would be stale)."""
+    settings = hook_settings(
+        settings,
+        webhook_backoff_seconds=None,
+        webhook_max_attempts=None,
+        webhook_retry_schedule="0.4s,1s",
+    )
+    sim.state.set_script("9508", ["FINISHED"])
+    async with receiver([503]) as rec:
+        await enqueue(redis, "9508", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: _hook_status(redis, settings, "9508", "dead"), timeout=15)
+    assert len(rec.got) == 3  # 1 + the schedule's 2 retries
+    gaps = [b - a for a, b in itertools.pairwise(rec.at)]
+    assert 0.4 <= gaps[0] < 1.0 and 1.0 <= gaps[1] < 1.8, gaps
+    ((_, dead),) = await redis.xrange(keys.webhook_dead_letters)
+    assert dead[b"attempts"] == b"3" and dead[b"reason"] == b"HTTP 503"
+    body = dead[b"body"]
+    assert {b for b, _ in rec.got} == {body}
+    replayed = sign(SECRET, body, int(time.time()))
+    assert verify_signature(SECRET, body, replayed)
+    assert not verify_signature(
+        SECRET, body, rec.got[0][1][SIGNATURE_HEADER], now=time.time() + 400
+    )

@@ -29,6 +29,7 @@ PUBLIC = [
     "PollerClient",
     "PollerError",
     "State",
+    "WebhookPolicy",
     "enqueue",
     "enqueue_many",
     "get_result",

@@ -23,6 +23,7 @@ def bump_mtime(path: Path) -> None:
 async def test_lookup_order_file_env_default(tmp_path: Path) -> None:
     f = tmp_path / "tokens.json"
     f.write_text(json.dumps({"111": "file-token-111"}))
+    f.chmod(0o600)  # a secrets file others may read is refused
     src = AccountTokenSource(
         SecretStr("default-token"),
         f,
@@ -39,6 +40,7 @@ async def test_lookup_order_file_env_default(tmp_path: Path) -> None:
 async def test_file_is_reloaded_and_bad_content_keeps_previous(tmp_path: Path) -> None:
     f = tmp_path / "tokens.json"
     f.write_text(json.dumps({"111": "old"}))
+    f.chmod(0o600)
     src = AccountTokenSource(None, f, environ={}, recheck_seconds=0)
     assert await src.token_for("111") == "old"
     f.write_text(json.dumps({"111": "new"}))

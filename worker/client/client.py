@@ -27,11 +27,13 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_children, validate_id, validate_webhook_url
+from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
+from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
 from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
+from worker.store.targets import Resolve, check_webhook_url
 
 # The defaults of a deployment that sets nothing (they equal Settings' defaults; a unit test
 # holds them together).
@@ -60,7 +62,7 @@ def _ids(container_ids: Iterable[str]) -> list[str]:
     if isinstance(container_ids, str | bytes):
         # A lone id would otherwise be iterated digit by digit.
         raise InvalidIdError("container ids must be a list of ids, not one string")
-    return [validate_id(raw) for raw in container_ids]
+    return validate_batch(container_ids)
 
 
 def build_requests(
@@ -72,15 +74,15 @@ def build_requests(
     webhook_url: str | None = None,
     reply_to: str | None = None,
 ) -> list[EnqueueRequest]:
-    """Validate everything first: a batch with one bad id writes nothing (raises InvalidIdError).
+    """Validate the ids and the account: one bad one raises InvalidIdError (nothing is written).
 
-    Repeated ids are folded into one request, in order of first appearance."""
+    ``webhook_url`` goes in as given: ``check_webhook_url`` has judged it. Repeated ids are
+    folded into one request, in order of first appearance."""
     acct = validate_id(account, what="account id") if account is not None else None
-    hook = validate_webhook_url(webhook_url) if webhook_url is not None else None
     reply = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
     ids = _ids(container_ids)
     return [
-        EnqueueRequest(cid, acct, force, publish, hook, reply_to=reply)
+        EnqueueRequest(cid, acct, force, publish, webhook_url, reply_to=reply)
         for cid in dict.fromkeys(ids)
     ]
 
@@ -95,7 +97,8 @@ def build_carousel(
     webhook_url: str | None = None,
     reply_to: str | None = None,
 ) -> EnqueueRequest:
-    """A carousel: its parent container and its 2 to 20 item containers, validated."""
+    """A carousel: its parent container and its 2 to 20 item containers, validated
+    (``webhook_url`` as ``check_webhook_url`` judged it)."""
     (req,) = build_requests(
         [parent],
         account=account,
@@ -129,6 +132,12 @@ class PollerClient:
     own); the worker polls until the window ends, then reports TIMED_OUT.
     ``account_requests_per_second`` only matters before any worker has run: the workers publish
     their pacing, and enqueue follows theirs. The client never closes a Redis it was given.
+
+    ``webhook_policy`` says where a ``webhook_url`` may point (default: public addresses only,
+    the workers' default); ``from_settings`` takes it from WEBHOOK_ALLOWED_HOSTS and
+    WEBHOOK_ALLOW_PRIVATE_ADDRESSES. Without WEBHOOK_SECRET of its own, the client asks what
+    the workers published (``{prefix}:config``) and refuses a URL they could not sign for.
+    ``webhook_resolve`` replaces the system's DNS lookup of its host (tests, a custom resolver).
     """
 
     def __init__(
@@ -140,6 +149,8 @@ class PollerClient:
         result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS,
         events_max_len: int = DEFAULT_EVENTS_MAX_LEN,
         account_requests_per_second: float = DEFAULT_ACCOUNT_REQUESTS_PER_SECOND,
+        webhook_policy: WebhookPolicy | None = None,
+        webhook_resolve: Resolve | None = None,
     ) -> None:
         if not _KEY_PREFIX.match(key_prefix):
             raise ValueError(f"key_prefix {key_prefix!r} is not 1 to 64 of [A-Za-z0-9_.:-]")
@@ -159,12 +170,21 @@ class PollerClient:
             events_max_len=events_max_len,
             account_requests_per_second=account_requests_per_second,
         )
+        self.webhook_policy = webhook_policy or WebhookPolicy()
+        self._resolve = webhook_resolve
         self._owns_redis = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis | None = None) -> PollerClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        redis: Redis | None = None,
+        *,
+        webhook_resolve: Resolve | None = None,
+    ) -> PollerClient:
         """A client of the deployment ``settings`` describe; without ``redis`` it opens its own
         (``open_redis``: REDIS_URL or Sentinel) and ``aclose`` closes it."""
+        policy = webhook_policy(settings)
         client = cls(
             redis if redis is not None else open_redis(settings),
             key_prefix=settings.key_prefix,
@@ -172,6 +192,8 @@ class PollerClient:
             result_ttl_seconds=settings.result_ttl_seconds,
             events_max_len=settings.events_max_len,
             account_requests_per_second=settings.account_max_requests_per_second,
+            webhook_policy=policy,
+            webhook_resolve=webhook_resolve,
         )
         client._owns_redis = redis is None
         return client
@@ -213,22 +235,31 @@ class PollerClient:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
         Everything is validated first: one bad id, account or URL raises InvalidIdError and
-        writes nothing. An id already being polled creates no job (``duplicate``); one already
+        writes nothing. A URL must be http(s) and, by ``webhook_policy``, resolve to allowed
+        addresses only (the workers check again when they deliver). An id already being polled
+        creates no job (``duplicate``); one already
         final is left alone (``final``) unless ``force``. ``publish=True`` publishes each
         container once FINISHED; ``webhook_url`` gets the final state, signed.
         ``window_seconds`` (default: the client's) fixes each new poll's window. ``reply_to``
         (a media id) says the containers are replies: their publish spends the reply quota and
         waits PUBLISH_REPLY_SETTLE_SECONDS after FINISHED."""
+        window = self._window_of(window_seconds)
         requests = build_requests(
-            container_ids,
-            account=account,
-            force=force,
-            publish=publish,
-            webhook_url=webhook_url,
-            reply_to=reply_to,
+            container_ids, account=account, force=force, publish=publish, reply_to=reply_to
         )
-        done = await self._store.enqueue(requests, window_seconds=self._window_of(window_seconds))
+        if webhook_url is not None:
+            hook = await self._judged_webhook(webhook_url)
+            requests = [dataclasses.replace(r, webhook_url=hook) for r in requests]
+        done = await self._store.enqueue(requests, window_seconds=window)
         return [EnqueueOutcome.of(e) for e in done]
+
+    async def _judged_webhook(self, webhook_url: str) -> str:
+        """The URL as the webhook policy accepts it (InvalidIdError otherwise)."""
+        policy = self.webhook_policy
+        if policy.signing is None:
+            signing = await self._store.workers_sign_webhooks()
+            policy = dataclasses.replace(policy, signing=signing)
+        return await check_webhook_url(webhook_url, policy, resolve=self._resolve)
 
     def _window_of(self, window_seconds: float | None) -> float:
         if window_seconds is None:
@@ -253,14 +284,10 @@ class PollerClient:
         the parent once FINISHED (the children are never published on their own). The outcome
         is the parent's; a parent already being polled starts nothing new (``duplicate``)."""
         req = build_carousel(
-            parent,
-            children,
-            account=account,
-            force=force,
-            publish=publish,
-            webhook_url=webhook_url,
-            reply_to=reply_to,
+            parent, children, account=account, force=force, publish=publish, reply_to=reply_to
         )
+        if webhook_url is not None:
+            req = dataclasses.replace(req, webhook_url=await self._judged_webhook(webhook_url))
         (done,) = await self._store.enqueue([req], window_seconds=self._window_of(window_seconds))
         return EnqueueOutcome.of(done)
 
@@ -286,6 +313,40 @@ class PollerClient:
             reply_to=reply_to,
         )
         return outcome
+
+    async def submit_many(
+        self,
+        container_ids: Iterable[str],
+        *,
+        account: str | None = None,
+        force: bool = False,
+        publish: bool = False,
+        webhook_url: str | None = None,
+    ) -> list[str]:
+        """Hand each id to the workers through the intake stream (one ``XADD`` each, one round
+        trip): what a Redis user with the ``producer`` role may do, and nothing more. Returns
+        the entry ids. The same checks as ``enqueue_many`` run here first, but the outcome
+        comes later: the workers poll the entries, or dead-letter them (``{prefix}:intake:dead``
+        says why; the WEBHOOK_SECRET check happens there, since this role cannot read
+        ``{prefix}:config``). The window is the workers' POLL_MAX_SECONDS."""
+        requests = build_requests(container_ids, account=account, force=force, publish=publish)
+        hook = None
+        if webhook_url is not None:
+            hook = await check_webhook_url(webhook_url, self.webhook_policy, resolve=self._resolve)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for req in requests:
+                fields = {"container_id": req.container_id}
+                if req.account:
+                    fields["account"] = req.account
+                if force:
+                    fields["force"] = "1"
+                if publish:
+                    fields["publish"] = "1"
+                if hook:
+                    fields["webhook_url"] = hook
+                pipe.xadd(self._store.keys.intake, fields)  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 
     # Readers.
 

@@ -1,10 +1,18 @@
-"""Validation of the identifiers producers hand us: refused early, with a clear reason."""
+"""Validation of the identifiers producers hand us: refused early, with a clear reason.
+
+(Webhook URLs: ``worker.core.targets``.)
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from worker.core.errors import InvalidIdError
 
 MAX_ID_LENGTH = 32  # Graph ids are 64-bit numbers (<= 20 digits); leave room, refuse junk.
+# Ids per call (one pipeline, one round trip): far above what a producer batches, far below what
+# would hold a Redis connection (and the worker's memory) for seconds.
+MAX_BATCH = 10_000
 
 
 def validate_id(raw: object, *, what: str = "container id") -> str:
@@ -45,23 +53,11 @@ def validate_children(raw: object, *, parent: str) -> tuple[str, ...]:
     return ids
 
 
-MAX_URL_LENGTH = 2048
-
-
-def validate_webhook_url(raw: object) -> str:
-    """An absolute http(s) URL with a host; anything else is refused before it is stored."""
-    from urllib.parse import urlsplit
-
-    if not isinstance(raw, str) or not raw.strip():
-        raise InvalidIdError("webhook url must be a non-empty string")
-    value = raw.strip()
-    if len(value) > MAX_URL_LENGTH:
-        raise InvalidIdError(f"webhook url is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(value)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or any(c.isspace() for c in value)
-    ):
-        raise InvalidIdError("webhook url must be an absolute http:// or https:// URL")
-    return value
+def validate_batch(raws: Iterable[object]) -> list[str]:
+    """Every id of one call, validated; at most MAX_BATCH (InvalidIdError beyond, at once)."""
+    ids: list[str] = []
+    for raw in raws:
+        if len(ids) == MAX_BATCH:
+            raise InvalidIdError(f"at most {MAX_BATCH} ids per call; split the batch")
+        ids.append(validate_id(raw))
+    return ids

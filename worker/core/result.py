@@ -5,6 +5,7 @@ Times in the hash are Unix seconds to the millisecond (``1795438388.610``), in o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -23,9 +24,11 @@ def _num(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    # "inf" and "nan" parse; no stored time or count means either (and int() refuses both).
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ class PollResult:
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> PollResult:
         h = {
-            (k.decode() if isinstance(k, bytes) else k): (
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else v
             )
             for k, v in raw.items()

@@ -44,6 +44,7 @@ from worker.core.planner import (
 )
 from worker.core.publishing import judge_publish
 from worker.core.result import Changes, PollResult, stamp
+from worker.core.targets import WebhookPolicy
 from worker.jobs.quota import fetch_quota, quota_ttl
 from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 from worker.jobs.webhook import body_for
@@ -78,6 +79,9 @@ class PollerContext:
     tokens: TokenSource
     policy: Policy
     client_session: aiohttp.ClientSession
+    # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
+    webhook_session: aiohttp.ClientSession
+    webhook_policy: WebhookPolicy
 
 
 def token_state(token: str | None, job: ClaimedJob) -> TokenState:

@@ -28,7 +28,11 @@ log = logging.getLogger("threads_poller.quota")
 
 
 def token_source(settings: Settings) -> AccountTokenSource:
-    return AccountTokenSource(settings.threads_access_token, settings.threads_tokens_file)
+    return AccountTokenSource(
+        settings.threads_access_token,
+        settings.threads_tokens_file,
+        mode_check=settings.secret_file_mode_check,
+    )
 
 
 def client_for(settings: Settings, session: aiohttp.ClientSession) -> ThreadsClient:

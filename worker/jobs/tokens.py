@@ -4,6 +4,10 @@ never written to Redis; only a short fingerprint is, to recognise a token alread
 Lookup order for a container's account: the tokens file (``THREADS_TOKENS_FILE``, a JSON object
 ``{"<user id>": "<token>"}``, re-read when its modification time changes), then the environment
 variable ``THREADS_ACCESS_TOKEN_<user id>``, then ``THREADS_ACCESS_TOKEN``.
+
+The tokens file is judged like every secrets file (``config.secrets``) on each load: one that
+others may read is not loaded (``SECRET_FILE_MODE_CHECK=refuse``, the default: the previous
+tokens stay) or loaded with an ERROR line (``warn``).
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import SecretStr
+
+from config.secrets import FileModeCheck, mode_advice, mode_problem
 
 log = logging.getLogger("threads_poller.tokens")
 
@@ -29,13 +36,30 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def _read_tokens(path: Path) -> dict[str, str]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+# Room for ~100,000 accounts; a larger file is a mistake (or an attack on the worker's memory).
+MAX_TOKENS_FILE_BYTES = 32 << 20
+
+
+def parse_tokens(raw: bytes) -> dict[str, str]:
+    """Pure: the tokens file's content, or ValueError (never quoting it: it holds tokens)."""
+    if len(raw) > MAX_TOKENS_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_TOKENS_FILE_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
     ):
         raise ValueError("expected a JSON object of user id -> token strings")
     return data
+
+
+def _read_tokens(path: Path) -> dict[str, str]:
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError("not a regular file")  # a FIFO would block the worker's loop
+    with path.open("rb") as f:
+        return parse_tokens(f.read(MAX_TOKENS_FILE_BYTES + 1))
 
 
 class TokenSource(Protocol):
@@ -68,11 +92,13 @@ class AccountTokenSource:
         tokens_file: Path | None = None,
         environ: Mapping[str, str] | None = None,
         recheck_seconds: float = 1.0,
+        mode_check: FileModeCheck = FileModeCheck.REFUSE,
     ) -> None:
         self._default = default.get_secret_value() if default else None
         self._file = tokens_file
         self._environ = os.environ if environ is None else environ
         self._recheck = recheck_seconds
+        self._mode_check = mode_check
         self._mtime: float | None = None
         self._checked_at = 0.0
         self._tokens: dict[str, str] = {}
@@ -88,7 +114,8 @@ class AccountTokenSource:
             return
         self._checked_at = now
         try:
-            mtime = self._file.stat().st_mtime
+            st = self._file.stat()
+            mtime = st.st_mtime
         except OSError as exc:
             if self._mtime != -1.0:
                 log.error(  # noqa: TRY400 - a traceback adds nothing here
@@ -100,6 +127,18 @@ class AccountTokenSource:
             return
         if mtime == self._mtime:
             return
+        problem = mode_problem(st.st_mode, st.st_uid, os.geteuid())
+        if problem is not None:
+            log.error(
+                "tokens file %s: %s; %s",
+                "ignored" if self._mode_check is FileModeCheck.REFUSE else "loaded anyway",
+                problem,
+                mode_advice("THREADS_TOKENS_FILE"),
+                extra={"path": str(self._file)},
+            )
+            if self._mode_check is FileModeCheck.REFUSE:
+                self._mtime = mtime
+                return
         try:
             data = _read_tokens(self._file)
         except (OSError, ValueError) as exc:

@@ -7,10 +7,17 @@ delivery job, created atomically with the state. The job POSTs a JSON body and s
 
 A receiver recomputes the HMAC over the raw bytes it received, compares in constant time, and
 rejects a ``t`` older than a few minutes (replays). ``verify_signature`` below does exactly that.
-Failures (network, timeout, HTTP 408/429/5xx) are retried with exponential back-off up to
-``WEBHOOK_MAX_ATTEMPTS``; then, or at once for any other status, the delivery goes to the
-dead-letter stream ``{prefix}:webhooks:dead`` with the reason and the signed body (so it can be
-replayed). Redirects are not followed.
+Failures (network, timeout, HTTP 408/425/429/5xx) are retried on ``WEBHOOK_RETRY_SCHEDULE``
+(5 s, 5 min, 30 min, 2 h, 5 h, 10 h by default); then, or at once for any other status, the
+delivery goes to the dead-letter stream ``{prefix}:webhooks:dead`` with the reason and the body
+(re-sign it to replay it).
+
+The SSRF guard, at delivery: deliveries go through a session of their own whose resolver
+(``GuardedResolver``) refuses a host that resolves to an address the policy does not allow, so
+what is checked is what the connection is made to, however DNS changed since the enqueue; an IP
+literal never reaches a resolver and is judged from the URL. A refused target is dead-lettered at
+once. Redirects are not followed, bodies are not decompressed, and at most
+``MAX_RESPONSE_BYTES`` of an answer is read.
 """
 
 from __future__ import annotations
@@ -19,21 +26,42 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import time
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
+from api_client.client import USER_AGENT
 from api_client.redact import redact
+from worker.core.errors import InvalidIdError
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
 from worker.core.result import PollResult
+from worker.core.targets import (
+    WebhookPolicy,
+    address_refusal,
+    check_target,
+    parse_address,
+    parse_target,
+)
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
 
 log = logging.getLogger("threads_poller.webhook")
 
-__all__ = ["DELIVER_FUNCTION", "WebhookJob", "sign", "verify_signature"]
+__all__ = [
+    "DELIVER_FUNCTION",
+    "GuardedResolver",
+    "TargetRefusedError",
+    "WebhookJob",
+    "make_webhook_session",
+    "sign",
+    "verify_signature",
+]
 SIGNATURE_HEADER = "X-Threads-Poller-Signature"
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
@@ -44,6 +72,92 @@ DEAD_LETTERS_MAX_LEN = 100_000
 # A receiver's answer is read up to this much (and then dropped): its body is not used.
 MAX_RESPONSE_BYTES = 64 * 1024
 _SETTLED = frozenset({WebhookStatus.DELIVERED, WebhookStatus.DEAD})
+
+
+class TargetRefusedError(OSError):
+    """The webhook's host resolved to an address the policy refuses; nothing was sent."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, filtered by the webhook policy: the connector connects only to the
+    addresses a resolver returns, so refusing here refuses the connection itself.
+
+    ``inner`` is the resolver asked (default: aiohttp's threaded ``getaddrinfo``); tests give
+    one that answers what they need. Every address must be allowed, as at enqueue."""
+
+    def __init__(self, policy: WebhookPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = ThreadedResolver()
+        results = await self._inner.resolve(host, port, family)
+        if self.policy.allows_host(host):
+            return results
+        for result in results:
+            try:
+                address = parse_address(result["host"])
+            except ValueError:
+                raise TargetRefusedError(f"{host} resolved to {result['host']!r}") from None
+            reason = address_refusal(address, self.policy)
+            if reason is not None:
+                raise TargetRefusedError(f"{host} resolves to {reason}")
+        return results
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+def make_webhook_session(
+    policy: WebhookPolicy, *, max_connections: int = 100, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """The deliveries' own session: the guarded resolver, no proxy from the environment, no
+    cookies, no decompression (a receiver's body is never used, and a small compressed answer
+    can inflate to gigabytes)."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, resolver=GuardedResolver(policy, resolver)
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+    )
+
+
+def delivery_refusal(url: str, policy: WebhookPolicy) -> str | None:
+    """Why ``url`` may not be delivered to, judged without DNS (an IP literal, the syntax: a URL
+    stored before these checks existed gets them too); the resolver does the rest."""
+    try:
+        target = parse_target(url)
+        check_target(target, policy)
+    except InvalidIdError as exc:
+        return str(exc)
+    # aiohttp parses the URL again (yarl): it must see the host this check saw.
+    host = (URL(url).raw_host or "").lower().removesuffix(".")
+    if host != target.host:
+        return f"webhook url refused: its host reads as {host!r} and as {target.host!r}"
+    return None
+
+
+def _refused(exc: BaseException) -> TargetRefusedError | None:
+    """The guard's refusal inside aiohttp's connection error, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TargetRefusedError):
+            return seen
+        if isinstance(seen, aiohttp.ClientConnectorError) and isinstance(
+            seen.os_error, TargetRefusedError
+        ):
+            return seen.os_error
+        seen = seen.__cause__
+    return None
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -143,6 +257,11 @@ class WebhookJob:
                 body,
             )
             return
+        refusal = delivery_refusal(url, self.p.webhook_policy)
+        if refusal is not None:
+            await self._settle(job, generation, Out.DEAD, attempt, refusal, url, body)
+            log.error("webhook refused: %s", refusal, extra={"container_id": container_id})
+            return
         secret = settings.webhook_secret.get_secret_value()
         headers = {
             "Content-Type": "application/json",
@@ -153,7 +272,7 @@ class WebhookJob:
         reason: str | None = None
         retryable = True
         try:
-            async with self.p.client_session.post(
+            async with self.p.webhook_session.post(
                 url,
                 data=body,
                 headers=headers,
@@ -172,9 +291,13 @@ class WebhookJob:
                 retryable = resp.status >= 500 or resp.status in RETRY_STATUSES
         except TimeoutError:
             reason = f"no answer within {settings.webhook_timeout_seconds:g}s"
-        except aiohttp.ClientError as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}")
-        if not retryable or attempt >= settings.webhook_max_attempts:
+        except (aiohttp.ClientError, OSError) as exc:
+            refused = _refused(exc)
+            if refused is not None:
+                reason, retryable = f"webhook url refused: {refused}", False
+            else:
+                reason = redact(f"{type(exc).__name__}: {exc}")
+        if not retryable or attempt >= settings.webhook_attempts():
             await self._settle(job, generation, Out.DEAD, attempt, reason or "failed", url, body)
             log.error(
                 "webhook dead-lettered after %d attempt(s): %s",
@@ -183,7 +306,7 @@ class WebhookJob:
                 extra={"container_id": container_id},
             )
             return
-        delay = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+        delay = settings.webhook_retry_delay(attempt)
         await self._settle(job, generation, Out.RETRY, attempt, reason or "", url, body, delay)
         log.warning(
             "webhook delivery failed, retrying in %.1fs: %s",

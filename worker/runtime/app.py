@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from redis.asyncio import Redis
 
 from api_client.client import make_session
 from config import Settings
+from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.jobs.check import CheckJob, PollerContext, policy_of
 from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
 from worker.jobs.tokens import TokenSource
-from worker.jobs.webhook import WebhookJob
+from worker.jobs.webhook import WebhookJob, make_webhook_session
 from worker.ops import metrics
 from worker.ops.health import Heartbeat
 from worker.runtime.intake import IntakeConsumer
@@ -36,6 +38,7 @@ from worker.store.accounts import AccountStore
 from worker.store.connections import StartupAborted, connect_worker_redis
 from worker.store.queue import JobQueue
 from worker.store.results import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
+from worker.store.targets import Resolve
 
 log = logging.getLogger("threads_poller.worker")
 
@@ -71,7 +74,12 @@ def poll_delay(settings: Settings) -> float:
 
 
 def build_poller(
-    settings: Settings, redis: Redis, tokens: TokenSource, session: aiohttp.ClientSession
+    settings: Settings,
+    redis: Redis,
+    tokens: TokenSource,
+    session: aiohttp.ClientSession,
+    webhook_session: aiohttp.ClientSession,
+    policy: WebhookPolicy,
 ) -> PollerContext:
     """What every job run needs, from the settings (once per process)."""
     store = result_store(redis, settings)
@@ -84,6 +92,8 @@ def build_poller(
         tokens=tokens,
         policy=policy_of(settings),
         client_session=session,
+        webhook_session=webhook_session,
+        webhook_policy=policy,
     )
 
 
@@ -104,7 +114,7 @@ def job_specs(settings: Settings, poller: PollerContext) -> list[JobSpec]:
             DELIVER_FUNCTION,
             WebhookJob(poller),
             timeout_s=webhook_timeout(settings),
-            retry_delay_s=settings.webhook_backoff_seconds,
+            retry_delay_s=settings.webhook_retry_delay(1),
         ),
     ]
 
@@ -114,6 +124,10 @@ class PollerWorker:
     settings: Settings
     tokens: TokenSource | None = None
     redis: Redis | None = None
+    # What the deliveries' guarded resolver asks (None: the system's getaddrinfo; tests give
+    # one that answers what they need), and the intake's enqueue check likewise.
+    webhook_resolver: AbstractResolver | None = None
+    webhook_resolve: Resolve | None = None
     runner: Runner | None = field(default=None, init=False)
     # The loops running beside the runner, and the /metrics server (None when off).
     background: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
@@ -159,10 +173,15 @@ class PollerWorker:
             log.info("worker stopped before Redis answered")
             return
         tokens = self.tokens or token_source(s)
+        policy = webhook_policy(s, worker=True)
+        own_secrets = s.secrets()
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
         )
-        poller = build_poller(s, redis, tokens, session)
+        hooks = make_webhook_session(
+            policy, max_connections=concurrency(s), resolver=self.webhook_resolver
+        )
+        poller = build_poller(s, redis, tokens, session, hooks, policy)
         store, accounts, client = poller.store, poller.accounts, poller.client
         runner = Runner(
             poller.queue,
@@ -178,6 +197,9 @@ class PollerWorker:
             batch_size=s.intake_batch_size,
             claim_idle_seconds=s.intake_claim_idle_seconds,
             max_entry_bytes=s.intake_max_entry_bytes,
+            webhook_policy=policy,
+            webhook_resolve=self.webhook_resolve,
+            secrets=lambda: [*tokens.known_secrets(), *own_secrets],
         )
         heartbeat = Heartbeat(
             redis,
@@ -191,7 +213,9 @@ class PollerWorker:
             background.append(asyncio.create_task(coro, name=name))
 
         try:
-            await store.publish_config()
+            for warning in s.warnings():
+                log.warning(warning)
+            await store.publish_config(webhook_signing=s.webhook_secret is not None)
             await heartbeat.beat()
             spawn(heartbeat.run(), "heartbeat")
             spawn(intake.run(), "intake")
@@ -239,6 +263,7 @@ class PollerWorker:
                 # At once, not after the TTL: this process's health check fails from here on.
                 await heartbeat.stop()
             await session.close()
+            await hooks.close()
             await metrics.stop_server(self.metrics_server)
             if own_redis:
                 await redis.aclose()
@@ -246,6 +271,17 @@ class PollerWorker:
 
 
 def build_worker(
-    settings: Settings, *, tokens: TokenSource | None = None, redis: Redis | None = None
+    settings: Settings,
+    *,
+    tokens: TokenSource | None = None,
+    redis: Redis | None = None,
+    webhook_resolver: AbstractResolver | None = None,
+    webhook_resolve: Resolve | None = None,
 ) -> PollerWorker:
-    return PollerWorker(settings, tokens=tokens, redis=redis)
+    return PollerWorker(
+        settings,
+        tokens=tokens,
+        redis=redis,
+        webhook_resolver=webhook_resolver,
+        webhook_resolve=webhook_resolve,
+    )

@@ -1,12 +1,15 @@
 """The language-neutral door: a Redis stream any pipeline can feed with one XADD.
 
     XADD threads-poller:intake * container_id 17889615691921648 [account 1234] [force 1]
+        [publish 1] [webhook_url https://hooks.example.com/threads]
     XADD threads-poller:intake * container_id PARENT children A,B,C [publish 1]   (a carousel)
 
 Workers read it through one consumer group. An entry is acknowledged (and deleted) only after its
 poll exists in Redis, so a worker that dies mid-batch leaves its entries pending, and another worker
 claims them after ``INTAKE_CLAIM_IDLE_SECONDS``. An entry that cannot be used goes to the
-dead-letter stream with the reason and the original fields; none is dropped silently.
+dead-letter stream with the reason and the original fields (secrets redacted); none is dropped
+silently. A webhook URL gets the enqueue check of every door (``worker.store.targets``): the SSRF
+guard, and the workers' own ``WEBHOOK_SECRET``, without which no delivery could be signed.
 
 Every worker process joins the group as a consumer of its own name, and Redis keeps a consumer
 until it is deleted: a worker removes its own on a clean stop (``close``), and consumers idle for
@@ -22,17 +25,20 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from api_client.redact import redact
 from worker.core.errors import BadEntryError, InvalidIdError
-from worker.core.ids import validate_children, validate_id, validate_webhook_url
+from worker.core.ids import validate_children, validate_id
+from worker.core.targets import WebhookPolicy, check_target, parse_target
 from worker.ops import metrics
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
+from worker.store.targets import Resolve, check_webhook_urls
 
 log = logging.getLogger("threads_poller.intake")
 
@@ -74,17 +80,28 @@ class DeadLetter:
     fields: dict[str, str]
 
 
-def _show(fields: dict[bytes, bytes], limit: int = 1024) -> dict[str, str]:
+def _show(
+    fields: dict[bytes, bytes], limit: int = 1024, secrets: Iterable[str] = ()
+) -> dict[str, str]:
+    """The fields as a dead letter keeps them: at most 20, each cut at ``limit`` characters,
+    tokens redacted (a producer may have sent one by mistake)."""
+    known = list(secrets)
     shown = {}
     for k, v in list(fields.items())[:20]:
-        key = k.decode("utf-8", "replace")[:64]
+        key = redact(k.decode("utf-8", "replace")[:64], known)
         value = v.decode("utf-8", "replace")
-        shown[key] = value if len(value) <= limit else value[:limit] + "...[truncated]"
+        value = value if len(value) <= limit else value[:limit] + "...[truncated]"
+        shown[key] = redact(value, known)
     return shown
 
 
-def parse_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> EnqueueRequest:
-    """Pure: one stream entry to a request, or BadEntryError with a reason a human can act on."""
+def parse_entry(
+    fields: dict[bytes, bytes], *, max_bytes: int, policy: WebhookPolicy | None = None
+) -> EnqueueRequest:
+    """Pure: one stream entry to a request, or BadEntryError with a reason a human can act on.
+
+    With ``policy``, a webhook URL also gets the checks that need no DNS (the secret, an IP
+    literal); ``IntakeConsumer.process`` resolves host names."""
     size = sum(len(k) + len(v) for k, v in fields.items())
     if size > max_bytes:
         raise BadEntryError(f"entry is {size} bytes; the limit is {max_bytes}")
@@ -106,7 +123,11 @@ def parse_entry(fields: dict[bytes, bytes], *, max_bytes: int) -> EnqueueRequest
         account = text.get("account") or None
         account = validate_id(account, what="account id") if account is not None else None
         hook = text.get("webhook_url") or None
-        hook = validate_webhook_url(hook) if hook is not None else None
+        if hook is not None:
+            target = parse_target(hook)
+            if policy is not None:
+                check_target(target, policy)
+            hook = target.url
         reply_to = text.get("reply_to") or None
         reply_to = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
         children = text.get("children") or None
@@ -137,6 +158,9 @@ class IntakeConsumer:
         max_entry_bytes: int,
         block_ms: int = 1000,
         consumer_max_idle_seconds: float = CONSUMER_MAX_IDLE_SECONDS,
+        webhook_policy: WebhookPolicy | None = None,
+        webhook_resolve: Resolve | None = None,
+        secrets: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
         if consumer_max_idle_seconds <= 0:
             raise ValueError("consumer_max_idle_seconds must be > 0")
@@ -150,6 +174,11 @@ class IntakeConsumer:
         self.max_entry_bytes = max_entry_bytes
         self.block_ms = block_ms
         self.consumer_max_idle_ms = int(consumer_max_idle_seconds * 1000)
+        # The worker passes its own (webhook_policy(settings, worker=True)): it knows whether
+        # it can sign.
+        self.webhook_policy = webhook_policy or WebhookPolicy()
+        self._resolve = webhook_resolve
+        self._secrets = secrets
         self._delete_consumers = redis.register_script(DELETE_IDLE_CONSUMERS_LUA)
         self.accepted = 0
         self.dead_lettered = 0
@@ -277,14 +306,32 @@ class IntakeConsumer:
             return
         good: list[tuple[bytes, EnqueueRequest]] = []
         dead: list[DeadLetter] = []
+        secrets = list(self._secrets())
+        by_id = dict(entries)
         for entry_id, fields in entries:
             try:
-                req = parse_entry(fields, max_bytes=self.max_entry_bytes)
+                req = parse_entry(
+                    fields, max_bytes=self.max_entry_bytes, policy=self.webhook_policy
+                )
                 # The entry's id goes with it: an entry read again (its consumer died before
                 # the XACK below) is then a duplicate, even with force 1.
                 good.append((entry_id, dataclasses.replace(req, intake_entry=entry_id.decode())))
             except BadEntryError as exc:
-                dead.append(DeadLetter(entry_id.decode(), str(exc), _show(fields)))
+                # A reason may quote the value it refuses (a token pasted as an id).
+                reason = redact(str(exc), secrets)
+                dead.append(DeadLetter(entry_id.decode(), reason, _show(fields, secrets=secrets)))
+        hooks = [req.webhook_url for _, req in good if req.webhook_url]
+        if hooks:
+            verdicts = await check_webhook_urls(hooks, self.webhook_policy, resolve=self._resolve)
+            kept = []
+            for entry_id, req in good:
+                verdict = verdicts.get(req.webhook_url or "")
+                if isinstance(verdict, InvalidIdError):
+                    shown = _show(by_id[entry_id], secrets=secrets)
+                    dead.append(DeadLetter(entry_id.decode(), str(verdict), shown))
+                else:
+                    kept.append((entry_id, req))
+            good = kept
         # The polls must exist before the entries are acknowledged: a crash in between means the
         # entries are read again, and enqueue is idempotent.
         await self.store.enqueue([req for _, req in good])

@@ -3,6 +3,11 @@
 With ``REDIS_SENTINELS`` set, every new connection asks the sentinels where the primary of
 ``REDIS_SENTINEL_MASTER`` is, so after a failover the next reconnect lands on the new primary;
 ``REDIS_URL`` then only gives the database, user, password and TLS of the data nodes.
+
+Credentials and TLS: the password is REDIS_URL's or ``REDIS_PASSWORD_FILE``'s; ``rediss://``
+verifies the server's certificate and host name (against ``REDIS_TLS_CA_FILE`` when set). The
+password never goes into a message: redis-py's errors and ``repr`` do not carry it, and ours
+print ``config.settings.redacted_url``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api_client.redact import redact
@@ -36,6 +41,16 @@ class StartupAborted(Exception):
 
 def _options(settings: Settings, *, connect_timeout: float, worker: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"socket_connect_timeout": connect_timeout}
+    if settings.redis_password_file is not None:
+        # Only when REDIS_URL has none (a URL's own options win in redis-py; Settings refuses
+        # both at once).
+        options["password"] = settings.redis_password()
+    if settings.redis_url.startswith("rediss://"):
+        # redis-py checks the certificate but not, by default, that it names the host: any
+        # certificate of the CA would do. REDIS_URL's ?ssl_check_hostname=false still wins.
+        options["ssl_check_hostname"] = True
+        if settings.redis_tls_ca_file is not None:
+            options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
     if worker:
         # Without these a Redis blip fails every command at once; with them a command waits
         # out a restart (about 2.5 s of retries). Not longer: the runner and the fenced writes
@@ -58,11 +73,14 @@ def open_redis(settings: Settings, *, connect_timeout: float = 5.0, worker: bool
     # arq's DSN parser: the database, user, password and TLS of the data nodes.
     rs = RedisSettings.from_dsn(settings.redis_url)
     sentinel = Sentinel(sentinels, socket_connect_timeout=connect_timeout)  # type: ignore[no-untyped-call]
+    if rs.password:
+        options["password"] = rs.password
+    if not rs.ssl:
+        options.pop("ssl_check_hostname", None)
     client: Redis = sentinel.master_for(
         settings.redis_sentinel_master,
         db=rs.database,
         username=rs.username,
-        password=rs.password,
         ssl=rs.ssl,
         **options,
     )
@@ -103,7 +121,8 @@ async def _until_answered(redis: Redis, timeout_s: float, stopping: asyncio.Even
         exc: BaseException
         if ping in done:
             exc = ping.exception() or RedisTimeoutError("no answer from Redis")
-            if not isinstance(exc, RedisError | OSError):
+            # Wrong credentials do not heal by waiting: say so at once (exit 1).
+            if isinstance(exc, AuthenticationError) or not isinstance(exc, RedisError | OSError):
                 raise exc
             last = exc
         else:

@@ -46,7 +46,8 @@ class Keys:
 
     @property
     def config(self) -> str:
-        """Hash: what the workers publish for producers (``pace_step_ms``: the pacing slot)."""
+        """Hash: what the workers publish for producers (``pace_step_ms``: the pacing slot;
+        ``webhook_signing``: 1 when they have a WEBHOOK_SECRET)."""
         return f"{self.prefix}:config"
 
     @property

@@ -223,11 +223,21 @@ class ResultStore:
             client=pipe,
         )
 
-    async def publish_config(self) -> None:
-        """Tell producers this worker's pacing (their enqueue reserves the first check's slot)."""
+    async def publish_config(self, *, webhook_signing: bool) -> None:
+        """Tell producers this worker's pacing (their enqueue reserves the first check's slot)
+        and whether it can sign webhooks (a producer refuses a webhook URL when it cannot)."""
         await self.redis.hset(  # type: ignore[misc]
-            self.keys.config, mapping={"pace_step_ms": self.pace_step_ms}
+            self.keys.config,
+            mapping={
+                "pace_step_ms": self.pace_step_ms,
+                "webhook_signing": "1" if webhook_signing else "0",
+            },
         )
+
+    async def workers_sign_webhooks(self) -> bool | None:
+        """What the workers last published: True / False, None before any worker ran."""
+        raw = await self.redis.hget(self.keys.config, "webhook_signing")  # type: ignore[misc]
+        return None if raw is None else text(raw) == "1"
 
     async def load(self, container_id: str) -> PollResult | None:
         raw = await self.redis.hgetall(self.keys.result(container_id))  # type: ignore[misc]

@@ -1,0 +1,146 @@
+"""Redis ACLs as the trust boundary: the least-privilege users of a deployment, per key prefix.
+
+Redis 6+ checks every command, and every ``redis.call`` inside a script, against the user's
+rules, so these are enforced by Redis itself, whatever a client sends:
+
+``producer``
+    ``XADD`` to ``{prefix}:intake`` (write-only: it cannot read the intake back) and ``PING``.
+    Nothing else: no reading the queue, no arq keys, no scripts, no ``FLUSHALL``.
+``reader``
+    Read the result hashes and the events stream (``PollerClient.get`` / ``wait``,
+    ``threads-poller status`` / ``wait``). Combine with ``producer`` for a pipeline that both
+    feeds and reads.
+``enqueuer``
+    What ``PollerClient.enqueue`` (and ``threads-poller enqueue``) needs: its Lua script writes
+    the result hash and the arq job in one step, so this is a trusted producer: it can create
+    and restart polls, not run the queue.
+``worker``
+    What the worker's scripts and loops need, on the deployment's keys and arq's keys of its
+    jobs only. No ``KEYS``, ``SCAN``, ``FLUSH*``, ``CONFIG``, ``DEBUG``, ``MONITOR``, pub/sub.
+
+``threads-poller acl ROLE...`` prints the ``ACL SETUSER`` line; ``tests/integration/test_acl.py``
+starts ``redis-server`` with these users and runs the worker under its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
+
+# Every client connection: SELECT for a database other than 0; PING is the harmless liveness
+# probe. (redis-py also sends CLIENT SETINFO, which Redis 7.0 does not know; on 7.2+ it is
+# refused, an ACL LOG entry, and redis-py ignores the refusal: add +client|setinfo there.)
+CONNECTION = ("ping", "select")
+
+# The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA; redis-py loads
+# a script with SCRIPT LOAD after a restart and checks with SCRIPT EXISTS in pipelines.
+SCRIPTING = ("evalsha", "script|load", "script|exists")
+IN_SCRIPTS = (
+    "del",
+    "exists",
+    "expire",
+    "get",
+    "hdel",
+    "hget",
+    "hgetall",
+    "hincrby",
+    "hincrbyfloat",
+    "hmget",
+    "hset",
+    "incr",
+    "pexpire",
+    "pttl",
+    "set",
+    "time",
+    "xadd",
+    "zadd",
+    "zrangebyscore",
+    "zrem",
+    "zscore",
+    "xinfo|consumers",
+    "xgroup|delconsumer",
+)
+# What the worker's Python code sends itself (intake, heartbeats, metrics, reconciler, quota).
+WORKER_DIRECT = (
+    "multi",
+    "exec",
+    "discard",
+    "get",
+    "set",
+    "mget",
+    "del",
+    "time",
+    "hgetall",
+    "hmget",
+    "hset",
+    "xadd",
+    "xlen",
+    "xack",
+    "xdel",
+    "xread",
+    "xreadgroup",
+    "xautoclaim",
+    "xpending",
+    "xgroup|create",
+    "xgroup|createconsumer",
+    "zadd",
+    "zrem",
+    "zcard",
+    "zcount",
+    "zrangebyscore",
+    "zremrangebyscore",
+)
+READER = ("hgetall", "hget", "hmget", "exists", "xread", "xrange", "xrevrange", "xlen")
+
+ROLES = ("producer", "reader", "enqueuer", "worker")
+
+
+def _commands(names: Iterable[str]) -> list[str]:
+    return [f"+{name}" for name in sorted(set(names))]
+
+
+def role_rules(role: str, prefix: str) -> list[str]:
+    """The ACL rules of one role (without the user's name and password)."""
+    p = prefix
+    if role == "producer":
+        return [*_commands(("xadd", *CONNECTION)), f"%W~{p}:intake"]
+    if role == "reader":
+        return [*_commands((*READER, *CONNECTION)), f"%R~{p}:result:*", f"%R~{p}:events"]
+    if role == "enqueuer":
+        keys = [
+            f"~{p}:result:*",
+            f"~{p}:inflight",
+            f"~{p}:queue",
+            f"~{p}:accounts",
+            f"~{p}:config",
+            f"~{p}:rate:*",
+            f"~{ARQ_JOB_PREFIX}{p}:check:*",
+            f"~{ARQ_IN_PROGRESS_PREFIX}{p}:check:*",
+            f"%R~{p}:events",
+        ]
+        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *READER, *CONNECTION)), *keys]
+    if role == "worker":
+        keys = [
+            f"~{p}:*",
+            f"~{ARQ_JOB_PREFIX}{p}:*",
+            f"~{ARQ_IN_PROGRESS_PREFIX}{p}:*",
+            f"~{ARQ_RETRY_PREFIX}{p}:*",
+        ]
+        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *WORKER_DIRECT, *CONNECTION)), *keys]
+    raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+def acl_setuser(user: str, roles: Sequence[str], prefix: str, password: str | None = None) -> str:
+    """``ACL SETUSER`` of a user with these roles: everything else is off (``reset`` first).
+
+    Without ``password`` the user has none and cannot log in until one is added
+    (``>password``, or ``#<sha256 hex>`` to keep it out of the config file)."""
+    if not roles:
+        raise ValueError("at least one role")
+    rules: list[str] = []
+    for role in roles:
+        rules += [r for r in role_rules(role, prefix) if r not in rules]
+    auth = [f">{password}"] if password else []
+    # reset: no commands, no keys, no channels, no password, then only what the roles need.
+    return " ".join(["ACL", "SETUSER", user, "reset", "on", *auth, *rules])
