@@ -262,7 +262,10 @@ class Settings(BaseSettings):
             if path is None:
                 continue
             if getattr(self, secret) is not None:
-                raise ValueError(f"set {secret.upper()} or {file.upper()}, not both")
+                raise SettingsConflict(
+                    (secret.upper(), file.upper()),
+                    f"set {secret.upper()} or {file.upper()}, not both",
+                )
             setattr(self, secret, SecretStr(self._read(path, file)))
         if self.redis_password_file is not None:
             if self.redis_url_password():
@@ -326,9 +329,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_webhook_retries(self) -> Self:
         if self.webhook_backoff_seconds is not None and self.webhook_retry_schedule is not None:
-            raise ValueError(
+            raise SettingsConflict(
+                ("WEBHOOK_RETRY_SCHEDULE", "WEBHOOK_BACKOFF_SECONDS"),
                 "set WEBHOOK_RETRY_SCHEDULE or WEBHOOK_BACKOFF_SECONDS (the old doubling "
-                "schedule), not both"
+                "schedule), not both",
             )
         if self.webhook_retry_schedule is not None:
             try:
