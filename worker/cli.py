@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -148,7 +149,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         build_worker(settings, tokens=tokens).run_forever()
     except (RedisError, OSError) as exc:
-        raise CliError(f"cannot reach Redis: {redact(str(exc))[:300]}", EXIT_FAILURE) from None
+        # A log record (one JSON line), not a bare line on stderr: stderr is the worker's log.
+        logging.getLogger("threads_poller.worker").error(  # noqa: TRY400 - one line is enough
+            "cannot reach Redis; exiting", extra={"error": redact(str(exc))[:300]}
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
