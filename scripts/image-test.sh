@@ -69,6 +69,8 @@ cleanup() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
   fi
+  # A dockerd that did not get to clean up leaves mounts (netns, overlays) under its roots.
+  awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount -l || true
   if [ "${IMAGE_TEST_KEEP:-0}" = 1 ] || [ "$code" != 0 ]; then
     say "image-test: engine stopped; data and logs kept in $WORK ($(du -sh "$WORK" 2>/dev/null | cut -f1))"
   else
