@@ -106,7 +106,8 @@ fi
 # The client shipped with dockerd (Debian's /usr/bin/docker): it has BuildKit built in. A newer
 # client without the buildx plugin (such as a bare /usr/local/bin/docker) has only the
 # deprecated legacy builder, which builds this Dockerfile too.
-DOCKER="$(command -v /usr/bin/docker docker | head -n 1)"
+# IMAGE_TEST_DOCKER: another client (e.g. /usr/local/bin/docker, to try the legacy builder).
+DOCKER="${IMAGE_TEST_DOCKER:-$(command -v /usr/bin/docker docker | head -n 1)}"
 [ -n "$DOCKER" ] || fail "no docker client next to dockerd"
 # --dns-opt: with no NAT the engine's DNS cannot reach an upstream server, so the lookup of a
 # name that is gone (a stopped Redis) would take glibc's 2 x 5 s instead of failing at once as
