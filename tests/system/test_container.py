@@ -8,7 +8,13 @@
 - the image's exact ENTRYPOINT + CMD and HEALTHCHECK commands, parsed from the Dockerfile, run
   against a real Redis and the simulator: health fails before the worker starts, passes while it
   runs, fails again after the STOPSIGNAL (on which the worker exits 0);
-- the compose demo's exact commands (simulator, demo-worker, demo-feeder) run the same way.
+- the compose demo's exact commands (simulator, demo-worker, demo-feeder) run the same way;
+- what the image and compose promise: no registry-pulled frontend, CA/index build args kept to
+  the builder, a simulator target with its own health check, Redis fsync/maxmemory/password and
+  a PONG-only health check, the worker's health check in compose, a self-contained demo, and
+  syntax docker-compose 1.29 and podman-compose accept.
+
+scripts/image-test.sh builds and runs all of it with a real engine (CI runs both).
 
 Both linters are dev dependencies (requirements-dev.lock): a missing one fails, never skips.
 """
@@ -45,6 +51,7 @@ from simulator.server import build_parser as simulator_parser
 from tests.conftest import TEST_TOKEN, wait_until
 from worker import enqueue_many, get_result
 from worker.ops.health import TTL_SECONDS
+from worker.runtime.app import STOP_REDIS_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]  # tests/system/ -> the repository
 VENV_BIN = Path(sys.executable).parent
@@ -88,13 +95,24 @@ class Dockerfile:
 
     @property
     def final(self) -> Stage:
-        return self.stages[-1]
+        """The default target (the last stage), with what it inherits from its parent stages."""
+        return self.target(self.stages[-1].name)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
-    def exec_form(self, keyword: str) -> list[str]:
-        value = json.loads(self.final.last(keyword))
+    def target(self, name: str | None) -> Stage:
+        """A stage as built: its image base and the instructions of every stage below it."""
+        stage = self.stages[-1] if name is None else self.stage(name)
+        names = {s.name for s in self.stages}
+        chain = [stage]
+        while chain[-1].base in names:
+            chain.append(self.stage(chain[-1].base))
+        instructions = [i for s in reversed(chain) for i in s.instructions]
+        return Stage(chain[-1].base, stage.name, instructions)
+
+    def exec_form(self, keyword: str, stage: Stage | None = None) -> list[str]:
+        value = json.loads((stage or self.final).last(keyword))
         assert isinstance(value, list) and all(isinstance(v, str) for v in value), value
         return value
 
@@ -108,8 +126,12 @@ class Dockerfile:
 
     @property
     def healthcheck(self) -> tuple[dict[str, str], list[str]]:
+        return self.healthcheck_of(self.final)
+
+    @staticmethod
+    def healthcheck_of(stage: Stage) -> tuple[dict[str, str], list[str]]:
         """(options, command) of HEALTHCHECK [--opt=value ...] CMD [...]."""
-        text = self.final.last("HEALTHCHECK")
+        text = stage.last("HEALTHCHECK")
         options: dict[str, str] = {}
         while text.startswith("--"):
             opt, _, text = text.partition(" ")
@@ -253,7 +275,7 @@ def test_compose_schema_check_rejects_mistakes(tmp_path: Path) -> None:
     text = COMPOSE.read_text(encoding="utf-8")
     for good, bad in [
         ("condition: service_healthy", "condition: healthy"),
-        ("required: false", "optional: true"),
+        ("profiles: [demo]", "profiles: demo"),
         ("stop_grace_period: 30s", "stop_grace_period: [30]"),
     ]:
         assert good in text
@@ -300,6 +322,37 @@ def test_dockerfile_shape(dockerfile: Dockerfile) -> None:
     # A worker that stops beating is noticed within a few intervals of the heartbeat's TTL.
     assert duration_seconds(options["interval"]) >= TTL_SECONDS / 3
     assert "HTTP_TIMEOUT_SECONDS + 2" in DOCKERFILE.read_text(), "document the stop grace"
+
+
+def test_dockerfile_builds_without_registry_frontends_or_buildkit_only_syntax(
+    dockerfile: Dockerfile,
+) -> None:
+    """No '# syntax=' directive (a frontend image pulled from a registry) and no RUN --mount
+    (BuildKit only): the builtin frontend of any builder, the legacy one and buildah's too."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, re.IGNORECASE | re.MULTILINE)
+    assert "--mount" not in " ".join(i for s in dockerfile.stages for _, i in s.instructions)
+    # The proxy's CA and a private index reach pip in the builder stage, and nothing of them
+    # the runtime image: no ARG there, and pip is configured in the builder's ENV only.
+    builder = dockerfile.stage("builder")
+    assert {"PIP_INDEX_URL", 'EXTRA_CA_CERTS=""'} <= set(builder.all("ARG"))
+    assert any("PIP_CERT=/tmp/pip-ca.pem" in env for env in builder.all("ENV"))
+    assert "printenv EXTRA_CA_CERTS" in " ".join(builder.all("RUN"))
+    for target in (dockerfile.final, dockerfile.target("simulator")):
+        assert target.all("ARG") == [], target.name
+        assert not any("PIP_" in env for env in target.all("ENV")), target.name
+
+
+def test_simulator_target_has_a_healthcheck_of_its_own(dockerfile: Dockerfile) -> None:
+    sim = dockerfile.target("simulator")
+    assert sim.base == dockerfile.final.base
+    assert dockerfile.exec_form("ENTRYPOINT", sim) == ["threads-poller"]
+    cmd = dockerfile.exec_form("CMD", sim)
+    args = simulator_parser().parse_args(cmd[1:])
+    assert cmd[0] == "simulate" and args.host == "0.0.0.0"
+    _, check = Dockerfile.healthcheck_of(sim)
+    assert check[:2] == ["python", "-c"] and f"http://127.0.0.1:{args.port}/_sim/" in check[2]
+    assert dockerfile.final.name != "simulator", "the worker stays the default target"
 
 
 def test_dockerfile_copies_every_package(dockerfile: Dockerfile) -> None:
@@ -439,58 +492,124 @@ def test_builder_stage_yields_a_working_package(dockerfile: Dockerfile, tmp_path
 # ----- compose ---------------------------------------------------------------------------------
 
 
+# Variables docker-compose.yml interpolates from .env that are not worker settings.
+COMPOSE_ONLY = {"REDIS_PASSWORD", "REDIS_MAXMEMORY"}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, as compose would read .env."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        got = env.get(name, "")
+        if op == ":?":
+            assert got, f"{name}: {arg}"
+        return got or (arg if op == ":-" else "")
+
+    return re.sub(r"\$\{(\w+)(?:(:\?|:-)([^}]*))?\}", one, value)
+
+
+def redis_command(service: dict[str, Any]) -> dict[str, str]:
+    """redis-server's --option value pairs."""
+    command = service["command"]
+    assert command[0] == "redis-server"
+    return {command[i][2:]: command[i + 1] for i in range(1, len(command), 2)}
+
+
 def test_compose_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
+    env = env_example()
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
-    command = redis["command"]
-    assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    options = redis_command(redis)
+    # AOF fsynced before each answer: the guarantee the README's fault run figures are for.
+    assert options["appendonly"] == "yes" and options["appendfsync"] == "always"
+    assert options["maxmemory-policy"] == "noeviction"
+    assert re.fullmatch(r"\d+[kmg]b", interpolate(options["maxmemory"], env))
+    # The password comes from .env, and compose refuses to start without one.
+    assert options["requirepass"].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDISCLI_AUTH"] == options["requirepass"]
     volume = redis["volumes"][0].split(":")
     assert volume[0] in compose["volumes"] and volume[1] == "/data"
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # Healthy on PONG only: `redis-cli ping` exits 0 on LOADING and NOAUTH answers too.
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and '"$$(redis-cli ping)" = PONG' in test[1], test
+    assert services["demo-redis"]["healthcheck"] == redis["healthcheck"]
 
     worker = services["worker"]
     assert worker["build"] == "."
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
     assert "profiles" not in worker
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert worker["env_file"] == [{"path": ".env", "required": False}]
-    assert worker["environment"]["REDIS_URL"].startswith("redis://redis:")
+    # A plain path: docker-compose 1.29 and podman-compose take no {path, required} objects.
+    assert worker["env_file"] == [".env"]
+    # REDIS_URL comes from .env, whose example points at this file's Redis with its password.
+    assert "REDIS_URL" not in (worker.get("environment") or {})
+    password = env["REDIS_PASSWORD"]
+    assert env["REDIS_URL"] == f"redis://:{password}@redis:6379/0"
+    assert re.fullmatch(r"[A-Za-z0-9-]+", password), "no URL quoting needed"
+    # The worker's health check in compose too (podman's default OCI images carry none).
+    _, image_check = parse_dockerfile(DOCKERFILE.read_text()).healthcheck
+    assert worker["healthcheck"]["test"] == ["CMD", *image_check]
     assert worker["stop_signal"] == "SIGTERM"
-    # The drain (job_completion_wait) must fit in the grace, with the default timeout and with
-    # the one .env.example suggests.
+    # The drain (int(HTTP_TIMEOUT_SECONDS) + 2) and the stop's bounded Redis clean-up must fit
+    # in the grace, with the default timeout and with the one .env.example suggests.
     grace = duration_seconds(worker["stop_grace_period"])
     default_timeout = Settings.model_fields["http_timeout_seconds"].default
-    example_timeout = float(env_example()["HTTP_TIMEOUT_SECONDS"])
-    assert grace > int(max(default_timeout, example_timeout)) + 2 + 5
+    example_timeout = float(env["HTTP_TIMEOUT_SECONDS"])
+    assert grace > int(max(default_timeout, example_timeout)) + 2 + 2 * STOP_REDIS_SECONDS + 5
 
     # No always-on service may need a demo-only one.
     for name, svc in services.items():
         if "demo" not in svc.get("profiles", []):
             for dep in svc.get("depends_on") or {}:
                 assert "demo" not in services[dep].get("profiles", []), (name, dep)
+    # Every ${VAR} is given a value by .env.example.
+    for name in re.findall(r"\$\{(\w+)", COMPOSE.read_text()):
+        assert env.get(name), name
+
+
+def test_compose_file_keeps_to_syntax_old_compose_accepts(compose: dict[str, Any]) -> None:
+    """docker-compose 1.29 (Debian bookworm) and podman-compose: README "Deploying"."""
+    assert "name" not in compose and "version" not in compose
+    for name, svc in compose["services"].items():
+        for entry in svc.get("env_file") or []:
+            assert isinstance(entry, str), (name, entry)
+        assert "start_interval" not in (svc.get("healthcheck") or {}), name
 
 
 def test_compose_demo_is_wired_consistently(compose: dict[str, Any]) -> None:
     services = compose["services"]
+    env_file = env_example()
     sim, demo, feeder = services["simulator"], services["demo-worker"], services["demo-feeder"]
-    for svc in (sim, demo, feeder):
-        assert svc["profiles"] == ["demo"]
+    demo_services = {n for n, svc in services.items() if "demo" in svc.get("profiles", [])}
+    assert demo_services == {"demo-redis", "simulator", "demo-worker", "demo-feeder"}
+    # The command in the file's header names exactly those (never the production worker, which
+    # has no token), and --exit-code-from stops them all with the feeder's code.
+    (line,) = [ln for ln in COMPOSE.read_text().splitlines() if "--profile demo up" in ln]
+    words = line.lstrip("# ").split()
+    assert words[words.index("--exit-code-from") + 1] == "demo-feeder"
+    assert set(words[words.index("--exit-code-from") + 2 :]) == demo_services
+    # Self-contained: nothing of the demo depends on a production service.
+    for name in demo_services:
+        assert set(services[name].get("depends_on") or {}) <= demo_services, name
     sim_args = simulator_parser().parse_args(sim["command"][1:])
     assert sim["command"][0] == "simulate" and sim_args.host == "0.0.0.0"
-    env = demo["environment"]
+    assert sim["build"] == {"context": ".", "target": "simulator"}
+    env = {k: interpolate(v, env_file) for k, v in demo["environment"].items()}
     assert env["THREADS_API_BASE_URL"] == f"http://simulator:{sim_args.port}/v1.0"
     assert env["THREADS_ACCESS_TOKEN"]
-    # The demo never shares keys with a production worker on the same Redis.
-    assert env["REDIS_URL"] != services["worker"]["environment"]["REDIS_URL"]
+    # The demo never shares keys with a production worker: its own Redis and key prefix.
+    assert env["REDIS_URL"] == f"redis://:{env_file['REDIS_PASSWORD']}@demo-redis:6379/0"
     assert env["KEY_PREFIX"] != Settings.model_fields["key_prefix"].default
-    assert feeder["environment"]["REDIS_URL"] == env["REDIS_URL"]
+    assert feeder["environment"]["REDIS_URL"] == demo["environment"]["REDIS_URL"]
     assert feeder["environment"]["KEY_PREFIX"] == env["KEY_PREFIX"]
     # The demo worker's settings are valid as written.
     load_settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
     assert demo["depends_on"]["simulator"]["condition"] == "service_healthy"
+    assert demo["depends_on"]["demo-redis"]["condition"] == "service_healthy"
     assert feeder["depends_on"]["demo-worker"]["condition"] == "service_healthy"
+    assert demo["healthcheck"]["test"] == services["worker"]["healthcheck"]["test"]
 
 
 # ----- .env.example ----------------------------------------------------------------------------
@@ -511,12 +630,16 @@ def test_env_example_lists_every_setting_with_its_default(
 ) -> None:
     listed = env_example()
     fields = Settings.model_fields
-    assert set(listed) == {name.upper() for name in fields}, "add new settings to .env.example"
+    assert set(listed) - COMPOSE_ONLY == {name.upper() for name in fields}, (
+        "add new settings to .env.example"
+    )
     for name in fields:
         monkeypatch.delenv(name.upper(), raising=False)
-    from_file = load_settings(_env_file=str(ROOT / ".env.example"))
-    defaults = load_settings(_env_file=None)
-    assert from_file.model_dump() == defaults.model_dump()
+    from_file = load_settings(_env_file=str(ROOT / ".env.example")).model_dump()
+    defaults = load_settings(_env_file=None).model_dump()
+    # REDIS_URL is docker-compose.yml's Redis (test_compose_services); the rest are defaults.
+    assert from_file.pop("redis_url") != defaults.pop("redis_url")
+    assert from_file == defaults
     # Every active line is a real value, so that `cp .env.example .env` changes nothing.
     text = (ROOT / ".env.example").read_text()
     for name, field_info in fields.items():
@@ -663,14 +786,17 @@ async def test_compose_demo_commands(
     compose_port = sim_cmd[sim_cmd.index("--port") + 1]
     sim_cmd[sim_cmd.index("--host") + 1] = "127.0.0.1"
     sim_cmd[sim_cmd.index("--port") + 1] = str(sim_port)
+    # The demo's own Redis is database 1 of the test server here.
     demo_url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    file_env = env_example()
     hosts = {
-        "redis://redis:6379/1": demo_url,
+        f"redis://:{file_env['REDIS_PASSWORD']}@demo-redis:6379/0": demo_url,
         f"http://simulator:{compose_port}/v1.0": f"http://127.0.0.1:{sim_port}/v1.0",
     }
 
     def mapped(environment: dict[str, str]) -> dict[str, str]:
-        return {k: hosts.get(v, v) for k, v in environment.items()}
+        values = {k: interpolate(v, file_env) for k, v in environment.items()}
+        return {k: hosts.get(v, v) for k, v in values.items()}
 
     base = {k: v for k, v in project_env.items() if k != "REDIS_URL"}
     demo_settings = mapped(services["demo-worker"]["environment"])

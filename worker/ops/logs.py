@@ -90,6 +90,23 @@ class ArqJobLineFilter(logging.Filter):
         )
 
 
+class AbandonedLookupFilter(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" for a failed DNS lookup.
+
+    uvloop reports that for a lookup whose waiter was cancelled: with Redis' host gone, every
+    bounded wait of a stop (worker.runtime.app) abandons one, and the error line says nothing
+    the worker's own "Redis did not answer" line does not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Future exception was never retrieved")
+            and record.exc_info is not None
+            and isinstance(record.exc_info[1], socket.gaierror)
+        )
+
+
 def setup_logging(
     fmt: LogFormat, level: str, secrets: Callable[[], Iterable[str]] = lambda: ()
 ) -> None:
@@ -104,6 +121,10 @@ def setup_logging(
     root.setLevel(level.upper())
     # aiohttp's access log and arq's per-job lines are noisy at INFO on a busy worker.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    asyncio_log = logging.getLogger("asyncio")
+    for stale in [f for f in asyncio_log.filters if isinstance(f, AbandonedLookupFilter)]:
+        asyncio_log.removeFilter(stale)
+    asyncio_log.addFilter(AbandonedLookupFilter())
     arq_log = logging.getLogger("arq.worker")
     for old_filter in [f for f in arq_log.filters if isinstance(f, ArqJobLineFilter)]:
         arq_log.removeFilter(old_filter)

@@ -46,6 +46,12 @@ log = logging.getLogger("threads_poller.worker")
 # that keeps failing, far above what a poll uses (its checks, deferrals and publish steps).
 MAX_RUNS_PER_POLL = 500
 
+# How long a stop waits on Redis for a claim still in flight, and then again for leaving the
+# intake group and removing the heartbeat. A Redis that is there answers in milliseconds; with
+# Redis away each command would wait out the client's retries (6 connects of up to 5 s), and the
+# orchestrator's SIGKILL would end the process before it exits by itself.
+STOP_REDIS_SECONDS = 3.0
+
 
 def result_store(redis: Redis, settings: Settings) -> ResultStore:
     return ResultStore.from_settings(redis, settings)
@@ -243,13 +249,27 @@ class PollerWorker:
                     "queue": store.keys.queue,
                 },
             )
+            claiming: asyncio.Future[None] | None = None
             if not self._stopping.is_set():
                 self._alive = True
+                claiming = asyncio.ensure_future(runner.run())
+                stopping = asyncio.ensure_future(self._stopping.wait())
                 try:
-                    await runner.run()
+                    await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
+                    stopping.cancel()
                     self._alive = False
+            stopped_at = asyncio.get_running_loop().time()
             await runner.drain(math.ceil(s.http_timeout_seconds) + 2)
+            if claiming is not None:
+                # A claim still waiting on an absent Redis (STOP_REDIS_SECONDS after the stop, the
+                # drain included) is abandoned: any job Redis did hand it is due again when its
+                # lease ends, as after a crash.
+                waited = asyncio.get_running_loop().time() - stopped_at
+                await asyncio.wait({claiming}, timeout=max(0.0, STOP_REDIS_SECONDS - waited))
+                claiming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claiming
         finally:
             runner.stop()
             for task in background:
@@ -257,11 +277,19 @@ class PollerWorker:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            with contextlib.suppress(Exception):
-                await intake.close()
-            with contextlib.suppress(Exception):
-                # At once, not after the TTL: this process's health check fails from here on.
-                await heartbeat.stop()
+            try:
+                async with asyncio.timeout(STOP_REDIS_SECONDS):
+                    with contextlib.suppress(Exception):
+                        await intake.close()
+                    with contextlib.suppress(Exception):
+                        # At once, not after the TTL: from here on this process fails its health
+                        # check.
+                        await heartbeat.stop()
+            except TimeoutError:
+                log.warning(
+                    "Redis did not answer at stop: heartbeat and intake consumer left to expire",
+                    extra={"waited_s": STOP_REDIS_SECONDS},
+                )
             await session.close()
             await hooks.close()
             await metrics.stop_server(self.metrics_server)
