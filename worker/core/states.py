@@ -20,6 +20,8 @@ class State(StrEnum):
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     # Auto-publish only: FINISHED, but the API refused to publish it (reason in last_error).
     PUBLISH_FAILED = "PUBLISH_FAILED"
+    # Stopped by an operator or a pipeline (HTTP API, CLI ``cancel``): no more checks.
+    CANCELLED = "CANCELLED"
 
 
 # EXPIRED and PUBLISHED are final too: other implementations waited forever on them.
@@ -29,6 +31,7 @@ FINAL_STATES = API_FINAL_STATES | {
     State.FAILED,
     State.QUOTA_EXHAUSTED,
     State.PUBLISH_FAILED,
+    State.CANCELLED,
 }
 SUCCESS_STATES = frozenset({State.FINISHED, State.PUBLISHED})
 
