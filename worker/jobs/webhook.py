@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -27,17 +26,16 @@ import aiohttp
 from api_client.redact import redact
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
-from worker.core.result import PollResult
+from worker.core.webhooks import EVENT_NAME, body_for
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
 
 log = logging.getLogger("threads_poller.webhook")
 
-__all__ = ["DELIVER_FUNCTION", "WebhookJob", "sign", "verify_signature"]
+__all__ = ["DELIVER_FUNCTION", "EVENT_NAME", "WebhookJob", "body_for", "sign", "verify_signature"]
 SIGNATURE_HEADER = "X-Threads-Poller-Signature"
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
-EVENT_NAME = "container.final"
 DEFAULT_TOLERANCE_SECONDS = 300
 RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
@@ -71,27 +69,6 @@ def verify_signature(
         return False
     expected = sign(secret, body, timestamp).split("v1=", 1)[1]
     return hmac.compare_digest(expected, given)
-
-
-def body_for(result: PollResult, delivery_id: str) -> bytes:
-    data: dict[str, Any] = {
-        "event": EVENT_NAME,
-        "delivery_id": delivery_id,
-        "container_id": result.container_id,
-        "status": result.status,
-        "final": result.final,
-        "error_message": result.error_message,
-        "error_explanation": result.error_explanation,
-        "last_error": result.last_error,
-        "media_id": result.media_id,
-        "account": result.account,
-        "checks": result.checks,
-        "enqueued_at": result.enqueued_at,
-        "last_checked_at": result.last_checked_at,
-        "finalized_at": result.finalized_at,
-        "published_at": result.published_at,
-    }
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
 class WebhookJob:
