@@ -27,6 +27,7 @@ from api_client.redact import redact
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
 from worker.core.webhooks import EVENT_NAME, body_for
+from worker.ops import metrics
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
 
@@ -181,4 +182,7 @@ class WebhookJob:
         delay_s: float = 0.0,
     ) -> None:
         done = WebhookAttempt(generation, outcome, attempt, reason, redact(url), body, delay_s)
-        await persist("settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done))
+        if await persist(
+            "settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done)
+        ):
+            metrics.observe_webhook(outcome)
