@@ -412,6 +412,8 @@ def test_builder_stage_yields_a_working_package(dockerfile: Dockerfile, tmp_path
         names = zf.namelist()
         zf.extractall(site)
     assert "worker/store/lua/enqueue.lua" in names and "worker/store/lua/record.lua" in names
+    # The console's templates and static files ship in the package (issue 13).
+    assert "worker/web/templates/console.html" in names and "worker/web/static/console.js" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "threads-poller = worker.cli:main" in (site / entry_points).read_text()
     # Imported from the wheel, from a directory outside the checkout: the Lua scripts load and
