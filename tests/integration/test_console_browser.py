@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright
+from redis.asyncio import Redis
 
 from bench.harness import Child, free_port, spawn, threads_poller_command
 from config import Settings
@@ -68,7 +69,11 @@ async def shot(page: Page, name: str) -> None:
 
 
 async def test_the_console_live_in_a_browser(
-    tmp_path: Path, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
+    tmp_path: Path,
+    redis: Redis,  # an empty Redis (the fixture flushes it)
+    settings: Settings,
+    sim: RunningSimulator,
+    project_env: dict[str, str],
 ) -> None:
     settings = settings.model_copy(update={"poll_max_seconds": 30.0})
     env = worker_env(

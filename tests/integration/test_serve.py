@@ -76,7 +76,11 @@ async def started(child: Child, base: str) -> None:
 
 @pytest.fixture
 async def processes(
-    tmp_path: Path, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
+    tmp_path: Path,
+    redis: Redis,  # an empty Redis (the fixture flushes it)
+    settings: Settings,
+    sim: RunningSimulator,
+    project_env: dict[str, str],
 ) -> AsyncIterator[tuple[str, Child, Child, int]]:
     settings = settings.model_copy(update={"poll_max_seconds": 30.0})
     env = worker_env(project_env, settings)

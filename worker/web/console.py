@@ -14,6 +14,7 @@ token.
 from __future__ import annotations
 
 import time
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from worker.store.admin import CancelOutcome, DeadLetterKind, ReplayOutcome
 from worker.web.api import cancel_error, fresh_sample, replay_error
 from worker.web.chart import chart
 from worker.web.context import AUTH, WebContext, ctx_of
-from worker.web.errors import ApiError
+from worker.web.errors import CODES, ApiError
 from worker.web.requests import parse_container_id, parse_kind, parse_letter_id
 from worker.web.views import mask_url
 
@@ -121,8 +122,6 @@ async def console_page(request: web.Request) -> web.Response:
     data = await panels_data(ctx)
     notice = NOTICES.get(request.query.get("done", ""), "")
     problem = request.query.get("problem", "")
-    from worker.web.errors import CODES
-
     page = ctx.templates.get_template("console.html").render(
         **data,
         prefix=ctx.admin.keys.prefix,
@@ -258,8 +257,6 @@ STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
 async def static(request: web.Request) -> web.Response:
-    from importlib import resources
-
     name = request.match_info["name"]
     if name not in STATIC:
         raise ApiError("not_found")
