@@ -313,6 +313,6 @@ def add_commands(sub: Any) -> None:
 
 
 def _limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 500:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 500:
         raise argparse.ArgumentTypeError("a whole number from 1 to 500")
     return int(text)

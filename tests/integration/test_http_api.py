@@ -479,3 +479,59 @@ async def test_overview_counts_and_minutes(
         for k, v in m["finals"].items():
             finals[k] = finals.get(k, 0) + v
     assert finals.get("FINISHED", 0) >= 1 and finals.get("ERROR", 0) >= 1
+
+
+ODD_SEGMENTS = [
+    "%00",
+    "%ff",
+    "..",
+    "%2e%2e",
+    "\uff11\uff12\uff13",
+    "²",
+    "9" * 40,
+    "-1",
+    "1-0-0",
+    "%20",
+]
+ODD_QUERIES = [
+    "limit=²",
+    "limit=1e3",
+    "cursor=²",
+    "cursor=" + "9" * 200,
+    "since=²h",
+    "since=1h%00",
+    "wait=1e309",
+    "wait=²",
+    "last_event_id=²",
+]
+
+
+async def test_odd_input_never_answers_500(redis: Redis, settings: Settings) -> None:
+    """Whatever the path segment, query or body: a 4xx with a JSON error, never a 500."""
+    async with running_api(settings, sample=False) as api:
+        for route in ROUTES:
+            if route.name in ("events", "static", "login", "logout", "login_form"):
+                continue
+            for segment in ODD_SEGMENTS:
+                path = (
+                    route.path.replace("{container_id}", segment)
+                    .replace("{kind}", "intake" if "{letter_id}" in route.path else segment)
+                    .replace("{letter_id}", segment)
+                )
+                if path == route.path and segment != ODD_SEGMENTS[0]:
+                    continue
+                for query in ODD_QUERIES:
+                    got = await api.call(
+                        route.method,
+                        f"{path}?{query}",
+                        data=b'{"container_id": "\\u0000"}',
+                        headers={"Content-Type": "application/json"},
+                        check=False,
+                    )
+                    assert got.status < 500, (route.method, path, query, got.text[:300])
+                    if path.startswith("/v1") and got.status >= 400:
+                        assert got.code(), got.text
+        assert len(api.seen) > 500  # the loops above really ran
+        for header in ("²", "1" * 300, "0-²"):
+            got = await api.call("GET", "/v1/events", headers={"Last-Event-ID": header})
+            assert got.status == 400 and got.code() == "invalid_parameter"

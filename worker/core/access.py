@@ -130,7 +130,9 @@ def verify_session(ring: KeyRing, token: str | None, *, now: float) -> ApiKey | 
     if not token or len(token) > 200:
         return None
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != SESSION_VERSION or not parts[1].isdigit():
+    if len(parts) != 4 or parts[0] != SESSION_VERSION or not parts[1].isascii():
+        return None
+    if not parts[1].isdigit():
         return None
     key = ring.by_fingerprint(parts[2])
     if key is None or int(parts[1]) <= now:

@@ -130,7 +130,7 @@ class FinalEvent:
             status=h.get("status", ""),
             error_message=h.get("error_message") or None,
             account=h.get("account") or None,
-            checks=int(checks) if checks.isdigit() else 0,
+            checks=int(checks) if checks.isascii() and checks.isdigit() else 0,
             finalized_at=float(at) if at else stream_ms(entry_id),
             last_error=h.get("last_error") or None,
             media_id=h.get("media_id") or None,
@@ -368,7 +368,7 @@ class AdminStore:
         limit = _limit(limit)
         offset = 0
         if cursor:
-            if not cursor.isdigit() or len(cursor) > 9:
+            if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 9:
                 raise InvalidIdError("cursor is not one this API returned")
             offset = int(cursor)
         rows = await self.redis.zrevrange(

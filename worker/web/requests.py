@@ -171,7 +171,7 @@ def parse_wait(raw: str | None, *, max_seconds: float) -> float | None:
 def parse_limit(raw: str | None, *, default: int = 50, maximum: int = MAX_PAGE) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ApiError("invalid_parameter", f"limit must be a whole number from 1 to {maximum}")
     return int(raw)
 

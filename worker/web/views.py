@@ -158,7 +158,7 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
             generation=f.get("generation") or None,
             delivery_id=f.get("delivery_id") or None,
             url=mask_url(f.get("url")) or None,
-            attempts=int(attempts) if attempts.isdigit() else None,
+            attempts=int(attempts) if attempts.isascii() and attempts.isdigit() else None,
             body=letter.body,
         )
     return data
