@@ -221,6 +221,21 @@ class Settings(BaseSettings):
     # Prometheus /metrics of each worker process (worker/ops/metrics.py); 0 turns it off.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
+    # `threads-poller serve`: the HTTP API and the console (worker/web/). Loopback by default;
+    # any other address needs API keys (serve refuses to start without one).
+    http_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9_.:\[\]-]{1,255}$")
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # Bearer keys, comma-separated (at least 16 characters each): read-write, and read-only.
+    api_keys: SecretStr | None = None
+    api_read_keys: SecretStr | None = None
+    # The same lists in files (commas or one per line, # comments), re-read when they change.
+    api_keys_file: Path | None = None
+    api_read_keys_file: Path | None = None
+    api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    api_max_batch: int = Field(default=1000, ge=1, le=10_000)
+    # The longest ?wait= of GET /v1/containers/{id}.
+    api_max_wait_seconds: float = Field(default=60.0, gt=0, le=600)
+
     # Set by the validators: what a worker logs once logging is up (a too-open secrets file).
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _redis_password: str | None = PrivateAttr(default=None)

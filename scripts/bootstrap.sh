@@ -44,3 +44,20 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+ensure_chromium() {
+  # The console's browser tests drive Debian's Chromium with Playwright (never a browser download).
+  if command -v chromium >/dev/null 2>&1; then
+    return
+  fi
+  echo "bootstrap: chromium not found; installing it with apt-get (for the console's browser tests)" >&2
+  local sudo=""
+  if [ "$(id -u)" != "0" ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install chromium" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no apt-get; install chromium yourself" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  command -v chromium >/dev/null 2>&1 || { echo "bootstrap: chromium install failed" >&2; exit 1; }
+}

@@ -529,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="end-to-end demo on the simulator", add_help=False)
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)
+
+    # serve, inflight, failures, accounts, dead-letters, cancel (the HTTP API's CLI parity).
+    from worker.cli_operator import add_commands
+
+    add_commands(sub)
     return parser
 
 

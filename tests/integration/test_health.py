@@ -94,7 +94,9 @@ async def test_heartbeat_reports_the_runner(settings: Settings, redis: Redis, ke
             "redis_errors",
             "given_up",
             "ongoing",
+            "slots",  # the job slots: saturation = ongoing / slots (issue 13)
         }
+        assert mine.jobs["slots"] == min(settings.worker_max_jobs, settings.api_max_concurrency)
         worker.runner.stop()
         assert not worker.runner.accepting
 

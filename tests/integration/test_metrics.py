@@ -19,6 +19,7 @@ from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from worker import enqueue_many, get_result
 from worker.ops import metrics
+from worker.store.admin import AdminStore
 from worker.store.keys import Keys
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -38,11 +39,17 @@ def current(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def deployment(name: str) -> float:
+    """A gauge of serve's registry (the deployment's shared state)."""
+    return metrics.SERVE_REGISTRY.get_sample_value(name) or 0.0
+
+
 def key(name: str, **labels: str) -> Sample:
     return (name, frozenset(labels.items()))
 
 
 async def test_gauges_sample_the_shared_state(redis: Redis, settings: Settings, keys: Keys) -> None:
+    admin = AdminStore.from_settings(redis, settings)
     await enqueue_many(redis, ["7001", "7002", "7003"], settings=settings)
     # One of them scheduled a minute ahead (as a Retry would): queued, in flight, not due.
     job_ids = await redis.zrange(keys.queue, 0, -1)
@@ -50,17 +57,24 @@ async def test_gauges_sample_the_shared_state(redis: Redis, settings: Settings, 
     await redis.xadd(keys.dead_letters, {"entry_id": "1-0", "reason": "test", "fields": "{}"})
     enqueued_ms = min(score for _, score in await redis.zrange(keys.queue, 0, -1, withscores=True))
 
-    await metrics.sample(redis, keys, now=enqueued_ms / 1000 + 10)
-    assert current("threads_poller_containers_in_flight") == 3
-    assert current("threads_poller_queue_jobs") == 3
-    assert current("threads_poller_queue_due_jobs") == 2
-    assert current("threads_poller_queue_lag_seconds") == pytest.approx(10, abs=0.01)
-    assert current("threads_poller_intake_dead_letter_stream_length") == 1
+    await redis.xadd(keys.webhook_dead_letters, {"container_id": "7001", "reason": "HTTP 500"})
+    got = await metrics.sample(admin, now=enqueued_ms / 1000 + 10, overdue_after=50)
+    assert deployment("threads_poller_containers_in_flight") == 3 == got.inflight
+    assert deployment("threads_poller_queue_jobs") == 3
+    assert deployment("threads_poller_queue_due_jobs") == 2
+    assert deployment("threads_poller_queue_lag_seconds") == pytest.approx(10, abs=0.01)
+    assert deployment("threads_poller_intake_dead_letter_stream_length") == 1
+    assert deployment("threads_poller_webhook_dead_letter_stream_length") == 1
+    assert deployment("threads_poller_polls_past_deadline") == 0
+    assert deployment("threads_poller_workers_alive") == 0
+    # Past the deadline (1 s here) by more than the bound: stuck.
+    got = await metrics.sample(admin, now=enqueued_ms / 1000 + 100, overdue_after=50)
+    assert got.past_deadline == 3 == deployment("threads_poller_polls_past_deadline")
 
     await redis.delete(keys.queue)
-    await metrics.sample(redis, keys)
-    assert current("threads_poller_queue_due_jobs") == 0
-    assert current("threads_poller_queue_lag_seconds") == 0
+    await metrics.sample(admin)
+    assert deployment("threads_poller_queue_due_jobs") == 0
+    assert deployment("threads_poller_queue_lag_seconds") == 0
 
 
 async def test_worker_exposes_check_outcomes(
@@ -78,11 +92,11 @@ async def test_worker_exposes_check_outcomes(
     port = free_port()
     settings = settings.model_copy(update={"metrics_port": port, "poll_max_seconds": 5.0})
     watched = [
-        key("threads_poller_checks_total", status="IN_PROGRESS", error_kind=""),
-        key("threads_poller_checks_total", status="FINISHED", error_kind=""),
-        key("threads_poller_checks_total", status="ERROR", error_kind=""),
-        key("threads_poller_checks_total", status="", error_kind="not_found"),
-        key("threads_poller_checks_total", status="", error_kind="throttled"),
+        key("threads_poller_checks_total", status="IN_PROGRESS"),
+        key("threads_poller_checks_total", status="FINISHED"),
+        key("threads_poller_checks_total", status="ERROR"),
+        key("threads_poller_check_errors_total", error_kind="not_found"),
+        key("threads_poller_check_errors_total", error_kind="throttled"),
         key("threads_poller_api_throttled_total"),
         key("threads_poller_final_states_total", status="FINISHED"),
         key("threads_poller_final_states_total", status="FAILED"),
@@ -106,7 +120,6 @@ async def test_worker_exposes_check_outcomes(
             return all(r is not None and r.final for r in results)
 
         await wait_until(all_final, timeout=20)
-        await metrics.sample(redis, keys)
         after = scrape(port)
         assert worker.metrics_server is not None and worker.metrics_server.port == port
     delta = {k: after.get(k, 0.0) - before[k] for k in watched}
@@ -128,8 +141,11 @@ async def test_worker_exposes_check_outcomes(
         watched[13]: 1,
     }
     assert sum(sim.state.calls_for(cid).count for cid in ids) == 9
-    assert after[key("threads_poller_containers_in_flight")] == 0
-    assert after[key("threads_poller_intake_dead_letter_stream_length")] == 1
+    # The deployment's gauges are serve's (one value for the deployment), never a worker's.
+    assert not [name for name, _ in after if "in_flight" in name or "stream_length" in name]
+    assert after[key("threads_poller_worker_job_slots")] == min(
+        settings.worker_max_jobs, settings.api_max_concurrency
+    )
     # Latency observations are real durations, not zeros.
     assert after[key("threads_poller_api_request_duration_seconds_sum", outcome="ok")] > 0
 
@@ -163,7 +179,7 @@ async def test_server_serves_and_closes() -> None:
     server = metrics.start_server(0, "127.0.0.1")
     assert server is not None and server.port > 0
     try:
-        assert key("threads_poller_queue_jobs") in scrape(server.port)
+        assert key("threads_poller_checks_total", status="FINISHED") in scrape(server.port)
     finally:
         await metrics.stop_server(server)
     with pytest.raises(urllib.error.URLError):

@@ -29,6 +29,8 @@ class State(StrEnum):
     # Carousels only: a child ended without FINISHED (failed_child names it), so the carousel
     # can never be published; its parent was never polled.
     CHILD_FAILED = "CHILD_FAILED"
+    # Stopped by an operator or a pipeline (HTTP API, CLI ``cancel``): no more checks.
+    CANCELLED = "CANCELLED"
 
 
 # EXPIRED and PUBLISHED are final too: other implementations waited forever on them.
@@ -41,6 +43,7 @@ FINAL_STATES = API_FINAL_STATES | {
     State.NEEDS_RECREATE,
     State.PUBLISH_UNCONFIRMED,
     State.CHILD_FAILED,
+    State.CANCELLED,
 }
 SUCCESS_STATES = frozenset({State.FINISHED, State.PUBLISHED})
 

@@ -274,6 +274,7 @@ class CheckJob:
             answer = ThreadsClient.scrub(exc, token)
         api_s = time.perf_counter() - t0
         verdict = judge_publish(answer)
+        metrics.observe_publish(verdict)
         error = answer if isinstance(answer, ThreadsError) else None
         log.info(
             "publish answered: %s",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import socket
 import time
@@ -40,7 +39,6 @@ from api_client.redact import redact
 from worker.core.errors import InvalidIdError
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
-from worker.core.result import PollResult
 from worker.core.targets import (
     WebhookPolicy,
     address_refusal,
@@ -48,6 +46,8 @@ from worker.core.targets import (
     parse_address,
     parse_target,
 )
+from worker.core.webhooks import EVENT_NAME, body_for
+from worker.ops import metrics
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
 
@@ -55,9 +55,11 @@ log = logging.getLogger("threads_poller.webhook")
 
 __all__ = [
     "DELIVER_FUNCTION",
+    "EVENT_NAME",
     "GuardedResolver",
     "TargetRefusedError",
     "WebhookJob",
+    "body_for",
     "make_webhook_session",
     "sign",
     "verify_signature",
@@ -65,7 +67,6 @@ __all__ = [
 SIGNATURE_HEADER = "X-Threads-Poller-Signature"
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
-EVENT_NAME = "container.final"
 DEFAULT_TOLERANCE_SECONDS = 300
 RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
@@ -187,27 +188,6 @@ def verify_signature(
     return hmac.compare_digest(expected, given)
 
 
-def body_for(result: PollResult, delivery_id: str) -> bytes:
-    data: dict[str, Any] = {
-        "event": EVENT_NAME,
-        "delivery_id": delivery_id,
-        "container_id": result.container_id,
-        "status": result.status,
-        "final": result.final,
-        "error_message": result.error_message,
-        "error_explanation": result.error_explanation,
-        "last_error": result.last_error,
-        "media_id": result.media_id,
-        "account": result.account,
-        "checks": result.checks,
-        "enqueued_at": result.enqueued_at,
-        "last_checked_at": result.last_checked_at,
-        "finalized_at": result.finalized_at,
-        "published_at": result.published_at,
-    }
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-
-
 class WebhookJob:
     """``deliver_webhook(container_id, generation, body)``: one delivery attempt.
 
@@ -327,4 +307,7 @@ class WebhookJob:
         delay_s: float = 0.0,
     ) -> None:
         done = WebhookAttempt(generation, outcome, attempt, reason, redact(url), body, delay_s)
-        await persist("settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done))
+        if await persist(
+            "settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done)
+        ):
+            metrics.observe_webhook(outcome)

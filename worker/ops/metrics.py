@@ -1,15 +1,21 @@
-"""Prometheus metrics of one worker process, served on ``METRICS_PORT`` (0: off).
+"""Prometheus metrics: each worker process's own (``METRICS_PORT``), and the deployment's
+(exported once, by ``threads-poller serve``).
 
-Two sorts:
+Two registries:
 
-- events this process saw (counters, histograms): checks by outcome, API latency, throttling,
-  final states, intake acceptances and dead letters. Sum them over workers.
-- the shared Redis state (gauges, sampled every ``SAMPLE_SECONDS`` by each worker): containers in
-  flight, queue depth, how late the oldest due check is, the dead-letter stream's length. Every
-  worker reports the same values: take ``max`` over workers, not ``sum``.
+- the default one, served by every worker process: what that process did (checks by answer and
+  by failure, API latency, throttling, final states, intake acceptances and dead letters, webhook
+  deliveries, publish calls) and how busy it is (jobs running, job slots). Sum them over workers.
+- ``SERVE_REGISTRY``, served by ``serve`` only: the shared Redis state, sampled every
+  ``SAMPLE_SECONDS`` (containers in flight and past their deadline, queue depth and lag,
+  dead-letter streams, live workers and their saturation, throttled accounts), plus ``serve``'s
+  own HTTP metrics (``worker.web``). One process reports each value, so replicas of the workers
+  can neither repeat nor contradict it.
 
-Label values are bounded: API statuses outside the documented set are counted as ``OTHER`` (the
-result hash keeps the verbatim value), so an API change cannot explode the series count.
+Every labelled series is created at start with all its label values (a ``rate()`` sees the
+first event), and no label is ever empty. Label values are bounded: API statuses outside the
+documented set are counted as ``OTHER`` (the result hash keeps the verbatim value), so an API
+change cannot explode the series count.
 """
 
 from __future__ import annotations
@@ -19,26 +25,31 @@ import contextlib
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     start_http_server,
 )
-from redis.asyncio import Redis
 
 from api_client.errors import ThreadsError
-from api_client.models import ContainerStatus
+from api_client.models import ApiStatus, ContainerStatus
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import Decision
+from worker.core.publishing import PublishVerdict, WebhookOutcome
 from worker.core.result import PollResult
-from worker.core.states import State
-from worker.store.keys import Keys
+from worker.core.states import FINAL_STATES, State
+from worker.ops.health import live_beats
+from worker.ops.stats import MINUTES, note_inflight
+from worker.store.admin import AdminStore
 
 log = logging.getLogger("threads_poller.metrics")
 
@@ -49,11 +60,22 @@ SAMPLE_SECONDS = 5.0
 # Where check_container notes the run's start in arq's per-job ctx (read by check_timings).
 RUN_STARTED_KEY = "check_started_at"
 _KNOWN_STATUSES = frozenset(s.value for s in State)
+OTHER = "OTHER"
+API_STATUSES = (*(s.value for s in ApiStatus), OTHER)
+ERROR_KINDS = tuple(k.value for k in ErrorKind)
+# What a worker can end a poll with (CANCELLED comes from an operator, not a worker).
+WORKER_FINAL_STATES = tuple(sorted(s.value for s in FINAL_STATES if s is not State.CANCELLED))
 
 CHECKS = Counter(
     "threads_poller_checks",
-    "Checks of a container's status, by the API's answer (status) or the failure (error_kind).",
-    ["status", "error_kind"],
+    "Checks the API answered with a status, by that status (OTHER: one we do not know). "
+    "Failed checks: threads_poller_check_errors_total.",
+    ["status"],
+)
+CHECK_ERRORS = Counter(
+    "threads_poller_check_errors",
+    "Checks that asked the API and failed, by the failure's kind (the error policy).",
+    ["error_kind"],
 )
 API_REQUEST_SECONDS = Histogram(
     "threads_poller_api_request_duration_seconds",
@@ -70,7 +92,7 @@ CHECK_LAG = Histogram(
     "How late a check started after it was due (next_check_at, or enqueued_at for the first).",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
 )
-FINAL_STATES = Counter(
+FINAL_STATES_TOTAL = Counter(
     "threads_poller_final_states",
     "Containers that reached a final state in this process, by status.",
     ["status"],
@@ -82,36 +104,122 @@ INTAKE_DEAD_LETTERS = Counter(
     "threads_poller_intake_dead_letters",
     "Intake stream entries this process moved to the dead-letter stream.",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "threads_poller_webhook_deliveries",
+    "Webhook delivery attempts settled by this process: delivered, retry (failed, tried again "
+    "later) or dead (failed for good: dead-lettered).",
+    ["outcome"],
+)
+PUBLISHES = Counter(
+    "threads_poller_publishes",
+    "Auto-publish calls (threads_publish) made by this process, by what the answer means.",
+    ["verdict"],
+)
+JOBS_RUNNING = Gauge(
+    "threads_poller_worker_jobs_running",
+    "Job runs in progress in this worker process (saturation: divide by the job slots).",
+)
+JOB_SLOTS = Gauge(
+    "threads_poller_worker_job_slots",
+    "Job runs this worker process takes at once (min(WORKER_MAX_JOBS, API_MAX_CONCURRENCY)).",
+)
+
+# Pre-initialised: every series exists from the start, at 0.
+for _status in API_STATUSES:
+    CHECKS.labels(status=_status)
+for _kind in ERROR_KINDS:
+    CHECK_ERRORS.labels(error_kind=_kind)
+for _outcome in ("ok", "error"):
+    API_REQUEST_SECONDS.labels(outcome=_outcome)
+for _status in WORKER_FINAL_STATES:
+    FINAL_STATES_TOTAL.labels(status=_status)
+for _outcome in WebhookOutcome:
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome.value)
+for _verdict in PublishVerdict:
+    PUBLISHES.labels(verdict=_verdict.value)
+
+# ----- the deployment's gauges: served by `serve` only ----------------------------------------
+
+SERVE_REGISTRY = CollectorRegistry(auto_describe=True)
+
 IN_FLIGHT = Gauge(
     "threads_poller_containers_in_flight",
-    "Containers being polled (ZCARD of {prefix}:inflight). Same value on every worker.",
+    "Containers being polled (ZCARD of {prefix}:inflight).",
+    registry=SERVE_REGISTRY,
+)
+PAST_DEADLINE = Gauge(
+    "threads_poller_polls_past_deadline",
+    "Containers still in flight well past their deadline (the window, plus everything "
+    "throttling may add, plus a job timeout and an interval): stuck polls.",
+    registry=SERVE_REGISTRY,
 )
 QUEUE_JOBS = Gauge(
     "threads_poller_queue_jobs",
-    "arq jobs in the queue, due or scheduled (ZCARD of {prefix}:queue). Same on every worker.",
+    "Jobs in the queue, due or scheduled (ZCARD of {prefix}:queue).",
+    registry=SERVE_REGISTRY,
 )
 QUEUE_DUE_JOBS = Gauge(
     "threads_poller_queue_due_jobs",
-    "arq jobs whose due time has passed (waiting for a worker, or running now).",
+    "Jobs whose due time has passed (waiting for a worker, or running now).",
+    registry=SERVE_REGISTRY,
 )
 QUEUE_LAG = Gauge(
     "threads_poller_queue_lag_seconds",
     "Seconds since the oldest due job became due; 0 when nothing is due.",
+    registry=SERVE_REGISTRY,
 )
 DEAD_LETTER_STREAM = Gauge(
     "threads_poller_intake_dead_letter_stream_length",
-    "Entries in the dead-letter stream {prefix}:intake:dead (XLEN). Same on every worker.",
+    "Entries in the intake dead-letter stream {prefix}:intake:dead (XLEN).",
+    registry=SERVE_REGISTRY,
+)
+WEBHOOK_DEAD_LETTER_STREAM = Gauge(
+    "threads_poller_webhook_dead_letter_stream_length",
+    "Entries in the webhook dead-letter stream {prefix}:webhooks:dead (XLEN).",
+    registry=SERVE_REGISTRY,
+)
+WORKERS_ALIVE = Gauge(
+    "threads_poller_workers_alive",
+    "Worker processes whose heartbeat is younger than its TTL.",
+    registry=SERVE_REGISTRY,
+)
+WORKERS_ACCEPTING = Gauge(
+    "threads_poller_workers_accepting",
+    "Live worker processes taking jobs (not draining after SIGTERM).",
+    registry=SERVE_REGISTRY,
+)
+WORKER_SATURATION = Gauge(
+    "threads_poller_worker_saturation_ratio",
+    "Job runs in progress over job slots, summed over the live workers (from their heartbeats); "
+    "1 means every slot is busy.",
+    registry=SERVE_REGISTRY,
+)
+ACCOUNTS_THROTTLED = Gauge(
+    "threads_poller_accounts_throttled",
+    "Accounts whose checks are paused for throttling now.",
+    registry=SERVE_REGISTRY,
+)
+ACCOUNT_LONGEST_THROTTLE = Gauge(
+    "threads_poller_account_longest_throttle_seconds",
+    "How long the longest current episode of throttling of any account has lasted; 0 when none.",
+    registry=SERVE_REGISTRY,
+)
+ACCOUNTS_TOKEN_REJECTED = Gauge(
+    "threads_poller_accounts_token_rejected",
+    "Accounts whose current token the API rejected (their checks fail until it is replaced).",
+    registry=SERVE_REGISTRY,
 )
 SAMPLE_FAILURES = Counter(
     "threads_poller_redis_sample_failures",
     "Rounds in which the Redis gauges could not be sampled (they keep their last value).",
+    registry=SERVE_REGISTRY,
 )
 
 
 def status_label(status: str | None) -> str:
     if not status:
-        return ""
-    return status if status in _KNOWN_STATUSES else "OTHER"
+        return OTHER
+    return status if status in _KNOWN_STATUSES else OTHER
 
 
 def observe_api_call(outcome: ContainerStatus | ThreadsError, seconds: float) -> None:
@@ -125,15 +233,20 @@ def observe_api_call(outcome: ContainerStatus | ThreadsError, seconds: float) ->
 
 
 @functools.cache
-def _checks(status: str, error_kind: str) -> Any:
+def _checks(status: str) -> Any:
     # labels() takes a lock and builds a key on every call; label values are bounded (see the
     # module docstring), so caching each child is bounded too.
-    return CHECKS.labels(status=status, error_kind=error_kind)
+    return CHECKS.labels(status=status)
+
+
+@functools.cache
+def _check_errors(kind: str) -> Any:
+    return CHECK_ERRORS.labels(error_kind=kind)
 
 
 @functools.cache
 def _final_states(status: str) -> Any:
-    return FINAL_STATES.labels(status=status)
+    return FINAL_STATES_TOTAL.labels(status=status)
 
 
 def observe_check(
@@ -142,14 +255,18 @@ def observe_check(
     """One check run: ``checked`` when it asked the API, ``written`` when its outcome was stored."""
     if checked:
         if decision.error is not None:
-            kind = decision.error.kind
-            _checks("", str(kind)).inc()
+            kind = str(decision.error.kind)
+            _check_errors(kind if kind in ERROR_KINDS else ErrorKind.UNKNOWN.value).inc()
         else:
-            _checks(status_label(decision.last_api_status), "").inc()
+            label = status_label(decision.last_api_status)
+            _checks(label if label in API_STATUSES else OTHER).inc()
         if lag_s is not None:
             CHECK_LAG.observe(max(0.0, lag_s))
+        if written:
+            MINUTES.note_check()
     if written and decision.final:
         _final_states(status_label(decision.status)).inc()
+        MINUTES.note_final(status_label(decision.status))
 
 
 def observe_intake(*, accepted: int, dead_lettered: int) -> None:
@@ -159,37 +276,95 @@ def observe_intake(*, accepted: int, dead_lettered: int) -> None:
         INTAKE_DEAD_LETTERS.inc(dead_lettered)
 
 
-async def sample(redis: Redis, keys: Keys, now: float | None = None) -> None:
-    """Read the shared state into the gauges (two round trips; "due" by Redis' clock)."""
+def observe_webhook(outcome: WebhookOutcome | str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=str(outcome)).inc()
+
+
+def observe_publish(verdict: PublishVerdict) -> None:
+    PUBLISHES.labels(verdict=verdict.value).inc()
+
+
+def track_jobs(running: Callable[[], int], slots: int) -> None:
+    """This worker's saturation: ``running()`` is read at each scrape."""
+    JOBS_RUNNING.set_function(running)
+    JOB_SLOTS.set(slots)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSample:
+    """What one round of ``sample`` read (the gauges' values)."""
+
+    inflight: int
+    past_deadline: int
+    queued: int
+    due: int
+    lag_s: float
+    intake_dead: int
+    webhook_dead: int
+    workers_alive: int
+    workers_accepting: int
+    saturation: float
+    accounts_throttled: int
+    longest_throttle_s: float
+    tokens_rejected: int
+
+
+async def sample(
+    admin: AdminStore, now: float | None = None, *, overdue_after: float = 0.0
+) -> DeploymentSample:
+    """Read the shared state into the deployment's gauges ("due" and "past" by Redis' clock).
+
+    ``overdue_after``: seconds past its deadline after which a poll counts as stuck."""
+    redis, keys = admin.redis, admin.keys
     if now is None:
         seconds, micros = await redis.time()
         now = float(seconds) + micros / 1e6
     now_ms = int(now * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.inflight)
+        pipe.zcount(keys.inflight, "-inf", now - overdue_after)
         pipe.zcard(keys.queue)
-        # arq scores jobs by due time in ms: everything up to now is due.
+        # Jobs are scored by due time in ms: everything up to now is due.
         pipe.zcount(keys.queue, "-inf", now_ms)
         pipe.zrangebyscore(keys.queue, "-inf", now_ms, start=0, num=1, withscores=True)
         pipe.xlen(keys.dead_letters)
-        inflight, queued, due, oldest, dead = await pipe.execute()
-    IN_FLIGHT.set(inflight)
-    QUEUE_JOBS.set(queued)
-    QUEUE_DUE_JOBS.set(due)
-    QUEUE_LAG.set(max(0.0, (now_ms - float(oldest[0][1])) / 1000) if oldest else 0.0)
-    DEAD_LETTER_STREAM.set(dead)
-
-
-async def sample_forever(redis: Redis, keys: Keys, period: float = SAMPLE_SECONDS) -> None:
-    while True:
-        try:
-            await sample(redis, keys)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            SAMPLE_FAILURES.inc()
-            log.warning("metrics: Redis gauges not sampled", exc_info=True)
-        await asyncio.sleep(period)
+        pipe.xlen(keys.webhook_dead_letters)
+        inflight, past, queued, due, oldest, dead, hooks_dead = await pipe.execute()
+    _, beats = await live_beats(redis, keys)
+    accounts = await admin.all_accounts()
+    running = sum(b.jobs.get("ongoing", 0) for b in beats)
+    slots = sum(b.jobs.get("slots", 0) for b in beats)
+    throttled = [a for a in accounts if a.throttled(now)]
+    got = DeploymentSample(
+        inflight=int(inflight),
+        past_deadline=int(past),
+        queued=int(queued),
+        due=int(due),
+        lag_s=max(0.0, (now_ms - float(oldest[0][1])) / 1000) if oldest else 0.0,
+        intake_dead=int(dead),
+        webhook_dead=int(hooks_dead),
+        workers_alive=len(beats),
+        workers_accepting=sum(1 for b in beats if b.accepting),
+        saturation=running / slots if slots else 0.0,
+        accounts_throttled=len(throttled),
+        longest_throttle_s=max((a.throttled_for(now) for a in throttled), default=0.0),
+        tokens_rejected=sum(1 for a in accounts if a.token_rejected),
+    )
+    IN_FLIGHT.set(got.inflight)
+    PAST_DEADLINE.set(got.past_deadline)
+    QUEUE_JOBS.set(got.queued)
+    QUEUE_DUE_JOBS.set(got.due)
+    QUEUE_LAG.set(got.lag_s)
+    DEAD_LETTER_STREAM.set(got.intake_dead)
+    WEBHOOK_DEAD_LETTER_STREAM.set(got.webhook_dead)
+    WORKERS_ALIVE.set(got.workers_alive)
+    WORKERS_ACCEPTING.set(got.workers_accepting)
+    WORKER_SATURATION.set(got.saturation)
+    ACCOUNTS_THROTTLED.set(got.accounts_throttled)
+    ACCOUNT_LONGEST_THROTTLE.set(got.longest_throttle_s)
+    ACCOUNTS_TOKEN_REJECTED.set(got.tokens_rejected)
+    await note_inflight(redis, keys, now=now, inflight=got.inflight)
+    return got
 
 
 @dataclass
@@ -204,14 +379,16 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def start_server(port: int, addr: str = "0.0.0.0") -> MetricsServer | None:
+def start_server(
+    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+) -> MetricsServer | None:
     """Serve /metrics on ``port`` in a thread; a busy port is logged, never fatal.
 
     Metrics are for watching the poller, not part of its job: a second worker on the same host
     with the same port keeps polling, it only goes unscraped (and says so in the log).
     """
     try:
-        server, thread = start_http_server(port, addr)
+        server, thread = start_http_server(port, addr, registry=registry)
     except OSError as exc:
         log.error(  # noqa: TRY400 - one line; the traceback says nothing more
             "metrics: cannot listen on %s:%d (%s); metrics disabled in this process",

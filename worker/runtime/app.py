@@ -3,7 +3,7 @@
 ``threads-poller worker`` runs ``build_worker(load_settings()).run_forever()``. The process runs
 the job runner (``worker.runtime.runner``) with two job functions, the check and the webhook
 delivery, and beside it the intake consumer, the reconciler, the quota refresh, the heartbeat
-and the metrics sampler, all started and stopped together. SIGTERM stops the claiming, lets
+and the per-minute stats, all started and stopped together. SIGTERM stops the claiming, lets
 running jobs finish within a grace, and gives the rest back to the queue.
 """
 
@@ -29,7 +29,7 @@ from worker.jobs.check import CheckJob, PollerContext, policy_of
 from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
 from worker.jobs.tokens import TokenSource
 from worker.jobs.webhook import WebhookJob, make_webhook_session
-from worker.ops import metrics
+from worker.ops import metrics, stats
 from worker.ops.health import Heartbeat
 from worker.runtime.intake import IntakeConsumer
 from worker.runtime.reconcile import reconcile_forever
@@ -211,7 +211,10 @@ class PollerWorker:
             redis,
             store.keys,
             runner.name,
-            probe=lambda: (runner.accepting, {**runner.stats.as_dict(), "ongoing": runner.running}),
+            probe=lambda: (
+                runner.accepting,
+                {**runner.stats.as_dict(), "ongoing": runner.running, "slots": runner.concurrency},
+            ),
         )
         background = self.background
 
@@ -234,9 +237,12 @@ class PollerWorker:
                 "reconcile",
             )
             spawn(refresh_quotas_forever(redis, accounts, client, tokens, s), "quota")
+            # Per-minute counts for the console's chart (worker.ops.stats).
+            spawn(stats.flush_forever(redis, store.keys), "stats")
+            metrics.track_jobs(lambda: runner.running, runner.concurrency)
             if s.metrics_port > 0:
+                # This process's own metrics; the deployment's (Redis) gauges: `serve`.
                 self.metrics_server = metrics.start_server(s.metrics_port)
-                spawn(metrics.sample_forever(redis, store.keys), "metrics")
             log.info(
                 "worker started",
                 extra={

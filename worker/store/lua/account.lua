@@ -31,12 +31,18 @@ if ARGV[2] == 'throttle' then
     redis.call('HSET', KEYS[1], 'throttle_level', level, 'last_throttle_code', ARGV[8],
       'last_throttled_at', stamp(now))
     redis.call('HINCRBY', KEYS[1], 'throttled_total', 1)
+    if level == 1 then
+      -- An episode starts (it ends with the good answer that clears it): how long an account
+      -- has been throttled is now - throttled_since.
+      redis.call('HSET', KEYS[1], 'throttled_since', stamp(now))
+    end
   end
   untl = math.max(untl, tonumber(ARGV[7]))
   redis.call('HSET', KEYS[1], 'throttled_until', stamp(untl))
 elseif ARGV[2] == 'clear' then
   if level > 0 and sent >= untl then
     redis.call('HSET', KEYS[1], 'throttle_level', 0, 'throttled_until', '0')
+    redis.call('HDEL', KEYS[1], 'throttled_since')
     level, untl, first = 0, 0, '1'
   end
 elseif ARGV[2] == 'reject' then

@@ -1,0 +1,257 @@
+"""The HTTP API's pure parts: request checks, JSON shapes, the chart, the OpenAPI document
+against the route table, the keys files. No server, no Redis."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from worker.core.result import PollResult
+from worker.ops.stats import MinuteStats
+from worker.store.admin import DeadLetter, DeadLetterKind
+from worker.web import openapi
+from worker.web.auth import KeysError, KeySource
+from worker.web.chart import STRIP, chart
+from worker.web.errors import CODES, ApiError
+from worker.web.requests import (
+    parse_cancel,
+    parse_enqueue,
+    parse_last_event_id,
+    parse_limit,
+    parse_since,
+    parse_wait,
+)
+from worker.web.routes import API_ROUTES, ROUTES
+from worker.web.views import dead_letter_json, mask_url, result_json
+
+KEY = "rw-key-0123456789abcdef"
+
+
+def code_of(body: Any, **kw: Any) -> str:
+    with pytest.raises(ApiError) as caught:
+        parse_enqueue(body, max_batch=kw.get("max_batch", 3))
+    return caught.value.code
+
+
+def test_enqueue_one_or_a_batch() -> None:
+    one = parse_enqueue({"container_id": " 123 "}, max_batch=3)
+    assert (one.ids, one.single, one.force, one.account) == (["123"], True, False, None)
+    many = parse_enqueue(
+        {
+            "container_ids": ["1", "2", "3"],
+            "account": "42",
+            "force": True,
+            "publish": True,
+            "webhook_url": "https://hooks.example/x",
+            "window_seconds": 60,
+        },
+        max_batch=3,
+    )
+    assert many.ids == ["1", "2", "3"] and not many.single
+    assert (many.account, many.force, many.publish, many.window_seconds) == ("42", True, True, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ([], "invalid_body"),
+        ("123", "invalid_body"),
+        ({}, "invalid_body"),
+        ({"container_id": "1", "container_ids": ["2"]}, "invalid_body"),
+        ({"container_id": "1", "priority": 1}, "unknown_field"),
+        ({"container_id": 123}, "invalid_id"),
+        ({"container_id": "12x"}, "invalid_id"),
+        ({"container_id": ""}, "invalid_id"),
+        ({"container_ids": "123"}, "invalid_body"),
+        ({"container_ids": []}, "empty_batch"),
+        ({"container_ids": ["1", "2", "3", "4"]}, "batch_too_large"),
+        ({"container_ids": ["1", None]}, "invalid_id"),
+        ({"container_ids": ["1", "2x"]}, "invalid_id"),
+        ({"container_id": "1", "account": "acme"}, "invalid_id"),
+        ({"container_id": "1", "account": 42}, "invalid_body"),
+        ({"container_id": "1", "webhook_url": "ftp://x"}, "invalid_id"),
+        ({"container_id": "1", "force": "yes"}, "invalid_body"),
+        ({"container_id": "1", "publish": 1}, "invalid_body"),
+        ({"container_id": "1", "window_seconds": -1}, "invalid_window"),
+        ({"container_id": "1", "window_seconds": 86401}, "invalid_window"),
+        ({"container_id": "1", "window_seconds": True}, "invalid_window"),
+        ({"container_id": "1", "window_seconds": "60"}, "invalid_window"),
+    ],
+)
+def test_enqueue_refusals_have_stable_codes(body: Any, code: str) -> None:
+    assert code_of(body) == code
+
+
+def test_query_parameters() -> None:
+    assert parse_wait(None, max_seconds=60) is None
+    assert parse_wait("2.5", max_seconds=60) == 2.5
+    for bad in ("x", "-1", "61", "nan", "inf"):
+        with pytest.raises(ApiError, match="wait"):
+            parse_wait(bad, max_seconds=60)
+    assert parse_limit(None) == 50 and parse_limit("7") == 7
+    for bad in ("0", "501", "-1", "1.5", "x"):
+        with pytest.raises(ApiError, match="limit"):
+            parse_limit(bad)
+    assert parse_since(None) == 3600 and parse_since("30m") == 1800
+    with pytest.raises(ApiError, match="since"):
+        parse_since("1y")
+    assert parse_last_event_id(None, None) is None
+    assert parse_last_event_id("1795438388610-3", None) == "1795438388610-3"
+    assert parse_last_event_id(None, "0") == "0-0"
+    with pytest.raises(ApiError, match="Last-Event-ID"):
+        parse_last_event_id("yesterday", None)
+
+
+def test_cancel_body() -> None:
+    assert parse_cancel(None) is None
+    assert parse_cancel({"reason": "wrong video"}) == "wrong video"
+    with pytest.raises(ApiError):
+        parse_cancel({"reason": "x" * 201})
+    with pytest.raises(ApiError):
+        parse_cancel({"why": "x"})
+
+
+def test_mask_url_hides_query_values_and_passwords() -> None:
+    assert mask_url("https://hooks.example/x?tenant=a&sig=s3cr3t") == (
+        "https://hooks.example/x?tenant=***&sig=***"
+    )
+    assert (
+        mask_url("https://user:pw@hooks.example:8443/x") == "https://user:***@hooks.example:8443/x"
+    )
+    assert mask_url(None) is None and mask_url("") == ""
+
+
+def test_result_json_is_the_documented_hash_with_the_webhook_masked() -> None:
+    r = PollResult.from_hash(
+        {
+            "container_id": "1",
+            "status": "QUEUED",
+            "final": "0",
+            "enqueued_at": "1.000",
+            "deadline_at": "301.000",
+            "generation": "abc",
+            "webhook_url": "https://hooks.example/x?token=s3cr3t",
+            "intake_entry": "1-0",
+        }
+    )
+    data = result_json(r)
+    assert "generation" not in data and "intake_entry" not in data
+    assert "s3cr3t" not in str(data)
+    schema = openapi.document()["components"]["schemas"]["Result"]
+    assert set(schema["required"]) <= set(data)
+    Draft202012Validator(schema).validate(data)
+
+
+def test_dead_letter_json() -> None:
+    d = DeadLetter(
+        DeadLetterKind.WEBHOOKS,
+        "1795438388610-0",
+        "HTTP 500",
+        {"container_id": "1", "attempts": "3", "url": "https://h.example/x?k=v", "generation": "g"},
+        raw_body="{}",
+        body={},
+    )
+    data = dead_letter_json(d)
+    assert data["attempts"] == 3 and data["url"] == "https://h.example/x?k=***"
+    assert data["at"] == 1795438388.61 and data["replayable"] is True
+    intake = DeadLetter(DeadLetterKind.INTAKE, "1-0", "bad", {"container_id": "x...[truncated]"})
+    assert dead_letter_json(intake)["replayable"] is False
+
+
+def test_chart_geometry() -> None:
+    minutes = [
+        MinuteStats(100, checks=10, finals={"FINISHED": 3, "ERROR": 1}, inflight=20),
+        MinuteStats(101, checks=5, finals={}, inflight=None),
+        MinuteStats(102),
+    ]
+    c = chart(minutes)
+    assert (c.max_checks, c.max_finals, c.max_inflight) == (10, 4, 20)
+    checks = [b for b in c.bars if b.kind == "checks"]
+    assert [b.h for b in checks] == [STRIP, STRIP / 2]
+    ok = next(b for b in c.bars if b.kind == "ok")
+    failed = next(b for b in c.bars if b.kind == "failed")
+    assert ok.h == pytest.approx(STRIP * 3 / 4) and failed.h == pytest.approx(STRIP / 4)
+    assert failed.y + failed.h == pytest.approx(ok.y)  # stacked on the successes
+    assert c.inflight_points.count(",") == 1  # one minute had a sample
+    assert (c.total_checks, c.total_ok, c.total_failed) == (15, 3, 1)
+    assert chart([]).bars == []
+
+
+def test_every_api_route_is_documented_and_nothing_else() -> None:
+    doc = openapi.document()
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    routed = {(r.method, r.path) for r in API_ROUTES}
+    assert documented == routed
+    for r in API_ROUTES:
+        op = doc["paths"][r.path][r.method.lower()]
+        if r.auth == "none":
+            assert op.get("security") == []
+        else:
+            assert op["x-role"] == r.auth
+            assert "401" in op["responses"], r.path
+        for name in re.findall(r"{(\w+)}", r.path):
+            assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"]), name
+
+
+def test_the_document_is_valid_json_schema_and_names_every_error_code() -> None:
+    doc = openapi.document()
+    assert doc["openapi"].startswith("3.1")
+    for schema in doc["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    assert set(codes["enum"]) == set(CODES)
+    statuses = {f"E{s}" for s, _ in CODES.values()}
+    assert set(doc["components"]["responses"]) == statuses
+    refs = re.findall(r"#/components/responses/(E\d+)", str(doc))
+    assert set(refs) <= statuses
+    # A copy each time: a caller cannot change the served document.
+    doc["paths"].clear()
+    assert openapi.document()["paths"]
+
+
+def test_routes_have_unique_names_and_known_auth() -> None:
+    assert len({r.name for r in ROUTES}) == len(ROUTES)
+    assert {r.auth for r in ROUTES} == {"none", "read", "write"}
+    for r in ROUTES:
+        if r.method != "GET":
+            assert r.auth in ("write", "none"), r
+    assert {r.path for r in ROUTES if r.auth == "none"} == {
+        "/healthz",
+        "/login",
+        "/logout",
+        "/static/{name}",
+    }
+
+
+def test_keys_files_are_reread_when_they_change(tmp_path: Path) -> None:
+    clock = [0.0]
+    keys = tmp_path / "keys"
+    keys.write_text(f"# ops\n{KEY}\n")
+    source = KeySource(read="ro-key-0123456789abcdef", write_file=keys, clock=lambda: clock[0])
+    ring = source.ring()
+    assert ring.match(KEY) is not None and ring.match("ro-key-0123456789abcdef") is not None
+    new = "rotated-key-0123456789"
+    keys.write_text(f"{new}\n")
+    assert source.ring().match(new) is None  # looked at again after a second at most
+    clock[0] = 1.5
+    assert source.ring().match(new) is not None and source.ring().match(KEY) is None
+    keys.write_text("short\n")  # broken: the keys read before stay
+    clock[0] = 3.0
+    assert source.ring().match(new) is not None
+    assert KEY not in repr(source.ring()) and new in source.secrets
+
+
+def test_bad_keys_stop_the_start_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(KeysError, match="API_KEYS: a key must be at least 16"):
+        KeySource(write="tiny")
+    with pytest.raises(KeysError, match="API_KEYS_FILE: cannot read"):
+        KeySource(write_file=tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.write_text("tiny\n")
+    with pytest.raises(KeysError, match="API_READ_KEYS_FILE"):
+        KeySource(read_file=bad)
+    assert not KeySource().ring().enabled

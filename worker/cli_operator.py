@@ -1,0 +1,318 @@
+"""The operator's commands of ``threads-poller`` (registered by ``worker.cli.build_parser``):
+
+    serve                          the HTTP API and the console (worker.web)
+    inflight [--limit N]           polls in flight, soonest deadline first
+    failures [--since 1h]          final states that are not FINISHED or PUBLISHED, with the reason
+    accounts                       throttling, pause left, cached quota, rejected token yes/no
+    dead-letters list|replay|discard [ID] [--kind intake|webhooks]
+    cancel ID [--reason TEXT]      stop polling: final CANCELLED, one event
+
+They read and write through ``worker.store.admin``, as the HTTP API does, and ``--json`` prints
+the API's JSON shapes (``worker.web.views``), one object per line.
+
+Exit codes: those of ``worker.cli``; ``cancel`` exits 1 when the container is unknown, already
+final or publishing, ``dead-letters replay|discard`` exits 1 when there is no such dead letter or
+it cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from config import Settings
+from worker.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, _settings, _with_client
+from worker.client.client import PollerClient
+from worker.core.durations import format_duration, parse_duration
+from worker.core.errors import InvalidIdError
+from worker.core.ids import validate_id
+from worker.store.admin import (
+    AdminStore,
+    CancelOutcome,
+    DeadLetter,
+    DeadLetterKind,
+    ReplayOutcome,
+    validate_stream_id,
+)
+
+
+def _admin(client: PollerClient, settings: Settings) -> AdminStore:
+    return AdminStore.from_settings(client.redis, settings)
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _ago(now: float, at: float | None) -> str:
+    if not at:
+        return "-"
+    delta = now - at
+    shown = format_duration(abs(delta)) if abs(delta) >= 1 else f"{abs(delta):.1f}s"
+    return f"{shown} ago" if delta >= 0 else f"in {shown}"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.cli import use_event_loop
+    from worker.ops.logs import setup_logging
+    from worker.web.app import ServeRefusedError, check_exposure, serve
+    from worker.web.auth import KeysError, KeySource
+
+    settings = _settings()
+    try:
+        keys = KeySource.from_settings(settings)
+        check_exposure(settings, keys)
+    except (KeysError, ServeRefusedError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    token = settings.token()
+    setup_logging(
+        settings.log_format,
+        settings.log_level,
+        lambda: [*keys.secrets, *([token] if token else [])],
+    )
+    use_event_loop(settings.event_loop)
+    try:
+        serve(settings, keys)
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {settings.http_host}:{settings.http_port}: {exc}", EXIT_FAILURE
+        ) from None
+    return EXIT_OK
+
+
+def cmd_inflight(args: argparse.Namespace) -> int:
+    from worker.web.context import stuck_after
+    from worker.web.views import inflight_json
+
+    settings = _settings()
+
+    async def work(client: PollerClient) -> tuple[float, Any, int]:
+        admin = _admin(client, settings)
+        now = await admin.now()
+        page = await admin.inflight(limit=args.limit)
+        _, past = await admin.inflight_counts(now=now, overdue_after=stuck_after(settings))
+        return now, page, past
+
+    now, page, past = _with_client(settings, work)
+    if args.json:
+        _print([inflight_json(p, now) for p in page.items])
+        return EXIT_OK
+    print(f"{page.total} in flight, {past} stuck past their deadline")
+    for p in page.items:
+        r = p.result
+        status = f"{r.status} checks={r.checks}" if r else "(hash gone)"
+        acct = f"  account={r.account}" if r and r.account else ""
+        print(f"{p.container_id}  {status}  deadline {_ago(now, p.deadline_at)}{acct}")
+    if page.next_cursor:
+        print(f"... and {int(page.total or 0) - len(page.items)} more (--limit)")
+    return EXIT_OK
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from worker.web.views import event_json
+
+    settings = _settings()
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", EXIT_USAGE) from None
+
+    async def work(client: PollerClient) -> tuple[float, Any]:
+        admin = _admin(client, settings)
+        now = await admin.now()
+        return now, await admin.finals(
+            since_seconds=since, now=now, failed_only=True, limit=args.limit
+        )
+
+    now, page = _with_client(settings, work)
+    if args.json:
+        _print([event_json(e) for e in page.items])
+        return EXIT_OK
+    if not page.items:
+        print(f"no failure in the last {format_duration(since)}")
+    for e in page.items:
+        print(f"{e.container_id}  {e.status}  {_ago(now, e.finalized_at)}  {e.reason}")
+    if page.next_cursor:
+        print("... more (raise --limit, or shorten --since)")
+    return EXIT_OK
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    from worker.web.views import account_json
+
+    settings = _settings()
+
+    async def work(client: PollerClient) -> tuple[float, Any]:
+        admin = _admin(client, settings)
+        return await admin.now(), await admin.accounts(limit=args.limit)
+
+    now, page = _with_client(settings, work)
+    if args.json:
+        _print([account_json(a, now) for a in page.items])
+        return EXIT_OK
+    if not page.items:
+        print("no account yet")
+    for a in page.items:
+        parts = [a.account]
+        if a.throttled(now):
+            parts.append(
+                f"THROTTLED pause left {format_duration(a.pause_left(now)) or '0s'} "
+                f"(level {a.throttle_level}, for {format_duration(a.throttled_for(now))})"
+            )
+        else:
+            parts.append("not throttled")
+        if a.quota is not None:
+            left = a.quota.posts_remaining
+            parts.append(f"posts left {left if left is not None else 'unknown'}")
+        else:
+            parts.append("quota unknown")
+        parts.append("token REJECTED" if a.token_rejected else "token ok")
+        print("  ".join(parts))
+    return EXIT_OK
+
+
+def _letter_line(d: DeadLetter) -> str:
+    if d.kind is DeadLetterKind.WEBHOOKS:
+        f = d.fields
+        what = (
+            f"container {f.get('container_id', '?')} {f.get('status', '')} "
+            f"attempts={f.get('attempts', '?')}"
+        )
+    else:
+        what = " ".join(f"{k}={v}" for k, v in d.fields.items()) or "(no fields)"
+    return f"{d.kind.value:8} {d.id}  {what}  reason: {d.reason}"
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker.web.views import dead_letter_json
+
+    settings = _settings()
+    kinds = [DeadLetterKind(args.kind)] if args.kind else list(DeadLetterKind)
+    if args.action == "list":
+
+        async def listing(client: PollerClient) -> list[DeadLetter]:
+            admin = _admin(client, settings)
+            out: list[DeadLetter] = []
+            for kind in kinds:
+                out += (await admin.dead_letters(kind, limit=args.limit)).items
+            return out
+
+        letters = _with_client(settings, listing)
+        if args.json:
+            _print([dead_letter_json(d) for d in letters])
+        else:
+            if not letters:
+                print("no dead letters")
+            for d in letters:
+                print(_letter_line(d))
+        return EXIT_OK
+    if not args.id:
+        raise CliError(f"dead-letters {args.action}: give the dead letter's ID", EXIT_USAGE)
+    try:
+        letter_id = validate_stream_id(args.id)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+    async def act(client: PollerClient) -> tuple[str, DeadLetterKind | None]:
+        admin = _admin(client, settings)
+        found = [k for k in kinds if await admin.dead_letter(k, letter_id) is not None]
+        if not found:
+            return "gone", None
+        if len(found) > 1:
+            raise CliError(f"{letter_id} is in both streams: give --kind", EXIT_USAGE)
+        kind = found[0]
+        if args.action == "discard":
+            return ("discarded" if await admin.discard(kind, letter_id) else "gone"), kind
+        return (await admin.replay(kind, letter_id)).outcome.value, kind
+
+    outcome, kind = _with_client(settings, act)
+    if args.json:
+        print(
+            json.dumps({"id": letter_id, "kind": kind.value if kind else None, "outcome": outcome})
+        )
+    if outcome in ("discarded", ReplayOutcome.REPLAYED.value):
+        if not args.json:
+            print(f"{letter_id}  {outcome} ({kind.value if kind else ''})")
+        return EXIT_OK
+    if not args.json:
+        print(f"{letter_id}  not {args.action}ed: {outcome}")
+    return EXIT_FAILURE
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from worker.web.views import result_json
+
+    settings = _settings()
+    try:
+        cid = validate_id(args.id)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+    async def work(client: PollerClient) -> Any:
+        return await _admin(client, settings).cancel(cid, reason=args.reason)
+
+    done = _with_client(settings, work)
+    if args.json:
+        row: dict[str, Any] = {
+            "container_id": cid,
+            "outcome": done.outcome.value,
+            "status": done.status,
+        }
+        if done.result is not None:
+            row["result"] = result_json(done.result)
+        print(json.dumps(row))
+    elif done.outcome is CancelOutcome.CANCELLED:
+        print(f"{cid}  cancelled (final CANCELLED)")
+    else:
+        why = {
+            CancelOutcome.UNKNOWN: "unknown (never enqueued, or its result expired)",
+            CancelOutcome.FINAL: f"already final ({done.status})",
+            CancelOutcome.PUBLISHING: "a publish call may be under way; try again in a moment",
+            CancelOutcome.CHANGED: "enqueued again while cancelling; try again",
+        }[done.outcome]
+        print(f"{cid}  not cancelled: {why}")
+    return EXIT_OK if done.outcome is CancelOutcome.CANCELLED else EXIT_FAILURE
+
+
+def add_commands(sub: Any) -> None:
+    """Register the operator's commands on ``threads-poller``'s subparsers."""
+    p = sub.add_parser("serve", help="run the HTTP API and the console (HTTP_HOST:HTTP_PORT)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("inflight", help="containers being polled, soonest deadline first")
+    p.add_argument("--limit", type=_limit, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_inflight)
+
+    p = sub.add_parser("failures", help="final states that failed, newest first, with the reason")
+    p.add_argument("--since", default="1h", help="how far back: 90s, 30m, 1h, 2d (default 1h)")
+    p.add_argument("--limit", type=_limit, default=100, help="at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("accounts", help="throttling, pause left, cached quota, rejected tokens")
+    p.add_argument("--limit", type=_limit, default=100, help="at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser("dead-letters", help="list, replay or discard dead letters")
+    p.add_argument("action", choices=["list", "replay", "discard"])
+    p.add_argument("id", nargs="?", metavar="ID", help="the dead letter's id (replay, discard)")
+    p.add_argument("--kind", choices=[k.value for k in DeadLetterKind], help="default: both")
+    p.add_argument("--limit", type=_limit, default=50, help="list: per kind (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("cancel", help="stop polling a container: final CANCELLED, one event")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", help="kept in last_error (at most 200 characters)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cancel)
+
+
+def _limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 500:
+        raise argparse.ArgumentTypeError("a whole number from 1 to 500")
+    return int(text)

@@ -1,0 +1,55 @@
+#!lua
+-- Cancel a live poll (HTTP API, `threads-poller cancel`): final CANCELLED, its one event, its
+-- webhook delivery job, its check job ended; all in one atomic step. From here on every write of
+-- a run that still holds the job is refused (record.lua and publish_claim.lua refuse a final
+-- poll), so nothing can overwrite the cancel; the run's lock is left to its lease.
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue
+-- ARGV: 1 container id, 2 expected generation, 3 job key prefix, 4 job id base
+--       ("<prefix>:check:<id>:"), 5 tries prefix, 6 last_error text, 7 ttl seconds,
+--       8 events maxlen, 9 webhook job id ('' for none), 10 webhook job key, 11 webhook job
+--       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds
+-- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
+-- poll of the id started: read it again), 'final' (already final), 'publishing' (a publish call
+-- may be under way: its outcome must be recorded first).
+local cur = redis.call('HMGET', KEYS[1], 'generation', 'final', 'status', 'publish_status',
+  'account', 'checks', 'error_message')
+if not cur[1] then
+  return {'unknown', ''}
+end
+if cur[1] ~= ARGV[2] then
+  return {'changed', cur[3] or ''}
+end
+if cur[2] == '1' then
+  return {'final', cur[3] or ''}
+end
+if cur[4] == 'in_flight' then
+  return {'publishing', cur[3] or ''}
+end
+local now = now_ms()
+local ttl = tonumber(ARGV[7])
+local job_id = ARGV[4] .. ARGV[2]
+redis.call('DEL', ARGV[3] .. job_id, ARGV[5] .. job_id)
+redis.call('ZREM', KEYS[4], job_id)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'final', '1', 'finalized_at', stamp(now),
+  'updated_at', stamp(now), 'last_error', ARGV[6])
+redis.call('HDEL', KEYS[1], 'next_check_at', 'last_error_kind', 'last_error_code',
+  'last_error_subcode', 'last_error_fbtrace_id')
+if cur[4] == 'pending' then
+  -- Never attempted: no publish is due any more.
+  redis.call('HDEL', KEYS[1], 'publish_status')
+end
+local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
+  'container_id', ARGV[1], 'status', 'CANCELLED', 'error_message', cur[7] or '',
+  'account', cur[5] or '', 'checks', cur[6] or '0', 'last_error', ARGV[6],
+  'finalized_at', stamp(now))
+if ARGV[9] ~= '' then
+  redis.call('SET', ARGV[10], ARGV[11], 'PX', ttl * 1000)
+  redis.call('ZADD', KEYS[4], now, ARGV[9])
+  redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
+end
+local stats = ARGV[12] .. math.floor(now / 60000)
+redis.call('HINCRBY', stats, 'final:CANCELLED', 1)
+redis.call('EXPIRE', stats, ARGV[13])
+redis.call('EXPIRE', KEYS[1], ttl)
+return {'cancelled', event_id}

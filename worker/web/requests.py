@@ -1,0 +1,221 @@
+"""What a request asks for, checked before anything is read or written. Pure.
+
+Every function takes the raw value (a JSON body already decoded, a query parameter, a header) and
+returns a typed value or raises ``ApiError`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from worker.client.client import MAX_WINDOW_SECONDS
+from worker.core.durations import parse_duration
+from worker.core.errors import InvalidIdError
+from worker.core.ids import validate_id
+from worker.core.targets import parse_target
+from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH, DeadLetterKind, validate_stream_id
+from worker.web.errors import ApiError
+
+ENQUEUE_FIELDS = frozenset(
+    {
+        "container_id",
+        "container_ids",
+        "account",
+        "force",
+        "publish",
+        "webhook_url",
+        "window_seconds",
+    }
+)
+CANCEL_FIELDS = frozenset({"reason"})
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueSpec:
+    """``POST /v1/containers``: the ids and the options they share (as ``enqueue_many``)."""
+
+    ids: list[str]
+    account: str | None = None
+    force: bool = False
+    publish: bool = False
+    webhook_url: str | None = None
+    window_seconds: float | None = None
+    # The body named one ``container_id`` (not a list).
+    single: bool = False
+
+
+def _object(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError("invalid_body", "the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise ApiError(
+            "unknown_field",
+            f"unknown field(s) {shown}; allowed: {', '.join(sorted(allowed))}",
+            fields=unknown[:20],
+        )
+    return body
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError("invalid_body", f"{name} must be true or false")
+    return value
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError("invalid_body", f"{name} must be a string")
+    return value
+
+
+def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
+    """One id (``container_id``) or a batch (``container_ids``), with the options of
+    ``threads-poller enqueue``: ``account``, ``force``, ``publish``, ``webhook_url``, and the
+    poll's ``window_seconds``. Nothing is enqueued unless every id is valid."""
+    data = _object(body, ENQUEUE_FIELDS)
+    has_one, has_many = "container_id" in data, "container_ids" in data
+    if has_one == has_many:
+        raise ApiError("invalid_body", "give either container_id or container_ids")
+    raw_ids: list[Any]
+    if has_one:
+        raw_ids = [data["container_id"]]
+    else:
+        many = data["container_ids"]
+        if not isinstance(many, list):
+            raise ApiError("invalid_body", "container_ids must be a list of strings")
+        if not many:
+            raise ApiError("empty_batch")
+        if len(many) > max_batch:
+            raise ApiError(
+                "batch_too_large",
+                f"{len(many)} container ids; at most {max_batch} per request",
+                max_batch=max_batch,
+            )
+        raw_ids = many
+    ids: list[str] = []
+    for i, raw in enumerate(raw_ids):
+        if not isinstance(raw, str):
+            where = "container_id" if has_one else f"container_ids[{i}]"
+            raise ApiError("invalid_id", f"{where} must be a string of digits")
+        try:
+            ids.append(validate_id(raw))
+        except InvalidIdError as exc:
+            raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
+    account = _optional_str(data, "account")
+    hook = _optional_str(data, "webhook_url")
+    try:
+        account = validate_id(account, what="account id") if account is not None else None
+        hook = parse_target(hook).url if hook is not None else None
+    except InvalidIdError as exc:
+        raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
+    window = data.get("window_seconds")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int | float):
+            raise ApiError("invalid_window", "window_seconds must be a number")
+        if not (math.isfinite(window) and 0 <= window <= MAX_WINDOW_SECONDS):
+            raise ApiError(
+                "invalid_window", f"window_seconds must be between 0 and {MAX_WINDOW_SECONDS:g}"
+            )
+        window = float(window)
+    return EnqueueSpec(
+        ids=ids,
+        account=account,
+        force=_bool(data, "force"),
+        publish=_bool(data, "publish"),
+        webhook_url=hook,
+        window_seconds=window,
+        single=has_one,
+    )
+
+
+def parse_cancel(body: Any) -> str | None:
+    """``POST /v1/containers/{id}/cancel``: an optional ``reason`` (kept in ``last_error``)."""
+    if body is None:
+        return None
+    data = _object(body, CANCEL_FIELDS)
+    reason = _optional_str(data, "reason")
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        raise ApiError("invalid_body", f"reason is longer than {MAX_REASON_LENGTH} characters")
+    return reason
+
+
+def parse_container_id(raw: str) -> str:
+    try:
+        return validate_id(raw)
+    except InvalidIdError as exc:
+        raise ApiError("invalid_id", str(exc)) from None
+
+
+def parse_wait(raw: str | None, *, max_seconds: float) -> float | None:
+    """``?wait=S``: seconds to long-poll (0 < S <= ``max_seconds``); None: answer at once."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError("invalid_parameter", "wait must be a number of seconds") from None
+    if not (math.isfinite(value) and 0 <= value <= max_seconds):
+        raise ApiError("invalid_parameter", f"wait must be between 0 and {max_seconds:g} seconds")
+    return value
+
+
+def parse_limit(raw: str | None, *, default: int = 50, maximum: int = MAX_PAGE) -> int:
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ApiError("invalid_parameter", f"limit must be a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+def parse_since(raw: str | None, *, default: str = "1h") -> float:
+    try:
+        return parse_duration(default if raw is None or raw == "" else raw)
+    except ValueError as exc:
+        raise ApiError("invalid_parameter", f"since: {exc}") from None
+
+
+def parse_cursor(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if len(raw) > 80 or not raw.isprintable():
+        raise ApiError("invalid_parameter", "cursor is not one this API returned")
+    return raw
+
+
+def parse_kind(raw: str) -> DeadLetterKind:
+    try:
+        return DeadLetterKind(raw)
+    except ValueError:
+        raise ApiError("not_found", "dead letters are 'intake' or 'webhooks'") from None
+
+
+def parse_letter_id(raw: str) -> str:
+    try:
+        return validate_stream_id(raw)
+    except InvalidIdError as exc:
+        raise ApiError("invalid_id", str(exc)) from None
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> str | None:
+    """``Last-Event-ID`` (what EventSource sends on reconnect), or ``?last_event_id=``; an
+    events stream id. ``0`` replays everything the stream still holds."""
+    raw = header if header else query
+    if raw is None or raw == "":
+        return None
+    raw = raw.strip()
+    if raw in ("0", "0-0"):
+        return "0-0"
+    try:
+        return validate_stream_id(raw, what="Last-Event-ID")
+    except InvalidIdError as exc:
+        raise ApiError("invalid_parameter", str(exc)) from None
