@@ -80,6 +80,8 @@ async def test_the_console_live_in_a_browser(
         project_env,
         settings,
         WEBHOOK_SECRET=SECRET,
+        # The receiver is on loopback, which the SSRF guard refuses unless allowed.
+        WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
         WEBHOOK_MAX_ATTEMPTS="1",
         WEBHOOK_BACKOFF_SECONDS="0.1",
     )

@@ -44,6 +44,9 @@ DEFAULT_EVENTS_MAX_LEN = 100_000  # EVENTS_MAX_LEN
 DEFAULT_ACCOUNT_REQUESTS_PER_SECOND = 5.0  # ACCOUNT_MAX_REQUESTS_PER_SECOND
 MAX_WINDOW_SECONDS = 86400.0  # POLL_MAX_SECONDS' upper bound
 
+# How long ``wait`` looks for an id it does not know before it answers "unknown".
+UNKNOWN_GRACE_SECONDS = 2.0
+
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -366,21 +369,24 @@ class PollerClient:
         timeout: float,  # noqa: ASYNC109 - how long to wait is the call's point
     ) -> PollResult | None:
         """Block until the container is final or ``timeout`` seconds pass; return the last state
-        (None at once: an id that was never enqueued, or whose result expired, will not become
-        final by waiting). A timeout <= 0 looks once.
+        (None after at most UNKNOWN_GRACE_SECONDS: an id that was never enqueued, or whose
+        result expired, will not become final by waiting; the grace covers an id just handed
+        to the intake stream, which a worker turns into a poll within milliseconds). A timeout
+        <= 0 looks once.
 
         Wakes on the events stream (XREAD BLOCK) rather than polling the hash; the hash is
         re-read at least once a second so a trimmed stream or a missed event cannot make it
         hang."""
         cid = validate_id(container_id)
         deadline = time.monotonic() + timeout
+        unknown_until = time.monotonic() + UNKNOWN_GRACE_SECONDS
         last_id = "$"
         while True:
             result = await self._store.load(cid)
-            if result is None or result.final:
+            if result is not None and result.final:
                 return result
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (result is None and time.monotonic() >= unknown_until):
                 return result
             block_ms = max(1, int(min(remaining, 1.0) * 1000))
             reply = await self.redis.xread(
