@@ -3,7 +3,8 @@
 A claim takes no more due jobs than the replica has free slots (``Runner.run``), and a replica
 claims again as soon as a slot frees, so the load follows free capacity. With arq's own worker
 one of three replicas did 75 of 81 checks (a replica took whatever was due into its queue).
-Measured here over 16 runs of 243 checks on 2 cores: the busiest replica did 40 % to 56 %.
+Measured here (10 slots each, 300 ms per call, 243 runs, 4 runs): the busiest replica did 33 % to
+37 %, the least busy 30 % to 33 %.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ async def test_three_replicas_share_the_checks(
     tmp_path: Path,
 ) -> None:
     ids = [str(31_000 + i) for i in range(N)]
-    # Each check holds its API call 50 ms, as a real one would hold it longer.
-    sim.state.set_script("310*", ["slow:0.05:IN_PROGRESS", "slow:0.05:IN_PROGRESS", "FINISHED"])
+    # Each check holds its API call 300 ms and a replica runs 10 at once: 81 due checks are more
+    # than one replica can hold, so the others must take their share (a claim takes no more
+    # than the free slots). Without that bound one replica would claim them all and run them
+    # late, one slot-full after another.
+    sim.state.set_script(
+        "310*", ["slow:0.3:IN_PROGRESS", "slow:0.3:IN_PROGRESS", "slow:0.3:FINISHED"]
+    )
     settings = settings.model_copy(update={"poll_interval_seconds": 1.0, "poll_max_seconds": 8.0})
     env = worker_env(
         project_env,
@@ -43,6 +49,7 @@ async def test_three_replicas_share_the_checks(
         POLL_MAX_SECONDS="8",
         LOG_FORMAT="json",
         METRICS_PORT="0",
+        WORKER_MAX_JOBS="10",
     )
     logs = [tmp_path / f"w{i}.log" for i in range(REPLICAS)]
     workers = [await start_worker(env, log) for log in logs]
@@ -65,8 +72,8 @@ async def test_three_replicas_share_the_checks(
     assert total >= 3 * N  # three checks each
     # Fair enough: nobody idles while another does the lot (1/3 each would be even).
     print(f"runs per replica: {runs} of {total}")
-    # Shared: no replica does two thirds, none sits idle (75 of 81 was 93 % for one).
-    assert max(runs) <= total * 2 / 3 and min(runs) >= total * 0.05, runs
+    # Shared: no replica does half, none sits idle (75 of 81 was 93 % for one).
+    assert max(runs) <= total * 0.5 and min(runs) >= total * 0.2, runs
 
 
 def _read(path: Path) -> str:
