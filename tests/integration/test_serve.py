@@ -128,15 +128,23 @@ async def test_a_client_in_any_language_feeds_and_reads_over_http(
         return len((await ahttp("GET", base + "/v1/workers"))[1]["items"]) == 1
 
     await wait_until(worker_seen, timeout=15)
-    # The deployment's gauges come from serve, once.
-    _, text = await ahttp("GET", f"http://127.0.0.1:{metrics_port}/metrics", key=None)
-    values = {
-        s.name: s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if not s.labels
-    }
-    assert values["threads_poller_workers_alive"] == 1
+    # The deployment's gauges come from serve, once; it samples Redis every few seconds, so
+    # the worker shows there at the next sample.
+    text = ""
+    values: dict[str, float] = {}
+
+    async def gauge_sees_the_worker() -> bool:
+        nonlocal text, values
+        _, text = await ahttp("GET", f"http://127.0.0.1:{metrics_port}/metrics", key=None)
+        values = {
+            s.name: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if not s.labels
+        }
+        return values.get("threads_poller_workers_alive") == 1
+
+    await wait_until(gauge_sees_the_worker, timeout=15)
     assert "threads_poller_containers_in_flight" in values
     assert any(
         s.name == "threads_poller_http_requests_total" and s.labels["route"] == "/v1/containers"
