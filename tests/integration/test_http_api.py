@@ -535,3 +535,37 @@ async def test_odd_input_never_answers_500(redis: Redis, settings: Settings) -> 
         for header in ("²", "1" * 300, "0-²"):
             got = await api.call("GET", "/v1/events", headers={"Last-Event-ID": header})
             assert got.status == 400 and got.code() == "invalid_parameter"
+
+
+async def test_a_carousel_and_a_reply_over_http(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    """The same fields as ``enqueue``: ``children`` (a carousel under one parent), ``reply_to``."""
+    for kid in ("13062", "13063"):
+        sim.state.set_script(kid, ["IN_PROGRESS", "FINISHED"])
+    sim.state.set_script("13061", ["FINISHED"])
+    sim.state.set_script("13064", ["FINISHED"])
+    async with running_api(settings) as api:
+        got = await api.post(
+            "/v1/containers", json={"container_id": "13061", "children": ["13062", "13063"]}
+        )
+        assert got.status == 202, got.body
+        assert [o["container_id"] for o in got.body["outcomes"]] == ["13061"]
+        reply = await api.post("/v1/containers", json={"container_id": "13064", "reply_to": "99"})
+        assert reply.status == 202
+        bad = await api.post(
+            "/v1/containers", json={"container_ids": ["13065"], "children": ["1", "2"]}
+        )
+        assert bad.status == 422 and bad.code() == "invalid_body"
+        lone = await api.post("/v1/containers", json={"container_id": "13066", "children": ["1"]})
+        assert lone.status >= 400 and "2 to 20" in json.dumps(lone.body)
+        async with running_worker(settings):
+            parent = await api.get("/v1/containers/13061?wait=20")
+            child = await api.get("/v1/containers/13062?wait=20")
+            replied = await api.get("/v1/containers/13064?wait=20")
+    assert parent.status == 200 and parent.body["status"] == "FINISHED", parent.body
+    assert child.status == 200 and child.body["status"] == "FINISHED"
+    assert replied.body["reply_to"] == "99"
+    # The parent was asked only once every child was FINISHED.
+    assert sim.state.calls_for("13061").count == 1
+    assert await redis.exists(Keys(settings.key_prefix).result("13066")) == 0

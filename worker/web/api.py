@@ -110,14 +110,29 @@ async def enqueue(request: web.Request) -> web.Response:
         await read_json(request, required=True), max_batch=ctx.settings.api_max_batch
     )
     try:
-        outcomes = await ctx.client.enqueue_many(
-            spec.ids,
-            account=spec.account,
-            force=spec.force,
-            publish=spec.publish,
-            webhook_url=spec.webhook_url,
-            window_seconds=spec.window_seconds,
-        )
+        if spec.children:
+            outcomes = [
+                await ctx.client.enqueue_carousel(
+                    spec.ids[0],
+                    spec.children,
+                    account=spec.account,
+                    force=spec.force,
+                    publish=spec.publish,
+                    webhook_url=spec.webhook_url,
+                    window_seconds=spec.window_seconds,
+                    reply_to=spec.reply_to,
+                )
+            ]
+        else:
+            outcomes = await ctx.client.enqueue_many(
+                spec.ids,
+                account=spec.account,
+                force=spec.force,
+                publish=spec.publish,
+                webhook_url=spec.webhook_url,
+                window_seconds=spec.window_seconds,
+                reply_to=spec.reply_to,
+            )
     except InvalidIdError as exc:
         raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     except ValueError as exc:

@@ -223,6 +223,17 @@ ENQUEUE = {
         "publish": {"type": "boolean", "default": False},
         "webhook_url": {"type": ["string", "null"], "format": "uri"},
         "window_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": 86400},
+        "reply_to": {
+            "type": ["string", "null"],
+            "description": "the media id these containers reply to (reply quota, settle time)",
+        },
+        "children": {
+            "type": ["array", "null"],
+            "items": {"type": "string"},
+            "minItems": 2,
+            "maxItems": 20,
+            "description": "with container_id only: a carousel, this parent's 2 to 20 items",
+        },
     },
     "additionalProperties": False,
     "oneOf": [{"required": ["container_id"]}, {"required": ["container_ids"]}],

@@ -13,7 +13,7 @@ from typing import Any
 from worker.client.client import MAX_WINDOW_SECONDS
 from worker.core.durations import parse_duration
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_id
+from worker.core.ids import validate_children, validate_id
 from worker.core.targets import parse_target
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH, DeadLetterKind, validate_stream_id
 from worker.web.errors import ApiError
@@ -27,6 +27,8 @@ ENQUEUE_FIELDS = frozenset(
         "publish",
         "webhook_url",
         "window_seconds",
+        "reply_to",
+        "children",
     }
 )
 CANCEL_FIELDS = frozenset({"reason"})
@@ -42,6 +44,9 @@ class EnqueueSpec:
     publish: bool = False
     webhook_url: str | None = None
     window_seconds: float | None = None
+    reply_to: str | None = None
+    # A carousel's items (with one ``container_id``, its parent); empty: not a carousel.
+    children: tuple[str, ...] = ()
     # The body named one ``container_id`` (not a list).
     single: bool = False
 
@@ -80,8 +85,9 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
 
 def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
     """One id (``container_id``) or a batch (``container_ids``), with the options of
-    ``threads-poller enqueue``: ``account``, ``force``, ``publish``, ``webhook_url``, and the
-    poll's ``window_seconds``. Nothing is enqueued unless every id is valid."""
+    ``threads-poller enqueue``: ``account``, ``force``, ``publish``, ``webhook_url``,
+    ``reply_to``, ``children`` (one parent: a carousel) and the poll's ``window_seconds``.
+    Nothing is enqueued unless every id is valid."""
     data = _object(body, ENQUEUE_FIELDS)
     has_one, has_many = "container_id" in data, "container_ids" in data
     if has_one == has_many:
@@ -113,9 +119,19 @@ def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
             raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     account = _optional_str(data, "account")
     hook = _optional_str(data, "webhook_url")
+    reply_to = _optional_str(data, "reply_to")
+    children = data.get("children")
+    if children is not None and not has_one:
+        raise ApiError("invalid_body", "children go with one container_id (the carousel parent)")
+    if children is not None and not (
+        isinstance(children, list) and all(isinstance(c, str) for c in children)
+    ):
+        raise ApiError("invalid_body", "children must be a list of strings")
     try:
         account = validate_id(account, what="account id") if account is not None else None
         hook = parse_target(hook).url if hook is not None else None
+        reply_to = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
+        kids = validate_children(children, parent=ids[0]) if children is not None else ()
     except InvalidIdError as exc:
         raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     window = data.get("window_seconds")
@@ -134,6 +150,8 @@ def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
         publish=_bool(data, "publish"),
         webhook_url=hook,
         window_seconds=window,
+        reply_to=reply_to,
+        children=kids,
         single=has_one,
     )
 
