@@ -12,7 +12,9 @@ from tests.cli_helpers import run_cli
 from tests.conftest import running_worker
 from tests.integration.test_publish import ACCOUNT, final_of, pub_settings
 from worker import InvalidIdError, PollerClient, enqueue
+from worker.store.admin import AdminStore, CancelOutcome
 from worker.store.keys import Keys
+from worker.store.results import ResultStore
 
 PARENT, KIDS = "9501", ["9511", "9512", "9513"]
 
@@ -210,3 +212,28 @@ async def test_no_publish_before_the_minimum_age(
     assert r.published_at is not None and r.enqueued_at is not None
     assert r.published_at - r.enqueued_at >= 1.5
     assert sim.state.calls_for("9804").count == 1  # the wait costs no status call
+
+
+async def test_a_cancelled_child_fails_its_carousel_at_once(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    """Cancel (HTTP API, CLI) of one item: the parent ends CHILD_FAILED naming it, not later."""
+    settings = carousel_settings(settings, poll_max_seconds=30.0)
+    sim.state.set_carousel(PARENT, KIDS[:2])
+    for kid in KIDS[:2]:
+        sim.state.set_script(kid, ["IN_PROGRESS"] * 40)
+    client = PollerClient.from_settings(settings, redis)
+    await client.enqueue_carousel(PARENT, KIDS[:2], account=ACCOUNT)
+    admin = AdminStore(ResultStore.from_settings(redis, settings))
+    async with running_worker(settings):
+        cancelled = await admin.cancel(KIDS[0], reason="wrong video")
+        assert cancelled.outcome == CancelOutcome.CANCELLED
+        r = await final_of(redis, settings, PARENT, timeout=5)
+    assert (r.status, r.failed_child, r.failed_child_status) == (
+        "CHILD_FAILED",
+        KIDS[0],
+        "CANCELLED",
+    )
+    assert r.finalized_at is not None and r.enqueued_at is not None
+    assert r.finalized_at - r.enqueued_at < 5.0  # not at the end of the 30 s window
+    assert sim.state.calls_for(PARENT).count == 0

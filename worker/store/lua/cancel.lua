@@ -3,11 +3,16 @@
 -- webhook delivery job, its check job ended; all in one atomic step. From here on every write of
 -- a run that still holds the job is refused (record.lua and publish_claim.lua refuse a final
 -- poll), so nothing can overwrite the cancel; the run's lock is left to its lease.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue
+-- A cancelled carousel child tells its parent at once, as record.lua does for any child that
+-- ends without FINISHED: the parent names it (failed_child) and its job is due, to end as
+-- CHILD_FAILED rather than wait out its window for a child that will never finish.
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 a carousel child's
+--       parent's result hash (else KEYS[1])
 -- ARGV: 1 container id, 2 expected generation, 3 job key prefix, 4 job id base
 --       ("<prefix>:check:<id>:"), 5 tries prefix, 6 last_error text, 7 ttl seconds,
 --       8 events maxlen, 9 webhook job id ('' for none), 10 webhook job key, 11 webhook job
---       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds
+--       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds, 14 parent id
+--       ('' for none), 15 parent generation, 16 parent's job id
 -- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
 -- poll of the id started: read it again), 'final' (already final), 'publishing' (a publish call
 -- may be under way: its outcome must be recorded first).
@@ -47,6 +52,14 @@ if ARGV[9] ~= '' then
   redis.call('SET', ARGV[10], ARGV[11], 'PX', ttl * 1000)
   redis.call('ZADD', KEYS[4], now, ARGV[9])
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
+end
+if ARGV[14] ~= '' then
+  local p = redis.call('HMGET', KEYS[5], 'generation', 'final', 'failed_child', 'children_ready_at')
+  if p[1] == ARGV[15] and p[2] == '0' and not p[3] and not p[4] then
+    redis.call('HSET', KEYS[5], 'failed_child', ARGV[1], 'failed_child_status', 'CANCELLED',
+      'next_check_at', stamp(now))
+    redis.call('ZADD', KEYS[4], 'XX', now, ARGV[16])
+  end
 end
 local stats = ARGV[12] .. math.floor(now / 60000)
 redis.call('HINCRBY', stats, 'final:CANCELLED', 1)
