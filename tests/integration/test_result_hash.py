@@ -9,6 +9,7 @@ import re
 import time
 
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from api_client.errors import GraphAPIError
@@ -21,6 +22,14 @@ from worker.core.errors import failure_of
 from worker.core.result import Changes, PollResult
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
 from worker.store.queue import ClaimedJob, JobQueue
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests give webhooks before any worker has started: as a producer that holds the
+    secret may (one without it is refused until a worker says it can sign)."""
+    return settings.model_copy(update={"webhook_secret": SecretStr("s" * 24)})
+
 
 ALWAYS = {
     "container_id",

@@ -252,6 +252,10 @@ async def test_the_cli_refuses_a_webhook_the_workers_could_not_sign(
 ) -> None:
     env = worker_env(project_env, settings)  # no WEBHOOK_SECRET here
     args = ("enqueue", "9612", "--webhook-url", "https://hooks.example.com/x")
+    # A new deployment, no worker started yet: nobody can vouch for a signature, so no.
+    code, out, err = await run_cli(*args, env=env)
+    assert code == 2 and out == "" and "no worker of this deployment has said yet" in err, err
+    assert await redis.exists(Keys(settings.key_prefix).result("9612")) == 0
     await store_for(redis, settings).publish_config(webhook_signing=False)
     code, _, err = await run_cli(*args, env=env)
     assert code == 2 and "WEBHOOK_SECRET" in err, err

@@ -261,6 +261,15 @@ class PollerClient:
         policy = self.webhook_policy
         if policy.signing is None:
             signing = await self._store.workers_sign_webhooks()
+            if signing is None:
+                # No worker has said yet, and this process holds no secret: accepting it could
+                # mean a delivery dead-lettered much later for want of a signature.
+                raise InvalidIdError(
+                    "webhook url given but no worker of this deployment has said yet whether "
+                    "it can sign deliveries (none has started), and this process has no "
+                    "WEBHOOK_SECRET: start the workers first (with WEBHOOK_SECRET), or set "
+                    "WEBHOOK_SECRET here too"
+                )
             policy = dataclasses.replace(policy, signing=signing)
         return await check_webhook_url(webhook_url, policy, resolve=self._resolve)
 
