@@ -7,21 +7,42 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
-ensure_redis_server() {
-  if command -v redis-server >/dev/null 2>&1; then
+# ensure_apt COMMAND PACKAGE... [-- WHY]: install the packages with apt-get unless COMMAND exists.
+# The package lists are fetched once per run, however many packages are missing.
+APT_UPDATED=""
+ensure_apt() {
+  local cmd="$1"; shift
+  local why="" pkgs=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then why=" ($2)"; break; fi
+    pkgs+=("$1"); shift
+  done
+  if command -v "$cmd" >/dev/null 2>&1; then
     return
   fi
-  echo "bootstrap: redis-server not found; installing it with apt-get" >&2
+  echo "bootstrap: $cmd not found; installing ${pkgs[*]} with apt-get$why" >&2
   local sudo=""
   if [ "$(id -u)" != "0" ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install redis-server" >&2; exit 1; }
+    command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install ${pkgs[*]}" >&2; exit 1; }
     sudo="sudo"
   fi
-  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no apt-get; install redis-server yourself" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no apt-get; install ${pkgs[*]} yourself" >&2; exit 1; }
+  # apt's chatter (debconf notes and the like) goes to a log, shown only if the install fails.
+  local log
+  log="$(mktemp)"
+  if [ -z "$APT_UPDATED" ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" \
+    >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  rm -f "$log"
+  command -v "$cmd" >/dev/null 2>&1 || { echo "bootstrap: ${pkgs[*]} install failed" >&2; exit 1; }
+}
+
+ensure_redis_server() {
   # The package starts a system service on 6379 on some images; our tests start their own.
-  command -v redis-server >/dev/null 2>&1 || { echo "bootstrap: redis-server install failed" >&2; exit 1; }
+  ensure_apt redis-server redis-server
 }
 
 ensure_venv() {
@@ -47,17 +68,5 @@ ensure_venv() {
 
 ensure_chromium() {
   # The console's browser tests drive Debian's Chromium with Playwright (never a browser download).
-  if command -v chromium >/dev/null 2>&1; then
-    return
-  fi
-  echo "bootstrap: chromium not found; installing it with apt-get (for the console's browser tests)" >&2
-  local sudo=""
-  if [ "$(id -u)" != "0" ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "bootstrap: need root or sudo to install chromium" >&2; exit 1; }
-    sudo="sudo"
-  fi
-  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no apt-get; install chromium yourself" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-  command -v chromium >/dev/null 2>&1 || { echo "bootstrap: chromium install failed" >&2; exit 1; }
+  ensure_apt chromium chromium chromium-driver -- "for the console's browser tests"
 }

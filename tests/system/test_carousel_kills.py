@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker
-from tests.conftest import TEST_TOKEN, wait_until
+from tests.cli_helpers import start_worker, worker_env
+from tests.conftest import wait_until
 from tests.integration.test_publish import ACCOUNT
 from worker import PollerClient
 
@@ -47,19 +47,16 @@ async def test_carousels_publish_once_under_worker_kills(
     client = PollerClient.from_settings(settings, redis)
     for parent, kids in CAROUSELS.items():
         await client.enqueue_carousel(parent, kids, account=ACCOUNT, publish=True)
-    env = dict(
+    env = worker_env(
         project_env,
-        REDIS_URL=settings.redis_url,
+        settings,
         KEY_PREFIX=settings.key_prefix,
-        THREADS_API_BASE_URL=sim.base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
         POLL_INTERVAL_SECONDS="1",
         POLL_MAX_SECONDS="60",
         HTTP_TIMEOUT_SECONDS="2",
         JOB_TIMEOUT_SECONDS="4",
         PUBLISH_GRACE_SECONDS="0.1",
         PUBLISH_MIN_AGE_SECONDS="0",
-        METRICS_PORT="0",
     )
 
     async def all_final() -> bool:

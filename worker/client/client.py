@@ -97,18 +97,12 @@ def build_carousel(
     account: str | None = None,
     force: bool = False,
     publish: bool = False,
-    webhook_url: str | None = None,
     reply_to: str | None = None,
 ) -> EnqueueRequest:
-    """A carousel: its parent container and its 2 to 20 item containers, validated
-    (``webhook_url`` as ``check_webhook_url`` judged it)."""
+    """A carousel: its parent container and its 2 to 20 item containers, validated (a webhook
+    URL is judged and set by the caller, as for ``build_requests``' batches)."""
     (req,) = build_requests(
-        [parent],
-        account=account,
-        force=force,
-        publish=publish,
-        webhook_url=webhook_url,
-        reply_to=reply_to,
+        [parent], account=account, force=force, publish=publish, reply_to=reply_to
     )
     kids = validate_children(list(children), parent=req.container_id)
     return dataclasses.replace(req, children=kids)

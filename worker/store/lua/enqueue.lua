@@ -65,41 +65,28 @@ redis.call('DEL', KEYS[1])
 local fields = {'container_id', ARGV[1], 'status', 'QUEUED', 'final', '0',
   'enqueued_at', stamp(now), 'deadline_at', stamp(deadline), 'generation', ARGV[4],
   'next_check_at', stamp(first)}
+-- An optional field is stored only when given (the hash stores an empty value by its absence).
+local function put(name, value)
+  if value ~= '' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
 if first > now and not parent then
-  fields[#fields + 1] = 'window_delay'
-  fields[#fields + 1] = tostring((first - now) / 1000)
+  put('window_delay', tostring((first - now) / 1000))
 end
-if account ~= '' then
-  fields[#fields + 1] = 'account'
-  fields[#fields + 1] = account
-end
-if ARGV[11] == '1' then
-  fields[#fields + 1] = 'publish'
-  fields[#fields + 1] = '1'
-end
-if ARGV[12] ~= '' then
-  fields[#fields + 1] = 'webhook_url'
-  fields[#fields + 1] = ARGV[12]
-end
-if ARGV[15] ~= '' then
-  fields[#fields + 1] = 'intake_entry'
-  fields[#fields + 1] = ARGV[15]
-end
-if ARGV[16] ~= '' then
-  fields[#fields + 1] = 'reply_to'
-  fields[#fields + 1] = ARGV[16]
-end
+put('account', account)
+put('publish', ARGV[11] == '1' and '1' or '')
+put('webhook_url', ARGV[12])
+put('intake_entry', ARGV[15])
+put('reply_to', ARGV[16])
 if child then
-  fields[#fields + 1] = 'carousel_parent'
-  fields[#fields + 1] = ARGV[17]
-  fields[#fields + 1] = 'parent_generation'
-  fields[#fields + 1] = ARGV[18]
+  put('carousel_parent', ARGV[17])
+  put('parent_generation', ARGV[18])
 end
 if parent then
-  fields[#fields + 1] = 'children'
-  fields[#fields + 1] = ARGV[19]
-  fields[#fields + 1] = 'children_pending'
-  fields[#fields + 1] = ARGV[20]
+  put('children', ARGV[19])
+  put('children_pending', ARGV[20])
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
