@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,8 @@ ALLOWED_FIELDS = frozenset(
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
 DEAD_LETTERS_MAX_LEN = 100_000
-# A live consumer reads every ``block_ms`` (1 s), so an hour without a read means a dead process.
+# A live consumer looks at the stream every ``IDLE_PAUSE_MS`` at most, so an hour without a read
+# means a dead process.
 CONSUMER_MAX_IDLE_SECONDS = 3600.0
 
 # One script, so that no consumer can read an entry between the pending check and the delete.
@@ -70,7 +72,97 @@ end
 return deleted
 """
 
+# An entry is judged inside Redis before any of it reaches this process: a producer can XADD one
+# entry of millions of fields, which redis-py would turn into millions of Python objects (the
+# worker dies of memory, is restarted, claims the same entry first, and dies again: no later
+# entry of any producer becomes a poll). This script reads new entries (XREADGROUP ">") or
+# claims stale ones (XAUTOCLAIM) for the consumer, and returns whole only the entries within
+# MAX_FIELDS and ARGV[5] bytes that were delivered at most MAX_DELIVERIES times; of any other
+# it returns the id, its size and a bounded preview (20 fields, names cut at 64 bytes, values at
+# 1 KiB, what a dead letter keeps), or nothing of its body once delivered too often.
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] "new" or "claim", ARGV[4] count,
+# ARGV[5] max bytes, ARGV[6] max fields, ARGV[7] max deliveries, ARGV[8] claim idle ms.
+# Reply: {kind, id, fields, bytes, deliveries, flat field list} per entry; kind "ok" (the whole
+# entry), "big" (a preview) or "poison" (no fields). Entries deleted while pending are
+# acknowledged here.
+TAKE_LUA = """
+local stream, group, consumer, mode = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local count, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_fields, max_deliveries = tonumber(ARGV[6]), tonumber(ARGV[7])
+local entries
+if mode == 'new' then
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+                           'STREAMS', stream, '>')
+  entries = reply and reply[1] and reply[1][2] or {}
+else
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[8], '0-0',
+                           'COUNT', count)
+  entries = reply[2]
+end
+local out = {}
+for _, e in ipairs(entries) do
+  if not e or not e[2] then
+    -- Deleted while pending (Redis 6.2 lists it without fields): nothing to deliver.
+    if e and e[1] then redis.call('XACK', stream, group, e[1]) end
+  else
+    local id, flat = e[1], e[2]
+    local deliveries = 1
+    if mode ~= 'new' then
+      local p = redis.call('XPENDING', stream, group, id, id, 1)
+      if p[1] then deliveries = p[1][4] end
+    end
+    local size = 0
+    for i = 1, #flat do size = size + #flat[i] end
+    local nfields = #flat / 2
+    if deliveries > max_deliveries then
+      out[#out + 1] = {'poison', id, nfields, size, deliveries, {}}
+    elseif nfields > max_fields or size > max_bytes then
+      local preview = {}
+      for i = 1, math.min(#flat, 40), 2 do
+        local value = flat[i + 1]
+        if #value > 1024 then value = string.sub(value, 1, 1024) .. '...[truncated]' end
+        preview[#preview + 1] = string.sub(flat[i], 1, 64)
+        preview[#preview + 1] = value
+      end
+      out[#out + 1] = {'big', id, nfields, size, deliveries, preview}
+    else
+      out[#out + 1] = {'ok', id, nfields, size, deliveries, flat}
+    end
+  end
+end
+return out
+"""
+# More fields than any valid entry has (7 known names) and far fewer than an entry that would
+# hurt: the rest is refused by name.
+MAX_FIELDS = 32
+# An entry taken this many times without being acknowledged made its workers fail (or die)
+# each time: it is dead-lettered without its fields, and the entries behind it go on.
+MAX_DELIVERIES = 5
+
+# An idle consumer's pause between looks: the latency of an entry written to an idle intake.
+IDLE_PAUSE_MS = 100
+
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """An entry as the take script judged it: its size, how often it was delivered, and its
+    fields (whole when it passed; a bounded preview, or nothing, when it did not)."""
+
+    entry_id: bytes
+    fields_count: int
+    size: int
+    deliveries: int
+    preview: dict[bytes, bytes]
+
+
+def _bytes(value: bytes | str | int) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +172,30 @@ class DeadLetter:
     fields: dict[str, str]
 
 
+# A field named like a credential has its value replaced, whatever the value: a producer that
+# pastes a token nobody here knows (so no redaction by value can find it) must not have it kept
+# in the dead letter, shown by the console, the CLI and the API.
+SECRET_NAME = re.compile(
+    r"token|secret|passw|pwd|auth|key|cookie|credential|session|signature|bearer|private",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
 def _show(
     fields: dict[bytes, bytes], limit: int = 1024, secrets: Iterable[str] = ()
 ) -> dict[str, str]:
     """The fields as a dead letter keeps them: at most 20, each cut at ``limit`` characters,
-    tokens redacted (a producer may have sent one by mistake)."""
+    tokens redacted (a producer may have sent one by mistake), and the value of every field
+    whose name says it is a secret replaced."""
     known = list(secrets)
     shown = {}
     for k, v in list(fields.items())[:20]:
-        key = redact(k.decode("utf-8", "replace")[:64], known)
+        name = k.decode("utf-8", "replace")[:64]
+        key = redact(name, known)
+        if SECRET_NAME.search(name):
+            shown[key] = REDACTED
+            continue
         value = v.decode("utf-8", "replace")
         value = value if len(value) <= limit else value[:limit] + "...[truncated]"
         shown[key] = redact(value, known)
@@ -172,7 +279,8 @@ class IntakeConsumer:
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.max_entry_bytes = max_entry_bytes
-        self.block_ms = block_ms
+        # How long an idle consumer waits before looking again (it took nothing).
+        self.idle_pause = min(block_ms, IDLE_PAUSE_MS) / 1000
         self.consumer_max_idle_ms = int(consumer_max_idle_seconds * 1000)
         # The worker passes its own (webhook_policy(settings, worker=True)): it knows whether
         # it can sign.
@@ -180,6 +288,7 @@ class IntakeConsumer:
         self._resolve = webhook_resolve
         self._secrets = secrets
         self._delete_consumers = redis.register_script(DELETE_IDLE_CONSUMERS_LUA)
+        self._take_script = redis.register_script(TAKE_LUA)
         self.accepted = 0
         self.dead_lettered = 0
 
@@ -216,6 +325,20 @@ class IntakeConsumer:
                 extra={"consumers": others[:20]},
             )
         return names
+
+    def _refusal(self, taken: Taken, secrets: list[str]) -> DeadLetter:
+        size = f"{taken.fields_count} fields, {taken.size} bytes"
+        if taken.deliveries > MAX_DELIVERIES:
+            reason = (
+                f"entry delivered {taken.deliveries} times and never processed (the workers "
+                f"failed on it each time); {size}; its fields are not kept"
+            )
+            return DeadLetter(taken.entry_id.decode(), reason, {})
+        if taken.fields_count > MAX_FIELDS:
+            reason = f"entry has {taken.fields_count} fields; the limit is {MAX_FIELDS} ({size})"
+        else:
+            reason = f"entry is {taken.size} bytes; the limit is {self.max_entry_bytes} ({size})"
+        return DeadLetter(taken.entry_id.decode(), reason, _show(taken.preview, secrets=secrets))
 
     async def close(self) -> None:
         """Clean stop, once ``run()`` has been cancelled: leave the consumer group.
@@ -261,9 +384,13 @@ class IntakeConsumer:
                     except (RedisError, OSError) as exc:
                         log.warning("could not prune idle intake consumers: %r", exc)
                 while True:
-                    await self.claim_stale()
-                    await self.read_once()
+                    taken = await self.claim_stale()
+                    taken += await self.read_once()
                     backoff = 0.5
+                    if taken == 0:
+                        # The script cannot block (XREADGROUP BLOCK would hand the entry to
+                        # redis-py whole): an idle consumer looks again after a short pause.
+                        await asyncio.sleep(self.idle_pause)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -272,41 +399,47 @@ class IntakeConsumer:
                 backoff = min(backoff * 2, 30.0)
 
     async def read_once(self) -> int:
-        reply = await self.redis.xreadgroup(
-            INTAKE_GROUP,
-            self.consumer,
-            {self.stream: ">"},
-            count=self.batch_size,
-            block=self.block_ms,
-        )
-        entries: list[Entry] = [e for _stream, batch in reply or [] for e in batch]
-        await self.process(entries)
-        return len(entries)
+        """Take new entries (none waits: see ``run``); returns how many were taken."""
+        return await self._take("new")
 
     async def claim_stale(self) -> int:
         """Take over entries a dead worker read but never acknowledged."""
-        reply = await self.redis.xautoclaim(
-            self.stream,
-            INTAKE_GROUP,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id="0-0",
-            count=self.batch_size,
-        )
-        entries: list[Entry] = [e for e in reply[1] if e and e[1] is not None]
-        # Entries deleted while pending come back as ids without fields: just acknowledge them.
-        gone = [e[0] if isinstance(e, tuple | list) else e for e in reply[1] if not e or not e[1]]
-        if gone:
-            await self.redis.xack(self.stream, INTAKE_GROUP, *gone)
-        await self.process(entries)
-        return len(entries)
+        return await self._take("claim")
 
-    async def process(self, entries: Sequence[Entry]) -> None:
-        if not entries:
+    async def _take(self, mode: str) -> int:
+        reply = await self._take_script(
+            keys=[self.stream],
+            args=[
+                INTAKE_GROUP,
+                self.consumer,
+                mode,
+                self.batch_size,
+                self.max_entry_bytes,
+                MAX_FIELDS,
+                MAX_DELIVERIES,
+                self.claim_idle_ms,
+            ],
+        )
+        entries: list[Entry] = []
+        refused: list[Taken] = []
+        for kind, entry_id, nfields, size, deliveries, flat in reply:
+            fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+            taken = Taken(_bytes(entry_id), int(nfields), int(size), int(deliveries), fields)
+            if _text(kind) == "ok":
+                entries.append((taken.entry_id, fields))
+            else:
+                refused.append(taken)
+        await self.process(entries, refused=refused)
+        return len(entries) + len(refused)
+
+    async def process(self, entries: Sequence[Entry], *, refused: Sequence[Taken] = ()) -> None:
+        """Enqueue ``entries`` and dead-letter the bad ones, and ``refused`` (judged in Redis,
+        never read whole), then acknowledge and delete them all at once."""
+        if not entries and not refused:
             return
         good: list[tuple[bytes, EnqueueRequest]] = []
-        dead: list[DeadLetter] = []
         secrets = list(self._secrets())
+        dead: list[DeadLetter] = [self._refusal(t, secrets) for t in refused]
         by_id = dict(entries)
         for entry_id, fields in entries:
             try:
@@ -335,7 +468,9 @@ class IntakeConsumer:
         # The polls must exist before the entries are acknowledged: a crash in between means the
         # entries are read again, and enqueue is idempotent.
         await self.store.enqueue([req for _, req in good])
-        ids = [entry_id for entry_id, _ in entries]
+        ids = [entry_id for entry_id, _ in entries] + [t.entry_id for t in refused]
+        # In the intake's order, whichever way each was judged.
+        dead.sort(key=lambda d: tuple(int(part) for part in d.entry_id.split("-")))
         async with self.redis.pipeline(transaction=True) as tx:
             for d in dead:
                 tx.xadd(
