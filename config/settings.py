@@ -37,6 +37,8 @@ LEGACY_WEBHOOK_MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_SECONDS = 86400.0
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# KEY_PREFIX, and what `threads-poller acl --prefix/--user` accepts (worker/store/acl.py).
+KEY_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
@@ -208,7 +210,9 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str = Field(default="", max_length=16384)
     webhook_allow_private_addresses: bool = False
 
-    key_prefix: str = Field(default="threads-poller", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # No ":" (so "tp" and "tp:eu" cannot own each other's keys through "tp:*"), no glob or ACL
+    # characters (* ? [ ] ~ % space): the prefix goes into ACL key patterns verbatim.
+    key_prefix: str = Field(default="threads-poller", pattern=KEY_PREFIX_PATTERN)
     intake_batch_size: int = Field(default=100, ge=1, le=10_000)
     intake_claim_idle_seconds: float = Field(default=30.0, gt=0)
     intake_max_entry_bytes: int = Field(default=4096, ge=64)
@@ -236,6 +240,33 @@ class Settings(BaseSettings):
     # The longest ?wait= of GET /v1/containers/{id}.
     api_max_wait_seconds: float = Field(default=60.0, gt=0, le=600)
 
+    # --- issue 21: nothing crosses the trust boundary (serve's doors, /metrics) ---
+    # Where /metrics listens (worker and serve): loopback unless a deployment says otherwise
+    # (the image and compose set 0.0.0.0, where the network is the container's own).
+    metrics_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9_.:\[\]-]{1,255}$")
+    # serve's /metrics port; unset: METRICS_PORT + 1 (9101), so that a worker and serve on one
+    # host never fight over a port; 0 (or METRICS_PORT=0) turns it off.
+    serve_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Event streams (GET /v1/events) and long polls (?wait=) open at once in one serve process,
+    # in all (503 beyond) and per API key (429 beyond); each holds a Redis connection.
+    api_max_event_streams: int = Field(default=64, ge=1, le=10_000)
+    api_max_long_polls: int = Field(default=64, ge=1, le=10_000)
+    api_max_waits_per_key: int = Field(default=16, ge=1, le=10_000)
+    # Redis connections of serve's ordinary requests (streams and long polls add their caps):
+    # serve never holds more than the sum, whatever the load, so workers are never refused.
+    api_redis_max_connections: int = Field(default=32, ge=2, le=10_000)
+    # A connection that has not sent a whole request (headers) within this, or stays idle
+    # between requests this long, is closed.
+    api_idle_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    # A request body not received within this is refused (408).
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Open client connections of serve at most; beyond, the idle ones (no request under way)
+    # are closed, oldest first, so that half-sent requests cannot shut out a key holder.
+    api_max_connections: int = Field(default=512, ge=16, le=1_000_000)
+    # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (the console's cookie is then
+    # Secure). Only when nothing else can reach serve's port.
+    trusted_proxy: bool = False
+
     # Set by the validators: what a worker logs once logging is up (a too-open secrets file).
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _redis_password: str | None = PrivateAttr(default=None)
@@ -249,6 +280,8 @@ class Settings(BaseSettings):
         "threads_access_token_file",
         "webhook_secret_file",
         "redis_password_file",
+        "api_keys_file",
+        "api_read_keys_file",
     )
     @classmethod
     def _check_secret_file_mode(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -425,6 +458,12 @@ class Settings(BaseSettings):
                 "JOB_TIMEOUT_SECONDS); raise it or shorten those",
             )
         return self
+
+    def serve_metrics(self) -> int:
+        """The port of serve's /metrics (0: off)."""
+        if self.serve_metrics_port is not None:
+            return self.serve_metrics_port
+        return self.metrics_port + 1 if 0 < self.metrics_port < 65535 else 0
 
     def token(self) -> str | None:
         return self.threads_access_token.get_secret_value() if self.threads_access_token else None

@@ -241,7 +241,12 @@ async def test_every_route_refuses_a_request_without_a_valid_key(
 
 async def test_no_key_configured_means_open_on_loopback(redis: Redis, settings: Settings) -> None:
     async with running_api(settings, write=(), read=()) as api:
-        got = await api.post("/v1/containers", key=None, json={"container_id": "13031"})
+        got = await api.post(
+            "/v1/containers",
+            key=None,
+            json={"container_id": "13031"},
+            headers={"Origin": api.base},
+        )
         assert got.status == 202
         login = await api.call("GET", "/login", key=None, check=False)
         assert login.status == 303 and login.headers["Location"] == "/"

@@ -216,20 +216,26 @@ async def test_console_session_csrf_and_escaping(
         await api.post("/v1/containers", json={"container_id": "13141"})
         base = api.base
         http = api.http
+        # What a browser sends with a form of our own pages.
+        own = {"Origin": base}
         async with http.get(base + "/login") as resp:
             assert resp.status == 200 and "Content-Security-Policy" in resp.headers
-        async with http.post(base + "/login", data={"key": "wrong-key-wrong-key-0000"}) as resp:
+        async with http.post(
+            base + "/login", data={"key": "wrong-key-wrong-key-0000"}, headers=own
+        ) as resp:
             assert resp.status == 401
         async with http.post(
             base + "/login", data={"key": RW_KEY}, headers={"Origin": "http://evil.example"}
         ) as resp:
             assert resp.status == 403
-        async with http.post(base + "/login", data={"key": RW_KEY}, allow_redirects=False) as resp:
+        async with http.post(
+            base + "/login", data={"key": RW_KEY}, headers=own, allow_redirects=False
+        ) as resp:
             assert resp.status == 303 and resp.headers["Location"] == "/"
             cookie = resp.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and RW_KEY not in cookie
         session = resp.cookies[SESSION_COOKIE].value
-        jar = {"Cookie": f"{SESSION_COOKIE}={session}"}
+        jar = {"Cookie": f"{SESSION_COOKIE}={session}", **own}
         async with http.get(base + "/", headers=jar) as resp:
             page = await resp.text()
             assert resp.status == 200
@@ -266,8 +272,10 @@ async def test_console_session_csrf_and_escaping(
         async with http.post(base + "/logout", headers=jar, allow_redirects=False) as resp:
             assert resp.status == 303 and resp.headers["Location"].startswith("/login")
         # A read-only key's session may look, not change.
-        async with http.post(base + "/login", data={"key": RO_KEY}, allow_redirects=False) as resp:
-            ro = {"Cookie": f"{SESSION_COOKIE}={resp.cookies[SESSION_COOKIE].value}"}
+        async with http.post(
+            base + "/login", data={"key": RO_KEY}, headers=own, allow_redirects=False
+        ) as resp:
+            ro = {"Cookie": f"{SESSION_COOKIE}={resp.cookies[SESSION_COOKIE].value}", **own}
         async with http.get(base + "/", headers=ro) as resp:
             ro_csrf = (
                 (await resp.text()).split('name="csrf-token" content="', 1)[1].split('"', 1)[0]

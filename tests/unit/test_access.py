@@ -15,6 +15,9 @@ from worker.core.access import (
     csrf_token,
     is_loopback,
     issue_session,
+    loopback_host,
+    same_origin,
+    session_nonce,
     split_keys,
     verify_csrf,
     verify_session,
@@ -26,10 +29,29 @@ RING = KeyRing.build([RW], [RO])
 NOW = 1_800_000_000.0
 
 
-def test_split_keys_commas_spaces_lines_comments() -> None:
-    text = f"# keys of the pipeline\n{RW}, {RO}\n\n  {RW}x  # rotated in\n"
-    assert split_keys(text) == [RW, RO, RW + "x"]
+def test_split_keys_commas_lines_comments() -> None:
+    text = f"# keys of the pipeline\n{RW}, {RO}\n\n  {RW}x\n  # rotated in\n"
+    assert split_keys(text, what="API_KEYS_FILE", lines=True) == [RW, RO, RW + "x"]
+    assert split_keys(f" {RW} ,{RO},") == [RW, RO]
     assert split_keys("") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        # Once cut at "#" (a 16-character key from a longer one) or split at the space.
+        (f"{RW}#not-a-comment", False),
+        (f"{RW} {RO}", False),
+        (f"{RW}\n{RO}", False),
+        (f"{RW}  # rotated in", True),
+        (f"{RW}\t{RO}", True),
+    ],
+)
+def test_what_cannot_be_a_key_is_refused_naming_the_variable(text: str, lines: bool) -> None:
+    what = "API_KEYS_FILE" if lines else "API_KEYS"
+    with pytest.raises(BadKeyError, match=f"^{what}: a key may not contain white space or '#'"):
+        split_keys(text, what=what, lines=lines)
+    assert RW not in str(BadKeyError)
 
 
 @pytest.mark.parametrize(
@@ -69,19 +91,22 @@ def test_bearer_header() -> None:
 def test_sessions_expire_and_cannot_be_forged() -> None:
     key = RING.match(RW)
     assert key is not None
-    token = issue_session(key, now=NOW)
+    token = issue_session(key, now=NOW, nonce="n1")
     assert RW not in token
     assert verify_session(RING, token, now=NOW + 10) == key
     assert verify_session(RING, token, now=NOW + SESSION_SECONDS + 1) is None
-    version, expiry, fp, mac = token.split(".")
-    longer = f"{version}.{int(expiry) + 86400}.{fp}.{mac}"
+    version, expiry, fp, nonce, mac = token.split(".")
+    assert session_nonce(token) == nonce == "n1"
+    longer = f"{version}.{int(expiry) + 86400}.{fp}.{nonce}.{mac}"
     assert verify_session(RING, longer, now=NOW) is None  # the MAC covers the expiry
     other = RING.match(RO)
     assert other is not None
-    as_other = f"{version}.{expiry}.{other.fingerprint}.{mac}"
+    as_other = f"{version}.{expiry}.{other.fingerprint}.{nonce}.{mac}"
     assert verify_session(RING, as_other, now=NOW) is None
+    renamed = f"{version}.{expiry}.{fp}.n2.{mac}"
+    assert verify_session(RING, renamed, now=NOW) is None  # and the nonce
     assert verify_session(RING, token[:-1] + ("0" if token[-1] != "0" else "1"), now=NOW) is None
-    for junk in ("", "v1", "v2.1.2.3", "v1.x.y.z", "a" * 500):
+    for junk in ("", "v1", "v2.1.2.3", "v1.x.y.z", "v2.1.2.3.4", "a" * 500):
         assert verify_session(RING, junk, now=NOW) is None
     # Removing the key ends its sessions.
     assert verify_session(KeyRing.build([RO]), token, now=NOW) is None
@@ -90,7 +115,7 @@ def test_sessions_expire_and_cannot_be_forged() -> None:
 def test_csrf_is_bound_to_the_session() -> None:
     key = RING.match(RW)
     assert key is not None
-    s1, s2 = issue_session(key, now=NOW), issue_session(key, now=NOW + 1)
+    s1, s2 = issue_session(key, now=NOW, nonce="n1"), issue_session(key, now=NOW + 1, nonce="n2")
     assert verify_csrf(key, s1, csrf_token(key, s1))
     assert not verify_csrf(key, s1, csrf_token(key, s2))
     assert not verify_csrf(key, s1, None) and not verify_csrf(key, s1, "")
@@ -119,11 +144,11 @@ def test_authorize_matrix() -> None:
     rw = RING.match(RW)
     ro = RING.match(RO)
     assert rw is not None and ro is not None
-    session = issue_session(rw, now=NOW)
+    session = issue_session(rw, now=NOW, nonce="n3")
     assert _auth("GET", session=session) == (True, 200, "")
     assert _auth("POST", session=session) == (False, 403, "csrf_failed")
     assert _auth("POST", session=session, csrf=csrf_token(rw, session)) == (True, 200, "")
-    ro_session = issue_session(ro, now=NOW)
+    ro_session = issue_session(ro, now=NOW, nonce="n4")
     assert _auth("POST", session=ro_session, csrf=csrf_token(ro, ro_session)) == (
         False,
         403,
@@ -155,3 +180,40 @@ def test_no_keys_means_open() -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("localhost:8080", True),
+        ("127.0.0.1:8080", True),
+        ("[::1]:8080", True),
+        ("LOCALHOST", True),
+        ("127.0.0.1", True),
+        ("evil.example:8080", False),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("localhost.evil.example:8080", False),
+        ("127.0.0.2:8080", False),
+        ("localhost:80x", False),
+        ("[::1]x", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_host(host: str | None, ok: bool) -> None:
+    assert loopback_host(host) is ok
+
+
+def test_same_origin() -> None:
+    host = "127.0.0.1:8080"
+    assert same_origin("http://127.0.0.1:8080", None, host)
+    assert same_origin(None, "same-origin", host)
+    assert same_origin(None, "none", host)
+    assert not same_origin("https://evil.example", None, host)
+    assert not same_origin("http://127.0.0.1:8080", "cross-site", host)
+    assert not same_origin("null", None, host)
+    assert not same_origin("http://127.0.0.1:8081", None, host)
+    assert not same_origin("127.0.0.1:8080", None, host)
+    # Neither header: not taken for our own page.
+    assert not same_origin(None, None, host)

@@ -2,16 +2,18 @@
 
 Keys come from ``API_KEYS`` (read-write), ``API_READ_KEYS`` (read-only) and the files
 ``API_KEYS_FILE`` / ``API_READ_KEYS_FILE`` (the same lists, re-read when they change): keys are
-separated by commas or white space, ``#`` starts a comment. A request presents one as
-``Authorization: Bearer <key>``; it is compared with every configured key in constant time
-(``hmac.compare_digest`` over SHA-256 digests, so neither the length nor the position of a match
-shows in the timing).
+separated by commas (in a file also by lines; a line starting with ``#`` is a comment). A
+request presents one as ``Authorization: Bearer <key>``; it is compared with every configured
+key in constant time (``hmac.compare_digest`` over SHA-256 digests, so neither the length nor the
+position of a match shows in the timing).
 
 The console (a browser cannot send a bearer header on a plain navigation) logs in once with a key
-and then carries a session cookie: ``v1.<expiry>.<key fingerprint>.<HMAC(key, ...)>``. It holds no
-key and needs no server-side state or shared secret: any replica verifies it with the key it
-names, and removing a key ends its sessions. A state-changing request made with the cookie must
-also carry the CSRF token derived from the session (``csrf_token``).
+and then carries a session cookie: ``v2.<expiry>.<key fingerprint>.<nonce>.<HMAC(key, ...)>``. It
+holds no key and needs no shared secret: any replica verifies it with the key it names, and
+removing a key ends its sessions; the nonce is also kept in Redis until logout (the web layer
+checks it), so that logging out ends the session, copies of the cookie included. A
+state-changing request made with the cookie must also carry the CSRF token derived from the
+session (``csrf_token``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from enum import StrEnum
 
 MIN_KEY_LENGTH = 16
 MAX_KEY_LENGTH = 256
-SESSION_VERSION = "v1"
+# v2: with the server-side nonce (v1 sessions, which had none, are no longer accepted).
+SESSION_VERSION = "v2"
 SESSION_SECONDS = 12 * 3600.0
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -52,18 +55,34 @@ class ApiKey:
         return cls(role, digest.hex()[:12], digest, secret)
 
 
-def split_keys(text: str, *, what: str = "API_KEYS") -> list[str]:
-    """The keys in a setting or a keys file: comma or white-space separated, ``#`` comments."""
+def split_keys(text: str, *, what: str = "API_KEYS", lines: bool = False) -> list[str]:
+    """The keys of a setting (comma-separated) or, with ``lines``, of a keys file (commas or one
+    key a line; a line starting with ``#`` is a comment).
+
+    Strict: a key is cut nowhere. White space inside an item, or a ``#`` that is not the start of
+    a comment line, is refused naming ``what``, rather than keeping a part of a key (a key
+    pasted with a space, or holding a ``#``, used to become another, shorter key)."""
     keys: list[str] = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0]
-        for raw in line.replace(",", " ").split():
-            check_key(raw, what=what)
-            keys.append(raw)
+    rows = text.splitlines() if lines else [text]
+    for row in rows:
+        if lines and row.strip().startswith("#"):
+            continue
+        for raw in row.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            check_key(item, what=what)
+            keys.append(item)
     return keys
 
 
 def check_key(key: str, *, what: str = "API_KEYS") -> None:
+    if any(c.isspace() for c in key) or "#" in key:
+        how = "commas, or one a line; a comment is a line starting with #"
+        raise BadKeyError(
+            f"{what}: a key may not contain white space or '#' (keys are separated by "
+            f"{how if what.endswith('_FILE') else 'commas'})"
+        )
     if not (key.isascii() and key.isprintable()):
         raise BadKeyError(f"{what}: a key must be printable ASCII")
     if len(key) < MIN_KEY_LENGTH:
@@ -120,25 +139,34 @@ def _mac(key: ApiKey, message: str) -> str:
     return hmac.new(key.secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def issue_session(key: ApiKey, *, now: float, seconds: float = SESSION_SECONDS) -> str:
+def issue_session(key: ApiKey, *, now: float, nonce: str, seconds: float = SESSION_SECONDS) -> str:
+    """A session cookie for ``key``; ``nonce`` (random, URL-safe) names the session on the
+    server, which forgets it at logout: a copy of the cookie is dead from then on."""
+    if not nonce.isalnum() or not nonce.isascii():
+        raise ValueError("a session nonce is ASCII letters and digits")
     expiry = int(now + seconds)
-    body = f"{SESSION_VERSION}.{expiry}.{key.fingerprint}"
+    body = f"{SESSION_VERSION}.{expiry}.{key.fingerprint}.{nonce}"
     return f"{body}.{_mac(key, 'session.' + body)}"
+
+
+def session_nonce(token: str) -> str:
+    """The nonce of a session (of one ``verify_session`` accepted)."""
+    return token.split(".")[3]
 
 
 def verify_session(ring: KeyRing, token: str | None, *, now: float) -> ApiKey | None:
     if not token or len(token) > 200:
         return None
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != SESSION_VERSION or not parts[1].isascii():
+    if len(parts) != 5 or parts[0] != SESSION_VERSION or not parts[1].isascii():
         return None
-    if not parts[1].isdigit():
+    if not parts[1].isdigit() or not (parts[3].isascii() and parts[3].isalnum()):
         return None
     key = ring.by_fingerprint(parts[2])
     if key is None or int(parts[1]) <= now:
         return None
-    body = ".".join(parts[:3])
-    if not hmac.compare_digest(_mac(key, "session." + body), parts[3]):
+    body = ".".join(parts[:4])
+    if not hmac.compare_digest(_mac(key, "session." + body), parts[4]):
         return None
     return key
 
@@ -197,6 +225,44 @@ def authorize(
     if unsafe and key.role is not Role.WRITE:
         return Verdict(False, 403, "forbidden", "this API key is read-only", key, via)
     return Verdict(True, key=key, via=via)
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def loopback_host(host: str | None) -> bool:
+    """A ``Host`` header that names this machine (``localhost``, ``127.0.0.1``, ``[::1]``, with
+    or without a port). Without keys, ``serve`` answers only these: a page of another site whose
+    name an attacker pointed at 127.0.0.1 (DNS rebinding) sends its own name."""
+    if not host:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):
+        end = name.find("]")
+        name, rest = name[: end + 1], name[end + 1 :]
+    else:
+        name, _, port = name.partition(":")
+        rest = ":" + port if port else ""
+    if rest and not (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit()):
+        return False
+    return name in LOOPBACK_NAMES
+
+
+def same_origin(origin: str | None, fetch_site: str | None, host: str | None) -> bool:
+    """Whether a browser says this request comes from our own pages: ``Sec-Fetch-Site`` is
+    ``same-origin`` (or ``none``: typed by the user), or ``Origin`` names this very host. A
+    request that says neither is not taken for same-origin (what a cross-site form of an old
+    browser would look like)."""
+    if fetch_site is not None:
+        site = fetch_site.strip().lower()
+        if site in ("same-origin", "none"):
+            return True
+        if site in ("cross-site", "same-site"):
+            return False
+    if not origin or origin == "null" or not host:
+        return False
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and rest.rstrip("/").lower() == host.lower()
 
 
 def is_loopback(host: str) -> bool:

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -63,11 +63,33 @@ def _options(settings: Settings, *, connect_timeout: float, worker: bool) -> dic
     return options
 
 
-def open_redis(settings: Settings, *, connect_timeout: float = 5.0, worker: bool = False) -> Redis:
-    """A client (no connection is made until first use); ``worker`` adds command retries."""
+# How long a request of ``serve`` waits for a free connection of its bounded pool.
+POOL_WAIT_SECONDS = 5.0
+
+
+def open_redis(
+    settings: Settings,
+    *,
+    connect_timeout: float = 5.0,
+    worker: bool = False,
+    max_connections: int | None = None,
+) -> Redis:
+    """A client (no connection is made until first use); ``worker`` adds command retries.
+
+    ``max_connections`` bounds the pool (``serve``: however many requests come, it never opens
+    more, so Redis' ``maxclients`` stays for the workers and the CLI); a command beyond waits up
+    to POOL_WAIT_SECONDS for a connection, then fails with a ConnectionError."""
     options = _options(settings, connect_timeout=connect_timeout, worker=worker)
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     sentinels = settings.sentinel_addresses()
     if not sentinels:
+        if max_connections is not None:
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url, timeout=POOL_WAIT_SECONDS, **options
+            )
+            bounded: Redis = Redis.from_pool(pool)  # closes the pool with the client
+            return bounded
         direct: Redis = Redis.from_url(settings.redis_url, **options)
         return direct
     # arq's DSN parser: the database, user, password and TLS of the data nodes.

@@ -23,7 +23,7 @@ from worker.ops.health import live_beats
 from worker.ops.stats import read_minutes
 from worker.store.admin import CancelOutcome, ReplayOutcome
 from worker.web import openapi
-from worker.web.context import WebContext, ctx_of
+from worker.web.context import WebContext, ctx_of, holder
 from worker.web.errors import ApiError
 from worker.web.requests import (
     parse_cancel,
@@ -68,7 +68,11 @@ async def read_json(request: web.Request, *, required: bool) -> Any:
     limit = ctx_of(request).settings.api_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("body_too_large", f"the body is larger than {limit} bytes")
-    raw = await request.read()  # aiohttp refuses more than client_max_size (the same limit)
+    try:
+        async with asyncio.timeout(ctx_of(request).settings.api_body_timeout_seconds):
+            raw = await request.read()  # aiohttp refuses more than client_max_size (the same)
+    except TimeoutError:
+        raise ApiError("body_timeout") from None
     if not raw.strip():
         if required:
             raise ApiError("invalid_body", "a JSON body is required")
@@ -158,9 +162,15 @@ async def container(request: web.Request) -> web.Response:
     wait = parse_wait(request.query.get("wait"), max_seconds=ctx.settings.api_max_wait_seconds)
     result: PollResult | None
     if wait:
-        done, result = await until_stopping(ctx, ctx.client.wait(cid, timeout=wait))
-        if not done:
-            result = await ctx.client.get(cid)
+        # Counted before the first await (each long poll holds a Redis connection).
+        who = holder(request)
+        ctx.take_wait("long_poll", who)
+        try:
+            done, result = await until_stopping(ctx, ctx.client.wait(cid, timeout=wait))
+            if not done:
+                result = await ctx.client.get(cid)
+        finally:
+            ctx.give_wait("long_poll", who)
     else:
         result = await ctx.client.get(cid)
     if result is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import time
 import uuid
@@ -31,17 +32,24 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from worker.client.client import PollerClient
-from worker.core.access import authorize, is_loopback
+from worker.core.access import (
+    SAFE_METHODS,
+    authorize,
+    is_loopback,
+    loopback_host,
+    same_origin,
+    session_nonce,
+)
 from worker.ops import metrics
 from worker.store.admin import AdminStore
 from worker.store.connections import open_redis
+from worker.store.sessions import SessionStore
 from worker.web import api, console, sse
 from worker.web.auth import KeySource
 from worker.web.context import (
     AUTH,
     AUTH_VIA,
     CTX,
-    MAX_EVENT_STREAMS,
     REQUEST_ID,
     WebContext,
     ctx_of,
@@ -102,6 +110,11 @@ EVENT_STREAMS = Gauge(
     "Event streams (GET /v1/events) open now.",
     registry=metrics.SERVE_REGISTRY,
 )
+IDLE_CLOSED = Counter(
+    "threads_poller_http_idle_connections_closed",
+    "Idle client connections closed because serve held API_MAX_CONNECTIONS.",
+    registry=metrics.SERVE_REGISTRY,
+)
 for _route in ROUTES:
     HTTP_SECONDS.labels(route=_route.path)
     for _class in ("2xx", "3xx", "4xx", "5xx"):
@@ -146,6 +159,10 @@ async def request_id_mw(request: web.Request, handler: Handler) -> web.StreamRes
     route = route_of(request)
     label = route.path if route else "unmatched"
     status = 500
+    # The connection has a request under way: the connection guard leaves it alone.
+    busy = request.app[CTX].busy
+    conn = request.transport
+    busy[conn] = busy.get(conn, 0) + 1
     try:
         resp = await handler(request)
         status = resp.status
@@ -156,6 +173,11 @@ async def request_id_mw(request: web.Request, handler: Handler) -> web.StreamRes
         exc.headers["X-Request-Id"] = rid
         raise
     finally:
+        left = busy.get(conn, 1) - 1
+        if left > 0:
+            busy[conn] = left
+        else:
+            busy.pop(conn, None)
         HTTP_REQUESTS.labels(route=label, status_class=f"{min(max(status // 100, 2), 5)}xx").inc()
         HTTP_SECONDS.labels(route=label).observe(time.perf_counter() - t0)
 
@@ -194,7 +216,9 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
                 .render(code=exc.code, message=exc.message, status=exc.status)
             )
             return console.html(body, status=exc.status)
-        return _json_error(request, exc.code, exc.message, **exc.details)
+        resp = _json_error(request, exc.code, exc.message, **exc.details)
+        resp.headers.update(exc.headers)
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects
@@ -255,32 +279,75 @@ async def _on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
 
 
 @web.middleware
+async def doors_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without API keys (loopback only) anything on this machine is let in, web pages in its
+    browsers included: answer only a loopback Host (a page whose name was pointed at 127.0.0.1,
+    DNS rebinding, sends its own), and take a change only from our own pages or a client that
+    says it is one (``Origin`` of this host, or ``Sec-Fetch-Site: same-origin``/``none``)."""
+    if ctx_of(request).keys.ring().enabled:
+        return await handler(request)
+    if not loopback_host(request.headers.get("Host")):
+        raise ApiError(
+            "host_not_allowed",
+            "this server has no API key: it answers Host localhost, 127.0.0.1 or [::1] only",
+        )
+    if request.method not in SAFE_METHODS and not _same_origin(request):
+        raise ApiError(
+            "csrf_failed",
+            "a change must come from this server's own pages: send Origin: "
+            f"http://{request.host} (or set API_KEYS)",
+        )
+    return await handler(request)
+
+
+def _same_origin(request: web.Request) -> bool:
+    return same_origin(
+        request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), request.host
+    )
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = route_of(request)
     if route is None or route.auth == "none":
         return await handler(request)
     ctx = ctx_of(request)
+    ring = ctx.keys.ring()
+    session = request.cookies.get(console.SESSION_COOKIE)
     csrf = request.headers.get("X-CSRF-Token")
-    if (
-        csrf is None
-        and request.method == "POST"
-        and request.content_type
-        in (
-            "application/x-www-form-urlencoded",
-            "multipart/form-data",
+
+    def judge(token: str | None) -> Any:
+        return authorize(
+            ring,
+            method=request.method,
+            authorization=request.headers.get("Authorization"),
+            session=session,
+            csrf=token,
+            now=time.time(),
         )
+
+    # Credentials first: nothing of the body is read for a request that has none.
+    verdict = judge(csrf)
+    if (
+        verdict.code == "csrf_failed"
+        and csrf is None
+        and request.method == "POST"
+        and request.content_type in FORM_TYPES
     ):
-        form = await request.post()
+        # A valid session on a console form: its token is a field of the form.
+        form = await console.read_form(request)
         value = form.get("csrf")
-        csrf = value if isinstance(value, str) else None
-    verdict = authorize(
-        ctx.keys.ring(),
-        method=request.method,
-        authorization=request.headers.get("Authorization"),
-        session=request.cookies.get(console.SESSION_COOKIE),
-        csrf=csrf,
-        now=time.time(),
-    )
+        verdict = judge(value if isinstance(value, str) else None)
+    if verdict.allowed and verdict.via == "session":
+        if not await ctx.sessions.alive(session_nonce(session or "")):
+            verdict = type(verdict)(False, 401, "unauthorized", "the session has ended")
+        elif request.method not in SAFE_METHODS and not _same_origin(request):
+            verdict = type(verdict)(
+                False, 403, "csrf_failed", "a change from another site is refused", verdict.key
+            )
     request[AUTH] = verdict
     request[AUTH_VIA] = verdict.via
     if not verdict.allowed:
@@ -315,20 +382,32 @@ def build_app(
 ) -> web.Application:
     """The application; its Redis clients are opened here and closed on cleanup."""
     app = web.Application(
-        middlewares=[request_id_mw, errors_mw, headers_mw, auth_mw],
+        middlewares=[request_id_mw, errors_mw, headers_mw, doors_mw, auth_mw],
         client_max_size=settings.api_max_body_bytes,
     )
     own = redis is None
-    main = redis if redis is not None else open_redis(settings, worker=True)
-    streams = open_redis(settings)
+    # Bounded pools: the ordinary requests and the long polls (whose blocking reads each hold
+    # one), and the event streams; serve never holds more than their caps.
+    main = (
+        redis
+        if redis is not None
+        else open_redis(
+            settings,
+            worker=True,
+            max_connections=settings.api_redis_max_connections + settings.api_max_long_polls,
+        )
+    )
+    streams = open_redis(settings, max_connections=settings.api_max_event_streams + 1)
+    admin = AdminStore.from_settings(main, settings)
     ctx = WebContext(
         settings=settings,
         redis=main,
         stream_redis=streams,
         client=PollerClient.from_settings(settings, main),
-        admin=AdminStore.from_settings(main, settings),
+        admin=admin,
         keys=keys or KeySource.from_settings(settings),
         templates=console.templates(),
+        sessions=SessionStore(main, admin.keys),
     )
     app[CTX] = ctx
     for route in ROUTES:
@@ -377,20 +456,19 @@ def check_exposure(settings: Settings, keys: KeySource) -> None:
 async def run(settings: Settings, keys: KeySource, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, then shut down gracefully."""
     app = build_app(settings, keys=keys)
-    runner = web.AppRunner(
-        app,
-        access_log_class=AccessLogger,
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-    )
+    runner = make_runner(app, settings)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, backlog=LISTEN_BACKLOG)
     metrics_server = None
+    guard: asyncio.Task[None] | None = None
     try:
         await site.start()
-        if settings.metrics_port > 0:
+        assert runner.server is not None
+        cap = connection_cap(settings.api_max_connections)
+        guard = asyncio.create_task(guard_connections(runner.server, app[CTX], cap))
+        if settings.serve_metrics() > 0:
             metrics_server = metrics.start_server(
-                settings.metrics_port, registry=metrics.SERVE_REGISTRY
+                settings.serve_metrics(), settings.metrics_host, registry=metrics.SERVE_REGISTRY
             )
         addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
         log.info(
@@ -399,7 +477,8 @@ async def run(settings: Settings, keys: KeySource, stop: asyncio.Event) -> None:
             extra={
                 "auth": "api keys" if keys.ring().enabled else "none (loopback only)",
                 "key_prefix": settings.key_prefix,
-                "max_event_streams": MAX_EVENT_STREAMS,
+                "max_event_streams": settings.api_max_event_streams,
+                "max_connections": cap,
                 "stuck_after_s": stuck_after(settings),
             },
         )
@@ -410,9 +489,75 @@ async def run(settings: Settings, keys: KeySource, stop: asyncio.Event) -> None:
             "shutting down: no new connections; running requests get %.0fs", SHUTDOWN_GRACE_SECONDS
         )
     finally:
+        if guard is not None:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await guard
         await runner.cleanup()
         await metrics.stop_server(metrics_server)
         log.info("api stopped")
+
+
+# Pending connections the kernel queues for accept (aiohttp's default is 128).
+LISTEN_BACKLOG = 1024
+# How often the connection guard counts (it closes idle connections beyond the cap).
+GUARD_SECONDS = 0.1
+# File descriptors kept for Redis, the metrics server, logs and files beyond client connections.
+RESERVED_FDS = 128
+
+
+def make_runner(app: web.Application, settings: Settings, **more: Any) -> web.AppRunner:
+    """The runner with serve's connection timeouts: aiohttp's keep-alive timer also runs from
+    the moment a connection is accepted, so a client that has not sent a whole request within
+    API_IDLE_TIMEOUT_SECONDS (half-sent headers, or nothing), or stays idle that long between
+    requests, is disconnected (aiohttp's default is an hour)."""
+    return web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        keepalive_timeout=settings.api_idle_timeout_seconds,
+        **more,
+    )
+
+
+def connection_cap(wanted: int) -> int:
+    """API_MAX_CONNECTIONS, within what this process may open: the soft limit of open files is
+    raised to the hard one, and the cap kept RESERVED_FDS below it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = soft - RESERVED_FDS if soft != resource.RLIM_INFINITY else wanted
+    if room < wanted:
+        log.warning(
+            "API_MAX_CONNECTIONS lowered to fit the open files limit",
+            extra={"wanted": wanted, "cap": max(16, room), "nofile": soft},
+        )
+    return max(16, min(wanted, room))
+
+
+async def guard_connections(server: web.Server, ctx: WebContext, cap: int) -> None:
+    """Beyond ``cap`` open connections, close the idle ones (no request under way), oldest
+    first: idle and half-sent connections cannot use up the file descriptors and shut out a key
+    holder, whose request, once sent, is under way and kept."""
+    while True:
+        await asyncio.sleep(GUARD_SECONDS)
+        conns = server.connections
+        excess = len(conns) - cap
+        if excess <= 0:
+            continue
+        closed = 0
+        for handler in conns:  # in the order they were accepted
+            transport = handler.transport
+            if transport is None or transport in ctx.busy:
+                continue
+            transport.abort()
+            closed += 1
+            if closed >= excess:
+                break
+        IDLE_CLOSED.inc(closed)
 
 
 def serve(settings: Settings, keys: KeySource) -> None:

@@ -36,7 +36,7 @@ class _File:
 
     def read(self) -> tuple[str, ...]:
         st = self.path.stat()
-        keys = tuple(split_keys(self.path.read_text(encoding="utf-8"), what=self.what))
+        keys = tuple(split_keys(self.path.read_text(encoding="utf-8"), what=self.what, lines=True))
         self.stamp, self.keys = (st.st_mtime_ns, st.st_size), keys
         return keys
 

@@ -13,6 +13,8 @@ token.
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from importlib import resources
 from typing import Any
@@ -20,7 +22,15 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from worker.core.access import SESSION_SECONDS, Verdict, csrf_token, issue_session
+from worker.core.access import (
+    SESSION_SECONDS,
+    Verdict,
+    csrf_token,
+    issue_session,
+    same_origin,
+    session_nonce,
+    verify_session,
+)
 from worker.core.durations import format_duration
 from worker.ops.health import live_beats
 from worker.ops.stats import read_minutes
@@ -143,10 +153,38 @@ async def console_panels(request: web.Request) -> web.Response:
 
 
 def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return origin.split("://", 1)[-1].rstrip("/") == request.host
+    """Our own page posted this (a browser says so with Origin or Sec-Fetch-Site)."""
+    return same_origin(
+        request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), request.host
+    )
+
+
+def _secure(request: web.Request) -> bool:
+    """The browser reached us over TLS: directly, or through a proxy we were told to trust
+    (TRUSTED_PROXY) that says so in X-Forwarded-Proto."""
+    if request.secure:
+        return True
+    if not ctx_of(request).settings.trusted_proxy:
+        return False
+    proto = request.headers.get("X-Forwarded-Proto", "")
+    return proto.split(",", 1)[0].strip().lower() == "https"
+
+
+FORM_ERRORS = (ValueError, AssertionError, UnicodeDecodeError, LookupError)
+
+
+async def read_form(request: web.Request) -> Any:
+    """The form of a POST: within API_BODY_TIMEOUT_SECONDS (408), and 400 when it cannot be
+    parsed (a multipart body with a bad boundary, say), never a 500."""
+    try:
+        async with asyncio.timeout(ctx_of(request).settings.api_body_timeout_seconds):
+            return await request.post()
+    except TimeoutError:
+        raise ApiError("body_timeout") from None
+    except web.HTTPException:
+        raise  # 413 from aiohttp's own body limit
+    except FORM_ERRORS as exc:
+        raise ApiError("malformed_body", f"the form cannot be read: {type(exc).__name__}") from None
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -164,7 +202,7 @@ async def login(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/")
     if not _same_origin(request):
         raise ApiError("csrf_failed", "a login from another site is refused")
-    form = await request.post()
+    form = await read_form(request)
     given = form.get("key")
     key = ring.match(given) if isinstance(given, str) and given else None
     if key is None:
@@ -172,7 +210,9 @@ async def login(request: web.Request) -> web.Response:
             error="That key is not one of this server's API keys.", notice=""
         )
         return html(page, status=401)
-    session = issue_session(key, now=time.time())
+    nonce = secrets.token_hex(16)
+    session = issue_session(key, now=time.time(), nonce=nonce)
+    await ctx.sessions.open(nonce, seconds=SESSION_SECONDS)
     resp = web.HTTPSeeOther("/")
     resp.set_cookie(
         SESSION_COOKIE,
@@ -181,7 +221,7 @@ async def login(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_secure(request),
     )
     raise resp
 
@@ -189,6 +229,11 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     if not _same_origin(request):
         raise ApiError("csrf_failed", "a logout from another site is refused")
+    ctx = ctx_of(request)
+    session = request.cookies.get(SESSION_COOKIE)
+    if session and verify_session(ctx.keys.ring(), session, now=time.time()) is not None:
+        # Forgotten on the server: this cookie, and any copy of it, is dead from now on.
+        await ctx.sessions.close(session_nonce(session))
     resp = web.HTTPSeeOther("/login?done=logged_out")
     resp.del_cookie(SESSION_COOKIE, path="/")
     raise resp

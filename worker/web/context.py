@@ -15,10 +15,12 @@ from worker.client.client import PollerClient
 from worker.core.access import Verdict
 from worker.ops.metrics import DeploymentSample
 from worker.store.admin import AdminStore
+from worker.store.sessions import SessionStore
 from worker.web.auth import KeySource
+from worker.web.errors import ApiError
 
-# Open event streams at most (each holds a Redis connection for its blocking reads).
-MAX_EVENT_STREAMS = 64
+# What a refused stream or long poll is told to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 def stuck_after(settings: Settings) -> float:
@@ -42,14 +44,72 @@ class WebContext:
     admin: AdminStore
     keys: KeySource
     templates: Environment
+    sessions: SessionStore
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
+    long_polls: int = 0
+    # Event streams and long polls held per API key fingerprint ("open": no keys configured).
+    waits_by_key: dict[str, int] = field(default_factory=dict)
+    # Connections with a request under way (the connection guard closes only the others).
+    busy: dict[object, int] = field(default_factory=dict)
     sample: DeploymentSample | None = None
     sampled_at: float = 0.0
 
     @property
     def stuck_after(self) -> float:
         return stuck_after(self.settings)
+
+    def take_wait(self, kind: str, who: str) -> None:
+        """Count an event stream (``kind`` "stream") or a long poll ("long_poll") of ``who``
+        before anything is awaited, so that concurrent requests cannot all pass the check
+        first; ApiError (with Retry-After) beyond the caps: in all 503, per key 429. Every
+        successful call is paired with ``give_wait``."""
+        s = self.settings
+        if kind == "stream":
+            if self.streams >= s.api_max_event_streams:
+                raise _busy("too_many_streams", f"{s.api_max_event_streams} event streams are open")
+        elif self.long_polls >= s.api_max_long_polls:
+            raise _busy("too_many_long_polls", f"{s.api_max_long_polls} long polls are open")
+        held = self.waits_by_key.get(who, 0)
+        if who != OPEN and held >= s.api_max_waits_per_key:
+            raise _busy(
+                "too_many_requests",
+                f"this API key holds {held} event streams and long polls; at most "
+                f"{s.api_max_waits_per_key}",
+            )
+        self.waits_by_key[who] = held + 1
+        if kind == "stream":
+            self.streams += 1
+        else:
+            self.long_polls += 1
+
+    def give_wait(self, kind: str, who: str) -> None:
+        if kind == "stream":
+            self.streams -= 1
+        else:
+            self.long_polls -= 1
+        left = self.waits_by_key.get(who, 0) - 1
+        if left > 0:
+            self.waits_by_key[who] = left
+        else:
+            self.waits_by_key.pop(who, None)
+
+
+# Who holds a wait when no key is configured (loopback only): the caps in all apply.
+OPEN = "open"
+
+
+def _busy(code: str, message: str) -> ApiError:
+    err = ApiError(code, message)
+    err.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return err
+
+
+def holder(request: web.Request) -> str:
+    """The fingerprint of the key the request was let in with (OPEN without keys)."""
+    verdict = request.get(AUTH)
+    key = verdict.key if verdict is not None else None
+    return key.fingerprint if key is not None else OPEN
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("threads_poller_ctx", WebContext)

@@ -13,9 +13,18 @@ from typing import Any
 CODES: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "the body is not valid JSON (UTF-8)"),
     "invalid_parameter": (400, "a query parameter or header has a value the API does not accept"),
+    "malformed_body": (400, "the body cannot be read as its Content-Type says (a form, say)"),
     "unauthorized": (401, "no valid API key (Authorization: Bearer <key>) or console session"),
     "forbidden": (403, "the API key is read-only and the request changes something"),
-    "csrf_failed": (403, "a console request that changes something lacks its CSRF token"),
+    "csrf_failed": (
+        403,
+        "a request that changes something comes from another site, or a console request lacks "
+        "its CSRF token",
+    ),
+    "host_not_allowed": (
+        403,
+        "without API keys the server answers only Host localhost, 127.0.0.1 or [::1]",
+    ),
     "not_found": (404, "no such route"),
     "container_not_found": (404, "the container was never enqueued, or its result expired"),
     "dead_letter_not_found": (404, "no dead letter with that id (replayed, discarded, trimmed)"),
@@ -24,6 +33,7 @@ CODES: dict[str, tuple[int, str]] = {
     "publish_in_flight": (409, "a publish call may be under way; try again in a moment"),
     "conflict": (409, "the state changed under the request; read it again"),
     "not_replayable": (409, "this dead letter cannot be replayed as it is"),
+    "body_timeout": (408, "the body did not arrive within API_BODY_TIMEOUT_SECONDS"),
     "body_too_large": (413, "the body is larger than API_MAX_BODY_BYTES"),
     "unsupported_media_type": (415, "the body must be application/json"),
     "invalid_body": (422, "the JSON body does not have the documented shape"),
@@ -32,9 +42,11 @@ CODES: dict[str, tuple[int, str]] = {
     "invalid_window": (422, "window_seconds is out of range"),
     "empty_batch": (422, "container_ids is empty"),
     "batch_too_large": (422, "more container ids than API_MAX_BATCH"),
+    "too_many_requests": (429, "this API key holds its most event streams and long polls"),
     "internal_error": (500, "the server failed; the request id is in its log"),
     "redis_unavailable": (503, "Redis cannot be reached; nothing was changed"),
     "too_many_streams": (503, "too many event streams are open; retry later"),
+    "too_many_long_polls": (503, "too many long polls (?wait=) are open; retry later"),
     "shutting_down": (503, "the server is stopping"),
 }
 
@@ -63,6 +75,8 @@ class ApiError(Exception):
         self.status = status
         self.message = message or meaning
         self.details = details
+        # Sent with the answer (Retry-After).
+        self.headers: dict[str, str] = {}
 
 
 def error_body(code: str, message: str, request_id: str, **details: Any) -> dict[str, Any]:

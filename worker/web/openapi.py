@@ -369,6 +369,7 @@ PATHS: dict[str, Any] = {
             "security": [],
             "responses": {
                 "200": _resp("ok", "Health"),
+                "403": {"$ref": "#/components/responses/E403"},
                 "503": {"$ref": "#/components/responses/E503"},
             },
         }
@@ -381,7 +382,7 @@ PATHS: dict[str, Any] = {
             "enqueue one container id or a batch (the rules of threads-poller enqueue)",
             {
                 "202": _resp("one outcome per distinct id, in order", "Enqueued"),
-                **_errors(400, 413, 415, 422),
+                **_errors(400, 408, 413, 415, 422),
             },
             body="EnqueueRequest",
             write=True,
@@ -393,7 +394,7 @@ PATHS: dict[str, Any] = {
             {
                 "200": _resp("final", "Result"),
                 "202": _resp("not final yet (after ?wait, when it ran out)", "Result"),
-                **_errors(400, 404, 422),
+                **_errors(400, 404, 422, 429),
             },
             params=[
                 CID,
@@ -409,7 +410,10 @@ PATHS: dict[str, Any] = {
     "/v1/containers/{container_id}/cancel": {
         "post": _op(
             "stop polling: final CANCELLED, one event (and its webhook)",
-            {"200": _resp("cancelled", "Cancelled"), **_errors(400, 404, 409, 413, 415, 422)},
+            {
+                "200": _resp("cancelled", "Cancelled"),
+                **_errors(400, 404, 408, 409, 413, 415, 422),
+            },
             params=[CID],
             body="CancelRequest",
             write=True,
@@ -424,7 +428,7 @@ PATHS: dict[str, Any] = {
                     "description": "text/event-stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                **_errors(400),
+                **_errors(400, 429),
             },
             params=[
                 _param("Last-Event-ID", "header", _STR, "resume after this event id"),

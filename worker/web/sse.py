@@ -11,8 +11,9 @@ does so by itself) gets every event after it, none twice, as long as the stream 
 (``EVENTS_MAX_LEN``); when some were trimmed in between, an ``event: gap`` says so first. Without
 ``Last-Event-ID`` the stream starts with the next final state; ``Last-Event-ID: 0`` replays all
 the stream holds. A comment line every ``KEEPALIVE_SECONDS`` keeps proxies from closing an idle
-stream; ``retry:`` tells clients to come back after 2 s. At most ``MAX_EVENT_STREAMS`` are open
-at once (503 ``too_many_streams`` beyond); on shutdown every stream ends.
+stream; ``retry:`` tells clients to come back after 2 s. At most ``API_MAX_EVENT_STREAMS`` are
+open at once (503 ``too_many_streams`` beyond), and ``API_MAX_WAITS_PER_KEY`` streams and long
+polls per key (429); both with Retry-After. On shutdown every stream ends.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 
 from worker.store.admin import FinalEvent
 from worker.store.queue import text
-from worker.web.context import MAX_EVENT_STREAMS, ctx_of
+from worker.web.context import ctx_of, holder
 from worker.web.errors import ApiError
 from worker.web.requests import parse_last_event_id
 from worker.web.views import event_json
@@ -55,8 +56,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     if ctx.stopping.is_set():
         raise ApiError("shutting_down")
-    if ctx.streams >= MAX_EVENT_STREAMS:
-        raise ApiError("too_many_streams", f"{MAX_EVENT_STREAMS} event streams are open")
+    # Counted before the first await: requests that arrive together cannot all pass the cap.
+    who = holder(request)
+    ctx.take_wait("stream", who)
+    try:
+        return await _stream(request, after)
+    finally:
+        ctx.give_wait("stream", who)
+
+
+async def _stream(request: web.Request, after: str | None) -> web.StreamResponse:
+    ctx = ctx_of(request)
     redis = ctx.stream_redis
     stream = ctx.admin.keys.events
     gap: tuple[str, str] | None = None
@@ -68,7 +78,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         oldest = await redis.xrange(stream, "-", "+", count=1)
         if oldest and _older(after, text(oldest[0][0])):
             gap = (after, text(oldest[0][0]))
-    ctx.streams += 1
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -103,6 +112,4 @@ async def events(request: web.Request) -> web.StreamResponse:
         # The client went away, or Redis did: the stream ends, and the client comes back with
         # its Last-Event-ID.
         pass
-    finally:
-        ctx.streams -= 1
     return resp
