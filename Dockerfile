@@ -82,8 +82,11 @@ CMD ["simulate", "--host", "0.0.0.0", "--port", "8787"]
 
 # The worker: the last stage, so the default target.
 FROM runtime AS worker
-# Prometheus /metrics (METRICS_PORT; 0 turns it off).
-EXPOSE 9100
+# Prometheus /metrics: the worker's on METRICS_PORT (0 turns it off), serve's on the next port
+# (SERVE_METRICS_PORT). The service's own default is loopback; in a container the scraper comes
+# from outside, over the container's own network: all addresses, set here explicitly.
+ENV METRICS_HOST=0.0.0.0
+EXPOSE 9100 9101
 STOPSIGNAL SIGTERM
 # Passes only while a worker process in this container writes its heartbeat to Redis
 # (worker/ops/health.py): exit 1 names the reason, 4 means Redis is unreachable.

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +148,7 @@ def spawn(
     cwd: Path | None = None,
     new_session: bool = True,
     append: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Child:
     """Start ``cmd`` with stdout and stderr to ``log`` (appended to with ``append``).
 
@@ -162,6 +163,8 @@ def spawn(
             env=env,
             cwd=cwd,
             start_new_session=new_session,
+            # Tests set the child's resource limits here (open files, core dumps).
+            preexec_fn=preexec_fn,
         )
     except BaseException:
         handle.close()

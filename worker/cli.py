@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import resource
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -151,6 +152,12 @@ def _result_line(cid: str, result: PollResult | None) -> str:
     return text
 
 
+def no_core_dumps() -> None:
+    """At the start of a worker or ``serve``: a core dump would hold the tokens, the API keys
+    and the Redis password, readable by whoever reads the dump directory."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def use_event_loop(kind: EventLoop) -> None:
     if kind is EventLoop.UVLOOP:
         try:
@@ -173,6 +180,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.ops.logs import setup_logging
     from worker.runtime.app import build_worker
 
+    no_core_dumps()
     settings = _settings()
     tokens_file = settings.threads_tokens_file
     if tokens_file is not None and not tokens_file.is_file():
@@ -301,7 +309,7 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
 def cmd_acl(args: argparse.Namespace) -> int:
     from worker.store.acl import acl_setuser
 
-    prefix = args.prefix or _settings().key_prefix
+    prefix = args.prefix if args.prefix is not None else _settings().key_prefix
     user = args.user or f"{prefix}-{'-'.join(args.roles)}"
     try:
         print(acl_setuser(user, args.roles, prefix))

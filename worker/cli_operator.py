@@ -55,11 +55,12 @@ def _ago(now: float, at: float | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from worker.cli import use_event_loop
+    from worker.cli import no_core_dumps, use_event_loop
     from worker.ops.logs import setup_logging
     from worker.web.app import ServeRefusedError, check_exposure, serve
     from worker.web.auth import KeysError, KeySource
 
+    no_core_dumps()
     settings = _settings()
     try:
         keys = KeySource.from_settings(settings)

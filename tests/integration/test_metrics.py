@@ -172,7 +172,7 @@ def test_busy_port_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None
         port = taken.getsockname()[1]
         with caplog.at_level(logging.ERROR, logger="threads_poller.metrics"):
             assert metrics.start_server(port) is None
-    assert f"cannot listen on 0.0.0.0:{port}" in caplog.text
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text  # loopback by default
 
 
 async def test_server_serves_and_closes() -> None:

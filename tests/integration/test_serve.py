@@ -89,7 +89,7 @@ async def processes(
         "serve",
         [*threads_poller_command(), "serve"],
         tmp_path / "serve.log",
-        env=serve_env(env, port, METRICS_PORT=str(metrics_port)),
+        env=serve_env(env, port, SERVE_METRICS_PORT=str(metrics_port)),
     )
     worker = spawn(
         "worker", [*threads_poller_command(), "worker"], tmp_path / "worker.log", env=env

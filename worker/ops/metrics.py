@@ -380,7 +380,7 @@ class MetricsServer:
 
 
 def start_server(
-    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY
 ) -> MetricsServer | None:
     """Serve /metrics on ``port`` in a thread; a busy port is logged, never fatal.
 

@@ -242,7 +242,7 @@ class PollerWorker:
             metrics.track_jobs(lambda: runner.running, runner.concurrency)
             if s.metrics_port > 0:
                 # This process's own metrics; the deployment's (Redis) gauges: `serve`.
-                self.metrics_server = metrics.start_server(s.metrics_port)
+                self.metrics_server = metrics.start_server(s.metrics_port, s.metrics_host)
             log.info(
                 "worker started",
                 extra={

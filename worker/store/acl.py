@@ -24,8 +24,10 @@ starts ``redis-server`` with these users and runs the worker under its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
+from config.settings import KEY_PREFIX_PATTERN
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
 
 # Every client connection: SELECT for a database other than 0; PING is the harmless liveness
@@ -131,13 +133,32 @@ def role_rules(role: str, prefix: str) -> list[str]:
     raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 
 
+# The user's name: letters, digits, "_", ".", "-" (it is one word of the ACL line; a space would
+# start another rule, "+@all ~*" say). The prefix: KEY_PREFIX's own rule (no ":", "*", "?", "[",
+# "%", "~" or space), so a role's key patterns match its deployment's keys only.
+USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+PREFIX = re.compile(KEY_PREFIX_PATTERN)
+
+
 def acl_setuser(user: str, roles: Sequence[str], prefix: str, password: str | None = None) -> str:
     """``ACL SETUSER`` of a user with these roles: everything else is off (``reset`` first).
 
     Without ``password`` the user has none and cannot log in until one is added
-    (``>password``, or ``#<sha256 hex>`` to keep it out of the config file)."""
+    (``>password``, or ``#<sha256 hex>`` to keep it out of the config file). A user name,
+    prefix or password that could add a rule of its own to the line is refused (ValueError)."""
     if not roles:
         raise ValueError("at least one role")
+    if not USER_NAME.match(user):
+        raise ValueError(
+            f"invalid user name {user[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 128)"
+        )
+    if not PREFIX.match(prefix):
+        raise ValueError(
+            f"invalid prefix {prefix[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 64); "
+            "no ':' or glob characters"
+        )
+    if password is not None and (not password.isprintable() or any(c.isspace() for c in password)):
+        raise ValueError("invalid password: printable, without white space")
     rules: list[str] = []
     for role in roles:
         rules += [r for r in role_rules(role, prefix) if r not in rules]
