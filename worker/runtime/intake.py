@@ -327,17 +327,22 @@ class IntakeConsumer:
         return names
 
     def _refusal(self, taken: Taken, secrets: list[str]) -> DeadLetter:
-        size = f"{taken.fields_count} fields, {taken.size} bytes"
         if taken.deliveries > MAX_DELIVERIES:
+            size = f"{taken.fields_count} fields, {taken.size} bytes"
             reason = (
                 f"entry delivered {taken.deliveries} times and never processed (the workers "
                 f"failed on it each time); {size}; its fields are not kept"
             )
             return DeadLetter(taken.entry_id.decode(), reason, {})
-        if taken.fields_count > MAX_FIELDS:
-            reason = f"entry has {taken.fields_count} fields; the limit is {MAX_FIELDS} ({size})"
+        many = taken.fields_count > MAX_FIELDS
+        if taken.size > self.max_entry_bytes:
+            fields = f"{taken.fields_count} fields" + (f", at most {MAX_FIELDS}" if many else "")
+            reason = f"entry is {taken.size} bytes; the limit is {self.max_entry_bytes} ({fields})"
         else:
-            reason = f"entry is {taken.size} bytes; the limit is {self.max_entry_bytes} ({size})"
+            reason = (
+                f"entry has {taken.fields_count} fields; the limit is {MAX_FIELDS} "
+                f"({taken.size} bytes)"
+            )
         return DeadLetter(taken.entry_id.decode(), reason, _show(taken.preview, secrets=secrets))
 
     async def close(self) -> None:
