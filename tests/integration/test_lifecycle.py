@@ -175,7 +175,7 @@ async def test_a_run_past_its_lease_can_write_nothing(
     assert (await store.record(stale, current, done)).outcome == "stale"
     assert not await queue.release(stale, delay_ms=0)
     assert not await queue.settle(stale, retry_in_ms=None)
-    assert await store.claim_publish(stale, current, max_attempts=3) == "stale"
+    assert (await store.claim_publish(stale, current, max_attempts=3)).outcome == "stale"
     throttle = await accounts.note_throttle(
         stale, "default", sent_ms=0, base=60, cap=900, at_least_ms=0, code="4"
     )

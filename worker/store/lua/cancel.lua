@@ -45,7 +45,8 @@ if cur[4] == 'pending' then
   redis.call('HDEL', KEYS[1], 'publish_status')
 end
 local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
-  'container_id', ARGV[1], 'status', 'CANCELLED', 'error_message', cur[7] or '',
+  'container_id', ARGV[1], 'generation', ARGV[2], 'status', 'CANCELLED',
+  'error_message', cur[7] or '',
   'account', cur[5] or '', 'checks', cur[6] or '0', 'last_error', ARGV[6],
   'finalized_at', stamp(now))
 if ARGV[9] ~= '' then

@@ -18,8 +18,15 @@
 --       22 .. 21+2n field/value pairs (an empty value deletes the field), then the event's
 --       field/value pairs
 -- Returns {'ok', event id, next run ms} / {'stale', reason}: a run that lost its lease (a newer
--- run holds the job) changes nothing; a job whose poll is over or was replaced is ended.
+-- run holds the job) changes nothing; a job whose poll is over or was replaced is ended. A
+-- repeat of a record that went through answers {'ok', '', next run ms or ''}.
 if not owns(KEYS[5], ARGV[1]) then
+  -- This very run's record, sent again because its reply was lost: it went through, so the
+  -- answer is the same ('ok'), not 'lease lost' (last_run names the run that wrote last).
+  local mine = redis.call('HMGET', KEYS[1], 'generation', 'last_run')
+  if mine[1] == ARGV[2] and mine[2] == ARGV[1] then
+    return {'ok', '', redis.call('ZSCORE', KEYS[4], ARGV[3]) or ''}
+  end
   return {'stale', 'lease lost'}
 end
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
@@ -62,7 +69,7 @@ local function report_to_parent()
   redis.call('EXPIRE', KEYS[8], ttl)
 end
 
-local fields, gone = {'updated_at', stamp(now)}, {}
+local fields, gone = {'updated_at', stamp(now), 'last_run', ARGV[1]}, {}
 for i = base, base - 2 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
