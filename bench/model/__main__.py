@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from bench.model.lifecycle import machine
@@ -19,6 +19,9 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=40, help="most steps per example")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--no-shrink", action="store_true", help="stop at the first broken promise, as found"
+    )
     args = parser.parse_args()
     t0 = time.monotonic()
     with (
@@ -36,6 +39,7 @@ def main() -> int:
             derandomize=args.seed is not None,
             suppress_health_check=list(HealthCheck),
             print_blob=True,
+            phases=[Phase.explicit, Phase.reuse, Phase.generate] if args.no_shrink else list(Phase),
         )
         failed = None
         try:
