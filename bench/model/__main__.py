@@ -60,6 +60,8 @@ def main() -> int:
                 f"BROKEN PROMISE, first seen in example {stats.first_failure}: "
                 f"{stats.first_failure_message}"
             )
+            if stats.first_failure_trace:
+                print("its steps: " + ", ".join(stats.first_failure_trace))
             print(f"shrunk to: {str(failed).splitlines()[0] if str(failed) else failed!r}")
             return 1
     print("every invariant held after every step")

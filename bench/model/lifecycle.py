@@ -130,6 +130,7 @@ class Stats:
     # The example (counted from 1) in which a promise first broke, before any shrinking.
     first_failure: int | None = None
     first_failure_message: str = ""
+    first_failure_trace: list[str] = field(default_factory=list)
 
     def failed(self, exc: AssertionError) -> None:
         if self.first_failure is None:
@@ -589,6 +590,8 @@ class LifecycleModel(RuleBasedStateMachine):
                     self.run(check_final(self.world, self.stats))
                 except AssertionError as exc:
                     self.stats.failed(exc)
+                    if self.stats.first_failure == self.stats.examples:
+                        self.stats.first_failure_trace = list(self.trace)
                     raise
                 self.stats.publish_calls += self.world.graph.publish_calls
                 self.stats.lost_replies = self.topology.proxy.lost
@@ -685,6 +688,7 @@ async def drain(world: World) -> None:
 
             await reconcile_once(world.store, now=time.time() + 3600, grace_seconds=0)
             continue
+        await _leases_run_out(world)
         now_ms = int(await _redis_now(world) * 1000)
         ran = False
         for job_id, score in due:
@@ -695,6 +699,22 @@ async def drain(world: World) -> None:
             await asyncio.sleep(0.05)
     live = [h["container_id"] for h in await _final_hashes(world) if h.get("final") != "1"]
     raise AssertionError(f"not final after {DRAIN_SECONDS:g}s of draining: {live}")
+
+
+def _show(h: dict[str, str], *names: str) -> str:
+    return " ".join(f"{n}={h.get(n)}" for n in names)
+
+
+async def _leases_run_out(world: World) -> None:
+    """Time passes for leases held by no run that is still going (a claim whose reply was
+    lost, a run that vanished): their jobs are due again, as when a lease ends."""
+    going = {r.job.token for r in world.runs if not r.task.done() and not r.killed}
+    for raw in await world.redis.zrange(world.keys.queue, 0, -1):
+        job_id = raw.decode()
+        token = await world.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
+        if token is not None and token.decode() not in going:
+            await world.redis.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
+            await world.redis.zadd(world.keys.queue, {job_id: 0}, xx=True)
 
 
 async def _expire(run: Run) -> None:
@@ -724,7 +744,24 @@ async def check_final(world: World, stats: Stats) -> None:
                 k.get("status") != "FINISHED"
                 or float(k.get("finalized_at", "inf")) > float(h["finalized_at"])
                 for k in kids
-            ), f"carousel {h['container_id']} timed out although all its children FINISHED"
+            ), (
+                f"carousel {h['container_id']} timed out although all its children FINISHED: "
+                + _show(h, "generation", "children_pending", "enqueued_at", "deadline_at")
+                + "; "
+                + "; ".join(
+                    _show(
+                        k,
+                        "container_id",
+                        "status",
+                        "finalized_at",
+                        "carousel_parent",
+                        "parent_generation",
+                        "generation",
+                        "enqueued_at",
+                    )
+                    for k in kids
+                )
+            )
     dead: dict[tuple[str, str], dict[bytes, bytes]] = {}
     for _, raw in await world.redis.xrange(world.keys.webhook_dead_letters):
         dead[(raw[b"container_id"].decode(), raw[b"generation"].decode())] = raw

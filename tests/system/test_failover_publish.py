@@ -11,6 +11,7 @@ failover (``bench/model/mutants/1-no-replica-wait.patch`` reverts it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -32,9 +33,7 @@ async def test_failover_after_an_unreplicated_claim_publishes_once(
     topology = await asyncio.to_thread(Topology, tmp_path / "redis")
     redis = Redis.from_url(topology.url)
     try:
-        settings = settings.model_copy(
-            update={"redis_url": topology.url, "poll_max_seconds": 60.0}
-        )
+        settings = settings.model_copy(update={"redis_url": topology.url, "poll_max_seconds": 60.0})
         sim.state.set_script("9801", ["IN_PROGRESS", "FINISHED"])
         env = worker_env(
             project_env,
@@ -53,7 +52,8 @@ async def test_failover_after_an_unreplicated_claim_publishes_once(
         try:
 
             async def field(name: str) -> str | None:
-                value = await redis.hget(f"{settings.key_prefix}:result:9801", name)  # type: ignore[misc]
+                raw = redis.hget(f"{settings.key_prefix}:result:9801", name)
+                value: bytes | None = await raw
                 return value.decode() if value is not None else None
 
             # FINISHED seen, the publish due in 1.5 s (the grace): the replica has it.
@@ -74,5 +74,5 @@ async def test_failover_after_an_unreplicated_claim_publishes_once(
         await asyncio.to_thread(topology.close)
 
 
-async def _equals(value: object, want: str) -> bool:
-    return await value == want  # type: ignore[misc]
+async def _equals(value: Awaitable[str | None], want: str) -> bool:
+    return (await value) == want

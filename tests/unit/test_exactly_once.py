@@ -61,7 +61,7 @@ def finished_publish_due(**fields: object) -> PollResult:
         "publish": True,
         "publish_status": PublishStatus.PENDING,
     }
-    return poll(**{**due, **fields})
+    return poll(5.0, **{**due, **fields})
 
 
 THROTTLED = GraphAPIError("Application request limit reached", code=4, http_status=400)

@@ -509,14 +509,12 @@ class AdminStore:
                 )
                 if webhook is not None:
                     hook = (webhook.job_id, ARQ_JOB_PREFIX + webhook.job_id, webhook.data)
-            parent = current.carousel_parent
             reply = await self._cancel(
                 keys=[
                     self.keys.result(container_id),
                     self.keys.inflight,
                     self.keys.events,
                     self.keys.queue,
-                    self.keys.result(parent or container_id),
                 ],
                 args=[
                     container_id,
@@ -530,9 +528,6 @@ class AdminStore:
                     *hook,
                     f"{self.keys.prefix}:stats:",
                     STATS_TTL_SECONDS,
-                    parent or "",
-                    (current.parent_generation or "") if parent else "",
-                    self.keys.job_id(parent, current.parent_generation or "") if parent else "",
                 ],
             )
             outcome, detail = text(reply[0]), text(reply[1])

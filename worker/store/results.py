@@ -319,8 +319,6 @@ class ResultStore:
             if fields.get("media_id"):
                 event["media_id"] = fields["media_id"]
         job_id = job.job_id
-        # A carousel child's final record reports to its parent (record.lua).
-        parent = current.carousel_parent if decision.final else None
         want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
         args: list[str | int | bytes] = [
             job.token,
@@ -338,9 +336,6 @@ class ResultStore:
             webhook.data if webhook else b"",
             ARQ_JOB_PREFIX,
             len(fields),
-            parent or "",
-            (current.parent_generation or "") if parent else "",
-            self.keys.job_id(parent, current.parent_generation or "") if parent else "",
             decision.status,
             decision.error_message or "",
             "1" if current.is_carousel and current.children_ready_at is None else "0",
@@ -358,7 +353,6 @@ class ResultStore:
                 ARQ_IN_PROGRESS_PREFIX + job_id,
                 ARQ_RETRY_PREFIX + job_id,
                 ARQ_JOB_PREFIX + job_id,
-                self.keys.result(parent or current.container_id),
             ],
             args=args,
         )
