@@ -69,7 +69,7 @@ def read_secret_file(path: Path, *, name: str, check: FileModeCheck) -> tuple[st
         if len(raw) > MAX_SECRET_FILE_BYTES:
             raise SecretFileError(f"{path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
     except OSError as exc:
-        raise SecretFileError(f"{path} cannot be read ({type(exc).__name__})") from None
+        raise SecretFileError(f"{str(path)!r} cannot be read ({type(exc).__name__})") from None
     try:
         value = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:

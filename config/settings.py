@@ -185,6 +185,12 @@ class Settings(BaseSettings):
     # A short grace after FINISHED: publishing at once sometimes fails with 24/4279009.
     publish_grace_seconds: float = Field(default=5.0, ge=0)
     publish_max_attempts: int = Field(default=3, ge=1, le=20)
+    # Before a publish call, its claim must be held by this many Redis replicas (WAIT), so a
+    # failover cannot bring back a primary without it and publish twice. Unset: as many as
+    # the primary has had connected in the last 5 minutes (INFO replication; 0 without
+    # replicas). Not acknowledged within the timeout: not published yet, tried again later.
+    publish_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    publish_wait_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     # Meta: "wait on average 30 seconds before publishing a Threads media container"; counted
     # from enqueue (the pipeline enqueues right after creating the container).
     publish_min_age_seconds: float = Field(default=30.0, ge=0, le=3600)
@@ -292,7 +298,7 @@ class Settings(BaseSettings):
         try:
             problem = file_mode_problem(value)
         except OSError as exc:
-            raise ValueError(f"{value} cannot be read ({type(exc).__name__})") from None
+            raise ValueError(f"{value!r} cannot be read ({type(exc).__name__})") from None
         if problem is not None and check is FileModeCheck.REFUSE:
             raise ValueError(
                 f"{value} is {problem}; chmod 600 it (Kubernetes: defaultMode 0400, or 0440 "

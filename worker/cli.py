@@ -265,20 +265,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
     for o in outcomes:
         if args.json:
-            print(
-                json.dumps(
-                    {"container_id": o.container_id, "outcome": o.outcome, "status": o.status}
-                )
-            )
+            line = {"container_id": o.container_id, "outcome": o.outcome, "status": o.status}
+            if o.reason:
+                line["reason"] = o.reason
+            print(json.dumps(line))
         else:
             note = {
                 "enqueued": "enqueued",
                 "restarted": "enqueued (previous poll restarted)",
                 "duplicate": f"already being polled ({o.status}); nothing new queued",
                 "final": f"already final ({o.status}); use --force to poll again",
+                "refused": f"refused: {o.reason}",
             }[o.outcome]
             print(f"{o.container_id}  {note}")
-    return EXIT_OK
+    # A refusal is the caller's to fix (a carousel's rules), like any other refused input.
+    return EXIT_USAGE if any(o.outcome == "refused" for o in outcomes) else EXIT_OK
 
 
 def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int:

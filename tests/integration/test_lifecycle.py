@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from api_client.client import make_session
@@ -175,7 +176,7 @@ async def test_a_run_past_its_lease_can_write_nothing(
     assert (await store.record(stale, current, done)).outcome == "stale"
     assert not await queue.release(stale, delay_ms=0)
     assert not await queue.settle(stale, retry_in_ms=None)
-    assert await store.claim_publish(stale, current, max_attempts=3) == "stale"
+    assert (await store.claim_publish(stale, current, max_attempts=3)).outcome == "stale"
     throttle = await accounts.note_throttle(
         stale, "default", sent_ms=0, base=60, cap=900, at_least_ms=0, code="4"
     )
@@ -400,3 +401,19 @@ async def test_the_workers_pacing_rules_not_the_producers(redis: Redis, settings
     await store.enqueue([EnqueueRequest(f"73{i:02d}", account="5") for i in range(5)])
     results = await store.load_many([f"73{i:02d}" for i in range(5)])
     assert all(r is not None and r.next_check_at == r.enqueued_at for r in results)
+
+
+async def test_the_workers_publish_their_config_again_after_redis_comes_back_empty(
+    redis: Redis, settings: Settings
+) -> None:
+    """A Redis that restarted without its data has forgotten ``{prefix}:config``: producers
+    would refuse every webhook URL and fall back to their own pacing until a worker restarted.
+    The workers write it again within a reconcile period (here 1 s: min(60, interval))."""
+    settings = settings.model_copy(update={"webhook_secret": SecretStr("s" * 32)})
+    keys = Keys(settings.key_prefix)
+    async with running_worker(settings):
+        await wait_until(lambda: redis.exists(keys.config), timeout=5)
+        await redis.flushall()
+        assert not await redis.exists(keys.config)
+        await wait_until(lambda: redis.exists(keys.config), timeout=5)
+    assert await redis.hget(keys.config, "webhook_signing") == b"1"  # type: ignore[misc]

@@ -261,8 +261,10 @@ async def test_check_on_a_minimal_hash_records_status_checks_and_errors(
     ((_, event),) = await redis.xrange(keys.events)
     assert event[b"status"] == b"ERROR" and event[b"checks"] == b"2"
     assert event[b"account"] == b"" and STAMP.fullmatch(event[b"finalized_at"].decode())
-    # A repeat of the same write (its lease is gone with the job) writes nothing more.
-    assert (await store.record(job, r, final, checked_at=later)).outcome == "stale"
+    # A repeat of the same write (its reply was lost) is answered as the write was, "ok", and
+    # writes nothing more (no second event).
+    again = await store.record(job, r, final, checked_at=later)
+    assert (again.outcome, again.event_id, again.next_run_at) == ("ok", "", None)
     assert len(await redis.xrange(keys.events)) == 1
 
 
@@ -298,7 +300,7 @@ async def test_publish_claim_on_a_minimal_hash(
     assert current is not None
     # No publish_status yet (FINISHED not seen): nothing to claim.
     job = await claimed(redis, settings, keys)
-    assert await store.claim_publish(job, current, max_attempts=3) == ""
+    assert (await store.claim_publish(job, current, max_attempts=3)).outcome == ""
     now = time.time()
     seen = Decision("FINISHED", False, now, last_api_status="FINISHED", checks=1)
     changes = Changes(publish_status="pending", finished_at=now)
@@ -307,12 +309,20 @@ async def test_publish_claim_on_a_minimal_hash(
     assert current is not None and current.publish_status == "pending"
     assert current.publish_attempts == 0
     # A run that no longer owns the poll cannot claim it.
-    assert await store.claim_publish(job, current, max_attempts=3) == "stale"
+    assert (await store.claim_publish(job, current, max_attempts=3)).outcome == "stale"
     job = await claimed(redis, settings, keys)
-    assert await store.claim_publish(job, current, max_attempts=3) == "ok"
+    assert (await store.claim_publish(job, current, max_attempts=3)).outcome == "ok"
     r = await store.load("9107")
     assert r is not None and (r.publish_status, r.publish_attempts) == ("in_flight", 1)
-    assert await store.claim_publish(job, r, max_attempts=3) == "in_flight"
+    # The same run again (its reply was lost): the same answer, and nothing counted twice.
+    assert (await store.claim_publish(job, r, max_attempts=3)).outcome == "ok"
+    r = await store.load("9107")
+    assert r is not None and (r.publish_status, r.publish_attempts) == ("in_flight", 1)
+    # Any other run finds the publish in flight.
+    await redis.delete(f"arq:in-progress:{job.job_id}")
+    await redis.zadd(keys.queue, {job.job_id: 0}, xx=True)
+    other = await claimed(redis, settings, keys)
+    assert (await store.claim_publish(other, r, max_attempts=3)).outcome == "in_flight"
 
 
 async def test_final_state_creates_the_webhook_job_on_a_minimal_hash(

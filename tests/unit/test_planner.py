@@ -594,8 +594,13 @@ def test_every_publish_verdict_is_covered() -> None:
     for verdict in PublishVerdict:
         rec = publish_record(verdict, media_id="m" if verdict is PublishVerdict.PUBLISHED else None)
         # Only an answer that proves nothing was published makes the publish due again.
+        certainly_not = (
+            PublishVerdict.NOT_READY,
+            PublishVerdict.RETRY_LATER,
+            PublishVerdict.THROTTLED,
+        )
         assert (rec.changes.hash_fields()["publish_status"] == PublishStatus.PENDING) == (
-            verdict in (PublishVerdict.NOT_READY, PublishVerdict.RETRY_LATER)
+            verdict in certainly_not
         )
 
 

@@ -53,12 +53,14 @@ _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 @dataclass(frozen=True, slots=True)
 class EnqueueOutcome:
     container_id: str
-    outcome: EnqueueStatus  # enqueued | restarted | duplicate | final
+    outcome: EnqueueStatus  # enqueued | restarted | duplicate | final | refused
     status: str  # the container's status right after the call
+    # Why it was refused (a carousel's rules, README "Carousels and replies"); "" otherwise.
+    reason: str = ""
 
     @classmethod
     def of(cls, e: Enqueued) -> EnqueueOutcome:
-        return cls(e.container_id, e.outcome, e.status)
+        return cls(e.container_id, e.outcome, e.status, e.reason)
 
 
 def _ids(container_ids: Iterable[str]) -> list[str]:

@@ -123,13 +123,23 @@ def phase_of(r: PollResult) -> Phase:
     if r.is_carousel and r.children_ready_at is None:
         return Phase.WAITING_CHILDREN
     if r.publish and r.status == State.FINISHED:
-        if r.publish_status == PublishStatus.PENDING:
+        if r.publish_status == PublishStatus.PENDING and not r.publish_verify:
             return Phase.PUBLISH_DUE
         if r.publish_status == PublishStatus.IN_FLIGHT:
             return Phase.PUBLISH_IN_FLIGHT
     if r.publish_status == PublishStatus.UNCONFIRMED:
         return Phase.AWAITING_PUBLISHED
     return Phase.POLLING
+
+
+def schedule_of(r: PollResult, policy: Policy) -> Schedule:
+    """The poll's own schedule: the workers' interval over the poll's own window (a poll
+    enqueued with a longer or shorter ``window_seconds`` than POLL_MAX_SECONDS gets as many
+    checks as its window holds, not the workers' number)."""
+    window = r.window
+    if window is None:
+        return policy.schedule
+    return Schedule(policy.schedule.interval, window)
 
 
 def deadline_of(r: PollResult, policy: Policy) -> float:
@@ -171,7 +181,7 @@ def back_to_polling(
 ) -> Decision:
     """After an ambiguous publish: check the status again until PUBLISHED or the window ends."""
     due = next_check_at(
-        policy.schedule, checks_made=r.checks, deadline=deadline_of(r, policy), now=now
+        schedule_of(r, policy), checks_made=r.checks, deadline=deadline_of(r, policy), now=now
     )
     if due is None:
         return timed_out(
@@ -221,7 +231,7 @@ def not_ready_backoff(policy: Policy, attempts: int) -> float:
 def children_deadline(r: PollResult, policy: Policy) -> float:
     """The latest a carousel's children can all have reported: their window (the parent's until
     they are ready), as far as throttling may push it, plus an interval for their last record."""
-    s = policy.schedule
+    s = schedule_of(r, policy)
     return (r.deadline_at or r.enqueued_at or 0.0) + policy.max_delay + s.slack + s.interval
 
 
@@ -323,8 +333,13 @@ def _plan_run(
         return Record(decision, Changes(publish_status=PublishStatus.UNCONFIRMED))
     if wait_before_check(r.next_check_at, now=now) > 0 and r.next_check_at is not None:
         return Record(_defer(r, r.next_check_at))
-    if phase is not Phase.PUBLISH_DUE and window_closed(
-        policy.schedule, checks_made=r.checks, deadline=deadline_of(r, policy), now=now
+    # A due publish (and the status read that must come before it) is not cut off by the
+    # window: the container was FINISHED in time.
+    publishing = phase is Phase.PUBLISH_DUE or (
+        r.publish and r.publish_status == PublishStatus.PENDING
+    )
+    if not publishing and window_closed(
+        schedule_of(r, policy), checks_made=r.checks, deadline=deadline_of(r, policy), now=now
     ):
         return Record(_timed_out(r, policy))
     if token is not TokenState.OK:
@@ -341,7 +356,7 @@ def _plan_run(
             return Record(_defer(r, throttled_until))
         return Record(
             decide_throttled(
-                policy.schedule,
+                schedule_of(r, policy),
                 now=now,
                 paused_until=throttled_until,
                 deadline=r.deadline_at or now,
@@ -422,7 +437,7 @@ def _after_status(
     if kind is ErrorKind.THROTTLED:
         assert isinstance(outcome, ThreadsError)
         decision = decide_throttled(
-            policy.schedule,
+            schedule_of(r, policy),
             now=now,
             paused_until=max(paused_until, now),
             deadline=r.deadline_at or now,
@@ -441,7 +456,7 @@ def _after_status(
         # Once is not proof: ask again at the next scheduled check.
         assert isinstance(outcome, ThreadsError)
         changes = Changes(strikes=r.strikes + 1)
-        due = next_check_at(policy.schedule, checks_made=checks, deadline=deadline, now=now)
+        due = next_check_at(schedule_of(r, policy), checks_made=checks, deadline=deadline, now=now)
         if due is None:
             return Record(replace(_timed_out(r, policy, outcome), checks=checks), changes)
         decision = Decision(
@@ -456,6 +471,13 @@ def _after_status(
         )
         return Record(decision, changes)
     finished = isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED
+    if r.publish and finished and r.publish_status == PublishStatus.PENDING and r.publish_verify:
+        # The status read an uncertain step asked for: still FINISHED (not PUBLISHED), so the
+        # publish may go ahead, now.
+        decision = Decision(
+            State.FINISHED, False, now, last_api_status=State.FINISHED, checks=checks
+        )
+        return Record(decision, changes.merged(Changes(publish_verify=False)))
     if r.publish and finished and not r.publish_status:
         # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
         decision = Decision(
@@ -468,7 +490,7 @@ def _after_status(
         changes = changes.merged(Changes(publish_status=PublishStatus.PENDING, finished_at=now))
         return Record(decision, changes)
     decision = decide(
-        policy.schedule,
+        schedule_of(r, policy),
         outcome,
         checks_made=checks,
         deadline=deadline,
@@ -519,6 +541,42 @@ def publish_quota(r: PollResult, limit: PublishingLimit) -> tuple[Changes, Recor
     return changes, replace(rec, changes=changes.merged(rec.changes))
 
 
+def publish_unacknowledged(
+    r: PollResult, *, acked: int, needed: int, now: float, policy: Policy
+) -> Record:
+    """The publish claim did not reach enough replicas in time: a failover now could bring back
+    a Redis without it, and a second run would publish again. So nothing is published: the
+    claim is given back (the attempt stays spent, which bounds the retries), and the next run
+    reads the status first (``publish_verify``), publishing only if it is still FINISHED."""
+    err = PublishError(
+        f"not published yet: the publish claim reached {acked} of {needed} Redis replicas "
+        "in time; tried again after a status read"
+    )
+    attempts = r.publish_attempts + 1
+    if attempts >= policy.publish_max_attempts:
+        return Record(
+            _publish_final(State.PUBLISH_FAILED, err), Changes(publish_status=PublishStatus.FAILED)
+        )
+    decision = Decision(
+        State.FINISHED,
+        False,
+        now + max(policy.publish_grace, policy.schedule.interval / 4, 0.05),
+        last_api_status=State.FINISHED,
+        error=failure_of(err),
+    )
+    return Record(decision, Changes(publish_status=PublishStatus.PENDING, publish_verify=True))
+
+
+def given_up(r: PollResult, why: BaseException) -> Record:
+    """Too many runs without a settled outcome: the poll ends, saying why. A publish claimed by
+    a run that never recorded its answer may have posted, so that ending is
+    PUBLISH_UNCONFIRMED, like every other ending after an ambiguous publish."""
+    rec = Record(timed_out(r.last_api_status or r.status, r.error_message, error=why))
+    if r.publish_status == PublishStatus.IN_FLIGHT:
+        rec = replace(rec, changes=Changes(publish_status=PublishStatus.UNCONFIRMED))
+    return _settle_unconfirmed(r, rec)
+
+
 def publish_not_claimed(claim: str, policy: Policy) -> Record | Skip:
     if claim == "exhausted":
         err = PublishError(f"not published after {policy.publish_max_attempts} attempts")
@@ -536,11 +594,20 @@ def after_publish(
     error: BaseException | None,
     now: float,
     policy: Policy,
+    paused_until: float = 0.0,
 ) -> Record:
-    """The record after a publish call (``r`` as it was before the claim)."""
-    return _settle_unconfirmed(
-        r, _after_publish(r, verdict, media_id=media_id, error=error, now=now, policy=policy)
+    """The record after a publish call (``r`` as it was before the claim). ``paused_until``:
+    the account's pause after a throttled answer (0 otherwise)."""
+    rec = _after_publish(
+        r,
+        verdict,
+        media_id=media_id,
+        error=error,
+        now=now,
+        policy=policy,
+        paused_until=paused_until,
     )
+    return _settle_unconfirmed(r, rec)
 
 
 NEEDS_RECREATE_HINT = (
@@ -557,6 +624,7 @@ def _after_publish(
     error: BaseException | None,
     now: float,
     policy: Policy,
+    paused_until: float,
 ) -> Record:
     if verdict is PublishVerdict.PUBLISHED:
         return Record(
@@ -569,6 +637,20 @@ def _after_publish(
         return Record(
             back_to_polling(r, policy, now, error),
             Changes(publish_status=PublishStatus.UNCONFIRMED),
+        )
+    if verdict is PublishVerdict.THROTTLED:
+        # Certainly not published; the account's pause (noted by the job) says when to try
+        # again, and a rate limit is not the container's fault: no attempt is spent.
+        decision = Decision(
+            State.FINISHED,
+            False,
+            max(paused_until, now + max(policy.publish_grace, 0.05)),
+            last_api_status=State.FINISHED,
+            error=failure_of(error, ErrorKind.THROTTLED),
+        )
+        return Record(
+            decision,
+            Changes(publish_status=PublishStatus.PENDING, publish_attempts=r.publish_attempts),
         )
     attempts = r.publish_attempts + 1
     if verdict is PublishVerdict.NOT_READY and attempts >= policy.publish_max_attempts:

@@ -23,7 +23,10 @@ class PublishVerdict(StrEnum):
     PUBLISHED = "published"
     UNCONFIRMED = "unconfirmed"  # may have been published: never publish again
     NOT_READY = "not_ready"  # 24/4279009: certainly not published; try again after the grace
-    RETRY_LATER = "retry_later"  # certainly not published (throttled, connection refused)
+    RETRY_LATER = "retry_later"  # certainly not published (a transient error, no connection)
+    # Certainly not published, and the account is over its rate limit: one throttling episode
+    # (the account pauses), and no publish attempt spent.
+    THROTTLED = "throttled"
     QUOTA_EXHAUSTED = "quota_exhausted"
     FAILED = "failed"  # certainly not published, and retrying will not help
 
@@ -62,7 +65,9 @@ def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
     if outcome.subcode == QUOTA_EXHAUSTED_SUBCODE:
         return PublishVerdict.QUOTA_EXHAUSTED
     kind = classify(outcome)
-    if kind in (ErrorKind.THROTTLED, ErrorKind.TRANSIENT):
+    if kind is ErrorKind.THROTTLED:
+        return PublishVerdict.THROTTLED
+    if kind is ErrorKind.TRANSIENT:
         return PublishVerdict.RETRY_LATER
     return PublishVerdict.FAILED
 

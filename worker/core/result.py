@@ -101,6 +101,18 @@ class PollResult:
     reply_quota_total: int | None = None
     # What the operator should know about a publish that is not an error (media id unknown).
     publish_note: str | None = None
+    # A publish claim was given back without a certain answer (the replicas did not acknowledge
+    # it): the next run reads the status before it may publish.
+    publish_verify: bool = False
+
+    @property
+    def window(self) -> float | None:
+        """The poll's own window in seconds (from enqueue, or for a carousel's parent from its
+        children being ready), as fixed when it started; None when the hash does not say."""
+        start = self.children_ready_at or self.enqueued_at
+        if start is None or self.deadline_at is None or self.deadline_at <= start:
+            return None
+        return self.deadline_at - start
 
     @property
     def is_carousel(self) -> bool:
@@ -176,6 +188,7 @@ class PollResult:
             reply_quota_usage=opt_int("reply_quota_usage"),
             reply_quota_total=opt_int("reply_quota_total"),
             publish_note=opt("publish_note"),
+            publish_verify=h.get("publish_verify") == "1",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +196,7 @@ class PollResult:
         data.pop("generation")
         data.pop("intake_entry")
         data.pop("parent_generation")
+        data.pop("publish_verify")
         data["children"] = list(self.children)
         return data
 
@@ -209,6 +223,10 @@ class Changes:
     reply_quota_usage: int | None = None
     reply_quota_total: int | None = None
     publish_note: str | None = None
+    # The publish claim's attempts counter, written back (a throttled answer costs no attempt).
+    publish_attempts: int | None = None
+    # True: read the status before publishing (an uncertain step came first); False clears it.
+    publish_verify: bool | None = None
 
     def merged(self, later: Changes) -> Changes:
         """These changes with ``later``'s set fields written over them."""
@@ -237,6 +255,10 @@ class Changes:
             out["reply_quota_total"] = str(self.reply_quota_total)
         if self.publish_note is not None:
             out["publish_note"] = self.publish_note
+        if self.publish_attempts is not None:
+            out["publish_attempts"] = str(self.publish_attempts)
+        if self.publish_verify is not None:
+            out["publish_verify"] = "1" if self.publish_verify else ""
         return out
 
     def __bool__(self) -> bool:

@@ -36,13 +36,15 @@ from worker.core.planner import (
     TokenState,
     after_publish,
     after_status,
+    given_up,
     graph_code,
     plan_run,
     publish_not_claimed,
     publish_quota,
+    publish_unacknowledged,
     token_hint,
 )
-from worker.core.publishing import judge_publish
+from worker.core.publishing import PublishVerdict, judge_publish
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.targets import WebhookPolicy
 from worker.jobs.quota import fetch_quota, quota_ttl
@@ -51,6 +53,7 @@ from worker.jobs.webhook import body_for
 from worker.ops import metrics
 from worker.store.accounts import AccountStore
 from worker.store.queue import ClaimedJob, JobQueue, persist
+from worker.store.replicas import Replicas
 from worker.store.results import Recorded, ResultStore
 
 log = logging.getLogger("threads_poller.check")
@@ -82,6 +85,8 @@ class PollerContext:
     # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
     webhook_session: aiohttp.ClientSession
     webhook_policy: WebhookPolicy
+    # How many replicas must hold a publish claim before the call (worker.store.replicas).
+    replicas: Replicas
 
 
 def token_state(token: str | None, job: ClaimedJob) -> TokenState:
@@ -122,20 +127,17 @@ class CheckJob:
             await self._check(job, current, token)
 
     async def give_up(self, job: ClaimedJob, why: str) -> None:
-        """Too many runs without a settled outcome: end the poll as TIMED_OUT, saying why."""
-        from worker.core.decisions import timed_out
+        """Too many runs without a settled outcome: end the poll, saying why (TIMED_OUT, or
+        PUBLISH_UNCONFIRMED when a publish may have gone out: ``planner.given_up``)."""
         from worker.core.errors import GaveUpError
 
         current = PollResult.from_hash(job.state) if job.state else None
         if current is None or current.final:
             await self._end(job, "no poll")
             return
-        decision = timed_out(
-            current.last_api_status or current.status,
-            current.error_message,
-            error=GaveUpError(f"the check job was given up: {why}"),
+        await self.record(
+            job, current, given_up(current, GaveUpError(f"the check job was given up: {why}"))
         )
-        await self.record(job, current, Record(dataclasses.replace(decision)))
 
     async def _end(self, job: ClaimedJob, reason: str) -> None:
         # The guard keeps a live poll's job even if this run misread its poll.
@@ -172,33 +174,17 @@ class CheckJob:
         )
         if kind is ErrorKind.THROTTLED or near_limit:
             code = str(outcome.code) if isinstance(outcome, GraphAPIError) else "usage"
-            change = await persist(
-                "noting a throttled answer",
-                lambda: p.accounts.note_throttle(
-                    job,
-                    account,
-                    sent_ms=sent_ms,
-                    base=s.throttle_backoff_seconds,
-                    cap=s.throttle_backoff_max_seconds,
-                    at_least_ms=sent_ms + int(regain * 1000) if regain else 0,
-                    code=code,
-                ),
+            noted = await self._note_throttle(
+                job,
+                current,
+                sent_ms=sent_ms,
+                regain=regain,
+                code=code,
+                usage_percent=usage.max_percent if usage else None,
             )
-            if change.stale:
-                self._stale(job, current, "lease lost")
+            if noted is None:
                 return
-            paused_until = change.paused_until
-            if change.changed:
-                log.warning(
-                    "account throttled; its checks pause for %.1fs",
-                    paused_until - job.now(),
-                    extra={
-                        "account": account,
-                        "code": code,
-                        "level": change.level,
-                        "usage_percent": usage.max_percent if usage else None,
-                    },
-                )
+            paused_until = noted
         elif job.account.throttle_level > 0:
             await persist(
                 "clearing a throttle",
@@ -230,6 +216,48 @@ class CheckJob:
         )
         await self.record(job, current, plan, checked_at=now, api_s=api_s)
 
+    async def _note_throttle(
+        self,
+        job: ClaimedJob,
+        current: PollResult,
+        *,
+        sent_ms: int,
+        regain: float,
+        code: str,
+        usage_percent: float | None = None,
+    ) -> float | None:
+        """One throttled answer: a step of the account's back-off (one per episode). Returns
+        the account's pause end, or None when the run lost its lease (nothing is recorded)."""
+        p, s = self.p, self.p.settings
+        account = current.account or DEFAULT_ACCOUNT
+        change = await persist(
+            "noting a throttled answer",
+            lambda: p.accounts.note_throttle(
+                job,
+                account,
+                sent_ms=sent_ms,
+                base=s.throttle_backoff_seconds,
+                cap=s.throttle_backoff_max_seconds,
+                at_least_ms=sent_ms + int(regain * 1000) if regain else 0,
+                code=code,
+            ),
+        )
+        if change.stale:
+            self._stale(job, current, "lease lost")
+            return None
+        if change.changed:
+            log.warning(
+                "account throttled; its checks pause for %.1fs",
+                change.paused_until - job.now(),
+                extra={
+                    "account": account,
+                    "code": code,
+                    "level": change.level,
+                    "usage_percent": usage_percent,
+                },
+            )
+        return change.paused_until
+
     async def _publish(self, job: ClaimedJob, current: PollResult, token: str) -> None:
         """Publish a FINISHED container at most once (the rules: worker/core/publishing.py)."""
         p = self.p
@@ -252,12 +280,19 @@ class CheckJob:
             if stop is not None:
                 await self.record(job, current, stop)
                 return
+        needed = await persist("reading the replicas", p.replicas.needed)
         claim = await persist(
             "claiming the publish",
-            lambda: p.store.claim_publish(job, current, max_attempts=s.publish_max_attempts),
+            lambda: p.store.claim_publish(
+                job,
+                current,
+                max_attempts=s.publish_max_attempts,
+                replicas=needed,
+                wait_ms=int(s.publish_wait_timeout_seconds * 1000),
+            ),
         )
-        if claim != "ok":
-            not_claimed = publish_not_claimed(claim, p.policy)
+        if claim.outcome != "ok":
+            not_claimed = publish_not_claimed(claim.outcome, p.policy)
             if isinstance(not_claimed, Record):
                 await self.record(job, current, not_claimed)
             else:
@@ -265,6 +300,21 @@ class CheckJob:
                 # Plan again from what Redis holds now (the run still owns the job, or not).
                 await p.queue.release(job, delay_ms=0)
             return
+        if not claim.safe:
+            log.warning(
+                "publish claim not acknowledged by enough replicas; not published yet",
+                extra={
+                    "container_id": current.container_id,
+                    "acked": claim.acked,
+                    "needed": claim.needed,
+                },
+            )
+            unsafe = publish_unacknowledged(
+                current, acked=claim.acked, needed=claim.needed, now=job.now(), policy=p.policy
+            )
+            await self.record(job, current, unsafe)
+            return
+        sent_ms = job.now_ms()
         t0 = time.perf_counter()
         try:
             answer: str | ThreadsError = await p.client.publish(
@@ -272,7 +322,23 @@ class CheckJob:
             )
         except ThreadsError as exc:
             answer = ThreadsClient.scrub(exc, token)
-        api_s = time.perf_counter() - t0
+        # From here on the answer is recorded whatever the run's timeout says (up to the end
+        # of the lease): dropping it would lose the media id and leave the publish ambiguous.
+        async with job.deadline.hold():
+            await self._record_publish(
+                job, current, answer, quota, sent_ms, time.perf_counter() - t0
+            )
+
+    async def _record_publish(
+        self,
+        job: ClaimedJob,
+        current: PollResult,
+        answer: str | ThreadsError,
+        quota: Changes,
+        sent_ms: int,
+        api_s: float,
+    ) -> None:
+        p = self.p
         verdict = judge_publish(answer)
         metrics.observe_publish(verdict)
         error = answer if isinstance(answer, ThreadsError) else None
@@ -285,6 +351,14 @@ class CheckJob:
                 "error": str(error) if error else None,
             },
         )
+        paused_until = 0.0
+        if verdict is PublishVerdict.THROTTLED:
+            # A rate limit on the account: one step of its back-off, like a throttled check.
+            code = str(error.code) if isinstance(error, GraphAPIError) else "throttled"
+            noted = await self._note_throttle(job, current, sent_ms=sent_ms, regain=0.0, code=code)
+            if noted is None:
+                return
+            paused_until = noted
         plan = after_publish(
             current,
             verdict,
@@ -292,6 +366,7 @@ class CheckJob:
             error=error,
             now=job.now(),
             policy=p.policy,
+            paused_until=paused_until,
         )
         await self.record(
             job, current, dataclasses.replace(plan, changes=quota.merged(plan.changes)), api_s=api_s

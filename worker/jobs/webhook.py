@@ -212,11 +212,17 @@ class WebhookJob:
                 await self.p.queue.settle(job, retry_in_ms=None)
                 return
             body = body_for(current, job.job_id)
-        url = (
-            current.webhook_url
-            if current is not None and current.generation == generation
-            else None
-        ) or settings.webhook_url
+        if len(job.args) > 3:
+            # The URL the delivery was created for (README "Webhooks": it travels in the job).
+            url: str | None = str(job.args[3])
+        else:
+            # A job from before URLs travelled with it: the poll's own URL while it is still
+            # that poll, else the default.
+            url = (
+                current.webhook_url
+                if current is not None and current.generation == generation
+                else None
+            ) or settings.webhook_url
         attempt = job.try_
         mine = current is not None and current.generation == generation
         if mine and current is not None and current.webhook_status in _SETTLED:
@@ -306,7 +312,9 @@ class WebhookJob:
         body: bytes,
         delay_s: float = 0.0,
     ) -> None:
-        done = WebhookAttempt(generation, outcome, attempt, reason, redact(url), body, delay_s)
+        done = WebhookAttempt(
+            generation, outcome, attempt, reason, redact(url), body, delay_s, target=url
+        )
         if await persist(
             "settling a webhook delivery", lambda: self.p.store.settle_webhook(job, done)
         ):

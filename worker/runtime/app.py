@@ -37,6 +37,7 @@ from worker.runtime.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
 from worker.store.accounts import AccountStore
 from worker.store.connections import StartupAborted, connect_worker_redis
 from worker.store.queue import JobQueue
+from worker.store.replicas import Replicas
 from worker.store.results import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
 from worker.store.targets import Resolve
 
@@ -100,6 +101,7 @@ def build_poller(
         client_session=session,
         webhook_session=webhook_session,
         webhook_policy=policy,
+        replicas=Replicas(redis, fixed=settings.publish_wait_replicas),
     )
 
 
@@ -233,6 +235,9 @@ class PollerWorker:
                     store,
                     period_seconds=min(60.0, max(1.0, s.poll_interval_seconds)),
                     grace_seconds=s.job_timeout_seconds + s.poll_interval_seconds + 30.0,
+                    republish=lambda: store.publish_config(
+                        webhook_signing=s.webhook_secret is not None
+                    ),
                 ),
                 "reconcile",
             )

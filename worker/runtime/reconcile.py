@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from worker.store.results import ResultStore
 
@@ -36,10 +37,19 @@ async def reconcile_once(store: ResultStore, *, now: float, grace_seconds: float
 
 
 async def reconcile_forever(
-    store: ResultStore, *, period_seconds: float, grace_seconds: float
+    store: ResultStore,
+    *,
+    period_seconds: float,
+    grace_seconds: float,
+    republish: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Every ``period_seconds``: the sweep, and ``republish`` (the workers' config for
+    producers), since a Redis that came back empty has forgotten it and producers would fall
+    back to their own pacing and refuse every webhook URL until a worker restarted."""
     while True:
         try:
+            if republish is not None:
+                await republish()
             seconds, micros = await store.redis.time()
             await reconcile_once(
                 store, now=float(seconds) + micros / 1e6, grace_seconds=grace_seconds

@@ -158,6 +158,11 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    async def execute(self, job: ClaimedJob) -> None:
+        """Run one claimed job under its spec: its timeout, its give-up, and a release on every
+        path that does not settle it (``run`` starts this for each job it claims)."""
+        await self._run(job)
+
     async def _run(self, job: ClaimedJob) -> None:
         self.stats.started += 1
         spec = self._specs.get(job.function)
@@ -169,7 +174,10 @@ class Runner:
             await self._release(job, int(self.lease_s * 1000))
             return
         try:
-            async with asyncio.timeout(spec.timeout_s):
+            async with asyncio.timeout(spec.timeout_s) as timeout:
+                loop_now = asyncio.get_running_loop().time()
+                # A hold (an answer being recorded) may outlast the timeout, not the lease.
+                job.deadline.bind(timeout, lease_end=loop_now + self.lease_s - 0.5)
                 if job.try_ > spec.max_tries and spec.give_up is not None:
                     self.stats.given_up += 1
                     await spec.give_up(job, f"{job.try_ - 1} runs did not settle it")

@@ -92,6 +92,9 @@ WORKER_DIRECT = (
     "zcount",
     "zrangebyscore",
     "zremrangebyscore",
+    # Before a publish call: how many replicas there are, and WAIT until they hold the claim.
+    "info",
+    "wait",
 )
 READER = ("hgetall", "hget", "hmget", "exists", "xread", "xrange", "xrevrange", "xlen")
 

@@ -225,6 +225,9 @@ class DeadLetter:
     # Webhooks: the signed body of the delivery, as sent (and parsed, None when it is not JSON).
     raw_body: str = field(default="", repr=False)
     body: Any = None
+    # Webhooks: the exact URL the delivery was for (``url`` is its redacted form, for display);
+    # a replay goes there, not to whatever the container's live poll says now.
+    target: str = field(default="", repr=False)
 
     @property
     def at(self) -> float:
@@ -460,9 +463,10 @@ class AdminStore:
             return Replayed(ReplayOutcome.UNREADABLE)
         job_id = letter.fields.get("delivery_id") or self.keys.webhook_job_id(cid, generation)
         now_ms = int(await self.now() * 1000)
-        data = serialize_job(
-            DELIVER_FUNCTION, (cid, generation, raw_body.encode()), {}, None, now_ms
-        )
+        args: tuple[str | bytes, ...] = (cid, generation, raw_body.encode())
+        if letter.target:
+            args += (letter.target,)
+        data = serialize_job(DELIVER_FUNCTION, args, {}, None, now_ms)
         reply = await self._webhook_replay(
             keys=[
                 self.keys.webhook_dead_letters,
@@ -505,14 +509,12 @@ class AdminStore:
                 )
                 if webhook is not None:
                     hook = (webhook.job_id, ARQ_JOB_PREFIX + webhook.job_id, webhook.data)
-            parent = current.carousel_parent
             reply = await self._cancel(
                 keys=[
                     self.keys.result(container_id),
                     self.keys.inflight,
                     self.keys.events,
                     self.keys.queue,
-                    self.keys.result(parent or container_id),
                 ],
                 args=[
                     container_id,
@@ -526,9 +528,6 @@ class AdminStore:
                     *hook,
                     f"{self.keys.prefix}:stats:",
                     STATS_TTL_SECONDS,
-                    parent or "",
-                    (current.parent_generation or "") if parent else "",
-                    self.keys.job_id(parent, current.parent_generation or "") if parent else "",
                 ],
             )
             outcome, detail = text(reply[0]), text(reply[1])
@@ -567,7 +566,9 @@ def _dead_letter(kind: DeadLetterKind, letter_id: str, raw: Mapping[Any, Any]) -
         body = None
     names = ("container_id", "status", "generation", "delivery_id", "url", "attempts", "at")
     fields = {n: text(h.get(n)) for n in names if h.get(n) is not None}
-    return DeadLetter(kind, letter_id, reason, fields, raw_body=body_text, body=body)
+    return DeadLetter(
+        kind, letter_id, reason, fields, raw_body=body_text, body=body, target=text(h.get("target"))
+    )
 
 
 def _limit(limit: int) -> int:

@@ -17,9 +17,10 @@ a live poll's job: only a fenced final record ends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,6 +64,57 @@ class AccountState:
         return cls(float(until or 0), int(float(level or 0)), fp, reason)
 
 
+class RunDeadline:
+    """A run's time limit (the runner's ``asyncio.timeout``), which the job may hold off while
+    it writes down an answer it already has (``hold``).
+
+    Why: a publish answer that arrives just before the run's timeout must still be recorded;
+    cancelling the run between the answer and its record would throw away the media id and
+    leave the publish ambiguous although Meta answered. A hold lasts at most until the run's
+    lease ends (after that its writes are refused anyway, and the job runs again).
+    """
+
+    def __init__(self) -> None:
+        self._timeout: asyncio.Timeout | None = None
+        self._lease_end: float | None = None  # the event loop's time
+        self._holds = 0
+        self._due: float | None = None  # the deadline a hold put aside
+
+    def bind(self, timeout: asyncio.Timeout, *, lease_end: float) -> None:
+        """Called by the runner inside ``async with asyncio.timeout(...) as timeout``."""
+        self._timeout = timeout
+        self._lease_end = lease_end
+
+    def expire(self) -> None:
+        """End the run now, as its timeout would (at once, or when a hold ends)."""
+        loop_now = asyncio.get_running_loop().time()
+        if self._holds:
+            self._due = loop_now
+        elif self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(loop_now)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """No timeout inside (up to the lease's end): for recording an answer in hand."""
+        timeout = self._timeout
+        if timeout is None or timeout.expired():
+            # Not run by a runner, or already cut off (the cancellation is on its way).
+            yield
+            return
+        self._holds += 1
+        if self._holds == 1:
+            self._due = timeout.when()
+            timeout.reschedule(self._lease_end)
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if self._holds == 0 and not timeout.expired():
+                due, loop_now = self._due, asyncio.get_running_loop().time()
+                # A deadline that passed during the hold fires now; one still ahead is restored.
+                timeout.reschedule(None if due is None else max(due, loop_now))
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """One run of one job: what the claim handed this worker."""
@@ -82,6 +134,8 @@ class ClaimedJob:
     # For a poll's check: its hash and its account's state, read by the claim.
     state: RawHash | None = None
     account: AccountState = field(default_factory=AccountState)
+    # The run's time limit, bound by the runner (worker.runtime.runner).
+    deadline: RunDeadline = field(default_factory=RunDeadline, compare=False)
 
     def now(self) -> float:
         """Redis' clock now (s), as far as this run can tell."""

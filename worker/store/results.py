@@ -33,7 +33,7 @@ CHECK_FUNCTION = "check_container"
 DELIVER_FUNCTION = "deliver_webhook"
 
 WEBHOOK_DEAD_LETTERS_MAX_LEN = 100_000
-EnqueueStatus = Literal["enqueued", "restarted", "duplicate", "final"]
+EnqueueStatus = Literal["enqueued", "restarted", "duplicate", "final", "refused"]
 RecordOutcome = Literal["ok", "stale"]
 
 
@@ -57,6 +57,8 @@ class Enqueued:
     container_id: str
     outcome: EnqueueStatus
     status: str
+    # Why it was refused (a carousel's rules: worker/store/lua/enqueue.lua); "" otherwise.
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,24 @@ class WebhookAttempt:
     url: str  # redacted
     body: bytes
     delay_s: float = 0.0
+    # The exact URL (kept in a dead letter so that a replay goes to the same receiver).
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishClaim:
+    """A publish claim's answer (``ok`` / ``stale`` / ``exhausted`` / ``off`` / a status) and,
+    when it waited for replicas, how many acknowledged it of how many were needed."""
+
+    outcome: str
+    acked: int = 0
+    needed: int = 0
+
+    @property
+    def safe(self) -> bool:
+        """Claimed, and held by enough replicas that no failover can bring back a Redis
+        without the claim."""
+        return self.outcome == "ok" and self.acked >= self.needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +193,11 @@ class ResultStore:
         at = 0
         for req, n in zip(requests, calls, strict=True):
             # A carousel's outcome is its parent's.
-            outcome, status = (text(v) for v in replies[at])
+            outcome, status, *why = (text(v) for v in replies[at])
             at += n
-            results.append(Enqueued(req.container_id, outcome, status))  # type: ignore[arg-type]
+            results.append(
+                Enqueued(req.container_id, outcome, status, why[0] if why else "")  # type: ignore[arg-type]
+            )
         return results
 
     async def _enqueue_one(
@@ -251,12 +273,21 @@ class ResultStore:
         return [PollResult.from_hash(raw) if raw else None for raw in raws]
 
     def webhook_for(self, current: PollResult, body: bytes, now_ms: int) -> Webhook | None:
-        """The delivery job of a final state, or None when the poll has no webhook."""
-        if not (current.webhook_url or self.default_webhook_url):
+        """The delivery job of a final state, or None when the poll has no webhook.
+
+        The job carries its own URL and body from here on: a retry an hour later still goes to
+        this poll's receiver with this poll's final state, whatever a later poll of the same
+        container (``force``) or a changed ``WEBHOOK_URL`` says."""
+        url = current.webhook_url or self.default_webhook_url
+        if not url:
             return None
         job_id = self.keys.webhook_job_id(current.container_id, current.generation)
         data = serialize_job(
-            DELIVER_FUNCTION, (current.container_id, current.generation, body), {}, None, now_ms
+            DELIVER_FUNCTION,
+            (current.container_id, current.generation, body, url),
+            {},
+            None,
+            now_ms,
         )
         return Webhook(job_id, data)
 
@@ -277,6 +308,7 @@ class ResultStore:
             checks = decision.checks if decision.checks is not None else current.checks
             event = {
                 "container_id": current.container_id,
+                "generation": current.generation,
                 "status": decision.status,
                 "error_message": decision.error_message or "",
                 "account": current.account or "",
@@ -287,8 +319,6 @@ class ResultStore:
             if fields.get("media_id"):
                 event["media_id"] = fields["media_id"]
         job_id = job.job_id
-        # A carousel child's final record reports to its parent (record.lua).
-        parent = current.carousel_parent if decision.final else None
         want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
         args: list[str | int | bytes] = [
             job.token,
@@ -306,9 +336,6 @@ class ResultStore:
             webhook.data if webhook else b"",
             ARQ_JOB_PREFIX,
             len(fields),
-            parent or "",
-            (current.parent_generation or "") if parent else "",
-            self.keys.job_id(parent, current.parent_generation or "") if parent else "",
             decision.status,
             decision.error_message or "",
             "1" if current.is_carousel and current.children_ready_at is None else "0",
@@ -326,7 +353,6 @@ class ResultStore:
                 ARQ_IN_PROGRESS_PREFIX + job_id,
                 ARQ_RETRY_PREFIX + job_id,
                 ARQ_JOB_PREFIX + job_id,
-                self.keys.result(parent or current.container_id),
             ],
             args=args,
         )
@@ -334,16 +360,31 @@ class ResultStore:
         if outcome != "ok":
             return Recorded("stale", text(reply[1]))
         at = text(reply[2])
-        return Recorded("ok", event_id=text(reply[1]), next_run_at=int(at) / 1000 if at else None)
+        return Recorded(
+            "ok", event_id=text(reply[1]), next_run_at=int(float(at)) / 1000 if at else None
+        )
 
     async def claim_publish(
-        self, job: ClaimedJob, current: PollResult, *, max_attempts: int
-    ) -> str:
-        reply = await self._claim(
-            keys=[self.keys.result(current.container_id), ARQ_IN_PROGRESS_PREFIX + job.job_id],
-            args=[job.token, current.generation, max_attempts],
-        )
-        return text(reply)
+        self,
+        job: ClaimedJob,
+        current: PollResult,
+        *,
+        max_attempts: int,
+        replicas: int = 0,
+        wait_ms: int = 1000,
+    ) -> PublishClaim:
+        """Claim the publish call (``publish_claim.lua``) and, with ``replicas``, ``WAIT`` for
+        that many replicas to hold the claim, on the same connection (WAIT counts the writes of
+        its own connection) and in one round trip. Safe to repeat after a lost reply."""
+        keys = [self.keys.result(current.container_id), ARQ_IN_PROGRESS_PREFIX + job.job_id]
+        args: list[str | int] = [job.token, current.generation, max_attempts]
+        if replicas <= 0:
+            return PublishClaim(text(await self._claim(keys=keys, args=args)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._claim(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, wait_ms)
+            outcome, acked = await pipe.execute()
+        return PublishClaim(text(outcome), acked=int(acked), needed=replicas)
 
     async def settle_webhook(self, job: ClaimedJob, attempt: WebhookAttempt) -> bool:
         """Record one delivery attempt and end or re-schedule its job (fenced)."""
@@ -369,6 +410,8 @@ class ResultStore:
                 "attempts": str(attempt.attempt),
                 "reason": reason,
             }
+            if attempt.target:
+                fields["target"] = attempt.target
             dead = [part for pair in fields.items() for part in pair]
             dead += ["body", body]
         reply = await self._webhook(

@@ -143,7 +143,11 @@ async def enqueue(request: web.Request) -> web.Response:
         raise ApiError("invalid_window", str(exc)) from None
     headers = {"Location": f"/v1/containers/{spec.ids[0]}"} if spec.single else None
     return ok(
-        {"outcomes": [outcome_json(o.container_id, o.outcome, o.status) for o in outcomes]},
+        {
+            "outcomes": [
+                outcome_json(o.container_id, o.outcome, o.status, o.reason) for o in outcomes
+            ]
+        },
         202,
         headers,
     )

@@ -201,10 +201,12 @@ DEAD_LETTER = {
 OUTCOME = _obj(
     {
         "container_id": _STR,
-        "outcome": {"enum": ["enqueued", "restarted", "duplicate", "final"]},
+        "outcome": {"enum": ["enqueued", "restarted", "duplicate", "final", "refused"]},
+        "reason": {"type": "string", "description": "why it was refused (a carousel's rules)"},
         "status": _STR,
         "url": _STR,
-    }
+    },
+    required=["container_id", "outcome", "status", "url"],
 )
 
 ENQUEUE = {

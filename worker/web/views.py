@@ -45,13 +45,16 @@ def result_json(result: PollResult) -> dict[str, Any]:
     return data
 
 
-def outcome_json(container_id: str, outcome: str, status: str) -> dict[str, Any]:
-    return {
+def outcome_json(container_id: str, outcome: str, status: str, reason: str = "") -> dict[str, Any]:
+    data: dict[str, Any] = {
         "container_id": container_id,
         "outcome": outcome,
         "status": status,
         "url": f"/v1/containers/{container_id}",
     }
+    if reason:
+        data["reason"] = reason
+    return data
 
 
 def event_json(event: FinalEvent) -> dict[str, Any]:

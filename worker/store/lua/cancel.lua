@@ -6,18 +6,16 @@
 -- A cancelled carousel child tells its parent at once, as record.lua does for any child that
 -- ends without FINISHED: the parent names it (failed_child) and its job is due, to end as
 -- CHILD_FAILED rather than wait out its window for a child that will never finish.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 a carousel child's
---       parent's result hash (else KEYS[1])
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue
 -- ARGV: 1 container id, 2 expected generation, 3 job key prefix, 4 job id base
 --       ("<prefix>:check:<id>:"), 5 tries prefix, 6 last_error text, 7 ttl seconds,
 --       8 events maxlen, 9 webhook job id ('' for none), 10 webhook job key, 11 webhook job
---       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds, 14 parent id
---       ('' for none), 15 parent generation, 16 parent's job id
+--       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds
 -- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
 -- poll of the id started: read it again), 'final' (already final), 'publishing' (a publish call
 -- may be under way: its outcome must be recorded first).
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final', 'status', 'publish_status',
-  'account', 'checks', 'error_message')
+  'account', 'checks', 'error_message', 'carousel_parent', 'parent_generation')
 if not cur[1] then
   return {'unknown', ''}
 end
@@ -45,7 +43,8 @@ if cur[4] == 'pending' then
   redis.call('HDEL', KEYS[1], 'publish_status')
 end
 local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
-  'container_id', ARGV[1], 'status', 'CANCELLED', 'error_message', cur[7] or '',
+  'container_id', ARGV[1], 'generation', ARGV[2], 'status', 'CANCELLED',
+  'error_message', cur[7] or '',
   'account', cur[5] or '', 'checks', cur[6] or '0', 'last_error', ARGV[6],
   'finalized_at', stamp(now))
 if ARGV[9] ~= '' then
@@ -53,12 +52,15 @@ if ARGV[9] ~= '' then
   redis.call('ZADD', KEYS[4], now, ARGV[9])
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
 end
-if ARGV[14] ~= '' then
-  local p = redis.call('HMGET', KEYS[5], 'generation', 'final', 'failed_child', 'children_ready_at')
-  if p[1] == ARGV[15] and p[2] == '0' and not p[3] and not p[4] then
-    redis.call('HSET', KEYS[5], 'failed_child', ARGV[1], 'failed_child_status', 'CANCELLED',
+if cur[8] then
+  -- The parent as the hash says now (it may have been named a child since the caller read it).
+  local pkey = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. cur[8]
+  local pjob = string.sub(ARGV[4], 1, #ARGV[4] - #ARGV[1] - 1) .. cur[8] .. ':' .. (cur[9] or '')
+  local p = redis.call('HMGET', pkey, 'generation', 'final', 'failed_child', 'children_ready_at')
+  if p[1] == cur[9] and p[2] == '0' and not p[3] and not p[4] then
+    redis.call('HSET', pkey, 'failed_child', ARGV[1], 'failed_child_status', 'CANCELLED',
       'next_check_at', stamp(now))
-    redis.call('ZADD', KEYS[4], 'XX', now, ARGV[16])
+    redis.call('ZADD', KEYS[4], 'XX', now, pjob)
   end
 end
 local stats = ARGV[12] .. math.floor(now / 60000)

@@ -13,13 +13,60 @@
 --       14 pacing key of the account, 15 intake entry id ('' when not from the intake),
 --       16 reply_to ('' for none), 17 parent id (a carousel child; ''), 18 parent generation,
 --       19 children "A,B,..." (a carousel parent; ''), 20 number of children
--- Returns {outcome, status}: enqueued / restarted / duplicate / final (/ skipped: a child of a
--- carousel that was not started).
+-- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
+-- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started).
 local child = ARGV[17] ~= ''
 if child and redis.call('HGET', KEYS[6], 'generation') ~= ARGV[18] then
   return {'skipped', ''}
 end
-local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry')
+local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
+  'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at')
+local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
+
+-- The carousel a container belongs to while that carousel's poll is live ('' for none).
+local function live_parent(parent, generation)
+  if not parent or parent == '' then
+    return ''
+  end
+  local p = redis.call('HMGET', results .. parent, 'generation', 'final')
+  if p[1] == generation and p[2] == '0' then
+    return parent
+  end
+  return ''
+end
+
+-- A publish that went out, or may have, for this container (in any earlier poll).
+local function posted(status)
+  return status == 'in_flight' or status == 'unconfirmed' or status == 'published'
+end
+
+if ARGV[19] ~= '' then
+  -- A carousel's rules, checked before anything is written: a container belongs to at most one
+  -- live carousel, is not a carousel itself, and is not published (or publishing) on its own.
+  for c in string.gmatch(ARGV[19], '[^,]+') do
+    local h = redis.call('HMGET', results .. c, 'final', 'carousel_parent', 'parent_generation',
+      'publish_status', 'children')
+    local other = live_parent(h[2], h[3])
+    if other ~= '' and other ~= ARGV[1] then
+      return {'refused', '', 'child ' .. c .. ' belongs to carousel ' .. other ..
+        ', still being polled'}
+    end
+    if h[1] == '0' and h[5] then
+      return {'refused', '', 'child ' .. c .. ' is a carousel being polled'}
+    end
+    if posted(h[4]) then
+      return {'refused', '', 'child ' .. c .. ' was published (or may have been) on its own'}
+    end
+  end
+end
+if not child and ARGV[19] == '' and (ARGV[10] == '1' or ARGV[11] == '1') then
+  -- A live carousel's child is polled and published through its carousel only.
+  local owner = live_parent(cur[5], cur[6])
+  if owner ~= '' then
+    return {'refused', cur[3] or '', 'a child of carousel ' .. owner ..
+      ', still being polled: enqueue the carousel again instead'}
+  end
+end
 if ARGV[15] ~= '' and cur[4] == ARGV[15] then
   -- The same intake entry again (a consumer died between this enqueue and its XACK): it
   -- started this poll already, force or not.
@@ -30,8 +77,14 @@ if cur[1] == '0' then
   local old_job = ARGV[6] .. (cur[2] or '')
   if redis.call('EXISTS', ARGV[5] .. old_job, ARGV[8] .. old_job) > 0 then
     if child then
-      -- Already being polled: its final record will report to this carousel (no second poll).
+      -- Already being polled: its final record will report to this carousel (no second poll),
+      -- and it is no longer published on its own (the carousel is; publish_claim.lua refuses a
+      -- poll without 'publish', and the parent refused one whose publish had started).
       redis.call('HSET', KEYS[1], 'carousel_parent', ARGV[17], 'parent_generation', ARGV[18])
+      redis.call('HDEL', KEYS[1], 'publish', 'publish_verify')
+      if cur[7] == 'pending' then
+        redis.call('HDEL', KEYS[1], 'publish_status')
+      end
     end
     return {'duplicate', cur[3] or ''}
   end
@@ -87,6 +140,14 @@ end
 if parent then
   put('children', ARGV[19])
   put('children_pending', ARGV[20])
+end
+if ARGV[11] == '1' and posted(cur[7]) then
+  -- An earlier poll of this container published it, or may have: the new poll never publishes
+  -- again. It reads the status until PUBLISHED (or ends PUBLISH_UNCONFIRMED).
+  put('publish_status', cur[7] == 'published' and 'published' or 'unconfirmed')
+  put('media_id', cur[8] or '')
+  put('published_at', cur[9] or '')
+  put('publish_note', 'an earlier poll of this container published it (or may have)')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)

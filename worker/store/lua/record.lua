@@ -7,19 +7,28 @@
 -- own window and makes its job due; any other ending names the child in the parent
 -- (failed_child) and makes the parent's job due, which then ends it as CHILD_FAILED.
 -- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 the job's lock,
---       6 its tries counter, 7 its data, 8 a carousel child's parent's result hash (else KEYS[1])
+--       6 its tries counter, 7 its data
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
 --       6 pacing step ms (0: none), 7 pacing key of the account, 8 ttl seconds,
 --       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
 --       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
---       16 parent id ('' for none), 17 parent generation, 18 parent's job id,
---       19 this record's status, 20 its error_message, 21 '1' when this run planned a carousel
+--       16 this record's status, 17 its error_message, 18 '1' when this run planned a carousel
 --       parent still waiting for its children,
---       22 .. 21+2n field/value pairs (an empty value deletes the field), then the event's
+--       19 .. 18+2n field/value pairs (an empty value deletes the field), then the event's
 --       field/value pairs
+-- A child's parent is read from the child's hash here, at the record, not from what the run
+-- read at its claim: a container named a carousel's child while its run was under way still
+-- reports to that carousel.
 -- Returns {'ok', event id, next run ms} / {'stale', reason}: a run that lost its lease (a newer
--- run holds the job) changes nothing; a job whose poll is over or was replaced is ended.
+-- run holds the job) changes nothing; a job whose poll is over or was replaced is ended. A
+-- repeat of a record that went through answers {'ok', '', next run ms or ''}.
 if not owns(KEYS[5], ARGV[1]) then
+  -- This very run's record, sent again because its reply was lost: it went through, so the
+  -- answer is the same ('ok'), not 'lease lost' (last_run names the run that wrote last).
+  local mine = redis.call('HMGET', KEYS[1], 'generation', 'last_run')
+  if mine[1] == ARGV[2] and mine[2] == ARGV[1] then
+    return {'ok', '', redis.call('ZSCORE', KEYS[4], ARGV[3]) or ''}
+  end
   return {'stale', 'lease lost'}
 end
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
@@ -30,39 +39,39 @@ if cur[1] ~= ARGV[2] or cur[2] == '1' then
 end
 local now = now_ms()
 local n = tonumber(ARGV[15])
-local base = 22
+local base = 19
 local ttl = tonumber(ARGV[8])
 
-local function report_to_parent()
-  local p = redis.call('HMGET', KEYS[8], 'generation', 'final', 'enqueued_at', 'deadline_at',
+local function report_to_parent(pkey, parent, pgen, pjob)
+  local p = redis.call('HMGET', pkey, 'generation', 'final', 'enqueued_at', 'deadline_at',
     'failed_child', 'children_ready_at')
-  if p[1] ~= ARGV[17] or p[2] ~= '0' or p[5] or p[6] then
+  if p[1] ~= pgen or p[2] ~= '0' or p[5] or p[6] then
     return
   end
   local due = now
-  if ARGV[19] == 'FINISHED' then
-    if redis.call('HINCRBY', KEYS[8], 'children_pending', -1) > 0 then
-      redis.call('EXPIRE', KEYS[8], ttl)
+  if ARGV[16] == 'FINISHED' then
+    if redis.call('HINCRBY', pkey, 'children_pending', -1) > 0 then
+      redis.call('EXPIRE', pkey, ttl)
       return
     end
     -- The parent's own window (as long as it was given) starts now.
     local window = math.floor((tonumber(p[4]) - tonumber(p[3])) * 1000 + 0.5)
     due = reserve_slot(ARGV[7], tonumber(ARGV[6]), now, now)
-    redis.call('HSET', KEYS[8], 'children_ready_at', stamp(now),
+    redis.call('HSET', pkey, 'children_ready_at', stamp(now),
       'deadline_at', stamp(now + window), 'next_check_at', stamp(due))
-    redis.call('ZADD', KEYS[2], (now + window) / 1000, ARGV[16])
+    redis.call('ZADD', KEYS[2], (now + window) / 1000, parent)
   else
-    redis.call('HSET', KEYS[8], 'failed_child', ARGV[10], 'failed_child_status', ARGV[19],
+    redis.call('HSET', pkey, 'failed_child', ARGV[10], 'failed_child_status', ARGV[16],
       'next_check_at', stamp(now))
-    if ARGV[20] ~= '' then
-      redis.call('HSET', KEYS[8], 'failed_child_error', ARGV[20])
+    if ARGV[17] ~= '' then
+      redis.call('HSET', pkey, 'failed_child_error', ARGV[17])
     end
   end
-  redis.call('ZADD', KEYS[4], 'XX', due, ARGV[18])
-  redis.call('EXPIRE', KEYS[8], ttl)
+  redis.call('ZADD', KEYS[4], 'XX', due, pjob)
+  redis.call('EXPIRE', pkey, ttl)
 end
 
-local fields, gone = {'updated_at', stamp(now)}, {}
+local fields, gone = {'updated_at', stamp(now), 'last_run', ARGV[1]}, {}
 for i = base, base - 2 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
@@ -92,12 +101,17 @@ if ARGV[4] == '1' then
   end
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  if ARGV[16] ~= '' then
-    report_to_parent()
+  local link = redis.call('HMGET', KEYS[1], 'carousel_parent', 'parent_generation')
+  if link[1] then
+    -- "<prefix>:result:" and "<prefix>:check:", from this poll's own key and job id.
+    local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[10])
+    local checks = string.sub(ARGV[3], 1, #ARGV[3] - #ARGV[10] - #ARGV[2] - 1)
+    local pgen = link[2] or ''
+    report_to_parent(results .. link[1], link[1], pgen, checks .. link[1] .. ':' .. pgen)
   end
 else
   local want = math.max(tonumber(ARGV[5]), now)
-  if ARGV[21] == '1' and redis.call('HEXISTS', KEYS[1], 'children_ready_at') +
+  if ARGV[18] == '1' and redis.call('HEXISTS', KEYS[1], 'children_ready_at') +
       redis.call('HEXISTS', KEYS[1], 'failed_child') > 0 then
     -- A child reported while this run planned from the parent's older state: run it again now
     -- rather than at the safety net's time.
