@@ -237,3 +237,54 @@ async def test_a_cancelled_child_fails_its_carousel_at_once(
     assert r.finalized_at is not None and r.enqueued_at is not None
     assert r.finalized_at - r.enqueued_at < 5.0  # not at the end of the 30 s window
     assert sim.state.calls_for(PARENT).count == 0
+
+
+async def test_carousels_do_not_overlap_and_a_child_is_never_published_alone(
+    redis: Redis,
+    settings: Settings,
+    sim: RunningSimulator,
+    keys: Keys,
+    project_env: dict[str, str],
+) -> None:
+    """Issue 20 #6: a container belongs to at most one live carousel (a second is refused with a
+    reason, at every door), a live carousel's child cannot be forced or published alone, and a
+    container polled with publish that is then named a child loses its own publish."""
+    settings = carousel_settings(settings, poll_max_seconds=5.0)
+    client = PollerClient.from_settings(settings, redis)
+    sim.state.set_script("9901", ["FINISHED"])
+    # Polled on its own with publish, then named a child before its publish is claimed.
+    await client.enqueue("9901", publish=True, account=ACCOUNT)
+    first = await client.enqueue_carousel("9900", ["9901", "9902"], publish=True, account=ACCOUNT)
+    assert first.outcome == "enqueued"
+    assert await redis.hget(keys.result("9901"), "publish") is None  # type: ignore[misc]
+    # A second live carousel naming the same child is refused, and writes nothing.
+    second = await client.enqueue_carousel("9910", ["9902", "9911"], publish=True)
+    assert (second.outcome, "belongs to carousel 9900" in second.reason) == ("refused", True)
+    assert not await redis.exists(keys.result("9910"), keys.result("9911"))
+    # The child alone, forced or with publish: refused while its carousel is live.
+    alone = await client.enqueue("9902", force=True, publish=True)
+    assert alone.outcome == "refused" and "9900" in alone.reason
+    env = dict(project_env, KEY_PREFIX=settings.key_prefix)
+    code, out, _ = await run_cli(
+        "enqueue", "--carousel", "9920", "--children", "9901,9921", env=env
+    )
+    assert code == 2 and "refused: child 9901 belongs to carousel 9900" in out
+    await redis.xadd(keys.intake, {"container_id": "9930", "children": "9902,9931"})
+    sim.state.set_script("99*", ["FINISHED"])
+    async with running_worker(settings):
+        assert (await final_of(redis, settings, "9900")).status == "PUBLISHED"
+        await _dead_letter_says(redis, keys, "refused: child 9902 belongs to carousel 9900")
+    # Only the carousel was published: never a child on its own.
+    assert sim.state.calls_for("9900").publish_calls == 1
+    assert sim.state.calls_for("9901").publish_calls == 0
+    assert sim.state.calls_for("9902").publish_calls == 0
+
+
+async def _dead_letter_says(redis: Redis, keys: Keys, words: str) -> None:
+    from tests.conftest import wait_until
+
+    async def found() -> bool:
+        letters = await redis.xrange(keys.dead_letters)
+        return any(words in fields[b"reason"].decode() for _, fields in letters)
+
+    await wait_until(found, timeout=10)

@@ -472,7 +472,13 @@ class IntakeConsumer:
             good = kept
         # The polls must exist before the entries are acknowledged: a crash in between means the
         # entries are read again, and enqueue is idempotent.
-        await self.store.enqueue([req for _, req in good])
+        outcomes = await self.store.enqueue([req for _, req in good])
+        for (entry_id, _), done in zip(good, outcomes, strict=True):
+            if done.outcome == "refused":
+                # A carousel's rules (README "Carousels and replies"): the producer's to fix.
+                shown = _show(by_id[entry_id], secrets=secrets)
+                dead.append(DeadLetter(entry_id.decode(), f"refused: {done.reason}", shown))
+        accepted = sum(1 for done in outcomes if done.outcome != "refused")
         ids = [entry_id for entry_id, _ in entries] + [t.entry_id for t in refused]
         # In the intake's order, whichever way each was judged.
         dead.sort(key=lambda d: tuple(int(part) for part in d.entry_id.split("-")))
@@ -491,8 +497,8 @@ class IntakeConsumer:
             tx.xack(self.stream, INTAKE_GROUP, *ids)
             tx.xdel(self.stream, *ids)
             await tx.execute()
-        self.accepted += len(good)
+        self.accepted += accepted
         self.dead_lettered += len(dead)
-        metrics.observe_intake(accepted=len(good), dead_lettered=len(dead))
+        metrics.observe_intake(accepted=accepted, dead_lettered=len(dead))
         for d in dead:
             log.warning("intake entry dead-lettered: %s", d.reason, extra={"entry_id": d.entry_id})
