@@ -116,6 +116,8 @@ class GraphModel:
         self.publish_calls += 1
         if cid in self.maybe_posted:
             self.violations.append(f"{cid}: a second publish call after one that could have posted")
+        if any(c.kind == "publish" and c.container_id == cid for c in self.pending):
+            self.violations.append(f"{cid}: a second publish call while the first is in flight")
         h = await self.read_hash(cid)
         parent = h.get("carousel_parent")
         if parent:

@@ -55,6 +55,7 @@ from worker.jobs.check import PollerContext
 from worker.jobs.quota import token_source
 from worker.jobs.webhook import make_webhook_session
 from worker.runtime.app import MAX_RUNS_PER_POLL, build_poller, job_specs
+from worker.runtime.intake import IntakeConsumer
 from worker.runtime.runner import Runner
 from worker.store.admin import AdminStore
 from worker.store.connections import open_redis
@@ -167,6 +168,16 @@ class World:
         self.poller: PollerContext = dataclasses.replace(poller, client=self.graph)  # type: ignore[arg-type]
         self.store = self.poller.store
         self.admin = AdminStore(self.store)
+        self.intake = IntakeConsumer(
+            self.redis,
+            self.store,
+            consumer="model-intake",
+            batch_size=10,
+            claim_idle_seconds=1.0,
+            max_entry_bytes=s.intake_max_entry_bytes,
+            webhook_policy=policy,
+        )
+        await self.intake.ensure_group()
         self.new_worker()
 
     def new_worker(self) -> None:
@@ -346,6 +357,41 @@ class LifecycleModel(RuleBasedStateMachine):
             if req.children:
                 w.carousels[req.container_id] = req.children
 
+    @rule(
+        cid=st.sampled_from(SINGLES),
+        force=st.booleans(),
+        publish=st.booleans(),
+        webhook=st.booleans(),
+        replay=st.booleans(),
+    )
+    def intake(self, cid: str, force: bool, publish: bool, webhook: bool, replay: bool) -> None:
+        """A producer's XADD, read by a worker's intake consumer; with ``replay`` the same
+        entry is delivered again (its first consumer died before the XACK)."""
+        self.note("intake+replay" if replay else "intake")
+        w = self.world
+
+        async def deliver() -> None:
+            fields: dict[str, str] = {"container_id": cid}
+            if force:
+                fields["force"] = "1"
+            if publish:
+                fields["publish"] = "1"
+            n = 0
+            if webhook:
+                url = self._hook_url()
+                n = int(url.rsplit("/", 1)[1])
+                fields["webhook_url"] = url
+            entry_id = await w.redis.xadd(w.keys.intake, fields)  # type: ignore[arg-type]
+            await w.intake.read_once()
+            if replay:
+                raw = {k.encode(): v.encode() for k, v in fields.items()}
+                await w.intake.process([(entry_id, raw)])
+            h = await w.read_hash(cid)
+            if n and h.get("intake_entry") == entry_id.decode():
+                w.hooks[(cid, h["generation"])] = n
+
+        self.run(deliver())
+
     def cancel(self, cid: str) -> None:
         self.note("cancel")
         self.run(self.world.admin.cancel(cid, reason="model"))
@@ -363,23 +409,25 @@ class LifecycleModel(RuleBasedStateMachine):
 
     # ----- workers ----------------------------------------------------------------------------
 
-    def claim_and_run(self, pick: int) -> None:
-        self.note("claim_and_run")
-        self.run(self.world.claim_and_run(pick))
+    def claim_and_run(self, pick: int, count: int = 1) -> None:
+        for i in range(count):
+            self.note("claim_and_run")
+            if not self.run(self.world.claim_and_run(pick + i)):
+                return
 
     # Running jobs is what a deployment does most: three rules' worth of the choices (the
     # same method under three rules; hypothesis picks among rules evenly).
-    @rule(pick=st.integers(0, 50))
-    def run_a(self, pick: int) -> None:
-        self.claim_and_run(pick)
+    @rule(pick=st.integers(0, 50), count=st.integers(1, 4))
+    def run_a(self, pick: int, count: int) -> None:
+        self.claim_and_run(pick, count)
 
-    @rule(pick=st.integers(0, 50))
-    def run_b(self, pick: int) -> None:
-        self.claim_and_run(pick)
+    @rule(pick=st.integers(0, 50), count=st.integers(1, 4))
+    def run_b(self, pick: int, count: int) -> None:
+        self.claim_and_run(pick, count)
 
-    @rule(pick=st.integers(0, 50))
-    def run_c(self, pick: int) -> None:
-        self.claim_and_run(pick)
+    @rule(pick=st.integers(0, 50), count=st.integers(1, 4))
+    def run_c(self, pick: int, count: int) -> None:
+        self.claim_and_run(pick, count)
 
     FAULTS = (
         "cancel",
@@ -394,6 +442,10 @@ class LifecycleModel(RuleBasedStateMachine):
         "failover",
         "redis_restarts",
         "receiver_answers",
+        "replay_webhook",
+        # A partition followed by a failover is the path that loses writes: drawn more often.
+        "partition_replica",
+        "failover",
     )
 
     def fault(self, kind: str, pick: int, cid: str, script: str, ok: bool) -> None:
@@ -407,7 +459,12 @@ class LifecycleModel(RuleBasedStateMachine):
             self.lose_next_reply(script)
         elif kind == "receiver_answers":
             self.receiver_answers(ok)
-        elif kind in ("publish_answered_as_time_runs_out", "stall_past_lease", "run_times_out"):
+        elif kind in (
+            "publish_answered_as_time_runs_out",
+            "stall_past_lease",
+            "run_times_out",
+            "replay_webhook",
+        ):
             getattr(self, kind)(pick)
         else:
             getattr(self, kind)()
@@ -451,8 +508,15 @@ class LifecycleModel(RuleBasedStateMachine):
         if call is None:
             return
         run = w.runs[call.run]
-        w.graph.answer_publish(call, how, owner=not (run.stalled or run.killed))
+        owner = not (run.stalled or run.killed)
+        w.graph.answer_publish(call, how, owner=owner)
         self.run(w.settle([run.task]))
+        if how == "throttled" and owner and run.task.done():
+            # One throttling episode: the account pauses (every poll of it waits).
+            level = self.run(_account_field(w, "throttle_level"))
+            assert int(level or 0) >= 1, (
+                f"{call.container_id}: a throttled publish answer did not pause the account"
+            )
 
     @rule(pick=st.integers(0, 50), how=STATUS_ANSWERS)
     def status_a(self, pick: int, how: StatusAnswer) -> None:
@@ -565,6 +629,21 @@ class LifecycleModel(RuleBasedStateMachine):
         self.note("restart")
         self.topology.restart_primary()
         self.stats.restarts += 1
+
+    def replay_webhook(self, pick: int) -> None:
+        """An operator replays a dead-lettered delivery (the same body, to the same URL)."""
+        self.note("replay_webhook")
+        w = self.world
+
+        async def replay() -> None:
+            from worker.store.admin import DeadLetterKind
+
+            letters = await w.redis.xrange(w.keys.webhook_dead_letters)
+            if letters:
+                letter_id = letters[pick % len(letters)][0].decode()
+                await w.admin.replay(DeadLetterKind.WEBHOOKS, letter_id)
+
+        self.run(replay())
 
     def receiver_answers(self, ok: bool) -> None:
         self.note("receiver")
@@ -715,6 +794,11 @@ async def _leases_run_out(world: World) -> None:
         if token is not None and token.decode() not in going:
             await world.redis.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
             await world.redis.zadd(world.keys.queue, {job_id: 0}, xx=True)
+
+
+async def _account_field(world: World, name: str) -> str | None:
+    raw = await world.redis.hget(world.keys.account("default"), name)  # type: ignore[misc]
+    return raw.decode() if raw is not None else None
 
 
 async def _expire(run: Run) -> None:
