@@ -3,10 +3,10 @@
 Real ``redis-server`` processes (AOF with ``appendfsync always``), so that "Redis restarts from
 its AOF" and "failover to a replica that missed the last writes" are what Redis really does:
 
-- ``partition()`` freezes the replica (SIGSTOP): the primary keeps taking writes the replica
-  will never see, and ``WAIT`` times out;
-- ``failover()`` kills the primary, thaws the replica, promotes it (``REPLICAOF NO ONE``),
-  points the proxy at it, and starts a fresh replica of it: whatever the replica missed is gone;
+- ``partition()`` cuts the replica's link (``REPLICAOF NO ONE`` on it): the primary keeps taking
+  writes the replica will never see, and ``WAIT`` is not acknowledged;
+- ``failover()`` kills the primary, promotes the replica with what it has, points the proxy at
+  it, and starts a fresh replica of it: whatever the replica missed is gone;
 - ``restart_primary()`` SIGKILLs the primary and starts it again on its AOF;
 - the proxy can lose one reply (``lose_reply(pattern)``): the next request that contains
   ``pattern`` reaches Redis and runs, and the client's connection is cut before the answer comes
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
@@ -120,6 +118,23 @@ class ReplyProxy:
             with contextlib.suppress(Exception):
                 w.close()
 
+    @staticmethod
+    def _as_primary(old: RedisServer) -> RedisServer:
+        """``old``'s directory and port (its AOF), started as a primary: a promoted replica's
+        command line still says --replicaof."""
+        args = list(old.extra_args)
+        if "--replicaof" in args:
+            i = args.index("--replicaof")
+            del args[i : i + 3]
+        return RedisServer(
+            old.dir,
+            port=old.port,
+            appendonly=True,
+            appendfsync="always",
+            extra_args=args,
+            name=old.name,
+        ).start()
+
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._cut_all)
         self._loop.call_soon_threadsafe(self._server.close)
@@ -197,26 +212,45 @@ class Topology:
         return self.primary.client()
 
     def partition(self) -> None:
+        """The replica stops receiving the primary's writes (its link is cut: it keeps what
+        it has, and the primary sees no replica connected)."""
         if not self.partitioned:
-            os.kill(self.replica.pid, signal.SIGSTOP)
+            client = self.replica.client()
+            try:
+                client.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+            finally:
+                client.close()
             self.partitioned = True
 
     def heal(self) -> None:
+        """The link is back: the replica resynchronises with the primary."""
         if self.partitioned:
-            os.kill(self.replica.pid, signal.SIGCONT)
+            client = self.replica.client()
+            try:
+                client.execute_command(  # type: ignore[no-untyped-call]
+                    "REPLICAOF", HOST, str(self.primary.port)
+                )
+            finally:
+                client.close()
             self.partitioned = False
+            self._linked()
 
     def failover(self) -> None:
-        """The replica, with whatever it has, becomes the primary; a new replica follows it."""
+        """The replica, with whatever it has, becomes the primary; a new replica follows it.
+
+        A partitioned replica is promoted with what it had when its link was cut."""
         self.failovers += 1
         self.primary.kill()
-        self.heal()
-        promoted = self.replica
-        client = promoted.client()
-        try:
-            client.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
+        if self.partitioned:
+            self.partitioned = False
+            promoted = self.replica
+        else:
+            promoted = self.replica
+            client = promoted.client()
+            try:
+                client.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+            finally:
+                client.close()
         self.primary = promoted
         self.proxy.retarget(promoted.port)
         self.replica = self._server(promoted.port).start()
@@ -225,16 +259,21 @@ class Topology:
     def restart_primary(self) -> None:
         """SIGKILL and restart on the AOF (every write was fsynced: nothing is lost)."""
         self.restarts += 1
-        self.heal()
         self.primary.kill()
-        old = self.primary
-        # The same directory and port, started as a primary (a promoted replica's command line
-        # still says --replicaof).
+        self.primary = self._as_primary(self.primary)
+        self.proxy.retarget(self.primary.port)
+        if not self.partitioned:
+            self._linked()
+
+    @staticmethod
+    def _as_primary(old: RedisServer) -> RedisServer:
+        """``old``'s directory and port (its AOF), started as a primary: a promoted replica's
+        command line still says --replicaof."""
         args = list(old.extra_args)
         if "--replicaof" in args:
             i = args.index("--replicaof")
             del args[i : i + 3]
-        self.primary = RedisServer(
+        return RedisServer(
             old.dir,
             port=old.port,
             appendonly=True,
@@ -242,11 +281,8 @@ class Topology:
             extra_args=args,
             name=old.name,
         ).start()
-        self.proxy.retarget(self.primary.port)
-        self._linked()
 
     def close(self) -> None:
-        self.heal()
         self.proxy.close()
         for server in (self.primary, self.replica):
             server.kill()

@@ -190,3 +190,14 @@ def test_without_a_hold_the_deadline_fires_at_once() -> None:
         return False
 
     assert asyncio.run(main())
+
+
+def test_the_replica_memory_outlasts_a_partition_not_a_removal() -> None:
+    from worker.store.replicas import MEMORY_SECONDS, remembered
+
+    # Seen with one replica a minute ago, none connected now (cut off): still wait for one.
+    assert remembered(0, 1, seen_at=T0, now=T0 + 60) == (1, False)
+    # More connected than remembered: wait for them all, and remember it.
+    assert remembered(2, 1, seen_at=T0, now=T0 + 60) == (2, True)
+    # Gone for longer than the memory: removed for good.
+    assert remembered(0, 1, seen_at=T0, now=T0 + MEMORY_SECONDS + 1) == (0, True)

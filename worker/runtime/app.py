@@ -101,7 +101,7 @@ def build_poller(
         client_session=session,
         webhook_session=webhook_session,
         webhook_policy=policy,
-        replicas=Replicas(redis, fixed=settings.publish_wait_replicas),
+        replicas=Replicas(redis, store.keys, fixed=settings.publish_wait_replicas),
     )
 
 

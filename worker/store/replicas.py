@@ -6,38 +6,52 @@ then be "FINISHED, publish pending" again, and a second run would publish it a s
 the claim and ``WAIT n timeout`` go out together on one connection (``ResultStore.claim_publish``)
 and the call is made only when ``n`` replicas acknowledged it.
 
-``n`` is ``PUBLISH_WAIT_REPLICAS`` when set, else the most replicas the primary reported
-connected (``INFO replication``) over the last ``MEMORY_SECONDS``: a replica that drops off for
-a moment (a partition: the one most likely to miss the claim) still counts, one removed for good
-stops counting after a few minutes.
+``n`` is ``PUBLISH_WAIT_REPLICAS`` when set. Otherwise it is learned: the most replicas the
+primary reported connected (``INFO replication``) within the last ``MEMORY_SECONDS``, remembered
+in Redis (``{prefix}:config``, fields ``replicas`` and ``replicas_seen_at``, Redis' clock) so
+that every worker, a newly started one included, knows a replica exists while it is cut off (a
+partition: the replica most likely to miss the claim). One removed for good stops counting after
+``MEMORY_SECONDS``. A deployment never seen with its replica connected waits for none: set
+``PUBLISH_WAIT_REPLICAS`` where the number is known.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
 from redis.asyncio import Redis
+
+from worker.store.keys import Keys
 
 MEMORY_SECONDS = 300.0
 
 
-class Replicas:
-    def __init__(self, redis: Redis, *, fixed: int | None = None) -> None:
-        self.redis = redis
-        self.fixed = fixed
-        self._seen: deque[tuple[float, int]] = deque()
+def remembered(connected: int, stored: int, seen_at: float, now: float) -> tuple[int, bool]:
+    """How many replicas to wait for, and whether to store ``connected`` as the new memory.
+    Pure."""
+    if connected >= stored or now - seen_at > MEMORY_SECONDS:
+        return connected, True
+    return stored, False
 
-    def remember(self, connected: int, *, at: float | None = None) -> int:
-        """Note a reading; the most seen within MEMORY_SECONDS (this reading included)."""
-        now = time.monotonic() if at is None else at
-        self._seen.append((now, connected))
-        while self._seen and self._seen[0][0] < now - MEMORY_SECONDS:
-            self._seen.popleft()
-        return max(n for _, n in self._seen)
+
+class Replicas:
+    def __init__(self, redis: Redis, keys: Keys, *, fixed: int | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.fixed = fixed
 
     async def needed(self) -> int:
         if self.fixed is not None:
             return self.fixed
-        info = await self.redis.info("replication")
-        return self.remember(int(info.get("connected_slaves", 0) or 0))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.info("replication")
+            pipe.hmget(self.keys.config, ["replicas", "replicas_seen_at"])
+            pipe.time()
+            info, (stored, seen_at), (seconds, micros) = await pipe.execute()
+        connected = int(info.get("connected_slaves", 0) or 0)
+        now = float(seconds) + float(micros) / 1e6
+        need, store = remembered(connected, int(stored or 0), float(seen_at or 0.0), now)
+        if store and connected > 0:
+            await self.redis.hset(  # type: ignore[misc]
+                self.keys.config,
+                mapping={"replicas": connected, "replicas_seen_at": f"{now:.3f}"},
+            )
+        return need
