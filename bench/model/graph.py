@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class Call:
     future: asyncio.Future[object]
     run: int  # the state machine's number of the run that made it
     n: int = 0
+    # When the request went out (this host's clock, which Redis shares in the model).
+    sent_at: float = field(default_factory=time.time)
 
 
 # Reads a container's hash fields (the live Redis, through the model's client).
@@ -64,6 +67,7 @@ class GraphModel:
     # Answers that proved a publish failed (a certain "no"), per container.
     certain_failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     publish_calls: int = 0
+    answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     violations: list[str] = field(default_factory=list)
     pending: list[Call] = field(default_factory=list)
     current_run: int = -1
@@ -71,9 +75,13 @@ class GraphModel:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def status_of(self, cid: str) -> str:
+        """A container is IN_PROGRESS at its first status answer and FINISHED after, unless the
+        machine decided otherwise (``statuses``); PUBLISHED once really posted."""
         if cid in self.posted:
             return "PUBLISHED"
-        return self.statuses.get(cid, "IN_PROGRESS")
+        if cid in self.statuses:
+            return self.statuses[cid]
+        return "FINISHED" if self.answered[cid] > 0 else "IN_PROGRESS"
 
     async def _park(self, kind: Literal["status", "publish"], cid: str) -> object:
         call = Call(
@@ -150,6 +158,7 @@ class GraphModel:
         answer: object
         if how == "status":
             status = self.status_of(cid)
+            self.answered[cid] += 1
             message = "FAILED_DOWNLOADING_VIDEO" if status == "ERROR" else None
             answer = ContainerStatus(cid, status, message)
         elif how == "transient":

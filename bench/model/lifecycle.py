@@ -68,7 +68,7 @@ T = TypeVar("T")
 
 TOKEN = "EAAmodelTOKEN0123456789abcdefabcdef"  # noqa: S105 - the model's own token
 SECRET = "model-webhook-secret-0123456789abcdef"  # noqa: S105
-SINGLES = ("101", "102", "103", "104")
+SINGLES = ("101", "102", "103")
 PARENTS = ("201", "202")
 INTERVAL, WINDOW, LONG_WINDOW, MAX_DELAY = 0.3, 1.2, 2.4, 0.8
 LEASE_MS = 60_000
@@ -385,6 +385,7 @@ class LifecycleModel(RuleBasedStateMachine):
                 n = int(url.rsplit("/", 1)[1])
                 fields["webhook_url"] = url
             entry_id = await w.redis.xadd(w.keys.intake, fields)  # type: ignore[arg-type]
+            await w.intake.ensure_group()  # as the consumer's loop does after a failover
             await w.intake.read_once()
             if replay:
                 raw = {k.encode(): v.encode() for k, v in fields.items()}
@@ -403,11 +404,13 @@ class LifecycleModel(RuleBasedStateMachine):
 
     @rule(
         cid=st.sampled_from(SINGLES + PARENTS),
-        status=st.sampled_from(["FINISHED", "ERROR", "EXPIRED"]),
+        status=st.sampled_from(["IN_PROGRESS", "ERROR", "EXPIRED"]),
     )
     def container_changes(self, cid: str, status: str) -> None:
         self.note("container_changes")
-        if self.world.graph.status_of(cid) == "IN_PROGRESS":
+        if self.world.graph.status_of(cid) in ("IN_PROGRESS", "FINISHED") and (
+            cid not in self.world.graph.statuses
+        ):
             self.world.graph.statuses[cid] = status
 
     # ----- workers ----------------------------------------------------------------------------
@@ -445,9 +448,12 @@ class LifecycleModel(RuleBasedStateMachine):
         "redis_restarts",
         "receiver_answers",
         "replay_webhook",
-        # A partition followed by a failover is the path that loses writes: drawn more often.
+        # A partition followed by a failover is the path that loses writes: drawn more often,
+        # and as one event with work in between.
         "partition_replica",
         "failover",
+        "split_brain",
+        "split_brain",
     )
 
     def fault(self, kind: str, pick: int, cid: str, ok: bool) -> None:
@@ -464,6 +470,7 @@ class LifecycleModel(RuleBasedStateMachine):
             "stall_past_lease",
             "run_times_out",
             "replay_webhook",
+            "split_brain",
         ):
             getattr(self, kind)(pick)
         else:
@@ -491,56 +498,94 @@ class LifecycleModel(RuleBasedStateMachine):
 
     def answer_status(self, pick: int, how: StatusAnswer) -> None:
         """A status call is answered."""
-        self.note(f"status:{how}")
         w = self.world
         call = w.graph.take(pick, "status")
         if call is None:
             return
+        self.note(f"status:{how}")
         run = w.runs[call.run]
         w.graph.answer_status(call, how)
         self.run(w.settle([run.task]))
 
     def answer_publish(self, pick: int, how: PublishAnswer) -> None:
-        self.note(f"publish:{how}")
         w = self.world
         call = w.graph.take(pick, "publish")
         if call is None:
             return
+        self.note(f"publish:{how}")
         run = w.runs[call.run]
         owner = not (run.stalled or run.killed)
         w.graph.answer_publish(call, how, owner=owner)
         self.run(w.settle([run.task]))
         if how == "throttled" and owner and run.task.done():
             # One throttling episode: the account pauses (every poll of it waits).
-            level = self.run(_account_field(w, "throttle_level"))
-            assert int(level or 0) >= 1, (
+            until = self.run(_account_field(w, "throttled_until"))
+            assert float(until or 0) > call.sent_at, (
                 f"{call.container_id}: a throttled publish answer did not pause the account"
             )
 
-    @rule(pick=st.integers(0, 50), how=STATUS_ANSWERS)
-    def status_a(self, pick: int, how: StatusAnswer) -> None:
-        self.answer_status(pick, how)
+    def answer(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
+        """The Graph API answers one waiting call, whichever kind it is."""
+        calls = self.world.graph.pending
+        if not calls:
+            return
+        call = calls[pick % len(calls)]
+        same_kind = [c for c in calls if c.kind == call.kind]
+        if call.kind == "status":
+            self.answer_status(same_kind.index(call), status_how)
+        else:
+            self.answer_publish(same_kind.index(call), publish_how)
 
-    @rule(pick=st.integers(0, 50), how=STATUS_ANSWERS)
-    def status_b(self, pick: int, how: StatusAnswer) -> None:
-        self.answer_status(pick, how)
+    def progress(self, publish_how: PublishAnswer) -> None:
+        """Time passes as usual: every waiting call gets its plain answer (the container's
+        status; for a publish, ``publish_how``), then every queued job runs once."""
+        self.note("progress")
+        w = self.world
+        for call in list(w.graph.pending):
+            if call in w.graph.pending:
+                n = [c for c in w.graph.pending if c.kind == call.kind].index(call)
+                if call.kind == "status":
+                    self.answer_status(n, "status")
+                else:
+                    self.answer_publish(n, publish_how)
+        for job_id in self.run(_queued(w)):
+            ids = self.run(_queued(w))
+            if job_id in ids:
+                self.claim_and_run(ids.index(job_id))
 
-    @rule(pick=st.integers(0, 50), how=PUBLISH_ANSWERS)
-    def publish_a(self, pick: int, how: PublishAnswer) -> None:
-        self.answer_publish(pick, how)
+    @rule(publish_how=PUBLISH_ANSWERS)
+    def progress_a(self, publish_how: PublishAnswer) -> None:
+        self.progress(publish_how)
 
-    @rule(pick=st.integers(0, 50), how=PUBLISH_ANSWERS)
-    def publish_b(self, pick: int, how: PublishAnswer) -> None:
-        self.answer_publish(pick, how)
+    @rule(publish_how=PUBLISH_ANSWERS)
+    def progress_b(self, publish_how: PublishAnswer) -> None:
+        self.progress(publish_how)
+
+    # Answers are a quarter of the steps: the same method under four rules.
+    @rule(pick=st.integers(0, 50), status_how=STATUS_ANSWERS, publish_how=PUBLISH_ANSWERS)
+    def answer_a(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
+        self.answer(pick, status_how, publish_how)
+
+    @rule(pick=st.integers(0, 50), status_how=STATUS_ANSWERS, publish_how=PUBLISH_ANSWERS)
+    def answer_b(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
+        self.answer(pick, status_how, publish_how)
+
+    @rule(pick=st.integers(0, 50), status_how=STATUS_ANSWERS, publish_how=PUBLISH_ANSWERS)
+    def answer_c(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
+        self.answer(pick, status_how, publish_how)
+
+    @rule(pick=st.integers(0, 50), status_how=STATUS_ANSWERS, publish_how=PUBLISH_ANSWERS)
+    def answer_d(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
+        self.answer(pick, status_how, publish_how)
 
     def publish_answered_as_time_runs_out(self, pick: int) -> None:
         """A publish is answered (posted) while Redis refuses writes, and the run's timeout
         fires before the record can go through; then Redis takes writes again."""
-        self.note("publish:posted+timeout+oom")
         w = self.world
         call = w.graph.take(pick, "publish")
         if call is None:
             return
+        self.note("publish:posted+timeout+oom")
         run = w.runs[call.run]
         primary = self.topology.primary_client()
         try:
@@ -628,6 +673,18 @@ class LifecycleModel(RuleBasedStateMachine):
         # What the old primary alone had is gone: finals seen there may be written again.
         self.world.finals_seen.clear()
         self.world.graph.answered_media.clear()
+
+    def split_brain(self, pick: int) -> None:
+        """The replica is cut off, workers go on against the primary (claims, publish calls,
+        records the replica never sees), then the primary dies and the replica takes over."""
+        self.note("split_brain")
+        self.partition_replica()
+        w = self.world
+        for job_id in self.run(_queued(w)):
+            ids = self.run(_queued(w))
+            if job_id in ids:
+                self.claim_and_run(ids.index(job_id))
+        self.failover()
 
     def redis_restarts(self) -> None:
         self.note("restart")
@@ -800,6 +857,10 @@ async def _leases_run_out(world: World) -> None:
             await world.redis.zadd(world.keys.queue, {job_id: 0}, xx=True)
 
 
+async def _queued(world: World) -> list[bytes]:
+    return list(await world.redis.zrange(world.keys.queue, 0, -1))
+
+
 async def _account_field(world: World, name: str) -> str | None:
     raw = await world.redis.hget(world.keys.account("default"), name)  # type: ignore[misc]
     return raw.decode() if raw is not None else None
@@ -884,7 +945,9 @@ async def check_final(world: World, stats: Stats) -> None:
 def machine(root: Path) -> Iterator[tuple[type[LifecycleModel], Stats]]:
     """The state machine class bound to a fresh Redis pair under ``root``."""
     # The service's own log lines (a refused claim, a dead-lettered webhook) are expected here.
-    logging.getLogger("threads_poller").setLevel(logging.CRITICAL)
+    service_log = logging.getLogger("threads_poller")
+    level = service_log.level
+    service_log.setLevel(logging.CRITICAL)
     topology = Topology(root)
     stats = Stats()
     cls = type("Lifecycle", (LifecycleModel,), {"topology": topology, "stats": stats})
@@ -892,3 +955,4 @@ def machine(root: Path) -> Iterator[tuple[type[LifecycleModel], Stats]]:
         yield cls, stats
     finally:
         topology.close()
+        service_log.setLevel(level)
