@@ -66,7 +66,12 @@ def test_a_webhook_body_comes_back_byte_for_byte(body: bytes, url: str) -> None:
 
 
 def test_a_real_signed_body_round_trips() -> None:
-    fields = {"container_id": "9501", "status": "ERROR", "final": "1", "generation": "g1"}
+    fields: dict[bytes | str, bytes | str] = {
+        "container_id": "9501",
+        "status": "ERROR",
+        "final": "1",
+        "generation": "g1",
+    }
     result = PollResult.from_hash({**fields, "last_error": 'd\u00e9j\u00e0 \u2713 \\ "'})
     body = body_for(result, "tp:webhook:9501:g1")
     call = decode_job(encode_job(DELIVER_FUNCTION, ("9501", "g1", body, "https://x.test/h"), 5))
