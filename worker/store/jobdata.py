@@ -25,8 +25,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.store.keys import Keys
 
@@ -45,9 +44,9 @@ class JobDataError(ValueError):
     """Job data that is not this module's format (nothing of it was run or unpickled)."""
 
 
-@dataclass(frozen=True, slots=True)
-class JobCall:
-    """What a job runs: its function's name and positional arguments."""
+class JobCall(NamedTuple):
+    """What a job runs: its function's name and positional arguments
+    (``function, args = decode_job(data)``)."""
 
     function: str
     args: tuple[Any, ...]
