@@ -389,6 +389,8 @@ class Bench:
     # --- phases
 
     async def phase_noop(self) -> None:
+        # Stock arq, as it ships: its default job format (pickle), read by its own Worker. Our
+        # worker's jobs are JSON (worker.store.jobdata) and never go through this.
         from arq.jobs import serialize_job
 
         n, f = self.cfg.n, self.figures

@@ -34,9 +34,9 @@ from worker.jobs.quota import token_source
 from worker.runtime.app import build_poller, job_specs
 from worker.runtime.runner import JobSpec, Runner
 from worker.store.accounts import AccountStore
+from worker.store.jobdata import CHECK_FUNCTION, job_deserializer, job_serializer
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
 from worker.store.queue import ClaimedJob, JobQueue
-from worker.store.results import CHECK_FUNCTION
 
 # ----- the runner: every failure path ends in "the job runs again" -------------------------
 
@@ -60,14 +60,20 @@ async def runner_for(
 
 
 async def arq_pool(redis: Redis) -> ArqRedis:
-    return ArqRedis(connection_pool=redis.connection_pool)
+    """arq's producer, given our job format (README, "Why our own runner")."""
+    return ArqRedis(
+        connection_pool=redis.connection_pool,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+    )
 
 
 async def test_a_job_from_arqs_enqueue_job_runs_and_a_failing_run_is_released(
     redis: Redis, keys: Keys
 ) -> None:
-    """arq's producer API and job format stay valid: arq's enqueue_job feeds our runner, and
-    arq's Job.status() reads its state. A run that raises gives the job back; none deletes it."""
+    """arq's producer API and key layout stay valid: arq's enqueue_job (given our serializer)
+    feeds our runner, and arq's Job.status() and Job.info() read its state. A run that raises
+    gives the job back; none deletes it."""
     runs: list[int] = []
     queue = JobQueue(redis, keys, job_ttl_seconds=3600)
 
@@ -81,8 +87,10 @@ async def test_a_job_from_arqs_enqueue_job_runs_and_a_failing_run_is_released(
     pool = await arq_pool(redis)
     job = await pool.enqueue_job("flaky", 7, "x", _job_id="job-1", _queue_name=keys.queue)
     assert job is not None
-    arq_job = Job("job-1", redis, _queue_name=keys.queue)
+    arq_job = Job("job-1", redis, _queue_name=keys.queue, _deserializer=job_deserializer)
     assert await arq_job.status() is JobStatus.queued
+    info = await arq_job.info()
+    assert info is not None and (info.function, info.args) == ("flaky", (7, "x"))
     spec = JobSpec("flaky", flaky, timeout_s=1.0, retry_delay_s=0.05)
     async with runner_for(redis, keys, [spec]) as runner:
         await wait_until(lambda: len(runs) == 3, timeout=5)

@@ -61,9 +61,9 @@ RUNTIME = ("worker.runtime", "worker.jobs", "worker.ops", "worker.cli", "worker.
 
 
 def test_import_worker_does_not_load_the_runtime() -> None:
-    # Nor an HTTP stack. arq.worker does load: arq's package __init__ imports it, so the job
-    # format the store writes (arq.jobs) brings it along; our modules outside runtime/ never
-    # import it themselves (the import-linter contract).
+    # Nor an HTTP stack. arq.worker does load: arq's package __init__ imports it, so arq's
+    # connection settings (worker.store.connections) bring it along; our modules outside
+    # runtime/ never import it themselves (the import-linter contract).
     # A fresh interpreter: this one has imported the world already.
     code = f"""
 import sys, worker

@@ -48,8 +48,9 @@ from worker.core.targets import (
 )
 from worker.core.webhooks import EVENT_NAME, body_for
 from worker.ops import metrics
+from worker.store.jobdata import DELIVER_FUNCTION
 from worker.store.queue import ClaimedJob, persist
-from worker.store.results import DELIVER_FUNCTION, WebhookAttempt
+from worker.store.results import WebhookAttempt
 
 log = logging.getLogger("threads_poller.webhook")
 
@@ -189,7 +190,7 @@ def verify_signature(
 
 
 class WebhookJob:
-    """``deliver_webhook(container_id, generation, body)``: one delivery attempt.
+    """``deliver_webhook(container_id, generation[, body[, url]])``: one delivery attempt.
 
     The body is built when the final state is recorded and travels in the job, so a forced
     re-enqueue (a new poll of the same id) does not change or drop what the old poll's
@@ -207,9 +208,16 @@ class WebhookJob:
         body = job.args[2] if len(job.args) > 2 else None
         current = await store.load(container_id)
         if body is None:
-            # A job from before bodies travelled with it: build it from the hash, if still ours.
+            # A job re-planned from its id (its data was refused: worker.store.queue): the body
+            # is built again from the poll's final state (the same bytes, as body_for is a
+            # function of it) while the hash is still that poll's. Else there is nothing to send:
+            # dead-lettered with the reason (a dead letter without a body cannot be replayed).
             if current is None or current.generation != generation or not current.final:
-                await self.p.queue.settle(job, retry_in_ms=None)
+                why = "no body to send: the poll's final state is gone (expired or replaced)"
+                if job.replanned:
+                    why = f"{why}; the job's data was refused ({job.replanned[:200]})"
+                await self._settle(job, generation, Out.DEAD, job.try_, why, "", b"")
+                log.error("webhook dead-lettered: %s", why, extra={"container_id": container_id})
                 return
             body = body_for(current, job.job_id)
         if len(job.args) > 3:

@@ -36,9 +36,10 @@ from worker.runtime.reconcile import reconcile_forever
 from worker.runtime.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
 from worker.store.accounts import AccountStore
 from worker.store.connections import StartupAborted, connect_worker_redis
+from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION
 from worker.store.queue import JobQueue
 from worker.store.replicas import Replicas
-from worker.store.results import CHECK_FUNCTION, DELIVER_FUNCTION, ResultStore
+from worker.store.results import ResultStore
 from worker.store.targets import Resolve
 
 log = logging.getLogger("threads_poller.worker")

@@ -1,15 +1,21 @@
 """The worker's loop: claim due jobs, run each under its timeout, never lose one.
 
-A small typed runner of our own on arq's Redis job format (``worker.store.queue``), in the manner of
-saq's worker: the loop only claims and runs; what a job does, and how it settles itself, lives
-in its function. It replaces arq's ``Worker`` because arq's end-of-run writes (``finish_job``,
-``finish_failed_job``) are not fenced: a stalled run deletes its successor's job, and a timeout,
-a Redis error or too many tries deletes a live poll (README, "Why our own runner").
+A small typed runner of our own on arq's Redis key layout (``worker.store.queue``; job data in
+our JSON format, ``worker.store.jobdata``, never pickle), in the manner of saq's worker: the loop
+only claims and runs; what a job does, and how it settles itself, lives in its function. It
+replaces arq's ``Worker`` because arq's end-of-run writes (``finish_job``, ``finish_failed_job``)
+are not fenced: a stalled run deletes its successor's job, and a timeout, a Redis error or too
+many tries deletes a live poll (README, "Why our own runner").
 
 Every failure path of a run ends in "the job runs again later": an exception or a timeout
 releases the job (due again after the spec's ``retry_delay_s``), a shutdown cancellation
 releases it at once, and when even that write fails (Redis away) the lease expires and the job is
 due again by itself. Only the job function's own fenced writes end a job.
+
+A job whose data was refused (``ClaimedJob.replanned``: a pickle of an earlier release, garbage,
+gone) but whose id says what it is runs as its id says, after its data is written again in the
+format; the refusal is logged once. A job no worker can run (an unknown function, unreadable data
+under a foreign id) is given back after a lease, logged once per process, and never run.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ GiveUp = Callable[[ClaimedJob, str], Awaitable[None]]
 LEASE_MARGIN_SECONDS = 2.0
 # How long a failed claim keeps quiet before it warns again (a Redis restart fails every poll).
 _WARN_EVERY_SECONDS = 10.0
+# Jobs no worker runs (an unknown function, unreadable data of a foreign id) whose refusal this
+# process remembers having logged.
+_NOT_RUNNABLE_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,7 @@ class Runner:
         self._accepting = True
         self._wake = asyncio.Event()
         self._last_warning = 0.0
+        self._not_runnable: set[tuple[str, str]] = set()
 
     @property
     def accepting(self) -> bool:
@@ -168,11 +178,23 @@ class Runner:
         spec = self._specs.get(job.function)
         if spec is None:
             why = job.broken or f"no job function named {job.function!r} in this worker"
-            log.error("job not runnable: %s", why, extra={"job_id": job.job_id})
-            # Due again after a lease: a worker of another version may know it; data that is
-            # gone is restored by the reconciler (worker.runtime.reconcile) for a poll's check job.
+            if self._first_time(job.job_id, why):
+                log.error("job not runnable: %s", why, extra={"job_id": job.job_id})
+            # Due again after a lease: a worker of another version may know its function. Data
+            # that cannot be read is never run (a job of ours is re-planned from its id instead,
+            # below), and stays for an operator to look at.
             await self._release(job, int(self.lease_s * 1000))
             return
+        if job.replanned:
+            # Data refused (a pickle of an earlier release, garbage, gone, or not what the id
+            # says): the job runs as its id says, and its data is written again in the format, so
+            # the next run reads it and this is logged once.
+            log.error(
+                "job data refused, the job runs as its id says: %s",
+                job.replanned[:300],
+                extra={"job_id": job.job_id, "job_function": job.function},
+            )
+            await self._rewrite(job)
         try:
             async with asyncio.timeout(spec.timeout_s) as timeout:
                 loop_now = asyncio.get_running_loop().time()
@@ -202,6 +224,24 @@ class Runner:
                 },
             )
             await self._release(job, int(spec.retry_delay_s * 1000))
+
+    def _first_time(self, job_id: str, why: str) -> bool:
+        """Whether this process has not logged ``why`` for ``job_id`` yet (a job no worker runs
+        is claimed again after every lease; once per process is enough to find it)."""
+        seen = (job_id, why)
+        if seen in self._not_runnable:
+            return False
+        if len(self._not_runnable) >= _NOT_RUNNABLE_REMEMBERED:
+            self._not_runnable.clear()
+        self._not_runnable.add(seen)
+        return True
+
+    async def _rewrite(self, job: ClaimedJob) -> None:
+        try:
+            await self.queue.rewrite(job)
+        except (RedisError, OSError) as exc:
+            # The run goes on; the next one refuses the data again (and says so again).
+            self._warn(f"rewriting the data of job {job.job_id}", exc)
 
     async def _release(self, job: ClaimedJob, delay_ms: int) -> None:
         try:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot, explain_error_message
@@ -35,9 +34,10 @@ from worker.core.result import PollResult, stamp
 from worker.core.states import SUCCESS_STATES, State
 from worker.core.webhooks import body_for
 from worker.store import scripts
+from worker.store.jobdata import DELIVER_FUNCTION, encode_job
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import text
-from worker.store.results import DELIVER_FUNCTION, ResultStore
+from worker.store.results import ResultStore
 
 T = TypeVar("T")
 
@@ -466,7 +466,7 @@ class AdminStore:
         args: tuple[str | bytes, ...] = (cid, generation, raw_body.encode())
         if letter.target:
             args += (letter.target,)
-        data = serialize_job(DELIVER_FUNCTION, args, {}, None, now_ms)
+        data = encode_job(DELIVER_FUNCTION, args, now_ms)
         reply = await self._webhook_replay(
             keys=[
                 self.keys.webhook_dead_letters,

@@ -41,8 +41,13 @@ class Keys:
         """Stream: webhook deliveries that failed for good, with the reason."""
         return f"{self.prefix}:webhooks:dead"
 
+    @property
+    def webhook_job_prefix(self) -> str:
+        """What every webhook delivery job id starts with (``webhook_job_id`` below)."""
+        return f"{self.prefix}:webhook:"
+
     def webhook_job_id(self, container_id: str, generation: str) -> str:
-        return f"{self.prefix}:webhook:{container_id}:{generation}"
+        return f"{self.webhook_job_prefix}{container_id}:{generation}"
 
     @property
     def config(self) -> str:

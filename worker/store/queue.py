@@ -1,17 +1,24 @@
 """The job protocol on Redis: claim, release, settle; arq's key layout, our own scripts.
 
 The queue is arq's: a sorted set of job ids scored by due time (ms), each job's data under
-``arq:job:<id>`` (arq's pickle format, written with ``arq.jobs.serialize_job``), its lock under
+``arq:job:<id>`` (JSON, ``worker.store.jobdata``: never pickle), its lock under
 ``arq:in-progress:<id>`` and its try counter under ``arq:retry:<id>``. So arq's ``Job.status()``
-reads our jobs correctly, and a job enqueued with arq's ``enqueue_job`` runs here.
+reads our jobs correctly, and a job enqueued with arq's ``enqueue_job`` runs here (both given
+``jobdata``'s ``job_serializer`` / ``job_deserializer``).
 
 What differs from arq's worker is ownership. A claim (``lua/claim.lua``) gives each run a token
 of its own in the job's lock, for a lease, and moves the job's score to the lease's end. Every
 write a run makes afterwards (``record.lua``, ``settle.lua``, ``release.lua``, ``account.lua``,
-``publish_claim.lua``, ``webhook_settle.lua``) first checks that the lock still holds that
-token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplicate changes nothing,
-and the job, due again when the lease ended, is run by its successor. No path of a run deletes
-a live poll's job: only a fenced final record ends it.
+``publish_claim.lua``, ``webhook_settle.lua``, ``rewrite.lua``) first checks that the lock still
+holds that token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplicate changes
+nothing, and the job, due again when the lease ended, is run by its successor. No path of a run
+deletes a live poll's job: only a fenced final record ends it.
+
+Job data is never trusted beyond its format. A job of ours is named by its id (a poll's check,
+a final state's delivery: ``jobdata.job_by_id``); data that is not the format, is gone, or
+disagrees with the id is refused, and the run runs the job as its id says (``replanned``), and
+writes the job's data again in the format (``rewrite``, fenced), so the refusal is logged once.
+Data of another id that cannot be read is ``broken``: that job is never run.
 """
 
 from __future__ import annotations
@@ -24,11 +31,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from arq.jobs import DeserializationError, deserialize_job
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.store import scripts
+from worker.store.jobdata import (
+    CHECK_FUNCTION,
+    DELIVER_FUNCTION,
+    JobCall,
+    JobDataError,
+    decode_job,
+    encode_job,
+    job_by_id,
+)
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 
 log = logging.getLogger("threads_poller.queue")
@@ -129,8 +144,13 @@ class ClaimedJob:
     claimed_mono: float = 0.0
     function: str = ""
     args: tuple[Any, ...] = ()
-    # Why the data could not be read ("" when it could).
+    # Why the data could not be read and the job is not run ("" when it could).
     broken: str = ""
+    # Why the data was refused (not the format, gone, or not what the id says) while the id says
+    # what the job is: ``function`` and ``args`` come from the id; "" when they are the data's.
+    replanned: str = ""
+    # The refused data (None when it was gone): ``JobQueue.rewrite`` replaces only that.
+    refused_data: bytes | None = field(default=None, repr=False, compare=False)
     # For a poll's check: its hash and its account's state, read by the claim.
     state: RawHash | None = None
     account: AccountState = field(default_factory=AccountState)
@@ -163,6 +183,7 @@ class JobQueue:
         self._claim = scripts.register(redis, "claim.lua")
         self._release = scripts.register(redis, "release.lua")
         self._settle = scripts.register(redis, "settle.lua")
+        self._rewrite = scripts.register(redis, "rewrite.lua")
 
     async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
         reply = await self._claim(
@@ -182,7 +203,9 @@ class JobQueue:
         mono = time.monotonic()
         now_ms = int(reply[0])
         nxt = text(reply[1])
-        jobs = [_claimed(now_ms, mono, reply[i : i + 6]) for i in range(2, len(reply), 6)]
+        jobs = [
+            _claimed(self.keys, now_ms, mono, reply[i : i + 6]) for i in range(2, len(reply), 6)
+        ]
         return Claim(now_ms, jobs, int(float(nxt)) if nxt and not jobs else None)
 
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
@@ -224,29 +247,72 @@ class JobQueue:
         )
         return bool(done)
 
+    async def rewrite(self, job: ClaimedJob) -> bool:
+        """Write a re-planned job's data again, in the format, as its id says (fenced, and only
+        over the data its claim refused); False when nothing was written."""
+        data = encode_job(job.function, job.args, job.claimed_ms)
+        refused = job.refused_data
+        done = await self._rewrite(
+            keys=[
+                self.keys.queue,
+                ARQ_IN_PROGRESS_PREFIX + job.job_id,
+                ARQ_JOB_PREFIX + job.job_id,
+            ],
+            args=[
+                job.token,
+                job.job_id,
+                data,
+                "0" if refused is None else "1",
+                b"" if refused is None else refused,
+                self.job_ttl_ms,
+            ],
+        )
+        return bool(done)
+
     async def owner(self, job_id: str) -> str | None:
         """The token of the run holding ``job_id`` (None when no run holds it)."""
         value = await self.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
         return text(value) or None
 
 
-def _claimed(now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
+def _claimed(keys: Keys, now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
     job_id, token, data, try_, state, account = part
     jid, tok, n = text(job_id), text(token), int(try_)
-    if data is None:
-        return ClaimedJob(jid, tok, n, now_ms, mono, broken="the job's data is gone")
-    try:
-        jd = deserialize_job(data)
-    except DeserializationError as exc:
-        return ClaimedJob(jid, tok, n, now_ms, mono, broken=f"unreadable job data: {exc}")
+    call: JobCall | None = None
+    why = "the job's data is gone"
+    if data is not None:
+        try:
+            call = decode_job(data)
+        except JobDataError as exc:
+            why = f"unreadable job data: {exc}"
+    planned = job_by_id(keys, jid)
+    replanned, refused = "", None
+    if planned is not None:
+        if call is not None and (
+            call.function != planned.function or call.args[:2] != planned.args
+        ):
+            why = f"job data for {call.function}{call.args[:2]!r}, not what its id says"
+            call = None
+        if call is None:
+            call, replanned, refused = planned, why, data
+    elif call is not None and call.function in (CHECK_FUNCTION, DELIVER_FUNCTION):
+        # Ours are only ever under their own ids: data that says otherwise was not written here.
+        return ClaimedJob(
+            jid, tok, n, now_ms, mono, broken=f"a {call.function} job under a foreign id"
+        )
+    if call is None:
+        return ClaimedJob(jid, tok, n, now_ms, mono, broken=why)
     return ClaimedJob(
         jid,
         tok,
         n,
         now_ms,
         mono,
-        function=jd.function,
-        args=tuple(jd.args),
+        function=call.function,
+        args=call.args,
+        broken="",
+        replanned=replanned,
+        refused_data=bytes(refused) if refused is not None else None,
         state=dict(zip(state[::2], state[1::2], strict=True)) if state else None,
         account=AccountState.from_reply(account),
     )

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -26,11 +25,9 @@ from worker.core.decisions import Decision
 from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
 from worker.store import scripts
+from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import ClaimedJob, text
-
-CHECK_FUNCTION = "check_container"
-DELIVER_FUNCTION = "deliver_webhook"
 
 WEBHOOK_DEAD_LETTERS_MAX_LEN = 100_000
 EnqueueStatus = Literal["enqueued", "restarted", "duplicate", "final", "refused"]
@@ -104,7 +101,7 @@ class PublishClaim:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """The delivery job a final state creates: its id and arq job data."""
+    """The delivery job a final state creates: its id and job data (``worker.store.jobdata``)."""
 
     job_id: str
     data: bytes
@@ -153,9 +150,8 @@ class ResultStore:
         )
 
     def check_job_data(self, container_id: str, generation: str) -> bytes:
-        return serialize_job(
-            CHECK_FUNCTION, (container_id, generation), {}, None, int(time.time() * 1000)
-        )
+        """A poll's check job data (``worker.store.jobdata``)."""
+        return encode_job(CHECK_FUNCTION, (container_id, generation), int(time.time() * 1000))
 
     async def enqueue(
         self, requests: Sequence[EnqueueRequest], *, window_seconds: float | None = None
@@ -282,12 +278,8 @@ class ResultStore:
         if not url:
             return None
         job_id = self.keys.webhook_job_id(current.container_id, current.generation)
-        data = serialize_job(
-            DELIVER_FUNCTION,
-            (current.container_id, current.generation, body, url),
-            {},
-            None,
-            now_ms,
+        data = encode_job(
+            DELIVER_FUNCTION, (current.container_id, current.generation, body, url), now_ms
         )
         return Webhook(job_id, data)
 
