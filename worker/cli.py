@@ -303,8 +303,10 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
                 ),
             ),
         )
-    except (InvalidIdError, ScopeError) as exc:
+    except InvalidIdError as exc:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    except ScopeError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     for cid, entry in zip(ids, entries, strict=True):
         if args.json:
             print(json.dumps({"container_id": cid, "outcome": "submitted", "entry_id": entry}))
