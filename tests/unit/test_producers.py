@@ -169,3 +169,25 @@ def test_a_producers_key_enqueues_and_reads_and_operates_nothing() -> None:
     assert verdict("operator-key-0123456789", "POST") == (True, "")
     assert verdict("read-key-0123456789", "POST", enqueue=True) == (False, "forbidden")
     assert {k.role for k in ring.keys if k.producer} == {Role.WRITE}
+
+
+async def test_the_client_refuses_before_any_redis_call() -> None:
+    """Scope and stream names are judged before the client touches Redis (nothing listens on
+    this client's address)."""
+    from redis.asyncio import Redis
+
+    from worker import PollerClient
+    from worker.core.errors import ScopeError
+
+    redis = Redis(host="127.0.0.1", port=1)
+    client = PollerClient(redis, producers=parse_producers(json.dumps(CONFIG)), producer="b")
+    assert client.producer.name == "b"
+    with pytest.raises(ScopeError, match="reserved"):
+        await client.submit_many(["1"], producer="dead")  # the dead-letter stream
+    with pytest.raises(ScopeError, match="may not use: account 1111, publish"):
+        await client.submit_many(["1"], account="1111", publish=True)
+    with pytest.raises(ScopeError, match="may not use: webhook_url"):
+        await client.enqueue("1", account="2222", webhook_url="https://example.com/h")
+    with pytest.raises(ScopeError, match="no producer named 'zz'"):
+        PollerClient(redis, producer="zz")
+    await redis.aclose()

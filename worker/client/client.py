@@ -26,7 +26,7 @@ from typing import Self
 from redis.asyncio import Redis
 
 from config import Settings
-from config.producers import PRODUCER_NAME, Producers, ProducersError, Scope, refusal_message
+from config.producers import Producers, ProducersError, Scope, check_name, refusal_message
 from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
@@ -429,8 +429,11 @@ class PollerClient:
         (``default``'s is ``{prefix}:intake``), whose scope the workers apply; when this client
         knows that producer's scope, a request outside it raises ScopeError here first."""
         name = producer if producer is not None else self.producer.name
-        if not PRODUCER_NAME.match(name):
-            raise ScopeError(f"no producer named {name[:40]!r}", producer=name)
+        try:
+            # A stream's name: never the dead-letter stream ("dead"), nor a pattern.
+            check_name(name)
+        except ProducersError as exc:
+            raise ScopeError(str(exc), producer=name[:40]) from None
         requests = build_requests(container_ids, account=account, force=force, publish=publish)
         if name in self.producers.scopes:
             # A producer-only Redis user may not know its scope (the workers do): then the
