@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.producers import Producers, ProducersError, parse_producers
 from config.secrets import FileModeCheck, SecretFileError, file_mode_problem, read_secret_file
 
 DEFAULT_API_BASE_URL = "https://graph.threads.net/v1.0"
@@ -273,9 +274,17 @@ class Settings(BaseSettings):
     # Secure). Only when nothing else can reach serve's port.
     trusted_proxy: bool = False
 
+    # --- issue 21: producers scoped (config/producers.py) ---
+    # Named producers and what each may ask for (JSON); each gets its own intake stream and may
+    # have API keys ("NAME=KEY" in API_KEYS). Unset: one producer, "default", allowed everything.
+    producers: str | None = Field(default=None, max_length=1 << 20)
+    # The same JSON from a file (mode-checked like every secrets file); not with PRODUCERS.
+    producers_file: Path | None = None
+
     # Set by the validators: what a worker logs once logging is up (a too-open secrets file).
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _redis_password: str | None = PrivateAttr(default=None)
+    _producers: Producers = PrivateAttr(default_factory=Producers.unrestricted)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -288,6 +297,7 @@ class Settings(BaseSettings):
         "redis_password_file",
         "api_keys_file",
         "api_read_keys_file",
+        "producers_file",
     )
     @classmethod
     def _check_secret_file_mode(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -326,6 +336,26 @@ class Settings(BaseSettings):
                 raise ValueError("REDIS_URL has a password: set it there or in REDIS_PASSWORD_FILE")
             self._redis_password = self._read(self.redis_password_file, "redis_password_file")
         return self
+
+    @model_validator(mode="after")
+    def _read_producers(self) -> Self:
+        text = self.producers
+        if self.producers_file is not None:
+            if text is not None:
+                raise SettingsConflict(
+                    ("PRODUCERS", "PRODUCERS_FILE"), "set PRODUCERS or PRODUCERS_FILE, not both"
+                )
+            text = self._read(self.producers_file, "producers_file")
+        try:
+            self._producers = parse_producers(text)
+        except ProducersError as exc:
+            name = "PRODUCERS_FILE" if self.producers_file is not None else "PRODUCERS"
+            raise ValueError(f"{name}: {exc}") from None
+        return self
+
+    def producer_scopes(self) -> Producers:
+        """The producers (PRODUCERS / PRODUCERS_FILE), ``default`` always among them."""
+        return self._producers
 
     def _read(self, path: Path, field: str) -> str:
         try:

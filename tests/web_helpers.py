@@ -131,7 +131,12 @@ async def running_api(
     read: Sequence[str] = (RO_KEY,),
     sample: bool = True,
 ) -> AsyncIterator[Api]:
-    keys = KeySource(write=",".join(write) or None, read=",".join(read) or None)
+    keys = KeySource(
+        write=",".join(write) or None,
+        read=",".join(read) or None,
+        # "NAME=KEY" items bind a key to a named producer of the settings.
+        producers=settings.producer_scopes().scopes,
+    )
     app = build_app(settings, keys=keys, sample=sample)
     runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=2.0)
     await runner.setup()

@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop, redacted_url
 from worker.client.client import EnqueueOutcome, PollerClient
-from worker.core.errors import InvalidIdError
+from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.ids import MAX_BATCH, validate_id
 from worker.core.result import PollResult
 from worker.core.states import is_success
@@ -245,6 +245,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 publish=args.publish,
                 webhook_url=args.webhook_url,
                 reply_to=args.reply_to,
+                producer=args.producer,
             )
             return [one]
         return await _in_batches(
@@ -256,6 +257,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 publish=args.publish,
                 webhook_url=args.webhook_url,
                 reply_to=args.reply_to,
+                producer=args.producer,
             ),
         )
 
@@ -263,6 +265,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         outcomes = _with_client(settings, work)
     except InvalidIdError as exc:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    except ScopeError as exc:
+        # Outside the producer's scope: the caller's to fix, like any refused input.
+        raise CliError(str(exc), EXIT_USAGE) from None
     for o in outcomes:
         if args.json:
             line = {"container_id": o.container_id, "outcome": o.outcome, "status": o.status}
@@ -294,11 +299,14 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
                     force=args.force,
                     publish=args.publish,
                     webhook_url=args.webhook_url,
+                    producer=args.producer,
                 ),
             ),
         )
     except InvalidIdError as exc:
         raise CliError(f"refused, nothing enqueued: {exc}", EXIT_USAGE) from None
+    except ScopeError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     for cid, entry in zip(ids, entries, strict=True):
         if args.json:
             print(json.dumps({"container_id": cid, "outcome": "submitted", "entry_id": entry}))
@@ -311,9 +319,10 @@ def cmd_acl(args: argparse.Namespace) -> int:
     from worker.store.acl import acl_setuser
 
     prefix = args.prefix if args.prefix is not None else _settings().key_prefix
-    user = args.user or f"{prefix}-{'-'.join(args.roles)}"
+    named = args.producer not in (None, "default")
+    user = args.user or f"{prefix}-{'-'.join(args.roles)}" + (f"-{args.producer}" if named else "")
     try:
-        print(acl_setuser(user, args.roles, prefix))
+        print(acl_setuser(user, args.roles, prefix, producer=args.producer))
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
@@ -493,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="XADD to the intake stream instead (all a Redis user with the producer role may do)",
     )
+    p.add_argument(
+        "--producer",
+        metavar="NAME",
+        help="enqueue as this producer (PRODUCERS): its scope applies, and the polls are its "
+        "own; with --intake, its stream",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)
 
@@ -500,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("roles", nargs="+", choices=["producer", "reader", "enqueuer", "worker"])
     p.add_argument("--user", help="the user's name (default: <prefix>-<roles>)")
     p.add_argument("--prefix", help="the deployment's KEY_PREFIX (default: from the settings)")
+    p.add_argument(
+        "--producer",
+        metavar="NAME",
+        help="with the producer role: XADD to NAME's own stream {prefix}:intake:NAME only",
+    )
     p.set_defaults(func=cmd_acl)
 
     p = sub.add_parser("status", help="show the stored state of container ids")

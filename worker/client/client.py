@@ -26,7 +26,8 @@ from typing import Self
 from redis.asyncio import Redis
 
 from config import Settings
-from worker.core.errors import InvalidIdError
+from config.producers import Producers, ProducersError, Scope, check_name, refusal_message
+from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
@@ -137,6 +138,13 @@ class PollerClient:
     WEBHOOK_ALLOW_PRIVATE_ADDRESSES. Without WEBHOOK_SECRET of its own, the client asks what
     the workers published (``{prefix}:config``) and refuses a URL they could not sign for.
     ``webhook_resolve`` replaces the system's DNS lookup of its host (tests, a custom resolver).
+
+    ``producers`` (``from_settings``: PRODUCERS) and ``producer`` say whose scope applies at this
+    door (README "Producers"): every call is checked against it before anything is written
+    (``ScopeError``), and ``enqueue.lua`` checks it again with the write. A call may name
+    another producer (``producer=``). Without either, the one ``default`` producer (which,
+    unconfigured, may do everything). The scope is a door for a cooperative caller: the
+    ``enqueuer`` role this client needs is trusted, and could write the queue itself.
     """
 
     def __init__(
@@ -150,6 +158,8 @@ class PollerClient:
         account_requests_per_second: float = DEFAULT_ACCOUNT_REQUESTS_PER_SECOND,
         webhook_policy: WebhookPolicy | None = None,
         webhook_resolve: Resolve | None = None,
+        producers: Producers | None = None,
+        producer: str | None = None,
     ) -> None:
         if not _KEY_PREFIX.match(key_prefix):
             raise ValueError(f"key_prefix {key_prefix!r} is not 1 to 64 of [A-Za-z0-9_.:-]")
@@ -172,6 +182,8 @@ class PollerClient:
         self.webhook_policy = webhook_policy or WebhookPolicy()
         self._resolve = webhook_resolve
         self._owns_redis = False
+        self.producers = producers or Producers.unrestricted()
+        self.producer = self.scope(producer)
 
     @classmethod
     def from_settings(
@@ -180,6 +192,7 @@ class PollerClient:
         redis: Redis | None = None,
         *,
         webhook_resolve: Resolve | None = None,
+        producer: str | None = None,
     ) -> PollerClient:
         """A client of the deployment ``settings`` describe; without ``redis`` it opens its own
         (``open_redis``: REDIS_URL or Sentinel) and ``aclose`` closes it."""
@@ -193,9 +206,57 @@ class PollerClient:
             account_requests_per_second=settings.account_max_requests_per_second,
             webhook_policy=policy,
             webhook_resolve=webhook_resolve,
+            producers=settings.producer_scopes(),
+            producer=producer,
         )
         client._owns_redis = redis is None
         return client
+
+    def scope(self, producer: str | Scope | None = None) -> Scope:
+        """The scope of ``producer`` (None: this client's own); ScopeError for a name that is
+        not configured."""
+        if isinstance(producer, Scope):
+            return producer
+        if producer is None and hasattr(self, "producer"):
+            return self.producer
+        try:
+            return self.producers.get(producer)
+        except ProducersError as exc:
+            raise ScopeError(str(exc), producer=producer or "") from None
+
+    @staticmethod
+    def check_scope(
+        scope: Scope,
+        *,
+        account: str | None,
+        force: bool,
+        publish: bool,
+        webhook_url: str | None,
+    ) -> None:
+        """ScopeError, naming what is not allowed, when ``scope`` does not allow the request."""
+        refused = scope.refusals(
+            account=account, force=force, publish=publish, webhook=webhook_url is not None
+        )
+        if refused:
+            raise ScopeError(
+                f"refused, nothing enqueued: {refusal_message(scope, refused)}",
+                producer=scope.name,
+                refused=tuple(refused),
+            )
+
+    @staticmethod
+    def _raise_forbidden(scope: Scope, done: list[Enqueued]) -> None:
+        """ScopeError when enqueue.lua refused any of ``done`` by the scope (another
+        producer's poll); the other outcomes are in the error."""
+        bad = [e for e in done if e.forbidden]
+        if bad:
+            said = "; ".join(f"{e.container_id}: {e.reason}" for e in bad[:5])
+            raise ScopeError(
+                f"refused: {said}" + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""),
+                producer=scope.name,
+                refused=tuple(e.reason for e in bad),
+                outcomes=tuple(EnqueueOutcome.of(e) for e in done),
+            )
 
     @property
     def key_prefix(self) -> str:
@@ -230,6 +291,7 @@ class PollerClient:
         webhook_url: str | None = None,
         window_seconds: float | None = None,
         reply_to: str | None = None,
+        producer: str | None = None,
     ) -> list[EnqueueOutcome]:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
@@ -241,15 +303,30 @@ class PollerClient:
         container once FINISHED; ``webhook_url`` gets the final state, signed.
         ``window_seconds`` (default: the client's) fixes each new poll's window. ``reply_to``
         (a media id) says the containers are replies: their publish spends the reply quota and
-        waits PUBLISH_REPLY_SETTLE_SECONDS after FINISHED."""
+        waits PUBLISH_REPLY_SETTLE_SECONDS after FINISHED.
+
+        ``producer`` (default: the client's) is whose scope applies: a request it does not allow
+        raises ScopeError before anything is written; a container another producer started
+        that this one may not restart is refused by enqueue.lua (ScopeError after the call,
+        with every outcome of the batch in ``outcomes``)."""
         window = self._window_of(window_seconds)
+        scope = self.scope(producer)
         requests = build_requests(
             container_ids, account=account, force=force, publish=publish, reply_to=reply_to
         )
+        self.check_scope(
+            scope,
+            account=requests[0].account if requests else account,
+            force=force,
+            publish=publish,
+            webhook_url=webhook_url,
+        )
+        requests = [dataclasses.replace(r, producer=scope) for r in requests]
         if webhook_url is not None:
             hook = await self._judged_webhook(webhook_url)
             requests = [dataclasses.replace(r, webhook_url=hook) for r in requests]
         done = await self._store.enqueue(requests, window_seconds=window)
+        self._raise_forbidden(scope, done)
         return [EnqueueOutcome.of(e) for e in done]
 
     async def _judged_webhook(self, webhook_url: str) -> str:
@@ -285,18 +362,25 @@ class PollerClient:
         webhook_url: str | None = None,
         window_seconds: float | None = None,
         reply_to: str | None = None,
+        producer: str | None = None,
     ) -> EnqueueOutcome:
         """Poll a carousel as one unit: its 2 to 20 children each get their own poll (and
         result); the parent is polled only once every child is FINISHED, and ends
         ``CHILD_FAILED`` (naming the child) as soon as one ends otherwise. ``publish`` publishes
         the parent once FINISHED (the children are never published on their own). The outcome
         is the parent's; a parent already being polled starts nothing new (``duplicate``)."""
+        scope = self.scope(producer)
         req = build_carousel(
             parent, children, account=account, force=force, publish=publish, reply_to=reply_to
         )
+        self.check_scope(
+            scope, account=req.account, force=force, publish=publish, webhook_url=webhook_url
+        )
+        req = dataclasses.replace(req, producer=scope)
         if webhook_url is not None:
             req = dataclasses.replace(req, webhook_url=await self._judged_webhook(webhook_url))
         (done,) = await self._store.enqueue([req], window_seconds=self._window_of(window_seconds))
+        self._raise_forbidden(scope, [done])
         return EnqueueOutcome.of(done)
 
     async def enqueue(
@@ -309,6 +393,7 @@ class PollerClient:
         webhook_url: str | None = None,
         window_seconds: float | None = None,
         reply_to: str | None = None,
+        producer: str | None = None,
     ) -> EnqueueOutcome:
         """``enqueue_many`` of one id."""
         (outcome,) = await self.enqueue_many(
@@ -319,6 +404,7 @@ class PollerClient:
             webhook_url=webhook_url,
             window_seconds=window_seconds,
             reply_to=reply_to,
+            producer=producer,
         )
         return outcome
 
@@ -330,14 +416,35 @@ class PollerClient:
         force: bool = False,
         publish: bool = False,
         webhook_url: str | None = None,
+        producer: str | None = None,
     ) -> list[str]:
         """Hand each id to the workers through the intake stream (one ``XADD`` each, one round
         trip): what a Redis user with the ``producer`` role may do, and nothing more. Returns
         the entry ids. The same checks as ``enqueue_many`` run here first, but the outcome
         comes later: the workers poll the entries, or dead-letter them (``{prefix}:intake:dead``
         says why; the WEBHOOK_SECRET check happens there, since this role cannot read
-        ``{prefix}:config``). The window is the workers' POLL_MAX_SECONDS."""
+        ``{prefix}:config``). The window is the workers' POLL_MAX_SECONDS.
+
+        ``producer`` (default: the client's) names the stream, ``{prefix}:intake:{producer}``
+        (``default``'s is ``{prefix}:intake``), whose scope the workers apply; when this client
+        knows that producer's scope, a request outside it raises ScopeError here first."""
+        name = producer if producer is not None else self.producer.name
+        try:
+            # A stream's name: never the dead-letter stream ("dead"), nor a pattern.
+            check_name(name)
+        except ProducersError as exc:
+            raise ScopeError(str(exc), producer=name[:40]) from None
         requests = build_requests(container_ids, account=account, force=force, publish=publish)
+        if name in self.producers.scopes:
+            # A producer-only Redis user may not know its scope (the workers do): then the
+            # workers dead-letter what it does not allow.
+            self.check_scope(
+                self.producers.scopes[name],
+                account=requests[0].account if requests else account,
+                force=force,
+                publish=publish,
+                webhook_url=webhook_url,
+            )
         hook = None
         if webhook_url is not None:
             hook = await check_webhook_url(webhook_url, self.webhook_policy, resolve=self._resolve)
@@ -352,7 +459,7 @@ class PollerClient:
                     fields["publish"] = "1"
                 if hook:
                     fields["webhook_url"] = hook
-                pipe.xadd(self._store.keys.intake, fields)  # type: ignore[arg-type]
+                pipe.xadd(self._store.keys.intake_of(name), fields)  # type: ignore[arg-type]
             replies = await pipe.execute()
         return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
 

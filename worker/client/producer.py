@@ -30,6 +30,7 @@ async def enqueue_many(
     publish: bool = False,
     webhook_url: str | None = None,
     reply_to: str | None = None,
+    producer: str | None = None,
     settings: Settings,
 ) -> list[EnqueueOutcome]:
     """Start polling; ``publish=True`` also publishes each container once it is FINISHED."""
@@ -40,6 +41,7 @@ async def enqueue_many(
         publish=publish,
         webhook_url=webhook_url,
         reply_to=reply_to,
+        producer=producer,
     )
 
 
@@ -52,6 +54,7 @@ async def enqueue(
     publish: bool = False,
     webhook_url: str | None = None,
     reply_to: str | None = None,
+    producer: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     return await PollerClient.from_settings(settings, redis).enqueue(
@@ -61,6 +64,7 @@ async def enqueue(
         publish=publish,
         webhook_url=webhook_url,
         reply_to=reply_to,
+        producer=producer,
     )
 
 
@@ -74,6 +78,7 @@ async def enqueue_carousel(
     publish: bool = False,
     webhook_url: str | None = None,
     reply_to: str | None = None,
+    producer: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     """``PollerClient.enqueue_carousel``: the parent polled once every child is FINISHED."""
@@ -85,4 +90,5 @@ async def enqueue_carousel(
         publish=publish,
         webhook_url=webhook_url,
         reply_to=reply_to,
+        producer=producer,
     )

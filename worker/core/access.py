@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -48,11 +48,15 @@ class ApiKey:
     fingerprint: str  # 12 hex digits of SHA-256: names the key in sessions and logs
     digest: bytes = field(repr=False)
     secret: str = field(repr=False)
+    # A read-write key bound to a named producer (API_KEYS "NAME=KEY"): it enqueues within
+    # that producer's scope and reads; None: an operator's key (the default producer's scope
+    # for enqueue, and cancel, replay, discard).
+    producer: str | None = None
 
     @classmethod
-    def of(cls, secret: str, role: Role) -> ApiKey:
+    def of(cls, secret: str, role: Role, producer: str | None = None) -> ApiKey:
         digest = hashlib.sha256(secret.encode()).digest()
-        return cls(role, digest.hex()[:12], digest, secret)
+        return cls(role, digest.hex()[:12], digest, secret, producer)
 
 
 def split_keys(text: str, *, what: str = "API_KEYS", lines: bool = False) -> list[str]:
@@ -96,11 +100,22 @@ class KeyRing:
     keys: tuple[ApiKey, ...] = ()
 
     @classmethod
-    def build(cls, write: Iterable[str] = (), read: Iterable[str] = ()) -> KeyRing:
-        """A key given both ways is read-write."""
+    def build(
+        cls,
+        write: Iterable[str] = (),
+        read: Iterable[str] = (),
+        producers: Mapping[str, str] | None = None,
+    ) -> KeyRing:
+        """A key given both ways is read-write; ``producers`` binds write keys to producers."""
         roles: dict[str, Role] = {k: Role.READ for k in read}
         roles.update({k: Role.WRITE for k in write})
-        return cls(tuple(ApiKey.of(k, r) for k, r in sorted(roles.items(), key=lambda kv: kv[0])))
+        bound = producers or {}
+        return cls(
+            tuple(
+                ApiKey.of(k, r, bound.get(k) if r is Role.WRITE else None)
+                for k, r in sorted(roles.items(), key=lambda kv: kv[0])
+            )
+        )
 
     @property
     def enabled(self) -> bool:
@@ -199,9 +214,11 @@ def authorize(
     session: str | None,
     csrf: str | None,
     now: float,
+    enqueue: bool = False,
 ) -> Verdict:
     """May this request go ahead? 401 without a valid credential, 403 for a read-only key on a
-    state-changing method or a session request without its CSRF token."""
+    state-changing method or a session request without its CSRF token, and for a producer's
+    key on a change other than an enqueue (``enqueue``: the request is one)."""
     unsafe = method.upper() not in SAFE_METHODS
     if not ring.enabled:
         return Verdict(True, via="open")
@@ -224,6 +241,17 @@ def authorize(
             return Verdict(False, 403, "csrf_failed", "missing or wrong CSRF token", key, via)
     if unsafe and key.role is not Role.WRITE:
         return Verdict(False, 403, "forbidden", "this API key is read-only", key, via)
+    if unsafe and key.producer is not None and not enqueue:
+        # A pipeline's key: it feeds and reads, it does not operate the deployment.
+        return Verdict(
+            False,
+            403,
+            "forbidden",
+            f"this API key is producer {key.producer}'s: it may enqueue (POST /v1/containers) "
+            "and read, not cancel or replay",
+            key,
+            via,
+        )
     return Verdict(True, key=key, via=via)
 
 

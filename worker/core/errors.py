@@ -3,6 +3,7 @@
     PollerError                 the root: anything threads-poller itself refuses or reports
     ├── InvalidIdError          a malformed container / account id or webhook URL (nothing written)
     ├── BadEntryError           an intake stream entry that cannot be used (dead-lettered)
+    ├── ScopeError              a producer asked for what its scope does not allow (PRODUCERS)
     ├── WindowEndedError        a poll's window ended without a final status (says why)
     ├── PublishError            auto-publish did not happen (quota, attempts, outcome unknown)
     ├── CarouselChildError      a carousel's child ended without FINISHED (names the child)
@@ -37,6 +38,29 @@ class InvalidIdError(PollerError, ValueError):
 
 class BadEntryError(PollerError, ValueError):
     """An intake stream entry that cannot be used; it goes to the dead-letter stream."""
+
+
+class ScopeError(PollerError):
+    """A producer asked for what its scope does not allow: an account outside its list, a flag
+    (force, publish, webhook_url) it may not set, or a poll another producer started. (Not a
+    PermissionError: that is an OSError, which the doors read as "Redis cannot be reached".)
+
+    ``refused`` names what was not allowed; ``outcomes`` holds every outcome of the call when
+    the refusal came from Redis (the ownership rule, checked inside enqueue.lua), so that a
+    batch's caller sees what else was done; it is empty when nothing was written."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        producer: str = "",
+        refused: tuple[str, ...] = (),
+        outcomes: tuple[object, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.producer = producer
+        self.refused = refused
+        self.outcomes = outcomes
 
 
 class WindowEndedError(PollerError):

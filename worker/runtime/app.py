@@ -199,17 +199,24 @@ class PollerWorker:
             poll_delay_s=poll_delay(s),
         )
         self.runner = runner
-        intake = IntakeConsumer(
-            redis,
-            store,
-            consumer=runner.name,
-            batch_size=s.intake_batch_size,
-            claim_idle_seconds=s.intake_claim_idle_seconds,
-            max_entry_bytes=s.intake_max_entry_bytes,
-            webhook_policy=policy,
-            webhook_resolve=self.webhook_resolve,
-            secrets=lambda: [*tokens.known_secrets(), *own_secrets],
-        )
+        # One consumer per producer's stream (the default one, then each named producer's),
+        # each applying that producer's scope.
+        producers = s.producer_scopes()
+        intakes = [
+            IntakeConsumer(
+                redis,
+                store,
+                consumer=runner.name,
+                batch_size=s.intake_batch_size,
+                claim_idle_seconds=s.intake_claim_idle_seconds,
+                max_entry_bytes=s.intake_max_entry_bytes,
+                webhook_policy=policy,
+                webhook_resolve=self.webhook_resolve,
+                secrets=lambda: [*tokens.known_secrets(), *own_secrets],
+                scope=scope,
+            )
+            for scope in [producers.default, *producers.named]
+        ]
         heartbeat = Heartbeat(
             redis,
             store.keys,
@@ -230,7 +237,8 @@ class PollerWorker:
             await store.publish_config(webhook_signing=s.webhook_secret is not None)
             await heartbeat.beat()
             spawn(heartbeat.run(), "heartbeat")
-            spawn(intake.run(), "intake")
+            for intake in intakes:
+                spawn(intake.run(), f"intake:{intake.scope.name}")
             spawn(
                 reconcile_forever(
                     store,
@@ -291,8 +299,9 @@ class PollerWorker:
                     await task
             try:
                 async with asyncio.timeout(STOP_REDIS_SECONDS):
-                    with contextlib.suppress(Exception):
-                        await intake.close()
+                    for intake in intakes:
+                        with contextlib.suppress(Exception):
+                            await intake.close()
                     with contextlib.suppress(Exception):
                         # At once, not after the TTL: from here on this process fails its health
                         # check.

@@ -11,6 +11,12 @@ dead-letter stream with the reason and the original fields (secrets redacted); n
 silently. A webhook URL gets the enqueue check of every door (``worker.store.targets``): the SSRF
 guard, and the workers' own ``WEBHOOK_SECRET``, without which no delivery could be signed.
 
+Each named producer (``PRODUCERS``, README "Producers") has a stream of its own,
+``{prefix}:intake:{name}``, and one ``IntakeConsumer`` per stream applies that producer's scope:
+an entry asking for an account, a flag or a webhook the producer may not use is dead-lettered
+with the reason, and the enqueue script refuses (likewise dead-lettered) a restart of a poll
+another producer started. The plain ``{prefix}:intake`` is the ``default`` producer's.
+
 Every worker process joins the group as a consumer of its own name, and Redis keeps a consumer
 until it is deleted: a worker removes its own on a clean stop (``close``), and consumers idle for
 longer than ``consumer_max_idle_seconds`` are removed at start-up and on a clean stop. Only
@@ -33,6 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from api_client.redact import redact
+from config.producers import DEFAULT_PRODUCER, UNRESTRICTED, Scope, refusal_message
 from worker.core.errors import BadEntryError, InvalidIdError
 from worker.core.ids import validate_children, validate_id
 from worker.core.targets import WebhookPolicy, check_target, parse_target
@@ -170,6 +177,9 @@ class DeadLetter:
     entry_id: str
     reason: str
     fields: dict[str, str]
+    # The named producer whose stream the entry came from ("" for default's): a replay goes
+    # back there, under the same scope.
+    producer: str = ""
 
 
 # A field named like a credential has its value replaced, whatever the value: a producer that
@@ -268,12 +278,16 @@ class IntakeConsumer:
         webhook_policy: WebhookPolicy | None = None,
         webhook_resolve: Resolve | None = None,
         secrets: Callable[[], Iterable[str]] = lambda: (),
+        scope: Scope = UNRESTRICTED,
     ) -> None:
         if consumer_max_idle_seconds <= 0:
             raise ValueError("consumer_max_idle_seconds must be > 0")
         self.redis = redis
         self.store = store
-        self.stream = store.keys.intake
+        # The producer this stream belongs to: its entries get its scope, and nothing more.
+        self.scope = scope
+        self.stream = store.keys.intake_of(scope.name)
+        self.producer_field = "" if scope.name == DEFAULT_PRODUCER else scope.name
         self.dead = store.keys.dead_letters
         self.consumer = consumer
         self.batch_size = batch_size
@@ -437,6 +451,19 @@ class IntakeConsumer:
         await self.process(entries, refused=refused)
         return len(entries) + len(refused)
 
+    def _scoped(self, req: EnqueueRequest) -> EnqueueRequest:
+        """``req`` as this stream's producer's (BadEntryError, naming what it may not ask
+        for, when its scope does not allow it; enqueue.lua checks again as it writes)."""
+        refused = self.scope.refusals(
+            account=req.account,
+            force=req.force,
+            publish=req.publish,
+            webhook=req.webhook_url is not None,
+        )
+        if refused:
+            raise BadEntryError(refusal_message(self.scope, refused))
+        return dataclasses.replace(req, producer=self.scope)
+
     async def process(self, entries: Sequence[Entry], *, refused: Sequence[Taken] = ()) -> None:
         """Enqueue ``entries`` and dead-letter the bad ones, and ``refused`` (judged in Redis,
         never read whole), then acknowledge and delete them all at once."""
@@ -451,6 +478,8 @@ class IntakeConsumer:
                 req = parse_entry(
                     fields, max_bytes=self.max_entry_bytes, policy=self.webhook_policy
                 )
+                # Before the webhook's DNS lookup: a producer that may not give one is told so.
+                req = self._scoped(req)
                 # The entry's id goes with it: an entry read again (its consumer died before
                 # the XACK below) is then a duplicate, even with force 1.
                 good.append((entry_id, dataclasses.replace(req, intake_entry=entry_id.decode())))
@@ -484,13 +513,16 @@ class IntakeConsumer:
         dead.sort(key=lambda d: tuple(int(part) for part in d.entry_id.split("-")))
         async with self.redis.pipeline(transaction=True) as tx:
             for d in dead:
+                letter = {
+                    "entry_id": d.entry_id,
+                    "reason": d.reason,
+                    "fields": json.dumps(d.fields, ensure_ascii=False),
+                }
+                if self.producer_field:
+                    letter["producer"] = self.producer_field
                 tx.xadd(
                     self.dead,
-                    {
-                        "entry_id": d.entry_id,
-                        "reason": d.reason,
-                        "fields": json.dumps(d.fields, ensure_ascii=False),
-                    },
+                    letter,  # type: ignore[arg-type]
                     maxlen=DEAD_LETTERS_MAX_LEN,
                     approximate=True,
                 )
@@ -501,4 +533,8 @@ class IntakeConsumer:
         self.dead_lettered += len(dead)
         metrics.observe_intake(accepted=accepted, dead_lettered=len(dead))
         for d in dead:
-            log.warning("intake entry dead-lettered: %s", d.reason, extra={"entry_id": d.entry_id})
+            log.warning(
+                "intake entry dead-lettered: %s",
+                d.reason,
+                extra={"entry_id": d.entry_id, "producer": self.scope.name},
+            )

@@ -5,7 +5,9 @@ rules, so these are enforced by Redis itself, whatever a client sends:
 
 ``producer``
     ``XADD`` to ``{prefix}:intake`` (write-only: it cannot read the intake back) and ``PING``.
-    Nothing else: no reading the queue, no arq keys, no scripts, no ``FLUSHALL``.
+    Nothing else: no reading the queue, no arq keys, no scripts, no ``FLUSHALL``. With a named
+    producer (``--producer NAME``, README "Producers"), to ``{prefix}:intake:NAME`` only: the
+    stream whose entries the workers give NAME's scope, and no other producer's.
 ``reader``
     Read the result hashes and the events stream (``PollerClient.get`` / ``wait``,
     ``threads-poller status`` / ``wait``). Combine with ``producer`` for a pipeline that both
@@ -27,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from config.producers import DEFAULT_PRODUCER, ProducersError, check_name
 from config.settings import KEY_PREFIX_PATTERN
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
 
@@ -105,11 +108,13 @@ def _commands(names: Iterable[str]) -> list[str]:
     return [f"+{name}" for name in sorted(set(names))]
 
 
-def role_rules(role: str, prefix: str) -> list[str]:
-    """The ACL rules of one role (without the user's name and password)."""
+def role_rules(role: str, prefix: str, producer: str | None = None) -> list[str]:
+    """The ACL rules of one role (without the user's name and password); ``producer`` names
+    the producer whose stream a ``producer`` role writes (None or ``default``: the plain one)."""
     p = prefix
     if role == "producer":
-        return [*_commands(("xadd", *CONNECTION)), f"%W~{p}:intake"]
+        stream = f"{p}:intake" if producer in (None, DEFAULT_PRODUCER) else f"{p}:intake:{producer}"
+        return [*_commands(("xadd", *CONNECTION)), f"%W~{stream}"]
     if role == "reader":
         return [*_commands((*READER, *CONNECTION)), f"%R~{p}:result:*", f"%R~{p}:events"]
     if role == "enqueuer":
@@ -143,7 +148,14 @@ USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PREFIX = re.compile(KEY_PREFIX_PATTERN)
 
 
-def acl_setuser(user: str, roles: Sequence[str], prefix: str, password: str | None = None) -> str:
+def acl_setuser(
+    user: str,
+    roles: Sequence[str],
+    prefix: str,
+    password: str | None = None,
+    *,
+    producer: str | None = None,
+) -> str:
     """``ACL SETUSER`` of a user with these roles: everything else is off (``reset`` first).
 
     Without ``password`` the user has none and cannot log in until one is added
@@ -162,9 +174,18 @@ def acl_setuser(user: str, roles: Sequence[str], prefix: str, password: str | No
         )
     if password is not None and (not password.isprintable() or any(c.isspace() for c in password)):
         raise ValueError("invalid password: printable, without white space")
+    if producer is not None:
+        if "producer" not in roles:
+            raise ValueError("--producer goes with the producer role")
+        if producer != DEFAULT_PRODUCER:
+            try:
+                # A producer's name goes into a key pattern: no glob or ACL characters.
+                check_name(producer)
+            except ProducersError as exc:
+                raise ValueError(f"invalid {exc}") from None
     rules: list[str] = []
     for role in roles:
-        rules += [r for r in role_rules(role, prefix) if r not in rules]
+        rules += [r for r in role_rules(role, prefix, producer) if r not in rules]
     auth = [f">{password}"] if password else []
     # reset: no commands, no keys, no channels, no password, then only what the roles need.
     return " ".join(["ACL", "SETUSER", user, "reset", "on", *auth, *rules])

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot, explain_error_message
 from config import Settings
+from config.producers import DEFAULT_PRODUCER, PRODUCER_NAME
 from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult, stamp
 from worker.core.states import SUCCESS_STATES, State
@@ -222,6 +223,8 @@ class DeadLetter:
     fields: dict[str, str] = field(default_factory=dict)
     # Intake: the id the entry had on the intake stream.
     entry_id: str = ""
+    # Intake: the named producer whose stream it came from ("" for the default stream).
+    producer: str = ""
     # Webhooks: the signed body of the delivery, as sent (and parsed, None when it is not JSON).
     raw_body: str = field(default="", repr=False)
     body: Any = None
@@ -448,8 +451,17 @@ class AdminStore:
     async def replay(self, kind: DeadLetterKind, letter_id: str) -> Replayed:
         letter_id = validate_stream_id(letter_id)
         if kind is DeadLetterKind.INTAKE:
+            # Back to the stream it came from: its producer's scope applies again (a replay
+            # onto the default stream would give a producer's entry the default's powers).
+            letter = await self.dead_letter(kind, letter_id)
+            if letter is None:
+                return Replayed(ReplayOutcome.GONE)
+            producer = letter.producer or DEFAULT_PRODUCER
+            if not PRODUCER_NAME.match(producer):
+                return Replayed(ReplayOutcome.UNREADABLE)
             reply = await self._intake_replay(
-                keys=[self.keys.dead_letters, self.keys.intake], args=[letter_id, TRUNCATED]
+                keys=[self.keys.dead_letters, self.keys.intake_of(producer)],
+                args=[letter_id, TRUNCATED],
             )
             outcome = ReplayOutcome(text(reply[0]))
             return Replayed(outcome, text(reply[1]) if len(reply) > 1 else "")
@@ -557,7 +569,14 @@ def _dead_letter(kind: DeadLetterKind, letter_id: str, raw: Mapping[Any, Any]) -
         except ValueError:
             decoded = {}
         fields = {str(k): str(v) for k, v in decoded.items()} if isinstance(decoded, dict) else {}
-        return DeadLetter(kind, letter_id, reason, fields, entry_id=text(h.get("entry_id")))
+        return DeadLetter(
+            kind,
+            letter_id,
+            reason,
+            fields,
+            entry_id=text(h.get("entry_id")),
+            producer=text(h.get("producer")),
+        )
     body_raw = h.get("body")
     body_text = text(body_raw) if body_raw is not None else ""
     try:

@@ -31,6 +31,11 @@ class Keys:
         """Stream: container ids from producers in any language (one XADD each)."""
         return f"{self.prefix}:intake"
 
+    def intake_of(self, producer: str) -> str:
+        """Stream: a named producer's own intake (``default``'s is ``intake``); only that
+        producer's Redis user may write it, and its entries get that producer's scope."""
+        return self.intake if producer == "default" else f"{self.intake}:{producer}"
+
     @property
     def dead_letters(self) -> str:
         """Stream: intake entries that could not be used, with the reason."""

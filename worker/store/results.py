@@ -21,6 +21,7 @@ from redis.asyncio.client import Pipeline
 
 from api_client.models import explain_error_message
 from config import Settings
+from config.producers import UNRESTRICTED, Scope
 from worker.core.decisions import Decision
 from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
@@ -47,6 +48,9 @@ class EnqueueRequest:
     reply_to: str | None = None
     # A carousel: ``container_id`` is its parent, these its children (each polled on its own).
     children: tuple[str, ...] = ()
+    # Who asks, and so what may be asked (config/producers.py): enqueue.lua enforces it and
+    # stores the name, to which the poll then belongs.
+    producer: Scope = UNRESTRICTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,8 @@ class Enqueued:
     status: str
     # Why it was refused (a carousel's rules: worker/store/lua/enqueue.lua); "" otherwise.
     reason: str = ""
+    # Refused by the producer's scope (an account, a flag, another producer's poll).
+    forbidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +181,7 @@ class ResultStore:
                 for child in req.children:
                     # A child is polled like any container (never published on its own); its
                     # final record reports to this poll of the parent.
-                    one = EnqueueRequest(child, req.account, force=req.force)
+                    one = EnqueueRequest(child, req.account, force=req.force, producer=req.producer)
                     await self._enqueue_one(
                         pipe,
                         one,
@@ -192,7 +198,13 @@ class ResultStore:
             outcome, status, *why = (text(v) for v in replies[at])
             at += n
             results.append(
-                Enqueued(req.container_id, outcome, status, why[0] if why else "")  # type: ignore[arg-type]
+                Enqueued(
+                    req.container_id,
+                    outcome,  # type: ignore[arg-type]
+                    status,
+                    why[0] if why else "",
+                    forbidden=why[1:] == ["scope"],
+                )
             )
         return results
 
@@ -237,6 +249,13 @@ class ResultStore:
                 parent[1] if parent else "",
                 ",".join(children),
                 len(children),
+                # The producer's scope (ARGV 21-25): appended, the arguments above keep their
+                # numbers.
+                req.producer.name,
+                "1" if req.producer.force else "0",
+                "1" if req.producer.publish else "0",
+                "1" if req.producer.webhook else "0",
+                req.producer.lua_accounts(),
             ],
             client=pipe,
         )

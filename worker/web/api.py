@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from worker.core.errors import InvalidIdError
+from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.result import PollResult
 from worker.ops import metrics
 from worker.ops.health import live_beats
 from worker.ops.stats import read_minutes
 from worker.store.admin import CancelOutcome, ReplayOutcome
 from worker.web import openapi
-from worker.web.context import WebContext, ctx_of, holder
+from worker.web.context import AUTH, WebContext, ctx_of, holder
 from worker.web.errors import ApiError
 from worker.web.requests import (
     parse_cancel,
@@ -113,6 +113,9 @@ async def enqueue(request: web.Request) -> web.Response:
     spec = parse_enqueue(
         await read_json(request, required=True), max_batch=ctx.settings.api_max_batch
     )
+    # The producer of the key (None: an operator's key, or no keys: the default producer).
+    verdict = request.get(AUTH)
+    producer = verdict.key.producer if verdict is not None and verdict.key is not None else None
     try:
         if spec.children:
             outcomes = [
@@ -125,6 +128,7 @@ async def enqueue(request: web.Request) -> web.Response:
                     webhook_url=spec.webhook_url,
                     window_seconds=spec.window_seconds,
                     reply_to=spec.reply_to,
+                    producer=producer,
                 )
             ]
         else:
@@ -136,7 +140,17 @@ async def enqueue(request: web.Request) -> web.Response:
                 webhook_url=spec.webhook_url,
                 window_seconds=spec.window_seconds,
                 reply_to=spec.reply_to,
+                producer=producer,
             )
+    except ScopeError as exc:
+        # Named: what the producer may not ask for; every outcome when Redis refused part of it.
+        details: dict[str, Any] = {"producer": exc.producer, "refused": list(exc.refused)}
+        if exc.outcomes:
+            details["outcomes"] = [
+                outcome_json(o.container_id, o.outcome, o.status, o.reason)  # type: ignore[attr-defined]
+                for o in exc.outcomes
+            ]
+        raise ApiError("out_of_scope", str(exc), **details) from None
     except InvalidIdError as exc:
         raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     except ValueError as exc:

@@ -327,6 +327,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
             session=session,
             csrf=token,
             now=time.time(),
+            enqueue=route.name == "enqueue",
         )
 
     # Credentials first: nothing of the body is read for a request that has none.

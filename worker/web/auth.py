@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from config import Settings
-from worker.core.access import BadKeyError, KeyRing, split_keys
+from config.producers import ProducersError, split_scoped_key
+from worker.core.access import BadKeyError, KeyRing, check_key, split_keys
 
 log = logging.getLogger("threads_poller.web")
 
@@ -57,7 +58,10 @@ class KeySource:
         write_file: Path | None = None,
         read_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        producers: Iterable[str] = (),
     ) -> None:
+        # The named producers a read-write key may be bound to ("NAME=KEY").
+        self._producers = tuple(producers)
         try:
             self._write = tuple(split_keys(write or "", what="API_KEYS"))
             self._read = tuple(split_keys(read or "", what="API_READ_KEYS"))
@@ -80,7 +84,10 @@ class KeySource:
                 raise KeysError(f"invalid setting {exc} (in {f.path})") from None
         self._clock = clock
         self._checked = clock()
-        self._ring = self._build()
+        try:
+            self._ring = self._build()
+        except BadKeyError as exc:
+            raise KeysError(f"invalid setting {exc}") from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeySource:
@@ -89,12 +96,29 @@ class KeySource:
             read=settings.api_read_keys.get_secret_value() if settings.api_read_keys else None,
             write_file=settings.api_keys_file,
             read_file=settings.api_read_keys_file,
+            producers=settings.producer_scopes().scopes,
         )
 
+    def _bind(self, items: Iterable[str], what: str) -> tuple[list[str], dict[str, str]]:
+        """Plain keys and "NAME=KEY" items: the keys, and which are bound to which producer."""
+        keys: list[str] = []
+        bound: dict[str, str] = {}
+        for item in items:
+            try:
+                name, key = split_scoped_key(item, self._producers)
+            except ProducersError as exc:
+                raise BadKeyError(f"{what}: {exc}") from None
+            if name is not None:
+                check_key(key, what=what)
+                bound[key] = name
+            keys.append(key)
+        return keys, bound
+
     def _build(self) -> KeyRing:
-        write = self._write + (self._files["write"].keys if "write" in self._files else ())
+        write_items = self._write + (self._files["write"].keys if "write" in self._files else ())
         read = self._read + (self._files["read"].keys if "read" in self._files else ())
-        return KeyRing.build(write, read)
+        write, bound = self._bind(write_items, "API_KEYS")
+        return KeyRing.build(write, read, bound)
 
     @property
     def secrets(self) -> list[str]:
@@ -120,7 +144,12 @@ class KeySource:
                 st = _stat(f.path)
                 f.stamp = st  # do not retry a broken file every second; retry once it changes
         if reread:
-            self._ring = self._build()
+            try:
+                self._ring = self._build()
+            except BadKeyError as exc:
+                # A key bound to a producer that is not configured: not taken for a plain key.
+                log.error("%s; keeping the keys read before", exc)  # noqa: TRY400
+                return self._ring
             log.info("API keys re-read", extra={"keys": len(self._ring.keys)})
         return self._ring
 

@@ -21,6 +21,11 @@ CODES: dict[str, tuple[int, str]] = {
         "a request that changes something comes from another site, or a console request lacks "
         "its CSRF token",
     ),
+    "out_of_scope": (
+        403,
+        "the producer of this API key may not ask for this: an account outside its list, a "
+        "flag (force, publish, webhook_url) it may not set, or a poll another producer started",
+    ),
     "host_not_allowed": (
         403,
         "without API keys the server answers only Host localhost, 127.0.0.1 or [::1]",

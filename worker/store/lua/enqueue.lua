@@ -12,16 +12,58 @@
 --       10 force ('1'/'0'), 11 publish ('1'/'0'), 12 webhook url, 13 pacing step ms (0: none),
 --       14 pacing key of the account, 15 intake entry id ('' when not from the intake),
 --       16 reply_to ('' for none), 17 parent id (a carousel child; ''), 18 parent generation,
---       19 children "A,B,..." (a carousel parent; ''), 20 number of children
+--       19 children "A,B,..." (a carousel parent; ''), 20 number of children,
+--       21 producer name ('default' for the implicit one), 22/23/24 whether that producer may
+--       force / publish / give a webhook url ('1'/'0'), 25 the accounts it may use ('*', or
+--       ',id,id,'): its scope (config/producers.py), enforced here, in the same step as the
+--       write, so that no check-then-write race lets a request past it
 -- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
--- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started).
+-- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started);
+-- a refusal by the producer's scope is {'refused', status, reason, 'scope'}.
 local child = ARGV[17] ~= ''
 if child and redis.call('HGET', KEYS[6], 'generation') ~= ARGV[18] then
   return {'skipped', ''}
 end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
-  'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at')
+  'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
+  'producer', 'account')
 local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
+
+-- Producers' scopes (issue 21). A request outside its producer's scope is refused before
+-- anything is written, whatever door it came through (the doors check it too, to say so early).
+local producer = ARGV[21]
+local function may_use(account)
+  -- '' (no account: the deployment's own token) is in no list: only '*' allows it.
+  return ARGV[25] == '*' or (account ~= '' and string.find(ARGV[25], ',' .. account .. ',', 1,
+    true) ~= nil)
+end
+local function scope_refusal(why)
+  return {'refused', cur[3] or '', 'producer ' .. producer .. ' may not ' .. why, 'scope'}
+end
+-- A poll belongs to the producer that started it (a missing field: 'default'). Changing one
+-- that another producer started (restarting it, or taking it into a carousel) takes what
+-- restarting it would let the caller set: the right to force and to use the poll's account.
+-- So producer B never restarts A's finished container with B's flags, webhook or account.
+local function foreign(owner, account)
+  owner = owner or 'default'
+  if owner == producer or (ARGV[22] == '1' and may_use(account or '')) then
+    return nil
+  end
+  return 'change a poll that producer ' .. owner .. ' started (that takes force and its ' ..
+    'account ' .. ((account or '') ~= '' and account or '(none)') .. ')'
+end
+if not may_use(ARGV[9]) then
+  return scope_refusal(ARGV[9] == '' and 'poll without an account' or 'use account ' .. ARGV[9])
+end
+if ARGV[10] == '1' and ARGV[22] ~= '1' then
+  return scope_refusal('force')
+end
+if ARGV[11] == '1' and ARGV[23] ~= '1' then
+  return scope_refusal('publish')
+end
+if ARGV[12] ~= '' and ARGV[24] ~= '1' then
+  return scope_refusal('give a webhook_url')
+end
 
 -- The carousel a container belongs to while that carousel's poll is live ('' for none).
 local function live_parent(parent, generation)
@@ -45,7 +87,14 @@ if ARGV[19] ~= '' then
   -- live carousel, is not a carousel itself, and is not published (or publishing) on its own.
   for c in string.gmatch(ARGV[19], '[^,]+') do
     local h = redis.call('HMGET', results .. c, 'final', 'carousel_parent', 'parent_generation',
-      'publish_status', 'children')
+      'publish_status', 'children', 'producer', 'account')
+    -- A child polled before (live: taken in; final: polled again) may be another producer's.
+    local theirs = h[1] and foreign(h[6], h[7])
+    if theirs then
+      local r = scope_refusal(theirs)
+      r[3] = r[3] .. ': child ' .. c
+      return r
+    end
     local other = live_parent(h[2], h[3])
     if other ~= '' and other ~= ARGV[1] then
       return {'refused', '', 'child ' .. c .. ' belongs to carousel ' .. other ..
@@ -97,6 +146,13 @@ elseif cur[1] == '1' then
   end
   restarted = '1'
 end
+if restarted == '1' then
+  -- A restart (force, a carousel's child, a lost job) writes this call's flags over the poll.
+  local theirs = foreign(cur[10], cur[11])
+  if theirs then
+    return scope_refusal(theirs)
+  end
+end
 local now = now_ms()
 local deadline = now + tonumber(ARGV[2])
 local account = ARGV[9]
@@ -133,6 +189,7 @@ put('publish', ARGV[11] == '1' and '1' or '')
 put('webhook_url', ARGV[12])
 put('intake_entry', ARGV[15])
 put('reply_to', ARGV[16])
+put('producer', producer ~= 'default' and producer or '')  -- who may restart it (see foreign)
 if child then
   put('carousel_parent', ARGV[17])
   put('parent_generation', ARGV[18])
