@@ -193,6 +193,7 @@ async def test_result_hash_schema_and_ttl(
         "last_checked_at",
         "finalized_at",
         "updated_at",
+        "last_run",
     }
     assert raw["status"] == "FINISHED" and raw["final"] == "1" and raw["checks"] == "2"
     assert float(raw["last_checked_at"]) >= float(raw["enqueued_at"])

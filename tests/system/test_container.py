@@ -805,7 +805,10 @@ async def test_compose_demo_commands(
     # Compressed further than the demo's 2 s / 10 s, so that the test takes seconds.
     demo_settings.update(POLL_INTERVAL_SECONDS="0.3", POLL_MAX_SECONDS="1.5", METRICS_PORT="0")
     demo_env = image_env(dockerfile, base, **demo_settings)
-    feeder_env = image_env(dockerfile, base, **mapped(services["demo-feeder"]["environment"]))
+    feeder_settings = mapped(services["demo-feeder"]["environment"])
+    # The producer fixes each poll's window at enqueue: compressed like the worker's.
+    feeder_settings.update(POLL_MAX_SECONDS=demo_settings["POLL_MAX_SECONDS"])
+    feeder_env = image_env(dockerfile, base, **feeder_settings)
     feeder = services["demo-feeder"]
     feeder_argv = [*feeder["entrypoint"], *(c.replace("$$", "$") for c in feeder["command"])]
     image = dockerfile.entrypoint
