@@ -520,9 +520,12 @@ class LifecycleModel(RuleBasedStateMachine):
         if how == "throttled" and owner and run.task.done():
             # One throttling episode: the account pauses (every poll of it waits).
             until = self.run(_account_field(w, "throttled_until"))
-            assert float(until or 0) > call.sent_at, (
-                f"{call.container_id}: a throttled publish answer did not pause the account"
-            )
+            if float(until or 0) <= call.sent_at:
+                broken = AssertionError(
+                    f"{call.container_id}: a throttled publish answer did not pause the account"
+                )
+                self.stats.failed(broken)
+                raise broken
 
     def answer(self, pick: int, status_how: StatusAnswer, publish_how: PublishAnswer) -> None:
         """The Graph API answers one waiting call, whichever kind it is."""
@@ -772,7 +775,8 @@ async def check_invariants(world: World) -> None:
         if status == "PUBLISHED" and cid in g.answered_media:
             assert h.get("media_id") == g.answered_media[cid], (
                 f"{cid}: published with media id {g.answered_media[cid]}, recorded "
-                f"{h.get('media_id')!r}"
+                f"{h.get('media_id')!r}: "
+                + _show(h, "generation", "publish_status", "publish_note", "last_run", "runs")
             )
         if status == "TIMED_OUT" and "within the window" in h.get("last_error", ""):
             _ended_in_its_window(h)
