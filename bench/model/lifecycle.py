@@ -408,8 +408,10 @@ class LifecycleModel(RuleBasedStateMachine):
     )
     def container_changes(self, cid: str, status: str) -> None:
         self.note("container_changes")
-        if self.world.graph.status_of(cid) in ("IN_PROGRESS", "FINISHED") and (
-            cid not in self.world.graph.statuses
+        # Only while it is still processing: a FINISHED container stays FINISHED (or is posted).
+        if (
+            self.world.graph.status_of(cid) == "IN_PROGRESS"
+            and cid not in self.world.graph.statuses
         ):
             self.world.graph.statuses[cid] = status
 
@@ -772,7 +774,8 @@ async def check_invariants(world: World) -> None:
             assert status in ("PUBLISHED", "PUBLISH_UNCONFIRMED", "CANCELLED"), (
                 f"{cid}: its publish could have posted, yet it ended {status}"
             )
-        if status == "PUBLISHED" and cid in g.answered_media:
+        # (A later poll of the id without publish sees PUBLISHED with no media id: not this.)
+        if status == "PUBLISHED" and cid in g.answered_media and h.get("publish") == "1":
             assert h.get("media_id") == g.answered_media[cid], (
                 f"{cid}: published with media id {g.answered_media[cid]}, recorded "
                 f"{h.get('media_id')!r}: "
