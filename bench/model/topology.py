@@ -23,7 +23,6 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import redis as redis_sync
 
@@ -172,23 +171,19 @@ class Topology:
         )
 
     def _linked(self, timeout: float = 10.0) -> None:
-        """Wait until the replica is in sync with the primary."""
+        """Wait until the replica holds a write made on the primary just now (``WAIT`` on the
+        writing connection: a link that is "up" but not streaming does not count)."""
         deadline = time.monotonic() + timeout
-        replica = self.replica.client()
+        primary = self.primary.client()
         try:
             while time.monotonic() < deadline:
-                info: dict[str, Any] = replica.info("replication")  # type: ignore[assignment]
-                if info.get("master_link_status") == "up":
-                    primary = self.primary.client()
-                    try:
-                        acked = primary.execute_command("WAIT", 1, 1000)  # type: ignore[no-untyped-call]
-                        if int(acked) >= 1:
-                            return
-                    finally:
-                        primary.close()
-                time.sleep(0.02)
+                primary.set("model:probe", time.monotonic())
+                acked = primary.execute_command("WAIT", 1, 500)  # type: ignore[no-untyped-call]
+                if int(acked) >= 1:
+                    primary.delete("model:probe")
+                    return
         finally:
-            replica.close()
+            primary.close()
         raise RuntimeError("the replica did not catch up with the primary")
 
     def reset(self) -> None:

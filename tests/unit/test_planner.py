@@ -937,6 +937,9 @@ def time_bound(policy: Policy, w: World, final: PollResult) -> float:
         publish = settle + policy.publish_min_age + max(s.interval, 0.05)
         for k in range(1, policy.publish_max_attempts):
             publish += max(not_ready_backoff(policy, k), s.interval, 0.05)
+        # A throttled answer spends no attempt: it waits the account's pause (in pause_total)
+        # and at least the grace before the next claim.
+        publish += w.throttled_publishes * max(policy.publish_grace, 0.05)
     return deadline + s.slack + publish + extra
 
 

@@ -106,6 +106,14 @@ def build_poller(
     )
 
 
+async def republish(poller: PollerContext) -> None:
+    """What the workers keep in ``{prefix}:config`` (every reconcile period, and at start): their
+    pacing and signing for producers, and the replicas seen, so that a publish during a
+    partition still waits for the replica it cannot reach (worker.store.replicas)."""
+    await poller.store.publish_config(webhook_signing=poller.settings.webhook_secret is not None)
+    await poller.replicas.needed()
+
+
 def job_specs(settings: Settings, poller: PollerContext) -> list[JobSpec]:
     """The job functions a worker runs, with their timeouts and retry rules."""
     check = CheckJob(poller)
@@ -234,7 +242,7 @@ class PollerWorker:
         try:
             for warning in s.warnings():
                 log.warning(warning)
-            await store.publish_config(webhook_signing=s.webhook_secret is not None)
+            await republish(poller)
             await heartbeat.beat()
             spawn(heartbeat.run(), "heartbeat")
             for intake in intakes:
@@ -244,9 +252,7 @@ class PollerWorker:
                     store,
                     period_seconds=min(60.0, max(1.0, s.poll_interval_seconds)),
                     grace_seconds=s.job_timeout_seconds + s.poll_interval_seconds + 30.0,
-                    republish=lambda: store.publish_config(
-                        webhook_signing=s.webhook_secret is not None
-                    ),
+                    republish=lambda: republish(poller),
                 ),
                 "reconcile",
             )
