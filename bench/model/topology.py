@@ -117,23 +117,6 @@ class ReplyProxy:
             with contextlib.suppress(Exception):
                 w.close()
 
-    @staticmethod
-    def _as_primary(old: RedisServer) -> RedisServer:
-        """``old``'s directory and port (its AOF), started as a primary: a promoted replica's
-        command line still says --replicaof."""
-        args = list(old.extra_args)
-        if "--replicaof" in args:
-            i = args.index("--replicaof")
-            del args[i : i + 3]
-        return RedisServer(
-            old.dir,
-            port=old.port,
-            appendonly=True,
-            appendfsync="always",
-            extra_args=args,
-            name=old.name,
-        ).start()
-
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._cut_all)
         self._loop.call_soon_threadsafe(self._server.close)
