@@ -46,6 +46,7 @@ class Call:
     future: asyncio.Future[object]
     run: int  # the state machine's number of the run that made it
     n: int = 0
+    generation: str = ""  # the poll that made a publish call
     # When the request went out (this host's clock, which Redis shares in the model).
     sent_at: float = field(default_factory=time.time)
 
@@ -60,8 +61,10 @@ class GraphModel:
     statuses: dict[str, str] = field(default_factory=dict)
     # The truth: containers really posted, with their media id.
     posted: dict[str, str] = field(default_factory=dict)
-    # Containers whose publish could have posted, as far as the service can know.
+    # Containers whose publish could have posted, as far as the service can know; and the
+    # polls (container, generation) that made such a call.
     maybe_posted: set[str] = field(default_factory=set)
+    maybe_posted_polls: set[tuple[str, str]] = field(default_factory=set)
     # Answers with a media id delivered to a run that still owned its poll: cid -> media id.
     answered_media: dict[str, str] = field(default_factory=dict)
     # Answers that proved a publish failed (a certain "no"), per container.
@@ -83,13 +86,16 @@ class GraphModel:
             return self.statuses[cid]
         return "FINISHED" if self.answered[cid] > 0 else "IN_PROGRESS"
 
-    async def _park(self, kind: Literal["status", "publish"], cid: str) -> object:
+    async def _park(
+        self, kind: Literal["status", "publish"], cid: str, generation: str = ""
+    ) -> object:
         call = Call(
             kind,
             cid,
             asyncio.get_running_loop().create_future(),
             self.current_run,
             next(self._ids),
+            generation,
         )
         self.pending.append(call)
         self.parked.set()
@@ -100,7 +106,7 @@ class GraphModel:
                 # Cancelled (the run's timeout) after the request went out.
                 self.pending.remove(call)
                 if kind == "publish":
-                    self.maybe_posted.add(cid)
+                    self.could_have_posted(call)
 
     async def get_container_status(self, container_id: str, *, token: str) -> ContainerStatus:
         answer = await self._park("status", container_id)
@@ -137,7 +143,7 @@ class GraphModel:
                 self.violations.append(
                     f"carousel {cid} published while child {child} is {self.status_of(child)}"
                 )
-        answer = await self._park("publish", cid)
+        answer = await self._park("publish", cid, h.get("generation", ""))
         if isinstance(answer, ThreadsError):
             raise answer
         assert isinstance(answer, str)
@@ -176,16 +182,16 @@ class GraphModel:
         if how == "posted":
             media = f"m{cid}x{call.n}"
             self.posted[cid] = media
-            self.maybe_posted.add(cid)
+            self.could_have_posted(call)
             if owner:
                 self.answered_media[cid] = media
             answer = media
         elif how == "ambiguous_posted":
             self.posted[cid] = f"m{cid}x{call.n}"
-            self.maybe_posted.add(cid)
+            self.could_have_posted(call)
             answer = RequestTimeoutError("no answer within 1s")
         elif how == "ambiguous_not_posted":
-            self.maybe_posted.add(cid)
+            self.could_have_posted(call)
             answer = GraphAPIError("An unexpected error has occurred", code=2, http_status=500)
         elif how == "not_ready":
             answer = GraphAPIError("Media Not Found", code=24, subcode=4279009, http_status=400)
@@ -200,7 +206,11 @@ class GraphModel:
     def abandon(self, call: Call) -> None:
         """The run that made ``call`` vanished: the request went out, its answer never came."""
         if call.kind == "publish":
-            self.maybe_posted.add(call.container_id)
+            self.could_have_posted(call)
+
+    def could_have_posted(self, call: Call) -> None:
+        self.maybe_posted.add(call.container_id)
+        self.maybe_posted_polls.add((call.container_id, call.generation))
 
 
 @dataclass
