@@ -201,3 +201,23 @@ def test_the_replica_memory_outlasts_a_partition_not_a_removal() -> None:
     assert remembered(2, 1, seen_at=T0, now=T0 + 60) == (2, True)
     # Gone for longer than the memory: removed for good.
     assert remembered(0, 1, seen_at=T0, now=T0 + MEMORY_SECONDS + 1) == (0, True)
+
+
+def test_a_window_read_back_from_its_stamps_keeps_every_check() -> None:
+    # 1796626393.590 - 1796626392.390 is 1.1999998 in floating point: 4 checks of 0.3 s, not 5.
+    h: dict[bytes | str, bytes | str] = {
+        "container_id": "1",
+        "status": State.IN_PROGRESS,
+        "final": "0",
+        "enqueued_at": "1796626392.390",
+        "deadline_at": "1796626393.590",
+        "generation": "g1",
+    }
+    r = PollResult.from_hash(h)
+    policy = Policy(
+        schedule=Schedule(interval=0.3, window=1.2),
+        max_delay=1.0,
+        publish_grace=0.1,
+        publish_max_attempts=3,
+    )
+    assert schedule_of(r, policy).max_checks == 5
