@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 from config import Settings
+from config.settings import EventLoop
 from worker.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, _settings, _with_client
 from worker.client.client import PollerClient
 from worker.core.durations import format_duration, parse_duration
@@ -73,7 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.log_level,
         lambda: [*keys.secrets, *([token] if token else [])],
     )
-    use_event_loop(settings.event_loop)
+    # asyncio's loop whatever EVENT_LOOP says: out of file descriptors, libuv (uvloop) accepts
+    # and closes every queued connection, a key holder's request among them, where asyncio
+    # stops accepting for a second while the connection guard closes idle connections.
+    use_event_loop(EventLoop.ASYNCIO)
     try:
         serve(settings, keys)
     except OSError as exc:
