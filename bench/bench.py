@@ -140,13 +140,14 @@ async def run(cfg: Config) -> None:
                 f"redis-server {info['redis_version']} on {bench.redis_url} (AOF off, no RDB); "
                 f"simulator {bench.sim_base} (pid {bench.child('simulator').pid})"
             )
-            phases: dict[str, Callable[[], Awaitable[None]]] = {
+            phases: dict[str, Callable[[], Awaitable[object]]] = {
                 "noop": bench.phase_noop,
                 "floor": bench.phase_floor,
                 "throughput": bench.phase_throughput,
                 "schedule": bench.phase_schedule,
                 "capacity": bench.phase_capacity,
                 "scale": bench.phase_scale,
+                "million": bench.phase_million,
             }
             for name in cfg.phases:
                 try:
@@ -174,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--n", type=int, help="containers (and no-op jobs, floor checks) of the throughput runs"
     )
     p.add_argument("--capacity-n", type=int, help="containers queued in the capacity phase")
+    p.add_argument(
+        "--million-n",
+        type=int,
+        help="containers in flight in the million phase (1,000,000; --quick 100,000)",
+    )
     p.add_argument(
         "--phases",
         default=",".join(DEFAULT_PHASES),
@@ -255,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         n=args.n or (3_000 if args.quick else 20_000),
         capacity_n=args.capacity_n or (20_000 if args.quick else 100_000),
+        million_n=args.million_n or (100_000 if args.quick else 1_000_000),
         schedule_seconds=args.schedule_seconds or (10.0 if args.quick else 20.0),
         capacity_run_seconds=5.0 if args.quick else 10.0,
         phases=phases,

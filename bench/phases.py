@@ -68,8 +68,11 @@ SCHEDULE_INTERVAL = 1.0
 SCHEDULE_WINDOW = 4.0
 REENQUEUE_AFTER = (1.5, 2.5)  # seconds after its first enqueue, each id goes in again
 
-ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale")
-DEFAULT_PHASES = ALL_PHASES
+ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale", "million")
+# The million phase takes ~10 minutes and ~1.5 GB of Redis: asked for by name only.
+DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p != "million")
+# How far ahead the million phase moves its parked polls' next checks (README, "A million").
+PARK_MS = 3_600_000
 
 
 # ----- processes (bench/harness.py) --------------------------------------------------------------
@@ -134,6 +137,7 @@ class Config:
     quick: bool
     n: int
     capacity_n: int
+    million_n: int
     schedule_seconds: float
     capacity_run_seconds: float
     phases: tuple[str, ...]
@@ -176,6 +180,13 @@ class Figures:
     rss_100k_mib: float | None = None
     hwm_100k_mib: float | None = None
     capacity_in_flight: int | None = None
+    million_n: int | None = None
+    million_enqueue_s: float | None = None
+    million_bytes_per_container: float | None = None
+    million_late_p99: float | None = None
+    million_late_max: float | None = None
+    million_rate: float | None = None
+    million_rss_mib: float | None = None
     sched_target_rate: float | None = None
     sched_actual_rate: float | None = None
     late_p50: float | None = None
@@ -249,6 +260,8 @@ CpuSnapshot = dict[str, tuple[float, float]]
 class Bench:
     def __init__(self, cfg: Config, tmp: Path) -> None:
         self.cfg = cfg
+        # The worker's VmRSS at the end of the last lateness run (phase_schedule), in MiB.
+        self.last_rss_mib: float | None = None
         self.tmp = tmp
         self.figures = Figures()
         self.redis_url = ""
@@ -788,27 +801,32 @@ class Bench:
                 "core each would go"
             )
 
-    async def phase_schedule(self) -> None:
+    async def phase_schedule(self, *, fresh: bool = True) -> tuple[float, float, float]:
+        """The lateness run; ``fresh`` False: on top of what Redis holds (the million phase),
+        without touching the schedule phase's figures. Returns lateness p50, p99, max."""
         from worker.client.producer import enqueue_many
         from worker.core.decisions import Schedule
         from worker.store.keys import Keys
 
-        f, keys = self.figures, Keys(PREFIX)
+        f, keys = (self.figures if fresh else Figures()), Keys(PREFIX)
         schedule = Schedule(SCHEDULE_INTERVAL, SCHEDULE_WINDOW)
         max_rate = self.cfg.half_rate
         if max_rate is None:
-            max_rate = f.check_rate / 2 if f.check_rate else 100.0
+            rate = self.figures.check_rate  # the throughput phase's, when it ran
+            max_rate = rate / 2 if rate else 100.0
         per_second = max_rate / schedule.max_checks
         duration = self.cfg.schedule_seconds
         total = max(1, round(per_second * duration))
         f.sched_target_rate, f.expected_checks = max_rate, schedule.max_checks
         out(
-            f"\n[schedule] {max_rate:.0f} checks/s (half the measured maximum): "
+            f"\n[schedule{'' if fresh else ', beside them'}] {max_rate:.0f} checks/s "
+            "(half the measured maximum): "
             f"{per_second:.1f} containers/s for {duration:.0f} s = {total} containers, "
             f"IN_PROGRESS, interval {SCHEDULE_INTERVAL:g} s, window {SCHEDULE_WINDOW:g} s "
             f"({schedule.max_checks} checks each); each id enqueued twice more while polled"
         )
-        await self.reset()
+        if fresh:
+            await self.reset()
         settings = self.settings(
             poll_interval_seconds=SCHEDULE_INTERVAL, poll_max_seconds=SCHEDULE_WINDOW
         )
@@ -863,6 +881,8 @@ class Bench:
             limit_s=SCHEDULE_WINDOW + 60.0,
         )
         cpu1 = self.cpu_snapshot(child)
+        rss_end = proc_status_kib(child.pid, "VmRSS")
+        self.last_rss_mib = None if rss_end is None else rss_end / 1024
         child.stop()
         calls = (await self.sim("GET", "/calls"))["containers"]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -923,6 +943,76 @@ class Bench:
             "'duplicate' (no new job, no call)"
         )
         out(f"  CPU during the phase: {self.cpu_line(cpu0, cpu1)}")
+        return (
+            percentile(late_all, 50),
+            percentile(late_all, 99),
+            max(late_all, default=math.nan),
+        )
+
+    async def phase_million(self) -> None:
+        """A million in flight on one Redis: N containers enqueued through the CLI (one
+        ``threads-poller enqueue`` reading ids on stdin), Redis memory per container, then the
+        schedule phase's lateness run beside them, with their next checks parked an hour ahead
+        (as between two checks: one worker cannot check a million a minute, and the run measures
+        what a million in flight cost the others, not a backlog)."""
+        from worker.store.keys import Keys
+
+        n, f, keys = self.cfg.million_n, self.figures, Keys(PREFIX)
+        out(f"\n[million] {n} containers enqueued through the CLI, default schedule")
+        await self.reset()
+        ids_file = self.tmp / "million-ids.txt"
+        with ids_file.open("w") as fh:
+            for i in range(n):
+                fh.write(f"{CAPACITY_IDS}{i:015d}\n")
+        used0 = int((await self.redis.info("memory"))["used_memory"])
+        t0 = time.monotonic()
+        with ids_file.open("rb") as stdin:
+            proc = await asyncio.create_subprocess_exec(
+                *threads_poller_command(),
+                "enqueue",
+                stdin=stdin,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.worker_env(),
+                cwd=self.tmp,
+            )
+            _, err = await proc.communicate()
+        took = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"enqueue exited {proc.returncode}: {err.decode()[-300:]}")
+        used1 = int((await self.redis.info("memory"))["used_memory"])
+        in_flight = int(await self.redis.zcard(keys.inflight))
+        queued = int(await self.redis.zcard(keys.queue))
+        f.million_n, f.million_enqueue_s = in_flight, took
+        f.million_bytes_per_container = (used1 - used0) / max(in_flight, 1)
+        out(
+            f"  threads-poller enqueue: {in_flight} in flight, {queued} jobs queued in "
+            f"{took:.1f} s ({in_flight / took:.0f}/s); used_memory {used0 / 2**20:.1f} -> "
+            f"{used1 / 2**20:.1f} MiB, {f.million_bytes_per_container:.0f} bytes per container"
+        )
+        # Park them: every queued check (all due now) an hour ahead, 10,000 per script call.
+        park = self.redis.register_script(
+            "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1],"
+            " 'WITHSCORES', 'LIMIT', 0, 10000) "
+            "for i = 1, #ids, 2 do redis.call('ZADD', KEYS[1], 'XX', ids[i + 1] + ARGV[2],"
+            " ids[i]) end return #ids / 2"
+        )
+        seconds, micros = await self.redis.time()
+        cutoff = seconds * 1000 + micros // 1000 + PARK_MS // 2  # above every unparked score
+        moved = 0
+        while got := int(await park(keys=[keys.queue], args=[cutoff, PARK_MS])):
+            moved += got
+        out(f"  parked {moved} checks {PARK_MS / 1000:.0f} s ahead")
+        # The lateness run at half one worker's rate, with the million in Redis.
+        _p50, p99, worst = await self.phase_schedule(fresh=False)
+        used2 = int((await self.redis.info("memory"))["used_memory"])
+        f.million_late_p99, f.million_late_max = p99, worst
+        f.million_rss_mib = self.last_rss_mib
+        out(
+            f"  with {in_flight} in flight: lateness p99 {fmt(p99, '.3f')} s, max "
+            f"{fmt(worst, '.3f')} s; worker RSS at the end {fmt(f.million_rss_mib, '.1f')} MiB; "
+            f"used_memory {used2 / 2**20:.1f} MiB"
+        )
 
     async def phase_capacity(self) -> None:
         from worker.store.keys import ARQ_JOB_PREFIX as JOB_PREFIX

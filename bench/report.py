@@ -107,6 +107,25 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
         None if extra is None else extra == 0,
     )
     scale_rows(f.scale, row)
+    if f.million_n is not None:
+        row(
+            f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
+            fmt(f.million_bytes_per_container),
+            f"<= {TARGET_BYTES_PER_CONTAINER}",
+            le(f.million_bytes_per_container, TARGET_BYTES_PER_CONTAINER),
+        )
+        enqueue_s = f.million_enqueue_s or math.nan
+        row(
+            "million phase: CLI enqueue time / containers per s",
+            f"{fmt(enqueue_s, '.1f')} s / {fmt(f.million_n / enqueue_s)}",
+        )
+        row(
+            "million phase: lateness p99 beside them",
+            fmt(f.million_late_p99, ".3f") + " s",
+            f"<= {TARGET_P99_LATENESS_S:g} s",
+            le(f.million_late_p99, TARGET_P99_LATENESS_S),
+        )
+        row("million phase: worker RSS at the end", fmt(f.million_rss_mib, ".1f") + " MiB")
     variant = []
     if cfg.log_level.upper() != "INFO":
         variant.append(f"LOG_LEVEL={cfg.log_level}")

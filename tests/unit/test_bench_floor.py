@@ -24,6 +24,7 @@ def test_floor_is_in_the_default_run_and_its_report(
         quick=True,
         n=100,
         capacity_n=100,
+        million_n=100,
         schedule_seconds=1.0,
         capacity_run_seconds=1.0,
         phases=DEFAULT_PHASES,
