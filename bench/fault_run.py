@@ -227,7 +227,7 @@ class FaultRunConfig:
                 f"{','.join(DEFAULT_FAULT_KINDS)}; slow = {self.slow_seconds:g} s "
                 f"> HTTP_TIMEOUT_SECONDS {self.http_timeout:g}",
                 f"  JOB_TIMEOUT_SECONDS {self.job_timeout:g}; a SIGKILLed check runs again after "
-                f"{rerun_after_kill:g} s (the lease: the largest job timeout + 2 s)",
+                f"{rerun_after_kill:g} s at most (LEASE_SECONDS: renewed while a run works)",
                 f"  throttling: THROTTLE_BACKOFF_SECONDS {self.throttle_backoff:g}, "
                 f"THROTTLE_MAX_DELAY_SECONDS {self.throttle_max_delay:g}, pacing off",
                 f"  redis: appendonly yes, appendfsync {self.appendfsync}, SIGKILLed and restarted "
@@ -310,7 +310,8 @@ def starved_probability(
 
 
 def rerun_after_kill(settings: Settings) -> float:
-    """How long a SIGKILLed check waits to run again: its run's lease (worker.runtime.app)."""
+    """How long a SIGKILLed check waits to run again at most: its run's lease, as last renewed
+    (worker.runtime.app)."""
     from worker.runtime.app import lease_seconds
 
     return lease_seconds(settings)

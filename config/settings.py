@@ -169,8 +169,14 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=200, ge=1, le=100_000)
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # A run that outlives this is cut off and its job runs again later (checked below: well
-    # above the HTTP timeout). A run owns its poll for this + 2 s (its lease).
+    # above the HTTP timeout).
     job_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # How long a claim gives a run its job; the worker renews it every third of this while the
+    # run works (worker/core/lease.py), so a SIGKILLed or frozen worker's jobs are due again
+    # within this, whatever JOB_TIMEOUT_SECONDS. At least 0.3 s: a renewal every 0.1 s at most
+    # (one round trip for all of a worker's jobs); under a second, a Redis blip or a busy event
+    # loop can cost a run its lease.
+    lease_seconds: float = Field(default=6.0, ge=0.3, le=600)
 
     # Being a good citizen of the Graph API (see the error policy in api_client/policy.py).
     api_max_concurrency: int = Field(default=50, ge=1, le=10_000)

@@ -9,8 +9,10 @@ Each step is one thing that can happen to a deployment, chosen by hypothesis:
 - workers: claim a due job and run it (``Runner.execute``: the timeout, the give-up and the
   release of the real runner) until it finishes or waits on the Graph API; the give-up (a job
   whose runs never settled); a run whose lease runs out while it waits (it stalled, SIGSTOP)
-  and that is answered later; a run whose timeout fires; a worker that dies (its runs vanish,
-  their leases run out);
+  and that is answered later; the runner's lease renewal (``Runner.renew``: live runs keep their
+  jobs, a run whose lease ran out is cut off); a run whose renewals stop (its lease runs out,
+  and the renewal that finally goes through cuts it off); a run whose timeout fires; a worker
+  that dies (its runs vanish, their leases run out);
 - the Graph API (``bench.model.graph``): every status, a transient error, throttling (code 4),
   100/33, and for a publish call: posted, an ambiguous answer that did or did not post,
   24/4279009, throttled, a certain failure; a publish answered while Redis refuses writes and
@@ -71,6 +73,8 @@ SECRET = "model-webhook-secret-0123456789abcdef"  # noqa: S105
 SINGLES = ("101", "102", "103")
 PARENTS = ("201", "202")
 INTERVAL, WINDOW, LONG_WINDOW, MAX_DELAY = 0.3, 1.2, 2.4, 0.8
+# Leases outlive an example, and are renewed only by the steps that say so (``renewing=False``):
+# when a lease runs out is the machine's choice, never the wall clock's.
 LEASE_MS = 60_000
 # How long ``drain`` may take to bring every poll to a final state (real seconds): the longest
 # window, the throttling it may absorb, a carousel's wait for its children, and slack.
@@ -191,6 +195,8 @@ class World:
             concurrency=1000,
             poll_delay_s=0.05,
             name=f"model-worker-{self.worker_n}",
+            lease_s=LEASE_MS / 1000,
+            renewing=False,
         )
 
     async def read_hash(self, cid: str) -> dict[str, str]:
@@ -443,6 +449,8 @@ class LifecycleModel(RuleBasedStateMachine):
         "stall_past_lease",
         "run_times_out",
         "worker_dies",
+        "renew_leases",
+        "renewal_stops",
         "runs_never_settle",
         "partition_replica",
         "heal_replica",
@@ -470,6 +478,7 @@ class LifecycleModel(RuleBasedStateMachine):
         elif kind in (
             "publish_answered_as_time_runs_out",
             "stall_past_lease",
+            "renewal_stops",
             "run_times_out",
             "replay_webhook",
             "split_brain",
@@ -613,6 +622,34 @@ class LifecycleModel(RuleBasedStateMachine):
         run = w.runs[calls[pick % len(calls)].run]
         run.stalled = True
         self.run(w.expire_lease(run))
+
+    def renew_leases(self) -> None:
+        """The runner renews every lease it holds (one round trip): runs that own their job keep
+        it; a stalled run, whose lease ran out, learns so and stops (SIGCONT, the renewal's
+        reply handled before the run's own)."""
+        self.note("renew")
+        w = self.world
+        cut = [r.task for r in w.live_runs() if r.stalled]
+        self.run(w.runner.renew())
+        if cut:
+            # Each ends (its call, if any, abandoned): wait for that, not for a parked call.
+            self.run(asyncio.wait(cut, timeout=5.0))
+
+    def renewal_stops(self, pick: int) -> None:
+        """A run waiting on the API is no longer renewed (its worker cannot reach Redis, or is
+        frozen): its lease runs out and its job is due again; the renewal that finally goes
+        through finds the lock gone and cuts the run off."""
+        w = self.world
+        calls = [c for c in w.graph.pending if not w.runs[c.run].stalled]
+        if not calls:
+            self.note("renewal_stops")
+            return
+        run = w.runs[calls[pick % len(calls)].run]
+        run.stalled = True
+        self.run(w.expire_lease(run))
+        self.renew_leases()
+        self.note("renewal_stops")
+        assert run.task.done(), "a run whose lease ran out went on after its renewal"
 
     def run_times_out(self, pick: int) -> None:
         self.note("timeout")

@@ -33,7 +33,7 @@ from worker.ops import metrics, stats
 from worker.ops.health import Heartbeat
 from worker.runtime.intake import IntakeConsumer
 from worker.runtime.reconcile import reconcile_forever
-from worker.runtime.runner import LEASE_MARGIN_SECONDS, JobSpec, Runner
+from worker.runtime.runner import JobSpec, Runner
 from worker.store.accounts import AccountStore
 from worker.store.connections import StartupAborted, connect_worker_redis
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION
@@ -66,9 +66,9 @@ def concurrency(settings: Settings) -> int:
 
 
 def lease_seconds(settings: Settings) -> float:
-    """How long a run owns its job: the longest job timeout + the runner's margin (a killed
-    run's job is due again after this)."""
-    return max(settings.job_timeout_seconds, webhook_timeout(settings)) + LEASE_MARGIN_SECONDS
+    """How long a claim or renewal keeps a job (renewed while its run works): a killed run's
+    job is due again at most this long after the kill."""
+    return settings.lease_seconds
 
 
 def webhook_timeout(settings: Settings) -> float:
@@ -205,6 +205,7 @@ class PollerWorker:
             job_specs(s, poller),
             concurrency=concurrency(s),
             poll_delay_s=poll_delay(s),
+            lease_s=lease_seconds(s),
         )
         self.runner = runner
         # One consumer per producer's stream (the default one, then each named producer's),

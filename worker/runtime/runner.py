@@ -7,15 +7,22 @@ replaces arq's ``Worker`` because arq's end-of-run writes (``finish_job``, ``fin
 are not fenced: a stalled run deletes its successor's job, and a timeout, a Redis error or too
 many tries deletes a live poll (README, "Why our own runner").
 
+A run owns its job for a short lease (``LEASE_SECONDS``, 6 s by default), which one task per
+runner renews for all of its running jobs every third of a lease, in one round trip
+(``JobQueue.renew``). So a run keeps its job for as long as it works, up to its own timeout, while
+a killed worker's jobs are due again one short lease after its last renewal, whatever the
+timeout. A run whose renewal finds its lock taken, or whose lease runs out unrenewed (Redis away,
+the process frozen), is cut off (``RunDeadline``): its writes would be refused anyway.
+
 Every failure path of a run ends in "the job runs again later": an exception or a timeout
-releases the job (due again after the spec's ``retry_delay_s``), a shutdown cancellation
-releases it at once, and when even that write fails (Redis away) the lease expires and the job is
-due again by itself. Only the job function's own fenced writes end a job.
+releases the job (due again after the spec's ``retry_delay_s``), a shutdown cancellation or a
+lapsed lease releases it at once, and when even that write fails (Redis away) the lease expires
+and the job is due again by itself. Only the job function's own fenced writes end a job.
 
 A job whose data was refused (``ClaimedJob.replanned``: a pickle of an earlier release, garbage,
 gone) but whose id says what it is runs as its id says, after its data is written again in the
 format; the refusal is logged once. A job no worker can run (an unknown function, unreadable data
-under a foreign id) is given back after a lease, logged once per process, and never run.
+under a foreign id) is given back for a while, logged once per process, and never run.
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from worker.core.lease import (
+    DEFAULT_LEASE_SECONDS,
+    lease_end,
+    next_renewal_in,
+    renew_period,
+)
 from worker.store.queue import ClaimedJob, JobQueue
 
 log = logging.getLogger("threads_poller.runner")
@@ -39,9 +52,11 @@ log = logging.getLogger("threads_poller.runner")
 JobFunction = Callable[[ClaimedJob], Awaitable[None]]
 GiveUp = Callable[[ClaimedJob, str], Awaitable[None]]
 
-# The lease outlives the job's timeout by this much, so that a run cut off by its timeout still
-# owns its job while it releases it.
-LEASE_MARGIN_SECONDS = 2.0
+# A job no worker here can run is given back for the longest job timeout + this (a minute by
+# default): claimed again about as often as a run of it could have lasted, not every lease.
+UNRUNNABLE_MARGIN_SECONDS = 2.0
+# How long a drain waits, after cancelling the runs left, for them to give their jobs back.
+_RELEASE_WAIT_SECONDS = 3.0
 # How long a failed claim keeps quiet before it warns again (a Redis restart fails every poll).
 _WARN_EVERY_SECONDS = 10.0
 # Jobs no worker runs (an unknown function, unreadable data of a foreign id) whose refusal this
@@ -96,10 +111,20 @@ class Runner:
     poll_delay_s: float
     name: str = field(default_factory=worker_name)
     stats: RunnerStats = field(default_factory=RunnerStats)
+    # How long a claim or renewal keeps a job (LEASE_SECONDS); renewed every third of it.
+    lease_s: float = DEFAULT_LEASE_SECONDS
+    # False: leases are renewed only when ``renew`` is called (the lifecycle model steps it).
+    renewing: bool = True
 
     def __post_init__(self) -> None:
         self._specs = {s.name: s for s in self.specs}
-        self.lease_s = max(s.timeout_s for s in self.specs) + LEASE_MARGIN_SECONDS
+        self._renew_every = renew_period(self.lease_s)
+        self.unrunnable_delay_s = max(s.timeout_s for s in self.specs) + UNRUNNABLE_MARGIN_SECONDS
+        # The runs this runner holds a lease for, by job id and token (a token names a run of
+        # one job only; a job may come back to this runner while its earlier run still gives it
+        # back), and the task renewing them.
+        self._held: dict[tuple[str, str], ClaimedJob] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._wake = asyncio.Event()
@@ -156,7 +181,12 @@ class Runner:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=LEASE_MARGIN_SECONDS + 1)
+            await asyncio.wait(set(self._tasks), timeout=_RELEASE_WAIT_SECONDS)
+        renewer = self._renewer
+        if renewer is not None and not self._held:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -169,21 +199,74 @@ class Runner:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def execute(self, job: ClaimedJob) -> None:
-        """Run one claimed job under its spec: its timeout, its give-up, and a release on every
-        path that does not settle it (``run`` starts this for each job it claims)."""
+        """Run one claimed job under its spec: its timeout, its lease (renewed while it runs),
+        its give-up, and a release on every path that does not settle it (``run`` starts this
+        for each job it claims)."""
         await self._run(job)
 
+    async def renew(self) -> int:
+        """Renew the lease of every run this runner holds, in one round trip; a run whose lock
+        no longer holds its token is cut off. Returns how many were.
+
+        The new lease is counted from before the renewal was sent (Redis renewed it then or
+        later), so a run never believes it holds its job longer than Redis does."""
+        jobs = list(self._held.values())
+        if not jobs:
+            return 0
+        sent = time.monotonic()
+        lost = await self.queue.renew(jobs, lease_ms=int(self.lease_s * 1000))
+        until = self._loop_time(lease_end(sent, self.lease_s))
+        for job in jobs:
+            if (job.job_id, job.token) in lost:
+                job.deadline.lose()
+            else:
+                job.deadline.renewed(until)
+        return len(lost)
+
+    async def _renew_while_held(self) -> None:
+        """One task per runner: renews every third of a lease while the runner holds a run,
+        then ends (the next run starts it again)."""
+        last = time.monotonic()
+        while self._held:
+            await asyncio.sleep(next_renewal_in(last, time.monotonic(), self._renew_every))
+            if not self._held:
+                return
+            last = time.monotonic()
+            try:
+                # A renewal that takes a period is abandoned for the next one; runs it could not
+                # renew are cut off when their lease ends.
+                async with asyncio.timeout(self._renew_every):
+                    await self.renew()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._warn("renewing leases", exc)
+            except Exception:
+                # Never end the renewals on a surprise: every running job would lose its lease.
+                log.exception("renewing leases failed; trying again")
+
+    def _loop_time(self, monotonic: float) -> float:
+        """A time of ``time.monotonic()`` on the event loop's clock (uvloop's need not match)."""
+        return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
+
     async def _run(self, job: ClaimedJob) -> None:
+        self._held[job.job_id, job.token] = job
+        if self.renewing and (self._renewer is None or self._renewer.done()):
+            self._renewer = asyncio.create_task(self._renew_while_held(), name="lease renewal")
+        try:
+            await self._run_held(job)
+        finally:
+            self._held.pop((job.job_id, job.token), None)
+
+    async def _run_held(self, job: ClaimedJob) -> None:
         self.stats.started += 1
         spec = self._specs.get(job.function)
         if spec is None:
             why = job.broken or f"no job function named {job.function!r} in this worker"
             if self._first_time(job.job_id, why):
                 log.error("job not runnable: %s", why, extra={"job_id": job.job_id})
-            # Due again after a lease: a worker of another version may know its function. Data
-            # that cannot be read is never run (a job of ours is re-planned from its id instead,
+            # Due again later: a worker of another version may know its function. Data that
+            # cannot be read is never run (a job of ours is re-planned from its id instead,
             # below), and stays for an operator to look at.
-            await self._release(job, int(self.lease_s * 1000))
+            await self._release(job, int(self.unrunnable_delay_s * 1000))
             return
         if job.replanned:
             # Data refused (a pickle of an earlier release, garbage, gone, or not what the id
@@ -197,14 +280,18 @@ class Runner:
             await self._rewrite(job)
         try:
             async with asyncio.timeout(spec.timeout_s) as timeout:
-                loop_now = asyncio.get_running_loop().time()
-                # A hold (an answer being recorded) may outlast the timeout, not the lease.
-                job.deadline.bind(timeout, lease_end=loop_now + self.lease_s - 0.5)
-                if job.try_ > spec.max_tries and spec.give_up is not None:
-                    self.stats.given_up += 1
-                    await spec.give_up(job, f"{job.try_ - 1} runs did not settle it")
-                else:
-                    await spec.run(job)
+                # The run ends at its timeout or when its lease does (renewals push that out);
+                # a hold (an answer being recorded) may outlast the timeout, not the lease.
+                job.deadline.bind(timeout, lease_end=self._loop_time(job.lease_until))
+                try:
+                    if job.try_ > spec.max_tries and spec.give_up is not None:
+                        self.stats.given_up += 1
+                        await spec.give_up(job, f"{job.try_ - 1} runs did not settle it")
+                    else:
+                        await spec.run(job)
+                finally:
+                    # A renewal's reply may still come while the job is given back.
+                    job.deadline.unbind()
             self.stats.settled += 1
         except asyncio.CancelledError:
             # A shutdown: the job is due again at once, for another worker (or this one later).
@@ -212,6 +299,9 @@ class Runner:
             raise
         except Exception as exc:
             self.stats.failed += 1
+            if isinstance(exc, TimeoutError) and job.deadline.lease_over:
+                await self._lease_ended(job)
+                return
             what = "timed out" if isinstance(exc, TimeoutError) else "failed"
             log.warning(
                 "job run %s; it runs again in %.1fs",
@@ -224,6 +314,19 @@ class Runner:
                 },
             )
             await self._release(job, int(spec.retry_delay_s * 1000))
+
+    async def _lease_ended(self, job: ClaimedJob) -> None:
+        lost = job.deadline.lease_lost
+        log.warning(
+            "job run stopped: %s",
+            "another run holds its job" if lost else "its lease ran out before a renewal",
+            extra={"job_id": job.job_id, "job_try": job.try_},
+        )
+        if not lost:
+            # Its lock may still hold this run's token (the run counts its lease from before it
+            # was sent, Redis from after): give the job back at once, as a killed run's would
+            # be due when its lease ends. A taken lock refuses this; Redis away: it expires.
+            await self._release(job, 0)
 
     def _first_time(self, job_id: str, why: str) -> bool:
         """Whether this process has not logged ``why`` for ``job_id`` yet (a job no worker runs

@@ -7,10 +7,12 @@ reads our jobs correctly, and a job enqueued with arq's ``enqueue_job`` runs her
 ``jobdata``'s ``job_serializer`` / ``job_deserializer``).
 
 What differs from arq's worker is ownership. A claim (``lua/claim.lua``) gives each run a token
-of its own in the job's lock, for a lease, and moves the job's score to the lease's end. Every
-write a run makes afterwards (``record.lua``, ``settle.lua``, ``release.lua``, ``account.lua``,
-``publish_claim.lua``, ``webhook_settle.lua``, ``rewrite.lua``) first checks that the lock still
-holds that token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplicate changes
+of its own in the job's lock, for a short lease (``LEASE_SECONDS``), and moves the job's score to
+the lease's end; the runner renews the leases of its running jobs (``lua/renew.lua``, one round
+trip for all of them) for as long as they run. Every write a run makes afterwards
+(``record.lua``, ``settle.lua``, ``release.lua``, ``account.lua``, ``publish_claim.lua``,
+``webhook_settle.lua``, ``rewrite.lua``, ``renew.lua``) first checks that the lock still holds
+that token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplicate changes
 nothing, and the job, due again when the lease ended, is run by its successor. No path of a run
 deletes a live poll's job: only a fenced final record ends it.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker.core.lease import cutoff, lease_end
 from worker.store import scripts
 from worker.store.jobdata import (
     CHECK_FUNCTION,
@@ -80,33 +84,66 @@ class AccountState:
 
 
 class RunDeadline:
-    """A run's time limit (the runner's ``asyncio.timeout``), which the job may hold off while
-    it writes down an answer it already has (``hold``).
+    """A run's time limit (the runner's ``asyncio.timeout``), bound to its lease, which the job
+    may hold off while it writes down an answer it already has (``hold``).
 
-    Why: a publish answer that arrives just before the run's timeout must still be recorded;
-    cancelling the run between the answer and its record would throw away the media id and
-    leave the publish ambiguous although Meta answered. A hold lasts at most until the run's
-    lease ends (after that its writes are refused anyway, and the job runs again).
+    The timer fires at the run's own time limit (its job timeout) or when its lease ends,
+    whichever comes first: the runner renews the lease while the run works (``renewed``), so
+    only a run whose renewals stopped (Redis away, the process frozen) reaches the lease's end,
+    and one whose renewal found the lock taken (``lose``) stops at once. Past its lease a run's
+    writes are refused anyway (fenced by its token) and its job runs again elsewhere.
+
+    Why the hold: a publish answer that arrives just before the run's timeout must still be
+    recorded; cancelling the run between the answer and its record would throw away the media id
+    and leave the publish ambiguous although Meta answered. A hold lasts at most until the lease,
+    as last renewed, ends; a lost lease ends it at once.
     """
 
     def __init__(self) -> None:
         self._timeout: asyncio.Timeout | None = None
-        self._lease_end: float | None = None  # the event loop's time
+        self._due: float | None = None  # the run's own limit (the event loop's time)
+        self._lease_end: float | None = None  # the event loop's time; None: not known yet
         self._holds = 0
-        self._due: float | None = None  # the deadline a hold put aside
+        self._lost = False
 
     def bind(self, timeout: asyncio.Timeout, *, lease_end: float) -> None:
         """Called by the runner inside ``async with asyncio.timeout(...) as timeout``."""
         self._timeout = timeout
-        self._lease_end = lease_end
+        self._due = timeout.when()
+        # A renewal that came before the bind (while the run started) is kept.
+        self._extend(lease_end)
+
+    def unbind(self) -> None:
+        """Called by the runner as the run leaves its timeout's block: what comes later (a
+        renewal's reply, a loss) is remembered but reschedules nothing."""
+        self._timeout = None
+
+    @property
+    def lease_over(self) -> bool:
+        """True once the lease is lost or has run out as far as this run can tell."""
+        if self._lost:
+            return True
+        end = self._lease_end
+        return end is not None and asyncio.get_running_loop().time() >= end
+
+    @property
+    def lease_lost(self) -> bool:
+        """True when a renewal found the lock no longer this run's."""
+        return self._lost
+
+    def renewed(self, lease_end: float) -> None:
+        """The lease now ends at ``lease_end`` (the event loop's time)."""
+        self._extend(lease_end)
+
+    def lose(self) -> None:
+        """The lease is gone (the lock holds another token, or none): stop now, holds too."""
+        self._lost = True
+        self._apply()
 
     def expire(self) -> None:
         """End the run now, as its timeout would (at once, or when a hold ends)."""
-        loop_now = asyncio.get_running_loop().time()
-        if self._holds:
-            self._due = loop_now
-        elif self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(loop_now)
+        self._due = asyncio.get_running_loop().time()
+        self._apply()
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
@@ -117,17 +154,33 @@ class RunDeadline:
             yield
             return
         self._holds += 1
-        if self._holds == 1:
-            self._due = timeout.when()
-            timeout.reschedule(self._lease_end)
+        self._apply()
         try:
             yield
         finally:
             self._holds -= 1
-            if self._holds == 0 and not timeout.expired():
-                due, loop_now = self._due, asyncio.get_running_loop().time()
-                # A deadline that passed during the hold fires now; one still ahead is restored.
-                timeout.reschedule(None if due is None else max(due, loop_now))
+            # A deadline that passed during the hold fires now; one still ahead is restored.
+            self._apply()
+
+    def _extend(self, lease_end: float) -> None:
+        # Replies of renewals may come back out of order: a lease never ends earlier than it did.
+        end = self._lease_end
+        self._lease_end = lease_end if end is None else max(end, lease_end)
+        self._apply()
+
+    def _apply(self) -> None:
+        timeout = self._timeout
+        if timeout is None or timeout.expired():
+            return
+        timeout.reschedule(
+            cutoff(
+                due=self._due,
+                lease_ends=math.inf if self._lease_end is None else self._lease_end,
+                holding=self._holds > 0,
+                lost=self._lost,
+                now=asyncio.get_running_loop().time(),
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +209,10 @@ class ClaimedJob:
     account: AccountState = field(default_factory=AccountState)
     # The run's time limit, bound by the runner (worker.runtime.runner).
     deadline: RunDeadline = field(default_factory=RunDeadline, compare=False)
+    # This process's monotonic clock when the lease the claim gave ends at the latest: counted
+    # from before the claim was sent (Redis set the lock then or later). Renewals push it out
+    # in ``deadline``; inf when unknown (a job made by hand).
+    lease_until: float = math.inf
 
     def now(self) -> float:
         """Redis' clock now (s), as far as this run can tell."""
@@ -181,11 +238,13 @@ class JobQueue:
         self.keys = keys
         self.job_ttl_ms = job_ttl_seconds * 1000
         self._claim = scripts.register(redis, "claim.lua")
+        self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
         self._settle = scripts.register(redis, "settle.lua")
         self._rewrite = scripts.register(redis, "rewrite.lua")
 
     async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
+        sent = time.monotonic()
         reply = await self._claim(
             keys=[self.keys.queue],
             args=[
@@ -203,10 +262,23 @@ class JobQueue:
         mono = time.monotonic()
         now_ms = int(reply[0])
         nxt = text(reply[1])
+        until = lease_end(sent, lease_ms / 1000)
         jobs = [
-            _claimed(self.keys, now_ms, mono, reply[i : i + 6]) for i in range(2, len(reply), 6)
+            _claimed(self.keys, now_ms, mono, reply[i : i + 6], until)
+            for i in range(2, len(reply), 6)
         ]
         return Claim(now_ms, jobs, int(float(nxt)) if nxt and not jobs else None)
+
+    async def renew(self, jobs: Sequence[ClaimedJob], *, lease_ms: int) -> set[tuple[str, str]]:
+        """Renew the leases of ``jobs`` for ``lease_ms`` in one round trip (each only while its
+        lock holds its run's token); the runs (job id, token) that no longer own their job."""
+        if not jobs:
+            return set()
+        args: list[str | int] = [lease_ms, ARQ_IN_PROGRESS_PREFIX]
+        for job in jobs:
+            args += [job.job_id, job.token]
+        lost = await self._renew(keys=[self.keys.queue], args=args)
+        return {(text(lost[i]), text(lost[i + 1])) for i in range(0, len(lost) - 1, 2)}
 
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
         """Give the job back, due again in ``delay_ms``; False if the run no longer owned it."""
@@ -275,7 +347,9 @@ class JobQueue:
         return text(value) or None
 
 
-def _claimed(keys: Keys, now_ms: int, mono: float, part: Sequence[Any]) -> ClaimedJob:
+def _claimed(
+    keys: Keys, now_ms: int, mono: float, part: Sequence[Any], lease_until: float
+) -> ClaimedJob:
     job_id, token, data, try_, state, account = part
     jid, tok, n = text(job_id), text(token), int(try_)
     call: JobCall | None = None
@@ -298,10 +372,16 @@ def _claimed(keys: Keys, now_ms: int, mono: float, part: Sequence[Any]) -> Claim
     elif call is not None and call.function in (CHECK_FUNCTION, DELIVER_FUNCTION):
         # Ours are only ever under their own ids: data that says otherwise was not written here.
         return ClaimedJob(
-            jid, tok, n, now_ms, mono, broken=f"a {call.function} job under a foreign id"
+            jid,
+            tok,
+            n,
+            now_ms,
+            mono,
+            broken=f"a {call.function} job under a foreign id",
+            lease_until=lease_until,
         )
     if call is None:
-        return ClaimedJob(jid, tok, n, now_ms, mono, broken=why)
+        return ClaimedJob(jid, tok, n, now_ms, mono, broken=why, lease_until=lease_until)
     return ClaimedJob(
         jid,
         tok,
@@ -315,6 +395,7 @@ def _claimed(keys: Keys, now_ms: int, mono: float, part: Sequence[Any]) -> Claim
         refused_data=bytes(refused) if refused is not None else None,
         state=dict(zip(state[::2], state[1::2], strict=True)) if state else None,
         account=AccountState.from_reply(account),
+        lease_until=lease_until,
     )
 
 
