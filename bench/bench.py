@@ -2,7 +2,8 @@
 system, scaling over workers, in-flight capacity, schedule accuracy.
 
     .venv/bin/python -m bench.bench [--quick] [--n N]
-        [--phases noop,floor,throughput,schedule,capacity,scale] [--scale-workers 1,2,3]
+        [--phases noop,floor,throughput,schedule,capacity,scale,webhooks]
+        [--scale-workers 1,2,3]
         [--log-level INFO] [--worker-env K=V ...] [--profile DIR] [--keep]
 
 One run, one machine, one private ``redis-server`` (started here on a free port, AOF and RDB off,
@@ -48,6 +49,12 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
                 one core (Redis runs on one thread: 100 % is its ceiling), how busy the whole
                 machine was, and correctness: every container FINISHED exactly once (final
                 events counted per id) with exactly one API call.
+``webhooks``    checks beside hung webhook deliveries (issue 22): the same paced load (Poisson
+                arrivals of IN_PROGRESS containers, 10/s for ``--schedule-seconds``, interval 1 s,
+                window 4 s) on a fresh worker twice: alone, and right after 1,000 containers
+                went final with a webhook to blackholed receivers (sockets that never accept:
+                every attempt hangs for WEBHOOK_TIMEOUT_SECONDS). Check lateness p50 / p99 of
+                both runs (the simulator's request arrival - the check's due time).
 
 Exit status 0 whatever the figures: this is a report, not a gate.
 
@@ -148,6 +155,7 @@ async def run(cfg: Config) -> None:
                 "capacity": bench.phase_capacity,
                 "scale": bench.phase_scale,
                 "million": bench.phase_million,
+                "webhooks": bench.phase_webhooks,
             }
             for name in cfg.phases:
                 try:

@@ -1060,7 +1060,10 @@ async def account(
     except RedisError:
         report.intake_pending = 0
     report.inflight_left = int(await redis.zcard(keys.inflight))
-    report.queue_left = int(await redis.zcard(keys.queue))
+    # Both queues: the checks' and the webhook deliveries'.
+    report.queue_left = int(await redis.zcard(keys.queue)) + int(
+        await redis.zcard(keys.webhook_queue)
+    )
     return report
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,8 +69,25 @@ SCHEDULE_INTERVAL = 1.0
 SCHEDULE_WINDOW = 4.0
 REENQUEUE_AFTER = (1.5, 2.5)  # seconds after its first enqueue, each id goes in again
 
-ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale", "million")
-# The million phase takes ~10 minutes and ~1.5 GB of Redis: asked for by name only.
+# The webhooks phase (issue 22): a paced check load, alone and beside deliveries that hang.
+HOOK_LOAD_IDS = "7"  # IN_PROGRESS forever, like the schedule phase's
+HOOK_FINAL_IDS = "4"  # FINISHED on the first check (the simulator's default script)
+HOOK_DELIVERIES = 1000
+HOOK_RECEIVERS = 4  # blackholed receivers: listening sockets that never accept
+HOOK_LOAD_PER_SECOND = 10.0  # containers/s of the paced load (5 checks each)
+HOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105 - the bench's own
+
+ALL_PHASES = (
+    "noop",
+    "floor",
+    "throughput",
+    "schedule",
+    "capacity",
+    "scale",
+    "webhooks",
+    "million",
+)
+# The million phase takes ~4 minutes and ~1 GB of Redis: asked for by name only.
 DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p != "million")
 # How far ahead the million phase moves its parked polls' next checks (README, "A million").
 PARK_MS = 3_600_000
@@ -201,6 +219,8 @@ class Figures:
     duplicates_refused: int | None = None
     duplicates_sent: int | None = None
     scale: list[ScaleRun] = field(default_factory=list)
+    # The webhooks phase: the paced load alone, then beside HOOK_DELIVERIES hung deliveries.
+    hooks: list[HookRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -235,6 +255,23 @@ class ScaleRun:
             and self.calls_per_container == 1.0
             and self.wrong_calls == 0
         )
+
+
+@dataclass
+class HookRun:
+    """One run of the webhooks phase: the paced check load beside ``deliveries`` deliveries to
+    blackholed receivers (0: none), its checks' lateness as the simulator saw it."""
+
+    deliveries: int
+    containers: int
+    checks: int
+    unchecked: int  # containers of the paced load that never got a check
+    late_p50: float
+    late_p99: float
+    late_max: float
+    first_p99: float
+    attempts: int  # delivery attempts settled (each one waited WEBHOOK_TIMEOUT_SECONDS)
+    hung_now: int  # deliveries running (hung) at the end of the paced load
 
 
 @dataclass
@@ -1012,6 +1049,134 @@ class Bench:
             f"  with {in_flight} in flight: lateness p99 {fmt(p99, '.3f')} s, max "
             f"{fmt(worst, '.3f')} s; worker RSS at the end {fmt(f.million_rss_mib, '.1f')} MiB; "
             f"used_memory {used2 / 2**20:.1f} MiB"
+        )
+
+    async def phase_webhooks(self) -> None:
+        """Issue 22: deliveries apart from checks. The same paced check load (Poisson arrivals,
+        IN_PROGRESS, interval 1 s, window 4 s) runs twice on a fresh worker: once alone, once
+        right after HOOK_DELIVERIES containers went final with a webhook to a blackholed
+        receiver (a socket that never accepts: each attempt hangs for WEBHOOK_TIMEOUT_SECONDS,
+        then is retried). Lateness = the simulator's request arrival - the check's due time."""
+        f = self.figures
+        duration = self.cfg.schedule_seconds
+        out(
+            f"\n[webhooks] {HOOK_LOAD_PER_SECOND:g} containers/s for {duration:.0f} s "
+            f"(IN_PROGRESS, interval {SCHEDULE_INTERVAL:g} s, window {SCHEDULE_WINDOW:g} s), "
+            f"alone, then beside {HOOK_DELIVERIES} deliveries to {HOOK_RECEIVERS} blackholed "
+            "receivers"
+        )
+        holes = [socket.socket() for _ in range(HOOK_RECEIVERS)]
+        try:
+            for hole in holes:
+                hole.bind((harness.HOST, 0))
+                hole.listen(4096)  # and never accept: connections wait in the backlog
+            urls = [f"http://{harness.HOST}:{h.getsockname()[1]}/hook" for h in holes]
+            for urls_of_run in ([], urls):
+                run = await self._hook_run(urls_of_run, duration)
+                f.hooks.append(run)
+                label = f"beside {run.deliveries} hung deliveries" if run.deliveries else "alone"
+                out(
+                    f"  {label:30} checks {run.checks:5} (containers never checked: "
+                    f"{run.unchecked}): lateness p50 {run.late_p50:.3f} s  "
+                    f"p99 {run.late_p99:.3f} s  max {run.late_max:.3f} s  "
+                    f"(1st checks p99 {run.first_p99:.3f} s); delivery attempts timed out "
+                    f"{run.attempts}, hung at the end {run.hung_now}"
+                )
+        finally:
+            for hole in holes:
+                hole.close()
+        if len(f.hooks) == 2:
+            a, b = f.hooks
+            out(f"  p99 with - without: {b.late_p99 - a.late_p99:+.3f} s (target within 0.1 s)")
+
+    async def _hook_run(self, urls: list[str], duration: float) -> HookRun:
+        from worker.client.producer import enqueue_many
+        from worker.store.keys import Keys
+
+        keys = Keys(PREFIX)
+        await self.reset()
+        timing = {
+            "poll_interval_seconds": SCHEDULE_INTERVAL,
+            "poll_max_seconds": SCHEDULE_WINDOW,
+            "webhook_secret": HOOK_SECRET,
+            "webhook_allowed_hosts": harness.HOST,
+        }
+        settings = self.settings(**timing)
+        env = self.worker_env(
+            POLL_INTERVAL_SECONDS=str(SCHEDULE_INTERVAL),
+            POLL_MAX_SECONDS=str(SCHEDULE_WINDOW),
+            WEBHOOK_SECRET=HOOK_SECRET,
+            WEBHOOK_ALLOWED_HOSTS=harness.HOST,
+        )
+        child = self.spawn_worker("webhooks-with" if urls else "webhooks-alone", env)
+        try:
+            await self.wait_ready(child)
+            finals = [f"{HOOK_FINAL_IDS}{i:015d}" for i in range(HOOK_DELIVERIES)]
+            for k, url in enumerate(urls or [None]):
+                mine = finals[k :: len(urls) or 1]
+                await enqueue_many(self.redis, mine, webhook_url=url, settings=settings)
+            t_final = time.monotonic() + 60
+            while await self.redis.xlen(keys.events) < len(finals):
+                if time.monotonic() > t_final or not child.alive():
+                    raise RuntimeError("the containers of the deliveries did not all go final")
+                await asyncio.sleep(0.05)
+            # Every delivery is due now; give the worker a moment to start them.
+            await asyncio.sleep(0.5)
+            n = round(HOOK_LOAD_PER_SECOND * duration)
+            ids = [f"{HOOK_LOAD_IDS}{i:015d}" for i in range(n)]
+            rng = random.Random(22)
+            arrivals = list(
+                itertools.accumulate(rng.expovariate(HOOK_LOAD_PER_SECOND) for _ in ids)
+            )
+            t0, sent = time.monotonic(), 0
+            while sent < len(ids):
+                upto = bisect.bisect_right(arrivals, time.monotonic() - t0, lo=sent)
+                if upto > sent:
+                    await enqueue_many(self.redis, ids[sent:upto], settings=settings)
+                    sent = upto
+                if sent < len(ids):
+                    await asyncio.sleep(max(0.0, arrivals[sent] - (time.monotonic() - t0)))
+            total = len(finals) + len(ids)
+            t_end = time.monotonic() + SCHEDULE_WINDOW + 60
+            while time.monotonic() < t_end:
+                if await self.redis.xlen(keys.events) >= total:
+                    break
+                await asyncio.sleep(0.1)
+            # Deliveries running now: their runs' locks (whichever queue they came from).
+            locks = "arq:in-progress:" + keys.webhook_job_prefix + "*"
+            hung_now = len([k async for k in self.redis.scan_iter(match=locks, count=1000)])
+        finally:
+            await child.astop()
+        calls = (await self.sim("GET", "/calls"))["containers"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hget(keys.result(cid), "enqueued_at")
+            for cid in finals:
+                pipe.hget(keys.result(cid), "webhook_attempts")
+            rows = await pipe.execute()
+        late_first: list[float] = []
+        late_all: list[float] = []
+        unchecked = 0
+        for cid, enq in zip(ids, rows[: len(ids)], strict=True):
+            times = sorted(calls.get(cid, {}).get("times", []))
+            if not times or enq is None:
+                unchecked += 1
+                continue
+            late_first.append(times[0] - float(enq))
+            late_all += [times[0] - float(enq)]
+            late_all += [b - a - SCHEDULE_INTERVAL for a, b in itertools.pairwise(times)]
+        attempts = sum(int(a or 0) for a in rows[len(ids) :])
+        return HookRun(
+            deliveries=len(finals) if urls else 0,
+            containers=len(ids),
+            checks=len(late_all),
+            unchecked=unchecked,
+            late_p50=percentile(late_all, 50),
+            late_p99=percentile(late_all, 99),
+            late_max=max(late_all, default=math.nan),
+            first_p99=percentile(late_first, 99),
+            attempts=attempts,
+            hung_now=hung_now,
         )
 
     async def phase_capacity(self) -> None:

@@ -9,13 +9,15 @@ import os
 from collections.abc import Callable
 
 from bench.measure import fmt, out, verdict
-from bench.phases import Config, Figures, ScaleRun, event_loop
+from bench.phases import Config, Figures, HookRun, ScaleRun, event_loop
 
 # Targets of issue #6.
 TARGET_RATIO = 1.0  # issue 16: at least bare arq's no-op rate, in the same run
 TARGET_BYTES_PER_CONTAINER = 1024
 TARGET_P99_LATENESS_S = 1.0
 TARGET_RSS_MIB = 150.0
+# Issue 22: hung webhook deliveries change no check's lateness (p99, with - without).
+TARGET_HOOK_P99_DELTA_S = 0.1
 
 
 def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
@@ -107,6 +109,7 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
         None if extra is None else extra == 0,
     )
     scale_rows(f.scale, row)
+    hook_rows(f.hooks, row)
     if f.million_n is not None:
         row(
             f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
@@ -181,3 +184,21 @@ def scale_rows(runs: list[ScaleRun], row: Callable[..., None]) -> None:
         "1",
         all(r.calls_per_container == 1.0 and r.wrong_calls == 0 for r in runs),
     )
+
+
+def hook_rows(runs: list[HookRun], row: Callable[..., None]) -> None:
+    """The webhooks phase's lines of the summary (none when it did not run)."""
+    for r in runs:
+        label = f"beside {r.deliveries} hung deliveries" if r.deliveries else "alone"
+        row(
+            f"check lateness p50 / p99, paced load {label}",
+            f"{fmt(r.late_p50, '.3f')} / {fmt(r.late_p99, '.3f')} s",
+        )
+    if len(runs) == 2:
+        delta = runs[1].late_p99 - runs[0].late_p99
+        row(
+            "check lateness p99, with - without hung deliveries",
+            f"{delta:+.3f} s",
+            f"<= {TARGET_HOOK_P99_DELTA_S:g} s",
+            None if math.isnan(delta) else delta <= TARGET_HOOK_P99_DELTA_S,
+        )

@@ -212,6 +212,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_secret_file: Path | None = None
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Deliveries one worker process runs at once: a budget of their own, apart from the checks'
+    # (WORKER_MAX_JOBS / API_MAX_CONCURRENCY), so receivers that hang hold delivery slots only.
+    # Larger than the checks' by default: a delivery mostly waits on its receiver.
+    webhook_concurrency: int = Field(default=100, ge=1, le=10_000)
     # The delays between attempts (WEBHOOK_RETRY_SCHEDULE, default above); attempts: one more
     # than the delays unless WEBHOOK_MAX_ATTEMPTS says otherwise (the last delay then repeats).
     webhook_retry_schedule: str | None = Field(default=None, max_length=1024)

@@ -61,6 +61,7 @@ from worker.runtime.intake import IntakeConsumer
 from worker.runtime.runner import Runner
 from worker.store.admin import AdminStore
 from worker.store.connections import open_redis
+from worker.store.jobdata import DELIVER_FUNCTION
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import ClaimedJob
 from worker.store.results import EnqueueRequest
@@ -188,16 +189,34 @@ class World:
         self.new_worker()
 
     def new_worker(self) -> None:
+        """A worker's two runners: the checks' and the webhook deliveries' (each claims its own
+        queue, as worker.runtime.app's do)."""
         self.worker_n += 1
+        specs = job_specs(self.settings, self.poller)
+        name = f"model-worker-{self.worker_n}"
         self.runner = Runner(
             self.poller.queue,
-            job_specs(self.settings, self.poller),
+            [spec for spec in specs if spec.name != DELIVER_FUNCTION],
             concurrency=1000,
             poll_delay_s=0.05,
-            name=f"model-worker-{self.worker_n}",
+            name=name,
             lease_s=LEASE_MS / 1000,
             renewing=False,
         )
+        self.hook_runner = Runner(
+            self.poller.deliveries,
+            [spec for spec in specs if spec.name == DELIVER_FUNCTION],
+            concurrency=1000,
+            poll_delay_s=0.05,
+            name=name,
+            lease_s=LEASE_MS / 1000,
+            renewing=False,
+        )
+
+    def queue_of(self, job_id: str) -> str:
+        """The queue a job of ours lives in (record.lua puts deliveries in their own)."""
+        hook = job_id.startswith(self.keys.webhook_job_prefix)
+        return self.keys.webhook_queue if hook else self.keys.queue
 
     async def read_hash(self, cid: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.result(cid))  # type: ignore[misc]
@@ -243,18 +262,21 @@ class World:
 
     async def claim_and_run(self, pick: int) -> bool:
         """Make one queued job due (time passes for it) and run what the claim hands out."""
-        ids = await self.redis.zrange(self.keys.queue, 0, -1)
+        ids = await _queued(self)
         if not ids:
             return False
         job_id = ids[pick % len(ids)].decode()
+        queue = self.queue_of(job_id)
         if not await self.redis.exists(ARQ_IN_PROGRESS_PREFIX + job_id):
-            await self.redis.zadd(self.keys.queue, {job_id: 0}, xx=True)
-        claim = await self.poller.queue.claim(self.runner.name, limit=1, lease_ms=LEASE_MS)
+            await self.redis.zadd(queue, {job_id: 0}, xx=True)
+        hook = queue == self.keys.webhook_queue
+        runner = self.hook_runner if hook else self.runner
+        claim = await runner.queue.claim(runner.name, limit=1, lease_ms=LEASE_MS)
         tasks = []
         for job in claim.jobs:
             n = len(self.runs)
             self.graph.current_run = n
-            task = asyncio.ensure_future(self.runner.execute(job))
+            task = asyncio.ensure_future(runner.execute(job))
             self.runs.append(Run(n, job, task))
             tasks.append(task)
             # The run's first steps happen before the next one is started.
@@ -267,7 +289,7 @@ class World:
         key = ARQ_IN_PROGRESS_PREFIX + run.job.job_id
         if await self.redis.get(key) == run.job.token.encode():
             await self.redis.delete(key)
-            await self.redis.zadd(self.keys.queue, {run.job.job_id: 0}, xx=True)
+            await self.redis.zadd(self.queue_of(run.job.job_id), {run.job.job_id: 0}, xx=True)
 
     def run_of_call(self, n: int) -> Run:
         return self.runs[n]
@@ -878,7 +900,7 @@ async def drain(world: World) -> None:
         if waiting:
             await world.settle(waiting)
             continue
-        due = await world.redis.zrangebyscore(world.keys.queue, "-inf", "+inf", withscores=True)
+        due = await _scored(world)
         if not due:
             hashes = await _final_hashes(world)
             if all(h.get("final") == "1" for h in hashes):
@@ -909,16 +931,26 @@ async def _leases_run_out(world: World) -> None:
     """Time passes for leases held by no run that is still going (a claim whose reply was
     lost, a run that vanished): their jobs are due again, as when a lease ends."""
     going = {r.job.token for r in world.runs if not r.task.done() and not r.killed}
-    for raw in await world.redis.zrange(world.keys.queue, 0, -1):
+    for raw in await _queued(world):
         job_id = raw.decode()
         token = await world.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
         if token is not None and token.decode() not in going:
             await world.redis.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
-            await world.redis.zadd(world.keys.queue, {job_id: 0}, xx=True)
+            await world.redis.zadd(world.queue_of(job_id), {job_id: 0}, xx=True)
 
 
 async def _queued(world: World) -> list[bytes]:
-    return list(await world.redis.zrange(world.keys.queue, 0, -1))
+    """Every queued job, of both queues, in the order one shared queue would hold them."""
+    return [job_id for job_id, _ in await _scored(world)]
+
+
+async def _scored(world: World) -> list[tuple[bytes, float]]:
+    """(job id, due ms) of both queues (the checks' and the deliveries'), as ZRANGE orders one
+    queue: by score, then by id; so the rules pick jobs as they did from one shared queue."""
+    both = []
+    for queue in (world.keys.queue, world.keys.webhook_queue):
+        both += await world.redis.zrange(queue, 0, -1, withscores=True)
+    return sorted(both, key=lambda pair: (pair[1], pair[0]))
 
 
 async def _account_field(world: World, name: str) -> str | None:

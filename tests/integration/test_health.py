@@ -95,8 +95,11 @@ async def test_heartbeat_reports_the_runner(settings: Settings, redis: Redis, ke
             "given_up",
             "ongoing",
             "slots",  # the job slots: saturation = ongoing / slots (issue 13)
+            "webhook_ongoing",  # the deliveries', apart (issue 22)
+            "webhook_slots",
         }
         assert mine.jobs["slots"] == min(settings.worker_max_jobs, settings.api_max_concurrency)
+        assert mine.jobs["webhook_slots"] == settings.webhook_concurrency
         worker.runner.stop()
         assert not worker.runner.accepting
 

@@ -342,7 +342,9 @@ async def test_final_state_creates_the_webhook_job_on_a_minimal_hash(
     assert r is not None and (r.webhook_status, r.webhook_attempts) == ("pending", 0)
     job_id = keys.webhook_job_id("9108", current.generation)
     assert await redis.exists(ARQ_JOB_PREFIX + job_id)
-    assert await redis.zscore(keys.queue, job_id) is not None
+    # In the deliveries' own queue (issue 22), never the checks'.
+    assert await redis.zscore(keys.webhook_queue, job_id) is not None
+    assert await redis.zscore(keys.queue, job_id) is None
 
 
 async def test_forced_poll_starts_again_from_the_minimal_hash(

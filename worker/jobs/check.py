@@ -76,7 +76,9 @@ class PollerContext:
 
     settings: Settings
     store: ResultStore
+    # The checks' queue, and the webhook deliveries' (claimed apart: worker.store.queue).
     queue: JobQueue
+    deliveries: JobQueue
     accounts: AccountStore
     client: ThreadsClient
     tokens: TokenSource

@@ -235,7 +235,7 @@ class WebhookJob:
         mine = current is not None and current.generation == generation
         if mine and current is not None and current.webhook_status in _SETTLED:
             # Already delivered or dead-lettered (by a run whose end this run repeats).
-            await self.p.queue.settle(job, retry_in_ms=None)
+            await self.p.deliveries.settle(job, retry_in_ms=None)
             return
         if not url:
             await self._settle(job, generation, Out.DEAD, attempt, "no webhook URL", "", body)

@@ -5,9 +5,10 @@ Two registries:
 
 - the default one, served by every worker process: what that process did (checks by answer and
   by failure, API latency, throttling, final states, intake acceptances and dead letters, webhook
-  deliveries, publish calls) and how busy it is (jobs running, job slots). Sum them over workers.
+  deliveries, publish calls) and how busy it is (jobs running, job slots: the checks' and the
+  deliveries', two budgets). Sum them over workers.
 - ``SERVE_REGISTRY``, served by ``serve`` only: the shared Redis state, sampled every
-  ``SAMPLE_SECONDS`` (containers in flight and past their deadline, queue depth and lag,
+  ``SAMPLE_SECONDS`` (containers in flight and past their deadline, both queues' depth and lag,
   dead-letter streams, live workers and their saturation, throttled accounts), plus ``serve``'s
   own HTTP metrics (``worker.web``). One process reports each value, so replicas of the workers
   can neither repeat nor contradict it.
@@ -117,11 +118,21 @@ PUBLISHES = Counter(
 )
 JOBS_RUNNING = Gauge(
     "threads_poller_worker_jobs_running",
-    "Job runs in progress in this worker process (saturation: divide by the job slots).",
+    "Check runs in progress in this worker process (saturation: divide by the job slots).",
 )
 JOB_SLOTS = Gauge(
     "threads_poller_worker_job_slots",
-    "Job runs this worker process takes at once (min(WORKER_MAX_JOBS, API_MAX_CONCURRENCY)).",
+    "Check runs this worker process takes at once (min(WORKER_MAX_JOBS, API_MAX_CONCURRENCY)).",
+)
+# The deliveries' own budget (WEBHOOK_CONCURRENCY): full while receivers hang, which delays
+# deliveries only, so it is apart from the checks' saturation above.
+WEBHOOK_JOBS_RUNNING = Gauge(
+    "threads_poller_worker_webhook_jobs_running",
+    "Webhook delivery runs in progress in this worker process.",
+)
+WEBHOOK_JOB_SLOTS = Gauge(
+    "threads_poller_worker_webhook_job_slots",
+    "Webhook delivery runs this worker process takes at once (WEBHOOK_CONCURRENCY).",
 )
 
 # Pre-initialised: every series exists from the start, at 0.
@@ -155,17 +166,32 @@ PAST_DEADLINE = Gauge(
 )
 QUEUE_JOBS = Gauge(
     "threads_poller_queue_jobs",
-    "Jobs in the queue, due or scheduled (ZCARD of {prefix}:queue).",
+    "Jobs in the checks' queue, due or scheduled (ZCARD of {prefix}:queue).",
     registry=SERVE_REGISTRY,
 )
 QUEUE_DUE_JOBS = Gauge(
     "threads_poller_queue_due_jobs",
-    "Jobs whose due time has passed (waiting for a worker, or running now).",
+    "Jobs of the checks' queue whose due time has passed (waiting for a worker, or running now).",
     registry=SERVE_REGISTRY,
 )
 QUEUE_LAG = Gauge(
     "threads_poller_queue_lag_seconds",
-    "Seconds since the oldest due job became due; 0 when nothing is due.",
+    "Seconds since the checks' oldest due job became due; 0 when nothing is due.",
+    registry=SERVE_REGISTRY,
+)
+WEBHOOK_QUEUE_JOBS = Gauge(
+    "threads_poller_webhook_queue_jobs",
+    "Webhook deliveries queued, due or scheduled (ZCARD of {prefix}:webhooks:queue).",
+    registry=SERVE_REGISTRY,
+)
+WEBHOOK_QUEUE_DUE_JOBS = Gauge(
+    "threads_poller_webhook_queue_due_jobs",
+    "Webhook deliveries whose due time has passed (waiting for a worker, or running now).",
+    registry=SERVE_REGISTRY,
+)
+WEBHOOK_QUEUE_LAG = Gauge(
+    "threads_poller_webhook_queue_lag_seconds",
+    "Seconds since the oldest due webhook delivery became due; 0 when none is due.",
     registry=SERVE_REGISTRY,
 )
 DEAD_LETTER_STREAM = Gauge(
@@ -285,9 +311,15 @@ def observe_publish(verdict: PublishVerdict) -> None:
 
 
 def track_jobs(running: Callable[[], int], slots: int) -> None:
-    """This worker's saturation: ``running()`` is read at each scrape."""
+    """This worker's saturation (its checks): ``running()`` is read at each scrape."""
     JOBS_RUNNING.set_function(running)
     JOB_SLOTS.set(slots)
+
+
+def track_deliveries(running: Callable[[], int], slots: int) -> None:
+    """The same for this worker's webhook deliveries (their own slots)."""
+    WEBHOOK_JOBS_RUNNING.set_function(running)
+    WEBHOOK_JOB_SLOTS.set(slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +331,10 @@ class DeploymentSample:
     queued: int
     due: int
     lag_s: float
+    # The same for the webhook deliveries' queue.
+    webhooks_queued: int
+    webhooks_due: int
+    webhooks_lag_s: float
     intake_dead: int
     webhook_dead: int
     workers_alive: int
@@ -323,13 +359,25 @@ async def sample(
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.inflight)
         pipe.zcount(keys.inflight, "-inf", now - overdue_after)
-        pipe.zcard(keys.queue)
-        # Jobs are scored by due time in ms: everything up to now is due.
-        pipe.zcount(keys.queue, "-inf", now_ms)
-        pipe.zrangebyscore(keys.queue, "-inf", now_ms, start=0, num=1, withscores=True)
+        for queue in (keys.queue, keys.webhook_queue):
+            pipe.zcard(queue)
+            # Jobs are scored by due time in ms: everything up to now is due.
+            pipe.zcount(queue, "-inf", now_ms)
+            pipe.zrangebyscore(queue, "-inf", now_ms, start=0, num=1, withscores=True)
         pipe.xlen(keys.dead_letters)
         pipe.xlen(keys.webhook_dead_letters)
-        inflight, past, queued, due, oldest, dead, hooks_dead = await pipe.execute()
+        (
+            inflight,
+            past,
+            queued,
+            due,
+            oldest,
+            hooks_queued,
+            hooks_due,
+            hooks_oldest,
+            dead,
+            hooks_dead,
+        ) = await pipe.execute()
     _, beats = await live_beats(redis, keys)
     accounts = await admin.all_accounts()
     running = sum(b.jobs.get("ongoing", 0) for b in beats)
@@ -340,7 +388,10 @@ async def sample(
         past_deadline=int(past),
         queued=int(queued),
         due=int(due),
-        lag_s=max(0.0, (now_ms - float(oldest[0][1])) / 1000) if oldest else 0.0,
+        lag_s=_lag(now_ms, oldest),
+        webhooks_queued=int(hooks_queued),
+        webhooks_due=int(hooks_due),
+        webhooks_lag_s=_lag(now_ms, hooks_oldest),
         intake_dead=int(dead),
         webhook_dead=int(hooks_dead),
         workers_alive=len(beats),
@@ -355,6 +406,9 @@ async def sample(
     QUEUE_JOBS.set(got.queued)
     QUEUE_DUE_JOBS.set(got.due)
     QUEUE_LAG.set(got.lag_s)
+    WEBHOOK_QUEUE_JOBS.set(got.webhooks_queued)
+    WEBHOOK_QUEUE_DUE_JOBS.set(got.webhooks_due)
+    WEBHOOK_QUEUE_LAG.set(got.webhooks_lag_s)
     DEAD_LETTER_STREAM.set(got.intake_dead)
     WEBHOOK_DEAD_LETTER_STREAM.set(got.webhook_dead)
     WORKERS_ALIVE.set(got.workers_alive)
@@ -365,6 +419,11 @@ async def sample(
     ACCOUNTS_TOKEN_REJECTED.set(got.tokens_rejected)
     await note_inflight(redis, keys, now=now, inflight=got.inflight)
     return got
+
+
+def _lag(now_ms: int, oldest: list[tuple[bytes, float]]) -> float:
+    """Seconds since the oldest due job (ZRANGEBYSCORE's first, with its score) became due."""
+    return max(0.0, (now_ms - float(oldest[0][1])) / 1000) if oldest else 0.0
 
 
 @dataclass

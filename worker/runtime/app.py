@@ -1,10 +1,12 @@
 """Wiring: settings -> one worker process (the runner, its job functions, its background loops).
 
 ``threads-poller worker`` runs ``build_worker(load_settings()).run_forever()``. The process runs
-the job runner (``worker.runtime.runner``) with two job functions, the check and the webhook
-delivery, and beside it the intake consumer, the reconciler, the quota refresh, the heartbeat
-and the per-minute stats, all started and stopped together. SIGTERM stops the claiming, lets
-running jobs finish within a grace, and gives the rest back to the queue.
+two job runners (``worker.runtime.runner``), each with a queue, a claim and job slots of its own:
+the checks' (``concurrency``) and the webhook deliveries' (``WEBHOOK_CONCURRENCY``), so that
+deliveries hanging on a receiver never hold a check's slot. Beside them run the intake consumer,
+the reconciler, the quota refresh, the heartbeat and the per-minute stats, all started and
+stopped together. SIGTERM stops the claiming, lets running jobs finish within a grace, and gives
+the rest back to their queues.
 """
 
 from __future__ import annotations
@@ -60,9 +62,15 @@ def result_store(redis: Redis, settings: Settings) -> ResultStore:
 
 
 def concurrency(settings: Settings) -> int:
-    """Jobs one process runs at once: a claim takes no more than it can run (and call the API
+    """Checks one process runs at once: a claim takes no more than it can run (and call the API
     for) at once, so due jobs spread over the replicas instead of waiting in one."""
     return min(settings.worker_max_jobs, settings.api_max_concurrency)
+
+
+def webhook_concurrency(settings: Settings) -> int:
+    """Webhook deliveries one process runs at once: a budget of their own, so that receivers
+    that hang hold these slots and never a check's."""
+    return settings.webhook_concurrency
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -95,6 +103,9 @@ def build_poller(
         settings=settings,
         store=store,
         queue=JobQueue(redis, store.keys, job_ttl_seconds=settings.result_ttl_seconds),
+        deliveries=JobQueue(
+            redis, store.keys, job_ttl_seconds=settings.result_ttl_seconds, deliveries=True
+        ),
         accounts=AccountStore(redis, store.keys),
         client=client_for(settings, session),
         tokens=tokens,
@@ -115,7 +126,8 @@ async def republish(poller: PollerContext) -> None:
 
 
 def job_specs(settings: Settings, poller: PollerContext) -> list[JobSpec]:
-    """The job functions a worker runs, with their timeouts and retry rules."""
+    """The job functions a worker runs, with their timeouts and retry rules: the check's, then
+    the delivery's (each runs in a runner of its own: ``runners``)."""
     check = CheckJob(poller)
     return [
         JobSpec(
@@ -136,6 +148,44 @@ def job_specs(settings: Settings, poller: PollerContext) -> list[JobSpec]:
     ]
 
 
+def runners(settings: Settings, poller: PollerContext) -> tuple[Runner, Runner]:
+    """The checks' runner and the deliveries': a queue, a claim and job slots each. They share
+    the process's name (its runs' tokens and its heartbeat say which worker ran a job)."""
+    specs = job_specs(settings, poller)
+    checks = Runner(
+        poller.queue,
+        [spec for spec in specs if spec.name != DELIVER_FUNCTION],
+        concurrency=concurrency(settings),
+        poll_delay_s=poll_delay(settings),
+        lease_s=lease_seconds(settings),
+    )
+    deliveries = Runner(
+        poller.deliveries,
+        [spec for spec in specs if spec.name == DELIVER_FUNCTION],
+        concurrency=webhook_concurrency(settings),
+        poll_delay_s=poll_delay(settings),
+        name=checks.name,
+        lease_s=lease_seconds(settings),
+    )
+    return checks, deliveries
+
+
+def job_counts(checks: Runner, deliveries: Runner) -> dict[str, int]:
+    """What the heartbeat says about the runs: counters of both runners summed; ``ongoing`` and
+    ``slots`` are the checks' (saturation that delays checks), ``webhook_ongoing`` and
+    ``webhook_slots`` the deliveries'."""
+    counts = checks.stats.as_dict()
+    for name, n in deliveries.stats.as_dict().items():
+        counts[name] = counts.get(name, 0) + n
+    counts.update(
+        ongoing=checks.running,
+        slots=checks.concurrency,
+        webhook_ongoing=deliveries.running,
+        webhook_slots=deliveries.concurrency,
+    )
+    return counts
+
+
 @dataclass
 class PollerWorker:
     settings: Settings
@@ -146,6 +196,8 @@ class PollerWorker:
     webhook_resolver: AbstractResolver | None = None
     webhook_resolve: Resolve | None = None
     runner: Runner | None = field(default=None, init=False)
+    # The webhook deliveries' runner (their own queue and slots), beside the checks' ``runner``.
+    webhook_runner: Runner | None = field(default=None, init=False)
     # The loops running beside the runner, and the /metrics server (None when off).
     background: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
     metrics_server: metrics.MetricsServer | None = field(default=None, init=False)
@@ -160,8 +212,9 @@ class PollerWorker:
     def stop(self) -> None:
         """Stop taking jobs (what SIGTERM does); ``run`` then drains and returns."""
         self._stopping.set()
-        if self.runner is not None:
-            self.runner.stop()
+        for runner in (self.runner, self.webhook_runner):
+            if runner is not None:
+                runner.stop()
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT (the CLI's ``worker`` command)."""
@@ -195,19 +248,14 @@ class PollerWorker:
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
         )
+        # A connection for each delivery slot: a delivery never waits for another's.
         hooks = make_webhook_session(
-            policy, max_connections=concurrency(s), resolver=self.webhook_resolver
+            policy, max_connections=webhook_concurrency(s), resolver=self.webhook_resolver
         )
         poller = build_poller(s, redis, tokens, session, hooks, policy)
         store, accounts, client = poller.store, poller.accounts, poller.client
-        runner = Runner(
-            poller.queue,
-            job_specs(s, poller),
-            concurrency=concurrency(s),
-            poll_delay_s=poll_delay(s),
-            lease_s=lease_seconds(s),
-        )
-        self.runner = runner
+        runner, deliveries = runners(s, poller)
+        self.runner, self.webhook_runner = runner, deliveries
         # One consumer per producer's stream (the default one, then each named producer's),
         # each applying that producer's scope.
         producers = s.producer_scopes()
@@ -230,10 +278,7 @@ class PollerWorker:
             redis,
             store.keys,
             runner.name,
-            probe=lambda: (
-                runner.accepting,
-                {**runner.stats.as_dict(), "ongoing": runner.running, "slots": runner.concurrency},
-            ),
+            probe=lambda: (runner.accepting, job_counts(runner, deliveries)),
         )
         background = self.background
 
@@ -261,6 +306,7 @@ class PollerWorker:
             # Per-minute counts for the console's chart (worker.ops.stats).
             spawn(stats.flush_forever(redis, store.keys), "stats")
             metrics.track_jobs(lambda: runner.running, runner.concurrency)
+            metrics.track_deliveries(lambda: deliveries.running, deliveries.concurrency)
             if s.metrics_port > 0:
                 # This process's own metrics; the deployment's (Redis) gauges: `serve`.
                 self.metrics_server = metrics.start_server(s.metrics_port, s.metrics_host)
@@ -274,12 +320,19 @@ class PollerWorker:
                     "concurrency": runner.concurrency,
                     "lease_s": runner.lease_s,
                     "queue": store.keys.queue,
+                    "webhook_concurrency": deliveries.concurrency,
+                    "webhook_queue": store.keys.webhook_queue,
                 },
             )
+
+            async def claim() -> None:
+                # Both claim loops; each returns at ``stop`` (a Redis error only pauses one).
+                await asyncio.gather(runner.run(), deliveries.run())
+
             claiming: asyncio.Future[None] | None = None
             if not self._stopping.is_set():
                 self._alive = True
-                claiming = asyncio.ensure_future(runner.run())
+                claiming = asyncio.ensure_future(claim())
                 stopping = asyncio.ensure_future(self._stopping.wait())
                 try:
                     await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -287,7 +340,8 @@ class PollerWorker:
                     stopping.cancel()
                     self._alive = False
             stopped_at = asyncio.get_running_loop().time()
-            await runner.drain(math.ceil(s.http_timeout_seconds) + 2)
+            grace = math.ceil(s.http_timeout_seconds) + 2
+            await asyncio.gather(runner.drain(grace), deliveries.drain(grace))
             if claiming is not None:
                 # A claim still waiting on an absent Redis (STOP_REDIS_SECONDS after the stop, the
                 # drain included) is abandoned: any job Redis did hand it is due again when its
@@ -299,6 +353,7 @@ class PollerWorker:
                     await claiming
         finally:
             runner.stop()
+            deliveries.stop()
             for task in background:
                 task.cancel()
             for task in background:
@@ -323,7 +378,7 @@ class PollerWorker:
             await metrics.stop_server(self.metrics_server)
             if own_redis:
                 await redis.aclose()
-            log.info("worker stopped", extra=runner.stats.as_dict())
+            log.info("worker stopped", extra=job_counts(runner, deliveries))
 
 
 def build_worker(

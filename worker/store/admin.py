@@ -482,7 +482,7 @@ class AdminStore:
         reply = await self._webhook_replay(
             keys=[
                 self.keys.webhook_dead_letters,
-                self.keys.queue,
+                self.keys.webhook_queue,
                 ARQ_JOB_PREFIX + job_id,
                 ARQ_IN_PROGRESS_PREFIX + job_id,
                 ARQ_RETRY_PREFIX + job_id,
@@ -527,6 +527,7 @@ class AdminStore:
                     self.keys.inflight,
                     self.keys.events,
                     self.keys.queue,
+                    self.keys.webhook_queue,
                 ],
                 args=[
                     container_id,

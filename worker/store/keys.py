@@ -67,8 +67,15 @@ class Keys:
 
     @property
     def queue(self) -> str:
-        """arq's queue (sorted set of job ids by due time)."""
+        """arq's queue (sorted set of job ids by due time): the checks' (and foreign arq jobs')."""
         return f"{self.prefix}:queue"
+
+    @property
+    def webhook_queue(self) -> str:
+        """The webhook deliveries' queue (sorted set of job ids by due time), claimed apart from
+        ``queue``: a delivery that hangs on its receiver holds a delivery slot, never a check's
+        (README, "Webhooks")."""
+        return f"{self.prefix}:webhooks:queue"
 
     @property
     def health_check(self) -> str:

@@ -16,6 +16,12 @@ that token: a run that stalled past its lease (SIGSTOP, a VM freeze) or a duplic
 nothing, and the job, due again when the lease ended, is run by its successor. No path of a run
 deletes a live poll's job: only a fenced final record ends it.
 
+There are two such queues, each claimed by a runner of its own: the checks' (arq's queue,
+``{prefix}:queue``, where foreign arq jobs go too) and the webhook deliveries'
+(``{prefix}:webhooks:queue``), so that a delivery hanging on its receiver holds a delivery slot,
+never a check's. A claim hands a due job of the other queue over to it instead of claiming it
+(a delivery an earlier release put in the shared queue, say).
+
 Job data is never trusted beyond its format. A job of ours is named by its id (a poll's check,
 a final state's delivery: ``jobdata.job_by_id``); data that is not the format, is gone, or
 disagrees with the id is refused, and the run runs the job as its id says (``replanned``), and
@@ -231,12 +237,19 @@ class Claim:
 
 
 class JobQueue:
-    """The queue of one deployment (``{prefix}:queue``) as seen by workers."""
+    """One queue of a deployment as seen by workers: the checks' (``{prefix}:queue``), or with
+    ``deliveries`` the webhook deliveries' (``{prefix}:webhooks:queue``)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, job_ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, job_ttl_seconds: int, deliveries: bool = False
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.job_ttl_ms = job_ttl_seconds * 1000
+        self.deliveries = deliveries
+        # This queue's key, and the other one's (where a claim hands over what is not its own).
+        self.key = keys.webhook_queue if deliveries else keys.queue
+        self.other_key = keys.queue if deliveries else keys.webhook_queue
         self._claim = scripts.register(redis, "claim.lua")
         self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
@@ -246,7 +259,7 @@ class JobQueue:
     async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
         sent = time.monotonic()
         reply = await self._claim(
-            keys=[self.keys.queue],
+            keys=[self.key, self.other_key],
             args=[
                 limit,
                 lease_ms,
@@ -257,6 +270,8 @@ class JobQueue:
                 self.keys.check_job_prefix,
                 self.keys.prefix,
                 self.job_ttl_ms,
+                self.keys.webhook_job_prefix,
+                "deliveries" if self.deliveries else "checks",
             ],
         )
         mono = time.monotonic()
@@ -283,7 +298,7 @@ class JobQueue:
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
         """Give the job back, due again in ``delay_ms``; False if the run no longer owned it."""
         done = await self._release(
-            keys=[self.keys.queue, ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            keys=[self.key, ARQ_IN_PROGRESS_PREFIX + job.job_id],
             args=[job.token, job.job_id, max(0, delay_ms)],
         )
         return bool(done)
@@ -302,7 +317,7 @@ class JobQueue:
         cid, generation = unless_live or ("", "")
         done = await self._settle(
             keys=[
-                self.keys.queue,
+                self.key,
                 ARQ_IN_PROGRESS_PREFIX + job.job_id,
                 ARQ_RETRY_PREFIX + job.job_id,
                 ARQ_JOB_PREFIX + job.job_id,
@@ -326,7 +341,7 @@ class JobQueue:
         refused = job.refused_data
         done = await self._rewrite(
             keys=[
-                self.keys.queue,
+                self.key,
                 ARQ_IN_PROGRESS_PREFIX + job.job_id,
                 ARQ_JOB_PREFIX + job.job_id,
             ],

@@ -364,6 +364,7 @@ class ResultStore:
                 ARQ_IN_PROGRESS_PREFIX + job_id,
                 ARQ_RETRY_PREFIX + job_id,
                 ARQ_JOB_PREFIX + job_id,
+                self.keys.webhook_queue,
             ],
             args=args,
         )
@@ -428,7 +429,7 @@ class ResultStore:
         reply = await self._webhook(
             keys=[
                 self.keys.result(container_id),
-                self.keys.queue,
+                self.keys.webhook_queue,
                 ARQ_IN_PROGRESS_PREFIX + job.job_id,
                 ARQ_RETRY_PREFIX + job.job_id,
                 ARQ_JOB_PREFIX + job.job_id,

@@ -322,6 +322,12 @@ async def overview_data(ctx: WebContext) -> dict[str, Any]:
         "inflight": s.inflight,
         "past_deadline": s.past_deadline,
         "queue": {"jobs": s.queued, "due": s.due, "lag_s": round(s.lag_s, 3)},
+        # The webhook deliveries' own queue (claimed apart from the checks').
+        "webhook_queue": {
+            "jobs": s.webhooks_queued,
+            "due": s.webhooks_due,
+            "lag_s": round(s.webhooks_lag_s, 3),
+        },
         "dead_letters": {kind.value: n for kind, n in counts.items()},
         "workers": {
             "alive": s.workers_alive,

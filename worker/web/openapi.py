@@ -258,6 +258,7 @@ OVERVIEW = _obj(
         "inflight": _INT,
         "past_deadline": _INT,
         "queue": _obj({"jobs": _INT, "due": _INT, "lag_s": _NUM}),
+        "webhook_queue": _obj({"jobs": _INT, "due": _INT, "lag_s": _NUM}),
         "dead_letters": _obj({"intake": _INT, "webhooks": _INT}),
         "workers": _obj({"alive": _INT, "accepting": _INT, "saturation": _NUM}),
         "accounts": _obj({"throttled": _INT, "token_rejected": _INT, "longest_throttle_s": _NUM}),

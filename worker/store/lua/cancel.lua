@@ -6,7 +6,8 @@
 -- A cancelled carousel child tells its parent at once, as record.lua does for any child that
 -- ends without FINISHED: the parent names it (failed_child) and its job is due, to end as
 -- CHILD_FAILED rather than wait out its window for a child that will never finish.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue (the checks'), 5 the
+--       deliveries' queue (the webhook job's)
 -- ARGV: 1 container id, 2 expected generation, 3 job key prefix, 4 job id base
 --       ("<prefix>:check:<id>:"), 5 tries prefix, 6 last_error text, 7 ttl seconds,
 --       8 events maxlen, 9 webhook job id ('' for none), 10 webhook job key, 11 webhook job
@@ -49,7 +50,7 @@ local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
   'finalized_at', stamp(now))
 if ARGV[9] ~= '' then
   redis.call('SET', ARGV[10], ARGV[11], 'PX', ttl * 1000)
-  redis.call('ZADD', KEYS[4], now, ARGV[9])
+  redis.call('ZADD', KEYS[5], now, ARGV[9])
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
 end
 if cur[8] then

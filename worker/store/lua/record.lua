@@ -6,8 +6,8 @@
 -- FINISHED child counts down the parent's children_pending, and the last one starts the parent's
 -- own window and makes its job due; any other ending names the child in the parent
 -- (failed_child) and makes the parent's job due, which then ends it as CHILD_FAILED.
--- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue, 5 the job's lock,
---       6 its tries counter, 7 its data
+-- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue (the checks'), 5 the job's
+--       lock, 6 its tries counter, 7 its data, 8 the deliveries' queue (the webhook job's)
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
 --       6 pacing step ms (0: none), 7 pacing key of the account, 8 ttl seconds,
 --       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
@@ -95,7 +95,7 @@ if ARGV[4] == '1' then
   event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ev))
   if ARGV[11] ~= '' then
     redis.call('SET', ARGV[12], ARGV[13], 'PX', ttl * 1000)
-    redis.call('ZADD', KEYS[4], now, ARGV[11])
+    redis.call('ZADD', KEYS[8], now, ARGV[11])
     fields[#fields + 1] = 'webhook_status'
     fields[#fields + 1] = 'pending'
   end

@@ -3,7 +3,8 @@
 -- the worker signs each attempt afresh, so the replay carries a new timestamp), its attempts
 -- counted from 1, the dead letter removed; atomically. Refused while a delivery of the same id
 -- is live (its job or its lock exists).
--- KEYS: 1 dead-letter stream, 2 queue, 3 job data key, 4 job lock, 5 job tries, 6 result hash
+-- KEYS: 1 dead-letter stream, 2 the deliveries' queue, 3 job data key, 4 job lock,
+--       5 job tries, 6 result hash
 -- ARGV: 1 dead letter id, 2 job id, 3 job data, 4 job ttl ms, 5 generation
 -- Returns 'replayed', 'gone' (no such dead letter) or 'busy'.
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then

@@ -3,7 +3,8 @@
 -- or dead (the dead letter keeps the signed body, so it can be replayed). The poll's hash is
 -- updated only while it still holds the generation the delivery is about: a forced re-enqueue
 -- starts a new poll, and the old poll's delivery still goes out (its body is in the job).
--- KEYS: 1 result hash, 2 queue, 3 lock, 4 tries, 5 job data, 6 dead-letter stream
+-- KEYS: 1 result hash, 2 the deliveries' queue, 3 lock, 4 tries, 5 job data,
+--       6 dead-letter stream
 -- ARGV: 1 run token, 2 job id, 3 generation, 4 'delivered' / 'retry' / 'dead', 5 attempt,
 --       6 retry delay ms, 7 reason ('' when delivered), 8 job ttl ms, 9 dead letters maxlen,
 --       10.. dead letter field/value pairs (with 'dead')
