@@ -209,6 +209,12 @@ async def run(args: argparse.Namespace) -> int:
 
         client = PollerClient.from_settings(settings, redis)
         ids = [f"8{i:015d}" for i in range(args.n)]
+        # Redis' own view of its stalls, to tell them from the machine's scheduling: every
+        # event of 2 ms or more (LATENCY), every command of 2 ms or more (SLOWLOG).
+        await redis.config_set("latency-monitor-threshold", 2)
+        await redis.config_set("slowlog-log-slower-than", 2000)
+        await redis.execute_command("LATENCY", "RESET")
+        await redis.slowlog_reset()
         before = await redis_counters(redis)
         cpu0 = cpu_seconds(server.pid) or 0.0
         start = time.monotonic()
@@ -219,6 +225,8 @@ async def run(args: argparse.Namespace) -> int:
         end = time.monotonic()
         cpu1 = cpu_seconds(server.pid) or 0.0
         after = await redis_counters(redis)
+        latest = await redis.execute_command("LATENCY", "LATEST")
+        slow = await redis.slowlog_get(128)
         await asyncio.sleep(0.2)
         await pinger.astop(10)
         samples = json.loads(ping_out.read_text(encoding="ascii")) if ping_out.exists() else []
@@ -237,6 +245,15 @@ async def run(args: argparse.Namespace) -> int:
             f"n={len(during)}): p50 {fmt(percentile(during, 50), '.2f')} ms, p99 "
             f"{fmt(percentile(during, 99), '.2f')} ms, max "
             f"{fmt(max(during, default=float('nan')), '.2f')} ms"
+        )
+        events = ", ".join(f"{e[0].decode()} max {e[3]} ms" for e in latest) or "none"
+        slowest = max((int(e["duration"]) for e in slow), default=0)
+        if args.keep:
+            for e in slow:
+                out(f"    slowlog: {int(e['duration']) / 1000:.1f} ms {e['command'][:60]!r}")
+        out(
+            f"  Redis' own stalls of 2 ms or more (LATENCY LATEST): {events}; commands of 2 ms or "
+            f"more (SLOWLOG): {len(slow)}, the slowest {slowest / 1000:.1f} ms"
         )
         out(f"  Redis commands per enqueue (inside Lua included): {shown}")
         out(

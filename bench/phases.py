@@ -51,6 +51,7 @@ from bench.measure import (
     track,
     worker_commands_total,
 )
+from bench.paced import PacedRun, phase_paced
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,7 +69,7 @@ SCHEDULE_INTERVAL = 1.0
 SCHEDULE_WINDOW = 4.0
 REENQUEUE_AFTER = (1.5, 2.5)  # seconds after its first enqueue, each id goes in again
 
-ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale")
+ALL_PHASES = ("noop", "floor", "throughput", "schedule", "capacity", "scale", "paced")
 DEFAULT_PHASES = ALL_PHASES
 
 
@@ -144,6 +145,10 @@ class Config:
     keep: bool
     max_jobs: int
     half_rate: float | None
+    # The paced phase (bench/paced.py): containers, accounts, and each account's requests/s.
+    paced_n: int = 6000
+    paced_accounts: int = 20
+    paced_rate: float = 25.0
 
 
 @dataclass
@@ -190,6 +195,7 @@ class Figures:
     duplicates_refused: int | None = None
     duplicates_sent: int | None = None
     scale: list[ScaleRun] = field(default_factory=list)
+    paced: list[PacedRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -923,6 +929,9 @@ class Bench:
             "'duplicate' (no new job, no call)"
         )
         out(f"  CPU during the phase: {self.cpu_line(cpu0, cpu1)}")
+
+    async def phase_paced(self) -> None:
+        await phase_paced(self)
 
     async def phase_capacity(self) -> None:
         from worker.store.keys import ARQ_JOB_PREFIX as JOB_PREFIX

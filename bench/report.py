@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 from bench.measure import fmt, out, verdict
+from bench.paced import TARGET_CPU_RATIO, TARGET_RUNS_PER_CHECK, PacedRun, cpu_ratio
 from bench.phases import Config, Figures, ScaleRun, event_loop
 
 # Targets of issue #6.
@@ -107,6 +108,7 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
         None if extra is None else extra == 0,
     )
     scale_rows(f.scale, row)
+    paced_rows(f.paced, row)
     variant = []
     if cfg.log_level.upper() != "INFO":
         variant.append(f"LOG_LEVEL={cfg.log_level}")
@@ -161,4 +163,33 @@ def scale_rows(runs: list[ScaleRun], row: Callable[..., None]) -> None:
         " / ".join(f"{r.calls_per_container:.3f}" for r in runs),
         "1",
         all(r.calls_per_container == 1.0 and r.wrong_calls == 0 for r in runs),
+    )
+
+
+def paced_rows(runs: list[PacedRun], row: Callable[..., None]) -> None:
+    """The paced phase's lines of the summary (none when it did not run)."""
+    by = {r.label: r for r in runs}
+    paced = by.get("paced")
+    if paced is None:
+        return
+    burst, trickle = by.get("burst"), by.get("trickle")
+    row(
+        "worker CPU ms per container, paced / burst / trickle",
+        " / ".join(
+            fmt(r.cpu_ms_per_container if r else None, ".3f") for r in (paced, burst, trickle)
+        ),
+    )
+    ratio = cpu_ratio(paced, burst)
+    row(
+        f"paced CPU per container / burst's ({paced.rate:g}/s per account)",
+        fmt(ratio, ".2f"),
+        f"<= {TARGET_CPU_RATIO:g}",
+        None if ratio is None else ratio <= TARGET_CPU_RATIO,
+    )
+    row("paced CPU per container / trickle's (same rate)", fmt(cpu_ratio(paced, trickle), ".2f"))
+    row(
+        "job runs per check, paced",
+        fmt(paced.runs_per_check, ".3f"),
+        f"<= {TARGET_RUNS_PER_CHECK:g}",
+        None if paced.runs_per_check is None else paced.runs_per_check <= TARGET_RUNS_PER_CHECK,
     )

@@ -1,9 +1,12 @@
 """The pacing calendar (``reserve_slot`` in worker/store/lua/lib.lua, issue 22): one sorted set
 of runs of taken slots per account. Every reservation finds the first free slot in a few
 O(log n) lookups: no slot is booked twice, whatever enqueues and records interleave, and a burst
-behind a check booked ahead costs Redis the same per enqueue however long it is.
+behind a check booked ahead costs Redis the same per enqueue however long it is. And the
+worker's side of paced checks, which fall due one by one: one claim per check at most, fewer
+with the runner's claim gap.
 
-Against a real redis-server; the work is counted (``INFO commandstats``), never timed.
+Against a real redis-server; the work is counted (``INFO commandstats``, claims made), never
+timed.
 """
 
 from __future__ import annotations
@@ -11,18 +14,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from datetime import timedelta
 from importlib import resources
+from typing import Any
 
 import pytest
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from config import Settings
+from tests.conftest import wait_until
 from worker.client.client import PollerClient
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
 from worker.core.result import PollResult
+from worker.runtime.runner import JobSpec, Runner
+from worker.store.jobdata import job_deserializer, job_serializer
 from worker.store.keys import Keys
-from worker.store.queue import ClaimedJob, JobQueue
+from worker.store.queue import Claim, ClaimedJob, JobQueue
 from worker.store.results import ResultStore, pacing_step_ms
 
 ACCOUNT = "4242"
@@ -262,3 +271,71 @@ async def test_a_burst_behind_a_check_booked_ahead_costs_the_same_per_enqueue(
     assert large <= small * 1.05, (small, large)
     stats = await _commands(redis)
     assert stats.get("exists", 0) < 2 * 1001  # enqueue.lua's own EXISTS only, never a walk
+
+
+# ----- the worker's side: checks that fall due one by one ------------------------------------
+
+
+class CountingQueue(JobQueue):
+    """The real queue, counting the claims the runner makes."""
+
+    claims = 0
+
+    async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
+        self.claims += 1
+        return await super().claim(worker, limit=limit, lease_ms=lease_ms)
+
+
+async def _run_ticks(redis: Redis, keys: Keys, *, n: int, apart_ms: int, gap_s: float) -> int:
+    """n jobs due ``apart_ms`` apart, run by a runner with ``claim_gap_s=gap_s`` (and a poll
+    period longer than the whole run); returns the claims it made until all had run."""
+    queue = CountingQueue(redis, keys, job_ttl_seconds=3600)
+    ran: list[str] = []
+
+    async def tick(job: ClaimedJob) -> None:
+        ran.append(job.job_id)
+        await queue.settle(job, retry_in_ms=None)
+
+    pool = ArqRedis(
+        connection_pool=redis.connection_pool,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+    )
+    for k in range(n):
+        defer = timedelta(milliseconds=apart_ms * (k + 1))
+        job: Any = await pool.enqueue_job(
+            "tick", _job_id=f"tick-{k}", _queue_name=keys.queue, _defer_by=defer
+        )
+        assert job is not None
+    runner = Runner(
+        queue,
+        [JobSpec("tick", tick, timeout_s=5.0, retry_delay_s=1.0)],
+        concurrency=8,
+        poll_delay_s=5.0,
+        claim_gap_s=gap_s,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until(lambda: len(ran) == n, timeout=10 + n * apart_ms / 1000)
+    finally:
+        await runner.drain(1.0)
+        await task
+    assert sorted(ran) == sorted(f"tick-{k}" for k in range(n))
+    return queue.claims
+
+
+async def test_jobs_falling_due_one_by_one_cost_one_claim_each(redis: Redis, keys: Keys) -> None:
+    """A run's end wakes the runner only when every slot was taken: one that slept because
+    nothing more was due stays asleep until the next due time, which the claim told it (a
+    wake at every run's end cost an empty claim: two claims per paced check)."""
+    claims = await _run_ticks(redis, keys, n=12, apart_ms=100, gap_s=0.0)
+    assert claims <= 12 + 2, claims  # one per job (a late runner takes two at once: fewer)
+
+
+async def test_with_a_claim_gap_jobs_falling_due_one_by_one_run_a_few_per_claim(
+    redis: Redis, keys: Keys
+) -> None:
+    """The claim gap (half a poll period in the worker): after a claim that left nothing due,
+    the runner sleeps at least the gap, so jobs a slot apart run a few per claim."""
+    claims = await _run_ticks(redis, keys, n=12, apart_ms=100, gap_s=0.35)
+    assert claims <= 6, claims  # 1.2 s of jobs, a claim every 0.35 s at most (+ the first)

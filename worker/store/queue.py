@@ -169,7 +169,8 @@ class ClaimedJob:
 class Claim:
     now_ms: int
     jobs: list[ClaimedJob]
-    # The earliest due time after now (ms) when nothing more is due now; None if none.
+    # The earliest due time after now (ms) when nothing more is due now (fewer jobs than the
+    # limit were claimed); None if none, or if more may be due now.
     next_due_ms: int | None
 
 
@@ -206,7 +207,7 @@ class JobQueue:
         jobs = [
             _claimed(self.keys, now_ms, mono, reply[i : i + 6]) for i in range(2, len(reply), 6)
         ]
-        return Claim(now_ms, jobs, int(float(nxt)) if nxt and not jobs else None)
+        return Claim(now_ms, jobs, int(float(nxt)) if nxt else None)
 
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
         """Give the job back, due again in ``delay_ms``; False if the run no longer owned it."""
