@@ -2,9 +2,10 @@
 system, scaling over workers, in-flight capacity, schedule accuracy.
 
     .venv/bin/python -m bench.bench [--quick] [--n N]
-        [--phases noop,floor,throughput,schedule,capacity,scale,webhooks]
+        [--phases noop,floor,throughput,schedule,capacity,scale,webhooks,paced]
         [--scale-workers 1,2,3]
         [--log-level INFO] [--worker-env K=V ...] [--profile DIR] [--keep]
+        [--paced-n N] [--paced-accounts A] [--paced-rate R]
 
 One run, one machine, one private ``redis-server`` (started here on a free port, AOF and RDB off,
 stopped at the end). Every process that does work is separate: the Threads API simulator
@@ -42,6 +43,10 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
 ``capacity``    100,000 containers queued (no worker): Redis used_memory per container; then a
                 worker runs for a few seconds with all of them due and IN_PROGRESS (interval 60
                 s): its RSS with 100,000 in flight, and Redis memory per container once checked.
+``paced``       what pacing costs the worker (bench/paced.py): --paced-n containers over
+                --paced-accounts accounts drained as an unpaced burst, as a burst paced at
+                --paced-rate per account, and as an unpaced trickle at that rate; worker CPU per
+                container and job runs per check of each.
 ``scale``       the throughput workload with 1, 2 and 3 (``--scale-workers``) worker processes at
                 once on the same Redis and simulator. The queue is held back (RENAMEd away) until
                 every worker is ready, then released to all of them together. Per run: aggregate
@@ -156,6 +161,7 @@ async def run(cfg: Config) -> None:
                 "scale": bench.phase_scale,
                 "million": bench.phase_million,
                 "webhooks": bench.phase_webhooks,
+                "paced": bench.phase_paced,
             }
             for name in cfg.phases:
                 try:
@@ -218,7 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra worker setting, e.g. EVENT_LOOP=asyncio (the default is uvloop)",
     )
     p.add_argument("--max-jobs", type=int, default=200, help="WORKER_MAX_JOBS, and arq max_jobs")
-    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the throughput worker")
+    p.add_argument("--paced-n", type=int, help="containers of the paced phase (6,000; 3,000)")
+    p.add_argument(
+        "--paced-accounts", type=int, default=20, help="accounts of the paced phase (20)"
+    )
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        default=25.0,
+        help="ACCOUNT_MAX_REQUESTS_PER_SECOND of the paced phase (25: 500 checks/s in all)",
+    )
+    p.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy the throughput and paced workers"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir with all logs")
     # Internal: the subprocesses this script starts.
     p.add_argument(
@@ -280,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
         max_jobs=args.max_jobs,
         half_rate=args.schedule_rate,
+        paced_n=args.paced_n or (3_000 if args.quick else 6_000),
+        paced_accounts=args.paced_accounts,
+        paced_rate=args.paced_rate,
     )
     signal.signal(signal.SIGTERM, _terminate)
     try:

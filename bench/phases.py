@@ -52,6 +52,7 @@ from bench.measure import (
     track,
     worker_commands_total,
 )
+from bench.paced import PacedRun, phase_paced
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -85,6 +86,7 @@ ALL_PHASES = (
     "capacity",
     "scale",
     "webhooks",
+    "paced",
     "million",
 )
 # The million phase takes ~4 minutes and ~1 GB of Redis: asked for by name only.
@@ -166,6 +168,10 @@ class Config:
     keep: bool
     max_jobs: int
     half_rate: float | None
+    # The paced phase (bench/paced.py): containers, accounts, and each account's requests/s.
+    paced_n: int = 6000
+    paced_accounts: int = 20
+    paced_rate: float = 25.0
 
 
 @dataclass
@@ -221,6 +227,7 @@ class Figures:
     scale: list[ScaleRun] = field(default_factory=list)
     # The webhooks phase: the paced load alone, then beside HOOK_DELIVERIES hung deliveries.
     hooks: list[HookRun] = field(default_factory=list)
+    paced: list[PacedRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -1178,6 +1185,9 @@ class Bench:
             attempts=attempts,
             hung_now=hung_now,
         )
+
+    async def phase_paced(self) -> None:
+        await phase_paced(self)
 
     async def phase_capacity(self) -> None:
         from worker.store.keys import ARQ_JOB_PREFIX as JOB_PREFIX

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 from bench.measure import fmt, out, verdict
+from bench.paced import TARGET_CPU_RATIO, TARGET_RUNS_PER_CHECK, PacedRun, cpu_ratio
 from bench.phases import Config, Figures, HookRun, ScaleRun, event_loop
 
 # Targets of issue #6.
@@ -110,6 +111,7 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
     )
     scale_rows(f.scale, row)
     hook_rows(f.hooks, row)
+    paced_rows(f.paced, row)
     if f.million_n is not None:
         row(
             f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
@@ -202,3 +204,32 @@ def hook_rows(runs: list[HookRun], row: Callable[..., None]) -> None:
             f"<= {TARGET_HOOK_P99_DELTA_S:g} s",
             None if math.isnan(delta) else delta <= TARGET_HOOK_P99_DELTA_S,
         )
+
+
+def paced_rows(runs: list[PacedRun], row: Callable[..., None]) -> None:
+    """The paced phase's lines of the summary (none when it did not run)."""
+    by = {r.label: r for r in runs}
+    paced = by.get("paced")
+    if paced is None:
+        return
+    burst, trickle = by.get("burst"), by.get("trickle")
+    row(
+        "worker CPU ms per container, paced / burst / trickle",
+        " / ".join(
+            fmt(r.cpu_ms_per_container if r else None, ".3f") for r in (paced, burst, trickle)
+        ),
+    )
+    ratio = cpu_ratio(paced, burst)
+    row(
+        f"paced CPU per container / burst's ({paced.rate:g}/s per account)",
+        fmt(ratio, ".2f"),
+        f"<= {TARGET_CPU_RATIO:g}",
+        None if ratio is None else ratio <= TARGET_CPU_RATIO,
+    )
+    row("paced CPU per container / trickle's (same rate)", fmt(cpu_ratio(paced, trickle), ".2f"))
+    row(
+        "job runs per check, paced",
+        fmt(paced.runs_per_check, ".3f"),
+        f"<= {TARGET_RUNS_PER_CHECK:g}",
+        None if paced.runs_per_check is None else paced.runs_per_check <= TARGET_RUNS_PER_CHECK,
+    )

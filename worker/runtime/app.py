@@ -89,6 +89,14 @@ def poll_delay(settings: Settings) -> float:
     return max(0.01, min(0.2, settings.poll_interval_seconds / 10))
 
 
+def claim_gap(settings: Settings) -> float:
+    """The runner's shortest sleep between claims when nothing more is due (half a poll period,
+    0.1 s with the defaults): checks that fall due one by one, as a paced account's do, run a
+    few together, up to this late, rather than one claim and one cold run each (issue 22: a
+    paced burst cost 2.5 x the worker CPU per container of an unpaced one)."""
+    return poll_delay(settings) / 2
+
+
 def build_poller(
     settings: Settings,
     redis: Redis,
@@ -158,6 +166,7 @@ def runners(settings: Settings, poller: PollerContext) -> tuple[Runner, Runner]:
         concurrency=concurrency(settings),
         poll_delay_s=poll_delay(settings),
         lease_s=lease_seconds(settings),
+        claim_gap_s=claim_gap(settings),
     )
     deliveries = Runner(
         poller.deliveries,
@@ -166,6 +175,7 @@ def runners(settings: Settings, poller: PollerContext) -> tuple[Runner, Runner]:
         poll_delay_s=poll_delay(settings),
         name=checks.name,
         lease_s=lease_seconds(settings),
+        claim_gap_s=claim_gap(settings),
     )
     return checks, deliveries
 

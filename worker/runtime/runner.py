@@ -109,6 +109,10 @@ class Runner:
     specs: Sequence[JobSpec]
     concurrency: int
     poll_delay_s: float
+    # The shortest sleep between two claims when nothing more is due: jobs falling due one by
+    # one (a paced account's checks, a slot apart) are claimed and run a few at a time, up to
+    # this much later than their due time, instead of one claim and one cold run each.
+    claim_gap_s: float = 0.0
     name: str = field(default_factory=worker_name)
     stats: RunnerStats = field(default_factory=RunnerStats)
     # How long a claim or renewal keeps a job (LEASE_SECONDS); renewed every third of it.
@@ -128,6 +132,9 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._wake = asyncio.Event()
+        # Set while the loop waits for a run to end because every slot is taken: only then
+        # does a run's end wake it (see _done).
+        self._full = False
         self._last_warning = 0.0
         self._not_runnable: set[tuple[str, str]] = set()
 
@@ -150,7 +157,9 @@ class Runner:
         while self._accepting:
             free = self.concurrency - len(self._tasks)
             if free <= 0:
+                self._full = True
                 await self._wait(None)
+                self._full = False
                 continue
             try:
                 claim = await self.queue.claim(
@@ -170,7 +179,8 @@ class Runner:
                 # Nothing more is due: sleep until the next due job, a poll period at most.
                 wait = self.poll_delay_s
                 if claim.next_due_ms is not None:
-                    wait = min(wait, max(0.0, (claim.next_due_ms - claim.now_ms) / 1000))
+                    due_in = (claim.next_due_ms - claim.now_ms) / 1000
+                    wait = min(wait, max(self.claim_gap_s, due_in))
                 await self._wait(wait)
 
     async def drain(self, grace_s: float) -> None:
@@ -190,7 +200,12 @@ class Runner:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wake.set()
+        # A freed slot matters only to a loop that had none: one sleeping because nothing
+        # more is due wakes at the next due time (the claim said when) or after a poll period.
+        # Waking it at every run's end cost an empty claim per check when checks come one by
+        # one (a paced account): two claims per check instead of one.
+        if self._full:
+            self._wake.set()
 
     async def _wait(self, seconds: float | None) -> None:
         """Sleep ``seconds`` (None: until woken), or until a slot frees or ``stop``."""

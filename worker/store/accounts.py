@@ -5,7 +5,7 @@ Keys (documented in the README):
     {prefix}:account:{account}   hash: throttled_until, throttle_level, throttled_total,
                                  last_throttle_code, last_throttled_at, token_rejected_fp,
                                  token_rejected_reason, token_rejected_code, token_rejected_at
-    {prefix}:rate:{account}      hash + one key per reserved slot: the pacing calendar (lib.lua)
+    {prefix}:rate:{account}:runs sorted set: the pacing calendar, runs of taken slots (lib.lua)
     {prefix}:quota:{account}     string: JSON of the last publishing limit read
     {prefix}:accounts            sorted set: accounts seen at enqueue, by last time seen
 """

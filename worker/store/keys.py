@@ -96,7 +96,11 @@ class Keys:
         return f"{self.prefix}:account:{account}"
 
     def rate(self, account: str) -> str:
-        return f"{self.prefix}:rate:{account}"
+        """Sorted set: the account's pacing calendar, runs of taken slots (lua/lib.lua,
+        ``reserve_slot``). Earlier versions kept a hash at ``{prefix}:rate:{account}`` and a key
+        per slot: a name of its own, so that versions side by side during an upgrade never read
+        each other's structure (each just paces on its own calendar for a minute)."""
+        return f"{self.prefix}:rate:{account}:runs"
 
     def quota(self, account: str) -> str:
         """String: JSON of the account's last publishing limit (QuotaSnapshot)."""

@@ -232,7 +232,8 @@ class ClaimedJob:
 class Claim:
     now_ms: int
     jobs: list[ClaimedJob]
-    # The earliest due time after now (ms) when nothing more is due now; None if none.
+    # The earliest due time after now (ms) when nothing more is due now (fewer jobs than the
+    # limit were claimed); None if none, or if more may be due now.
     next_due_ms: int | None
 
 
@@ -282,7 +283,7 @@ class JobQueue:
             _claimed(self.keys, now_ms, mono, reply[i : i + 6], until)
             for i in range(2, len(reply), 6)
         ]
-        return Claim(now_ms, jobs, int(float(nxt)) if nxt and not jobs else None)
+        return Claim(now_ms, jobs, int(float(nxt)) if nxt else None)
 
     async def renew(self, jobs: Sequence[ClaimedJob], *, lease_ms: int) -> set[tuple[str, str]]:
         """Renew the leases of ``jobs`` for ``lease_ms`` in one round trip (each only while its

@@ -227,6 +227,7 @@ class ResultStore:
                 self.keys.accounts,
                 self.keys.config,
                 self.keys.result(parent[0] if parent else req.container_id),
+                self.keys.rate(account or "default"),
             ],
             args=[
                 req.container_id,
@@ -242,7 +243,7 @@ class ResultStore:
                 "1" if req.publish else "0",
                 req.webhook_url or "",
                 self.pace_step_ms,
-                self.keys.rate(account or "default"),
+                "",  # unused: the pacing calendar is KEYS[7]
                 req.intake_entry or "",
                 req.reply_to or "",
                 parent[0] if parent else "",
@@ -338,7 +339,7 @@ class ResultStore:
             "1" if decision.final else "0",
             want_ms,
             self.pace_step_ms,
-            self.keys.rate(current.account or "default"),
+            "",  # unused: the pacing calendar is KEYS[8]
             self.result_ttl_seconds,
             self.events_max_len,
             current.container_id,
@@ -365,6 +366,7 @@ class ResultStore:
                 ARQ_RETRY_PREFIX + job_id,
                 ARQ_JOB_PREFIX + job_id,
                 self.keys.webhook_queue,
+                self.keys.rate(current.account or "default"),
             ],
             args=args,
         )

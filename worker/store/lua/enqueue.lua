@@ -6,11 +6,13 @@
 -- 18: the parent and the parent's new generation), in one MULTI: a child is touched only if its
 -- parent's poll was (re)started by this very call.
 -- KEYS: 1 result hash, 2 inflight zset, 3 queue, 4 accounts zset, 5 the deployment's config hash,
---       6 a carousel child's parent's result hash (else KEYS[1] again)
+--       6 a carousel child's parent's result hash (else KEYS[1] again), 7 the account's pacing
+--       calendar (lib.lua, reserve_slot)
 -- ARGV: 1 container_id, 2 window ms, 3 ttl seconds, 4 generation, 5 job key prefix,
 --       6 job id base ("<prefix>:check:<id>:"), 7 job data, 8 lock prefix, 9 account,
 --       10 force ('1'/'0'), 11 publish ('1'/'0'), 12 webhook url, 13 pacing step ms (0: none),
---       14 pacing key of the account, 15 intake entry id ('' when not from the intake),
+--       14 unused (was the pacing key, now KEYS[7]), 15 intake entry id ('' when not from the
+--       intake),
 --       16 reply_to ('' for none), 17 parent id (a carousel child; ''), 18 parent generation,
 --       19 children "A,B,..." (a carousel parent; ''), 20 number of children,
 --       21 producer name ('default' for the implicit one), 22/23/24 whether that producer may
@@ -166,7 +168,7 @@ if parent then
   -- last child's record (record.lua makes it due), or, as a safety net, the window's end.
   first = deadline
 else
-  first = reserve_slot(ARGV[14], step, now, now)
+  first = reserve_slot(KEYS[7], step, now, now)
 end
 local job_id = ARGV[6] .. ARGV[4]
 local ttl = tonumber(ARGV[3])

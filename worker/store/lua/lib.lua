@@ -21,37 +21,54 @@ end
 -- Reserve an account's first free pacing slot at or after want (ms); returns the time to run:
 -- want itself when its own slot is free, else the start of the first free slot after it.
 -- Slot i covers [i * step, (i + 1) * step) ms and takes one request (so any second holds at
--- most the rate's requests, plus one at its edges); a taken slot is a key
--- "<rate>:<i>" that expires a minute after its time. The hash <rate> remembers one run of taken
--- slots [from, to), so a burst of N reservations costs O(N), not O(N^2), while checks scheduled
--- for later (the next check, a throttle pause's end) still find the free slots before them.
+-- most the rate's requests, plus one at its edges).
+-- The calendar is one sorted set, <rate>: the taken slots as runs [start, end), a member per
+-- run, the member its start and the score its end. Runs never overlap and never touch (a
+-- reservation merges its slot with the runs on either side), so the first free slot at or after
+-- i is i itself or the end of the one run holding i: a reservation costs a few O(log n) lookups
+-- however many slots a burst took (walking over taken slots one by one made a burst O(n^2)).
+-- Checks booked for later (the next check, a throttle pause's end) leave the free slots before
+-- them free for others. Runs that ended a minute ago are dropped two at a time (each
+-- reservation adds at most one run), and the key expires a minute after its latest slot.
+-- Only commands the scripts already used (ZRANGEBYSCORE, ZADD, ZREM): an ACL user of an
+-- earlier version needs no new rule.
 local function reserve_slot(rate, step, want, now)
   if step <= 0 then
     return want
   end
   -- The slot that holds `want`: a free one is taken at `want` itself (no rounding up).
   local i = math.floor(want / step)
-  local run = redis.call('HMGET', rate, 'from', 'to')
-  local from, to = tonumber(run[1]), tonumber(run[2])
-  local in_run = from ~= nil and to ~= nil and i >= from and i < to
-  if in_run then
-    i = to
+  local j, from, to = i, i, i + 1
+  local next_run
+  -- The first run that ends after i: it holds i, or it is the first run after i.
+  local after = redis.call('ZRANGEBYSCORE', rate, '(' .. i, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #after > 0 and tonumber(after[1]) <= i then
+    -- i is taken: the run's end is free (runs never touch). The new slot extends that run.
+    j = tonumber(after[2])
+    from, to = tonumber(after[1]), j + 1
+    next_run = redis.call('ZRANGEBYSCORE', rate, '(' .. j, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  else
+    next_run = after
+    -- A run that ends right at i: the new slot extends it.
+    local before = redis.call('ZRANGEBYSCORE', rate, i, i, 'LIMIT', 0, 1)
+    if #before > 0 then
+      from = tonumber(before[1])
+    end
   end
-  local start = i
-  local guard = 0
-  while redis.call('EXISTS', rate .. ':' .. i) == 1 and guard < 1000000 do
-    i = i + 1
-    guard = guard + 1
+  if #next_run > 0 and tonumber(next_run[1]) == j + 1 then
+    -- The run after starts right after the new slot: one run now.
+    to = tonumber(next_run[2])
+    redis.call('ZREM', rate, next_run[1])
   end
-  local at = i * step
+  -- Members are written with %d only, so a run's start always reads back as the same string.
+  redis.call('ZADD', rate, to, string.format('%d', from))
+  local past = redis.call('ZRANGEBYSCORE', rate, '-inf', math.floor((now - 60000) / step),
+    'LIMIT', 0, 2)
+  if #past > 0 then
+    redis.call('ZREM', rate, unpack(past))
+  end
+  local at = j * step
   local keep = math.max(at - now, 0) + 60000
-  redis.call('SET', rate .. ':' .. i, '1', 'PX', keep)
-  if in_run then
-    -- Every slot from the old end to i was taken (we walked over them): the run grows.
-    redis.call('HSET', rate, 'to', i + 1)
-  elseif to == nil or to * step < now then
-    redis.call('HSET', rate, 'from', start, 'to', i + 1)
-  end
   if redis.call('PTTL', rate) < keep then
     redis.call('PEXPIRE', rate, keep)
   end

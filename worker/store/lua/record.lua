@@ -7,9 +7,10 @@
 -- own window and makes its job due; any other ending names the child in the parent
 -- (failed_child) and makes the parent's job due, which then ends it as CHILD_FAILED.
 -- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue (the checks'), 5 the job's
---       lock, 6 its tries counter, 7 its data, 8 the deliveries' queue (the webhook job's)
+--       lock, 6 its tries counter, 7 its data, 8 the deliveries' queue (the webhook job's),
+--       9 the account's pacing calendar (lib.lua, reserve_slot)
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
---       6 pacing step ms (0: none), 7 pacing key of the account, 8 ttl seconds,
+--       6 pacing step ms (0: none), 7 unused (was the pacing key, now KEYS[9]), 8 ttl seconds,
 --       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
 --       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
 --       16 this record's status, 17 its error_message, 18 '1' when this run planned a carousel
@@ -56,7 +57,7 @@ local function report_to_parent(pkey, parent, pgen, pjob)
     end
     -- The parent's own window (as long as it was given) starts now.
     local window = math.floor((tonumber(p[4]) - tonumber(p[3])) * 1000 + 0.5)
-    due = reserve_slot(ARGV[7], tonumber(ARGV[6]), now, now)
+    due = reserve_slot(KEYS[9], tonumber(ARGV[6]), now, now)
     redis.call('HSET', pkey, 'children_ready_at', stamp(now),
       'deadline_at', stamp(now + window), 'next_check_at', stamp(due))
     redis.call('ZADD', KEYS[2], (now + window) / 1000, parent)
@@ -117,7 +118,7 @@ else
     -- rather than at the safety net's time.
     want = now
   end
-  at = reserve_slot(ARGV[7], tonumber(ARGV[6]), want, now)
+  at = reserve_slot(KEYS[9], tonumber(ARGV[6]), want, now)
   waited = at - want
   fields[#fields + 1] = 'next_check_at'
   fields[#fields + 1] = stamp(at)
