@@ -234,3 +234,31 @@ async def test_worker_killed_mid_publish_does_not_publish_twice(
     assert (r.status, r.publish_status) == ("PUBLISHED", "unconfirmed")
     calls = sim.state.calls_for("9401")
     assert (calls.publish_calls, calls.publishes) == (1, 1)
+
+
+async def test_a_re_poll_without_publish_keeps_the_memory_of_the_publish(
+    redis: Redis, settings: Settings, sim: RunningSimulator, keys: Keys
+) -> None:
+    """Found by the lifecycle model: a forced re-poll without ``publish`` wiped the record that
+    the container was published, so the next publish poll knew nothing of it (PUBLISHED without
+    its media id; with a status that lagged, a second post)."""
+    settings = pub_settings(settings)
+    cid = "9120"
+    first = await publish_one(redis, settings, sim, cid, ["FINISHED"])
+    assert (first.status, first.publish_status) == ("PUBLISHED", "published")
+    # Polled again without publish, then again with it.
+    await enqueue(redis, cid, account=ACCOUNT, force=True, settings=settings)
+    between = await get_result(redis, cid, settings=settings)
+    assert between is not None and between.media_id == first.media_id
+    assert await redis.hget(keys.result(cid), "earlier_publish") == b"published"
+    async with running_worker(settings):
+        second = await final_of(redis, settings, cid)
+    assert second.generation != first.generation
+    await enqueue(redis, cid, account=ACCOUNT, publish=True, force=True, settings=settings)
+    again = await get_result(redis, cid, settings=settings)
+    assert again is not None and again.publish_status == "published"
+    assert again.media_id == first.media_id
+    async with running_worker(settings):
+        third = await final_of(redis, settings, cid)
+    assert (third.status, third.media_id) == ("PUBLISHED", first.media_id)
+    assert sim.state.calls_for(cid).publish_calls == 1

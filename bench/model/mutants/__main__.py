@@ -23,7 +23,9 @@ ROOT = HERE.parents[2]
 SKIP = shutil.ignore_patterns(".venv", ".git", "test-artifacts", "__pycache__", ".mypy_cache")
 
 
-def run_one(patch: Path, examples: int, steps: int) -> tuple[bool, str, float]:
+def run_one(
+    patch: Path, examples: int, steps: int, derandomize: bool = False
+) -> tuple[bool, str, float]:
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         tree = Path(tmp) / "tree"
         shutil.copytree(ROOT, tree, ignore=SKIP)
@@ -40,6 +42,8 @@ def run_one(patch: Path, examples: int, steps: int) -> tuple[bool, str, float]:
                 "--steps",
                 str(steps),
                 "--no-shrink",
+                # The model's derandomized sequence of examples (the test command's).
+                *(["--seed", "0"] if derandomize else []),
             ],
             cwd=tree,
             env=env,
@@ -60,6 +64,9 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="patch names (default: all)")
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--derandomize", action="store_true", help="the same examples every run (bench.model's)"
+    )
     args = parser.parse_args()
     patches = sorted(HERE.glob("*.patch"))
     if args.names:
@@ -67,7 +74,7 @@ def main() -> int:
     missed = 0
     for patch in patches:
         why = patch.read_text().splitlines()[0].lstrip("# ")
-        found, detail, took = run_one(patch, args.examples, args.steps)
+        found, detail, took = run_one(patch, args.examples, args.steps, args.derandomize)
         missed += not found
         verdict = "FOUND " if found else "MISSED"
         print(f"{verdict} {patch.stem} ({took:.0f} s): {detail}\n       reverts: {why}", flush=True)

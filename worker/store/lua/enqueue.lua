@@ -28,7 +28,7 @@ if child and redis.call('HGET', KEYS[6], 'generation') ~= ARGV[18] then
 end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
-  'producer', 'account')
+  'producer', 'account', 'earlier_publish')
 local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
 
 -- Producers' scopes (issue 21). A request outside its producer's scope is refused before
@@ -89,7 +89,7 @@ if ARGV[19] ~= '' then
   -- live carousel, is not a carousel itself, and is not published (or publishing) on its own.
   for c in string.gmatch(ARGV[19], '[^,]+') do
     local h = redis.call('HMGET', results .. c, 'final', 'carousel_parent', 'parent_generation',
-      'publish_status', 'children', 'producer', 'account')
+      'publish_status', 'children', 'producer', 'account', 'earlier_publish')
     -- A child polled before (live: taken in; final: polled again) may be another producer's.
     local theirs = h[1] and foreign(h[6], h[7])
     if theirs then
@@ -105,7 +105,7 @@ if ARGV[19] ~= '' then
     if h[1] == '0' and h[5] then
       return {'refused', '', 'child ' .. c .. ' is a carousel being polled'}
     end
-    if posted(h[4]) then
+    if posted(h[4]) or posted(h[8]) then
       return {'refused', '', 'child ' .. c .. ' was published (or may have been) on its own'}
     end
   end
@@ -200,13 +200,23 @@ if parent then
   put('children', ARGV[19])
   put('children_pending', ARGV[20])
 end
-if ARGV[11] == '1' and posted(cur[7]) then
-  -- An earlier poll of this container published it, or may have: the new poll never publishes
-  -- again. It reads the status until PUBLISHED (or ends PUBLISH_UNCONFIRMED).
-  put('publish_status', cur[7] == 'published' and 'published' or 'unconfirmed')
+-- What an earlier poll of this container did with it: its publish_status, or, for a poll that
+-- did not publish itself, the earlier_publish it carried from one before it.
+local earlier = posted(cur[7]) and cur[7] or cur[12]
+if posted(earlier) then
+  local was = earlier == 'published' and 'published' or 'unconfirmed'
+  if ARGV[11] == '1' then
+    -- An earlier poll of this container published it, or may have: the new poll never
+    -- publishes again. It reads the status until PUBLISHED (or ends PUBLISH_UNCONFIRMED).
+    put('publish_status', was)
+    put('publish_note', 'an earlier poll of this container published it (or may have)')
+  else
+    -- A poll that does not publish keeps the memory for a later one that does: a forced
+    -- re-poll without publish in between must not let the next publish poll post again.
+    put('earlier_publish', was)
+  end
   put('media_id', cur[8] or '')
   put('published_at', cur[9] or '')
-  put('publish_note', 'an earlier poll of this container published it (or may have)')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
