@@ -250,7 +250,7 @@ async def test_a_re_poll_without_publish_keeps_the_memory_of_the_publish(
     await enqueue(redis, cid, account=ACCOUNT, force=True, settings=settings)
     between = await get_result(redis, cid, settings=settings)
     assert between is not None and between.media_id == first.media_id
-    assert await redis.hget(keys.result(cid), "earlier_publish") == b"published"
+    assert await redis.hget(keys.result(cid), "earlier_publish") == b"published"  # type: ignore[misc]
     async with running_worker(settings):
         second = await final_of(redis, settings, cid)
     assert second.generation != first.generation
