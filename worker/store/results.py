@@ -339,7 +339,7 @@ class ResultStore:
             "1" if decision.final else "0",
             want_ms,
             self.pace_step_ms,
-            "",  # unused: the pacing calendar is KEYS[8]
+            "",  # unused: the pacing calendar is KEYS[9]
             self.result_ttl_seconds,
             self.events_max_len,
             current.container_id,
