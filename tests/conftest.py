@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from bench.harness import RedisServer, simulator_in_process, start_redis, stop_redis
+from bench.harness import HOST, RedisServer, simulator_in_process, start_redis, stop_redis
 from config import Settings, load_settings
 from simulator import RunningSimulator
 from worker.runtime.app import PollerWorker, build_worker
@@ -52,6 +52,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     stop_redis(server)
+
+
+@pytest.fixture(autouse=True)
+async def _watch_declared_keys(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """With ``TP_WATCH_KEYS=1``, every test that uses ``redis_server`` also checks that each
+    key a script touched was among its KEYS (tests/declared_keys.py)."""
+    if os.environ.get("TP_WATCH_KEYS") != "1" or "redis_server" not in request.fixturenames:
+        yield
+        return
+    from tests.declared_keys import KeyWatch, describe
+
+    server: RedisServer = request.getfixturevalue("redis_server")
+    async with KeyWatch(HOST, server.port) as watch:
+        yield
+    found = await watch.violations()
+    assert not found, describe(found)
 
 
 @pytest.fixture

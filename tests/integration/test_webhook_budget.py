@@ -195,18 +195,23 @@ async def test_each_claim_hands_the_other_queues_jobs_over(redis: Redis, keys: K
 
 
 async def test_a_long_backlog_is_handed_over_in_bounded_claims(redis: Redis, keys: Keys) -> None:
-    """An upgrade that finds a long backlog of deliveries in the shared queue: one claim hands
-    over at most 1,000 of them (a short script) and says a job is due now, so the runner claims
-    again at once; the check behind them is claimed by the next claim."""
+    """An upgrade that finds a long backlog of deliveries in the shared queue: a claim hands
+    over a bounded part of it (a short script; it declares the lock of each job it looks at, at
+    most 500 a call) and says a job is due now, so the runner claims again at once; the check
+    behind them is claimed within a few claims."""
     checks = JobQueue(redis, keys, job_ttl_seconds=3600)
     hooks = {keys.webhook_job_id(f"96{i:04d}", "g"): 1000 + i for i in range(1005)}
     check = keys.job_id("9650", "g")
     await redis.zadd(keys.queue, {**hooks, check: 5000})
-    claim = await checks.claim("w", limit=10, lease_ms=10_000)
-    assert claim.jobs == [] and claim.next_due_ms == claim.now_ms
-    assert await redis.zcard(keys.webhook_queue) == 1000
-    claim = await checks.claim("w", limit=10, lease_ms=10_000)
-    assert [j.job_id for j in claim.jobs] == [check]
+    claims = []
+    while len(claims) < 10:
+        claim = await checks.claim("w", limit=10, lease_ms=10_000)
+        claims.append(claim)
+        if claim.jobs:
+            break
+        assert claim.next_due_ms == claim.now_ms  # more is due now: claim again at once
+    assert [j.job_id for j in claims[-1].jobs] == [check]
+    assert len(claims) <= 3
     assert await redis.zcard(keys.webhook_queue) == 1005
     assert await redis.zcard(keys.queue) == 1  # the check, leased
     assert await redis.zscore(keys.webhook_queue, keys.webhook_job_id("960000", "g")) == 1000

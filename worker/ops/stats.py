@@ -36,7 +36,7 @@ FINAL_PREFIX = "final:"
 
 
 def stats_key(keys: Keys, minute: int) -> str:
-    return f"{keys.prefix}:stats:{minute}"
+    return keys.stats(minute)
 
 
 class MinuteTally:

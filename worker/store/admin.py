@@ -521,13 +521,23 @@ class AdminStore:
                 )
                 if webhook is not None:
                     hook = (webhook.job_id, ARQ_JOB_PREFIX + webhook.job_id, webhook.data)
-            reply = await self._cancel(
+            own = self.keys.result(container_id)
+            job_id = self.keys.job_id(container_id, current.generation)
+            reply = await scripts.call(
+                self._cancel,
                 keys=[
-                    self.keys.result(container_id),
+                    own,
                     self.keys.inflight,
                     self.keys.events,
                     self.keys.queue,
                     self.keys.webhook_queue,
+                    ARQ_JOB_PREFIX + job_id,
+                    ARQ_RETRY_PREFIX + job_id,
+                    hook[1] or own,
+                    # This minute's counts as the clock read above says (the script asks for
+                    # the right one when the minute turned since) and the parent as read.
+                    self.keys.stats(int(now) // 60),
+                    self.keys.result(current.carousel_parent) if current.carousel_parent else own,
                 ],
                 args=[
                     container_id,

@@ -106,6 +106,10 @@ class Keys:
         """String: JSON of the account's last publishing limit (QuotaSnapshot)."""
         return f"{self.prefix}:quota:{account}"
 
+    def stats(self, minute: int) -> str:
+        """Hash: the counts of one minute of Redis' clock (``worker.ops.stats``)."""
+        return f"{self.prefix}:stats:{minute}"
+
     @property
     def accounts(self) -> str:
         """Sorted set: accounts named at enqueue, scored by when they were last seen."""

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -64,6 +66,21 @@ T = TypeVar("T")
 # A write refused by Redis is tried again after these pauses (then every last one), while the
 # run's timeout allows.
 _WRITE_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+# A claim names the jobs due first for the next one (its candidates: their keys are declared):
+# as many as it may claim, within these bounds. A claim whose due jobs were not named calls the
+# script again at once, at most this many times in all.
+_MIN_CANDIDATES = 16
+_MAX_CANDIDATES = 500
+_CLAIM_ROUNDS = 3
+# The accounts of this many check jobs are remembered (to name their account's hash next time).
+_ACCOUNTS_REMEMBERED = 65_536
+_ACCOUNT_FIELDS = (
+    "throttled_until",
+    "throttle_level",
+    "token_rejected_fp",
+    "token_rejected_reason",
+)
 
 
 def text(value: bytes | str | None) -> str:
@@ -213,6 +230,8 @@ class ClaimedJob:
     # For a poll's check: its hash and its account's state, read by the claim.
     state: RawHash | None = None
     account: AccountState = field(default_factory=AccountState)
+    # True while ``account`` is not read yet (the claim named the account, not its state).
+    account_unread: bool = False
     # The run's time limit, bound by the runner (worker.runtime.runner).
     deadline: RunDeadline = field(default_factory=RunDeadline, compare=False)
     # This process's monotonic clock when the lease the claim gave ends at the latest: counted
@@ -251,6 +270,10 @@ class JobQueue:
         # This queue's key, and the other one's (where a claim hands over what is not its own).
         self.key = keys.webhook_queue if deliveries else keys.queue
         self.other_key = keys.queue if deliveries else keys.webhook_queue
+        # The next claim's candidates (lua/claim.lua) and the accounts of the checks claimed.
+        self._candidates: list[str] = []
+        self._accounts: OrderedDict[str, str] = OrderedDict()
+        self._last_account = "default"
         self._claim = scripts.register(redis, "claim.lua")
         self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
@@ -258,32 +281,91 @@ class JobQueue:
         self._rewrite = scripts.register(redis, "rewrite.lua")
 
     async def claim(self, worker: str, *, limit: int, lease_ms: int) -> Claim:
-        sent = time.monotonic()
-        reply = await self._claim(
-            keys=[self.key, self.other_key],
-            args=[
-                limit,
-                lease_ms,
-                worker,
-                ARQ_JOB_PREFIX,
-                ARQ_IN_PROGRESS_PREFIX,
-                ARQ_RETRY_PREFIX,
-                self.keys.check_job_prefix,
-                self.keys.prefix,
-                self.job_ttl_ms,
-                self.keys.webhook_job_prefix,
-                "deliveries" if self.deliveries else "checks",
-            ],
-        )
-        mono = time.monotonic()
-        now_ms = int(reply[0])
-        nxt = text(reply[1])
-        until = lease_end(sent, lease_ms / 1000)
-        jobs = [
-            _claimed(self.keys, now_ms, mono, reply[i : i + 6], until)
-            for i in range(2, len(reply), 6)
-        ]
+        """Claim up to ``limit`` due jobs. Every key the claim touches is declared (lib.lua):
+        the keys of the jobs the last claim named as due first (its candidates). Due jobs it
+        did not name (enqueued since) are left by the script and named in its reply, and claimed
+        at once by a second call: in the steady state a claim is one round trip."""
+        jobs: list[ClaimedJob] = []
+        now_ms, nxt = 0, ""
+        for _ in range(_CLAIM_ROUNDS):
+            sent = time.monotonic()
+            reply = await self._claim(
+                keys=[self.key, self.other_key, *self._candidate_keys(limit - len(jobs))],
+                args=[
+                    limit - len(jobs),
+                    lease_ms,
+                    worker,
+                    ARQ_JOB_PREFIX,
+                    ARQ_IN_PROGRESS_PREFIX,
+                    ARQ_RETRY_PREFIX,
+                    self.keys.check_job_prefix,
+                    self.keys.prefix,
+                    self.job_ttl_ms,
+                    self.keys.webhook_job_prefix,
+                    "deliveries" if self.deliveries else "checks",
+                    min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
+                    _MAX_CANDIDATES,
+                ],
+            )
+            mono = time.monotonic()
+            now_ms = int(reply[0])
+            nxt = text(reply[1])
+            self._candidates = [text(v) for v in reply[2]]
+            until = lease_end(sent, lease_ms / 1000)
+            parts = [reply[i : i + 6] for i in range(4, len(reply), 6)]
+            jobs += [_claimed(self.keys, now_ms, mono, part, until) for part in parts]
+            if not int(reply[3]) or len(jobs) >= limit:
+                break
+        await self._read_accounts(jobs)
         return Claim(now_ms, jobs, int(float(nxt)) if nxt else None)
+
+    def _candidate_keys(self, limit: int) -> list[str]:
+        """The keys of this claim's candidates: of as many of its own jobs as it may claim (a
+        few more: some may be held), the lock of any job of the other queue (to hand over)."""
+        keys: list[str] = []
+        full = max(limit, _MIN_CANDIDATES)
+        for job_id in self._candidates:
+            keys.append(ARQ_IN_PROGRESS_PREFIX + job_id)
+            if job_id.startswith(self.keys.webhook_job_prefix) != self.deliveries:
+                continue
+            if full <= 0:
+                continue
+            full -= 1
+            keys += [ARQ_RETRY_PREFIX + job_id, ARQ_JOB_PREFIX + job_id]
+            cid = check_container(self.keys, job_id)
+            if cid is not None:
+                # The account a check's hash names is only known once it is read: the one this
+                # job had at its last claim here, else the last one seen (most deployments poll
+                # for one account, or a few). A wrong guess costs one read after the claim.
+                account = self._accounts.get(job_id, self._last_account)
+                keys += [self.keys.result(cid), self.keys.account(account)]
+        return keys
+
+    async def _read_accounts(self, jobs: list[ClaimedJob]) -> None:
+        """Learn the accounts of the checks claimed, and read those the claim could not."""
+        missing: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            if job.state is None:
+                continue
+            name = text(job.state.get(b"account") or job.state.get("account")) or "default"
+            self._accounts[job.job_id] = name
+            self._accounts.move_to_end(job.job_id)
+            self._last_account = name
+            if job.account_unread:
+                missing.setdefault(name, []).append(i)
+        while len(self._accounts) > _ACCOUNTS_REMEMBERED:
+            self._accounts.popitem(last=False)
+        if not missing:
+            return
+        names = list(missing)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self.keys.account(name), list(_ACCOUNT_FIELDS))
+            replies = await pipe.execute()
+        for name, reply in zip(names, replies, strict=True):
+            state = AccountState.from_reply(reply)
+            for i in missing[name]:
+                jobs[i] = dataclasses.replace(jobs[i], account=state, account_unread=False)
 
     async def renew(self, jobs: Sequence[ClaimedJob], *, lease_ms: int) -> set[tuple[str, str]]:
         """Renew the leases of ``jobs`` for ``lease_ms`` in one round trip (each only while its
@@ -293,7 +375,9 @@ class JobQueue:
         args: list[str | int] = [lease_ms, ARQ_IN_PROGRESS_PREFIX]
         for job in jobs:
             args += [job.job_id, job.token]
-        lost = await self._renew(keys=[self.keys.queue], args=args)
+        locks = [ARQ_IN_PROGRESS_PREFIX + job.job_id for job in jobs]
+        # This queue's own key: a delivery's score is in the deliveries' queue.
+        lost = await self._renew(keys=[self.key, *locks], args=args)
         return {(text(lost[i]), text(lost[i + 1])) for i in range(0, len(lost) - 1, 2)}
 
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
@@ -363,6 +447,15 @@ class JobQueue:
         return text(value) or None
 
 
+def check_container(keys: Keys, job_id: str) -> str | None:
+    """The container of a poll's check job id (``<prefix>:check:<id>:<generation>``), else
+    None; as lua/claim.lua reads it."""
+    if not job_id.startswith(keys.check_job_prefix):
+        return None
+    cid, sep, _ = job_id[len(keys.check_job_prefix) :].rpartition(":")
+    return cid if sep else None
+
+
 def _claimed(
     keys: Keys, now_ms: int, mono: float, part: Sequence[Any], lease_until: float
 ) -> ClaimedJob:
@@ -410,7 +503,8 @@ def _claimed(
         replanned=replanned,
         refused_data=bytes(refused) if refused is not None else None,
         state=dict(zip(state[::2], state[1::2], strict=True)) if state else None,
-        account=AccountState.from_reply(account),
+        account=AccountState.from_reply(account if isinstance(account, list) else None),
+        account_unread=isinstance(account, bytes | str),
         lease_until=lease_until,
     )
 

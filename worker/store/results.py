@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -172,31 +172,56 @@ class ResultStore:
             (self.window_seconds if window_seconds is None else window_seconds) * 1000
         )
         # A carousel's parent and children go in one MULTI: none of them starts without the rest.
-        carousels = any(req.children for req in requests)
-        calls: list[int] = []  # per request: how many script calls it made (parent first)
-        async with self.redis.pipeline(transaction=carousels) as pipe:
-            for req in requests:
-                generation = uuid.uuid4().hex[:12]
-                await self._enqueue_one(pipe, req, generation, window_ms, children=req.children)
-                for child in req.children:
-                    # A child is polled like any container (never published on its own); its
-                    # final record reports to this poll of the parent.
-                    one = EnqueueRequest(child, req.account, force=req.force, producer=req.producer)
+        # A request whose script asked for a key (lib.lua, need: a container's live carousel)
+        # wrote nothing (a carousel's children then skip: their parent did not start): it goes
+        # again, in a round of its own, with that key added.
+        replies: list[Any] = [None] * len(requests)
+        asked: list[list[str]] = [[] for _ in requests]
+        pending = list(range(len(requests)))
+        for _ in range(scripts.MOST_ASKED + 1):
+            if not pending:
+                break
+            carousels = any(requests[i].children for i in pending)
+            async with self.redis.pipeline(transaction=carousels) as pipe:
+                for i in pending:
+                    req = requests[i]
+                    generation = uuid.uuid4().hex[:12]
                     await self._enqueue_one(
-                        pipe,
-                        one,
-                        uuid.uuid4().hex[:12],
-                        window_ms,
-                        parent=(req.container_id, generation),
+                        pipe, req, generation, window_ms, children=req.children, extra=asked[i]
                     )
-                calls.append(1 + len(req.children))
-            replies = await pipe.execute()
+                    for child in req.children:
+                        # A child is polled like any container (never published on its own);
+                        # its final record reports to this poll of the parent.
+                        one = EnqueueRequest(
+                            child, req.account, force=req.force, producer=req.producer
+                        )
+                        await self._enqueue_one(
+                            pipe,
+                            one,
+                            uuid.uuid4().hex[:12],
+                            window_ms,
+                            parent=(req.container_id, generation),
+                        )
+                out = await pipe.execute()
+            again = []
+            at = 0
+            for i in pending:
+                # A carousel's outcome is its parent's (the first of its calls).
+                reply, at = out[at], at + 1 + len(requests[i].children)
+                key = scripts.needed_key(reply)
+                if key is None:
+                    replies[i] = reply
+                elif key in asked[i]:
+                    raise RuntimeError(f"enqueue.lua asked again for the key it was given: {key}")
+                else:
+                    asked[i].append(key)
+                    again.append(i)
+            pending = again
+        if pending:
+            raise RuntimeError(f"enqueue.lua asked for more than {scripts.MOST_ASKED} keys")
         results = []
-        at = 0
-        for req, n in zip(requests, calls, strict=True):
-            # A carousel's outcome is its parent's.
-            outcome, status, *why = (text(v) for v in replies[at])
-            at += n
+        for req, reply in zip(requests, replies, strict=True):
+            outcome, status, *why = (text(v) for v in reply)
             results.append(
                 Enqueued(
                     req.container_id,
@@ -217,6 +242,7 @@ class ResultStore:
         *,
         children: tuple[str, ...] = (),
         parent: tuple[str, str] | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         account = req.account or ""
         await self._enqueue(
@@ -228,6 +254,9 @@ class ResultStore:
                 self.keys.config,
                 self.keys.result(parent[0] if parent else req.container_id),
                 self.keys.rate(account or "default"),
+                ARQ_JOB_PREFIX + self.keys.job_id(req.container_id, generation),
+                *(self.keys.result(child) for child in children),
+                *extra,
             ],
             args=[
                 req.container_id,
@@ -356,9 +385,11 @@ class ResultStore:
             args += [k, v]
         for k, v in event.items():
             args += [k, v]
-        reply = await self._record(
+        own = self.keys.result(current.container_id)
+        reply = await scripts.call(
+            self._record,
             keys=[
-                self.keys.result(current.container_id),
+                own,
                 self.keys.inflight,
                 self.keys.events,
                 self.keys.queue,
@@ -367,6 +398,9 @@ class ResultStore:
                 ARQ_JOB_PREFIX + job_id,
                 self.keys.webhook_queue,
                 self.keys.rate(current.account or "default"),
+                ARQ_JOB_PREFIX + webhook.job_id if webhook else own,
+                # The parent as this run read it; one named since is asked for by the script.
+                self.keys.result(current.carousel_parent) if current.carousel_parent else own,
             ],
             args=args,
         )

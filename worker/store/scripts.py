@@ -9,10 +9,13 @@ with redis-py, which runs them by SHA and loads them again after a Redis restart
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, KeyT
 
 LIB = "lib.lua"
 
@@ -31,3 +34,32 @@ def source(name: str) -> str:
 
 def register(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(source(name))
+
+
+# What a script returns when it found it needs a key it was not given (lib.lua, ``need``).
+NEED_KEY = b"need-key"
+# A script asks for at most this many keys one after another (a carousel's children's parents).
+MOST_ASKED = 64
+
+
+def needed_key(reply: Any) -> str | None:
+    """The key a script's reply asks for (lib.lua, ``need``), else None."""
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] in (NEED_KEY, "need-key"):
+        key = reply[1]
+        return key.decode() if isinstance(key, bytes) else str(key)
+    return None
+
+
+async def call(script: AsyncScript, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+    """Run ``script`` with ``keys``, again with every key it asks for added after them (it asks
+    before it writes anything, so a call that asked changed nothing)."""
+    extra: list[str] = []
+    for _ in range(MOST_ASKED + 1):
+        reply = await script(keys=[*keys, *extra], args=list(args))
+        key = needed_key(reply)
+        if key is None:
+            return reply
+        if key in extra:
+            raise RuntimeError(f"a script asked again for the key it was given: {key}")
+        extra.append(key)
+    raise RuntimeError(f"a script asked for more than {MOST_ASKED} keys")

@@ -7,11 +7,15 @@
 -- ends without FINISHED: the parent names it (failed_child) and its job is due, to end as
 -- CHILD_FAILED rather than wait out its window for a child that will never finish.
 -- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue (the checks'), 5 the
---       deliveries' queue (the webhook job's)
--- ARGV: 1 container id, 2 expected generation, 3 job key prefix, 4 job id base
---       ("<prefix>:check:<id>:"), 5 tries prefix, 6 last_error text, 7 ttl seconds,
---       8 events maxlen, 9 webhook job id ('' for none), 10 webhook job key, 11 webhook job
---       data, 12 stats key prefix ("<prefix>:stats:"), 13 stats ttl seconds
+--       deliveries' queue (the webhook job's), 6 the check job's data, 7 its tries counter,
+--       8 the webhook job's data (KEYS[1] again for none), 9 the stats hash of the minute the
+--       caller expects (the one of Redis' minute is asked for, lib.lua), 10 a carousel child's
+--       parent's result hash as the caller expects it (KEYS[1] again for none; asked for too)
+-- ARGV: 1 container id, 2 expected generation, 3 unused (was the job key prefix), 4 job id
+--       base ("<prefix>:check:<id>:"), 5 unused (was the tries prefix), 6 last_error text,
+--       7 ttl seconds, 8 events maxlen, 9 webhook job id ('' for none), 10 unused (was the
+--       webhook job key), 11 webhook job data, 12 stats key prefix ("<prefix>:stats:"),
+--       13 stats ttl seconds
 -- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
 -- poll of the id started: read it again), 'final' (already final), 'publishing' (a publish call
 -- may be under way: its outcome must be recorded first).
@@ -30,9 +34,18 @@ if cur[4] == 'in_flight' then
   return {'publishing', cur[3] or ''}
 end
 local now = now_ms()
+local stats = ARGV[12] .. math.floor(now / 60000)
+if not declared[stats] then
+  return need(stats)
+end
+-- The parent as the hash says now (it may have been named a child since the caller read it).
+local pkey = cur[8] and string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. cur[8]
+if pkey and not declared[pkey] then
+  return need(pkey)
+end
 local ttl = tonumber(ARGV[7])
 local job_id = ARGV[4] .. ARGV[2]
-redis.call('DEL', ARGV[3] .. job_id, ARGV[5] .. job_id)
+redis.call('DEL', KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[4], job_id)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'final', '1', 'finalized_at', stamp(now),
@@ -49,13 +62,11 @@ local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
   'account', cur[5] or '', 'checks', cur[6] or '0', 'last_error', ARGV[6],
   'finalized_at', stamp(now))
 if ARGV[9] ~= '' then
-  redis.call('SET', ARGV[10], ARGV[11], 'PX', ttl * 1000)
+  redis.call('SET', KEYS[8], ARGV[11], 'PX', ttl * 1000)
   redis.call('ZADD', KEYS[5], now, ARGV[9])
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
 end
-if cur[8] then
-  -- The parent as the hash says now (it may have been named a child since the caller read it).
-  local pkey = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. cur[8]
+if pkey then
   local pjob = string.sub(ARGV[4], 1, #ARGV[4] - #ARGV[1] - 1) .. cur[8] .. ':' .. (cur[9] or '')
   local p = redis.call('HMGET', pkey, 'generation', 'final', 'failed_child', 'children_ready_at')
   if p[1] == cur[9] and p[2] == '0' and not p[3] and not p[4] then
@@ -64,7 +75,6 @@ if cur[8] then
     redis.call('ZADD', KEYS[4], 'XX', now, pjob)
   end
 end
-local stats = ARGV[12] .. math.floor(now / 60000)
 redis.call('HINCRBY', stats, 'final:CANCELLED', 1)
 redis.call('EXPIRE', stats, ARGV[13])
 redis.call('EXPIRE', KEYS[1], ttl)

@@ -1,21 +1,29 @@
 #!lua
 -- Claim due jobs for one worker, in one round trip (worker/store/queue.py, JobQueue.claim).
--- KEYS: 1 queue (zset: job id -> due ms), 2 the other queue (the checks' or the deliveries')
+-- KEYS: 1 queue (zset: job id -> due ms), 2 the other queue (the checks' or the deliveries'),
+--       then the keys of the jobs the caller expects to find due (its candidates: the ids the
+--       last claim's reply named): per job its lock, tries and data, and for a poll's check its
+--       result hash and its account's hash (the account the caller expects)
 -- ARGV: 1 most jobs to claim, 2 lease ms, 3 worker name, 4 job key prefix, 5 lock prefix,
 --       6 tries prefix, 7 check job id prefix ("<prefix>:check:"), 8 key prefix, 9 job ttl ms,
 --       10 delivery job id prefix ("<prefix>:webhook:"), 11 which queue KEYS[1] is: 'checks'
---       or 'deliveries'
+--       or 'deliveries', 12 how many candidates the reply names (the next claim's keys), 13 how
+--       many when due jobs were left for want of their keys
 -- Each claimed job gets a lock holding a fresh run token "<worker>/<try>" for the lease, and its
 -- score moves to the lease's end: a run that dies or stalls is due again when its lease ends, and
 -- every later write of that run is refused (it no longer holds the token). A check job's reply
 -- also carries its poll's hash (runs counted) and its account's state, so a check needs no read
--- of its own.
+-- of its own (the account's name instead when its hash was not among KEYS: the caller reads it).
+-- A due job whose keys are not among KEYS is left as it is (every key a script touches is
+-- declared, lib.lua): the reply says so, and names it among the candidates, so the caller's next
+-- claim, at once, brings its keys.
 -- A due job of the other queue (a delivery in the checks' queue: put there by a release before
 -- the deliveries had a queue of their own; anything but a delivery in the deliveries' queue) is
 -- not claimed: it is handed over to its own queue, due as it was, with no lock taken and no try
 -- counted, so that the checks' claim never returns a delivery and vice versa. One held by a run
 -- (a lock) stays until its lease ends, like any held job.
--- Returns {now ms, next due ms or '', then per job: id, token, data, try, hash (flat), account}
+-- Returns {now ms, next due ms or '', candidates (the first ids by due time), how many due jobs
+-- were left for want of their keys, then per job: id, token, data, try, hash (flat), account}
 local now = now_ms()
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -25,8 +33,8 @@ local deliveries = ARGV[11] == 'deliveries'
 -- At most this many jobs handed over per claim (an upgrade may find a long backlog): the claim
 -- stays a short script, and the next claim goes on at once (the reply says a job is due now).
 local most_handed = 1000
-local out = {now, ''}
-local claimed, handed = 0, 0
+local out = {now, '', {}, 0}
+local claimed, handed, skipped = 0, 0, 0
 
 local function elsewhere(job_id)
   return (string.sub(job_id, 1, #hook_prefix) == hook_prefix) ~= deliveries
@@ -42,6 +50,15 @@ local function hand_over(job_id)
   handed = handed + 1
 end
 
+-- A poll's check job's result hash ("<prefix>:check:<id>:<generation>"), else nil.
+local function check_key(job_id)
+  if string.sub(job_id, 1, #check_prefix) ~= check_prefix then
+    return nil
+  end
+  local cid = string.match(string.sub(job_id, #check_prefix + 1), '^(.*):[^:]*$')
+  return cid and (ARGV[8] .. ':result:' .. cid) or nil
+end
+
 local function claim(job_id)
   local tries = ARGV[6] .. job_id
   local try = redis.call('INCR', tries)
@@ -50,17 +67,20 @@ local function claim(job_id)
   redis.call('SET', ARGV[5] .. job_id, token, 'PX', lease)
   redis.call('ZADD', KEYS[1], 'XX', now + lease, job_id)
   local state, account = false, false
-  if string.sub(job_id, 1, #check_prefix) == check_prefix then
-    local cid, gen = string.match(string.sub(job_id, #check_prefix + 1), '^(.*):([^:]*)$')
-    if cid ~= nil then
-      local rkey = ARGV[8] .. ':result:' .. cid
-      if redis.call('HGET', rkey, 'generation') == gen then
-        redis.call('HINCRBY', rkey, 'runs', 1)
-        state = redis.call('HGETALL', rkey)
-        local name = redis.call('HGET', rkey, 'account')
-        if not name or name == '' then name = 'default' end
-        account = redis.call('HMGET', ARGV[8] .. ':account:' .. name, 'throttled_until',
-          'throttle_level', 'token_rejected_fp', 'token_rejected_reason')
+  local rkey = check_key(job_id)
+  if rkey then
+    local gen = string.match(job_id, ':([^:]*)$')
+    if redis.call('HGET', rkey, 'generation') == gen then
+      redis.call('HINCRBY', rkey, 'runs', 1)
+      state = redis.call('HGETALL', rkey)
+      local name = redis.call('HGET', rkey, 'account')
+      if not name or name == '' then name = 'default' end
+      local akey = ARGV[8] .. ':account:' .. name
+      if declared[akey] then
+        account = redis.call('HMGET', akey, 'throttled_until', 'throttle_level',
+          'token_rejected_fp', 'token_rejected_reason')
+      else
+        account = name
       end
     end
   end
@@ -73,21 +93,42 @@ local function claim(job_id)
   claimed = claimed + 1
 end
 
+-- Whether the caller declared what a claim of job_id touches (lib.lua: every key declared):
+-- its lock only for a job of the other queue (handed over, or left while it is held).
+local function brought(job_id)
+  if not declared[ARGV[5] .. job_id] then
+    return false
+  end
+  if elsewhere(job_id) then
+    return true
+  end
+  if not (declared[ARGV[6] .. job_id] and declared[ARGV[4] .. job_id]) then
+    return false
+  end
+  local rkey = check_key(job_id)
+  return not rkey or declared[rkey] == true
+end
+
 local exhausted = false
 while true do
   local want = limit - claimed
   local before = handed
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, want)
+  -- Past the due jobs left for want of their keys: those stay due, at the front.
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', skipped, want)
   exhausted = #ids < want
   for _, job_id in ipairs(ids) do
-    local left = redis.call('PTTL', ARGV[5] .. job_id)
-    if left > 0 then
-      -- Held (its score was moved by hand, or the lease outlives the score): due when it ends.
-      redis.call('ZADD', KEYS[1], 'XX', now + left, job_id)
-    elseif elsewhere(job_id) then
-      hand_over(job_id)
+    if not brought(job_id) then
+      skipped = skipped + 1
     else
-      claim(job_id)
+      local left = redis.call('PTTL', ARGV[5] .. job_id)
+      if left > 0 then
+        -- Held (its score was moved by hand, or the lease outlives the score): due when it ends.
+        redis.call('ZADD', KEYS[1], 'XX', now + left, job_id)
+      elseif elsewhere(job_id) then
+        hand_over(job_id)
+      else
+        claim(job_id)
+      end
     end
   end
   -- Jobs handed over left room in this claim: look again, while more are due.
@@ -95,7 +136,9 @@ while true do
     break
   end
 end
-if exhausted then
+if skipped > 0 then
+  out[2] = now
+elseif exhausted then
   local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #nxt > 0 then
     out[2] = nxt[2]
@@ -103,4 +146,10 @@ if exhausted then
 elseif claimed == 0 and handed >= most_handed then
   out[2] = now
 end
+-- The next claim's candidates: the jobs due first (those left for want of their keys first);
+-- more of them when some were left (a backlog to hand over: the caller declares only the lock
+-- of those, and the full keys of as many as it may claim).
+local candidates = tonumber(ARGV[skipped > 0 and 13 or 12])
+out[3] = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'LIMIT', 0, candidates)
+out[4] = skipped
 return out

@@ -7,9 +7,13 @@
 -- parent's poll was (re)started by this very call.
 -- KEYS: 1 result hash, 2 inflight zset, 3 queue, 4 accounts zset, 5 the deployment's config hash,
 --       6 a carousel child's parent's result hash (else KEYS[1] again), 7 the account's pacing
---       calendar (lib.lua, reserve_slot)
--- ARGV: 1 container_id, 2 window ms, 3 ttl seconds, 4 generation, 5 job key prefix,
---       6 job id base ("<prefix>:check:<id>:"), 7 job data, 8 lock prefix, 9 account,
+--       calendar (lib.lua, reserve_slot), 8 the new check job's data key, then a carousel
+--       parent's children's result hashes; a hash the script learns of as it reads (a
+--       container's live carousel) is asked for (lib.lua, need)
+-- ARGV: 1 container_id, 2 window ms, 3 ttl seconds, 4 generation, 5 unused (was the job key
+--       prefix),
+--       6 job id base ("<prefix>:check:<id>:"), 7 job data, 8 unused (was the lock prefix),
+--       9 account,
 --       10 force ('1'/'0'), 11 publish ('1'/'0'), 12 webhook url, 13 pacing step ms (0: none),
 --       14 unused (was the pacing key, now KEYS[7]), 15 intake entry id ('' when not from the
 --       intake),
@@ -67,10 +71,16 @@ if ARGV[12] ~= '' and ARGV[24] ~= '1' then
   return scope_refusal('give a webhook_url')
 end
 
--- The carousel a container belongs to while that carousel's poll is live ('' for none).
+-- The carousel a container belongs to while that carousel's poll is live ('' for none); nil
+-- when its hash was not declared (asked then names it: the script asks for it, lib.lua).
+local asked = nil
 local function live_parent(parent, generation)
   if not parent or parent == '' then
     return ''
+  end
+  if not declared[results .. parent] then
+    asked = results .. parent
+    return nil
   end
   local p = redis.call('HMGET', results .. parent, 'generation', 'final')
   if p[1] == generation and p[2] == '0' then
@@ -88,6 +98,9 @@ if ARGV[19] ~= '' then
   -- A carousel's rules, checked before anything is written: a container belongs to at most one
   -- live carousel, is not a carousel itself, and is not published (or publishing) on its own.
   for c in string.gmatch(ARGV[19], '[^,]+') do
+    if not declared[results .. c] then
+      return need(results .. c)
+    end
     local h = redis.call('HMGET', results .. c, 'final', 'carousel_parent', 'parent_generation',
       'publish_status', 'children', 'producer', 'account', 'earlier_publish')
     -- A child polled before (live: taken in; final: polled again) may be another producer's.
@@ -98,6 +111,9 @@ if ARGV[19] ~= '' then
       return r
     end
     local other = live_parent(h[2], h[3])
+    if asked then
+      return need(asked)
+    end
     if other ~= '' and other ~= ARGV[1] then
       return {'refused', '', 'child ' .. c .. ' belongs to carousel ' .. other ..
         ', still being polled'}
@@ -113,6 +129,9 @@ end
 if not child and ARGV[19] == '' and (ARGV[10] == '1' or ARGV[11] == '1') then
   -- A live carousel's child is polled and published through its carousel only.
   local owner = live_parent(cur[5], cur[6])
+  if asked then
+    return need(asked)
+  end
   if owner ~= '' then
     return {'refused', cur[3] or '', 'a child of carousel ' .. owner ..
       ', still being polled: enqueue the carousel again instead'}
@@ -125,8 +144,10 @@ if ARGV[15] ~= '' and cur[4] == ARGV[15] then
 end
 local restarted = '0'
 if cur[1] == '0' then
+  -- Its job is live while it is in the queue (every path that ends a job takes it out; a
+  -- claim, a record, a release keep it in): the queue is declared, the job's keys need not be.
   local old_job = ARGV[6] .. (cur[2] or '')
-  if redis.call('EXISTS', ARGV[5] .. old_job, ARGV[8] .. old_job) > 0 then
+  if redis.call('ZSCORE', KEYS[3], old_job) then
     if child then
       -- Already being polled: its final record will report to this carousel (no second poll),
       -- and it is no longer published on its own (the carousel is; publish_claim.lua refuses a
@@ -221,7 +242,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], deadline / 1000, ARGV[1])
-redis.call('SET', ARGV[5] .. job_id, ARGV[7], 'PX', ttl * 1000)
+redis.call('SET', KEYS[8], ARGV[7], 'PX', ttl * 1000)
 redis.call('ZADD', KEYS[3], first, job_id)
 if account ~= '' then
   redis.call('ZADD', KEYS[4], now / 1000, account)

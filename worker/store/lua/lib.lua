@@ -2,6 +2,20 @@
 -- first line (its "#!lua" shebang, which makes Redis refuse a writing script up front when it is
 -- over maxmemory, instead of failing half-way through it).
 
+-- Every key a script touches is one of its KEYS: Redis' rule for scripts, which cluster mode
+-- enforces through the keys' slot and Dragonfly by default. A key a script learns of only as it
+-- reads (a carousel's parent named in a hash, the minute's stats hash on Redis' clock) is asked
+-- for: the script returns need(key) before it has written anything, and the caller
+-- (worker/store/scripts.py, `call`) runs it again with that key after its KEYS. tests/integration/
+-- test_declared_keys.py watches every command the scripts run (MONITOR) and holds them to it.
+local declared = {}
+for _, k in ipairs(KEYS) do
+  declared[k] = true
+end
+local function need(key)
+  return {'need-key', key}
+end
+
 -- Redis' own clock, in ms: every time that decides the schedule comes from here.
 local function now_ms()
   local t = redis.call('TIME')

@@ -8,10 +8,13 @@
 -- (failed_child) and makes the parent's job due, which then ends it as CHILD_FAILED.
 -- KEYS: 1 result hash, 2 inflight zset, 3 events stream, 4 queue (the checks'), 5 the job's
 --       lock, 6 its tries counter, 7 its data, 8 the deliveries' queue (the webhook job's),
---       9 the account's pacing calendar (lib.lua, reserve_slot)
+--       9 the account's pacing calendar (lib.lua, reserve_slot), 10 the webhook job's data key
+--       (KEYS[1] again for none), 11 a carousel child's parent's result hash as the caller
+--       expects it (KEYS[1] again for none; the one the hash names is asked for, lib.lua)
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
 --       6 pacing step ms (0: none), 7 unused (was the pacing key, now KEYS[9]), 8 ttl seconds,
---       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 webhook job key,
+--       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 unused (was the
+--       webhook job key, now KEYS[10]),
 --       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
 --       16 this record's status, 17 its error_message, 18 '1' when this run planned a carousel
 --       parent still waiting for its children,
@@ -37,6 +40,15 @@ if cur[1] ~= ARGV[2] or cur[2] == '1' then
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('ZREM', KEYS[4], ARGV[3])
   return {'stale', cur[1] == ARGV[2] and 'already final' or 'replaced'}
+end
+-- "<prefix>:result:": from this poll's own key.
+local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[10])
+local link = {false, false}
+if ARGV[4] == '1' then
+  link = redis.call('HMGET', KEYS[1], 'carousel_parent', 'parent_generation')
+  if link[1] and not declared[results .. link[1]] then
+    return need(results .. link[1])
+  end
 end
 local now = now_ms()
 local n = tonumber(ARGV[15])
@@ -95,17 +107,15 @@ if ARGV[4] == '1' then
   ev[#ev + 1] = stamp(now)
   event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ev))
   if ARGV[11] ~= '' then
-    redis.call('SET', ARGV[12], ARGV[13], 'PX', ttl * 1000)
+    redis.call('SET', KEYS[10], ARGV[13], 'PX', ttl * 1000)
     redis.call('ZADD', KEYS[8], now, ARGV[11])
     fields[#fields + 1] = 'webhook_status'
     fields[#fields + 1] = 'pending'
   end
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  local link = redis.call('HMGET', KEYS[1], 'carousel_parent', 'parent_generation')
   if link[1] then
-    -- "<prefix>:result:" and "<prefix>:check:", from this poll's own key and job id.
-    local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[10])
+    -- "<prefix>:check:", from this poll's job id.
     local checks = string.sub(ARGV[3], 1, #ARGV[3] - #ARGV[10] - #ARGV[2] - 1)
     local pgen = link[2] or ''
     report_to_parent(results .. link[1], link[1], pgen, checks .. link[1] .. ':' .. pgen)

@@ -7,14 +7,14 @@
 -- ended it) is left alone: an expired lease is never brought back, and the run is told to stop.
 -- allow-oom: it only moves scores and TTLs, and a Redis that refuses writes (maxmemory) must not
 -- cost every running job its lease.
--- KEYS: 1 queue
--- ARGV: 1 lease ms, 2 lock prefix, then per job: id, run token
+-- KEYS: 1 queue, then each job's lock (in ARGV's order)
+-- ARGV: 1 lease ms, 2 unused (was the lock prefix), then per job: id, run token
 -- Returns the runs that no longer own their job: job id, token, job id, token, ...
 local now = now_ms()
 local lease = tonumber(ARGV[1])
 local lost = {}
 for i = 3, #ARGV - 1, 2 do
-  local lock = ARGV[2] .. ARGV[i]
+  local lock = KEYS[1 + (i - 1) / 2]
   if owns(lock, ARGV[i + 1]) then
     redis.call('PEXPIRE', lock, lease)
     redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
