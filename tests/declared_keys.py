@@ -107,7 +107,7 @@ class KeyWatch:
         # Redis has fed what it ran before this PING's answer.
         marker = Redis(host=self.host, port=self.port)
         try:
-            await marker.execute_command("ECHO", "keywatch-end")
+            await marker.echo("keywatch-end")
         finally:
             await marker.aclose()
         for _ in range(200):
@@ -146,7 +146,7 @@ class KeyWatch:
             else:
                 current = None
         self.scripts_run = len(runs)
-        client = Redis(host=self.host, port=self.port)
+        getkeys = Redis(host=self.host, port=self.port)
         try:
             cache: dict[tuple[bytes, ...], list[bytes]] = {}
             for script, declared, commands in runs:
@@ -155,19 +155,19 @@ class KeyWatch:
                     self.script_commands += 1
                     key = tuple(args)
                     if key not in cache:
-                        cache[key] = await _keys_of(client, args)
+                        cache[key] = await _keys_of(getkeys, args)
                     for k in cache[key]:
                         if k not in allowed:
                             found.append(Violation(script, args[0].decode().lower(), k, declared))
         finally:
-            await client.aclose()
+            await getkeys.aclose()
         return found
 
 
 async def _keys_of(client: Redis, args: list[bytes]) -> list[bytes]:
     try:
         # One argument: redis-py splits it in two, and parses no COMMAND reply as COMMAND INFO.
-        keys = await client.execute_command("COMMAND GETKEYS", *args)
+        keys = await client.execute_command("COMMAND GETKEYS", *args)  # type: ignore[no-untyped-call]
     except ResponseError:
         return []  # a command without keys (TIME)
     return [k.encode() if isinstance(k, str) else bytes(k) for k in keys]

@@ -25,7 +25,7 @@ from worker import enqueue, get_result
 from worker.core.webhooks import body_for
 from worker.store.jobdata import DELIVER_FUNCTION, encode_job
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
-from worker.store.queue import JobQueue
+from worker.store.queue import Claim, JobQueue
 
 
 @dataclass
@@ -203,7 +203,7 @@ async def test_a_long_backlog_is_handed_over_in_bounded_claims(redis: Redis, key
     hooks = {keys.webhook_job_id(f"96{i:04d}", "g"): 1000 + i for i in range(1005)}
     check = keys.job_id("9650", "g")
     await redis.zadd(keys.queue, {**hooks, check: 5000})
-    claims = []
+    claims: list[Claim] = []
     while len(claims) < 10:
         claim = await checks.claim("w", limit=10, lease_ms=10_000)
         claims.append(claim)
