@@ -299,12 +299,13 @@ class JobQueue:
                     ARQ_IN_PROGRESS_PREFIX,
                     ARQ_RETRY_PREFIX,
                     self.keys.check_job_prefix,
-                    self.keys.prefix,
+                    self.keys.result(""),
                     self.job_ttl_ms,
                     self.keys.webhook_job_prefix,
                     "deliveries" if self.deliveries else "checks",
                     min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
                     _MAX_CANDIDATES,
+                    self.keys.account(""),
                 ],
             )
             mono = time.monotonic()

@@ -5,10 +5,12 @@
 --       last claim's reply named): per job its lock, tries and data, and for a poll's check its
 --       result hash and its account's hash (the account the caller expects)
 -- ARGV: 1 most jobs to claim, 2 lease ms, 3 worker name, 4 job key prefix, 5 lock prefix,
---       6 tries prefix, 7 check job id prefix ("<prefix>:check:"), 8 key prefix, 9 job ttl ms,
+--       6 tries prefix, 7 check job id prefix ("<prefix>:check:"), 8 result hash prefix
+--       ("<prefix>:result:"), 9 job ttl ms,
 --       10 delivery job id prefix ("<prefix>:webhook:"), 11 which queue KEYS[1] is: 'checks'
 --       or 'deliveries', 12 how many candidates the reply names (the next claim's keys), 13 how
---       many when due jobs were left for want of their keys
+--       many when due jobs were left for want of their keys, 14 account hash prefix
+--       ("<prefix>:account:")
 -- Each claimed job gets a lock holding a fresh run token "<worker>/<try>" for the lease, and its
 -- score moves to the lease's end: a run that dies or stalls is due again when its lease ends, and
 -- every later write of that run is refused (it no longer holds the token). A check job's reply
@@ -56,7 +58,7 @@ local function check_key(job_id)
     return nil
   end
   local cid = string.match(string.sub(job_id, #check_prefix + 1), '^(.*):[^:]*$')
-  return cid and (ARGV[8] .. ':result:' .. cid) or nil
+  return cid and (ARGV[8] .. cid) or nil
 end
 
 local function claim(job_id)
@@ -75,7 +77,7 @@ local function claim(job_id)
       state = redis.call('HGETALL', rkey)
       local name = redis.call('HGET', rkey, 'account')
       if not name or name == '' then name = 'default' end
-      local akey = ARGV[8] .. ':account:' .. name
+      local akey = ARGV[14] .. name
       if declared[akey] then
         account = redis.call('HMGET', akey, 'throttled_until', 'throttle_level',
           'token_rejected_fp', 'token_rejected_reason')
