@@ -383,7 +383,9 @@ class RedisClusterNodes:
     ``nodes.conf``), created from scratch by ``redis-cli --cluster create``.
 
     ``node_timeout_ms`` is ``cluster-node-timeout``: how long a primary may not answer before
-    its replica takes over (SIGKILL failovers); Redis' default is 15 s.
+    its replica takes over (SIGKILL failovers); Redis' default is 15 s. Each node keeps its ACL
+    users in ``users.acl`` of its directory (``ACL SAVE``), so a node restarted after
+    ``kill()`` (``RedisServer.start()``) still has them.
     ``start()``/``astart()`` return once every node says ``cluster_state:ok`` and they agree
     on who serves every slot. ``nodes`` is the ``REDIS_CLUSTER_NODES`` setting of them all.
     """
@@ -420,6 +422,10 @@ class RedisClusterNodes:
                     # No 5 s wait for more replicas before a full sync (a restarted node's).
                     "--repl-diskless-sync-delay",
                     "0",
+                    # ACL users are each node's own and not replicated: ACL SAVE keeps them
+                    # here, for a node restarted after a SIGKILL.
+                    "--aclfile",
+                    str(directory / f"node{i}" / "users.acl"),
                     *extra_args,
                 ],
             )
@@ -449,6 +455,8 @@ class RedisClusterNodes:
     def start_nodes(self) -> RedisClusterNodes:
         """The nodes alone, each answering PING, no cluster yet (no slot served)."""
         for server in self.servers:
+            server.dir.mkdir(parents=True, exist_ok=True)
+            (server.dir / "users.acl").touch()  # Redis refuses to start without it
             server.start()
         return self
 
