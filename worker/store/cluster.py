@@ -17,11 +17,13 @@ answers, the topology read again after a connection error). Two things it does n
 ``redis.asyncio`` pipeline that runs on a plain client of the primary serving the deployment's
 slot when it executes (one client per node address, with the cluster client's credentials and
 TLS), so MULTI/EXEC, script loading and WAIT behave exactly as on a single Redis; TIME, PING,
-INFO, WAIT and ROLE go there too. Which primary that is comes from the cluster client's own view
-(``nodes_manager.get_node_from_slot``), which its own commands keep current; a pipeline that
-meets MOVED or a connection error has the topology read again (``nodes_manager.initialize()``)
-before the next one picks its node, so a failover costs a caller one failed attempt, which it
-retries as after any Redis error.
+INFO, WAIT, ROLE and SCRIPT LOAD go there too (``ON_SLOT_PRIMARY``). Which primary that is comes
+from the cluster client's own view (``nodes_manager.get_node_from_slot``), which its own keyed
+commands keep current (a TIME alone cannot tell that its node became a replica: the next keyed
+command's MOVED does). A pipeline that meets MOVED has the topology read again
+(``nodes_manager.initialize()``) and runs once more on the new primary (the old one ran none of
+its keyed commands); after a connection error it has the topology read again and fails, as any
+Redis error does, for its caller to retry.
 
 The rest of the code is typed against ``redis.asyncio.Redis``: ``open_cluster`` returns this
 client behind that type (a ``cast``). What it answers differs from a plain client's only where
