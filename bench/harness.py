@@ -16,7 +16,11 @@ start their processes, ports, Redis servers and simulators through this module o
     ``start()``/``stop()`` block; ``astart()``/``astop()`` wait without blocking the event loop.
 ``redis_binary()``
     the ``redis-server`` executable (for a sentinel: ``spawn`` it with ``--sentinel``);
-    ``RedisNotInstalledError`` without one.
+    ``RedisNotInstalledError`` without one. ``redis_cli_binary()`` the same for ``redis-cli``.
+``RedisClusterNodes``
+    a Redis Cluster of private ``RedisServer`` nodes (``--cluster-enabled yes``), created with
+    ``redis-cli --cluster create``: primaries, their replicas, who serves a key's slot, a
+    failover (``CLUSTER FAILOVER`` on a replica, or SIGKILL of a primary).
 ``simulator_in_process(state)``
     the Threads API simulator in this event loop, on a free port (``run_simulator``).
 ``SimulatorThread(state)``
@@ -361,6 +365,245 @@ class RedisServer:
         self.restarts += 1
         self.downtime += took
         return took
+
+
+def redis_cli_binary() -> str:
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        raise RedisNotInstalledError(
+            "redis-cli is not installed (Debian: redis-tools, which redis-server pulls in): run "
+            "the README's test command (scripts/test.sh)"
+        )
+    return binary
+
+
+class RedisClusterNodes:
+    """A Redis Cluster on 127.0.0.1: ``primaries`` primaries with ``replicas`` replicas each,
+    every node a ``RedisServer`` (free port, directory ``dir/node<i>`` with its log and its
+    ``nodes.conf``), created from scratch by ``redis-cli --cluster create``.
+
+    ``node_timeout_ms`` is ``cluster-node-timeout``: how long a primary may not answer before
+    its replica takes over (SIGKILL failovers); Redis' default is 15 s. Each node keeps its ACL
+    users in ``users.acl`` of its directory (``ACL SAVE``), so a node restarted after
+    ``kill()`` (``RedisServer.start()``) still has them.
+    ``start()``/``astart()`` return once every node says ``cluster_state:ok`` and they agree
+    on who serves every slot. ``nodes`` is the ``REDIS_CLUSTER_NODES`` setting of them all.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        primaries: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 2000,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.dir = directory
+        self.replicas = replicas
+        self.servers = [
+            RedisServer(
+                directory / f"node{i}",
+                name=f"redis-node{i}",
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",  # in the node's own --dir
+                    # The bus port is the data port + 10000 unless set: free ports go past 55535.
+                    "--cluster-port",
+                    str(free_port()),
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    # A replica is listed in CLUSTER SLOTS (and counted as settled) once its
+                    # offset moved; on an empty primary only these pings move it (default 10 s).
+                    "--repl-ping-replica-period",
+                    "1",
+                    # No 5 s wait for more replicas before a full sync (a restarted node's).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    # ACL users are each node's own and not replicated: ACL SAVE keeps them
+                    # here, for a node restarted after a SIGKILL.
+                    "--aclfile",
+                    str(directory / f"node{i}" / "users.acl"),
+                    *extra_args,
+                ],
+            )
+            for i in range(primaries * (1 + replicas))
+        ]
+
+    @property
+    def nodes(self) -> str:
+        return ",".join(f"{HOST}:{s.port}" for s in self.servers)
+
+    def _create_command(self) -> list[str]:
+        return [
+            redis_cli_binary(),
+            "--cluster",
+            "create",
+            *(f"{HOST}:{s.port}" for s in self.servers),
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        ]
+
+    def start(self, wait_s: float = 60.0) -> RedisClusterNodes:
+        """Start the nodes, create the cluster, wait until it is ok (blocking)."""
+        self.start_nodes()
+        return self.create(wait_s)
+
+    def start_nodes(self) -> RedisClusterNodes:
+        """The nodes alone, each answering PING, no cluster yet (no slot served)."""
+        for server in self.servers:
+            server.dir.mkdir(parents=True, exist_ok=True)
+            (server.dir / "users.acl").touch()  # Redis refuses to start without it
+            server.start()
+        return self
+
+    def create(self, wait_s: float = 60.0) -> RedisClusterNodes:
+        """``redis-cli --cluster create`` on the started nodes; returns once it is settled."""
+        deadline = time.monotonic() + wait_s
+        log = self.dir / "create.log"
+        with log.open("wb") as out:
+            done = subprocess.run(
+                self._create_command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{tail(log, 30)}")
+        self._wait(self.settled, max(1.0, deadline - time.monotonic()))
+        return self
+
+    async def astart(self, wait_s: float = 60.0) -> RedisClusterNodes:
+        """``start`` without blocking the event loop."""
+        return await asyncio.to_thread(self.start, wait_s)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def alive(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.alive()]
+
+    def _ask(self, server: RedisServer, *args: str) -> object:
+        client = redis_sync.Redis(
+            host=HOST, port=server.port, socket_connect_timeout=1, socket_timeout=2
+        )
+        try:
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def _slot_map(self, server: RedisServer) -> dict[int, list[int]] | None:
+        """``CLUSTER SLOTS`` as one node sees it: first slot of each range -> ports, primary
+        first; None when it does not answer."""
+        try:
+            reply = self._ask(server, "CLUSTER", "SLOTS")
+        except (RedisError, OSError):
+            return None
+        ranges: dict[int, list[int]] = {}
+        # redis-py answers CLUSTER SLOTS as a dict {(first, last): {...}} or as Redis' lists.
+        if isinstance(reply, dict):
+            for (first, _last), where in reply.items():
+                ports = [int(where["primary"][1])] + [int(r[1]) for r in where["replicas"]]
+                ranges[int(first)] = ports
+        else:
+            for entry in reply:  # type: ignore[attr-defined]
+                ranges[int(entry[0])] = [int(node[1]) for node in entry[2:]]
+        return ranges
+
+    def settled(self) -> bool:
+        """Every live node says ``cluster_state:ok`` and they all see the same slot map, every
+        primary with its replicas."""
+        maps = []
+        for server in self.alive():
+            try:
+                info = self._ask(server, "CLUSTER", "INFO")
+            except (RedisError, OSError):
+                return False
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text:
+                return False
+            maps.append(self._slot_map(server))
+        if not maps or maps[0] is None or any(m != maps[0] for m in maps):
+            return False
+        live = {s.port for s in self.alive()}
+        return all(
+            len([p for p in ports if p in live]) == 1 + self.replicas for ports in maps[0].values()
+        )
+
+    def _serving(self, slot: int) -> list[RedisServer]:
+        """The servers of ``slot``, primary first, as the first live node that answers sees."""
+        for server in self.alive():
+            ranges = self._slot_map(server)
+            if ranges is None:
+                continue
+            first = max(f for f in ranges if f <= slot)
+            by_port = {s.port: s for s in self.servers}
+            return [by_port[p] for p in ranges[first] if p in by_port]
+        raise RuntimeError("no node of the cluster answers")
+
+    def keyslot(self, key: str) -> int:
+        for server in self.alive():
+            try:
+                slot: int = int(self._ask(server, "CLUSTER", "KEYSLOT", key))  # type: ignore[call-overload]
+                return slot
+            except (RedisError, OSError):
+                continue
+        raise RuntimeError("no node of the cluster answers")
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The primary serving ``key``'s slot now (as the cluster's nodes see it)."""
+        return self._serving(self.keyslot(key))[0]
+
+    def replica_of(self, key: str) -> RedisServer:
+        """A live replica of the primary serving ``key``'s slot."""
+        replicas = [s for s in self._serving(self.keyslot(key))[1:] if s.alive()]
+        if not replicas:
+            raise RuntimeError(f"the slot of {key!r} has no live replica")
+        return replicas[0]
+
+    def role(self, server: RedisServer) -> str:
+        """``master`` or ``slave``, as the server itself says (ROLE)."""
+        reply = self._ask(server, "ROLE")
+        first = reply[0]  # type: ignore[index]
+        return first.decode() if isinstance(first, bytes) else str(first)
+
+    def failover(self, key: str, *, wait_s: float = 30.0) -> RedisServer:
+        """``CLUSTER FAILOVER`` on a replica of ``key``'s primary (the replica catches up, then
+        takes over: nothing is lost); returns the new primary once every node agrees."""
+        replica = self.replica_of(key)
+        self._ask(replica, "CLUSTER", "FAILOVER")
+        self._wait(lambda: self.primary_of(key) is replica and self.settled(), wait_s)
+        return replica
+
+    def kill_primary(self, key: str, *, wait_s: float = 60.0) -> tuple[RedisServer, RedisServer]:
+        """SIGKILL the primary of ``key``'s slot; returns (the killed one, its successor) once
+        a replica has taken over (after ``cluster-node-timeout``) and the live nodes agree."""
+        old = self.primary_of(key)
+        old.kill()
+        self._wait(lambda: self._taken_over(key, old), wait_s)
+        return old, self.primary_of(key)
+
+    def _taken_over(self, key: str, old: RedisServer) -> bool:
+        try:
+            new = self.primary_of(key)
+        except (RuntimeError, KeyError):
+            return False
+        if new is old:
+            return False
+        maps = [self._slot_map(s) for s in self.alive()]
+        return all(m is not None and m == maps[0] for m in maps)
+
+    def _wait(self, done: Callable[[], bool], wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not get there within {wait_s:.0f}s")
+            time.sleep(0.05)
 
 
 def start_redis(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
     Field,
@@ -38,8 +38,27 @@ LEGACY_WEBHOOK_MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_SECONDS = 86400.0
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-# KEY_PREFIX, and what `threads-poller acl --prefix/--user` accepts (worker/store/acl.py).
-KEY_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# KEY_PREFIX, and what `threads-poller acl --prefix` accepts (worker/store/acl.py): letters,
+# digits, "_", "." and "-", with at most one Redis Cluster hash tag ("{tp}", "{tp}-prod",
+# "tp-{a}"): braces only as one non-empty pair, so the tag Redis hashes is the one written
+# (Redis hashes the text between the first "{" and the next "}"). 1 to KEY_PREFIX_MAX_LENGTH
+# characters (checked apart: pydantic's regex engine has no lookahead to bound it here).
+_PREFIX_CHARS = "A-Za-z0-9_.-"
+KEY_PREFIX_PATTERN = rf"^[{_PREFIX_CHARS}]*(\{{[{_PREFIX_CHARS}]+\}}[{_PREFIX_CHARS}]*)?$"
+KEY_PREFIX_MAX_LENGTH = 64
+_KEY_PREFIX = re.compile(KEY_PREFIX_PATTERN)
+
+
+def valid_key_prefix(prefix: str) -> bool:
+    """KEY_PREFIX's rule (``KEY_PREFIX_PATTERN`` and its length), for the other doors that take
+    a prefix."""
+    return 1 <= len(prefix) <= KEY_PREFIX_MAX_LENGTH and _KEY_PREFIX.fullmatch(prefix) is not None
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The Redis Cluster hash tag of a valid prefix ("tp" of "{tp}-prod"), None without one."""
+    start = prefix.find("{")
+    return prefix[start + 1 : prefix.index("}", start)] if start >= 0 else None
 
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
@@ -100,6 +119,17 @@ _SENTINEL = r"[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}"
 _SENTINELS = rf"^{_SENTINEL}(,{_SENTINEL})*$"
 
 
+def _addresses(value: str | None) -> list[tuple[str, int]]:
+    """ "host:port,[::1]:port" (already matched by _SENTINELS) as (host, port) pairs."""
+    if not value:
+        return []
+    pairs = []
+    for item in value.split(","):
+        host, _, port = item.rpartition(":")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
 class EventLoop(StrEnum):
     UVLOOP = "uvloop"
     ASYNCIO = "asyncio"
@@ -146,6 +176,11 @@ class Settings(BaseSettings):
     # still gives the database, user and password of the data nodes, its host is not used.
     redis_sentinels: str | None = Field(default=None, pattern=_SENTINELS)
     redis_sentinel_master: str = Field(default="mymaster", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Redis Cluster: "host:port,host:port", some nodes of the cluster (the client learns the
+    # others from them, again after a failover). REDIS_URL then gives the user, password and
+    # TLS of the nodes; its host is not used, and its database must be 0 (a cluster has only
+    # that one). KEY_PREFIX must hold a hash tag (below).
+    redis_cluster_nodes: str | None = Field(default=None, pattern=_SENTINELS)
     # A worker that cannot reach Redis at start logs each attempt and exits 1 after this long,
     # so the orchestrator's restart policy (and its logs) take over instead of silence.
     redis_startup_timeout_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
@@ -229,7 +264,14 @@ class Settings(BaseSettings):
 
     # No ":" (so "tp" and "tp:eu" cannot own each other's keys through "tp:*"), no glob or ACL
     # characters (* ? [ ] ~ % space): the prefix goes into ACL key patterns verbatim.
-    key_prefix: str = Field(default="threads-poller", pattern=KEY_PREFIX_PATTERN)
+    # In cluster mode it holds a hash tag ("{tp}"), so that every key of the deployment (arq's
+    # job keys included, through the job ids) hashes to one slot (README "Cluster mode").
+    key_prefix: str = Field(
+        default="threads-poller",
+        min_length=1,
+        max_length=KEY_PREFIX_MAX_LENGTH,
+        pattern=KEY_PREFIX_PATTERN,
+    )
     intake_batch_size: int = Field(default=100, ge=1, le=10_000)
     intake_claim_idle_seconds: float = Field(default=30.0, gt=0)
     intake_max_entry_bytes: int = Field(default=4096, ge=64)
@@ -437,13 +479,43 @@ class Settings(BaseSettings):
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
-        if not self.redis_sentinels:
-            return []
-        pairs = []
-        for item in self.redis_sentinels.split(","):
-            host, _, port = item.rpartition(":")
-            pairs.append((host.strip("[]"), int(port)))
-        return pairs
+        return _addresses(self.redis_sentinels)
+
+    def cluster_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_CLUSTER_NODES as (host, port) pairs; empty outside cluster mode."""
+        return _addresses(self.redis_cluster_nodes)
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Self:
+        if not self.redis_cluster_nodes:
+            return self
+        if self.redis_sentinels:
+            raise SettingsConflict(
+                ("REDIS_CLUSTER_NODES", "REDIS_SENTINELS"),
+                "set REDIS_CLUSTER_NODES (Redis Cluster) or REDIS_SENTINELS (Sentinel), not both",
+            )
+        if hash_tag(self.key_prefix) is None:
+            raise SettingsConflict(
+                ("KEY_PREFIX", "REDIS_CLUSTER_NODES"),
+                f"KEY_PREFIX {self.key_prefix!r} holds no hash tag: in cluster mode every key of "
+                "a deployment must hash to one slot (the scripts touch several keys at once); "
+                "put the prefix in braces, e.g. KEY_PREFIX={tp}",
+            )
+        if self.redis_url.startswith("unix://"):
+            raise SettingsConflict(
+                ("REDIS_URL", "REDIS_CLUSTER_NODES"),
+                "REDIS_URL must be redis:// or rediss:// with REDIS_CLUSTER_NODES (the nodes are "
+                "reached over TCP); it gives only the user, password and TLS",
+            )
+        parts = urlsplit(self.redis_url)
+        databases = {parts.path.strip("/"), *parse_qs(parts.query).get("db", [])} - {"", "0"}
+        if databases:
+            raise SettingsConflict(
+                ("REDIS_URL", "REDIS_CLUSTER_NODES"),
+                f"REDIS_URL names database {min(databases)[:20]!r}: a Redis Cluster has only "
+                "database 0",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_webhook_secret(self) -> Self:

@@ -43,6 +43,9 @@ ensure_apt() {
 ensure_redis_server() {
   # The package starts a system service on 6379 on some images; our tests start their own.
   ensure_apt redis-server redis-server
+  # redis-cli creates the Redis Cluster of tests/system/test_cluster.py (--cluster create);
+  # Debian's redis-server pulls it in (redis-tools), a redis-server from elsewhere may not.
+  ensure_apt redis-cli redis-tools
 }
 
 ensure_venv() {

@@ -12,12 +12,17 @@ from tests.conftest import TEST_TOKEN
 
 
 async def run_cli(
-    *args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 30
+    *args: str,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    timeout: float = 30,
+    cwd: Path | None = None,
 ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *threads_poller_command(),
         *args,
         env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

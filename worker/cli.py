@@ -51,6 +51,14 @@ def safe_redis_url(url: str) -> str:
     return redacted_url(url)
 
 
+def redis_where(settings: Settings) -> str:
+    """Which Redis, for messages: REDIS_URL without its password, or the cluster's nodes (whose
+    URL's host is not used)."""
+    if settings.redis_cluster_nodes:
+        return f"the Redis Cluster {settings.redis_cluster_nodes}"
+    return f"Redis at {safe_redis_url(settings.redis_url)}"
+
+
 def _settings() -> Settings:
     try:
         settings = load_settings()
@@ -75,13 +83,12 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
                 ) from None
             except AuthenticationError:
                 raise CliError(
-                    f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+                    f"{redis_where(settings)} refused the credentials",
                     EXIT_REDIS,
                 ) from None
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 raise CliError(
-                    f"cannot reach Redis at {safe_redis_url(settings.redis_url)}: "
-                    f"{type(exc).__name__}",
+                    f"cannot reach {redis_where(settings)}: {type(exc).__name__}",
                     EXIT_REDIS,
                 ) from None
 
@@ -206,7 +213,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         build_worker(settings, tokens=tokens).run_forever()
     except AuthenticationError:
         raise CliError(
-            f"Redis at {safe_redis_url(settings.redis_url)} refused the credentials",
+            f"{redis_where(settings)} refused the credentials",
             EXIT_FAILURE,
         ) from None
     except (RedisError, OSError) as exc:
@@ -318,11 +325,16 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
 def cmd_acl(args: argparse.Namespace) -> int:
     from worker.store.acl import acl_setuser
 
-    prefix = args.prefix if args.prefix is not None else _settings().key_prefix
+    prefix, cluster = args.prefix, args.cluster
+    if prefix is None:
+        settings = _settings()
+        prefix, cluster = settings.key_prefix, cluster or bool(settings.redis_cluster_nodes)
     named = args.producer not in (None, "default")
-    user = args.user or f"{prefix}-{'-'.join(args.roles)}" + (f"-{args.producer}" if named else "")
+    # A user name has no braces: a tagged prefix ("{tp}") names its users "tp-...".
+    base = prefix.replace("{", "").replace("}", "")
+    user = args.user or f"{base}-{'-'.join(args.roles)}" + (f"-{args.producer}" if named else "")
     try:
-        print(acl_setuser(user, args.roles, prefix, producer=args.producer))
+        print(acl_setuser(user, args.roles, prefix, producer=args.producer, cluster=cluster))
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
@@ -515,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("roles", nargs="+", choices=["producer", "reader", "enqueuer", "worker"])
     p.add_argument("--user", help="the user's name (default: <prefix>-<roles>)")
     p.add_argument("--prefix", help="the deployment's KEY_PREFIX (default: from the settings)")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="for the nodes of a Redis Cluster (also when the settings have REDIS_CLUSTER_NODES "
+        "and no --prefix is given): adds what redis-py's cluster client sends",
+    )
     p.add_argument(
         "--producer",
         metavar="NAME",

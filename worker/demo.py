@@ -1,7 +1,8 @@
 """``threads-poller demo``: the whole service on one machine, no credentials.
 
-Local Redis (a private redis-server is started when ``REDIS_URL`` does not answer), the built-in
-Threads API simulator, and a real ``threads-poller worker`` process. A handful of containers,
+Local Redis (a private redis-server is started when ``REDIS_URL`` does not answer; with
+``REDIS_CLUSTER_NODES``, that Redis Cluster), the built-in Threads API simulator, and a real
+``threads-poller worker`` process. A handful of containers,
 scripted so that between them they reach every final state, are fed through both doors (the
 Python API and the Redis intake stream); progress is shown live and a table closes the run.
 The containers fed through the Python API also get a signed webhook, received by the demo itself
@@ -34,11 +35,14 @@ from config.settings import redacted_url
 from simulator import run_simulator
 from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_result
+from worker.store.connections import open_redis
 from worker.store.keys import Keys
 
 DEMO_TOKEN = "demo-token-not-a-real-secret"  # noqa: S105 - the simulator takes any token
 DEMO_WEBHOOK_SECRET = "demo-webhook-secret-not-a-real-one"  # noqa: S105
 DEMO_PREFIX = "threads-poller-demo"
+# On a Redis Cluster (REDIS_CLUSTER_NODES) the demo's keys carry a hash tag: one slot.
+DEMO_CLUSTER_PREFIX = "{threads-poller-demo}"
 # The demo's receiver listens on loopback, which the SSRF guard refuses unless allowed.
 DEMO_ALLOWED_HOSTS = "127.0.0.1"
 
@@ -205,8 +209,28 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.asynccontextmanager
+async def cluster_redis(settings: Settings) -> AsyncIterator[str]:
+    """REDIS_CLUSTER_NODES: the cluster itself (REDIS_URL gives only its credentials)."""
+    client = open_redis(settings, connect_timeout=2.0)
+    try:
+        await client.ping()
+    except Exception as exc:
+        raise SystemExit(
+            f"the Redis Cluster at REDIS_CLUSTER_NODES={settings.redis_cluster_nodes} does not "
+            f"answer ({type(exc).__name__})"
+        ) from None
+    finally:
+        await client.aclose()
+    print(f"Redis Cluster: {settings.redis_cluster_nodes} (KEY_PREFIX={settings.key_prefix})")
+    yield settings.redis_url
+
+
 async def run_demo(interval: float, window: float, give_up_after: float) -> int:
-    base = load_settings()
+    # The demo's own prefix, tagged when the settings name a cluster (valid either way).
+    base = load_settings(key_prefix=DEMO_CLUSTER_PREFIX)
+    cluster = bool(base.redis_cluster_nodes)
+    prefix = DEMO_CLUSTER_PREFIX if cluster else DEMO_PREFIX
     workdir = Path(tempfile.mkdtemp(prefix="threads-poller-demo-"))
     print(
         f"Meta's schedule is one check a minute for up to 5 minutes; this demo compresses it to "
@@ -214,8 +238,9 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
         f"throttled account's pause, the publish's minimum age and a reply's settle time from "
         f"60 s, 30 s and 30 s to {interval:g} s."
     )
+    store = cluster_redis(base) if cluster else local_redis(base.redis_url, workdir)
     async with (
-        local_redis(base.redis_url, workdir) as redis_url,
+        store as redis_url,
         run_simulator(port=0) as sim,
         webhook_receiver() as hooks,
     ):
@@ -235,7 +260,7 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             threads_api_base_url=sim.base_url,
             poll_interval_seconds=interval,
             poll_max_seconds=window,
-            key_prefix=DEMO_PREFIX,
+            key_prefix=prefix,
             webhook_allowed_hosts=DEMO_ALLOWED_HOSTS,
         )
         env = dict(
@@ -251,7 +276,7 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             PUBLISH_MIN_AGE_SECONDS=str(interval),
             PUBLISH_REPLY_SETTLE_SECONDS=str(interval),
             PUBLISH_GRACE_SECONDS=str(interval / 4),
-            KEY_PREFIX=DEMO_PREFIX,
+            KEY_PREFIX=prefix,
             LOG_FORMAT="json",
             WEBHOOK_SECRET=DEMO_WEBHOOK_SECRET,
             WEBHOOK_ALLOWED_HOSTS=DEMO_ALLOWED_HOSTS,
@@ -262,7 +287,7 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
                 *_worker_command(), "worker", env=env, stdout=log, stderr=log
             )
         print(f"Worker: pid {worker.pid}, log {log_path}")
-        redis = Redis.from_url(redis_url)
+        redis = open_redis(settings) if cluster else Redis.from_url(redis_url)
         try:
             return await _feed_and_watch(redis, settings, sim.state, worker, give_up_after, hooks)
         finally:
@@ -271,12 +296,17 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
                 await asyncio.wait_for(worker.wait(), 30)
             print(f"Worker stopped (exit {worker.returncode}).")
             await redis.aclose()
-            print(where_results_are(redis_url, base.redis_url))
+            print(where_results_are(redis_url, base.redis_url, prefix))
 
 
-def where_results_are(used_url: str, configured_url: str) -> str:
+def where_results_are(used_url: str, configured_url: str, prefix: str = DEMO_PREFIX) -> str:
     """The closing hint: read the results only where they still are."""
     cli = " ".join(_worker_command())
+    if prefix != DEMO_PREFIX:
+        return (
+            f"Results stay in the cluster for RESULT_TTL_SECONDS: "
+            f"KEY_PREFIX='{prefix}' {cli} status {SCENARIOS[0].container_id}"
+        )
     if used_url != configured_url:
         return (
             "The demo's private Redis stopped with it, results included. To keep them, start "

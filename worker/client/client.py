@@ -48,7 +48,8 @@ MAX_WINDOW_SECONDS = 86400.0  # POLL_MAX_SECONDS' upper bound
 # How long ``wait`` looks for an id it does not know before it answers "unknown".
 UNKNOWN_GRACE_SECONDS = 2.0
 
-_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# KEY_PREFIX's characters plus ":" (this door always took it), with at most one hash tag.
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]*(\{[A-Za-z0-9_.:-]+\}[A-Za-z0-9_.:-]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +162,11 @@ class PollerClient:
         producers: Producers | None = None,
         producer: str | None = None,
     ) -> None:
-        if not _KEY_PREFIX.match(key_prefix):
-            raise ValueError(f"key_prefix {key_prefix!r} is not 1 to 64 of [A-Za-z0-9_.:-]")
+        if not (1 <= len(key_prefix) <= 64 and _KEY_PREFIX.fullmatch(key_prefix)):
+            raise ValueError(
+                f"key_prefix {key_prefix[:80]!r} is not 1 to 64 of [A-Za-z0-9_.:-] with at most "
+                "one hash tag {...}"
+            )
         if result_ttl_seconds < 60:
             raise ValueError(f"result_ttl_seconds must be at least 60, got {result_ttl_seconds}")
         if events_max_len < 100:

@@ -30,13 +30,17 @@ import re
 from collections.abc import Iterable, Sequence
 
 from config.producers import DEFAULT_PRODUCER, ProducersError, check_name
-from config.settings import KEY_PREFIX_PATTERN
+from config.settings import valid_key_prefix
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
 
 # Every client connection: SELECT for a database other than 0; PING is the harmless liveness
 # probe. (redis-py also sends CLIENT SETINFO, which Redis 7.0 does not know; on 7.2+ it is
 # refused, an ACL LOG entry, and redis-py ignores the refusal: add +client|setinfo there.)
 CONNECTION = ("ping", "select")
+# In cluster mode (``--cluster``), what redis-py's cluster client sends on its own: the slot map
+# (CLUSTER SLOTS, at start and again after a failover) and the command table it finds keys with
+# (COMMAND, and COMMAND GETKEYS for commands whose keys move, XREAD's).
+CLUSTER_CONNECTION = ("cluster|slots", "command")
 
 # The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA; redis-py loads
 # a script with SCRIPT LOAD after a restart and checks with SCRIPT EXISTS in pipelines.
@@ -108,15 +112,19 @@ def _commands(names: Iterable[str]) -> list[str]:
     return [f"+{name}" for name in sorted(set(names))]
 
 
-def role_rules(role: str, prefix: str, producer: str | None = None) -> list[str]:
+def role_rules(
+    role: str, prefix: str, producer: str | None = None, *, cluster: bool = False
+) -> list[str]:
     """The ACL rules of one role (without the user's name and password); ``producer`` names
-    the producer whose stream a ``producer`` role writes (None or ``default``: the plain one)."""
+    the producer whose stream a ``producer`` role writes (None or ``default``: the plain one);
+    ``cluster``: for a Redis Cluster's nodes (REDIS_CLUSTER_NODES)."""
     p = prefix
+    connection = (*CONNECTION, *CLUSTER_CONNECTION) if cluster else CONNECTION
     if role == "producer":
         stream = f"{p}:intake" if producer in (None, DEFAULT_PRODUCER) else f"{p}:intake:{producer}"
-        return [*_commands(("xadd", *CONNECTION)), f"%W~{stream}"]
+        return [*_commands(("xadd", *connection)), f"%W~{stream}"]
     if role == "reader":
-        return [*_commands((*READER, *CONNECTION)), f"%R~{p}:result:*", f"%R~{p}:events"]
+        return [*_commands((*READER, *connection)), f"%R~{p}:result:*", f"%R~{p}:events"]
     if role == "enqueuer":
         keys = [
             f"~{p}:result:*",
@@ -129,7 +137,7 @@ def role_rules(role: str, prefix: str, producer: str | None = None) -> list[str]
             f"~{ARQ_IN_PROGRESS_PREFIX}{p}:check:*",
             f"%R~{p}:events",
         ]
-        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *READER, *CONNECTION)), *keys]
+        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *READER, *connection)), *keys]
     if role == "worker":
         keys = [
             f"~{p}:*",
@@ -137,7 +145,7 @@ def role_rules(role: str, prefix: str, producer: str | None = None) -> list[str]
             f"~{ARQ_IN_PROGRESS_PREFIX}{p}:*",
             f"~{ARQ_RETRY_PREFIX}{p}:*",
         ]
-        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *WORKER_DIRECT, *CONNECTION)), *keys]
+        return [*_commands((*SCRIPTING, *IN_SCRIPTS, *WORKER_DIRECT, *connection)), *keys]
     raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 
 
@@ -145,7 +153,6 @@ def role_rules(role: str, prefix: str, producer: str | None = None) -> list[str]
 # start another rule, "+@all ~*" say). The prefix: KEY_PREFIX's own rule (no ":", "*", "?", "[",
 # "%", "~" or space), so a role's key patterns match its deployment's keys only.
 USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-PREFIX = re.compile(KEY_PREFIX_PATTERN)
 
 
 def acl_setuser(
@@ -155,6 +162,7 @@ def acl_setuser(
     password: str | None = None,
     *,
     producer: str | None = None,
+    cluster: bool = False,
 ) -> str:
     """``ACL SETUSER`` of a user with these roles: everything else is off (``reset`` first).
 
@@ -167,10 +175,10 @@ def acl_setuser(
         raise ValueError(
             f"invalid user name {user[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 128)"
         )
-    if not PREFIX.match(prefix):
+    if not valid_key_prefix(prefix):
         raise ValueError(
-            f"invalid prefix {prefix[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 64); "
-            "no ':' or glob characters"
+            f"invalid prefix {prefix[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 64), "
+            "and at most one hash tag {...}; no ':' or glob characters"
         )
     if password is not None and (not password.isprintable() or any(c.isspace() for c in password)):
         raise ValueError("invalid password: printable, without white space")
@@ -185,7 +193,7 @@ def acl_setuser(
                 raise ValueError(f"invalid {exc}") from None
     rules: list[str] = []
     for role in roles:
-        rules += [r for r in role_rules(role, prefix, producer) if r not in rules]
+        rules += [r for r in role_rules(role, prefix, producer, cluster=cluster) if r not in rules]
     auth = [f">{password}"] if password else []
     # reset: no commands, no keys, no channels, no password, then only what the roles need.
     return " ".join(["ACL", "SETUSER", user, "reset", "on", *auth, *rules])

@@ -1,8 +1,13 @@
-"""How the worker and the CLI reach Redis: one primary from REDIS_URL, or through Sentinel.
+"""How the worker, ``serve``, the CLI and the Python client reach Redis: one primary from
+REDIS_URL, through Sentinel, or a Redis Cluster.
 
 With ``REDIS_SENTINELS`` set, every new connection asks the sentinels where the primary of
 ``REDIS_SENTINEL_MASTER`` is, so after a failover the next reconnect lands on the new primary;
 ``REDIS_URL`` then only gives the database, user, password and TLS of the data nodes.
+
+With ``REDIS_CLUSTER_NODES`` set, redis-py's cluster client (``worker.store.cluster``: pipelines,
+TIME and PING on the primary of the deployment's slot); ``REDIS_URL`` then only gives the user,
+password and TLS of the nodes.
 
 Credentials and TLS: the password is REDIS_URL's or ``REDIS_PASSWORD_FILE``'s; ``rediss://``
 verifies the server's certificate and host name (against ``REDIS_TLS_CA_FILE`` when set). The
@@ -19,6 +24,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -28,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api_client.redact import redact
 from config import Settings
+from worker.store.cluster import open_cluster
 
 log = logging.getLogger("threads_poller.worker")
 
@@ -80,6 +87,16 @@ def open_redis(
     more, so Redis' ``maxclients`` stays for the workers and the CLI); a command beyond waits up
     to POOL_WAIT_SECONDS for a connection, then fails with a ConnectionError."""
     options = _options(settings, connect_timeout=connect_timeout, worker=worker)
+    nodes = settings.cluster_addresses()
+    if nodes:
+        return open_cluster(
+            nodes,
+            slot_key=settings.key_prefix,
+            url_options=dict(parse_url(settings.redis_url)),
+            options=options,
+            max_connections=max_connections,
+            pool_wait=POOL_WAIT_SECONDS,
+        )
     if max_connections is not None:
         options["max_connections"] = max_connections
     sentinels = settings.sentinel_addresses()
