@@ -23,6 +23,7 @@ from worker import PollerClient
 from worker.store.cluster import DeploymentCluster
 from worker.store.connections import connect_worker_redis, open_redis
 from worker.store.keys import Keys
+from worker.store.queue import JobQueue
 
 PREFIX = "{tp}"
 
@@ -153,6 +154,35 @@ async def test_keyless_commands_come_from_the_slot_primary(cluster: RedisCluster
             want = (1, 1, 1) if port == primary.port else (0, 0, 0)
             assert tuple(a - b for a, b in zip(after[port], before[port], strict=True)) == want
     finally:
+        await redis.aclose()
+
+
+async def test_a_foreign_job_outside_the_slot_is_parked_not_fatal(
+    cluster: RedisClusterNodes,
+) -> None:
+    """A job in the queue whose id has no hash tag (arq's own ``enqueue_job`` id, added by
+    hand): its keys are in another slot, so no claim script may touch them. The claim parks it
+    an hour ahead and claims the check behind it; it never fails the claim."""
+    settings = cluster_settings(cluster.nodes)
+    redis = open_redis(settings)
+    keys = Keys(PREFIX)
+    try:
+        assert isinstance(redis, DeploymentCluster)
+        foreign = "3f2a9c"  # arq's uuid-like id: arq:in-progress:3f2a9c is in another slot
+        assert redis.keyslot(f"arq:in-progress:{foreign}") != redis.slot
+        check = keys.job_id("9701", "g")
+        await redis.delete(keys.queue)  # earlier tests' polls
+        await redis.zadd(keys.queue, {foreign: 1, check: 2})
+        queue = JobQueue(redis, keys, job_ttl_seconds=3600)
+        claimed: list[str] = []
+        for _ in range(3):
+            claim = await queue.claim("w", limit=10, lease_ms=10_000)
+            claimed += [job.job_id for job in claim.jobs]
+        assert claimed == [check]
+        parked = await redis.zscore(keys.queue, foreign)
+        assert parked is not None and parked >= claim.now_ms + 3_500_000
+    finally:
+        await redis.delete(keys.queue)
         await redis.aclose()
 
 

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 
 from worker.core.lease import cutoff, lease_end
 from worker.store import scripts
+from worker.store.cluster import DeploymentCluster
 from worker.store.jobdata import (
     CHECK_FUNCTION,
     DELIVER_FUNCTION,
@@ -274,6 +275,7 @@ class JobQueue:
         self._candidates: list[str] = []
         self._accounts: OrderedDict[str, str] = OrderedDict()
         self._last_account = "default"
+        self._warned: set[str] = set()
         self._claim = scripts.register(redis, "claim.lua")
         self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
@@ -289,8 +291,9 @@ class JobQueue:
         now_ms, nxt = 0, ""
         for _ in range(_CLAIM_ROUNDS):
             sent = time.monotonic()
+            keys, unrunnable = self._candidate_keys(limit - len(jobs))
             reply = await self._claim(
-                keys=[self.key, self.other_key, *self._candidate_keys(limit - len(jobs))],
+                keys=[self.key, self.other_key, *keys],
                 args=[
                     limit - len(jobs),
                     lease_ms,
@@ -306,6 +309,7 @@ class JobQueue:
                     min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
                     _MAX_CANDIDATES,
                     self.keys.account(""),
+                    *unrunnable,
                 ],
             )
             mono = time.monotonic()
@@ -320,13 +324,33 @@ class JobQueue:
         await self._read_accounts(jobs)
         return Claim(now_ms, jobs, int(float(nxt)) if nxt else None)
 
-    def _candidate_keys(self, limit: int) -> list[str]:
+    def _candidate_keys(self, limit: int) -> tuple[list[str], list[str]]:
         """The keys of this claim's candidates: of as many of its own jobs as it may claim (a
-        few more: some may be held), the lock of any job of the other queue (to hand over)."""
+        few more: some may be held), the lock of any job of the other queue (to hand over); and
+        the ids whose keys cannot be declared (in cluster mode, outside the deployment's slot)."""
         keys: list[str] = []
+        unrunnable: list[str] = []
         full = max(limit, _MIN_CANDIDATES)
+        cluster = self.redis if isinstance(self.redis, DeploymentCluster) else None
         for job_id in self._candidates:
-            keys.append(ARQ_IN_PROGRESS_PREFIX + job_id)
+            lock = ARQ_IN_PROGRESS_PREFIX + job_id
+            if (
+                cluster is not None
+                and not job_id.startswith(self.keys.prefix)
+                and cluster.keyslot(lock) != cluster.slot
+            ):
+                # Not ours (a foreign arq job without the hash tag): a script of this slot can
+                # never touch its keys. Parked by the claim, not left due for ever.
+                if job_id not in self._warned and len(self._warned) < 1000:
+                    self._warned.add(job_id)
+                    log.warning(
+                        "a job in the queue has keys outside the deployment's slot (its id has "
+                        "no hash tag): it cannot run in cluster mode; parked for an hour",
+                        extra={"job_id": job_id[:200]},
+                    )
+                unrunnable.append(job_id)
+                continue
+            keys.append(lock)
             if job_id.startswith(self.keys.webhook_job_prefix) != self.deliveries:
                 continue
             if full <= 0:
@@ -340,7 +364,7 @@ class JobQueue:
                 # for one account, or a few). A wrong guess costs one read after the claim.
                 account = self._accounts.get(job_id, self._last_account)
                 keys += [self.keys.result(cid), self.keys.account(account)]
-        return keys
+        return keys, unrunnable
 
     async def _read_accounts(self, jobs: list[ClaimedJob]) -> None:
         """Learn the accounts of the checks claimed, and read those the claim could not."""

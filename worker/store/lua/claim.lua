@@ -10,7 +10,7 @@
 --       10 delivery job id prefix ("<prefix>:webhook:"), 11 which queue KEYS[1] is: 'checks'
 --       or 'deliveries', 12 how many candidates the reply names (the next claim's keys), 13 how
 --       many when due jobs were left for want of their keys, 14 account hash prefix
---       ("<prefix>:account:")
+--       ("<prefix>:account:"), 15.. ids of candidates whose keys cannot be declared (parked)
 -- Each claimed job gets a lock holding a fresh run token "<worker>/<try>" for the lease, and its
 -- score moves to the lease's end: a run that dies or stalls is due again when its lease ends, and
 -- every later write of that run is refused (it no longer holds the token). A check job's reply
@@ -109,6 +109,17 @@ local function brought(job_id)
   end
   local rkey = check_key(job_id)
   return not rkey or declared[rkey] == true
+end
+
+-- Jobs whose keys the caller cannot declare (in cluster mode, an id without the deployment's
+-- hash tag: its keys are in another slot): never claimable here, they would be left due at the
+-- front for ever. Parked an hour ahead instead, each time one is due (the worker says so).
+local parked = 60 * 60 * 1000
+for i = 15, #ARGV do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) <= now then
+    redis.call('ZADD', KEYS[1], 'XX', now + parked, ARGV[i])
+  end
 end
 
 local exhausted = false
