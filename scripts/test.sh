@@ -18,5 +18,5 @@ echo "== import layers (import-linter: core <- store <- ops <- jobs <- runtime)"
 echo "== container: hadolint, compose spec (tests/system/test_container.py runs them too, with canaries)"
 "$VENV/bin/hadolint" --failure-threshold style --disable-ignore-pragma Dockerfile
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
-echo "== pytest"
-"$VENV/bin/python" -m pytest -q "$@"
+echo "== pytest (every test on the shared redis-server also checks that each key a Lua script touched was among its KEYS: TP_WATCH_KEYS, tests/declared_keys.py)"
+TP_WATCH_KEYS=1 "$VENV/bin/python" -m pytest -q "$@"
