@@ -307,4 +307,8 @@ class Changes:
         return out
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
+        # Asked once a check (record_fields): the names once, not ``fields()`` every time.
+        return any(getattr(self, name) is not None for name in _CHANGES_NAMES)
+
+
+_CHANGES_NAMES = tuple(f.name for f in fields(Changes))
