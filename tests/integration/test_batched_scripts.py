@@ -92,3 +92,28 @@ async def test_a_connection_error_fails_every_call_of_the_batch(redis: Redis) ->
     )
     assert all(isinstance(r, RedisConnectionError) for r in results), results
     await dead.aclose()
+
+
+async def test_calls_of_two_scripts_in_one_turn_share_the_pipeline(redis: Redis) -> None:
+    setter = Batched(redis.register_script(SCRIPT))
+    getter = Batched(redis.register_script("return redis.call('GET', KEYS[1])"))
+    await redis.set("g", "got")
+    await asyncio.gather(setter(keys=["w"], args=["0"]), getter(keys=["g"], args=[]))
+    sent: list[int] = []
+    pipeline = redis.pipeline
+
+    def counting_pipeline(transaction: bool = True) -> object:
+        sent.append(1)
+        return pipeline(transaction=transaction)
+
+    redis.pipeline = counting_pipeline  # type: ignore[method-assign,assignment]
+    try:
+        replies = await asyncio.gather(
+            setter(keys=["a"], args=["1"]),
+            getter(keys=["g"], args=[]),
+            setter(keys=["b"], args=["2"]),
+        )
+    finally:
+        redis.pipeline = pipeline  # type: ignore[method-assign]
+    assert list(replies) == [b"1", b"got", b"2"]
+    assert len(sent) == 1

@@ -277,7 +277,9 @@ class JobQueue:
         self._candidates: list[str] = []
         self._accounts: OrderedDict[str, str] = OrderedDict()
         self._last_account = "default"
-        self._claim = scripts.register(redis, "claim.lua")
+        # A claim made in a turn of the event loop where checks record goes with their records
+        # (scripts.Batched: one send instead of two).
+        self._claim = scripts.Batched(scripts.register(redis, "claim.lua"))
         self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
         self._settle = scripts.register(redis, "settle.lua")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -58,18 +59,20 @@ class ScriptCall(Protocol):
     def __call__(self, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Awaitable[Any]: ...
 
 
-_Pending = tuple[Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
+_Pending = tuple[AsyncScript, Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
 
 
 class Batched:
-    """Calls of one script made in the same turn of the event loop go to Redis together: one
-    pipeline (one write, one read of the replies) instead of a round trip each.
+    """Calls of a script made in the same turn of the event loop go to Redis together, with
+    those of the other ``Batched`` scripts on the same client: one pipeline (one write, one
+    read of the replies) instead of a round trip each.
 
     Why: the record script's call is one per check, and its send alone (a system call that
     hands the bytes to Redis through the loopback) was about a tenth of a check's CPU, with
     redis-py's per-command work (a pooled connection, its health check, the reply's parse)
     on top (README, "Where a check's CPU goes beyond the floor"). A busy worker finishes many
-    status calls in one turn of its loop, and their records now share those costs.
+    status calls in one turn of its loop, and their records now share those costs (and a claim
+    made in the same turn goes with them).
 
     Each call is still its own script run, atomic and fenced by its own token; a pipeline is
     not a transaction, and one call's error (a Lua error, ``-OOM``) is that call's alone. A
@@ -79,17 +82,32 @@ class Batched:
 
     def __init__(self, script: AsyncScript) -> None:
         self.script = script
+
+    def __call__(self, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Awaitable[Any]:
+        client = self.script.registered_client
+        turn = _TURNS.get(client)
+        if turn is None:
+            turn = _TURNS[client] = _Turn()
+        return turn.add(self.script, keys, args)
+
+
+class _Turn:
+    """The ``Batched`` calls of one client in the current turn of the event loop."""
+
+    def __init__(self) -> None:
         self._pending: list[_Pending] = []
         # The batches being sent (a task keeps no reference to itself).
         self._sending: set[asyncio.Task[None]] = set()
 
-    def __call__(self, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Awaitable[Any]:
+    def add(
+        self, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]
+    ) -> Awaitable[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             # After every callback already due in this turn: the others' calls join.
             loop.call_soon(self._flush)
-        self._pending.append((keys, args, future))
+        self._pending.append((script, keys, args, future))
         return future
 
     def _flush(self) -> None:
@@ -102,16 +120,16 @@ class Batched:
         results: list[Any]
         try:
             if len(batch) == 1:
-                keys, args, _ = batch[0]
+                script, keys, args, _ = batch[0]
                 try:
-                    results = [await self.script(keys=keys, args=args)]
+                    results = [await script(keys=keys, args=args)]
                 except Exception as exc:
                     results = [exc]
             else:
-                results = await self._pipelined(batch)
+                results = await _pipelined(batch)
         except BaseException as exc:
             # A connection error, or a cancellation (a shutdown): every call of the batch.
-            for _, _, future in batch:
+            for *_, future in batch:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
                         future.cancel()
@@ -120,7 +138,7 @@ class Batched:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (*_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue  # its caller was cancelled
             if isinstance(result, BaseException):
@@ -128,21 +146,26 @@ class Batched:
             else:
                 future.set_result(result)
 
-    async def _pipelined(self, batch: list[_Pending]) -> list[Any]:
-        script = self.script
-        async with script.registered_client.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, result in enumerate(results):
-            if isinstance(result, NoScriptError):
-                # Redis lost its scripts (a restart, a failover): the script loads it again.
-                keys, args, _ = batch[i]
-                try:
-                    results[i] = await script(keys=keys, args=args)
-                except Exception as exc:
-                    results[i] = exc
-        return results
+
+async def _pipelined(batch: list[_Pending]) -> list[Any]:
+    client = batch[0][0].registered_client
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            # Redis lost its scripts (a restart, a failover): the script loads it again.
+            script, keys, args, _ = batch[i]
+            try:
+                results[i] = await script(keys=keys, args=args)
+            except Exception as exc:
+                results[i] = exc
+    return results
+
+
+# Each client's batch of the current turn (a client's scripts share its connections).
+_TURNS: weakref.WeakKeyDictionary[Redis, _Turn] = weakref.WeakKeyDictionary()
 
 
 async def call(script: ScriptCall, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
