@@ -5,12 +5,14 @@ reply or error, on a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from bench.harness import RedisServer
 from worker.store.scripts import Batched
 
 # Sets its key to its argument and answers it; fails (a Lua error) when the argument is "boom".
@@ -117,3 +119,29 @@ async def test_calls_of_two_scripts_in_one_turn_share_the_pipeline(redis: Redis)
         redis.pipeline = pipeline  # type: ignore[method-assign]
     assert list(replies) == [b"1", b"got", b"2"]
     assert len(sent) == 1
+
+
+def test_a_call_left_by_a_stopped_loop_holds_up_no_later_call(redis_server: RedisServer) -> None:
+    client = Redis.from_url(redis_server.url)
+    batched = Batched(client.register_script(SCRIPT))
+
+    async def leave() -> None:
+        # Added to this turn, then the loop stops before the turn's batch is sent.
+        batched(keys=["left"], args=["1"])
+        asyncio.get_running_loop().stop()
+
+    first = asyncio.new_event_loop()
+    try:
+        left = first.create_task(leave())
+        first.run_forever()
+        assert left.done()
+    finally:
+        first.close()
+
+    async def later() -> Any:
+        try:
+            return await asyncio.wait_for(batched(keys=["later"], args=["2"]), 5)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(later()) == b"2"

@@ -96,6 +96,8 @@ class _Turn:
 
     def __init__(self) -> None:
         self._pending: list[_Pending] = []
+        # The loop whose turn ``_pending`` belongs to (a client may outlive a loop: tests).
+        self._loop: asyncio.AbstractEventLoop | None = None
         # The batches being sent (a task keeps no reference to itself).
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -104,8 +106,12 @@ class _Turn:
     ) -> Awaitable[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._pending and self._loop is not loop:
+            # Left by a loop that stopped before its turn ended: never sent, never answered.
+            self._pending = []
         if not self._pending:
             # After every callback already due in this turn: the others' calls join.
+            self._loop = loop
             loop.call_soon(self._flush)
         self._pending.append((script, keys, args, future))
         return future
