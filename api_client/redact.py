@@ -20,6 +20,16 @@ _PATTERNS = (
 )
 
 
+def clean(text: str, secrets: Iterable[str | None] = ()) -> bool:
+    """True when ``redact`` would leave ``text`` as it is: it holds none of the ``secrets`` and
+    neither word a pattern needs. (False does not mean it holds one.)"""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            return False
+    lowered = text.lower()
+    return "access_token" not in lowered and "bearer" not in lowered
+
+
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in secrets:
         # Very short "secrets" would shred ordinary text; real tokens are long.

@@ -94,7 +94,10 @@ class PollerContext:
 def token_state(token: str | None, job: ClaimedJob) -> TokenState:
     if not token:
         return TokenState.MISSING
-    if job.account.token_rejected_fp == fingerprint(token):
+    rejected = job.account.token_rejected_fp
+    # No token of the account was rejected (the usual case): no SHA-256 of the token per check
+    # (a fingerprint is never empty).
+    if rejected and rejected == fingerprint(token):
         return TokenState.REJECTED
     return TokenState.OK
 

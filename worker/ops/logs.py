@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from api_client.redact import redact
+from api_client.redact import clean, redact
 from config import LogFormat
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -30,23 +30,51 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = list(self._secrets())
-        record.msg = redact(record.getMessage(), secrets)
+        message = record.getMessage()
+        record.msg = message
         record.args = None
         if record.exc_info:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info), secrets)
             record.exc_info = None
-        for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, redact(value, secrets))
+        extras = [
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD and isinstance(value, str)
+        ]
+        # Most lines hold nothing to scrub (a final state's line: ids, a status, numbers): one
+        # look at all of their text at once, instead of ``redact`` on each part. Exact: a part
+        # that holds a secret or a pattern's key word makes the joined text hold it too (the
+        # key words are ASCII, whose lower case is the same wherever a character stands).
+        if clean(message + "\n" + "\n".join(value for _, value in extras), secrets):
+            return True
+        record.msg = redact(message, secrets)
+        for key, value in extras:
+            setattr(record, key, redact(value, secrets))
         return True
 
 
+# One encoder for every line (``json.dumps`` with options builds one per call).
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # The last whole second formatted: a busy worker writes many lines a second.
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            self._second = second
+        return f"{self._second_text}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
             "ts": round(record.created, 3),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "host": _HOST,
@@ -57,7 +85,7 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_text:
             data["exc"] = record.exc_text
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return _JSON.encode(data)
 
 
 class TextFormatter(logging.Formatter):

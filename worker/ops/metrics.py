@@ -248,14 +248,20 @@ def status_label(status: str | None) -> str:
     return status if status in _KNOWN_STATUSES else OTHER
 
 
+@functools.cache
+def _api_seconds(outcome: str) -> Any:
+    # One per check: cached like the children below (labels() locks and builds a key).
+    return API_REQUEST_SECONDS.labels(outcome=outcome)
+
+
 def observe_api_call(outcome: ContainerStatus | ThreadsError, seconds: float) -> None:
     """One Graph API status call: its latency and, for a throttling answer, a throttle event."""
     if isinstance(outcome, ThreadsError):
-        API_REQUEST_SECONDS.labels(outcome="error").observe(seconds)
+        _api_seconds("error").observe(seconds)
         if classify(outcome) == ErrorKind.THROTTLED:
             API_THROTTLED.inc()
     else:
-        API_REQUEST_SECONDS.labels(outcome="ok").observe(seconds)
+        _api_seconds("ok").observe(seconds)
 
 
 @functools.cache

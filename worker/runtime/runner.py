@@ -294,10 +294,14 @@ class Runner:
             )
             await self._rewrite(job)
         try:
-            async with asyncio.timeout(spec.timeout_s) as timeout:
-                # The run ends at its timeout or when its lease does (renewals push that out);
-                # a hold (an answer being recorded) may outlast the timeout, not the lease.
-                job.deadline.bind(timeout, lease_end=self._loop_time(job.lease_until))
+            due = asyncio.get_running_loop().time() + spec.timeout_s
+            lease_end = self._loop_time(job.lease_until)
+            # The run ends at its timeout or when its lease does (renewals push that out); a
+            # hold (an answer being recorded) may outlast the timeout, not the lease. The timer
+            # is set at the earlier of the two at once (``bind`` then finds it right): one timer
+            # a run, not one made and at once replaced.
+            async with asyncio.timeout_at(min(due, lease_end)) as timeout:
+                job.deadline.bind(timeout, lease_end=lease_end, due=due)
                 try:
                     if job.try_ > spec.max_tries and spec.give_up is not None:
                         self.stats.given_up += 1

@@ -130,10 +130,11 @@ class RunDeadline:
         self._holds = 0
         self._lost = False
 
-    def bind(self, timeout: asyncio.Timeout, *, lease_end: float) -> None:
-        """Called by the runner inside ``async with asyncio.timeout(...) as timeout``."""
+    def bind(self, timeout: asyncio.Timeout, *, lease_end: float, due: float | None = None) -> None:
+        """Called by the runner inside ``async with asyncio.timeout(...) as timeout``; ``due``:
+        the run's own limit when the timeout was set to fire earlier (at the lease's end)."""
         self._timeout = timeout
-        self._due = timeout.when()
+        self._due = timeout.when() if due is None else due
         # A renewal that came before the bind (while the run started) is kept.
         self._extend(lease_end)
 
@@ -196,15 +197,17 @@ class RunDeadline:
         timeout = self._timeout
         if timeout is None or timeout.expired():
             return
-        timeout.reschedule(
-            cutoff(
-                due=self._due,
-                lease_ends=math.inf if self._lease_end is None else self._lease_end,
-                holding=self._holds > 0,
-                lost=self._lost,
-                now=asyncio.get_running_loop().time(),
-            )
+        when = cutoff(
+            due=self._due,
+            lease_ends=math.inf if self._lease_end is None else self._lease_end,
+            holding=self._holds > 0,
+            lost=self._lost,
+            now=asyncio.get_running_loop().time(),
         )
+        # Rescheduling cancels the timer and makes a new one: not when it fires then already
+        # (a run's bind, most renewals of a run that ends before its lease would).
+        if when != timeout.when():
+            timeout.reschedule(when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,9 @@ class JobQueue:
         self._accounts: OrderedDict[str, str] = OrderedDict()
         self._last_account = "default"
         self._warned: set[str] = set()
-        self._claim = scripts.register(redis, "claim.lua")
+        # A claim made in a turn of the event loop where checks record goes with their records
+        # (scripts.Batched: one send instead of two).
+        self._claim = scripts.Batched(scripts.register(redis, "claim.lua"))
         self._renew = scripts.register(redis, "renew.lua")
         self._release = scripts.register(redis, "release.lua")
         self._settle = scripts.register(redis, "settle.lua")

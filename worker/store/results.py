@@ -138,7 +138,8 @@ class ResultStore:
         self.events_max_len = events_max_len
         self.pace_step_ms = pacing_step_ms(account_requests_per_second)
         self._enqueue = scripts.register(redis, "enqueue.lua")
-        self._record = scripts.register(redis, "record.lua")
+        # A check's record, one per check: those of one turn of the event loop go together.
+        self._record = scripts.Batched(scripts.register(redis, "record.lua"))
         self._claim = scripts.register(redis, "publish_claim.lua")
         self._resume = scripts.register(redis, "resume.lua")
         self._webhook = scripts.register(redis, "webhook_settle.lua")
