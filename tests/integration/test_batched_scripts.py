@@ -5,6 +5,8 @@ reply or error, on a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,11 +25,9 @@ return ARGV[1]
 """
 
 
-async def test_calls_of_one_turn_share_one_pipeline_and_keep_their_own_replies(
-    redis: Redis,
-) -> None:
-    batched = Batched(redis.register_script(SCRIPT))
-    await batched(keys=["warm"], args=["0"])  # loads the script
+@contextlib.contextmanager
+def counted_pipelines(redis: Redis) -> Iterator[list[int]]:
+    """Counts the pipelines ``redis`` makes inside the block (one per batch sent)."""
     sent: list[int] = []
     pipeline = redis.pipeline
 
@@ -37,11 +37,20 @@ async def test_calls_of_one_turn_share_one_pipeline_and_keep_their_own_replies(
 
     redis.pipeline = counting_pipeline  # type: ignore[method-assign,assignment]
     try:
+        yield sent
+    finally:
+        redis.pipeline = pipeline  # type: ignore[method-assign]
+
+
+async def test_calls_of_one_turn_share_one_pipeline_and_keep_their_own_replies(
+    redis: Redis,
+) -> None:
+    batched = Batched(redis.register_script(SCRIPT))
+    await batched(keys=["warm"], args=["0"])  # loads the script
+    with counted_pipelines(redis) as sent:
         replies = await asyncio.gather(
             *(batched(keys=[f"k{i}"], args=[f"v{i}"]) for i in range(20))
         )
-    finally:
-        redis.pipeline = pipeline  # type: ignore[method-assign]
     assert replies == [f"v{i}".encode() for i in range(20)]
     assert len(sent) == 1
     for i in range(20):
@@ -101,22 +110,12 @@ async def test_calls_of_two_scripts_in_one_turn_share_the_pipeline(redis: Redis)
     getter = Batched(redis.register_script("return redis.call('GET', KEYS[1])"))
     await redis.set("g", "got")
     await asyncio.gather(setter(keys=["w"], args=["0"]), getter(keys=["g"], args=[]))
-    sent: list[int] = []
-    pipeline = redis.pipeline
-
-    def counting_pipeline(transaction: bool = True) -> object:
-        sent.append(1)
-        return pipeline(transaction=transaction)
-
-    redis.pipeline = counting_pipeline  # type: ignore[method-assign,assignment]
-    try:
+    with counted_pipelines(redis) as sent:
         replies = await asyncio.gather(
             setter(keys=["a"], args=["1"]),
             getter(keys=["g"], args=[]),
             setter(keys=["b"], args=["2"]),
         )
-    finally:
-        redis.pipeline = pipeline  # type: ignore[method-assign]
     assert list(replies) == [b"1", b"got", b"2"]
     assert len(sent) == 1
 
