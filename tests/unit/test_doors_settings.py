@@ -56,6 +56,7 @@ def test_key_prefix_allows_plain_names() -> None:
         ("pro ducer", "tp"),
         ("producer", "*"),
         (">pw", "tp"),
+        ("producer\n", "tp"),  # a line break ends the line: "$" alone let it by
     ],
 )
 def test_acl_lines_take_no_injected_rule(user: str, prefix: str) -> None:

@@ -171,7 +171,7 @@ def acl_setuser(
     prefix or password that could add a rule of its own to the line is refused (ValueError)."""
     if not roles:
         raise ValueError("at least one role")
-    if not USER_NAME.match(user):
+    if not USER_NAME.fullmatch(user):
         raise ValueError(
             f"invalid user name {user[:40]!r}: letters, digits, '_', '.' and '-' only (1 to 128)"
         )
