@@ -69,6 +69,13 @@ ensure_venv() {
   fi
 }
 
+ensure_prometheus() {
+  # tests/system/test_dashboard_queries.py runs the dashboard's queries and the alert rules on
+  # Debian's Prometheus (promtool comes with it); the package's own service is not used.
+  ensure_apt prometheus prometheus -- "for the dashboard's and alert rules' tests"
+  ensure_apt promtool prometheus
+}
+
 ensure_chromium() {
   # The console's browser tests drive Debian's Chromium with Playwright (never a browser download).
   ensure_apt chromium chromium chromium-driver -- "for the console's browser tests"

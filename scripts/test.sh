@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs what it needs (redis-server and chromium included), then lint, types,
+# The test command: installs what it needs (redis-server, chromium and prometheus included), then lint, types,
 # all tests.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
 ensure_redis_server
 ensure_chromium
+ensure_prometheus
 ensure_venv "$ROOT/requirements-dev.lock"
 
 echo "== ruff"
