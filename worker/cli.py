@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import json
 import logging
 import math
+import os
 import resource
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -475,6 +478,59 @@ def _seconds(text: str) -> float:
     return value  # a negative timeout means "look once, do not wait"
 
 
+# The settings that matter to the long-running commands, named in their --help with their defaults
+# (read from config.Settings' fields, so a changed default shows here at once).
+WORKER_SETTINGS = (
+    "redis_url",
+    "key_prefix",
+    "threads_access_token",
+    "threads_api_base_url",
+    "poll_interval_seconds",
+    "poll_max_seconds",
+    "worker_max_jobs",
+    "api_max_concurrency",
+    "account_max_requests_per_second",
+    "webhook_url",
+    "webhook_concurrency",
+    "metrics_port",
+    "event_loop",
+    "log_level",
+)
+SERVE_SETTINGS = (
+    "redis_url",
+    "key_prefix",
+    "http_host",
+    "http_port",
+    "api_keys",
+    "api_read_keys",
+    "api_max_batch",
+    "api_max_wait_seconds",
+    "api_max_event_streams",
+    "api_max_long_polls",
+    "serve_metrics_port",
+    "trusted_proxy",
+    "log_level",
+)
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def settings_epilog(names: Sequence[str]) -> str:
+    """``NAME  default`` for each setting (KeyError for a name that is not a setting)."""
+    fields = Settings.model_fields
+    width = max(len(n) for n in names) + 2
+    lines = [f"  {n.upper():{width}}{_shown_default(fields[n].default)}" for n in names]
+    return "settings (environment or .env; default), the rest in the README:\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threads-poller",
@@ -483,7 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run a worker that checks containers")
+    p = sub.add_parser(
+        "worker",
+        help="run a worker that checks containers",
+        epilog=settings_epilog(WORKER_SETTINGS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="start polling container ids (args or stdin)")
@@ -589,6 +650,22 @@ _PASSTHROUGH = {"simulate": "sim_args", "demo": "demo_args"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        # Flushed here, not at exit: a reader gone away (``| head``) is seen below, once.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Quiet, as Unix tools are when their reader stops reading. stdout is pointed at
+        # /dev/null so the interpreter's own flush at exit does not fail (and print) again;
+        # SIGPIPE itself stays ignored (Python's default): the worker's sockets must not kill it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE  # what a shell shows for a tool killed by SIGPIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PASSTHROUGH:
         # argparse's REMAINDER refuses a leading option (`simulate --port 8787` was an error),

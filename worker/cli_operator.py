@@ -23,7 +23,16 @@ from typing import Any
 
 from config import Settings
 from config.settings import EventLoop
-from worker.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, _settings, _with_client
+from worker.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    SERVE_SETTINGS,
+    CliError,
+    _settings,
+    _with_client,
+    settings_epilog,
+)
 from worker.client.client import PollerClient
 from worker.core.durations import format_duration, parse_duration
 from worker.core.errors import InvalidIdError
@@ -137,6 +146,13 @@ def cmd_failures(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not page.items:
         print(f"no failure in the last {format_duration(since)}")
+    else:
+        # A header, as inflight has: what the rows are (their count: at least, when paged).
+        more = "+" if page.next_cursor else ""
+        print(
+            f"{len(page.items)}{more} failed in the last {format_duration(since)}, newest first "
+            "(container  status  finalized  reason)"
+        )
     for e in page.items:
         print(f"{e.container_id}  {e.status}  {_ago(now, e.finalized_at)}  {e.reason}")
     if page.next_cursor:
@@ -283,7 +299,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register the operator's commands on ``threads-poller``'s subparsers."""
-    p = sub.add_parser("serve", help="run the HTTP API and the console (HTTP_HOST:HTTP_PORT)")
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP API and the console (HTTP_HOST:HTTP_PORT)",
+        epilog=settings_epilog(SERVE_SETTINGS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("inflight", help="containers being polled, soonest deadline first")
@@ -303,7 +324,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_accounts)
 
     p = sub.add_parser("dead-letters", help="list, replay or discard dead letters")
-    p.add_argument("action", choices=["list", "replay", "discard"])
+    # Bare ``dead-letters`` lists (the harmless action), as ``dead-letters list`` does.
+    p.add_argument("action", nargs="?", default="list", choices=["list", "replay", "discard"])
     p.add_argument("id", nargs="?", metavar="ID", help="the dead letter's id (replay, discard)")
     p.add_argument("--kind", choices=[k.value for k in DeadLetterKind], help="default: both")
     p.add_argument("--limit", type=_limit, default=50, help="list: per kind (default 50)")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shlex
 
 from redis.asyncio import Redis
 
+from bench.harness import threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, worker_env
 from tests.conftest import running_worker
+from worker.cli import SERVE_SETTINGS, WORKER_SETTINGS
+from worker.store.keys import Keys
 
 
 async def test_enqueue_status_wait(
@@ -96,3 +101,67 @@ async def test_redis_unreachable_exit_4(project_env: dict[str, str]) -> None:
     env = dict(project_env, REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
     code, _, err = await run_cli("status", "123", env=env)
     assert code == 4 and "cannot reach Redis" in err and "hunter2" not in err
+
+
+async def test_output_into_head_exits_quietly(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    """``... | head -n 1``: the reader goes away; no BrokenPipeError traceback, the exit status
+    of a tool killed by SIGPIPE (141)."""
+    env = worker_env(project_env, settings)
+    cmd = " ".join(shlex.quote(part) for part in threads_poller_command())
+    # Far more than a pipe holds (64 KiB): the writes after head exits fail.
+    script = (
+        f"seq 1 40000 | {cmd} status | head -n 1; "
+        'status=("${PIPESTATUS[@]}"); echo "exit=${status[1]}" >&2'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().startswith("1  ") and len(out.decode().splitlines()) == 1, out[:200]
+    assert err.decode().strip() == "exit=141", err.decode()[-2000:]
+
+
+async def test_failures_has_a_header_and_bare_dead_letters_lists(
+    redis: Redis, settings: Settings, project_env: dict[str, str]
+) -> None:
+    env = worker_env(project_env, settings)
+    keys = Keys(settings.key_prefix)
+    now_ms = int((await redis.time())[0]) * 1000
+    await redis.xadd(
+        keys.events,
+        {"container_id": "2301", "status": "ERROR", "error_message": "INVALID_FRAME_RATE"},
+        id=f"{now_ms}-0",
+    )
+    await redis.xadd(keys.dead_letters, {"reason": "bad id", "container_id": "x"}, id="1-0")
+
+    code, out, err = await run_cli("failures", env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("1 failed in the last 1h, newest first"), out
+    assert lines[1].startswith("2301  ERROR"), out
+
+    bare = await run_cli("dead-letters", env=env)
+    listed = await run_cli("dead-letters", "list", env=env)
+    assert bare[0] == 0, bare
+    assert bare[1] == listed[1] and "1-0" in bare[1], bare
+
+
+async def test_worker_and_serve_help_name_their_settings(project_env: dict[str, str]) -> None:
+    for command, names in (("worker", WORKER_SETTINGS), ("serve", SERVE_SETTINGS)):
+        code, out, err = await run_cli(command, "--help", env=project_env)
+        assert code == 0, err
+        assert "settings (environment or .env; default)" in out
+        for name in names:
+            default = Settings.model_fields[name].default
+            line = next(ln for ln in out.splitlines() if ln.split()[:1] == [name.upper()])
+            if isinstance(default, int | float | str) and not isinstance(default, bool):
+                assert line.split()[1] == str(getattr(default, "value", default)), line
+    _, out, _ = await run_cli("serve", "--help", env=project_env)
+    assert "API_MAX_WAIT_SECONDS   60.0" in out

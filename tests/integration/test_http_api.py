@@ -165,6 +165,19 @@ async def test_bad_input_is_refused_with_a_stable_code_and_writes_nothing(
                 "invalid_body",
             ),
             ("POST", "/v1/containers/1/cancel", {"json": {"why": 1}}, 422, "unknown_field"),
+            # The document says boolean / string / integer / number: null and empty are refused.
+            (
+                "POST",
+                "/v1/containers",
+                {"json": {"container_id": "1", "publish": None}},
+                422,
+                "invalid_body",
+            ),
+            ("POST", "/v1/containers/1/cancel", {"json": {"reason": None}}, 422, "invalid_body"),
+            ("GET", "/v1/finals?limit=", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/failures?since=", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/containers/1?wait=", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/containers/1?wait=61", {}, 400, "invalid_parameter"),
             ("GET", "/v1/containers/12a", {}, 422, "invalid_id"),
             ("GET", "/v1/containers/" + "1" * 40, {}, 422, "invalid_id"),
             ("GET", "/v1/containers/1?wait=soon", {}, 400, "invalid_parameter"),
@@ -198,6 +211,32 @@ async def test_bad_input_is_refused_with_a_stable_code_and_writes_nothing(
             assert got.body["request_id"] == got.headers["X-Request-Id"], (method, path)
         allow = await api.call("PUT", "/v1/containers", json={})
         assert "POST" in allow.headers.get("Allow", "")
+        assert await redis.dbsize() == before
+
+
+async def test_the_served_document_is_what_the_server_accepts(
+    redis: Redis, settings: Settings
+) -> None:
+    """?wait='s bound is this server's API_MAX_WAIT_SECONDS; values the document's patterns
+    allow (whitespace around an id, a unit in capitals) are taken, not refused."""
+    settings = settings.model_copy(update={"api_max_wait_seconds": 2.0, "api_max_batch": 3})
+    async with running_api(settings, sample=False) as api:
+        before = await redis.dbsize()
+        doc = (await api.get("/v1/openapi.json")).body
+        op = doc["paths"]["/v1/containers/{container_id}"]["get"]
+        wait = next(p for p in op["parameters"] if p["name"] == "wait")["schema"]
+        assert wait["maximum"] == 2.0
+        enqueue = doc["components"]["schemas"]["EnqueueRequest"]["properties"]
+        assert enqueue["container_ids"]["maxItems"] == 3
+        at_bound = await api.get("/v1/containers/77001?wait=2")
+        assert at_bound.code() == "container_not_found"
+        over = await api.get("/v1/containers/77001?wait=2.5")
+        assert over.status == 400 and "between 0 and 2 seconds" in over.body["error"]["message"]
+        spaced = await api.get("/v1/containers/%2077001%20")
+        assert spaced.status == 404 and spaced.code() == "container_not_found"
+        assert (await api.get("/v1/failures?since=1H30M")).status == 200
+        gone = await api.call("DELETE", "/v1/dead-letters/intake/%201-0%20")
+        assert gone.status == 404 and gone.code() == "dead_letter_not_found"
         assert await redis.dbsize() == before
 
 

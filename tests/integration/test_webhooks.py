@@ -211,3 +211,23 @@ async def test_retries_follow_the_schedule_and_the_dead_letter_can_be_replayed(
     assert not verify_signature(
         SECRET, body, rec.got[0][1][SIGNATURE_HEADER], now=time.time() + 400
     )
+
+
+@pytest.mark.parametrize("script", [["FINISHED"], ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"]])
+async def test_the_body_carries_the_final_records_checks_and_last_checked_at(
+    redis: Redis, settings: Settings, sim: RunningSimulator, script: list[str]
+) -> None:
+    """A first check that is final said last_checked_at null; a later one said the previous
+    check's time. The body must say what the final record wrote."""
+    settings = hook_settings(settings)
+    sim.state.set_script("9531", script)
+    async with receiver([200]) as rec:
+        await enqueue(redis, "9531", webhook_url=rec.url, settings=settings)
+        async with running_worker(settings):
+            await wait_until(lambda: len(rec.got) == 1, timeout=10)
+    data = json.loads(rec.got[0][0])
+    r = await get_result(redis, "9531", settings=settings)
+    assert r is not None and r.final and r.last_checked_at is not None
+    assert (data["checks"], data["last_checked_at"]) == (r.checks, r.last_checked_at)
+    assert data["checks"] == len(script)
+    assert data["last_checked_at"] <= data["finalized_at"]

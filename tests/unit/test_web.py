@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from worker.core.result import PollResult
@@ -19,8 +21,10 @@ from worker.web.chart import STRIP, chart
 from worker.web.errors import CODES, ApiError
 from worker.web.requests import (
     parse_cancel,
+    parse_container_id,
     parse_enqueue,
     parse_last_event_id,
+    parse_letter_id,
     parse_limit,
     parse_since,
     parse_wait,
@@ -76,6 +80,9 @@ def test_enqueue_one_or_a_batch() -> None:
         ({"container_id": "1", "webhook_url": "ftp://x"}, "invalid_id"),
         ({"container_id": "1", "force": "yes"}, "invalid_body"),
         ({"container_id": "1", "publish": 1}, "invalid_body"),
+        # The document says boolean: null is refused, not read as false.
+        ({"container_id": "1", "publish": None}, "invalid_body"),
+        ({"container_id": "1", "force": None}, "invalid_body"),
         ({"container_id": "1", "window_seconds": -1}, "invalid_window"),
         ({"container_id": "1", "window_seconds": 86401}, "invalid_window"),
         ({"container_id": "1", "window_seconds": True}, "invalid_window"),
@@ -89,16 +96,17 @@ def test_enqueue_refusals_have_stable_codes(body: Any, code: str) -> None:
 def test_query_parameters() -> None:
     assert parse_wait(None, max_seconds=60) is None
     assert parse_wait("2.5", max_seconds=60) == 2.5
-    for bad in ("x", "-1", "61", "nan", "inf"):
+    for bad in ("x", "-1", "61", "nan", "inf", ""):
         with pytest.raises(ApiError, match="wait"):
             parse_wait(bad, max_seconds=60)
     assert parse_limit(None) == 50 and parse_limit("7") == 7
-    for bad in ("0", "501", "-1", "1.5", "x"):
+    for bad in ("0", "501", "-1", "1.5", "x", ""):
         with pytest.raises(ApiError, match="limit"):
             parse_limit(bad)
     assert parse_since(None) == 3600 and parse_since("30m") == 1800
-    with pytest.raises(ApiError, match="since"):
-        parse_since("1y")
+    for bad in ("1y", "", "\u0661h", "0h0m"):
+        with pytest.raises(ApiError, match="since"):
+            parse_since(bad)
     assert parse_last_event_id(None, None) is None
     assert parse_last_event_id("1795438388610-3", None) == "1795438388610-3"
     assert parse_last_event_id(None, "0") == "0-0"
@@ -111,6 +119,10 @@ def test_cancel_body() -> None:
     assert parse_cancel({"reason": "wrong video"}) == "wrong video"
     with pytest.raises(ApiError):
         parse_cancel({"reason": "x" * 201})
+    assert parse_cancel({}) is None
+    for bad in (None, 3, ["x"]):  # the document says string: null too is refused
+        with pytest.raises(ApiError, match="reason"):
+            parse_cancel({"reason": bad})
     with pytest.raises(ApiError):
         parse_cancel({"why": "x"})
 
@@ -255,3 +267,123 @@ def test_bad_keys_stop_the_start_naming_the_setting(tmp_path: Path) -> None:
     with pytest.raises(KeysError, match="API_READ_KEYS_FILE"):
         KeySource(read_file=bad)
     assert not KeySource().ring().enabled
+
+
+# ----- the document's patterns are the parsers' rules, both ways --------------------------------
+
+
+def _param_schema(path: str, method: str, name: str) -> Any:
+    op = openapi.document()["paths"][path][method]
+    return next(p["schema"] for p in op["parameters"] if p["name"] == name)
+
+
+def _accepts(parse: Any, raw: str) -> bool:
+    try:
+        parse(raw)
+    except ApiError as exc:
+        status = exc.status
+    else:
+        return True
+    assert status in (400, 422)  # a refusal, in the API's error shape
+    return False
+
+
+def _parse_header(raw: str) -> Any:
+    return parse_last_event_id(raw, None)
+
+
+CONTRACTS = [
+    (_param_schema("/v1/containers/{container_id}", "get", "container_id"), parse_container_id),
+    (_param_schema("/v1/dead-letters/{kind}/{letter_id}", "delete", "letter_id"), parse_letter_id),
+    (_param_schema("/v1/failures", "get", "since"), parse_since),
+    (_param_schema("/v1/events", "get", "Last-Event-ID"), _parse_header),
+    (
+        _param_schema("/v1/events", "get", "last_event_id"),
+        lambda raw: parse_last_event_id(None, raw),
+    ),
+    (
+        openapi.document()["components"]["schemas"]["EnqueueRequest"]["properties"]["container_id"],
+        lambda raw: parse_enqueue({"container_id": raw}, max_batch=1),
+    ),
+]
+# Around each rule's edges: ASCII digits and not, whitespace str.strip() removes and ECMA-262's
+# \s does not (\x1c, \x85, U+FEFF), units in either case, the stream id's dash.
+ODD = [
+    "",
+    "0",
+    "00",
+    "1",
+    "0-0",
+    "1-0",
+    "1795438388610-0",
+    " 1-0\n",
+    "1-",
+    "-1",
+    "1-0-0",
+    "1" * 20 + "-" + "1" * 20,
+    "1" * 21 + "-0",
+    "1" * 32,
+    "1" * 33,
+    " 12 ",
+    "\x1c12\x85",
+    "\ufeff12",
+    "\u200312\u3000",
+    "12\n",
+    "1\n2",
+    "\u0661\u0662",
+    "+1",
+    "1.0",
+    "1e3",
+    "1h",
+    "1H",
+    "1h30m",
+    "30m1h",
+    "1h1h",
+    "0s",
+    "0h0m1s",
+    "00h",
+    "1d1h1m1s",
+    "999999s",
+    "1000000s",
+    "1y",
+    " 2d ",
+    "2D",
+    "h",
+    "1 h",
+]
+
+
+@pytest.mark.parametrize(("schema", "parse"), CONTRACTS)
+def test_each_pattern_in_the_document_is_what_its_parser_accepts(schema: Any, parse: Any) -> None:
+    check = Draft202012Validator(schema)
+    for raw in ODD:
+        # since has a bound no pattern states (7d; the description says it): 999999s is over.
+        if parse is parse_since and raw == "999999s":
+            assert check.is_valid(raw) and not _accepts(parse, raw)
+            continue
+        assert check.is_valid(raw) == _accepts(parse, raw), repr(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.text(alphabet="0123456789-dhmsDHMS \t\n\x1c\x85\ufeff\u0661x", max_size=14))
+def test_patterns_and_parsers_agree_on_arbitrary_text(raw: str) -> None:
+    for schema, parse in CONTRACTS:
+        valid = Draft202012Validator(schema).is_valid(raw)
+        if parse is parse_since and valid and not _accepts(parse, raw):
+            with pytest.raises(ApiError, match="longer than"):
+                parse(raw)  # over the bound the description gives (7d)
+            continue
+        assert valid == _accepts(parse, raw), (schema, repr(raw))
+
+
+def test_the_document_gives_this_servers_bounds() -> None:
+    wait = _param_schema("/v1/containers/{container_id}", "get", "wait")
+    assert wait["maximum"] == openapi.DEFAULT_MAX_WAIT_SECONDS == 60
+    served = openapi.document(max_wait_seconds=5, max_batch=7)
+    op = served["paths"]["/v1/containers/{container_id}"]["get"]
+    assert next(p for p in op["parameters"] if p["name"] == "wait")["schema"]["maximum"] == 5
+    batch = served["components"]["schemas"]["EnqueueRequest"]["properties"]["container_ids"]
+    assert batch["maxItems"] == 7
+    # Asking for other bounds does not change the default document (each is its own copy).
+    assert openapi.document()["paths"] == openapi.document()["paths"]
+    assert _param_schema("/v1/containers/{container_id}", "get", "wait")["maximum"] == 60

@@ -12,7 +12,9 @@ UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_SINCE_SECONDS = 7 * 86400.0
 MAX_TEXT = 32
 
-_PART = re.compile(r"(\d{1,6})([smhd])")
+# ASCII digits only: ``\d`` would take any script's digits (int() reads them), which the API's
+# document (SINCE_PATTERN, worker.web.requests) does not.
+_PART = re.compile(r"([0-9]{1,6})([smhd])")
 
 
 def parse_duration(text: str, *, max_seconds: float = MAX_SINCE_SECONDS) -> float:

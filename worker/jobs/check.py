@@ -54,7 +54,7 @@ from worker.ops import metrics
 from worker.store.accounts import AccountStore
 from worker.store.queue import ClaimedJob, JobQueue, persist
 from worker.store.replicas import Replicas
-from worker.store.results import Recorded, ResultStore
+from worker.store.results import Recorded, ResultStore, record_fields
 
 log = logging.getLogger("threads_poller.check")
 
@@ -400,7 +400,7 @@ class CheckJob:
         if decision.final and (current.webhook_url or p.settings.webhook_url):
             now = job.now()
             body = body_for(
-                final_view(current, decision, plan.changes, now),
+                final_view(current, decision, plan.changes, now, checked_at=checked_at),
                 self.p.store.keys.webhook_job_id(current.container_id, current.generation),
             )
             webhook = p.store.webhook_for(current, body, int(now * 1000))
@@ -457,10 +457,28 @@ class CheckJob:
         log.log(level, "final state" if decision.final else "checked", extra=extra)
 
 
-def final_view(current: PollResult, decision: Decision, changes: Changes, now: float) -> PollResult:
-    """The poll as its final record leaves it (for the webhook body, built before the write)."""
+def final_view(
+    current: PollResult,
+    decision: Decision,
+    changes: Changes,
+    now: float,
+    *,
+    checked_at: float | None = None,
+) -> PollResult:
+    """The poll as its final record leaves it (for the webhook body, built before the write).
+
+    ``checks`` and ``last_checked_at`` are read from the very fields the record writes
+    (``record_fields``): the body said the previous check's time (or null on a first check that
+    was final) and counted checks a record that does not touch them never wrote."""
     from api_client.models import explain_error_message
 
+    written = record_fields(current, decision, checked_at=checked_at, changes=changes)
+    checks = int(written["checks"]) if written.get("checks") else current.checks
+    last_checked_at = (
+        float(written["last_checked_at"])
+        if written.get("last_checked_at")
+        else current.last_checked_at
+    )
     last_error = current.last_error
     if decision.error is not None:
         last_error = f"{decision.error}; {decision.hint}" if decision.hint else str(decision.error)
@@ -471,7 +489,8 @@ def final_view(current: PollResult, decision: Decision, changes: Changes, now: f
         error_message=decision.error_message,
         error_explanation=explain_error_message(decision.error_message) or None,
         last_error=last_error,
-        checks=decision.checks if decision.checks is not None else current.checks,
+        checks=checks,
+        last_checked_at=last_checked_at,
         media_id=changes.media_id or current.media_id,
         finalized_at=float(stamp(now)),
         published_at=(

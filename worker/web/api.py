@@ -348,7 +348,9 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
-    return ok(openapi.document())
+    s = ctx_of(request).settings
+    # This server's bounds, not the defaults: the document says what this server accepts.
+    return ok(openapi.document(max_wait_seconds=s.api_max_wait_seconds, max_batch=s.api_max_batch))
 
 
 async def healthz(request: web.Request) -> web.Response:

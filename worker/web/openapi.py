@@ -11,8 +11,17 @@ import copy
 import functools
 from typing import Any
 
+from config import Settings
+from worker.core.durations import MAX_SINCE_SECONDS, format_duration
 from worker.core.states import State
+from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH
 from worker.web.errors import CODES
+from worker.web.requests import (
+    ID_PATTERN,
+    LAST_EVENT_ID_PATTERN,
+    SINCE_PATTERN,
+    STREAM_ID_PATTERN,
+)
 
 VERSION = "1.0.0"
 
@@ -23,6 +32,14 @@ _BOOL = {"type": "boolean"}
 _NSTR = {"type": ["string", "null"]}
 _NNUM = {"type": ["number", "null"]}
 _NINT = {"type": ["integer", "null"]}
+# Every id the server reads with worker.core.ids.validate_id (a pattern applies to strings only:
+# null stays allowed where the type allows it).
+_ID = {"type": "string", "pattern": ID_PATTERN}
+_NID = {"type": ["string", "null"], "pattern": ID_PATTERN}
+
+# The bounds that are settings: the served document gives the server's own (``document()``).
+DEFAULT_MAX_WAIT_SECONDS: float = Settings.model_fields["api_max_wait_seconds"].default
+DEFAULT_MAX_BATCH: int = Settings.model_fields["api_max_batch"].default
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -213,25 +230,25 @@ ENQUEUE = {
     "type": "object",
     "description": "one id (container_id) or a batch (container_ids) with shared options",
     "properties": {
-        "container_id": {"type": "string", "pattern": "^\\s*[0-9]{1,32}\\s*$"},
+        "container_id": _ID,
         "container_ids": {
             "type": "array",
-            "items": {"type": "string"},
+            "items": _ID,
             "minItems": 1,
-            "description": "at most API_MAX_BATCH (1000)",
+            "description": "at most API_MAX_BATCH (maxItems: this server's)",
         },
-        "account": {"type": ["string", "null"], "description": "the Threads user id"},
+        "account": {**_NID, "description": "the Threads user id"},
         "force": {"type": "boolean", "default": False},
         "publish": {"type": "boolean", "default": False},
         "webhook_url": {"type": ["string", "null"], "format": "uri"},
         "window_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": 86400},
         "reply_to": {
-            "type": ["string", "null"],
+            **_NID,
             "description": "the media id these containers reply to (reply quota, settle time)",
         },
         "children": {
             "type": ["array", "null"],
-            "items": {"type": "string"},
+            "items": _ID,
             "minItems": 2,
             "maxItems": 20,
             "description": "with container_id only: a carousel, this parent's 2 to 20 items",
@@ -292,7 +309,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "CancelRequest": {
         "type": "object",
-        "properties": {"reason": {"type": "string", "maxLength": 200}},
+        "properties": {"reason": {"type": "string", "maxLength": MAX_REASON_LENGTH}},
         "additionalProperties": False,
     },
     "Event": EVENT,
@@ -333,16 +350,28 @@ def _param(name: str, where: str, schema: Any, description: str, **more: Any) ->
     return {"name": name, "in": where, "schema": schema, "description": description, **more}
 
 
-LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")
+def _limit(default: int) -> Any:
+    schema = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": default}
+    return _param("limit", "query", schema, "page size")
+
+
 CURSOR = _param("cursor", "query", _STR, "next_cursor of the previous page")
 SINCE = _param(
-    "since", "query", {"type": "string", "default": "1h"}, "how far back: 90s, 30m, 1h, 2d, 1h30m"
+    "since",
+    "query",
+    {"type": "string", "pattern": SINCE_PATTERN, "default": "1h"},
+    f"how far back: 90s, 30m, 1h, 2d, 1h30m; at most {format_duration(MAX_SINCE_SECONDS)}",
 )
-CID = _param(
-    "container_id", "path", {"type": "string", "pattern": "^[0-9]{1,32}$"}, "", required=True
-)
+CID = _param("container_id", "path", _ID, "", required=True)
 KIND = _param("kind", "path", {"enum": ["intake", "webhooks"]}, "which dead letters", required=True)
-LETTER = _param("letter_id", "path", {"type": "string"}, "the dead letter's id", required=True)
+LETTER = _param(
+    "letter_id",
+    "path",
+    {"type": "string", "pattern": STREAM_ID_PATTERN},
+    "the dead letter's id",
+    required=True,
+)
+LAST_EVENT_ID = {"type": "string", "pattern": LAST_EVENT_ID_PATTERN}
 
 
 def _op(
@@ -399,15 +428,8 @@ PATHS: dict[str, Any] = {
                 "202": _resp("not final yet (after ?wait, when it ran out)", "Result"),
                 **_errors(400, 404, 422, 429),
             },
-            params=[
-                CID,
-                _param(
-                    "wait",
-                    "query",
-                    {"type": "number", "minimum": 0, "maximum": 600},
-                    "seconds to wait for a final state (at most API_MAX_WAIT_SECONDS)",
-                ),
-            ],
+            # ?wait= is added by _document(): its maximum is this server's API_MAX_WAIT_SECONDS.
+            params=[CID],
         )
     },
     "/v1/containers/{container_id}/cancel": {
@@ -434,8 +456,12 @@ PATHS: dict[str, Any] = {
                 **_errors(400, 429),
             },
             params=[
-                _param("Last-Event-ID", "header", _STR, "resume after this event id"),
-                _param("last_event_id", "query", _STR, "the same, for clients without headers"),
+                _param(
+                    "Last-Event-ID", "header", LAST_EVENT_ID, "resume after this event id; 0: all"
+                ),
+                _param(
+                    "last_event_id", "query", LAST_EVENT_ID, "the same, for clients without headers"
+                ),
             ],
         )
     },
@@ -443,28 +469,28 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "final states, newest first",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, LIMIT, CURSOR],
+            params=[SINCE, _limit(100), CURSOR],
         )
     },
     "/v1/failures": {
         "get": _op(
             "final states that are not FINISHED or PUBLISHED, newest first, with the reason",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, LIMIT, CURSOR],
+            params=[SINCE, _limit(100), CURSOR],
         )
     },
     "/v1/inflight": {
         "get": _op(
             "containers being polled, by deadline (soonest first)",
             {"200": _resp("a page", "InflightPage"), **_errors(400, 422)},
-            params=[LIMIT, CURSOR],
+            params=[_limit(50), CURSOR],
         )
     },
     "/v1/accounts": {
         "get": _op(
             "accounts: throttling, pause left, cached quota, whether the token was rejected",
             {"200": _resp("a page", "AccountPage"), **_errors(400, 422)},
-            params=[LIMIT, CURSOR],
+            params=[_limit(100), CURSOR],
         )
     },
     "/v1/workers": {
@@ -480,7 +506,7 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "dead letters, newest first",
             {"200": _resp("a page", "DeadLetterPage"), **_errors(400, 404, 422)},
-            params=[KIND, LIMIT, CURSOR],
+            params=[KIND, _limit(50), CURSOR],
         )
     },
     "/v1/dead-letters/{kind}/{letter_id}/replay": {
@@ -516,8 +542,22 @@ def _error_responses() -> dict[str, Any]:
     }
 
 
+def _wait(max_seconds: float) -> Any:
+    return _param(
+        "wait",
+        "query",
+        {"type": "number", "minimum": 0, "maximum": max_seconds},
+        "seconds to wait for a final state (at most API_MAX_WAIT_SECONDS; 0: answer at once)",
+    )
+
+
 @functools.cache
-def _document() -> dict[str, Any]:
+def _document(max_wait_seconds: float, max_batch: int) -> dict[str, Any]:
+    # The two bounds that are settings, written in a copy (PATHS and SCHEMAS stay as written).
+    paths = copy.deepcopy(PATHS)
+    paths["/v1/containers/{container_id}"]["get"]["parameters"].append(_wait(max_wait_seconds))
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas["EnqueueRequest"]["properties"]["container_ids"]["maxItems"] = max_batch
     return {
         "openapi": "3.1.0",
         "info": {
@@ -532,7 +572,7 @@ def _document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": paths,
         "components": {
             "securitySchemes": {
                 "bearer": {
@@ -541,12 +581,15 @@ def _document() -> dict[str, Any]:
                     "description": "API_KEYS (read-write) or API_READ_KEYS (read-only)",
                 }
             },
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "responses": _error_responses(),
         },
     }
 
 
-def document() -> dict[str, Any]:
-    """A copy of the document (callers may not change the cached one)."""
-    return copy.deepcopy(_document())
+def document(
+    *, max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS, max_batch: int = DEFAULT_MAX_BATCH
+) -> dict[str, Any]:
+    """A copy of the document (callers may not change the cached one), with the bounds of the
+    server that serves it (``API_MAX_WAIT_SECONDS``, ``API_MAX_BATCH``; defaults: the settings')."""
+    return copy.deepcopy(_document(float(max_wait_seconds), int(max_batch)))

@@ -13,7 +13,7 @@ from typing import Any
 from worker.client.client import MAX_WINDOW_SECONDS
 from worker.core.durations import parse_duration
 from worker.core.errors import InvalidIdError
-from worker.core.ids import validate_children, validate_id
+from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id
 from worker.core.targets import parse_target
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH, DeadLetterKind, validate_stream_id
 from worker.web.errors import ApiError
@@ -32,6 +32,24 @@ ENQUEUE_FIELDS = frozenset(
     }
 )
 CANCEL_FIELDS = frozenset({"reason"})
+
+# What each parser below accepts, as the JSON Schema ``pattern`` /v1/openapi.json gives it (so a
+# value valid by the document is never refused, nor the reverse; tests/unit/test_web.py checks
+# both ways). The parsers ``str.strip()`` first; JSON Schema's ``\s`` (ECMA-262) is another set
+# than ``str.isspace()``, so the set is spelled out.
+_WS = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+_STREAM = r"[0-9]{1,20}-[0-9]{1,20}"  # worker.store.admin.validate_stream_id
+ID_PATTERN = rf"^{_WS}[0-9]{{1,{MAX_ID_LENGTH}}}{_WS}$"  # worker.core.ids.validate_id
+STREAM_ID_PATTERN = rf"^{_WS}{_STREAM}{_WS}$"
+# "0": from the start. Not empty: EventSource sends no header before its first event, and an
+# empty value is refused like every other empty parameter.
+LAST_EVENT_ID_PATTERN = rf"^{_WS}(0|{_STREAM}){_WS}$"
+# worker.core.durations.parse_duration: each unit once, largest first, any case, more than 0
+# (some digit is not 0); its upper bound (MAX_SINCE_SECONDS) is no pattern's, the document says it.
+SINCE_PATTERN = (
+    rf"^{_WS}(?=[^1-9]*[1-9])([0-9]{{1,6}}[dD])?([0-9]{{1,6}}[hH])?([0-9]{{1,6}}[mM])?"
+    rf"([0-9]{{1,6}}[sS])?{_WS}$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +84,9 @@ def _object(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
 
 
 def _bool(body: dict[str, Any], name: str) -> bool:
+    # Absent: False. null is refused like any other non-boolean: the document says boolean, and
+    # a client that sends null for ``publish`` meant something we should not guess.
     value = body.get(name, False)
-    if value is None:
-        return False
     if not isinstance(value, bool):
         raise ApiError("invalid_body", f"{name} must be true or false")
     return value
@@ -161,8 +179,13 @@ def parse_cancel(body: Any) -> str | None:
     if body is None:
         return None
     data = _object(body, CANCEL_FIELDS)
-    reason = _optional_str(data, "reason")
-    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+    # Absent: no reason; null is not a string (the document says string), so it is refused.
+    if "reason" not in data:
+        return None
+    reason = data["reason"]
+    if not isinstance(reason, str):
+        raise ApiError("invalid_body", "reason must be a string")
+    if len(reason) > MAX_REASON_LENGTH:
         raise ApiError("invalid_body", f"reason is longer than {MAX_REASON_LENGTH} characters")
     return reason
 
@@ -175,8 +198,9 @@ def parse_container_id(raw: str) -> str:
 
 
 def parse_wait(raw: str | None, *, max_seconds: float) -> float | None:
-    """``?wait=S``: seconds to long-poll (0 < S <= ``max_seconds``); None: answer at once."""
-    if raw is None or raw == "":
+    """``?wait=S``: seconds to long-poll (0 < S <= ``max_seconds``); None: answer at once.
+    An empty ``wait=`` is refused: the document says number."""
+    if raw is None:
         return None
     try:
         value = float(raw)
@@ -188,7 +212,8 @@ def parse_wait(raw: str | None, *, max_seconds: float) -> float | None:
 
 
 def parse_limit(raw: str | None, *, default: int = 50, maximum: int = MAX_PAGE) -> int:
-    if raw is None or raw == "":
+    # An empty ``limit=`` is refused, not read as the default: the document says integer.
+    if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ApiError("invalid_parameter", f"limit must be a whole number from 1 to {maximum}")
@@ -196,8 +221,9 @@ def parse_limit(raw: str | None, *, default: int = 50, maximum: int = MAX_PAGE) 
 
 
 def parse_since(raw: str | None, *, default: str = "1h") -> float:
+    # An empty ``since=`` is refused (SINCE_PATTERN), as parse_duration refuses it.
     try:
-        return parse_duration(default if raw is None or raw == "" else raw)
+        return parse_duration(default if raw is None else raw)
     except ValueError as exc:
         raise ApiError("invalid_parameter", f"since: {exc}") from None
 
@@ -226,9 +252,9 @@ def parse_letter_id(raw: str) -> str:
 
 def parse_last_event_id(header: str | None, query: str | None) -> str | None:
     """``Last-Event-ID`` (what EventSource sends on reconnect), or ``?last_event_id=``; an
-    events stream id. ``0`` replays everything the stream still holds."""
-    raw = header if header else query
-    if raw is None or raw == "":
+    events stream id. ``0`` replays everything the stream still holds. Given empty: refused."""
+    raw = header if header is not None else query
+    if raw is None:
         return None
     raw = raw.strip()
     if raw in ("0", "0-0"):
