@@ -35,10 +35,6 @@ INFLIGHT_FIELD = "inflight"
 FINAL_PREFIX = "final:"
 
 
-def stats_key(keys: Keys, minute: int) -> str:
-    return keys.stats(minute)
-
-
 class MinuteTally:
     """This process's counts since its last flush."""
 
@@ -65,7 +61,7 @@ class MinuteTally:
             return 0
         try:
             seconds, _micros = await redis.time()
-            key = stats_key(keys, int(seconds) // 60)
+            key = keys.stats(int(seconds) // 60)
             async with redis.pipeline(transaction=True) as tx:
                 for name, n in counts.items():
                     tx.hincrby(key, name, n)
@@ -105,7 +101,7 @@ async def read_minutes(redis: Redis, keys: Keys, *, now: float, minutes: int) ->
     span = list(range(last - minutes + 1, last + 1))
     async with redis.pipeline(transaction=False) as pipe:
         for minute in span:
-            pipe.hgetall(stats_key(keys, minute))
+            pipe.hgetall(keys.stats(minute))
         raws = await pipe.execute()
     return [MinuteStats.of(minute, raw) for minute, raw in zip(span, raws, strict=True)]
 
@@ -138,7 +134,7 @@ class MinuteStats:
 
 async def note_inflight(redis: Redis, keys: Keys, *, now: float, inflight: int) -> None:
     """``serve``'s sampler: containers in flight at this minute (the last sample wins)."""
-    key = stats_key(keys, int(now) // 60)
+    key = keys.stats(int(now) // 60)
     async with redis.pipeline(transaction=True) as tx:
         tx.hset(key, INFLIGHT_FIELD, str(inflight))
         tx.expire(key, STATS_TTL_SECONDS)

@@ -549,7 +549,7 @@ class AdminStore:
                     self.results.result_ttl_seconds,
                     self.results.events_max_len,
                     *hook,
-                    f"{self.keys.prefix}:stats:",
+                    self.keys.stats_prefix,
                     STATS_TTL_SECONDS,
                 ],
             )

@@ -106,9 +106,15 @@ class Keys:
         """String: JSON of the account's last publishing limit (QuotaSnapshot)."""
         return f"{self.prefix}:quota:{account}"
 
+    @property
+    def stats_prefix(self) -> str:
+        """What every minute's stats hash starts with (``stats`` below; cancel.lua adds the
+        minute on Redis' clock)."""
+        return f"{self.prefix}:stats:"
+
     def stats(self, minute: int) -> str:
         """Hash: the counts of one minute of Redis' clock (``worker.ops.stats``)."""
-        return f"{self.prefix}:stats:{minute}"
+        return f"{self.stats_prefix}{minute}"
 
     @property
     def accounts(self) -> str:

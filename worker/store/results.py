@@ -179,9 +179,7 @@ class ResultStore:
         replies: list[Any] = [None] * len(requests)
         asked: list[list[str]] = [[] for _ in requests]
         pending = list(range(len(requests)))
-        for _ in range(scripts.MOST_ASKED + 1):
-            if not pending:
-                break
+        while pending:
             carousels = any(requests[i].children for i in pending)
             async with self.redis.pipeline(transaction=carousels) as pipe:
                 for i in pending:
@@ -209,17 +207,11 @@ class ResultStore:
             for i in pending:
                 # A carousel's outcome is its parent's (the first of its calls).
                 reply, at = out[at], at + 1 + len(requests[i].children)
-                key = scripts.needed_key(reply)
-                if key is None:
-                    replies[i] = reply
-                elif key in asked[i]:
-                    raise RuntimeError(f"enqueue.lua asked again for the key it was given: {key}")
-                else:
-                    asked[i].append(key)
+                if scripts.ask(reply, asked[i]):
                     again.append(i)
+                else:
+                    replies[i] = reply
             pending = again
-        if pending:
-            raise RuntimeError(f"enqueue.lua asked for more than {scripts.MOST_ASKED} keys")
         results = []
         for req, reply in zip(requests, replies, strict=True):
             outcome, status, *why = (text(v) for v in reply)

@@ -174,16 +174,25 @@ async def _pipelined(batch: list[_Pending]) -> list[Any]:
 _TURNS: weakref.WeakKeyDictionary[Redis, _Turn] = weakref.WeakKeyDictionary()
 
 
+def ask(reply: Any, asked: list[str]) -> bool:
+    """Whether ``reply`` asks for a key (lib.lua, ``need``); if so it is added to ``asked``, the
+    keys to give the script's next call. A key asked for again, or too many, is a defect."""
+    key = needed_key(reply)
+    if key is None:
+        return False
+    if key in asked:
+        raise RuntimeError(f"a script asked again for the key it was given: {key}")
+    if len(asked) >= MOST_ASKED:
+        raise RuntimeError(f"a script asked for more than {MOST_ASKED} keys")
+    asked.append(key)
+    return True
+
+
 async def call(script: ScriptCall, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
     """Run ``script`` with ``keys``, again with every key it asks for added after them (it asks
     before it writes anything, so a call that asked changed nothing)."""
     extra: list[str] = []
-    for _ in range(MOST_ASKED + 1):
+    while True:
         reply = await script(keys=[*keys, *extra], args=list(args))
-        key = needed_key(reply)
-        if key is None:
+        if not ask(reply, extra):
             return reply
-        if key in extra:
-            raise RuntimeError(f"a script asked again for the key it was given: {key}")
-        extra.append(key)
-    raise RuntimeError(f"a script asked for more than {MOST_ASKED} keys")
