@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -75,17 +76,29 @@ def floor_ids(n: int) -> list[str]:
 
 
 async def floor_checks(
-    redis_url: str, api_base: str, n: int, concurrency: int, api_concurrency: int
+    redis_url: str,
+    api_base: str,
+    n: int,
+    concurrency: int,
+    api_concurrency: int,
+    per_second: float = 0.0,
+    tick: float = 0.0,
 ) -> int:
     """N checks with no job system: ``concurrency`` lanes take ids from one list; each check is
-    one GET (at most ``api_concurrency`` at once, like the worker's api_slots) and one EVALSHA."""
+    one GET (at most ``api_concurrency`` at once, like the worker's api_slots) and one EVALSHA.
+    ``per_second`` > 0: check i starts no sooner than i / per_second after the first (the paced
+    phase's control: what running at that rate costs a process that has no job system), on
+    ``tick``s (the worker's claim gap): the checks due within one start together, as a worker's
+    claim starts them."""
     from api_client.client import STATUS_FIELDS, make_session
 
     redis = Redis.from_url(redis_url)
     write = redis.register_script(FLOOR_LUA)
     await redis.script_load(FLOOR_LUA)  # so that every check is one EVALSHA, none a NOSCRIPT
     api_slots = asyncio.Semaphore(api_concurrency)
-    todo = iter(floor_ids(n))
+    todo = iter(enumerate(floor_ids(n)))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     params = {"fields": STATUS_FIELDS, "access_token": TOKEN}
     errors = 0
     # The worker's session: same connector limit (WORKER_MAX_JOBS), keep-alive, no cookie jar.
@@ -93,7 +106,12 @@ async def floor_checks(
 
         async def lane() -> None:
             nonlocal errors
-            for cid in todo:  # shared: each id is taken by exactly one lane
+            for i, cid in todo:  # shared: each id is taken by exactly one lane
+                if per_second:
+                    due = i / per_second
+                    if tick:
+                        due = math.ceil(due / tick) * tick
+                    await asyncio.sleep(max(0.0, start + due - loop.time()))
                 try:
                     async with api_slots, http.get(f"{api_base}/{cid}", params=params) as resp:
                         body = await resp.read()
@@ -114,10 +132,19 @@ async def floor_checks(
 
 
 def run_floor_worker(
-    redis_url: str, api_base: str, n: int, concurrency: int, api_concurrency: int, loop: str
+    redis_url: str,
+    api_base: str,
+    n: int,
+    concurrency: int,
+    api_concurrency: int,
+    loop: str,
+    per_second: float = 0.0,
+    tick: float = 0.0,
 ) -> int:
     if loop == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(floor_checks(redis_url, api_base, n, concurrency, api_concurrency))
+    return asyncio.run(
+        floor_checks(redis_url, api_base, n, concurrency, api_concurrency, per_second, tick)
+    )

@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
     )
     p.add_argument("--poll-delay", type=float, default=0.2, help=argparse.SUPPRESS)
+    p.add_argument("--floor-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--floor-tick", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
 
 
@@ -267,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_jobs,
             args.api_concurrency,
             args.event_loop,
+            args.floor_rate,
+            args.floor_tick,
         )
     parser = build_parser()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())

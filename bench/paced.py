@@ -42,8 +42,11 @@ if TYPE_CHECKING:
 
 PACED_IDS = ("3", "4")  # FINISHED at once (the simulator's default), IN_PROGRESS then FINISHED
 CHECKS_PER_CONTAINER = 1.5
-INTERVAL_S = 1.0
+INTERVAL_S = 2.0
 WINDOW_S = 10.0
+# The worker's claim gap at that interval (worker.runtime.app.claim_gap): the floor's control
+# starts its checks on these ticks, as the worker's claims start its.
+CLAIM_GAP_S = min(0.2, INTERVAL_S / 10) / 2
 TARGET_CPU_RATIO = 1.2
 TARGET_RUNS_PER_CHECK = 1.05
 
@@ -87,12 +90,29 @@ async def phase_paced(bench: Bench) -> list[PacedRun]:
         await _one_run(bench, "trickle", 0.0, trickle=accounts * rate / CHECKS_PER_CONTAINER),
     ]
     burst, paced, trickle = runs
+    # The control: the floor (no job system, bench/baselines.py) for as many checks, all at
+    # once and then at the paced run's rate. What it pays more per check at that rate is what
+    # any process pays on this machine for running slowly (wake-ups, cold caches), not pacing.
+    checks = int(n * CHECKS_PER_CONTAINER)
+    floors = [
+        await _floor_run(bench, "floor-burst", checks, 0.0),
+        await _floor_run(bench, "floor-paced", checks, accounts * rate, CLAIM_GAP_S),
+    ]
+    bench.figures.paced_floor = floors
+    floor_ratio = floors[1] / floors[0] if floors[0] is not None and floors[1] is not None else None
     out(
         f"  worker CPU per container paced / burst: {fmt(paced.cpu_ms_per_container, '.3f')} / "
         f"{fmt(burst.cpu_ms_per_container, '.3f')} ms = {fmt(cpu_ratio(paced, burst), '.2f')} x "
         f"(target <= {TARGET_CPU_RATIO:g}); paced / trickle at the same rate "
         f"{fmt(cpu_ratio(paced, trickle), '.2f')} x; runs per check paced "
         f"{fmt(paced.runs_per_check, '.3f')} (target <= {TARGET_RUNS_PER_CHECK:g})"
+    )
+    ratio = cpu_ratio(paced, burst)
+    beyond = None if ratio is None or not floor_ratio else ratio / floor_ratio
+    out(
+        f"  the floor's CPU per check at {accounts * rate:g}/s / all at once: "
+        f"{fmt(floor_ratio, '.2f')} x; so paced / burst beyond what running at that rate costs "
+        f"any process here: {fmt(beyond, '.2f')} x"
     )
     bench.figures.paced = runs
     return runs
@@ -239,3 +259,22 @@ async def _trickle(client: object, ids: list[str], accounts: int, per_second: fl
         sent = due
         await asyncio.sleep(0.02)
     return calls
+
+
+async def _floor_run(
+    bench: Bench, label: str, checks: int, per_second: float, tick: float = 0.0
+) -> float | None:
+    """The floor's CPU ms per check (10-90 %) for ``checks`` checks at ``per_second``, started
+    on ``tick``s."""
+    await bench.reset()
+    _child, prog, _delta, cpu0, cpu1, code = await bench.run_floor(label, checks, per_second, tick)
+    if prog.done < checks or code not in (0, None):
+        bench.figures.notes.append(f"paced ({label}): {prog.done}/{checks}, exit {code}")
+    out(
+        f"  {label}: {checks} checks "
+        f"{'all at once' if not per_second else f'at {per_second:g}/s, {tick:g} s ticks'} in "
+        f"{fmt(prog.wall, '.1f')} s; floor process CPU {fmt(prog.cpu_ms_per_item, '.3f')} ms "
+        f"per check; redis-server {fmt(prog.redis_cpu_ms_per_item, '.3f')} ms"
+    )
+    out(f"  {label}: CPU while running: {bench.cpu_line(cpu0, cpu1)}")
+    return prog.cpu_ms_per_item

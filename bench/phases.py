@@ -228,6 +228,8 @@ class Figures:
     # The webhooks phase: the paced load alone, then beside HOOK_DELIVERIES hung deliveries.
     hooks: list[HookRun] = field(default_factory=list)
     paced: list[PacedRun] = field(default_factory=list)
+    # The paced phase's control: the floor's CPU ms per check all at once, then at its rate.
+    paced_floor: list[float | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -511,35 +513,7 @@ class Bench:
             f"event loop {loop}"
         )
         await self.reset()
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.bench",
-            "--role",
-            "floor-worker",
-            "--redis-url",
-            self.redis_url,
-            "--api-url",
-            self.sim_base,
-            "--n",
-            str(n),
-            "--max-jobs",
-            str(cfg.max_jobs),
-            "--api-concurrency",
-            str(api_slots),
-            "--event-loop",
-            loop,
-        ]
-
-        async def count() -> int:
-            return int(await self.redis.zcard(FLOOR_DONE))
-
-        child, prog, delta, cpu0, cpu1 = await self.run_child("floor", cmd, count)
-        for _ in range(500):  # it exits by itself once its last check is written
-            if not child.alive():
-                break
-            await asyncio.sleep(0.02)
-        code = child.stop()
+        child, prog, delta, cpu0, cpu1, code = await self.run_floor("floor", n)
         calls = await self.sim("GET", "/calls")
         f.floor_rate, f.floor_full_rate = prog.steady_rate, prog.full_rate
         f.floor_cpu_ms, f.floor_redis_cpu_ms = prog.cpu_ms_per_item, prog.redis_cpu_ms_per_item
@@ -570,12 +544,58 @@ class Bench:
 
         return poll_delay(self.settings(poll_interval_seconds=interval))
 
+    async def run_floor(
+        self, name: str, n: int, per_second: float = 0.0, tick: float = 0.0
+    ) -> tuple[Child, Progress, RedisDelta, CpuSnapshot, CpuSnapshot, int | None]:
+        """Run the floor (bench/baselines.py) for ``n`` checks, at ``per_second`` (0: all at
+        once) started on ``tick``s, until it exits: what ``run_child`` returns, and its exit
+        status."""
+        cfg = self.cfg
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.bench",
+            "--role",
+            "floor-worker",
+            "--redis-url",
+            self.redis_url,
+            "--api-url",
+            self.sim_base,
+            "--n",
+            str(n),
+            "--max-jobs",
+            str(cfg.max_jobs),
+            "--api-concurrency",
+            str(api_max_concurrency(cfg.worker_env)),
+            "--event-loop",
+            event_loop(cfg.worker_env),
+            "--floor-rate",
+            str(per_second),
+            "--floor-tick",
+            str(tick),
+        ]
+
+        async def count() -> int:
+            return int(await self.redis.zcard(FLOOR_DONE))
+
+        child, prog, delta, cpu0, cpu1 = await self.run_child(name, cmd, count, n)
+        for _ in range(500):  # it exits by itself once its last check is written
+            if not child.alive():
+                break
+            await asyncio.sleep(0.02)
+        return child, prog, delta, cpu0, cpu1, child.stop()
+
     async def run_child(
-        self, name: str, cmd: list[str], count: Callable[[], Awaitable[int]]
+        self,
+        name: str,
+        cmd: list[str],
+        count: Callable[[], Awaitable[int]],
+        n: int | None = None,
     ) -> tuple[Child, Progress, RedisDelta, CpuSnapshot, CpuSnapshot]:
-        """Spawn one measured process and track it until ``count`` reaches n: the child, its
-        progress, the Redis counters' change over the run, and CPU snapshots at both ends."""
-        n = self.cfg.n
+        """Spawn one measured process and track it until ``count`` reaches n (``--n`` unless
+        given): the child, its progress, the Redis counters' change over the run, and CPU
+        snapshots at both ends."""
+        n = self.cfg.n if n is None else n
         before = await redis_counters(self.redis)
         spawned = time.monotonic()
         child = spawn(name, cmd, self.tmp / f"{name}.log", env=clean_env(), cwd=REPO)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bench.measure import fmt, out, verdict
 from bench.paced import TARGET_CPU_RATIO, TARGET_RUNS_PER_CHECK, PacedRun, cpu_ratio
@@ -111,7 +111,7 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
     )
     scale_rows(f.scale, row)
     hook_rows(f.hooks, row)
-    paced_rows(f.paced, row)
+    paced_rows(f.paced, row, f.paced_floor)
     if f.million_n is not None:
         row(
             f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
@@ -206,7 +206,9 @@ def hook_rows(runs: list[HookRun], row: Callable[..., None]) -> None:
         )
 
 
-def paced_rows(runs: list[PacedRun], row: Callable[..., None]) -> None:
+def paced_rows(
+    runs: list[PacedRun], row: Callable[..., None], floors: Sequence[float | None] = ()
+) -> None:
     """The paced phase's lines of the summary (none when it did not run)."""
     by = {r.label: r for r in runs}
     paced = by.get("paced")
@@ -227,6 +229,9 @@ def paced_rows(runs: list[PacedRun], row: Callable[..., None]) -> None:
         None if ratio is None else ratio <= TARGET_CPU_RATIO,
     )
     row("paced CPU per container / trickle's (same rate)", fmt(cpu_ratio(paced, trickle), ".2f"))
+    if len(floors) == 2 and floors[0] and floors[1]:
+        # The control (bench/paced.py): the floor's own cost of running at the paced rate.
+        row("floor CPU per check at the paced rate / all at once", f"{floors[1] / floors[0]:.2f}")
     row(
         "job runs per check, paced",
         fmt(paced.runs_per_check, ".3f"),

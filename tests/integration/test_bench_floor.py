@@ -39,3 +39,19 @@ async def test_failed_checks_are_not_counted_as_done(
     sim.state.set_script(floor_ids(10)[3], ["notfound"])  # an error body has no status
     assert await floor_checks(redis_server.url, sim.base_url, 10, 4, 2) == 1
     assert await redis.zcard(FLOOR_DONE) == 9
+
+
+async def test_paced_floor_keeps_to_its_rate_on_ticks(
+    redis: Redis, redis_server: RedisServer, sim: RunningSimulator
+) -> None:
+    """The paced phase's control (bench/paced.py): checks start no sooner than their due time,
+    rounded up to a tick, so 60 checks at 200/s on 0.1 s ticks take at least 0.3 s and the
+    last ones start together."""
+    import time
+
+    sim.state.set_script("9*", ["FINISHED"])
+    t0 = time.monotonic()
+    assert await floor_checks(redis_server.url, sim.base_url, 60, 20, 5, 200.0, 0.1) == 0
+    assert time.monotonic() - t0 >= 0.3
+    assert await redis.zcard(FLOOR_DONE) == 60
+    assert sim.state.total_calls == 60
