@@ -65,14 +65,14 @@ async def test_list_filter_page_and_act_with_a_reason(
             headers=HTML,
         )
         assert confirm.status == 200 and 'name="reason"' in confirm.text
-        assert (await redis.hget(keys.result("23001"), "status")) != b"CANCELLED"
+        assert await redis.hget(keys.result("23001"), "status")  # type: ignore[misc] != b"CANCELLED"
         done = await api.post(
             "/console/act",
             data={"action": "cancel", "target": ["23001", "23002"], "reason": "wrong video"},
             headers=HTML,
         )
         assert done.status == 200 and done.text.count('data-outcome="cancelled"') == 2
-        last_error = (await redis.hget(keys.result("23001"), "last_error")).decode()
+        last_error = (await redis.hget(keys.result("23001"), "last_error")).decode()  # type: ignore[misc]
         assert last_error == f"cancelled by key {fingerprint(RW_KEY)}: wrong video"
         audit = await redis.xrange(keys.audit)
         assert len(audit) == 2
@@ -96,7 +96,7 @@ async def test_list_filter_page_and_act_with_a_reason(
             headers=HTML,
         )
         assert polled.text.count('class="ok"') == 2, polled.text[-1500:]
-        assert (await redis.hget(keys.result("23001"), "status")) != b"CANCELLED"
+        assert await redis.hget(keys.result("23001"), "status")  # type: ignore[misc] != b"CANCELLED"
         failures = await api.call("GET", "/v1/failures?account=111&status=CANCELLED")
         assert {i["container_id"] for i in failures.body["items"]} == {"23001", "23002"}
 
