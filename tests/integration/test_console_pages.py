@@ -15,6 +15,11 @@ from worker.store.keys import Keys
 HTML = {"Accept": "text/html"}
 
 
+async def field(redis: Redis, key: str, name: str) -> str:
+    raw = await redis.hget(key, name)  # type: ignore[misc]
+    return raw.decode() if raw else ""
+
+
 def fingerprint(key: str) -> str:
     return KeyRing.build([key]).keys[0].fingerprint
 
@@ -65,14 +70,14 @@ async def test_list_filter_page_and_act_with_a_reason(
             headers=HTML,
         )
         assert confirm.status == 200 and 'name="reason"' in confirm.text
-        assert await redis.hget(keys.result("23001"), "status")  # type: ignore[misc] != b"CANCELLED"
+        assert await field(redis, keys.result("23001"), "status") != "CANCELLED"
         done = await api.post(
             "/console/act",
             data={"action": "cancel", "target": ["23001", "23002"], "reason": "wrong video"},
             headers=HTML,
         )
         assert done.status == 200 and done.text.count('data-outcome="cancelled"') == 2
-        last_error = (await redis.hget(keys.result("23001"), "last_error")).decode()  # type: ignore[misc]
+        last_error = await field(redis, keys.result("23001"), "last_error")
         assert last_error == f"cancelled by key {fingerprint(RW_KEY)}: wrong video"
         audit = await redis.xrange(keys.audit)
         assert len(audit) == 2
@@ -96,7 +101,7 @@ async def test_list_filter_page_and_act_with_a_reason(
             headers=HTML,
         )
         assert polled.text.count('class="ok"') == 2, polled.text[-1500:]
-        assert await redis.hget(keys.result("23001"), "status")  # type: ignore[misc] != b"CANCELLED"
+        assert await field(redis, keys.result("23001"), "status") != "CANCELLED"
         failures = await api.call("GET", "/v1/failures?account=111&status=CANCELLED")
         assert {i["container_id"] for i in failures.body["items"]} == {"23001", "23002"}
 
