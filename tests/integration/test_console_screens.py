@@ -41,9 +41,11 @@ async def login(browser: Browser, base: str, key: str, width: int, scheme: str) 
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on(
         "console",
-        lambda m: problems.append(m.text)
-        if m.type == "error" and "503" not in m.text and "ERR_CONNECTION" not in m.text
-        else None,
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and "503" not in m.text and "ERR_CONNECTION" not in m.text
+            else None
+        ),
     )
     page.problems = problems  # type: ignore[attr-defined]
     await page.goto(base + "/login")
@@ -73,9 +75,7 @@ async def test_the_console_on_any_screen(
     try:
         await started(api, base)
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=FLAGS
-            )
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
             try:
                 for n, (width, scheme) in enumerate(SCREENS):
                     await _operator(browser, base, db, keys, n, width, scheme, rw_name)
@@ -172,9 +172,9 @@ async def _operator(
     assert status == 200
     await page.evaluate("window.threadsPollerConsole.refresh()")
     await page.wait_for_selector("body[data-refreshes]", state="attached")
-    assert await page.evaluate(
-        f"document.activeElement === document.querySelector('{box}')"
-    ), "focus moved"
+    assert await page.evaluate(f"document.activeElement === document.querySelector('{box}')"), (
+        "focus moved"
+    )
     assert await page.is_checked(box)
     # The cancelled row left the list: dimmed in place, not removed, while focus is in it.
     assert await page.get_attribute(f'#rows tr[data-key="{ids[3]}"]', "class") == "live stale"
