@@ -177,12 +177,16 @@ async def _run(tmp_path: Path, base: str, rec: object) -> None:
         assert "HTTP 500" in await page.inner_text(row)
         await shot(page, "04-dead-letter")
         rec.answers[:] = [200]
-        await page.click(f"{row} form[action$='/replay'] button")
-        await page.wait_for_selector("#flash .notice", timeout=10_000)
-        assert "replayed" in await page.inner_text("#flash")
-        await page.wait_for_selector(row, state="detached", timeout=15_000)
-        await wait_until(lambda: len(rec.got) == 2, timeout=10)
-        await shot(page, "05-replayed")
         assert await page.evaluate("window.threadsPollerConsole.loadedAt") == loaded_at
+        # Replay asks first (what it touches, and why), then says what it did, in its row.
+        await page.click(f"{row} button[value^='replay:']")
+        await page.wait_for_selector("#targets li")
+        await page.fill("#reason", "the receiver is back")
+        await page.click("#confirm")
+        await page.wait_for_selector('#outcomes tr[data-outcome="replayed"]', timeout=10_000)
+        await wait_until(lambda: len(rec.got) == 2, timeout=10)
+        await page.goto(base + "/")
+        await page.wait_for_selector(row, state="detached", timeout=15_000)
+        await shot(page, "05-replayed")
         assert problems == [], problems  # no script error, no CSP violation
         assert elsewhere == [], elsewhere  # nothing fetched from anywhere else

@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from api_client.models import QuotaSnapshot, explain_error_message
 from config import Settings
@@ -52,6 +53,13 @@ STATS_TTL_SECONDS = 2 * 3600  # worker.ops.stats keeps its hashes as long
 # What intake.py appends to a value it cut short in a dead letter (it cannot be replayed).
 TRUNCATED = "...[truncated]"
 DEFAULT_ACCOUNT = "default"
+# Prefix search (``find_ids``): ids returned, SCAN calls, and COUNT per call.
+SEARCH_LIMIT = 50
+SEARCH_CALLS = 20
+SEARCH_COUNT = 1000
+# The operators' actions kept (about), and how many the page of a container looks through.
+AUDIT_MAX_LEN = 10_000
+AUDIT_SCAN = 2_000
 
 _STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _INFLIGHT_CURSOR = re.compile(r"^([0-9]{1,16}(?:\.[0-9]{1,3})?):([0-9]{1,32})$")
@@ -246,6 +254,58 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which final events a list keeps (``AdminStore.finals``)."""
+
+    failed_only: bool = False
+    statuses: frozenset[str] | None = None
+    account: str | None = None
+
+    def matches(self, event: FinalEvent) -> bool:
+        if self.failed_only and not event.failed:
+            return False
+        if self.statuses is not None and event.status not in self.statuses:
+            return False
+        return self.account is None or (event.account or DEFAULT_ACCOUNT) == self.account
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Ids found by prefix; ``complete``: every key was looked at."""
+
+    ids: list[str]
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One entry of ``{prefix}:audit``."""
+
+    id: str
+    action: str
+    target: str
+    reason: str
+    actor: str
+    outcome: str
+
+    @property
+    def at(self) -> float:
+        return stream_ms(self.id)
+
+    @classmethod
+    def of(cls, entry_id: str, raw: Mapping[Any, Any]) -> Action:
+        h = {text(k): text(v) for k, v in raw.items()}
+        return cls(
+            entry_id,
+            h.get("action", ""),
+            h.get("target", ""),
+            h.get("reason", ""),
+            h.get("actor", ""),
+            h.get("outcome", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Cancelled:
     outcome: CancelOutcome
     status: str = ""
@@ -282,8 +342,17 @@ class AdminStore:
 
     # ----- in flight ---------------------------------------------------------------------
 
-    async def inflight(self, *, limit: int = 50, cursor: str | None = None) -> Page[InflightPoll]:
-        """Polls in flight by deadline, soonest first; ``cursor`` continues after a page."""
+    async def inflight(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        account: str | None = None,
+        scan_limit: int = SCAN_LIMIT,
+    ) -> Page[InflightPoll]:
+        """Polls in flight by deadline, soonest first; ``cursor`` continues after a page.
+        With ``account``, only that account's (``default``: enqueued without one); at most
+        ``scan_limit`` polls are looked at per call (``next_cursor`` goes on)."""
         limit = _limit(limit)
         low: str = "-inf"
         after: tuple[float, str] | None = None
@@ -293,6 +362,8 @@ class AdminStore:
                 raise InvalidIdError("cursor is not one this API returned")
             after = (float(m.group(1)), m.group(2))
             low = m.group(1)
+        if account is not None:
+            return await self._inflight_of(account, limit, low, after, scan_limit)
         # Members with the cursor's score come first in member order; skip those up to it.
         rows = await self.redis.zrangebyscore(
             self.keys.inflight, low, "+inf", start=0, num=limit + 1 + MAX_PAGE, withscores=True
@@ -315,6 +386,50 @@ class AdminStore:
         nxt = f"{stamp(picked[-1][1])}:{picked[-1][0]}" if more and picked else None
         return Page(items, nxt, total)
 
+    async def _inflight_of(
+        self,
+        account: str,
+        limit: int,
+        low: str,
+        after: tuple[float, str] | None,
+        scan_limit: int,
+    ) -> Page[InflightPoll]:
+        """``inflight`` of one account: pages of the sorted set, their hashes read and kept
+        when the account matches, until ``limit`` are found or ``scan_limit`` looked at."""
+        found: list[InflightPoll] = []
+        seen = 0
+        last: tuple[float, str] | None = after
+        more = False
+        while seen < scan_limit:
+            batch = min(500, scan_limit - seen)
+            lo = low if last is None else repr(last[0])
+            rows = await self.redis.zrangebyscore(
+                self.keys.inflight, lo, "+inf", start=0, num=batch + MAX_PAGE, withscores=True
+            )
+            fresh = [
+                (text(m), float(sc))
+                for m, sc in rows
+                if last is None or (float(sc), text(m)) > last
+            ][:batch]
+            if not fresh:
+                break
+            results = await self.results.load_many([cid for cid, _ in fresh])
+            for (cid, score), r in zip(fresh, results, strict=True):
+                if len(found) >= limit:
+                    more = True
+                    break
+                seen += 1
+                last = (score, cid)
+                if r is not None and (r.account or DEFAULT_ACCOUNT) == account:
+                    found.append(InflightPoll(cid, score, r))
+            if more:
+                break
+        else:
+            more = True  # looked at scan_limit polls: there may be more
+        total = int(await self.redis.zcard(self.keys.inflight))
+        nxt = f"{stamp(last[0])}:{last[1]}" if more and last is not None else None
+        return Page(found, nxt, total)
+
     async def inflight_counts(self, *, now: float, overdue_after: float) -> tuple[int, int]:
         """(in flight, in flight ``overdue_after`` seconds or more past their deadline)."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -334,13 +449,24 @@ class AdminStore:
         limit: int = 100,
         cursor: str | None = None,
         scan_limit: int = SCAN_LIMIT,
+        statuses: frozenset[str] | None = None,
+        account: str | None = None,
+        until_seconds: float | None = None,
     ) -> Page[FinalEvent]:
-        """Final states of the last ``since_seconds``, newest first (failures only with
-        ``failed_only``). At most ``scan_limit`` events are read per call; ``next_cursor`` says
+        """Final states of the last ``since_seconds`` (up to ``until_seconds`` ago), newest
+        first; failures only with ``failed_only``, of these ``statuses`` and this ``account``
+        only when given. At most ``scan_limit`` events are read per call; ``next_cursor`` says
         where to go on when there may be more."""
         limit = _limit(limit)
         oldest = f"{int((now - since_seconds) * 1000)}-0"
-        top = "+" if cursor is None else "(" + validate_stream_id(cursor, what="cursor")
+        if cursor is not None:
+            top = "(" + validate_stream_id(cursor, what="cursor")
+        elif until_seconds is not None:
+            # Every entry of that millisecond and before it.
+            top = str(max(0, int((now - until_seconds) * 1000)))
+        else:
+            top = "+"
+        wanted = EventFilter(failed_only=failed_only, statuses=statuses, account=account)
         found: list[FinalEvent] = []
         scanned = 0
         last_id: str | None = None
@@ -355,7 +481,7 @@ class AdminStore:
                 last_id = text(entry_id)
                 scanned += 1
                 event = FinalEvent.of(last_id, raw)
-                if not failed_only or event.failed:
+                if wanted.matches(event):
                     found.append(event)
                     if len(found) >= limit:
                         break
@@ -492,12 +618,108 @@ class AdminStore:
         )
         return Replayed(ReplayOutcome(text(reply)))
 
+    # ----- search ---------------------------------------------------------------------------
+
+    async def find_ids(
+        self,
+        prefix: str,
+        *,
+        limit: int = SEARCH_LIMIT,
+        calls: int = SEARCH_CALLS,
+        count: int = SEARCH_COUNT,
+    ) -> Found:
+        """Container ids with a result hash that start with ``prefix`` (digits): ``SCAN MATCH
+        {prefix}:result:<digits>* COUNT count``, at most ``calls`` calls (so at most about
+        ``calls * count`` keys looked at, whatever the size of the database) and ``limit`` ids.
+        ``complete`` is False when the scan stopped before the end. Where SCAN cannot be used
+        (a Redis Cluster client, or an ACL that refuses it), the ids of the polls in flight and
+        of the last ``count * calls`` final events instead."""
+        if not prefix.isascii() or not prefix.isdigit():
+            return Found([], True)
+        if type(self.redis) is Redis:
+            try:
+                return await self._scan_ids(prefix, limit, calls, count)
+            except ResponseError:
+                pass  # NOPERM: the fallback below
+        return await self._recent_ids(prefix, limit, calls * count)
+
+    async def _scan_ids(self, prefix: str, limit: int, calls: int, count: int) -> Found:
+        pattern = self.keys.result(prefix) + "*"
+        start = len(self.keys.result(""))
+        found: set[str] = set()
+        cursor = 0
+        for _ in range(calls):
+            cursor, names = await self.redis.scan(cursor, match=pattern, count=count)
+            for name in names:
+                cid = text(name)[start:]
+                if cid.isascii() and cid.isdigit():
+                    found.add(cid)
+            if cursor == 0 or len(found) >= limit:
+                break
+        return Found(sorted(found)[:limit], cursor == 0 and len(found) <= limit)
+
+    async def _recent_ids(self, prefix: str, limit: int, budget: int) -> Found:
+        found: set[str] = set()
+        live = await self.redis.zrange(self.keys.inflight, 0, budget - 1)
+        found.update(c for c in map(text, live) if c.startswith(prefix))
+        rows = await self.redis.xrevrange(self.keys.events, "+", "-", count=budget)
+        for _, raw in rows:
+            cid = text(raw.get(b"container_id", raw.get("container_id", b"")))
+            if cid.startswith(prefix):
+                found.add(cid)
+        return Found(sorted(found)[:limit], False)
+
+    # ----- the operators' actions -----------------------------------------------------------
+
+    async def note_action(
+        self,
+        *,
+        action: str,
+        target: str,
+        reason: str,
+        actor: str,
+        outcome: str,
+    ) -> str:
+        """Keep what an operator did (and why, and with which key) in ``{prefix}:audit``;
+        its stream id (Redis time)."""
+        fields = {
+            "action": action,
+            "target": target,
+            "reason": clean_reason(reason),
+            "actor": actor[:MAX_REASON_LENGTH],
+            "outcome": outcome,
+        }
+        return text(
+            await self.redis.xadd(self.keys.audit, fields, maxlen=AUDIT_MAX_LEN, approximate=True)  # type: ignore[arg-type]
+        )
+
+    async def actions(
+        self, *, target: str | None = None, limit: int = 50, scan: int = AUDIT_SCAN
+    ) -> list[Action]:
+        """The latest actions, newest first; with ``target``, the ones on it among the last
+        ``scan``."""
+        rows = await self.redis.xrevrange(
+            self.keys.audit, "+", "-", count=scan if target else _limit(limit)
+        )
+        out: list[Action] = []
+        for entry_id, raw in rows:
+            a = Action.of(text(entry_id), raw)
+            if target is None or a.target == target:
+                out.append(a)
+                if len(out) >= limit:
+                    break
+        return out
+
     # ----- cancel ---------------------------------------------------------------------------
 
-    async def cancel(self, container_id: str, *, reason: str | None = None) -> Cancelled:
-        """Make a live poll final CANCELLED (see the module docstring)."""
+    async def cancel(
+        self, container_id: str, *, reason: str | None = None, actor: str | None = None
+    ) -> Cancelled:
+        """Make a live poll final CANCELLED (see the module docstring); ``actor`` (the name of
+        the operator's key) is kept with the reason in ``last_error``."""
         note = clean_reason(reason)
-        last_error = f"cancelled: {note}" if note else "cancelled"
+        who = f" by {clean_reason(actor)}" if actor else ""
+        last_error = f"cancelled{who}: {note}" if note else f"cancelled{who}"
         for _ in range(3):
             current = await self.results.load(container_id)
             if current is None:

@@ -117,6 +117,12 @@ class Keys:
         return f"{self.stats_prefix}{minute}"
 
     @property
+    def audit(self) -> str:
+        """Stream: the operators' actions (cancel, poll again, replay, discard), each with its
+        target, reason, outcome and the key that asked (``AdminStore.note_action``), capped."""
+        return f"{self.prefix}:audit"
+
+    @property
     def accounts(self) -> str:
         """Sorted set: accounts named at enqueue, scored by when they were last seen."""
         return f"{self.prefix}:accounts"

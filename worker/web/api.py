@@ -26,6 +26,7 @@ from worker.web import openapi
 from worker.web.context import AUTH, WebContext, ctx_of, holder
 from worker.web.errors import ApiError
 from worker.web.requests import (
+    parse_account,
     parse_cancel,
     parse_container_id,
     parse_cursor,
@@ -34,6 +35,8 @@ from worker.web.requests import (
     parse_letter_id,
     parse_limit,
     parse_since,
+    parse_statuses,
+    parse_until,
     parse_wait,
 )
 from worker.web.views import (
@@ -230,13 +233,26 @@ def cancel_error(cid: str, outcome: CancelOutcome, status: str) -> ApiError:
 
 async def _finals(request: web.Request, *, failed_only: bool) -> web.Response:
     ctx = ctx_of(request)
-    since = parse_since(request.query.get("since"))
-    limit = parse_limit(request.query.get("limit"), default=100)
-    cursor = parse_cursor(request.query.get("cursor"))
+    q = request.query
+    since = parse_since(q.get("since"))
+    limit = parse_limit(q.get("limit"), default=100)
+    cursor = parse_cursor(q.get("cursor"))
+    statuses, account, until = (
+        parse_statuses(q.get("status")),
+        parse_account(q.get("account")),
+        parse_until(q.get("until")),
+    )
     now = await ctx.admin.now()
     try:
         page = await ctx.admin.finals(
-            since_seconds=since, now=now, failed_only=failed_only, limit=limit, cursor=cursor
+            since_seconds=since,
+            now=now,
+            failed_only=failed_only,
+            limit=limit,
+            cursor=cursor,
+            statuses=statuses,
+            account=account,
+            until_seconds=until,
         )
     except InvalidIdError as exc:
         raise ApiError("invalid_parameter", str(exc)) from None
@@ -255,9 +271,10 @@ async def inflight(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     limit = parse_limit(request.query.get("limit"))
     cursor = parse_cursor(request.query.get("cursor"))
+    account = parse_account(request.query.get("account"))
     now = await ctx.admin.now()
     try:
-        page = await ctx.admin.inflight(limit=limit, cursor=cursor)
+        page = await ctx.admin.inflight(limit=limit, cursor=cursor, account=account)
     except InvalidIdError as exc:
         raise ApiError("invalid_parameter", str(exc)) from None
     _, past = await ctx.admin.inflight_counts(now=now, overdue_after=ctx.stuck_after)

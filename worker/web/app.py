@@ -82,6 +82,11 @@ HANDLERS: dict[str, Handler] = {
     "discard": api.discard,
     "console": console.console_page,
     "console_panels": console.console_panels,
+    "containers_page": console.containers_page,
+    "container_page": console.container_page,
+    "search": console.search,
+    "console_confirm": console.confirm,
+    "console_act": console.act,
     "login_form": console.login_form,
     "login": console.login,
     "logout": console.logout,
@@ -195,13 +200,22 @@ def _json_error(request: web.Request, code: str, message: str, **details: Any) -
 
 
 def _html_wanted(request: web.Request) -> bool:
+    """A browser on the console's pages (or on a path that is none of ours) is answered with
+    an HTML page, an API client (``/v1``, ``/healthz``, ``Accept: application/json``) with
+    JSON."""
     route = route_of(request)
-    return (
-        route is not None
-        and not route.api
-        and request.method == "GET"
-        and "text/html" in request.headers.get("Accept", "")
-    )
+    if route is not None and route.api:
+        return False
+    if request.path.startswith("/v1/") or request.path in ("/v1", "/healthz"):
+        return False
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+def _html_error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    body = console.error_page(request, status=status, code=code, message=message)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return console.html(body, status=status, headers=headers)
 
 
 @web.middleware
@@ -210,12 +224,7 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except ApiError as exc:
         if _html_wanted(request):
-            body = (
-                ctx_of(request)
-                .templates.get_template("error.html")
-                .render(code=exc.code, message=exc.message, status=exc.status)
-            )
-            return console.html(body, status=exc.status)
+            return _html_error(request, exc.status, exc.code, exc.message)
         resp = _json_error(request, exc.code, exc.message, **exc.details)
         resp.headers.update(exc.headers)
         return resp
@@ -224,6 +233,10 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
             raise  # redirects
         code = FOR_STATUS.get(exc.status, "internal_error" if exc.status >= 500 else "not_found")
         message = CODES[code][1]
+        if _html_wanted(request) and exc.status != 405:
+            if exc.status == 404:
+                message = f"there is no page at {request.path[:200]}"
+            return _html_error(request, exc.status, code, message)
         if exc.status == 405:
             allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
             message = f"this route takes {', '.join(allowed)}" if allowed else message
@@ -238,6 +251,14 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
             request.path,
             extra={"request_id": request.get(REQUEST_ID), "error": type(exc).__name__},
         )
+        if _html_wanted(request):
+            return _html_error(
+                request,
+                503,
+                "redis_unavailable",
+                f"Redis is unreachable ({type(exc).__name__}); nothing was changed. This page "
+                "works again once Redis answers.",
+            )
         return _json_error(request, "redis_unavailable", f"Redis: {type(exc).__name__}")
     except asyncio.CancelledError:
         raise
@@ -352,7 +373,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[AUTH] = verdict
     request[AUTH_VIA] = verdict.via
     if not verdict.allowed:
-        if verdict.status == 401 and _html_wanted(request):
+        if verdict.status == 401 and _html_wanted(request) and request.method == "GET":
             raise web.HTTPSeeOther("/login")
         raise ApiError(verdict.code, verdict.message)
     return await handler(request)

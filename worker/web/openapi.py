@@ -17,9 +17,11 @@ from worker.core.states import State
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH
 from worker.web.errors import CODES
 from worker.web.requests import (
+    ACCOUNT_PATTERN,
     ID_PATTERN,
     LAST_EVENT_ID_PATTERN,
     SINCE_PATTERN,
+    STATUS_PATTERN,
     STREAM_ID_PATTERN,
 )
 
@@ -362,6 +364,24 @@ SINCE = _param(
     {"type": "string", "pattern": SINCE_PATTERN, "default": "1h"},
     f"how far back: 90s, 30m, 1h, 2d, 1h30m; at most {format_duration(MAX_SINCE_SECONDS)}",
 )
+UNTIL = _param(
+    "until",
+    "query",
+    {"type": "string", "pattern": SINCE_PATTERN},
+    "only what is at least this old (with since: a time range, e.g. since=2h&until=1h)",
+)
+STATUS = _param(
+    "status",
+    "query",
+    {"type": "string", "pattern": STATUS_PATTERN},
+    "these final states only, comma-separated (ERROR,EXPIRED)",
+)
+ACCOUNT = _param(
+    "account",
+    "query",
+    {"type": "string", "pattern": ACCOUNT_PATTERN},
+    "this account's only (default: containers enqueued without one)",
+)
 CID = _param("container_id", "path", _ID, "", required=True)
 KIND = _param("kind", "path", {"enum": ["intake", "webhooks"]}, "which dead letters", required=True)
 LETTER = _param(
@@ -469,21 +489,21 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "final states, newest first",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, _limit(100), CURSOR],
+            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), CURSOR],
         )
     },
     "/v1/failures": {
         "get": _op(
             "final states that are not FINISHED or PUBLISHED, newest first, with the reason",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, _limit(100), CURSOR],
+            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), CURSOR],
         )
     },
     "/v1/inflight": {
         "get": _op(
             "containers being polled, by deadline (soonest first)",
             {"200": _resp("a page", "InflightPage"), **_errors(400, 422)},
-            params=[_limit(50), CURSOR],
+            params=[ACCOUNT, _limit(50), CURSOR],
         )
     },
     "/v1/accounts": {

@@ -14,6 +14,7 @@ from worker.client.client import MAX_WINDOW_SECONDS
 from worker.core.durations import parse_duration
 from worker.core.errors import InvalidIdError
 from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id
+from worker.core.states import FINAL_STATES
 from worker.core.targets import parse_target
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH, DeadLetterKind, validate_stream_id
 from worker.web.errors import ApiError
@@ -50,6 +51,12 @@ SINCE_PATTERN = (
     rf"^{_WS}(?=[^1-9]*[1-9])([0-9]{{1,6}}[dD])?([0-9]{{1,6}}[hH])?([0-9]{{1,6}}[mM])?"
     rf"([0-9]{{1,6}}[sS])?{_WS}$"
 )
+
+# ``?status=ERROR,EXPIRED``: final states, comma-separated (worker.core.states.FINAL_STATES).
+_STATES = "|".join(sorted(FINAL_STATES))
+STATUS_PATTERN = rf"^{_WS}({_STATES})(,({_STATES}))*{_WS}$"
+# ``?account=``: an account id, or ``default`` (containers enqueued without one).
+ACCOUNT_PATTERN = rf"^{_WS}([0-9]{{1,{MAX_ID_LENGTH}}}|default){_WS}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +270,40 @@ def parse_last_event_id(header: str | None, query: str | None) -> str | None:
         return validate_stream_id(raw, what="Last-Event-ID")
     except InvalidIdError as exc:
         raise ApiError("invalid_parameter", str(exc)) from None
+
+
+def parse_statuses(raw: str | None) -> frozenset[str] | None:
+    """``?status=ERROR,EXPIRED``: these final states only (None: any)."""
+    if raw is None:
+        return None
+    names = [n.strip() for n in raw.strip().split(",")]
+    unknown = [n for n in names if n not in FINAL_STATES]
+    if unknown or not names:
+        raise ApiError(
+            "invalid_parameter",
+            f"status takes final states, comma-separated: {', '.join(sorted(FINAL_STATES))}",
+        )
+    return frozenset(names)
+
+
+def parse_account(raw: str | None) -> str | None:
+    """``?account=``: an account id or ``default``; None: every account."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value == "default":
+        return value
+    try:
+        return validate_id(value, what="account")
+    except InvalidIdError as exc:
+        raise ApiError("invalid_parameter", f"account: {exc}") from None
+
+
+def parse_until(raw: str | None) -> float | None:
+    """``?until=30m``: only what is at least that old (with ``since``: a time range)."""
+    if raw is None:
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ApiError("invalid_parameter", f"until: {exc}") from None

@@ -39,6 +39,12 @@ ROUTES: tuple[Route, ...] = (
     # The console (server-rendered HTML; forms post back here).
     Route("GET", "/", "console", "read", api=False),
     Route("GET", "/console/panels", "console_panels", "read", api=False),
+    Route("GET", "/containers", "containers_page", "read", api=False),
+    Route("GET", "/containers/{container_id}", "container_page", "read", api=False),
+    Route("GET", "/search", "search", "read", api=False),
+    # Every action: a confirmation (nothing changes), then the action with its reason.
+    Route("POST", "/console/confirm", "console_confirm", "write", api=False),
+    Route("POST", "/console/act", "console_act", "write", api=False),
     Route("GET", "/login", "login_form", "none", api=False),
     Route("POST", "/login", "login", "none", api=False),
     Route("POST", "/logout", "logout", "none", api=False),
