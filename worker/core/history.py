@@ -300,3 +300,46 @@ def checks_of_last_poll(events: Sequence[HistoryEvent]) -> int:
         elif event.kind is EventKind.CHECK:
             n += 1
     return n
+
+
+def describe(event: HistoryEvent) -> str:
+    """An event in a few words, every field it has (the CLI's table; a console can use it)."""
+    e = event
+    parts: list[str] = []
+    if e.kind is EventKind.ENQUEUED:
+        parts.append("poll restarted" if e.outcome == "restarted" else "poll started")
+    elif e.kind is EventKind.CHECK:
+        parts.append(e.status or "no status (request failed)")
+    elif e.kind is EventKind.THROTTLED:
+        parts.append(f"account paused {_seconds(e.wait_ms)}" if e.wait_ms else "throttled")
+    elif e.kind is EventKind.PACED:
+        parts.append(f"waited {_seconds(e.wait_ms)} for a pacing slot")
+    elif e.kind is EventKind.PUBLISH_CLAIMED:
+        parts.append(f"publish call, attempt {e.attempt}")
+    elif e.kind is EventKind.PUBLISH:
+        parts.append(e.outcome or "answered")
+    elif e.kind is EventKind.WEBHOOK:
+        parts.append(f"{e.outcome}, attempt {e.attempt}")
+    elif e.kind is EventKind.CANCELLED:
+        parts.append("CANCELLED")
+    elif e.kind is EventKind.CHILD:
+        parts.append(f"child {e.detail}: {e.status}")
+    elif e.kind is EventKind.FINAL:
+        parts.append(f"{e.status}, {e.checks} checks")
+    if e.latency_ms is not None:
+        parts.append(f"{e.latency_ms} ms")
+    if e.error_kind or e.error_code is not None:
+        code = "" if e.error_code is None else f" code {e.error_code}"
+        sub = "" if e.error_subcode is None else f"/{e.error_subcode}"
+        parts.append(f"error {e.error_kind or ''}{code}{sub}".replace("  ", " ").strip())
+    if e.fbtrace_id:
+        parts.append(f"fbtrace_id {e.fbtrace_id}")
+    if e.media_id:
+        parts.append(f"media {e.media_id}")
+    if e.detail and e.kind is not EventKind.CHILD:
+        parts.append(e.detail)
+    return "; ".join(parts)
+
+
+def _seconds(ms: int | None) -> str:
+    return f"{(ms or 0) / 1000:.3f}s"
