@@ -54,6 +54,9 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
                 one core (Redis runs on one thread: 100 % is its ceiling), how busy the whole
                 machine was, and correctness: every container FINISHED exactly once (final
                 events counted per id) with exactly one API call.
+``history``     what a container's history costs: 200 polls of enqueue + 6 checks + final
+                (IN_PROGRESS, interval 1 s, window 5 s), then MEMORY USAGE of each
+                ``{prefix}:history:{id}``; "history bytes per 6-check poll" (issue 23: <= 400).
 ``webhooks``    checks beside hung webhook deliveries (issue 22): the same paced load (Poisson
                 arrivals of IN_PROGRESS containers, 10/s for ``--schedule-seconds``, interval 1 s,
                 window 4 s) on a fresh worker twice: alone, and right after 1,000 containers
@@ -162,6 +165,7 @@ async def run(cfg: Config) -> None:
                 "million": bench.phase_million,
                 "webhooks": bench.phase_webhooks,
                 "paced": bench.phase_paced,
+                "history": bench.phase_history,
             }
             for name in cfg.phases:
                 try:

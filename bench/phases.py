@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import heapq
 import itertools
@@ -63,6 +64,10 @@ JOB_EXPIRY_MS = 86_400_000
 
 # Container id prefixes, one per scripted behaviour of the simulator (FINISHED_IDS: baselines).
 SCHEDULE_IDS = "7"  # IN_PROGRESS forever: every container uses all its checks
+# The history phase: polls of 6 checks (interval and window as the schedule's max_checks reads).
+HISTORY_POLLS = 200
+HISTORY_INTERVAL = 1.0
+HISTORY_WINDOW = 5.0
 CAPACITY_IDS = "6"  # IN_PROGRESS forever
 
 # The schedule phase's compressed window: checks at 0, 1, 2, 3, 4 s (5 per container).
@@ -87,6 +92,7 @@ ALL_PHASES = (
     "scale",
     "webhooks",
     "paced",
+    "history",
     "million",
 )
 # The million phase takes ~4 minutes and ~1 GB of Redis: asked for by name only.
@@ -207,6 +213,9 @@ class Figures:
     million_n: int | None = None
     million_enqueue_s: float | None = None
     million_bytes_per_container: float | None = None
+    # The history phase: MEMORY USAGE of {prefix}:history:{id} after a 6-check poll.
+    history_bytes: float | None = None
+    history_polls: int | None = None
     million_late_p99: float | None = None
     million_late_max: float | None = None
     million_rate: float | None = None
@@ -751,6 +760,54 @@ class Bench:
         )
         out(f"  CPU while running: {run.cpu}")
         out(f"  worker RSS at the end: {fmt(f.rss_end_throughput_mib, '.1f')} MiB")
+
+    async def phase_history(self) -> None:
+        """What a container's history costs (README, "History"): polls of enqueue + 6 checks +
+        final (IN_PROGRESS until the window ends), then MEMORY USAGE of each history key."""
+        from worker.core.history import EventKind, parse_history
+        from worker.store.keys import Keys
+
+        n, keys, f = HISTORY_POLLS, Keys(PREFIX), self.figures
+        out(
+            f"\n[history] {n} polls of enqueue + 6 checks + final (interval "
+            f"{HISTORY_INTERVAL:g} s, window {HISTORY_WINDOW:g} s): Redis bytes of each history"
+        )
+        await self.reset()
+        settings = self.settings(
+            poll_interval_seconds=HISTORY_INTERVAL, poll_max_seconds=HISTORY_WINDOW
+        )
+        env = self.worker_env(
+            POLL_INTERVAL_SECONDS=str(HISTORY_INTERVAL), POLL_MAX_SECONDS=str(HISTORY_WINDOW)
+        )
+        child = self.spawn_worker("history", env)
+        try:
+            await self.wait_ready(child)
+            ids = [f"{SCHEDULE_IDS}{i:015d}" for i in range(n)]
+            await self.enqueue_ids(ids, settings)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if await self.redis.xlen(keys.events) >= n:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            child.stop()
+        sizes: list[int] = []
+        shapes: collections.Counter[tuple[int, int]] = collections.Counter()
+        for cid in ids:
+            raw = await self.redis.get(keys.history(cid))
+            events = parse_history(raw)
+            checks = sum(e.kind is EventKind.CHECK for e in events)
+            shapes[len(events), checks] += 1
+            if len(events) == 8 and checks == 6:
+                sizes.append(int(await self.redis.memory_usage(keys.history(cid), samples=0) or 0))
+        f.history_polls = len(sizes)
+        f.history_bytes = sum(sizes) / len(sizes) if sizes else None
+        out(
+            f"  history bytes per 6-check poll: {fmt(f.history_bytes)} (MEMORY USAGE, mean of "
+            f"{len(sizes)} polls with exactly enqueue + 6 checks + final, of {n})"
+        )
+        if len(sizes) < n:
+            out(f"  (entries, checks) of each poll: {dict(shapes)}")
 
     async def final_events(self) -> dict[str, list[str]]:
         """Every entry of the events stream: container id -> the statuses of its events."""

@@ -15,6 +15,8 @@ from bench.phases import Config, Figures, HookRun, ScaleRun, event_loop
 # Targets of issue #6.
 TARGET_RATIO = 1.0  # issue 16: at least bare arq's no-op rate, in the same run
 TARGET_BYTES_PER_CONTAINER = 1024
+# Issue 23: what a 6-check poll's history may add (enqueue + 6 checks + final).
+TARGET_HISTORY_BYTES = 400
 TARGET_P99_LATENESS_S = 1.0
 TARGET_RSS_MIB = 150.0
 # Issue 22: hung webhook deliveries change no check's lateness (p99, with - without).
@@ -108,6 +110,12 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
         "n/a" if extra is None else str(extra),
         "0",
         None if extra is None else extra == 0,
+    )
+    row(
+        "history bytes per 6-check poll",
+        fmt(f.history_bytes),
+        f"<= {TARGET_HISTORY_BYTES}",
+        le(f.history_bytes, TARGET_HISTORY_BYTES),
     )
     scale_rows(f.scale, row)
     hook_rows(f.hooks, row)

@@ -4,6 +4,7 @@ The client
     PollerClient      enqueue container ids, read and wait for their results (one deployment)
     EnqueueOutcome    what an enqueue did: enqueued | restarted | duplicate | final
     PollResult        one container's stored state
+    HistoryEvent      one entry of a container's history (PollerClient.history)
     WebhookPolicy     where a webhook URL may point (the SSRF guard's allowlist), for a client
                       built without settings
 
@@ -18,7 +19,7 @@ Errors
     InvalidIdError    a malformed id, account or webhook URL was refused; nothing was written
 
 Module functions (one ``PollerClient.from_settings(settings, redis)`` per call)
-    enqueue, enqueue_many, get_result, wait_for
+    enqueue, enqueue_many, get_result, get_history, wait_for
 
 Importing ``worker`` does not load the worker's runtime (``worker.runtime``, ``worker.jobs``,
 ``worker.ops``); everything else under ``worker.`` is internal and may change.
@@ -26,8 +27,9 @@ Importing ``worker`` does not load the worker's runtime (``worker.runtime``, ``w
 
 from worker.client.client import EnqueueOutcome, PollerClient
 from worker.client.producer import enqueue, enqueue_many
-from worker.client.reader import get_result, wait_for
+from worker.client.reader import get_history, get_result, wait_for
 from worker.core.errors import InvalidIdError, PollerError
+from worker.core.history import HistoryEvent
 from worker.core.result import PollResult
 from worker.core.states import FINAL_STATES, State, is_final, is_success
 from worker.core.targets import WebhookPolicy
@@ -35,6 +37,7 @@ from worker.core.targets import WebhookPolicy
 __all__ = [
     "FINAL_STATES",
     "EnqueueOutcome",
+    "HistoryEvent",
     "InvalidIdError",
     "PollResult",
     "PollerClient",
@@ -43,6 +46,7 @@ __all__ = [
     "WebhookPolicy",
     "enqueue",
     "enqueue_many",
+    "get_history",
     "get_result",
     "is_final",
     "is_success",

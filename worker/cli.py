@@ -3,7 +3,7 @@
 Exit codes (stable, documented in the README):
     0  done; for ``wait``: final success (FINISHED, PUBLISHED)
     1  ``wait``: final failure (ERROR, EXPIRED, FAILED, TIMED_OUT, and the auto-publish and
-       carousel ones); ``status``: an id is unknown;
+       carousel ones); ``status``, ``history``: an id is unknown;
        ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import enum
 import json
 import logging
@@ -33,6 +34,7 @@ from config import Settings, SettingsError, load_settings
 from config.settings import EventLoop, redacted_url
 from worker.client.client import EnqueueOutcome, PollerClient
 from worker.core.errors import InvalidIdError, ScopeError
+from worker.core.history import HistoryEvent, describe
 from worker.core.ids import MAX_BATCH, validate_id
 from worker.core.result import PollResult
 from worker.core.states import is_success
@@ -359,6 +361,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r is not None for _, r in results) else EXIT_FAILURE
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = _settings()
+
+    async def work(client: PollerClient) -> tuple[list[HistoryEvent], bool]:
+        events = await client.history(args.id)
+        return events, bool(events) or await client.get(args.id) is not None
+
+    try:
+        events, found = _with_client(settings, work)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if not found:
+        raise CliError(
+            f"unknown id {args.id}: never enqueued (or its result expired)", EXIT_FAILURE
+        )
+    if args.json:
+        print(json.dumps({"container_id": args.id, "events": [e.as_dict() for e in events]}))
+        return EXIT_OK
+    width = max([len("EVENT"), *(len(e.kind) for e in events)])
+    print(f"{'TIME (UTC)':<23}  {'EVENT':<{width}}  DETAIL")
+    for e in events:
+        at = datetime.datetime.fromtimestamp(e.at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        print(f"{at[:23]:<23}  {e.kind:<{width}}  {describe(e)}")
+    if not events:
+        print("(no history: polled before this version kept one)")
+    return EXIT_OK
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
@@ -605,6 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "history",
+        help="show a container's history: checks, pauses, publish, webhooks, cancel, final",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="one JSON object: the events")
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("wait", help="wait until a container is final")
     p.add_argument("id", metavar="ID")

@@ -52,6 +52,8 @@ from bench.model.graph import GraphModel, PublishAnswer, Receiver, StatusAnswer
 from bench.model.topology import Topology
 from config import Settings, load_settings
 from worker.core.decisions import Schedule
+from worker.core.history import MAX_BYTES as HISTORY_MAX_BYTES
+from worker.core.history import checks_of_last_poll, parse_history
 from worker.core.targets import webhook_policy
 from worker.jobs.check import PollerContext
 from worker.jobs.quota import token_source
@@ -846,6 +848,16 @@ async def check_invariants(world: World) -> None:
             )
         if status == "TIMED_OUT" and "within the window" in h.get("last_error", ""):
             _ended_in_its_window(h)
+        # The history is written by the very script calls that count the checks (issue 23):
+        # its check entries since this poll's enqueue are the hash's checks (unless the cap
+        # dropped the enqueue's entry).
+        raw = await world.redis.get(world.keys.history(cid))
+        story = parse_history(raw)
+        if raw is not None and len(raw) < HISTORY_MAX_BYTES - 200:
+            assert checks_of_last_poll(story) == int(h.get("checks") or 0), (
+                f"{cid}/{gen}: {checks_of_last_poll(story)} check entries in its history, "
+                f"checks={h.get('checks')}: {[str(e.kind) for e in story]}"
+            )
 
 
 def _ended_in_its_window(h: dict[str, str]) -> None:

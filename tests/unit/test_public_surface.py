@@ -17,6 +17,7 @@ from worker import (
     PollerClient,
     enqueue,
     enqueue_many,
+    get_history,
     get_result,
     wait_for,
 )
@@ -24,6 +25,7 @@ from worker import (
 PUBLIC = [
     "FINAL_STATES",
     "EnqueueOutcome",
+    "HistoryEvent",
     "InvalidIdError",
     "PollResult",
     "PollerClient",
@@ -32,6 +34,7 @@ PUBLIC = [
     "WebhookPolicy",
     "enqueue",
     "enqueue_many",
+    "get_history",
     "get_result",
     "is_final",
     "is_success",
@@ -94,7 +97,7 @@ def test_client_defaults_are_the_deployment_defaults() -> None:
 
 def test_module_functions_require_settings() -> None:
     """Library code never reads the environment: the wrappers take settings, always."""
-    for fn in (enqueue, enqueue_many, get_result, wait_for):
+    for fn in (enqueue, enqueue_many, get_result, get_history, wait_for):
         settings = inspect.signature(fn).parameters["settings"]
         assert settings.kind is inspect.Parameter.KEYWORD_ONLY, fn.__name__
         assert settings.default is inspect.Parameter.empty, fn.__name__

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from config import Settings
 from config.producers import Producers, ProducersError, Scope, check_name, refusal_message
 from worker.core.errors import InvalidIdError, ScopeError
+from worker.core.history import HistoryEvent
 from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
@@ -472,6 +473,13 @@ class PollerClient:
     async def get(self, container_id: str) -> PollResult | None:
         """The stored state, or None when the id was never enqueued (or its result expired)."""
         return await self._store.load(validate_id(container_id))
+
+    async def history(self, container_id: str) -> list[HistoryEvent]:
+        """The container's history, oldest first: its enqueues, checks (API status, latency,
+        error), throttle pauses and pacing waits, publish calls and answers, webhook attempts,
+        cancel and final record (README, "History"); [] when it has none (never enqueued, or
+        expired with its result)."""
+        return await self._store.history(validate_id(container_id))
 
     async def get_many(self, container_ids: Iterable[str]) -> list[PollResult | None]:
         """``get`` of each id (one round trip), in the order given, repeats included."""

@@ -9,12 +9,18 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.client.client import PollerClient
+from worker.core.history import HistoryEvent
 from worker.core.result import PollResult
 
 
 async def get_result(redis: Redis, container_id: str, *, settings: Settings) -> PollResult | None:
     """The stored state, or None when the id was never enqueued (or its result expired)."""
     return await PollerClient.from_settings(settings, redis).get(container_id)
+
+
+async def get_history(redis: Redis, container_id: str, *, settings: Settings) -> list[HistoryEvent]:
+    """The container's history, oldest first ([] when it has none): ``PollerClient.history``."""
+    return await PollerClient.from_settings(settings, redis).history(container_id)
 
 
 async def wait_for(

@@ -27,6 +27,7 @@ from api_client.models import ContainerStatus, explain_api_error
 from api_client.policy import ErrorKind, classify
 from config import Settings
 from worker.core.decisions import Decision, Schedule
+from worker.core.history import record_entries
 from worker.core.planner import (
     CallPublish,
     CallStatus,
@@ -219,7 +220,7 @@ class CheckJob:
         plan = after_status(
             current, outcome, now=now, paused_until=paused_until, policy=p.policy, explain=explain
         )
-        await self.record(job, current, plan, checked_at=now, api_s=api_s)
+        await self.record(job, current, plan, checked_at=now, api_s=api_s, call="status")
 
     async def _note_throttle(
         self,
@@ -374,7 +375,13 @@ class CheckJob:
             paused_until=paused_until,
         )
         await self.record(
-            job, current, dataclasses.replace(plan, changes=quota.merged(plan.changes)), api_s=api_s
+            job,
+            current,
+            dataclasses.replace(plan, changes=quota.merged(plan.changes)),
+            api_s=api_s,
+            call="publish",
+            verdict=verdict,
+            media_id=answer if isinstance(answer, str) else None,
         )
 
     def _stale(self, job: ClaimedJob, current: PollResult, reason: str) -> None:
@@ -393,9 +400,22 @@ class CheckJob:
         *,
         checked_at: float | None = None,
         api_s: float | None = None,
+        call: str | None = None,
+        verdict: str | None = None,
+        media_id: str | None = None,
     ) -> Recorded:
+        """Write the plan; ``call`` (``status`` / ``publish``), ``api_s``, ``verdict`` and
+        ``media_id`` say what this run asked the API and heard, for the history."""
         p = self.p
         decision = plan.decision
+        story = record_entries(
+            decision,
+            call=call,
+            latency_ms=round(api_s * 1000) if api_s is not None else None,
+            verdict=verdict,
+            media_id=media_id,
+            checks=decision.checks if decision.checks is not None else current.checks,
+        )
         webhook = None
         if decision.final and (current.webhook_url or p.settings.webhook_url):
             now = job.now()
@@ -407,7 +427,13 @@ class CheckJob:
         written = await persist(
             "recording a check",
             lambda: p.store.record(
-                job, current, decision, checked_at=checked_at, changes=plan.changes, webhook=webhook
+                job,
+                current,
+                decision,
+                checked_at=checked_at,
+                changes=plan.changes,
+                webhook=webhook,
+                history=story,
             ),
         )
         self._observe(job, current, plan, written, api_s)

@@ -9,9 +9,9 @@ rules, so these are enforced by Redis itself, whatever a client sends:
     producer (``--producer NAME``, README "Producers"), to ``{prefix}:intake:NAME`` only: the
     stream whose entries the workers give NAME's scope, and no other producer's.
 ``reader``
-    Read the result hashes and the events stream (``PollerClient.get`` / ``wait``,
-    ``threads-poller status`` / ``wait``). Combine with ``producer`` for a pipeline that both
-    feeds and reads.
+    Read the result hashes, the containers' histories and the events stream
+    (``PollerClient.get`` / ``wait`` / ``history``, ``threads-poller status`` / ``wait`` /
+    ``history``). Combine with ``producer`` for a pipeline that both feeds and reads.
 ``enqueuer``
     What ``PollerClient.enqueue`` (and ``threads-poller enqueue``) needs: its Lua script writes
     the result hash and the arq job in one step, so this is a trusted producer: it can create
@@ -103,7 +103,8 @@ WORKER_DIRECT = (
     "info",
     "wait",
 )
-READER = ("hgetall", "hget", "hmget", "exists", "xread", "xrange", "xrevrange", "xlen")
+# GET: a container's history (a string, ``{prefix}:history:{id}``).
+READER = ("hgetall", "hget", "hmget", "exists", "get", "xread", "xrange", "xrevrange", "xlen")
 
 ROLES = ("producer", "reader", "enqueuer", "worker")
 
@@ -124,10 +125,17 @@ def role_rules(
         stream = f"{p}:intake" if producer in (None, DEFAULT_PRODUCER) else f"{p}:intake:{producer}"
         return [*_commands(("xadd", *connection)), f"%W~{stream}"]
     if role == "reader":
-        return [*_commands((*READER, *connection)), f"%R~{p}:result:*", f"%R~{p}:events"]
+        return [
+            *_commands((*READER, *connection)),
+            f"%R~{p}:result:*",
+            f"%R~{p}:history:*",
+            f"%R~{p}:events",
+        ]
     if role == "enqueuer":
         keys = [
             f"~{p}:result:*",
+            # enqueue.lua starts the container's history (its "enqueued" entry).
+            f"~{p}:history:*",
             f"~{p}:inflight",
             f"~{p}:queue",
             f"~{p}:accounts",

@@ -32,6 +32,7 @@ from api_client.models import QuotaSnapshot, explain_error_message
 from config import Settings
 from config.producers import DEFAULT_PRODUCER, PRODUCER_NAME
 from worker.core.errors import InvalidIdError
+from worker.core.history import cancel_entry
 from worker.core.result import PollResult, stamp
 from worker.core.states import SUCCESS_STATES, State
 from worker.core.webhooks import body_for
@@ -760,6 +761,7 @@ class AdminStore:
                     # the right one when the minute turned since) and the parent as read.
                     self.keys.stats(int(now) // 60),
                     self.keys.result(current.carousel_parent) if current.carousel_parent else own,
+                    self.keys.history(container_id),
                 ],
                 args=[
                     container_id,
@@ -773,6 +775,7 @@ class AdminStore:
                     *hook,
                     self.keys.stats_prefix,
                     STATS_TTL_SECONDS,
+                    cancel_entry(last_error),
                 ],
             )
             outcome, detail = text(reply[0]), text(reply[1])

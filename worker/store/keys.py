@@ -21,6 +21,11 @@ class Keys:
         """Hash: the state of one container (schema in the README)."""
         return f"{self.prefix}:result:{container_id}"
 
+    def history(self, container_id: str) -> str:
+        """String: the container's history, capped, expiring with its result hash
+        (``worker.core.history``; README, "History")."""
+        return f"{self.prefix}:history:{container_id}"
+
     @property
     def events(self) -> str:
         """Stream: one entry per final state."""

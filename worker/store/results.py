@@ -23,9 +23,11 @@ from api_client.models import explain_error_message
 from config import Settings
 from config.producers import UNRESTRICTED, Scope
 from worker.core.decisions import Decision
+from worker.core.history import SEPARATOR, HistoryEvent, webhook_entry
 from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
 from worker.store import scripts
+from worker.store.history import read_history
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import ClaimedJob, text
@@ -248,6 +250,7 @@ class ResultStore:
                 self.keys.result(parent[0] if parent else req.container_id),
                 self.keys.rate(account or "default"),
                 ARQ_JOB_PREFIX + self.keys.job_id(req.container_id, generation),
+                self.keys.history(req.container_id),
                 *(self.keys.result(child) for child in children),
                 *extra,
             ],
@@ -303,6 +306,10 @@ class ResultStore:
         raw = await self.redis.hgetall(self.keys.result(container_id))  # type: ignore[misc]
         return PollResult.from_hash(raw) if raw else None
 
+    async def history(self, container_id: str) -> list[HistoryEvent]:
+        """The container's history, oldest first (``worker.store.history.read_history``)."""
+        return await read_history(self.redis, self.keys, container_id)
+
     async def load_many(self, container_ids: Sequence[str]) -> list[PollResult | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in container_ids:
@@ -334,8 +341,11 @@ class ResultStore:
         checked_at: float | None = None,
         changes: Changes | None = None,
         webhook: Webhook | None = None,
+        history: Sequence[str] = (),
     ) -> Recorded:
-        """Write one run's outcome, if ``job`` (this run) still owns the poll."""
+        """Write one run's outcome, if ``job`` (this run) still owns the poll; ``history``: the
+        entries it adds to the container's history (``worker.core.history.record_entries``),
+        stamped by the script."""
         fields = record_fields(current, decision, checked_at=checked_at, changes=changes)
         event: dict[str, str] = {}
         if decision.final:
@@ -373,12 +383,14 @@ class ResultStore:
             decision.status,
             decision.error_message or "",
             "1" if current.is_carousel and current.children_ready_at is None else "0",
+            SEPARATOR.join(history),
         ]
         for k, v in fields.items():
             args += [k, v]
         for k, v in event.items():
             args += [k, v]
         own = self.keys.result(current.container_id)
+        story = self.keys.history(current.container_id)
         reply = await scripts.call(
             self._record,
             keys=[
@@ -394,6 +406,8 @@ class ResultStore:
                 ARQ_JOB_PREFIX + webhook.job_id if webhook else own,
                 # The parent as this run read it; one named since is asked for by the script.
                 self.keys.result(current.carousel_parent) if current.carousel_parent else own,
+                story,
+                self.keys.history(current.carousel_parent) if current.carousel_parent else story,
             ],
             args=args,
         )
@@ -417,7 +431,11 @@ class ResultStore:
         """Claim the publish call (``publish_claim.lua``) and, with ``replicas``, ``WAIT`` for
         that many replicas to hold the claim, on the same connection (WAIT counts the writes of
         its own connection) and in one round trip. Safe to repeat after a lost reply."""
-        keys = [self.keys.result(current.container_id), ARQ_IN_PROGRESS_PREFIX + job.job_id]
+        keys = [
+            self.keys.result(current.container_id),
+            ARQ_IN_PROGRESS_PREFIX + job.job_id,
+            self.keys.history(current.container_id),
+        ]
         args: list[str | int] = [job.token, current.generation, max_attempts]
         if replicas <= 0:
             return PublishClaim(text(await self._claim(keys=keys, args=args)))
@@ -463,6 +481,7 @@ class ResultStore:
                 ARQ_RETRY_PREFIX + job.job_id,
                 ARQ_JOB_PREFIX + job.job_id,
                 self.keys.webhook_dead_letters,
+                self.keys.history(container_id),
             ],
             args=[
                 job.token,
@@ -474,6 +493,7 @@ class ResultStore:
                 reason,
                 self.result_ttl_seconds * 1000,
                 WEBHOOK_DEAD_LETTERS_MAX_LEN,
+                webhook_entry(outcome, attempt.attempt, reason),
                 *dead,
             ],
         )

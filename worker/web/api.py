@@ -199,6 +199,17 @@ async def container(request: web.Request) -> web.Response:
     return _result_response(result, await ctx.admin.now() if not result.final else None)
 
 
+async def history(request: web.Request) -> web.Response:
+    """A container's history (README, "History"): what any key may read of the container
+    (``container`` above), told step by step."""
+    ctx = ctx_of(request)
+    cid = parse_container_id(request.match_info["container_id"])
+    events = await ctx.client.history(cid)
+    if not events and await ctx.client.get(cid) is None:
+        raise ApiError("container_not_found", f"container {cid} is unknown (or its result expired)")
+    return ok({"container_id": cid, "events": [e.as_dict() for e in events]})
+
+
 async def cancel(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     cid = parse_container_id(request.match_info["container_id"])

@@ -69,6 +69,7 @@ HANDLERS: dict[str, Handler] = {
     "openapi": api.openapi_doc,
     "enqueue": api.enqueue,
     "container": api.container,
+    "history": api.history,
     "cancel": api.cancel,
     "events": sse.events,
     "finals": api.finals,

@@ -13,6 +13,7 @@ from typing import Any
 
 from config import Settings
 from worker.core.durations import MAX_SINCE_SECONDS, format_duration
+from worker.core.history import EventKind
 from worker.core.states import State
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH
 from worker.web.errors import CODES
@@ -300,6 +301,39 @@ ERROR = _obj(
     }
 )
 
+# One entry of a container's history (worker.core.history.HistoryEvent): kind and at always,
+# the other fields when the kind has them.
+HISTORY_EVENT = _obj(
+    {
+        "kind": {"enum": [k.value for k in EventKind]},
+        "at": {"type": "number", "description": "Redis' clock, Unix seconds (ms precision)"},
+        "status": {
+            "type": "string",
+            "description": "check: the API's status ('' when the request failed); final, "
+            "cancelled: the poll's; child: the child's final status",
+        },
+        "latency_ms": _INT,
+        "error_kind": _STR,
+        "error_code": _INT,
+        "error_subcode": _INT,
+        "fbtrace_id": _STR,
+        "wait_ms": {"type": "integer", "description": "throttled: the pause; paced: the wait"},
+        "attempt": _INT,
+        "outcome": {
+            "type": "string",
+            "description": "enqueued: enqueued / restarted; publish: the verdict; webhook: "
+            "delivered / retry / dead",
+        },
+        "media_id": _STR,
+        "checks": _INT,
+        "detail": {
+            "type": "string",
+            "description": "webhook, cancelled: the reason; child: the child's id",
+        },
+    },
+    required=["kind", "at"],
+)
+
 SCHEMAS: dict[str, Any] = {
     "Error": ERROR,
     "Result": RESULT,
@@ -315,6 +349,10 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
     },
     "Event": EVENT,
+    "HistoryEvent": HISTORY_EVENT,
+    "History": _obj(
+        {"container_id": _STR, "events": {"type": "array", "items": _ref("HistoryEvent")}}
+    ),
     "EventPage": _page("Event", since_s=_NUM),
     "Account": ACCOUNT,
     "AccountPage": _page("Account", total=_INT, now=_NUM),
@@ -449,6 +487,14 @@ PATHS: dict[str, Any] = {
                 **_errors(400, 404, 422, 429),
             },
             # ?wait= is added by _document(): its maximum is this server's API_MAX_WAIT_SECONDS.
+            params=[CID],
+        )
+    },
+    "/v1/containers/{container_id}/history": {
+        "get": _op(
+            "a container's history, oldest first: enqueues, checks, throttle pauses, pacing "
+            "waits, publish calls and answers, webhook attempts, cancel, final record",
+            {"200": _resp("the events", "History"), **_errors(400, 404, 422)},
             params=[CID],
         )
     },

@@ -25,6 +25,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", "openapi", "read"),
     Route("POST", "/v1/containers", "enqueue", "write"),
     Route("GET", "/v1/containers/{container_id}", "container", "read"),
+    Route("GET", "/v1/containers/{container_id}/history", "history", "read"),
     Route("POST", "/v1/containers/{container_id}/cancel", "cancel", "write"),
     Route("GET", "/v1/events", "events", "read"),
     Route("GET", "/v1/finals", "finals", "read"),

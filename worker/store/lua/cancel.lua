@@ -10,12 +10,13 @@
 --       deliveries' queue (the webhook job's), 6 the check job's data, 7 its tries counter,
 --       8 the webhook job's data (KEYS[1] again for none), 9 the stats hash of the minute the
 --       caller expects (the one of Redis' minute is asked for, lib.lua), 10 a carousel child's
---       parent's result hash as the caller expects it (KEYS[1] again for none; asked for too)
+--       parent's result hash as the caller expects it (KEYS[1] again for none; asked for too),
+--       11 the container's history (lib.lua, history)
 -- ARGV: 1 container id, 2 expected generation, 3 unused (was the job key prefix), 4 job id
 --       base ("<prefix>:check:<id>:"), 5 unused (was the tries prefix), 6 last_error text,
 --       7 ttl seconds, 8 events maxlen, 9 webhook job id ('' for none), 10 unused (was the
 --       webhook job key), 11 webhook job data, 12 stats key prefix ("<prefix>:stats:"),
---       13 stats ttl seconds
+--       13 stats ttl seconds, 14 the cancel's history entry ("x|reason": worker/core/history.py)
 -- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
 -- poll of the id started: read it again), 'final' (already final), 'publishing' (a publish call
 -- may be under way: its outcome must be recorded first).
@@ -78,4 +79,5 @@ end
 redis.call('HINCRBY', stats, 'final:CANCELLED', 1)
 redis.call('EXPIRE', stats, ARGV[13])
 redis.call('EXPIRE', KEYS[1], ttl)
+history(KEYS[11], ttl * 1000, now, {ARGV[14]})
 return {'cancelled', event_id}

@@ -7,8 +7,8 @@
 -- parent's poll was (re)started by this very call.
 -- KEYS: 1 result hash, 2 inflight zset, 3 queue, 4 accounts zset, 5 the deployment's config hash,
 --       6 a carousel child's parent's result hash (else KEYS[1] again), 7 the account's pacing
---       calendar (lib.lua, reserve_slot), 8 the new check job's data key, then a carousel
---       parent's children's result hashes; a hash the script learns of as it reads (a
+--       calendar (lib.lua, reserve_slot), 8 the new check job's data key, 9 the container's
+--       history (lib.lua, history), then a carousel parent's children's result hashes; a hash the script learns of as it reads (a
 --       container's live carousel) is asked for (lib.lua, need)
 -- ARGV: 1 container_id, 2 window ms, 3 ttl seconds, 4 generation, 5 unused (was the job key
 --       prefix),
@@ -247,6 +247,11 @@ redis.call('ZADD', KEYS[3], first, job_id)
 if account ~= '' then
   redis.call('ZADD', KEYS[4], now / 1000, account)
 end
+local story = {restarted == '1' and 'q|r' or 'q'}
+if first > now and not parent then
+  story[2] = 'w|' .. (first - now)
+end
+history(KEYS[9], ttl * 1000, now, story)
 if restarted == '1' then
   return {'restarted', 'QUEUED'}
 end

@@ -88,3 +88,46 @@ local function reserve_slot(rate, step, want, now)
   end
   return math.max(at, want)
 end
+
+-- A container's history (worker/core/history.py; README, "History"): one string at <history>,
+-- entries oldest first separated by newlines, each its kind's letter, Redis' time in ms in base
+-- 36, then its fields ("<kind>|fields" as given, the time put after the kind). The newest
+-- entries that fit in HISTORY_MAX_BYTES are kept, whole. The key expires in pttl ms: with the
+-- poll's result hash (each writer passes the TTL it gives the hash, or reads the hash's own).
+-- GET and SET only (a string, not a list): commands the scripts already used, so a worker's
+-- ACL user of an earlier version needs no new rule, and SET stores the exact size (APPEND
+-- over-allocates by up to twice the length).
+local HISTORY_MAX_BYTES = 1024
+-- Statuses as the history stores them (worker/core/history.py, STATUS_CODES).
+local HISTORY_STATUS = {IN_PROGRESS = 'P', FINISHED = 'F', PUBLISHED = 'U', ERROR = 'E',
+  EXPIRED = 'X', TIMED_OUT = 'T', CANCELLED = 'C'}
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function b36(n)
+  local s = ''
+  repeat
+    local d = n % 36
+    s = string.sub(B36, d + 1, d + 1) .. s
+    n = (n - d) / 36
+  until n == 0
+  return s
+end
+local function history(key, pttl, now, entries)
+  if #entries == 0 or pttl <= 0 then
+    return
+  end
+  local t = b36(now)
+  local add = {}
+  for i, e in ipairs(entries) do
+    add[i] = string.sub(e, 1, 1) .. t .. string.sub(e, 2)
+  end
+  local text = table.concat(add, '\n')
+  local old = redis.call('GET', key)
+  if old then
+    text = old .. '\n' .. text
+  end
+  if #text > HISTORY_MAX_BYTES then
+    local cut = string.find(text, '\n', #text - HISTORY_MAX_BYTES, true)
+    text = cut and string.sub(text, cut + 1) or ''
+  end
+  redis.call('SET', key, text, 'PX', pttl)
+end

@@ -5,7 +5,8 @@
 -- The claim names its run (publish_claim): the same run claiming again (its first reply was
 -- lost on the way back and the write was retried) gets the same answer, 'ok', rather than
 -- finding its own claim in flight and giving the publish up as ambiguous.
--- KEYS: 1 result hash, 2 the job's lock. ARGV: 1 run token, 2 generation, 3 max attempts
+-- KEYS: 1 result hash, 2 the job's lock, 3 the container's history (lib.lua, history).
+-- ARGV: 1 run token, 2 generation, 3 max attempts
 -- Returns 'ok', 'stale', 'exhausted', 'off' (the poll no longer publishes: it became a
 -- carousel's child), or the publish_status that prevents the claim.
 if not owns(KEYS[2], ARGV[1]) then
@@ -29,6 +30,8 @@ local attempts = (tonumber(cur[4] or '') or 0) + 1
 if attempts > tonumber(ARGV[3]) then
   return 'exhausted'
 end
+local now = now_ms()
 redis.call('HSET', KEYS[1], 'publish_status', 'in_flight', 'publish_attempts', tostring(attempts),
-  'publish_claimed_at', stamp(now_ms()), 'publish_claim', ARGV[1])
+  'publish_claimed_at', stamp(now), 'publish_claim', ARGV[1])
+history(KEYS[3], redis.call('PTTL', KEYS[1]), now, {'a|' .. attempts})
 return 'ok'

@@ -10,7 +10,9 @@
 --       lock, 6 its tries counter, 7 its data, 8 the deliveries' queue (the webhook job's),
 --       9 the account's pacing calendar (lib.lua, reserve_slot), 10 the webhook job's data key
 --       (KEYS[1] again for none), 11 a carousel child's parent's result hash as the caller
---       expects it (KEYS[1] again for none; the one the hash names is asked for, lib.lua)
+--       expects it (KEYS[1] again for none; the one the hash names is asked for, lib.lua),
+--       12 the poll's history (lib.lua, history), 13 the parent's history as the caller expects
+--       it (KEYS[12] again for none; asked for like the parent's hash)
 -- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
 --       6 pacing step ms (0: none), 7 unused (was the pacing key, now KEYS[9]), 8 ttl seconds,
 --       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 unused (was the
@@ -18,7 +20,9 @@
 --       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
 --       16 this record's status, 17 its error_message, 18 '1' when this run planned a carousel
 --       parent still waiting for its children,
---       19 .. 18+2n field/value pairs (an empty value deletes the field), then the event's
+--       19 this record's history entries ("<kind>|fields", newline-separated; '' for none:
+--       worker/core/history.py, record_entries),
+--       20 .. 19+2n field/value pairs (an empty value deletes the field), then the event's
 --       field/value pairs
 -- A child's parent is read from the child's hash here, at the record, not from what the run
 -- read at its claim: a container named a carousel's child while its run was under way still
@@ -49,18 +53,26 @@ if ARGV[4] == '1' then
   if link[1] and not declared[results .. link[1]] then
     return need(results .. link[1])
   end
+  -- "<prefix>:history:", from this poll's own history key.
+  local histories = string.sub(KEYS[12], 1, #KEYS[12] - #ARGV[10])
+  if link[1] and not declared[histories .. link[1]] then
+    return need(histories .. link[1])
+  end
 end
 local now = now_ms()
 local n = tonumber(ARGV[15])
-local base = 19
+local base = 20
 local ttl = tonumber(ARGV[8])
 
-local function report_to_parent(pkey, parent, pgen, pjob)
+local function report_to_parent(pkey, phist, parent, pgen, pjob)
   local p = redis.call('HMGET', pkey, 'generation', 'final', 'enqueued_at', 'deadline_at',
     'failed_child', 'children_ready_at')
   if p[1] ~= pgen or p[2] ~= '0' or p[5] or p[6] then
     return
   end
+  -- The parent's story names the child's ending (its history keeps the parent hash's TTL).
+  history(phist, ttl * 1000, now, {'k|' .. ARGV[10] .. '|' .. (HISTORY_STATUS[ARGV[16]] or
+    ARGV[16])})
   local due = now
   if ARGV[16] == 'FINISHED' then
     if redis.call('HINCRBY', pkey, 'children_pending', -1) > 0 then
@@ -118,7 +130,9 @@ if ARGV[4] == '1' then
     -- "<prefix>:check:", from this poll's job id.
     local checks = string.sub(ARGV[3], 1, #ARGV[3] - #ARGV[10] - #ARGV[2] - 1)
     local pgen = link[2] or ''
-    report_to_parent(results .. link[1], link[1], pgen, checks .. link[1] .. ':' .. pgen)
+    local phist = string.sub(KEYS[12], 1, #KEYS[12] - #ARGV[10]) .. link[1]
+    report_to_parent(results .. link[1], phist, link[1], pgen,
+      checks .. link[1] .. ':' .. pgen)
   end
 else
   local want = math.max(tonumber(ARGV[5]), now)
@@ -147,4 +161,12 @@ if waited > 0 then
   redis.call('HINCRBYFLOAT', KEYS[1], 'window_delay', waited / 1000)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
+local story = {}
+for e in string.gmatch(ARGV[19], '[^\n]+') do
+  story[#story + 1] = e
+end
+if waited > 0 then
+  story[#story + 1] = 'w|' .. waited
+end
+history(KEYS[12], ttl * 1000, now, story)
 return {'ok', event_id, at}
