@@ -52,10 +52,14 @@ async def test_list_filter_page_and_act_with_a_reason(
         listed = await api.call("GET", "/v1/inflight?account=222")
         assert [i["container_id"] for i in listed.body["items"]] == ["23101"]
 
-        # A container's page: every field, and an empty timeline said so.
+        # A container's page: every field, and its timeline (README, "History") from Redis.
         one = await api.call("GET", "/containers/23001", headers=HTML)
-        assert one.status == 200
-        assert "No history recorded" in one.text and "deadline_at" in one.text
+        assert one.status == 200 and "deadline_at" in one.text
+        assert 'data-kind="enqueued"' in one.text and "poll started" in one.text
+        await redis.delete(keys.history("23002"))
+        assert (
+            "No history recorded" in (await api.call("GET", "/containers/23002", headers=HTML)).text
+        )
         # Search: an exact id goes to its page, a prefix lists.
         exact = await api.call("GET", "/search?q=23001", headers=HTML)
         assert exact.status == 303 and exact.headers["Location"] == "/containers/23001"
@@ -102,6 +106,11 @@ async def test_list_filter_page_and_act_with_a_reason(
         )
         assert polled.text.count('class="ok"') == 2, polled.text[-1500:]
         assert await field(redis, keys.result("23001"), "status") != "CANCELLED"
+        # Its story: started, cancelled with the key's name and reason, started again.
+        story = await api.call("GET", "/containers/23001", headers=HTML)
+        kinds = [k.split('"', 1)[0] for k in story.text.split('data-kind="')[1:]]
+        assert kinds == ["enqueued", "cancelled", "enqueued"], kinds
+        assert "wrong video" in story.text and "poll restarted" in story.text
         failures = await api.call("GET", "/v1/failures?account=111&status=CANCELLED")
         assert {i["container_id"] for i in failures.body["items"]} == {"23001", "23002"}
 

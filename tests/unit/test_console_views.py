@@ -157,3 +157,31 @@ def test_tables_render_as_cards_with_labels() -> None:
     assert 'class="cards"' in page and 'href="#main"' in page and "<script" not in page
     css = resources.files("worker.web").joinpath("static", "console.css").read_text()
     assert "table.cards td[data-label]::before" in css and "prefers-color-scheme: dark" in css
+
+
+def test_timeline_rows_mark_what_went_wrong() -> None:
+    from worker.core.history import EventKind, HistoryEvent
+    from worker.web.pages import timeline
+
+    events = [
+        HistoryEvent(EventKind.ENQUEUED, 1.0, outcome="enqueued"),
+        HistoryEvent(EventKind.CHECK, 61.0, status="IN_PROGRESS", latency_ms=120),
+        HistoryEvent(
+            EventKind.CHECK,
+            121.0,
+            latency_ms=80,
+            error_kind="permission",
+            error_code=10,
+            fbtrace_id="AbC",
+        ),
+        HistoryEvent(EventKind.WEBHOOK, 122.0, outcome="retry", attempt=1),
+        HistoryEvent(EventKind.WEBHOOK, 123.0, outcome="dead", attempt=5),
+        HistoryEvent(EventKind.PUBLISH, 124.0, outcome="unconfirmed"),
+        HistoryEvent(EventKind.FINAL, 125.0, status="ERROR", checks=2),
+        HistoryEvent(EventKind.FINAL, 126.0, status="FINISHED", checks=2),
+    ]
+    rows = timeline(events)
+    assert [r.kind for r in rows] == [e.kind.value for e in events]
+    assert [r.bad for r in rows] == [False, False, True, False, True, True, True, False]
+    assert "code 10" in rows[2].summary and "fbtrace_id AbC" in rows[2].summary
+    assert rows[1].summary.startswith("IN_PROGRESS") and "120 ms" in rows[1].summary

@@ -65,6 +65,7 @@ from worker.web.pages import (
     parse_filter,
     parse_targets,
     result_fields,
+    timeline,
 )
 from worker.web.requests import parse_container_id, parse_kind, parse_letter_id
 from worker.web.views import mask_url, result_json
@@ -306,13 +307,9 @@ async def list_rows(ctx: WebContext, f: ListFilter) -> tuple[list[Row], str | No
     return rows, finals.next_cursor, None
 
 
-# HOOK (issue 23, the lead wires it): the history reader's events of one container, as the
-# timeline's rows. Until then, none ("no history recorded" is shown).
 async def timeline_rows(ctx: WebContext, container_id: str) -> list[TimelineRow]:
-    """The timeline of ``container_id``, oldest first (``TimelineRow``: at, kind, summary,
-    detail, bad). Wire the per-container history reader here."""
-    del ctx, container_id
-    return []
+    """The timeline of ``container_id``, oldest first: its history (README, "History")."""
+    return timeline(await ctx.client.history(container_id))
 
 
 async def container_page(request: web.Request) -> web.Response:

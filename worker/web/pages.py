@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from worker.core.access import Verdict
+from worker.core.history import EventKind, HistoryEvent, describe
 from worker.core.result import PollResult
 from worker.core.states import FINAL_STATES, SUCCESS_STATES
 from worker.store.admin import DeadLetterKind
@@ -225,6 +226,28 @@ class TimelineRow:
     summary: str
     detail: str = ""
     bad: bool = False
+
+
+# What a timeline row is marked as gone wrong: a check or publish that failed, a webhook that
+# did not deliver, and final states other than the successes.
+_BAD_WEBHOOK = ("dead",)
+_BAD_PUBLISH = ("unconfirmed", "quota_exhausted", "failed")
+
+
+def timeline(events: Iterable[HistoryEvent]) -> list[TimelineRow]:
+    """A container's history (``worker.core.history``) as its page's timeline, oldest first:
+    every event with its one-line description (every field it has)."""
+    rows: list[TimelineRow] = []
+    for e in events:
+        bad = bool(e.error_kind or e.error_code is not None)
+        if e.kind in (EventKind.FINAL, EventKind.CHILD, EventKind.CANCELLED):
+            bad = bad or (e.status or "CANCELLED") not in SUCCESS_STATES
+        elif e.kind is EventKind.WEBHOOK:
+            bad = (e.outcome or "") in _BAD_WEBHOOK
+        elif e.kind is EventKind.PUBLISH:
+            bad = bad or (e.outcome or "") in _BAD_PUBLISH
+        rows.append(TimelineRow(at=e.at, kind=e.kind.value, summary=describe(e), bad=bad))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
