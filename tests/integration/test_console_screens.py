@@ -148,7 +148,8 @@ async def _operator(
     await page.wait_for_url(f"{base}/containers/{ids[0]}")
     assert await page.inner_text("#status") == "QUEUED"
     assert "account" in await page.inner_text("#fields")
-    await page.wait_for_selector("#no-history")
+    # Its timeline: the poll's start, from the history the enqueue wrote.
+    assert "poll started" in await page.inner_text("#timeline")
     await no_sideways_scroll(page, width)
     await shot(page, f"11-container-{tag}")
     # A prefix lists the ids that start with it.
