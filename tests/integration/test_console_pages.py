@@ -55,6 +55,8 @@ async def test_list_filter_page_and_act_with_a_reason(
         # A container's page: every field, and its timeline (README, "History") from Redis.
         one = await api.call("GET", "/containers/23001", headers=HTML)
         assert one.status == 200 and "deadline_at" in one.text
+        assert "Container <code>23001</code>" in one.text and "Macro" not in one.text
+        assert 'href="/v1/containers/23001"' in one.text
         assert 'data-kind="enqueued"' in one.text and "poll started" in one.text
         await redis.delete(keys.history("23002"))
         assert (
