@@ -7,6 +7,7 @@ is read too. Secrets are ``SecretStr`` so that a ``repr`` of the settings never 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.producers import Producers, ProducersError, parse_producers
 from config.secrets import FileModeCheck, SecretFileError, file_mode_problem, read_secret_file
+from config.webhook_keys import SignatureScheme, SigningSecret, WebhookKeyError, parse_secrets
 
 DEFAULT_API_BASE_URL = "https://graph.threads.net/v1.0"
 # Between attempts 1-2, 2-3, ...: what users of webhook services know (Stripe, GitHub's
@@ -244,8 +246,13 @@ class Settings(BaseSettings):
 
     # Webhooks on final states (a default URL here, or one per enqueue).
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # One secret, or several separated by commas or spaces (all sign: rotation); each
+    # "whsec_<base64>" (Standard Webhooks) or any other text (config/webhook_keys.py).
     webhook_secret: SecretStr | None = None
     webhook_secret_file: Path | None = None
+    # Which signature headers deliveries carry: Standard Webhooks', the old
+    # X-Threads-Poller-Signature (receivers written for it), or both.
+    webhook_signature_scheme: SignatureScheme = SignatureScheme.STANDARD
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # Deliveries one worker process runs at once: a budget of their own, apart from the checks'
     # (WORKER_MAX_JOBS / API_MAX_CONCURRENCY), so receivers that hang hold delivery slots only.
@@ -405,6 +412,26 @@ class Settings(BaseSettings):
             raise ValueError(f"{name}: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _check_webhook_secrets(self) -> Self:
+        # After _read_secret_files: WEBHOOK_SECRET_FILE's content is in webhook_secret by now.
+        if self.webhook_secret is None:
+            return self
+        try:
+            parse_secrets(self.webhook_secret.get_secret_value())
+        except WebhookKeyError as exc:
+            name = "WEBHOOK_SECRET_FILE" if self.webhook_secret_file else "WEBHOOK_SECRET"
+            raise ValueError(f"{name}: {exc}") from None
+        return self
+
+    def webhook_signing_secrets(self) -> tuple[SigningSecret, ...]:
+        """WEBHOOK_SECRET's secrets in the order written (empty: none set). Parsed on each call
+        (a split and a base64 decoding): a copy with another webhook_secret (model_copy runs
+        no validator) must not sign with the first one's."""
+        if self.webhook_secret is None:
+            return ()
+        return parse_secrets(self.webhook_secret.get_secret_value())
+
     def producer_scopes(self) -> Producers:
         """The producers (PRODUCERS / PRODUCERS_FILE), ``default`` always among them."""
         return self._producers
@@ -439,7 +466,10 @@ class Settings(BaseSettings):
         values = [self.token(), self.redis_password()]
         if self.webhook_secret is not None:
             values.append(self.webhook_secret.get_secret_value())
-        return [v for v in values if v]
+            # Each secret alone too (a log may show one); the whole value is there all the same.
+            with contextlib.suppress(WebhookKeyError):
+                values.extend(s.text for s in self.webhook_signing_secrets())
+        return [v for v in dict.fromkeys(values) if v]
 
     def webhook_retry_delays(self) -> tuple[float, ...]:
         """The wait after attempt 1, 2, ... (one fewer than the attempts)."""

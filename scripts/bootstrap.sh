@@ -80,3 +80,20 @@ ensure_chromium() {
   # The console's browser tests drive Debian's Chromium with Playwright (never a browser download).
   ensure_apt chromium chromium chromium-driver -- "for the console's browser tests"
 }
+
+ensure_node_packages() {
+  # tests/integration/test_standard_webhooks.py verifies real deliveries with the npm
+  # "standardwebhooks" library under Debian's Node: installed from tests/js/package-lock.json
+  # (npm ci), again whenever the lock is newer than the install.
+  ensure_apt node nodejs -- "for the webhook verifier's tests"
+  ensure_apt npm npm -- "for the webhook verifier's tests"
+  local dir="$ROOT/tests/js"
+  local marker="$dir/node_modules/.package-lock.json"
+  if [ ! -f "$marker" ] || [ "$dir/package-lock.json" -nt "$marker" ]; then
+    local log
+    log="$(mktemp)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >"$log" 2>&1 \
+      || { cat "$log" >&2; echo "bootstrap: npm ci in tests/js failed" >&2; exit 1; }
+    rm -f "$log"
+  fi
+}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The test command: installs what it needs (redis-server, chromium and prometheus included), then lint, types,
-# all tests.
+# The test command: installs what it needs (redis-server, chromium, prometheus and Node's webhook
+# verifier included), then lint, types, all tests.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
 ensure_redis_server
 ensure_chromium
 ensure_prometheus
+ensure_node_packages
 ensure_venv "$ROOT/requirements-dev.lock"
 
 echo "== ruff"

@@ -39,7 +39,8 @@ from worker.store.connections import open_redis
 from worker.store.keys import Keys
 
 DEMO_TOKEN = "demo-token-not-a-real-secret"  # noqa: S105 - the simulator takes any token
-DEMO_WEBHOOK_SECRET = "demo-webhook-secret-not-a-real-one"  # noqa: S105
+# Standard Webhooks' form: whsec_ + the base64 of the key ("demo-webhook-key-not-a-real-one!").
+DEMO_WEBHOOK_SECRET = "whsec_ZGVtby13ZWJob29rLWtleS1ub3QtYS1yZWFsLW9uZSE="  # noqa: S105
 DEMO_PREFIX = "threads-poller-demo"
 # On a Redis Cluster (REDIS_CLUSTER_NODES) the demo's keys carry a hash tag: one slot.
 DEMO_CLUSTER_PREFIX = "{threads-poller-demo}"
@@ -59,13 +60,15 @@ class Deliveries:
 async def webhook_receiver() -> AsyncIterator[Deliveries]:
     from aiohttp import web
 
-    from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
+    from config.webhook_keys import parse_secrets
+    from worker.core.signing import verify_standard
 
     got = Deliveries()
+    (secret,) = parse_secrets(DEMO_WEBHOOK_SECRET)
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
-        ok = verify_signature(DEMO_WEBHOOK_SECRET, body, request.headers.get(SIGNATURE_HEADER, ""))
+        ok = verify_standard(secret.key, body, request.headers, now=time.time())
         got.verified[str(json.loads(body).get("container_id"))] = ok
         return web.Response(status=200 if ok else 401)
 

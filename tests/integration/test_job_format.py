@@ -27,12 +27,12 @@ from simulator import RunningSimulator
 from tests.conftest import running_worker, wait_until
 from tests.integration.test_lifecycle import runner_for
 from tests.integration.test_webhooks import SECRET, hook_settings, receiver
+from tests.webhook_verify import verifies
 from worker import enqueue, get_result
 from worker.core.decisions import Decision
 from worker.core.result import Changes, PollResult
 from worker.core.webhooks import body_for
 from worker.jobs.check import final_view
-from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
 from worker.runtime.runner import JobSpec
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, decode_job
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
@@ -151,7 +151,7 @@ async def test_old_pickled_jobs_are_replanned_from_their_ids_and_a_malicious_one
     hook = await result(redis, settings, "9702")
     assert sent == body_for(hook, hook_id)
     assert {**json.loads(sent), "finalized_at": 0} == {**json.loads(sent_body), "finalized_at": 0}
-    assert verify_signature(SECRET, sent, headers[SIGNATURE_HEADER])
+    assert verifies(SECRET, sent, headers)
     assert await redis.xlen(keys.webhook_dead_letters) == 0
     # Each refusal logged once, though the live poll's job ran three times after it.
     assert logged(caplog, REFUSED) == {live_id: 1, attacked_id: 1, hook_id: 1}

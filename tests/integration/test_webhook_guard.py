@@ -31,10 +31,10 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, worker_env
 from tests.conftest import running_worker, wait_until
+from tests.webhook_verify import verifies
 from worker import InvalidIdError, PollerClient, get_result
 from worker.client.producer import store_for
 from worker.core.targets import IPAddress
-from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
 from worker.store.keys import Keys
 from worker.store.results import EnqueueRequest
 
@@ -352,7 +352,7 @@ async def test_dns_that_changes_after_enqueue_is_caught_at_delivery(
     assert len(rec.got) == 1  # only 9661's delivery
     body, headers = rec.got[0]
     assert json.loads(body)["container_id"] == "9661"
-    assert verify_signature(SECRET, body, headers[SIGNATURE_HEADER])
+    assert verifies(SECRET, body, headers)
 
 
 async def _settled(redis: Redis, settings: Settings, cid: str) -> bool:

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from api_client.usage import parse_usage_headers
 from config import Settings, SettingsError, load_settings
 from config.settings import parse_retry_schedule, redacted_url
+from config.webhook_keys import WebhookKeyError, parse_secrets
 from simulator.steps import MAX_SCRIPT_STEPS, StepError, parse_step, parse_step_list, parse_steps
 from worker.core.errors import BadEntryError, InvalidIdError
 from worker.core.ids import validate_batch, validate_id
 from worker.core.result import PollResult
+from worker.core.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_standard
 from worker.core.targets import WebhookPolicy
 from worker.jobs.webhook import verify_signature
 from worker.ops.health import Beat
@@ -88,6 +90,30 @@ def test_batches(raws: list[object]) -> None:
 @given(header=st.text(max_size=200), body=st.binary(max_size=50))
 def test_signature_headers(header: str, body: bytes) -> None:
     assert verify_signature("secret-0123456789", body, header) in (True, False)
+
+
+@quick
+@given(
+    msg_id=st.text(max_size=60),
+    stamp=st.one_of(st.text(max_size=30), st.integers().map(str)),
+    signature=st.text(max_size=200),
+    body=st.binary(max_size=50),
+)
+def test_standard_signature_headers(msg_id: str, stamp: str, signature: str, body: bytes) -> None:
+    headers = {ID_HEADER: msg_id, TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature}
+    assert verify_standard(b"k" * 24, body, headers, now=1.7e9) in (True, False)
+
+
+@quick
+@given(value=st.text(max_size=300))
+def test_webhook_secrets(value: str) -> None:
+    """WEBHOOK_SECRET's list: its secrets or WebhookKeyError (which never shows one:
+    test_signing.py)."""
+    try:
+        secrets = parse_secrets(value)
+    except WebhookKeyError:
+        return
+    assert secrets and all(s.key for s in secrets)
 
 
 @quick

@@ -1,16 +1,20 @@
 """Signed webhooks on final states.
 
 Each final state of a container with a webhook URL (per enqueue, or ``WEBHOOK_URL``) gets one
-delivery job, created atomically with the state. The job POSTs a JSON body and signs it:
+delivery job, created atomically with the state. The job POSTs a JSON body and signs it
+(``worker.core.signing``), by default per Standard Webhooks:
 
-    X-Threads-Poller-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
+    webhook-id: <delivery id>          (the same on every attempt and on a replay)
+    webhook-timestamp: <unix seconds>  (this attempt's, from Redis' clock)
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>." + raw body)> ...
 
-A receiver recomputes the HMAC over the raw bytes it received, compares in constant time, and
-rejects a ``t`` older than a few minutes (replays). ``verify_signature`` below does exactly that.
-Failures (network, timeout, HTTP 408/425/429/5xx) are retried on ``WEBHOOK_RETRY_SCHEDULE``
-(5 s, 5 min, 30 min, 2 h, 5 h, 10 h by default); then, or at once for any other status, the
-delivery goes to the dead-letter stream ``{prefix}:webhooks:dead`` with the reason and the body
-(re-sign it to replay it).
+one signature per secret of WEBHOOK_SECRET (rotation), and with WEBHOOK_SIGNATURE_SCHEME=
+threads-poller (or both) the older ``X-Threads-Poller-Signature: t=<t>,v1=<hex>``. A receiver
+verifies with the ``standardwebhooks`` library of its language (README "Webhooks"); the older
+header with ``verify_signature`` below. Failures (network, timeout, HTTP 408/425/429/5xx) are
+retried on ``WEBHOOK_RETRY_SCHEDULE`` (5 s, 5 min, 30 min, 2 h, 5 h, 10 h by default); then, or
+at once for any other status, the delivery goes to the dead-letter stream
+``{prefix}:webhooks:dead`` with the reason and the body (a replay signs it afresh, same id).
 
 The SSRF guard, at delivery: deliveries go through a session of their own whose resolver
 (``GuardedResolver``) refuses a host that resolves to an address the policy does not allow, so
@@ -22,8 +26,6 @@ once. Redirects are not followed, bodies are not decompressed, and at most
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import socket
 import time
@@ -39,6 +41,13 @@ from api_client.redact import redact
 from worker.core.errors import InvalidIdError
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
+from worker.core.signing import (
+    DEFAULT_TOLERANCE_SECONDS,
+    THREADS_POLLER_SIGNATURE_HEADER,
+    signature_headers,
+    threads_poller_signature,
+    verify_threads_poller,
+)
 from worker.core.targets import (
     WebhookPolicy,
     address_refusal,
@@ -65,10 +74,11 @@ __all__ = [
     "sign",
     "verify_signature",
 ]
-SIGNATURE_HEADER = "X-Threads-Poller-Signature"
+# The older scheme's header (WEBHOOK_SIGNATURE_SCHEME=threads-poller or both).
+SIGNATURE_HEADER = THREADS_POLLER_SIGNATURE_HEADER
+# Sent under every scheme: informative, not signed.
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
-DEFAULT_TOLERANCE_SECONDS = 300
 RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
 # A receiver's answer is read up to this much (and then dropped): its body is not used.
@@ -163,8 +173,8 @@ def _refused(exc: BaseException) -> TargetRefusedError | None:
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    """The older scheme's header value for one secret (``worker.core.signing``)."""
+    return threads_poller_signature([secret], body, timestamp)
 
 
 def verify_signature(
@@ -175,18 +185,13 @@ def verify_signature(
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> bool:
-    """For receivers: True if ``header`` signs ``body`` with ``secret`` and is recent enough."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        given = parts["v1"]
-    except (ValueError, KeyError):
-        return False
+    """For receivers of the older scheme: True if one ``v1`` of ``header`` signs ``body`` with
+    ``secret`` and ``t`` is recent enough. (Standard Webhooks: the ``standardwebhooks``
+    libraries, or ``worker.core.signing.verify_standard``.)"""
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_seconds:
-        return False
-    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, given)
+    return verify_threads_poller(
+        secret, body, header, now=current, tolerance_seconds=tolerance_seconds
+    )
 
 
 class WebhookJob:
@@ -256,12 +261,17 @@ class WebhookJob:
             await self._settle(job, generation, Out.DEAD, attempt, refusal, url, body)
             log.error("webhook refused: %s", refusal, extra={"container_id": container_id})
             return
-        secret = settings.webhook_secret.get_secret_value()
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret, body, int(job.now())),
             DELIVERY_HEADER: job.job_id,
             EVENT_HEADER: EVENT_NAME,
+            **signature_headers(
+                settings.webhook_signature_scheme,
+                settings.webhook_signing_secrets(),
+                job.job_id,
+                int(job.now()),
+                body,
+            ),
         }
         reason: str | None = None
         retryable = True
