@@ -6,10 +6,12 @@ the manifests use (``resources``: files and directories, ``namespace``, ``images
 this composition would get wrong. Where ``kubectl`` is installed, tests/unit/test_kubernetes.py
 also renders with ``kubectl kustomize`` and requires the same documents.
 
-Run as a script, it prints a container's probe command as JSON (scripts/image-test.sh runs the
-probes in a container of the image this way, from the manifests, not a copy):
+Run as a script, it prints what a Deployment's container is started with, as JSON: its args,
+environment (the ConfigMap's, then its own env), probes, stop grace and secret files
+(scripts/image-test.sh starts a container of the image with these and runs its probes: from the
+manifests, not a copy):
 
-    python -m tests.kubernetes probe threads-poller-worker livenessProbe
+    python -m tests.kubernetes pod threads-poller-worker
 """
 
 from __future__ import annotations
@@ -136,11 +138,44 @@ def probe_command(docs: list[Doc], deployment: str, probe: str) -> list[str]:
     return command
 
 
+def env_of(docs: list[Doc], deployment: str) -> dict[str, str]:
+    """The container's environment: the ConfigMap's, then its own env (which wins)."""
+    container = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    return env
+
+
+def pod_json(docs: list[Doc], deployment: str) -> Doc:
+    pod = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    secrets = []
+    for mount in container.get("volumeMounts", []):
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        if "secret" in volume:
+            secrets += [
+                {"key": i["key"], "path": f"{mount['mountPath']}/{i['path']}"}
+                for i in volume["secret"]["items"]
+            ]
+    return {
+        "args": container["args"],
+        "env": env_of(docs, deployment),
+        "grace": pod["terminationGracePeriodSeconds"],
+        "user": [pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]],
+        "fs_group": pod["securityContext"]["fsGroup"],
+        "probes": {k: v for k, v in container.items() if k.endswith("Probe")},
+        "ports": {p["name"]: p["containerPort"] for p in container.get("ports", [])},
+        "secrets": secrets,
+    }
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "probe":
-        print("usage: python -m tests.kubernetes probe DEPLOYMENT PROBE", file=sys.stderr)
+    if len(argv) != 2 or argv[0] != "pod":
+        print("usage: python -m tests.kubernetes pod DEPLOYMENT", file=sys.stderr)
         return 2
-    print(json.dumps(probe_command(render(BASE), argv[1], argv[2])))
+    print(json.dumps(pod_json(render(BASE), argv[1])))
     return 0
 
 

@@ -10,6 +10,7 @@ image: scripts/image-test.sh."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import shutil
@@ -32,6 +33,7 @@ from tests.kubernetes import (
     Doc,
     UnsupportedKustomization,
     containers,
+    env_of,
     find,
     load_yaml,
     normalized,
@@ -148,16 +150,6 @@ def test_serve_probes_hit_routes_without_a_key(base: list[Doc]) -> None:
         ready["port"] == live["port"] == "http"
         and ports["http"] == settings_of(base, SERVE).http_port
     )
-
-
-def env_of(docs: list[Doc], deployment: str) -> dict[str, str]:
-    """The container's environment: the ConfigMap's, then its own env (which wins)."""
-    container = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
-    return env
 
 
 def settings_of(docs: list[Doc], deployment: str) -> Settings:
@@ -360,10 +352,17 @@ def test_autoscaler_example(example: list[Doc], base: list[Doc]) -> None:
     assert ns == {find(example, "Namespace", "threads-poller")["metadata"]["name"]}
 
 
-def test_probe_command_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    """scripts/image-test.sh reads the probes through this entry point."""
+def test_pod_json_for_the_image_test(capsys: pytest.CaptureFixture[str], base: list[Doc]) -> None:
+    """scripts/image-test.sh starts the pods' containers from this entry point's answer."""
     from tests.kubernetes import main
 
-    assert main(["probe", WORKER, "livenessProbe"]) == 0
-    assert capsys.readouterr().out.strip() == '["threads-poller", "health", "--liveness"]'
+    assert main(["pod", WORKER]) == 0
+    pod = json.loads(capsys.readouterr().out)
+    assert pod["args"] == ["worker"] and pod["grace"] == 30
+    assert pod["probes"]["livenessProbe"]["exec"]["command"] == probe_command(
+        base, WORKER, "livenessProbe"
+    )
+    assert pod["env"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert {s["key"] for s in pod["secrets"]} == {"redis-password", "threads-access-token"}
+    assert pod["user"] == list(image_user()) and pod["fs_group"] == image_user()[1]
     assert main(["probe"]) == 2
