@@ -16,7 +16,10 @@
 #    proxy's) and PIP_INDEX_URL, if set, passed as build args (see the Dockerfile).
 # 4. smoke test: containers reach their final states, the HEALTHCHECKs turn healthy, the worker
 #    runs as uid 10001, `docker stop` with a check in flight exits 0 and finishes the check, a
-#    stop with Redis down exits 0 or 1 in JSON lines; then the compose demo, as README says.
+#    stop with Redis down exits 0 or 1 in JSON lines;
+# 5. Kubernetes: the worker and serve Deployments' containers (user, read-only root, env and
+#    secret files as deploy/kubernetes/ gives them) and their probes, healthy and with Redis
+#    gone; then the compose demo, as README says.
 # Exit 0 only when all of it passed; the engine is stopped and its data removed on exit.
 # shellcheck disable=SC2016 # single-quoted scripts that run in the containers, not here
 set -euo pipefail
@@ -366,7 +369,139 @@ for line in sys.stdin:
 "$DOCKER" network rm "$NET" >/dev/null
 took "smoke test passed"
 
-# ----- 5. compose ------------------------------------------------------------------------------------
+# ----- 5. Kubernetes ---------------------------------------------------------------------------------
+step "kubernetes: the manifests' pods as containers, their probes run in them"
+# Read from deploy/kubernetes/ (rendered as kustomize would, tests/kubernetes.py), with the dev
+# venv that scripts/test.sh set up (.ci/run runs it first).
+KPY="${VENV:-$ROOT/.venv}/bin/python"
+[ -x "$KPY" ] || fail "no $KPY: run scripts/test.sh first (it makes the venv the manifests are read with)"
+pod_json() { (cd "$ROOT" && "$KPY" -m tests.kubernetes pod "$1"); }
+pod_json threads-poller-worker >"$WORK/k8s-worker.json" || fail "cannot read the worker Deployment"
+pod_json threads-poller-serve >"$WORK/k8s-serve.json" || fail "cannot read the serve Deployment"
+# One field of a pod's JSON: a string as is, anything else as JSON.
+field() {
+  python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v[k]
+print(v if isinstance(v, str) else json.dumps(v))' "$@"
+}
+# A probe's exec command as words (one per line), for "${words[@]}".
+probe_words() {
+  python3 -c 'import json, sys
+print("\n".join(json.load(open(sys.argv[1]))["probes"][sys.argv[2]]["exec"]["command"]))' "$@"
+}
+# The Secret as the kubelet mounts it with fsGroup and defaultMode 0440: root-owned files of
+# group fsGroup, read-only. Keys the manifests mount; values made up here.
+secrets="$WORK/k8s-secrets"
+mkdir -p "$secrets"
+printf '%s\n' "$PASSWORD" >"$secrets/redis-password"
+printf '%s\n' smoke-test-token >"$secrets/threads-access-token"
+printf '%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')" >"$secrets/api-keys"
+chown "0:$(field "$WORK/k8s-worker.json" fs_group)" "$secrets"/*
+chmod 0440 "$secrets"/*
+# docker run options for a pod of $1's JSON: its user, securityContext, env and secret mount.
+pod_opts() {
+  python3 - "$1" "$secrets" <<'PY'
+import json, os, sys
+pod = json.load(open(sys.argv[1]))
+uid, gid = pod["user"]
+opts = ["--user", f"{uid}:{gid}", "--group-add", str(pod["fs_group"]), "--read-only",
+        "--tmpfs", "/tmp:size=16m", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+dirs = {os.path.dirname(s["path"]) for s in pod["secrets"]}
+for d in sorted(dirs):
+    opts += ["-v", f"{sys.argv[2]}:{d}:ro"]
+for k, v in pod["env"].items():
+    opts += ["-e", f"{k}={v}"]
+print("\n".join(opts))
+PY
+}
+mapfile -t worker_opts < <(pod_opts "$WORK/k8s-worker.json")
+mapfile -t serve_opts < <(pod_opts "$WORK/k8s-serve.json")
+mapfile -t worker_args < <(field "$WORK/k8s-worker.json" args | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
+mapfile -t serve_args < <(field "$WORK/k8s-serve.json" args | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
+mapfile -t liveness < <(probe_words "$WORK/k8s-worker.json" livenessProbe)
+mapfile -t readiness < <(probe_words "$WORK/k8s-worker.json" readinessProbe)
+say "   worker: ${worker_args[*]}; liveness: ${liveness[*]}; readiness: ${readiness[*]}"
+"$DOCKER" network create "$NET" >/dev/null
+# The ConfigMap's REDIS_URL names "redis": this one, with the Secret's password.
+start_k8s_redis() {
+  "$DOCKER" run -d --name tp-k8s-redis --network "$NET" --network-alias redis -e REDISCLI_AUTH="$PASSWORD" \
+    "$REDIS_IMAGE" redis-server --requirepass "$PASSWORD" >/dev/null
+  for _ in $(seq 1 30); do redis_k8s_ping && return; sleep 0.5; done
+  fail "the Kubernetes step's Redis does not answer PONG"
+}
+redis_k8s_ping() { "$DOCKER" exec tp-k8s-redis sh -c '[ "$(redis-cli ping)" = PONG ]' 2>/dev/null; }
+start_k8s_redis
+"$DOCKER" run -d --name tp-k8s-worker --network "$NET" "${worker_opts[@]}" "$IMAGE" "${worker_args[@]}" >/dev/null
+# A container of the same pod spec with no worker in it: the probes must not vouch for it
+# because another container's worker beats in the same Redis.
+"$DOCKER" run -d --name tp-k8s-idle --network "$NET" "${worker_opts[@]}" --entrypoint sleep "$IMAGE" 600 >/dev/null
+probe() { # container, then the command; prints the output, returns the exit code
+  local out code=0
+  out="$("$DOCKER" exec "$1" "${@:2}" 2>&1)" || code=$?
+  printf '%s' "$out" | head -n 1 | cut -c1-150
+  return "$code"
+}
+ready=""
+for _ in $(seq 1 60); do
+  if out="$(probe tp-k8s-worker "${readiness[@]}")"; then ready=1; break; fi
+  sleep 1
+done
+[ -n "$ready" ] || fail "readiness never passed in the worker's container: $out"
+say "   readiness, worker healthy: exit 0 ($out)"
+out="$(probe tp-k8s-worker "${liveness[@]}")" || fail "liveness failed on a healthy worker: $out"
+say "   liveness, worker healthy: exit 0"
+code=0; out="$(probe tp-k8s-idle "${liveness[@]}")" || code=$?
+[ "$code" = 1 ] || fail "liveness in a container without a worker: exit $code, not 1 ($out)"
+code=0; out="$(probe tp-k8s-idle "${readiness[@]}")" || code=$?
+[ "$code" = 1 ] || fail "readiness in a container without a worker: exit $code, not 1 ($out)"
+say "   both, in a container of the pod spec without a worker: exit 1 ($out)"
+uid="$("$DOCKER" exec tp-k8s-worker awk '/^Uid:/ {print $2}' /proc/1/status)"
+[ "$uid" = "$(field "$WORK/k8s-worker.json" user | python3 -c 'import json, sys; print(json.load(sys.stdin)[0])')" ] \
+  || fail "the worker runs as uid $uid"
+if "$DOCKER" exec tp-k8s-worker sh -c 'touch /app/x' 2>/dev/null; then fail "the root filesystem is writable"; fi
+
+# serve, as its Deployment runs it: its httpGet probes asked from inside the container.
+"$DOCKER" run -d --name tp-k8s-serve --network "$NET" "${serve_opts[@]}" "$IMAGE" "${serve_args[@]}" >/dev/null
+http_probe() { # probe name: GET of its path on its named port, from inside serve's container
+  local path port
+  path="$(field "$WORK/k8s-serve.json" probes "$1" httpGet path)"
+  port="$(field "$WORK/k8s-serve.json" ports "$(field "$WORK/k8s-serve.json" probes "$1" httpGet port)")"
+  "$DOCKER" exec tp-k8s-serve python -c 'import sys, urllib.request as u
+u.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], sys.argv[2]), timeout=3)' "$port" "$path" 2>/dev/null
+}
+served=""
+for _ in $(seq 1 30); do http_probe readinessProbe && { served=1; break; }; sleep 1; done
+[ -n "$served" ] || fail "serve's readiness probe never passed"
+http_probe livenessProbe || fail "serve's liveness probe failed"
+say "   serve: readiness (GET $(field "$WORK/k8s-serve.json" probes readinessProbe httpGet path)) and liveness" \
+  "(GET $(field "$WORK/k8s-serve.json" probes livenessProbe httpGet path)) pass"
+
+# Redis gone: readiness fails (exit 4), liveness passes (a restart would not bring Redis back).
+"$DOCKER" stop tp-k8s-redis >/dev/null
+code=0; out="$(probe tp-k8s-worker "${readiness[@]}")" || code=$?
+[ "$code" != 0 ] || fail "readiness passed with Redis gone: $out"
+say "   readiness, Redis gone: exit $code ($out)"
+code=0; out="$(probe tp-k8s-worker "${liveness[@]}")" || code=$?
+[ "$code" = 0 ] || fail "liveness failed with Redis gone (exit $code): $out"
+say "   liveness, Redis gone: exit 0 ($out)"
+if http_probe readinessProbe; then fail "serve's readiness passed with Redis gone"; fi
+http_probe livenessProbe || fail "serve's liveness failed with Redis gone"
+say "   serve, Redis gone: readiness fails, liveness passes"
+# The stop within the pod's terminationGracePeriodSeconds, with Redis still gone.
+grace="$(field "$WORK/k8s-worker.json" grace)"
+t=$SECONDS
+"$DOCKER" stop -t "$grace" tp-k8s-worker >/dev/null
+stop_s=$((SECONDS - t))
+code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' tp-k8s-worker)"
+case "$code" in 0 | 1) ;; *) fail "the worker, stopped with Redis gone: exit $code after $stop_s s (grace $grace s)" ;; esac
+say "   the worker stopped with Redis gone: exit $code after $stop_s s, within the grace of $grace s"
+"$DOCKER" rm -f tp-k8s-redis tp-k8s-worker tp-k8s-idle tp-k8s-serve >/dev/null
+"$DOCKER" network rm "$NET" >/dev/null
+took "the manifests' pods run read-only as uid 10001 with their secret files; probes as expected"
+
+# ----- 6. compose ------------------------------------------------------------------------------------
 step "compose: the demo, as docker-compose.yml says"
 if ! command -v docker-compose >/dev/null 2>&1; then
   say "   docker-compose missing: apt-get install docker-compose"
@@ -393,7 +528,7 @@ running="$("$DOCKER" ps -q | wc -l)"
 took "the demo ended by itself with the feeder's exit code 0, and stopped all its containers"
 
 say ""
-say "image-test: engine, base images, build, smoke test and compose demo passed in $((SECONDS - T0)) s;" \
+say "image-test: engine, base images, build, smoke test, Kubernetes pods and compose demo passed in $((SECONDS - T0)) s;" \
   "image $IMAGE $(size_mb "$IMAGE")"
 # The plain closing line CI logs are read for.
-say "image-test: 5 passed, 0 failed"
+say "image-test: 6 passed, 0 failed"

@@ -7,7 +7,8 @@ Exit codes (stable, documented in the README):
        ``health``: no live worker (on this host, or anywhere with --any)
     2  bad usage, a malformed id or an invalid setting (nothing was written)
     3  ``wait``: still not final when --timeout ran out
-    4  Redis cannot be reached, or refused this user (credentials, ACL permissions)
+    4  Redis cannot be reached, or refused this user (credentials, ACL permissions);
+       ``health --liveness`` exits 0 when Redis cannot be reached (still 4 on a refusal)
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class CliError(Exception):
         self.code = code
 
 
+class RedisUnreachableError(CliError):
+    """Exit 4 because nothing answered (refused, timed out, a network error), as opposed to a
+    Redis that answered and refused this user."""
+
+
 def safe_redis_url(url: str) -> str:
     """The Redis URL without its password, for messages."""
     return redacted_url(url)
@@ -92,7 +98,7 @@ def _with_client(settings: Settings, work: Callable[[PollerClient], Awaitable[T]
                     EXIT_REDIS,
                 ) from None
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                raise CliError(
+                raise RedisUnreachableError(
                     f"cannot reach {redis_where(settings)}: {type(exc).__name__}",
                     EXIT_REDIS,
                 ) from None
@@ -473,13 +479,28 @@ def cmd_health(args: argparse.Namespace) -> int:
     # Plain `health` (the HEALTHCHECK) vouches for this container's own worker process only.
     local = is_local if not (args.any or args.host) else None
     # A Redis that accepts connections but never answers must fail the check, not hang it.
-    health = _with_client(
-        settings,
-        lambda c: asyncio.wait_for(
-            check(c.redis, Keys(settings.key_prefix), host=host, local=local),
-            args.redis_timeout,
-        ),
-    )
+    try:
+        health = _with_client(
+            settings,
+            lambda c: asyncio.wait_for(
+                check(
+                    c.redis,
+                    Keys(settings.key_prefix),
+                    host=host,
+                    local=local,
+                    draining_ok=args.liveness,
+                ),
+                args.redis_timeout,
+            ),
+        )
+    except RedisUnreachableError as exc:
+        if not args.liveness:
+            raise
+        # The worker outlives a Redis outage (it retries); restarting every replica because
+        # Redis is away would not bring it back. A refusal (credentials) still fails: a restart
+        # re-reads REDIS_PASSWORD_FILE.
+        print(f"alive (not verified): {exc}; not a reason to restart the worker")
+        return EXIT_OK
     if not health.healthy:
         raise CliError(health.message, EXIT_FAILURE)
     print(health.message)
@@ -666,6 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", help="any live worker with this host name (not checked against a process)"
     )
     p.add_argument("--redis-timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument(
+        "--liveness",
+        action="store_true",
+        help="a liveness probe's answer: a worker draining after SIGTERM still counts, and a "
+        "Redis that cannot be reached passes (exit 0, saying so); only a worker that no longer "
+        "beats, or a Redis that refuses this user, fails",
+    )
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("simulate", help="run the Threads API simulator", add_help=False)

@@ -160,6 +160,41 @@ async def test_health_cli_exit_codes(
     assert code == 4 and "cannot reach Redis" in err and len(err.strip().splitlines()) == 1
 
 
+async def test_health_cli_liveness(
+    settings: Settings, redis: Redis, project_env: dict[str, str]
+) -> None:
+    """``health --liveness`` (the Kubernetes liveness probe): fails when no worker here beats,
+    passes while one drains, and passes when Redis cannot be reached (where plain ``health``,
+    the readiness probe, exits 4); a Redis that refuses the credentials still fails."""
+    code, _, err = await run_cli("health", "--liveness", env=project_env)
+    assert code == 1 and "no worker heartbeat" in err
+    host = socket.gethostname()
+    hb = Heartbeat(
+        redis, Keys(settings.key_prefix), f"{host}-drain", host=host, probe=lambda: (False, {})
+    )
+    await hb.beat()
+    code, _, err = await run_cli("health", env=project_env)
+    assert code == 1 and "shutting down" in err
+    code, out, _ = await run_cli("health", "--liveness", env=project_env)
+    assert code == 0 and out.strip() == f"alive: worker {host}-drain is shutting down (draining)"
+
+    dead = dict(project_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    code, out, err = await run_cli("health", "--liveness", env=dead)
+    assert code == 0 and err == ""
+    assert out.startswith("alive (not verified): cannot reach Redis at redis://127.0.0.1:")
+    code, _, _ = await run_cli("health", env=dead)
+    assert code == 4
+
+    # A user that does not exist: WRONGPASS, from the shared server left as it is.
+    wrong = dict(
+        project_env,
+        REDIS_URL=project_env["REDIS_URL"].replace("redis://", "redis://nobody:wrong-password@"),
+    )
+    code, _, err = await run_cli("health", "--liveness", env=wrong)
+    assert code == 4 and "refused the credentials" in err
+    assert "wrong-password" not in err
+
+
 async def test_health_cli_gives_up_on_a_silent_redis(project_env: dict[str, str]) -> None:
     """A Redis that accepts the connection but never answers: exit 4 in time, not a hang."""
     held: list[asyncio.StreamWriter] = []  # keep the connections open, and silent

@@ -35,6 +35,22 @@ def test_evaluate_draining_worker_is_unhealthy() -> None:
     assert evaluate(101.0, [*draining, beat("a-2", "host-a")], host="host-a").healthy
 
 
+def test_evaluate_liveness_counts_a_draining_worker() -> None:
+    """``health --liveness``: a worker draining after SIGTERM is alive (killing it would cut the
+    drain short); a host with no beat, or another container's beat, is still not."""
+    draining = [beat("a-1", "host-a", accepting=False)]
+    live = evaluate(101.0, draining, host="host-a", draining_ok=True)
+    assert live.healthy and live.message == "alive: worker a-1 is shutting down (draining)"
+    assert not evaluate(101.0, draining, host="host-b", draining_ok=True).healthy
+    assert not evaluate(101.0, [], host=None, draining_ok=True).healthy
+    elsewhere = evaluate(101.0, draining, host="host-a", local=lambda b: False, draining_ok=True)
+    assert not elsewhere.healthy and "no worker process in this container" in elsewhere.message
+    # Taking jobs: the same answer as without the flag.
+    assert evaluate(101.0, [beat("a-2", "host-a")], host="host-a", draining_ok=True).message == (
+        evaluate(101.0, [beat("a-2", "host-a")], host="host-a").message
+    )
+
+
 def test_beat_json_round_trip_and_garbage() -> None:
     b = Beat("w", "h", 7, 1.5, 2.5, 15.0, False, {"complete": 3}, proc="boot:9")
     assert Beat.from_json(b.to_json()) == b

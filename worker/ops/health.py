@@ -238,12 +238,19 @@ def is_local(beat: Beat) -> bool | None:
 
 
 def evaluate(
-    now: float, beats: list[Beat], *, host: str | None, local: LocalProbe | None = None
+    now: float,
+    beats: list[Beat],
+    *,
+    host: str | None,
+    local: LocalProbe | None = None,
+    draining_ok: bool = False,
 ) -> Health:
     """Pure: is a worker (on ``host``, or anywhere when None) alive and taking jobs?
 
     With ``local``, only beats whose process ``local`` finds here count (``threads-poller
-    health`` without --host or --any: this container's own worker)."""
+    health`` without --host or --any: this container's own worker). With ``draining_ok`` (a
+    liveness probe: ``health --liveness``) a worker that stopped taking jobs after SIGTERM and
+    still beats counts as alive: killing it would cut its drain short."""
     mine = [b for b in beats if host is None or b.host == host]
     where = "any host" if host is None else f"host {host}"
     fallback = ""
@@ -267,6 +274,8 @@ def evaluate(
     ready = [b for b in mine if b.accepting]
     if not ready:
         names = ", ".join(b.name for b in mine)
+        if draining_ok:
+            return Health(True, f"alive: worker {names} is shutting down (draining)", tuple(mine))
         return Health(False, f"unhealthy: worker {names} is shutting down", tuple(mine))
     best = max(ready, key=lambda b: b.beat_at)
     jobs = " ".join(f"{k}={v}" for k, v in best.jobs.items())
@@ -282,7 +291,12 @@ def evaluate(
 
 
 async def check(
-    redis: Redis, keys: Keys, *, host: str | None, local: LocalProbe | None = None
+    redis: Redis,
+    keys: Keys,
+    *,
+    host: str | None,
+    local: LocalProbe | None = None,
+    draining_ok: bool = False,
 ) -> Health:
     now, beats = await live_beats(redis, keys)
-    return evaluate(now, beats, host=host, local=local)
+    return evaluate(now, beats, host=host, local=local, draining_ok=draining_ok)
