@@ -11,6 +11,7 @@ from bench.fault_matrix import (
     ROWS,
     RowResult,
     call_bound,
+    calls_ahead_of_pace,
     gaps,
     is_throttled,
     max_in_window,
@@ -52,3 +53,15 @@ def test_runs_per_call_is_judged() -> None:
     assert RowResult("x", "0", "t", runs=None, calls_total=10).runs_per_call is None
     assert r.cells()[7] == "1.30"
     assert RowResult("x", "0", "t", runs=None, calls_total=10).cells()[7] == "unknown"
+
+
+def test_calls_ahead_of_pace_counts_early_calls_not_late_ones() -> None:
+    paced = [i * 0.02 for i in range(300)]  # 50/s exactly
+    assert calls_ahead_of_pace(paced, 50) <= 1
+    # Late calls fired together (a loaded worker) are never ahead of the pace.
+    late = [t + (0.4 if 100 <= i < 120 else 0.0) for i, t in enumerate(paced)]
+    assert max_in_window(late) > 60 and calls_ahead_of_pace(late, 50) <= 1
+    # No pacing, or twice the pace: far ahead.
+    assert calls_ahead_of_pace([i * 0.001 for i in range(300)], 50) > 250
+    assert calls_ahead_of_pace([i * 0.01 for i in range(300)], 50) >= 149
+    assert calls_ahead_of_pace([], 50) == 0
