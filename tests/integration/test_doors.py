@@ -56,9 +56,7 @@ async def test_without_keys_no_web_page_steers_the_server(redis: Redis, settings
             assert (status, code(body)) == (403, "csrf_failed"), headers
         status, body = await raw(api, "DELETE", "/v1/dead-letters/intake/1-0", {})
         assert (status, code(body)) == (403, "csrf_failed")
-        status, body = await raw(
-            api, "POST", "/console/containers/21001/cancel", {"Origin": "https://evil.example"}
-        )
+        status, body = await raw(api, "POST", "/console/act", {"Origin": "https://evil.example"})
         assert (status, code(body)) == (403, "csrf_failed")
         got = await api.get("/v1/containers/21001", key=None)
         assert got.body["status"] != "CANCELLED"
@@ -74,7 +72,7 @@ async def test_malformed_bodies_are_4xx_and_read_only_after_authentication(
     bad = {"Content-Type": 'multipart/form-data; boundary="unterminated'}
     async with running_api(settings) as api:
         # Anonymous: refused on its credentials, its body never parsed.
-        for path in ("/v1/containers/1/cancel", "/console/containers/1/cancel"):
+        for path in ("/v1/containers/1/cancel", "/console/act"):
             status, body = await raw(api, "POST", path, bad, b"--x\r\n\r\n")
             assert (status, code(body)) == (401, "unauthorized"), path
         own = {"Origin": api.base}
@@ -89,7 +87,7 @@ async def test_malformed_bodies_are_4xx_and_read_only_after_authentication(
             status, body = await raw(
                 api,
                 "POST",
-                "/console/containers/1/cancel",
+                "/console/act",
                 {**jar, "Content-Type": f"multipart/form-data; boundary={boundary}"},
                 b"--x\r\nContent-Disposition: form-data\r\n\r\n",
             )

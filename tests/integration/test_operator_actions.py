@@ -249,26 +249,30 @@ async def test_console_session_csrf_and_escaping(
         async with http.get(base + "/v1/inflight", headers=jar) as resp:
             assert resp.status == 200
         # ... but a change needs the CSRF token.
-        cancel = base + "/console/containers/13141/cancel"
-        async with http.post(cancel, headers=jar, allow_redirects=False) as resp:
+        act = base + "/console/act"
+        form = {"action": "cancel", "target": "13141", "reason": "wrong upload"}
+        json_accept = {**jar, "Accept": "application/json"}
+        async with http.post(act, data=form, headers=jar, allow_redirects=False) as resp:
             assert resp.status == 403
         async with http.post(
             base + "/v1/containers/13141/cancel", headers=jar, allow_redirects=False
         ) as resp:
             assert resp.status == 403 and (await resp.json())["error"]["code"] == "csrf_failed"
         async with http.post(
-            cancel, data={"csrf": csrf}, headers=jar, allow_redirects=False
+            act, data={**form, "csrf": csrf}, headers=json_accept, allow_redirects=False
         ) as resp:
-            assert resp.status == 303 and resp.headers["Location"] == "/?done=cancelled"
+            done = await resp.json()
+            assert resp.status == 200 and done["outcomes"][0]["outcome"] == "cancelled", done
         async with http.post(
-            cancel,
-            data={"csrf": csrf},
-            headers={**jar, "Accept": "application/json"},
-            allow_redirects=False,
+            act, data={**form, "csrf": csrf}, headers=json_accept, allow_redirects=False
         ) as resp:
-            assert resp.status == 409 and (await resp.json())["outcome"] == "already_final"
-        async with http.get(base + "/?done=cancelled", headers=jar) as resp:
-            assert "Cancelled: the container is final CANCELLED." in await resp.text()
+            again = (await resp.json())["outcomes"][0]
+            assert not again["ok"] and again["outcome"] == "already_final", again
+        # The one-click routes of before are gone: every action is confirmed, with a reason.
+        async with http.post(
+            base + "/console/containers/13141/cancel", data={"csrf": csrf}, headers=jar
+        ) as resp:
+            assert resp.status in (404, 405)
         async with http.post(base + "/logout", headers=jar, allow_redirects=False) as resp:
             assert resp.status == 303 and resp.headers["Location"].startswith("/login")
         # A read-only key's session may look, not change.
@@ -281,8 +285,8 @@ async def test_console_session_csrf_and_escaping(
                 (await resp.text()).split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
             )
         async with http.post(
-            base + "/console/dead-letters/intake/1-0/discard",
-            data={"csrf": ro_csrf},
+            base + "/console/act",
+            data={"action": "discard", "target": "intake:1-0", "reason": "x", "csrf": ro_csrf},
             headers={**ro, "Accept": "application/json"},
         ) as resp:
             assert resp.status == 403

@@ -91,9 +91,6 @@ HANDLERS: dict[str, Handler] = {
     "login_form": console.login_form,
     "login": console.login,
     "logout": console.logout,
-    "console_cancel": console.console_cancel,
-    "console_replay": console.console_replay,
-    "console_discard": console.console_discard,
     "static": console.static,
 }
 BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}

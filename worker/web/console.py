@@ -3,8 +3,10 @@ escaped), progressive enhancement, no build step, no asset from elsewhere.
 
 ``GET /`` renders the whole page; ``GET /console/panels`` the same panels alone, which the page's
 script (``static/console.js``) fetches again whenever the event stream (``/v1/events``) brings a
-final state, and every few seconds. Without script the page is complete as served, and its forms
-(cancel, replay, discard) post to ``/console/...`` and come back to ``/`` with a notice.
+final state, and every few seconds. Without script the page is complete as served. Every action
+(cancel, poll again, replay, discard; one row or many) is two steps: ``POST /console/confirm``
+names what it will touch and asks for a reason, ``POST /console/act`` does it, stores the reason
+with the key's name, and shows each row's outcome. There is no one-click action.
 
 A browser logs in once with an API key (``/login``) and then carries a session cookie
 (``worker.core.access``): HttpOnly, SameSite=Strict, and every form carries the session's CSRF
@@ -67,7 +69,7 @@ from worker.web.pages import (
     result_fields,
     timeline,
 )
-from worker.web.requests import parse_container_id, parse_kind, parse_letter_id
+from worker.web.requests import parse_container_id, parse_kind
 from worker.web.views import mask_url, result_json
 
 SESSION_COOKIE = "tp_session"
@@ -586,64 +588,6 @@ async def logout(request: web.Request) -> web.Response:
 
 
 # ----- actions ----------------------------------------------------------------------------------
-
-
-def _done(request: web.Request, code: str, message: str, status: int = 200) -> web.Response:
-    if wants_json(request):
-        return web.json_response({"outcome": code, "message": message}, status=status)
-    if status >= 400:
-        raise web.HTTPSeeOther(f"/?problem={code}")
-    raise web.HTTPSeeOther(f"/?done={code}")
-
-
-async def _act(request: web.Request, work: Any) -> web.Response:
-    try:
-        code, message = await work
-    except ApiError as exc:
-        return _done(request, exc.code, exc.message, exc.status)
-    return _done(request, code, message)
-
-
-async def console_cancel(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-
-    async def work() -> tuple[str, str]:
-        cid = parse_container_id(request.match_info["container_id"])
-        done = await ctx.admin.cancel(
-            cid, reason="from the console", actor=actor_name(request.get(AUTH))
-        )
-        if done.outcome is not CancelOutcome.CANCELLED:
-            raise cancel_error(cid, done.outcome, done.status)
-        return "cancelled", f"{cid} cancelled"
-
-    return await _act(request, work())
-
-
-async def console_replay(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-
-    async def work() -> tuple[str, str]:
-        kind = parse_kind(request.match_info["kind"])
-        letter_id = parse_letter_id(request.match_info["letter_id"])
-        done = await ctx.admin.replay(kind, letter_id)
-        if done.outcome is not ReplayOutcome.REPLAYED:
-            raise replay_error(done.outcome, letter_id)
-        return "replayed", f"{kind.value} dead letter {letter_id} replayed"
-
-    return await _act(request, work())
-
-
-async def console_discard(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-
-    async def work() -> tuple[str, str]:
-        kind = parse_kind(request.match_info["kind"])
-        letter_id = parse_letter_id(request.match_info["letter_id"])
-        if not await ctx.admin.discard(kind, letter_id):
-            raise ApiError("dead_letter_not_found", f"no dead letter {letter_id}")
-        return "discarded", f"{kind.value} dead letter {letter_id} discarded"
-
-    return await _act(request, work())
 
 
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}

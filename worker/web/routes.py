@@ -49,23 +49,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/login", "login_form", "none", api=False),
     Route("POST", "/login", "login", "none", api=False),
     Route("POST", "/logout", "logout", "none", api=False),
-    Route(
-        "POST", "/console/containers/{container_id}/cancel", "console_cancel", "write", api=False
-    ),
-    Route(
-        "POST",
-        "/console/dead-letters/{kind}/{letter_id}/replay",
-        "console_replay",
-        "write",
-        api=False,
-    ),
-    Route(
-        "POST",
-        "/console/dead-letters/{kind}/{letter_id}/discard",
-        "console_discard",
-        "write",
-        api=False,
-    ),
     Route("GET", "/static/{name}", "static", "none", api=False),
 )
 
