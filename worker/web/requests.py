@@ -56,8 +56,10 @@ SINCE_PATTERN = (
 # newline).
 _END = r"$(?!\n)"
 STREAM_CURSOR_PATTERN = rf"^({_STREAM})?{_END}"  # finals, failures, dead letters
-INFLIGHT_CURSOR_PATTERN = rf"^([0-9]{{1,16}}(\.[0-9]{{1,3}})?:[0-9]{{1,32}})?{_END}"
-ACCOUNT_CURSOR_PATTERN = rf"^([0-9]{{1,9}})?{_END}"  # an offset; inflight's: "deadline:id"
+INFLIGHT_CURSOR_PATTERN = (  # "deadline:container id"
+    rf"^([0-9]{{1,16}}(\.[0-9]{{1,3}})?:[0-9]{{1,32}})?{_END}"
+)
+ACCOUNT_CURSOR_PATTERN = rf"^([0-9]{{1,9}})?{_END}"  # an offset
 # ?wait=: a JSON number (float() would also take " 1", "1_0", "+1" and "infinity").
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
