@@ -700,7 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sim_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("demo", help="end-to-end demo on the simulator", add_help=False)
+    p = sub.add_parser(
+        "demo",
+        help="end-to-end demo on the simulator (--serve: then the console on its data)",
+        add_help=False,
+    )
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)
 

@@ -8,6 +8,9 @@ Python API and the Redis intake stream); progress is shown live and a table clos
 The containers fed through the Python API also get a signed webhook, received by the demo itself
 on 127.0.0.1: the SSRF guard refuses loopback targets, so the demo allows that one explicitly
 (``WEBHOOK_ALLOWED_HOSTS=127.0.0.1``), as a deployment names its in-cluster receivers.
+
+With ``--serve`` the demo then leaves ``threads-poller serve`` (the console and the HTTP API)
+running on its data, with a read-write key made for it, until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -183,6 +187,8 @@ async def local_redis(url: str, workdir: Path) -> AsyncIterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Ctrl-C reaches the demo alone, which stops the console and the worker before Redis.
+        start_new_session=True,
     )
     started = f"redis://127.0.0.1:{port}/0"
     try:
@@ -229,7 +235,9 @@ async def cluster_redis(settings: Settings) -> AsyncIterator[str]:
     yield settings.redis_url
 
 
-async def run_demo(interval: float, window: float, give_up_after: float) -> int:
+async def run_demo(
+    interval: float, window: float, give_up_after: float, *, serve: bool = False, port: int = 0
+) -> int:
     # The demo's own prefix, tagged when the settings name a cluster (valid either way).
     base = load_settings(key_prefix=DEMO_CLUSTER_PREFIX)
     cluster = bool(base.redis_cluster_nodes)
@@ -287,12 +295,20 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log:
             worker = await asyncio.create_subprocess_exec(
-                *_worker_command(), "worker", env=env, stdout=log, stderr=log
+                *_worker_command(),
+                "worker",
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # stopped by the demo (SIGTERM), not by Ctrl-C
             )
         print(f"Worker: pid {worker.pid}, log {log_path}")
         redis = open_redis(settings) if cluster else Redis.from_url(redis_url)
         try:
-            return await _feed_and_watch(redis, settings, sim.state, worker, give_up_after, hooks)
+            rc = await _feed_and_watch(redis, settings, sim.state, worker, give_up_after, hooks)
+            if serve:
+                await serve_console(env, workdir, port)
+            return rc
         finally:
             if worker.returncode is None:
                 worker.send_signal(signal.SIGTERM)
@@ -300,6 +316,79 @@ async def run_demo(interval: float, window: float, give_up_after: float) -> int:
             print(f"Worker stopped (exit {worker.returncode}).")
             await redis.aclose()
             print(where_results_are(redis_url, base.redis_url, prefix))
+            if not serve:
+                print(
+                    "To look around in the console on the demo's data: threads-poller demo --serve"
+                )
+
+
+async def _answers(url: str) -> bool:
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http,
+            http.get(url) as resp,
+        ):
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def serve_console(env: dict[str, str], workdir: Path, port: int = 0) -> None:
+    """``threads-poller serve`` on the demo's Redis and prefix, on loopback, with a read-write
+    key of its own, until Ctrl-C or SIGTERM (then stopped like SIGTERM stops it)."""
+    key = secrets.token_urlsafe(24)
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "serve.log"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serve_env = dict(env, HTTP_HOST="127.0.0.1", HTTP_PORT=str(port), API_KEYS=key)
+    serve_env.pop("API_READ_KEYS", None)
+    try:
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *_worker_command(),
+                "serve",
+                env=serve_env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not await _answers(f"{url}/healthz"):
+                if stop.is_set():
+                    return
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    print(f"The console did not start; see {log_path}.", flush=True)
+                    return
+                await asyncio.sleep(0.1)
+            print(
+                f"\nConsole: {url}/  (sign in with the key; the API is at {url}/v1)\n"
+                f"API key (read-write, made for this demo): {key}\n"
+                f"  curl -H 'Authorization: Bearer {key}' {url}/v1/overview\n"
+                f"Serving the demo's data (log {log_path}); Ctrl-C stops the console, the worker "
+                "and the demo.",
+                flush=True,
+            )
+            ended = asyncio.ensure_future(proc.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if proc.returncode is not None:
+                print(f"The console exited ({proc.returncode}); see {log_path}.", flush=True)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 30)
+                print(f"\nConsole stopped (exit {proc.returncode}).", flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def where_results_are(used_url: str, configured_url: str, prefix: str = DEMO_PREFIX) -> str:
@@ -415,8 +504,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
     parser.add_argument("--window", type=float, default=10.0, help="polling window in seconds")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after seconds")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="then leave the console (threads-poller serve) running on the demo's data, "
+        "printing its URL and a key, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="the console's port with --serve (default: a free one)"
+    )
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run_demo(args.interval, args.window, args.timeout))
+        return asyncio.run(
+            run_demo(args.interval, args.window, args.timeout, serve=args.serve, port=args.port)
+        )
     except KeyboardInterrupt:
         return 130

@@ -200,6 +200,40 @@ async def test_bad_input_is_refused_with_a_stable_code_and_writes_nothing(
                 400,
                 "invalid_parameter",
             ),
+            # Found by Schemathesis (tests/integration/test_schemathesis.py):
+            # JSON null is a body, and not the object the document asks for;
+            (
+                "POST",
+                "/v1/containers/1/cancel",
+                {"data": b"null", "headers": json_type},
+                422,
+                "invalid_body",
+            ),
+            # the pattern of a query's Last-Event-ID holds when the header is there too;
+            (
+                "GET",
+                "/v1/events?last_event_id=",
+                {"headers": {"Last-Event-ID": "0"}},
+                400,
+                "invalid_parameter",
+            ),
+            # a stream id part of 20 digits may be over 2**64 (Redis refused it: 503);
+            (
+                "POST",
+                "/v1/dead-letters/intake/97043075029270520001-77992/replay",
+                {},
+                422,
+                "invalid_id",
+            ),
+            ("GET", "/v1/finals?cursor=" + "9" * 20 + "-0", {}, 400, "invalid_parameter"),
+            # a cursor has the pattern of its list's own next_cursor.
+            ("GET", "/v1/inflight?cursor=1-0", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/accounts?cursor=1-0", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/dead-letters/intake?cursor=%201-0", {}, 400, "invalid_parameter"),
+            # ?wait= is a number as JSON writes one (float() also reads "1_0", " 1", "+1").
+            ("GET", "/v1/containers/1?wait=1_0", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/containers/1?wait=%201", {}, 400, "invalid_parameter"),
+            ("GET", "/v1/containers/1?wait=+1", {}, 400, "invalid_parameter"),
             ("GET", "/v1/nothing-here", {}, 404, "not_found"),
             ("PUT", "/v1/containers", {"json": {}}, 405, "method_not_allowed"),
             ("DELETE", "/v1/containers/1", {}, 405, "method_not_allowed"),
@@ -237,6 +271,13 @@ async def test_the_served_document_is_what_the_server_accepts(
         assert (await api.get("/v1/failures?since=1H30M")).status == 200
         gone = await api.call("DELETE", "/v1/dead-letters/intake/%201-0%20")
         assert gone.status == 404 and gone.code() == "dead_letter_not_found"
+        # Found by Schemathesis: cursor 0-0 is valid by the pattern, and nothing comes before
+        # it (Redis refuses "(0-0" as the top of a range: this was a 503).
+        for path in ("/v1/finals", "/v1/failures", "/v1/dead-letters/intake"):
+            empty = await api.get(f"{path}?cursor=0-0")
+            assert empty.status == 200, (path, empty.text)
+            assert empty.body["items"] == [] and empty.body["next_cursor"] is None
+        assert (await api.get("/v1/containers/77001?wait=1e0")).code() == "container_not_found"
         assert await redis.dbsize() == before
 
 

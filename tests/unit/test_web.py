@@ -3,6 +3,7 @@ against the route table, the keys files. No server, no Redis."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,19 @@ from jsonschema import Draft202012Validator
 
 from worker.core.result import PollResult
 from worker.ops.stats import MinuteStats
-from worker.store.admin import DeadLetter, DeadLetterKind
+from worker.store.admin import DeadLetter, DeadLetterKind, FinalEvent
 from worker.web import openapi
 from worker.web.auth import KeysError, KeySource
 from worker.web.chart import STRIP, chart
 from worker.web.errors import CODES, ApiError
 from worker.web.requests import (
+    ACCOUNT_CURSOR_PATTERN,
+    INFLIGHT_CURSOR_PATTERN,
+    NO_BODY,
+    STREAM_CURSOR_PATTERN,
     parse_cancel,
     parse_container_id,
+    parse_cursor,
     parse_enqueue,
     parse_last_event_id,
     parse_letter_id,
@@ -30,7 +36,8 @@ from worker.web.requests import (
     parse_wait,
 )
 from worker.web.routes import API_ROUTES, ROUTES
-from worker.web.views import dead_letter_json, mask_url, result_json
+from worker.web.sse import frame
+from worker.web.views import dead_letter_json, event_json, mask_url, result_json
 
 KEY = "rw-key-0123456789abcdef"
 
@@ -96,7 +103,9 @@ def test_enqueue_refusals_have_stable_codes(body: Any, code: str) -> None:
 def test_query_parameters() -> None:
     assert parse_wait(None, max_seconds=60) is None
     assert parse_wait("2.5", max_seconds=60) == 2.5
-    for bad in ("x", "-1", "61", "nan", "inf", ""):
+    assert parse_wait("1e1", max_seconds=60) == 10 and parse_wait("0", max_seconds=60) == 0
+    # A number as JSON writes one: float() would also read "1_0", " 1", "+1" and "infinity".
+    for bad in ("x", "-1", "61", "nan", "inf", "", "1_0", " 1", "1 ", "+1", "1e400", ".5"):
         with pytest.raises(ApiError, match="wait"):
             parse_wait(bad, max_seconds=60)
     assert parse_limit(None) == 50 and parse_limit("7") == 7
@@ -112,10 +121,18 @@ def test_query_parameters() -> None:
     assert parse_last_event_id(None, "0") == "0-0"
     with pytest.raises(ApiError, match="Last-Event-ID"):
         parse_last_event_id("yesterday", None)
+    # The header counts, and the query must be valid too (the document's pattern holds for both).
+    assert parse_last_event_id("1-0", "2-0") == "1-0"
+    for query in ("", "later"):
+        with pytest.raises(ApiError, match="Last-Event-ID"):
+            parse_last_event_id("0", query)
 
 
 def test_cancel_body() -> None:
-    assert parse_cancel(None) is None
+    assert parse_cancel(NO_BODY) is None
+    # JSON null is a body, and not the object the document asks for.
+    with pytest.raises(ApiError, match="JSON object"):
+        parse_cancel(None)
     assert parse_cancel({"reason": "wrong video"}) == "wrong video"
     with pytest.raises(ApiError):
         parse_cancel({"reason": "x" * 201})
@@ -292,7 +309,20 @@ def _parse_header(raw: str) -> Any:
     return parse_last_event_id(raw, None)
 
 
+def _cursor_parser(pattern: str) -> Any:
+    return lambda raw: parse_cursor(raw, pattern)
+
+
+def _param_of(path: str, name: str) -> Any:
+    return _param_schema(path, "get", name)
+
+
 CONTRACTS = [
+    (_param_of("/v1/finals", "cursor"), _cursor_parser(STREAM_CURSOR_PATTERN)),
+    (_param_of("/v1/failures", "cursor"), _cursor_parser(STREAM_CURSOR_PATTERN)),
+    (_param_of("/v1/dead-letters/{kind}", "cursor"), _cursor_parser(STREAM_CURSOR_PATTERN)),
+    (_param_of("/v1/inflight", "cursor"), _cursor_parser(INFLIGHT_CURSOR_PATTERN)),
+    (_param_of("/v1/accounts", "cursor"), _cursor_parser(ACCOUNT_CURSOR_PATTERN)),
     (_param_schema("/v1/containers/{container_id}", "get", "container_id"), parse_container_id),
     (_param_schema("/v1/dead-letters/{kind}/{letter_id}", "delete", "letter_id"), parse_letter_id),
     (_param_schema("/v1/failures", "get", "since"), parse_since),
@@ -321,7 +351,15 @@ ODD = [
     "-1",
     "1-0-0",
     "1" * 20 + "-" + "1" * 20,
+    "1" * 19 + "-" + "1" * 19,
+    "9" * 20 + "-0",  # over 2**64: Redis refuses it
     "1" * 21 + "-0",
+    "1:2",
+    "1795438388.61:123",
+    "1.5555:2",
+    ":1",
+    "1:",
+    "1:2\n",
     "1" * 32,
     "1" * 33,
     " 12 ",
@@ -365,7 +403,7 @@ def test_each_pattern_in_the_document_is_what_its_parser_accepts(schema: Any, pa
 
 
 @settings(max_examples=400, deadline=None)
-@given(raw=st.text(alphabet="0123456789-dhmsDHMS \t\n\x1c\x85\ufeff\u0661x", max_size=14))
+@given(raw=st.text(alphabet="0123456789-.:dhmsDHMS \t\n\x1c\x85\ufeff\u0661x", max_size=14))
 def test_patterns_and_parsers_agree_on_arbitrary_text(raw: str) -> None:
     for schema, parse in CONTRACTS:
         valid = Draft202012Validator(schema).is_valid(raw)
@@ -387,3 +425,81 @@ def test_the_document_gives_this_servers_bounds() -> None:
     # Asking for other bounds does not change the default document (each is its own copy).
     assert openapi.document()["paths"] == openapi.document()["paths"]
     assert _param_schema("/v1/containers/{container_id}", "get", "wait")["maximum"] == 60
+
+
+def _doc_validator(name: str) -> Any:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    doc = openapi.document()
+    urn = "urn:test:openapi"
+    registry: Any = Registry().with_resource(
+        urn, Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator({"$ref": f"{urn}#/components/schemas/{name}"}, registry=registry)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"container_id": "1"},
+        {"container_ids": ["1", "2"]},
+        {"container_ids": ["1"], "children": None},
+        {"container_id": "1", "children": ["2", "3"]},
+        # Found by Schemathesis: the document allowed these, the server refuses them.
+        {"container_ids": ["1"], "children": ["2", "3"]},  # children go with container_id
+        {"container_id": "1", "children": ["2", "2"]},  # distinct children
+        # Both ids: the document's oneOf refused it only while each branch matched.
+        {"container_id": "1", "container_ids": ["2"]},
+        {"container_id": "1", "container_ids": ["2"], "children": ["3", "4"]},
+        {},
+    ],
+)
+def test_an_enqueue_body_is_valid_by_the_document_when_the_server_takes_it(body: Any) -> None:
+    try:
+        parse_enqueue(body, max_batch=3)
+    except ApiError:
+        taken = False
+    else:
+        taken = True
+    assert _doc_validator("EnqueueRequest").is_valid(body) == taken
+
+
+def _sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """What an event stream client sees of ``raw`` (as Schemathesis reads it)."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            out.append(fields)
+    return out
+
+
+def test_the_event_stream_is_what_the_document_says() -> None:
+    """Found by Schemathesis: the document gave text/event-stream the schema of a string, and
+    OpenAPI 3.1 reads that schema as each event's."""
+    doc = openapi.document()
+    op = doc["paths"]["/v1/events"]["get"]
+    assert op["responses"]["200"]["content"]["text/event-stream"]["schema"] == {
+        "$ref": "#/components/schemas/ServerSentEvent"
+    }
+    raw = {"container_id": "1", "status": "ERROR", "checks": "2", "error_message": "x"}
+    event = event_json(FinalEvent.of("1-0", raw))
+    gap: dict[str, object] = {"after": "1-0", "oldest": "5-0", "reason": "events were trimmed"}
+    sse = _doc_validator("ServerSentEvent")
+    found = _sse_events(frame("1-0", event) + frame("1-0", gap, "gap"))
+    assert [e["event"] for e in found] == ["final", "gap"]
+    for got in found:
+        sse.validate(got)
+        # contentSchema is an annotation to jsonschema: the data checked by hand.
+        content = next(
+            b["properties"]["data"]["contentSchema"]
+            for b in doc["components"]["schemas"]["ServerSentEvent"]["oneOf"]
+            if b["properties"]["event"]["const"] == got["event"]
+        )
+        if "$ref" in content:
+            _doc_validator(content["$ref"].rsplit("/", 1)[1]).validate(json.loads(got["data"]))
+        else:
+            Draft202012Validator(content).validate(json.loads(got["data"]))
+    assert not sse.is_valid({"event": "final", "id": "1-0"})  # no data
+    assert not sse.is_valid({"event": "other", "id": "1-0", "data": "{}"})

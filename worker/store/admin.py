@@ -62,7 +62,8 @@ SEARCH_COUNT = 1000
 AUDIT_MAX_LEN = 10_000
 AUDIT_SCAN = 2_000
 
-_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# Each part below 2**64 (what Redis takes; 20 digits may be over it): 19 digits at most.
+_STREAM_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 _INFLIGHT_CURSOR = re.compile(r"^([0-9]{1,16}(?:\.[0-9]{1,3})?):([0-9]{1,32})$")
 
 
@@ -91,9 +92,20 @@ class ReplayOutcome(StrEnum):
 def validate_stream_id(raw: object, *, what: str = "dead letter id") -> str:
     """A Redis stream entry id (``1795438388610-0``)."""
     value = raw.strip() if isinstance(raw, str) else ""
-    if not _STREAM_ID.match(value):
+    if not _STREAM_ID.fullmatch(value):
         raise InvalidIdError(f"{what} must look like 1795438388610-0")
     return value
+
+
+def _before(cursor: str | None) -> str | None:
+    """The exclusive top of an XREVRANGE that goes on after ``cursor``; None: nothing can
+    come before it (``0-0``, which Redis refuses as an exclusive end)."""
+    if cursor is None:
+        return "+"
+    entry_id = validate_stream_id(cursor, what="cursor")
+    if all(int(part) == 0 for part in entry_id.split("-")):
+        return None
+    return "(" + entry_id
 
 
 def stream_ms(entry_id: str) -> float:
@@ -358,7 +370,7 @@ class AdminStore:
         low: str = "-inf"
         after: tuple[float, str] | None = None
         if cursor:
-            m = _INFLIGHT_CURSOR.match(cursor)
+            m = _INFLIGHT_CURSOR.fullmatch(cursor)
             if not m:
                 raise InvalidIdError("cursor is not one this API returned")
             after = (float(m.group(1)), m.group(2))
@@ -460,13 +472,13 @@ class AdminStore:
         where to go on when there may be more."""
         limit = _limit(limit)
         oldest = f"{int((now - since_seconds) * 1000)}-0"
-        if cursor is not None:
-            top = "(" + validate_stream_id(cursor, what="cursor")
-        elif until_seconds is not None:
+        if cursor is None and until_seconds is not None:
             # Every entry of that millisecond and before it.
-            top = str(max(0, int((now - until_seconds) * 1000)))
+            top: str | None = str(max(0, int((now - until_seconds) * 1000)))
         else:
-            top = "+"
+            top = _before(cursor)
+        if top is None:
+            return Page([], None)
         wanted = EventFilter(failed_only=failed_only, statuses=statuses, account=account)
         found: list[FinalEvent] = []
         scanned = 0
@@ -551,8 +563,8 @@ class AdminStore:
         """Newest first; ``cursor``: the id of the last one seen."""
         limit = _limit(limit)
         stream = self.dead_stream(kind)
-        top = "+" if cursor is None else "(" + validate_stream_id(cursor, what="cursor")
-        rows = await self.redis.xrevrange(stream, top, "-", count=limit + 1)
+        top = _before(cursor)
+        rows = [] if top is None else await self.redis.xrevrange(stream, top, "-", count=limit + 1)
         total = int(await self.redis.xlen(stream))
         letters = [_dead_letter(kind, text(i), raw) for i, raw in rows[:limit]]
         nxt = letters[-1].id if len(rows) > limit and letters else None

@@ -26,6 +26,10 @@ from worker.web import openapi
 from worker.web.context import AUTH, WebContext, ctx_of, holder
 from worker.web.errors import ApiError
 from worker.web.requests import (
+    ACCOUNT_CURSOR_PATTERN,
+    INFLIGHT_CURSOR_PATTERN,
+    NO_BODY,
+    STREAM_CURSOR_PATTERN,
     parse_account,
     parse_cancel,
     parse_container_id,
@@ -67,7 +71,7 @@ def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> w
 
 async def read_json(request: web.Request, *, required: bool) -> Any:
     """The body as JSON: 415 without a JSON content type, 413 over API_MAX_BODY_BYTES, 400 when
-    it does not parse. None for an empty optional body."""
+    it does not parse. ``NO_BODY`` for an empty optional body (JSON ``null`` is None)."""
     limit = ctx_of(request).settings.api_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("body_too_large", f"the body is larger than {limit} bytes")
@@ -79,7 +83,7 @@ async def read_json(request: web.Request, *, required: bool) -> Any:
     if not raw.strip():
         if required:
             raise ApiError("invalid_body", "a JSON body is required")
-        return None
+        return NO_BODY
     if request.content_type not in JSON_TYPES:
         raise ApiError("unsupported_media_type", "send Content-Type: application/json")
     try:
@@ -247,7 +251,7 @@ async def _finals(request: web.Request, *, failed_only: bool) -> web.Response:
     q = request.query
     since = parse_since(q.get("since"))
     limit = parse_limit(q.get("limit"), default=100)
-    cursor = parse_cursor(q.get("cursor"))
+    cursor = parse_cursor(q.get("cursor"), STREAM_CURSOR_PATTERN)
     statuses, account, until = (
         parse_statuses(q.get("status")),
         parse_account(q.get("account")),
@@ -281,7 +285,7 @@ async def failures(request: web.Request) -> web.Response:
 async def inflight(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     limit = parse_limit(request.query.get("limit"))
-    cursor = parse_cursor(request.query.get("cursor"))
+    cursor = parse_cursor(request.query.get("cursor"), INFLIGHT_CURSOR_PATTERN)
     account = parse_account(request.query.get("account"))
     now = await ctx.admin.now()
     try:
@@ -303,7 +307,7 @@ async def inflight(request: web.Request) -> web.Response:
 async def accounts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     limit = parse_limit(request.query.get("limit"), default=100)
-    cursor = parse_cursor(request.query.get("cursor"))
+    cursor = parse_cursor(request.query.get("cursor"), ACCOUNT_CURSOR_PATTERN)
     now = await ctx.admin.now()
     try:
         page = await ctx.admin.accounts(limit=limit, cursor=cursor)
@@ -401,7 +405,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     kind = parse_kind(request.match_info["kind"])
     limit = parse_limit(request.query.get("limit"))
-    cursor = parse_cursor(request.query.get("cursor"))
+    cursor = parse_cursor(request.query.get("cursor"), STREAM_CURSOR_PATTERN)
     try:
         page = await ctx.admin.dead_letters(kind, limit=limit, cursor=cursor)
     except InvalidIdError as exc:

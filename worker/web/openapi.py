@@ -18,11 +18,14 @@ from worker.core.states import State
 from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH
 from worker.web.errors import CODES
 from worker.web.requests import (
+    ACCOUNT_CURSOR_PATTERN,
     ACCOUNT_PATTERN,
     ID_PATTERN,
+    INFLIGHT_CURSOR_PATTERN,
     LAST_EVENT_ID_PATTERN,
     SINCE_PATTERN,
     STATUS_PATTERN,
+    STREAM_CURSOR_PATTERN,
     STREAM_ID_PATTERN,
 )
 
@@ -254,11 +257,21 @@ ENQUEUE = {
             "items": _ID,
             "minItems": 2,
             "maxItems": 20,
-            "description": "with container_id only: a carousel, this parent's 2 to 20 items",
+            "uniqueItems": True,
+            "description": "with container_id only: a carousel, this parent's 2 to 20 items "
+            "(distinct, the parent not among them)",
         },
     },
     "additionalProperties": False,
-    "oneOf": [{"required": ["container_id"]}, {"required": ["container_ids"]}],
+    "oneOf": [
+        {"required": ["container_id"], "not": {"required": ["container_ids"]}},
+        {
+            "required": ["container_ids"],
+            "not": {"required": ["container_id"]},
+            # children (a carousel) go with one container_id only.
+            "properties": {"children": {"type": "null"}},
+        },
+    ],
 }
 
 MINUTE = _obj(
@@ -334,6 +347,38 @@ HISTORY_EVENT = _obj(
     required=["kind", "at"],
 )
 
+
+def _sse(event: str, data: Any, description: str) -> Any:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"const": event},
+            "id": _STR,
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+            "retry": _INT,
+        },
+        "required": ["event", "id", "data"],
+    }
+
+
+# One event of GET /v1/events (OpenAPI 3.1: the text/event-stream schema is one event's).
+SSE_EVENT = {
+    "oneOf": [
+        _sse("final", _ref("Event"), "a final state; id: the events stream id (Last-Event-ID)"),
+        _sse(
+            "gap",
+            _obj({"after": _STR, "oldest": _STR, "reason": _STR}),
+            "events after `after` up to `oldest` were trimmed (EVENTS_MAX_LEN) before this "
+            "client read them",
+        ),
+    ]
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": ERROR,
     "Result": RESULT,
@@ -353,6 +398,7 @@ SCHEMAS: dict[str, Any] = {
     "History": _obj(
         {"container_id": _STR, "events": {"type": "array", "items": _ref("HistoryEvent")}}
     ),
+    "ServerSentEvent": SSE_EVENT,
     "EventPage": _page("Event", since_s=_NUM),
     "Account": ACCOUNT,
     "AccountPage": _page("Account", total=_INT, now=_NUM),
@@ -395,7 +441,12 @@ def _limit(default: int) -> Any:
     return _param("limit", "query", schema, "page size")
 
 
-CURSOR = _param("cursor", "query", _STR, "next_cursor of the previous page")
+def _cursor(pattern: str) -> Any:
+    schema = {"type": "string", "pattern": pattern}
+    return _param("cursor", "query", schema, "next_cursor of the previous page (empty: the first)")
+
+
+STREAM_CURSOR = _cursor(STREAM_CURSOR_PATTERN)
 SINCE = _param(
     "since",
     "query",
@@ -517,7 +568,7 @@ PATHS: dict[str, Any] = {
             {
                 "200": {
                     "description": "text/event-stream",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": _ref("ServerSentEvent")}},
                 },
                 **_errors(400, 429),
             },
@@ -535,28 +586,28 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "final states, newest first",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), CURSOR],
+            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), STREAM_CURSOR],
         )
     },
     "/v1/failures": {
         "get": _op(
             "final states that are not FINISHED or PUBLISHED, newest first, with the reason",
             {"200": _resp("a page", "EventPage"), **_errors(400)},
-            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), CURSOR],
+            params=[SINCE, UNTIL, STATUS, ACCOUNT, _limit(100), STREAM_CURSOR],
         )
     },
     "/v1/inflight": {
         "get": _op(
             "containers being polled, by deadline (soonest first)",
             {"200": _resp("a page", "InflightPage"), **_errors(400, 422)},
-            params=[ACCOUNT, _limit(50), CURSOR],
+            params=[ACCOUNT, _limit(50), _cursor(INFLIGHT_CURSOR_PATTERN)],
         )
     },
     "/v1/accounts": {
         "get": _op(
             "accounts: throttling, pause left, cached quota, whether the token was rejected",
             {"200": _resp("a page", "AccountPage"), **_errors(400, 422)},
-            params=[_limit(100), CURSOR],
+            params=[_limit(100), _cursor(ACCOUNT_CURSOR_PATTERN)],
         )
     },
     "/v1/workers": {
@@ -572,7 +623,7 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "dead letters, newest first",
             {"200": _resp("a page", "DeadLetterPage"), **_errors(400, 404, 422)},
-            params=[KIND, _limit(50), CURSOR],
+            params=[KIND, _limit(50), STREAM_CURSOR],
         )
     },
     "/v1/dead-letters/{kind}/{letter_id}/replay": {

@@ -20,6 +20,8 @@ from worker.core.states import FINAL_STATES, SUCCESS_STATES
 from worker.store.admin import DeadLetterKind
 from worker.web.errors import ApiError
 from worker.web.requests import (
+    INFLIGHT_CURSOR_PATTERN,
+    STREAM_CURSOR_PATTERN,
     parse_account,
     parse_container_id,
     parse_cursor,
@@ -131,7 +133,11 @@ def parse_filter(query: Mapping[str, Any], *, limit_max: int = BULK_MAX) -> List
         since=since,
         until=until,
         limit=parse_limit(_blank(query.get("limit")), default=PAGE_SIZE, maximum=limit_max),
-        cursor=parse_cursor(_blank(query.get("cursor"))),
+        # In flight pages by deadline, final states by their stream id: each its own cursor.
+        cursor=parse_cursor(
+            _blank(query.get("cursor")),
+            INFLIGHT_CURSOR_PATTERN if status == INFLIGHT else STREAM_CURSOR_PATTERN,
+        ),
     )
 
 

@@ -7,6 +7,7 @@ returns a typed value or raises ``ApiError`` with a stable code.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ CANCEL_FIELDS = frozenset({"reason"})
 # both ways). The parsers ``str.strip()`` first; JSON Schema's ``\s`` (ECMA-262) is another set
 # than ``str.isspace()``, so the set is spelled out.
 _WS = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
-_STREAM = r"[0-9]{1,20}-[0-9]{1,20}"  # worker.store.admin.validate_stream_id
+_STREAM = r"[0-9]{1,19}-[0-9]{1,19}"  # worker.store.admin.validate_stream_id
 ID_PATTERN = rf"^{_WS}[0-9]{{1,{MAX_ID_LENGTH}}}{_WS}$"  # worker.core.ids.validate_id
 STREAM_ID_PATTERN = rf"^{_WS}{_STREAM}{_WS}$"
 # "0": from the start. Not empty: EventSource sends no header before its first event, and an
@@ -51,6 +52,17 @@ SINCE_PATTERN = (
     rf"^{_WS}(?=[^1-9]*[1-9])([0-9]{{1,6}}[dD])?([0-9]{{1,6}}[hH])?([0-9]{{1,6}}[mM])?"
     rf"([0-9]{{1,6}}[sS])?{_WS}$"
 )
+# The cursors each list hands out as next_cursor (worker.store.admin); empty: the first page.
+# "$(?!\n)": the end, in Python's re as in ECMA-262 (Python's "$" also matches before a final
+# newline).
+_END = r"$(?!\n)"
+STREAM_CURSOR_PATTERN = rf"^({_STREAM})?{_END}"  # finals, failures, dead letters
+INFLIGHT_CURSOR_PATTERN = (  # "deadline:container id"
+    rf"^([0-9]{{1,16}}(\.[0-9]{{1,3}})?:[0-9]{{1,32}})?{_END}"
+)
+ACCOUNT_CURSOR_PATTERN = rf"^([0-9]{{1,9}})?{_END}"  # an offset
+# ?wait=: a JSON number (float() would also take " 1", "1_0", "+1" and "infinity").
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 # ``?status=ERROR,EXPIRED``: final states, comma-separated (worker.core.states.FINAL_STATES).
 _STATES = "|".join(sorted(FINAL_STATES))
@@ -181,9 +193,19 @@ def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
     )
 
 
+class _NoBody:
+    def __repr__(self) -> str:
+        return "NO_BODY"
+
+
+# An optional body that was not sent (JSON ``null`` is a body: not an object, so refused).
+NO_BODY: Any = _NoBody()
+
+
 def parse_cancel(body: Any) -> str | None:
-    """``POST /v1/containers/{id}/cancel``: an optional ``reason`` (kept in ``last_error``)."""
-    if body is None:
+    """``POST /v1/containers/{id}/cancel``: an optional ``reason`` (kept in ``last_error``);
+    ``body`` is the decoded JSON, or ``NO_BODY``."""
+    if body is NO_BODY:
         return None
     data = _object(body, CANCEL_FIELDS)
     # Absent: no reason; null is not a string (the document says string), so it is refused.
@@ -209,10 +231,9 @@ def parse_wait(raw: str | None, *, max_seconds: float) -> float | None:
     An empty ``wait=`` is refused: the document says number."""
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError("invalid_parameter", "wait must be a number of seconds") from None
+    if not _NUMBER.fullmatch(raw):
+        raise ApiError("invalid_parameter", "wait must be a number of seconds")
+    value = float(raw)
     if not (math.isfinite(value) and 0 <= value <= max_seconds):
         raise ApiError("invalid_parameter", f"wait must be between 0 and {max_seconds:g} seconds")
     return value
@@ -235,10 +256,12 @@ def parse_since(raw: str | None, *, default: str = "1h") -> float:
         raise ApiError("invalid_parameter", f"since: {exc}") from None
 
 
-def parse_cursor(raw: str | None) -> str | None:
+def parse_cursor(raw: str | None, pattern: str) -> str | None:
+    """``?cursor=``: a ``next_cursor`` of the list's own kind (``pattern``, as the document
+    gives it); empty or absent: the first page."""
     if raw is None or raw == "":
         return None
-    if len(raw) > 80 or not raw.isprintable():
+    if not re.fullmatch(pattern, raw):
         raise ApiError("invalid_parameter", "cursor is not one this API returned")
     return raw
 
@@ -259,10 +282,14 @@ def parse_letter_id(raw: str) -> str:
 
 def parse_last_event_id(header: str | None, query: str | None) -> str | None:
     """``Last-Event-ID`` (what EventSource sends on reconnect), or ``?last_event_id=``; an
-    events stream id. ``0`` replays everything the stream still holds. Given empty: refused."""
-    raw = header if header is not None else query
-    if raw is None:
-        return None
+    events stream id. ``0`` replays everything the stream still holds. Given empty: refused.
+    Both given: the header counts, and the query must be valid too."""
+    if query is not None:
+        query = _event_id(query)
+    return _event_id(header) if header is not None else query
+
+
+def _event_id(raw: str) -> str:
     raw = raw.strip()
     if raw in ("0", "0-0"):
         return "0-0"
