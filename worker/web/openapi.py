@@ -451,13 +451,15 @@ SINCE = _param(
     "since",
     "query",
     {"type": "string", "pattern": SINCE_PATTERN, "default": "1h"},
-    f"how far back: 90s, 30m, 1h, 2d, 1h30m; at most {format_duration(MAX_SINCE_SECONDS)}",
+    f"how far back: 90s, 30m, 1h, 2d, 1h30m; longer than {format_duration(MAX_SINCE_SECONDS)} "
+    "counts as that (the lists look back no further)",
 )
 UNTIL = _param(
     "until",
     "query",
     {"type": "string", "pattern": SINCE_PATTERN},
-    "only what is at least this old (with since: a time range, e.g. since=2h&until=1h)",
+    "only what is at least this old (with since: a time range, e.g. since=2h&until=1h); "
+    f"longer than {format_duration(MAX_SINCE_SECONDS)} counts as that",
 )
 STATUS = _param(
     "status",

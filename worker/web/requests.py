@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.client.client import MAX_WINDOW_SECONDS
-from worker.core.durations import parse_duration
+from worker.core.durations import MAX_SINCE_SECONDS, parse_duration
 from worker.core.errors import InvalidIdError
 from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id
 from worker.core.states import FINAL_STATES
@@ -248,10 +248,17 @@ def parse_limit(raw: str | None, *, default: int = 50, maximum: int = MAX_PAGE) 
     return int(raw)
 
 
+def _window(raw: str) -> float:
+    """A duration the document's pattern allows, counted up to MAX_SINCE_SECONDS: a longer one
+    means "all there is" (the lists look back that far at most). Refusing it would refuse
+    requests the document allows (no pattern can say 7 days; Schemathesis found ``73d``)."""
+    return min(parse_duration(raw, max_seconds=math.inf), MAX_SINCE_SECONDS)
+
+
 def parse_since(raw: str | None, *, default: str = "1h") -> float:
     # An empty ``since=`` is refused (SINCE_PATTERN), as parse_duration refuses it.
     try:
-        return parse_duration(default if raw is None else raw)
+        return _window(default if raw is None else raw)
     except ValueError as exc:
         raise ApiError("invalid_parameter", f"since: {exc}") from None
 
@@ -331,6 +338,6 @@ def parse_until(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return parse_duration(raw)
+        return _window(raw)
     except ValueError as exc:
         raise ApiError("invalid_parameter", f"until: {exc}") from None
