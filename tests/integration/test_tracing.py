@@ -183,3 +183,33 @@ async def test_the_client_refuses_a_bad_traceparent(redis: Redis, settings: Sett
         with pytest.raises(InvalidIdError, match="traceparent"):
             await client.enqueue("24105", traceparent=bad)
     assert await redis.exists(Keys(settings.key_prefix).result("24105")) == 0
+
+
+async def test_the_http_door_honours_and_checks_the_traceparent_header(
+    redis: Redis, settings: Settings, sim: RunningSimulator
+) -> None:
+    """POST /v1/containers: the header's trace is the enqueue span's parent and the poll's;
+    a malformed header is 422 invalid_traceparent and writes nothing."""
+    from tests.web_helpers import running_api
+
+    keys = Keys(settings.key_prefix)
+    sim.state.set_script("24106", ["FINISHED"])
+    with in_memory() as exported:
+        async with running_api(settings) as api:
+            bad = await api.post(
+                "/v1/containers", json={"container_id": "24107"}, headers={"traceparent": "x"}
+            )
+            good = await api.post(
+                "/v1/containers", json={"container_id": "24106"}, headers={"traceparent": TP}
+            )
+        async with running_worker(settings):
+            await final_of(redis, settings, "24106")
+        spans = exported.get_finished_spans()
+    assert bad.status == 422 and bad.body["error"]["code"] == "invalid_traceparent", bad.body
+    assert await redis.exists(keys.result("24107")) == 0
+    assert good.status == 202
+    (poll,) = named(spans, tracing.POLL)
+    assert poll.context.trace_id == TRACE_ID and poll.parent is not None
+    assert poll.parent.span_id == PARENT_SPAN
+    (check,) = named(spans, tracing.CHECK)
+    assert check.parent is not None and check.parent.span_id == poll.context.span_id
