@@ -36,6 +36,9 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
                 ``threads-poller worker`` runs; checks/s = final events per second (10 % to
                 90 %). Also: worker and Redis CPU per check, Redis round trips and commands per
                 check, API calls per container, the worker's RSS at the end.
+``tracing``     (by name only) the throughput workload twice, tracing off then on (README
+                "Tracing": OTLP/HTTP to a loopback receiver of the bench that drops the data):
+                the worker's CPU per check both ways.
 ``schedule``    lateness at half the checks/s measured above: containers scripted IN_PROGRESS
                 arrive at random (Poisson) times at that mean rate, POLL_INTERVAL_SECONDS=1 and
                 POLL_MAX_SECONDS=4 (at most 5 checks each); each id is enqueued twice more while
@@ -166,6 +169,7 @@ async def run(cfg: Config) -> None:
                 "webhooks": bench.phase_webhooks,
                 "paced": bench.phase_paced,
                 "history": bench.phase_history,
+                "tracing": bench.phase_tracing,
             }
             for name in cfg.phases:
                 try:

@@ -94,9 +94,11 @@ ALL_PHASES = (
     "paced",
     "history",
     "million",
+    "tracing",
 )
-# The million phase takes ~4 minutes and ~1 GB of Redis: asked for by name only.
-DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p != "million")
+# The million phase takes ~4 minutes and ~1 GB of Redis, the tracing phase (two throughput
+# runs, off and on) is for the tracing cost: both asked for by name only.
+DEFAULT_PHASES = tuple(p for p in ALL_PHASES if p not in ("million", "tracing"))
 # How far ahead the million phase moves its parked polls' next checks (README, "A million").
 PARK_MS = 3_600_000
 
@@ -656,7 +658,9 @@ class Bench:
             )
         return ", ".join(parts) + f" (of one core; {os.cpu_count()} cores)"
 
-    async def drain(self, label: str, workers: int, *, hold: bool) -> DrainRun:
+    async def drain(
+        self, label: str, workers: int, *, hold: bool, env: dict[str, str] | None = None
+    ) -> DrainRun:
         """The throughput workload: N containers scripted FINISHED enqueued beforehand, then
         ``workers`` worker processes drain them. With ``hold`` the queue is renamed away until
         every worker is ready, so that they all start on it together."""
@@ -678,7 +682,7 @@ class Bench:
         children = [
             self.spawn_worker(
                 label if workers == 1 else f"{label}-{i + 1}",
-                self.worker_env(EVENTS_MAX_LEN=str(max(100_000, 2 * n))),
+                self.worker_env(EVENTS_MAX_LEN=str(max(100_000, 2 * n)), **(env or {})),
             )
             for i in range(workers)
         ]
@@ -724,6 +728,46 @@ class Bench:
             for child in children:
                 out(f"  ! only {prog.done}/{n} final; {child.name} log tail:\n{child.tail()}")
         return DrainRun(children, ids, prog, delta, calls, self.cpu_line(cpu0, cpu1), rss)
+
+    async def phase_tracing(self) -> None:
+        """README "Tracing": the throughput workload with tracing off, then on (OTLP/HTTP to a
+        loopback receiver that drops what it gets): the worker's CPU per check, both ways."""
+        from aiohttp import web
+
+        received = [0, 0]  # requests, bytes
+
+        async def sink(request: web.Request) -> web.Response:
+            received[0] += 1
+            received[1] += len(await request.read())
+            return web.Response(status=200, content_type="application/x-protobuf")
+
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_post("/v1/traces", sink)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        endpoint = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        n = self.cfg.n
+        try:
+            out(f"\n[tracing] throughput of {n} containers, tracing off then on")
+            off = await self.drain("tracing-off", 1, hold=False)
+            on = await self.drain(
+                "tracing-on",
+                1,
+                hold=False,
+                env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "500"},
+            )
+        finally:
+            await runner.cleanup()
+        a, b = off.prog.cpu_ms_per_item, on.prog.cpu_ms_per_item
+        out(f"  worker CPU per check: off {fmt(a, '.3f')} ms, on {fmt(b, '.3f')} ms")
+        out(
+            f"  checks/s: off {fmt(off.prog.steady_rate)}, on {fmt(on.prog.steady_rate)}; "
+            f"the receiver got {received[0]} exports, {received[1] / 1e6:.1f} MB"
+        )
+        if a and b:
+            out(f"  tracing on costs {b - a:+.3f} ms CPU per check ({(b / a - 1) * 100:+.0f} %)")
 
     async def phase_throughput(self) -> None:
         n, f = self.cfg.n, self.figures

@@ -40,6 +40,8 @@ from worker.core.ids import MAX_BATCH, validate_id
 from worker.core.result import PollResult
 from worker.core.states import is_success
 from worker.core.targets import check_target, parse_target, webhook_policy
+from worker.core.tracing import TraceparentError, optional_traceparent
+from worker.ops import tracing
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -220,6 +222,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except InvalidIdError as exc:
             raise CliError(f"invalid setting WEBHOOK_URL: {exc}", EXIT_USAGE) from None
     use_event_loop(settings.event_loop)
+    # README "Tracing": on only when the OpenTelemetry variables ask; flushed at the end.
+    traces = tracing.configure()
     try:
         build_worker(settings, tokens=tokens).run_forever()
     except AuthenticationError:
@@ -234,6 +238,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             extra={"error": redact(f"{type(exc).__name__}: {exc}")[:300]},
         )
         return EXIT_FAILURE
+    finally:
+        traces.shutdown()
     return EXIT_OK
 
 
@@ -245,6 +251,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError("--carousel takes no container ids (its children: --children)", EXIT_USAGE)
     if args.intake and (args.carousel is not None or args.reply_to):
         raise CliError("--intake takes plain container ids (no --carousel, --reply-to)", EXIT_USAGE)
+    try:
+        optional_traceparent(args.traceparent)
+    except TraceparentError as exc:
+        raise CliError(f"invalid --traceparent: {exc}", EXIT_USAGE) from None
     # One outcome per distinct id, whichever batch a repeat falls in.
     ids = (
         list(dict.fromkeys(raw.strip() for raw in _read_ids(args))) if args.carousel is None else []
@@ -264,6 +274,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 webhook_url=args.webhook_url,
                 reply_to=args.reply_to,
                 producer=args.producer,
+                traceparent=args.traceparent,
             )
             return [one]
         return await _in_batches(
@@ -276,6 +287,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 webhook_url=args.webhook_url,
                 reply_to=args.reply_to,
                 producer=args.producer,
+                traceparent=args.traceparent,
             ),
         )
 
@@ -318,6 +330,7 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
                     publish=args.publish,
                     webhook_url=args.webhook_url,
                     producer=args.producer,
+                    traceparent=args.traceparent,
                 ),
             ),
         )
@@ -631,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="enqueue as this producer (PRODUCERS): its scope applies, and the polls are its "
         "own; with --intake, its stream",
+    )
+    p.add_argument(
+        "--traceparent",
+        metavar="00-TRACE-SPAN-FLAGS",
+        help='the producer\'s W3C Trace Context: the polls join that trace (README "Tracing")',
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_enqueue)

@@ -66,6 +66,7 @@ def _ago(now: float, at: float | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.cli import no_core_dumps, use_event_loop
+    from worker.ops import tracing
     from worker.ops.logs import setup_logging
     from worker.web.app import ServeRefusedError, check_exposure, serve
     from worker.web.auth import KeysError, KeySource
@@ -87,12 +88,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # and closes every queued connection, a key holder's request among them, where asyncio
     # stops accepting for a second while the connection guard closes idle connections.
     use_event_loop(EventLoop.ASYNCIO)
+    traces = tracing.configure()  # README "Tracing": the enqueue spans of POST /v1/containers
     try:
         serve(settings, keys)
     except OSError as exc:
         raise CliError(
             f"cannot listen on {settings.http_host}:{settings.http_port}: {exc}", EXIT_FAILURE
         ) from None
+    finally:
+        traces.shutdown()
     return EXIT_OK
 
 

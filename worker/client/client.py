@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import math
 import re
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from worker.core.history import HistoryEvent
 from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
+from worker.core.tracing import TraceparentError, check_traceparent
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
 from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
@@ -81,6 +83,7 @@ def build_requests(
     publish: bool = False,
     webhook_url: str | None = None,
     reply_to: str | None = None,
+    traceparent: str | None = None,
 ) -> list[EnqueueRequest]:
     """Validate the ids and the account: one bad one raises InvalidIdError (nothing is written).
 
@@ -88,11 +91,37 @@ def build_requests(
     folded into one request, in order of first appearance."""
     acct = validate_id(account, what="account id") if account is not None else None
     reply = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
+    trace = check_traceparent_arg(traceparent)
     ids = _ids(container_ids)
     return [
-        EnqueueRequest(cid, acct, force, publish, webhook_url, reply_to=reply)
+        EnqueueRequest(cid, acct, force, publish, webhook_url, reply_to=reply, traceparent=trace)
         for cid in dict.fromkeys(ids)
     ]
+
+
+def check_traceparent_arg(traceparent: str | None) -> str | None:
+    """A producer's W3C ``traceparent`` (InvalidIdError when it is not one); when none is given
+    and the producer's own process traces with OpenTelemetry, its current span's (so the poll
+    joins the producer's trace without passing it by hand)."""
+    if traceparent is None:
+        return ambient_traceparent()
+    try:
+        return check_traceparent(traceparent)
+    except TraceparentError as exc:
+        raise InvalidIdError(str(exc)) from None
+
+
+def ambient_traceparent() -> str | None:
+    """The producer process's current OpenTelemetry span, as a ``traceparent``; None when the
+    process does not use OpenTelemetry (it is never imported here for that)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
 def build_carousel(
@@ -103,11 +132,17 @@ def build_carousel(
     force: bool = False,
     publish: bool = False,
     reply_to: str | None = None,
+    traceparent: str | None = None,
 ) -> EnqueueRequest:
     """A carousel: its parent container and its 2 to 20 item containers, validated (a webhook
     URL is judged and set by the caller, as for ``build_requests``' batches)."""
     (req,) = build_requests(
-        [parent], account=account, force=force, publish=publish, reply_to=reply_to
+        [parent],
+        account=account,
+        force=force,
+        publish=publish,
+        reply_to=reply_to,
+        traceparent=traceparent,
     )
     kids = validate_children(list(children), parent=req.container_id)
     return dataclasses.replace(req, children=kids)
@@ -297,6 +332,7 @@ class PollerClient:
         window_seconds: float | None = None,
         reply_to: str | None = None,
         producer: str | None = None,
+        traceparent: str | None = None,
     ) -> list[EnqueueOutcome]:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
@@ -313,11 +349,19 @@ class PollerClient:
         ``producer`` (default: the client's) is whose scope applies: a request it does not allow
         raises ScopeError before anything is written; a container another producer started
         that this one may not restart is refused by enqueue.lua (ScopeError after the call,
-        with every outcome of the batch in ``outcomes``)."""
+        with every outcome of the batch in ``outcomes``).
+
+        ``traceparent`` (W3C Trace Context) puts the polls in the producer's trace (README
+        "Tracing"); without it, the current OpenTelemetry span of this process, if any."""
         window = self._window_of(window_seconds)
         scope = self.scope(producer)
         requests = build_requests(
-            container_ids, account=account, force=force, publish=publish, reply_to=reply_to
+            container_ids,
+            account=account,
+            force=force,
+            publish=publish,
+            reply_to=reply_to,
+            traceparent=traceparent,
         )
         self.check_scope(
             scope,
@@ -368,6 +412,7 @@ class PollerClient:
         window_seconds: float | None = None,
         reply_to: str | None = None,
         producer: str | None = None,
+        traceparent: str | None = None,
     ) -> EnqueueOutcome:
         """Poll a carousel as one unit: its 2 to 20 children each get their own poll (and
         result); the parent is polled only once every child is FINISHED, and ends
@@ -376,7 +421,13 @@ class PollerClient:
         is the parent's; a parent already being polled starts nothing new (``duplicate``)."""
         scope = self.scope(producer)
         req = build_carousel(
-            parent, children, account=account, force=force, publish=publish, reply_to=reply_to
+            parent,
+            children,
+            account=account,
+            force=force,
+            publish=publish,
+            reply_to=reply_to,
+            traceparent=traceparent,
         )
         self.check_scope(
             scope, account=req.account, force=force, publish=publish, webhook_url=webhook_url
@@ -399,6 +450,7 @@ class PollerClient:
         window_seconds: float | None = None,
         reply_to: str | None = None,
         producer: str | None = None,
+        traceparent: str | None = None,
     ) -> EnqueueOutcome:
         """``enqueue_many`` of one id."""
         (outcome,) = await self.enqueue_many(
@@ -410,6 +462,7 @@ class PollerClient:
             window_seconds=window_seconds,
             reply_to=reply_to,
             producer=producer,
+            traceparent=traceparent,
         )
         return outcome
 
@@ -422,6 +475,7 @@ class PollerClient:
         publish: bool = False,
         webhook_url: str | None = None,
         producer: str | None = None,
+        traceparent: str | None = None,
     ) -> list[str]:
         """Hand each id to the workers through the intake stream (one ``XADD`` each, one round
         trip): what a Redis user with the ``producer`` role may do, and nothing more. Returns
@@ -439,7 +493,9 @@ class PollerClient:
             check_name(name)
         except ProducersError as exc:
             raise ScopeError(str(exc), producer=name[:40]) from None
-        requests = build_requests(container_ids, account=account, force=force, publish=publish)
+        requests = build_requests(
+            container_ids, account=account, force=force, publish=publish, traceparent=traceparent
+        )
         if name in self.producers.scopes:
             # A producer-only Redis user may not know its scope (the workers do): then the
             # workers dead-letter what it does not allow.
@@ -464,6 +520,8 @@ class PollerClient:
                     fields["publish"] = "1"
                 if hook:
                     fields["webhook_url"] = hook
+                if req.traceparent:
+                    fields["traceparent"] = req.traceparent
                 pipe.xadd(self._store.keys.intake_of(name), fields)  # type: ignore[arg-type]
             replies = await pipe.execute()
         return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]

@@ -31,6 +31,7 @@ async def enqueue_many(
     webhook_url: str | None = None,
     reply_to: str | None = None,
     producer: str | None = None,
+    traceparent: str | None = None,
     settings: Settings,
 ) -> list[EnqueueOutcome]:
     """Start polling; ``publish=True`` also publishes each container once it is FINISHED."""
@@ -42,6 +43,7 @@ async def enqueue_many(
         webhook_url=webhook_url,
         reply_to=reply_to,
         producer=producer,
+        traceparent=traceparent,
     )
 
 
@@ -55,6 +57,7 @@ async def enqueue(
     webhook_url: str | None = None,
     reply_to: str | None = None,
     producer: str | None = None,
+    traceparent: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     return await PollerClient.from_settings(settings, redis).enqueue(
@@ -65,6 +68,7 @@ async def enqueue(
         webhook_url=webhook_url,
         reply_to=reply_to,
         producer=producer,
+        traceparent=traceparent,
     )
 
 
@@ -79,6 +83,7 @@ async def enqueue_carousel(
     webhook_url: str | None = None,
     reply_to: str | None = None,
     producer: str | None = None,
+    traceparent: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     """``PollerClient.enqueue_carousel``: the parent polled once every child is FINISHED."""
@@ -91,4 +96,5 @@ async def enqueue_carousel(
         webhook_url=webhook_url,
         reply_to=reply_to,
         producer=producer,
+        traceparent=traceparent,
     )

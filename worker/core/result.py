@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from worker.core.tracing import TraceparentError, optional_traceparent
+
 
 def stamp(t: float) -> str:
     """A time as stored: Unix seconds to the millisecond (``1795438388.610``), rounded down."""
@@ -104,6 +106,9 @@ class PollResult:
     # A publish claim was given back without a certain answer (the replicas did not acknowledge
     # it): the next run reads the status before it may publish.
     publish_verify: bool = False
+    # The poll's trace (W3C ``traceparent``, README "Tracing"): a producer's, or the enqueue
+    # span's; read only when valid (``worker.core.tracing``), never shown in a result.
+    traceparent: str | None = None
 
     @property
     def window(self) -> float | None:
@@ -148,6 +153,7 @@ class PollResult:
         data.pop("intake_entry")
         data.pop("parent_generation")
         data.pop("publish_verify")
+        data.pop("traceparent")
         data["children"] = list(self.children)
         return data
 
@@ -171,6 +177,15 @@ def _flag(value: str) -> bool:
 
 def _text(value: str) -> str:
     return value
+
+
+def _traceparent(value: str) -> str | None:
+    # Written only valid (enqueue.lua checks it too), read only valid: a hash edited by hand
+    # cannot hand the tracer something else.
+    try:
+        return optional_traceparent(value)
+    except TraceparentError:
+        return None
 
 
 # How each field of a result hash is read (``PollResult.from_hash``), and what a field that is
@@ -241,6 +256,7 @@ _READ: dict[str, Any] = {
     ),
     "window_delay": lambda value: _num(value) or 0.0,
     "children": lambda value: tuple(c for c in value.split(",") if c),
+    "traceparent": _traceparent,
 }
 _ABSENT: dict[str, Any] = {name: read("") for name, read in _READ.items()}
 _ABSENT["updated_at"] = False

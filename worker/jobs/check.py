@@ -48,10 +48,12 @@ from worker.core.planner import (
 from worker.core.publishing import PublishVerdict, judge_publish
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.targets import WebhookPolicy
+from worker.core.tracing import poll_traceparent
 from worker.jobs.quota import fetch_quota, quota_ttl
 from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
 from worker.jobs.webhook import body_for
-from worker.ops import metrics
+from worker.ops import metrics, tracing
+from worker.ops.tracing import NOOP_SPAN, Span
 from worker.store.accounts import AccountStore
 from worker.store.queue import ClaimedJob, JobQueue, persist
 from worker.store.replicas import Replicas
@@ -110,8 +112,28 @@ class CheckJob:
         self.p = poller
 
     async def __call__(self, job: ClaimedJob) -> None:
-        p = self.p
         current = PollResult.from_hash(job.state) if job.state else None
+        tracer = tracing.active()
+        if not tracer.enabled or current is None:
+            await self._run(job, current, NOOP_SPAN)
+            return
+        # The poll's trace: the one stored at enqueue, else one derived from the poll (enqueued
+        # where tracing was off), so that every check of it, by any worker, joins one trace.
+        parent = current.traceparent or poll_traceparent(current.container_id, current.generation)
+        with tracer.span(
+            tracing.CHECK,
+            parent=parent,
+            attributes={
+                "threads_poller.container_id": current.container_id,
+                "threads_poller.account": current.account or DEFAULT_ACCOUNT,
+                "threads_poller.generation": current.generation,
+                "threads_poller.job_try": job.try_,
+            },
+        ) as span:
+            await self._run(job, current, span)
+
+    async def _run(self, job: ClaimedJob, current: PollResult | None, span: Span) -> None:
+        p = self.p
         token = await p.tokens.token_for(current.account) if current is not None else None
         plan = plan_run(
             current,
@@ -121,16 +143,20 @@ class CheckJob:
             policy=p.policy,
         )
         if isinstance(plan, Skip) or current is None:
+            span.set("threads_poller.plan", "skip")
             await self._end(job, plan.reason if isinstance(plan, Skip) else "no poll")
         elif isinstance(plan, Record):
-            await self.record(job, current, plan)
+            span.set("threads_poller.plan", "record")
+            await self.record(job, current, plan, span=span)
         elif isinstance(plan, CallPublish):
             assert token is not None
-            await self._publish(job, current, token)
+            span.set("threads_poller.plan", "publish")
+            await self._publish(job, current, token, span)
         else:
             assert isinstance(plan, CallStatus)
             assert token is not None
-            await self._check(job, current, token)
+            span.set("threads_poller.plan", "status")
+            await self._check(job, current, token, span)
 
     async def give_up(self, job: ClaimedJob, why: str) -> None:
         """Too many runs without a settled outcome: end the poll, saying why (TIMED_OUT, or
@@ -156,7 +182,9 @@ class CheckJob:
             await persist("releasing a job", lambda: self.p.queue.release(job, delay_ms=1000))
         log.debug("job ended: %s", reason, extra={"job_id": job.job_id, "ended": ended})
 
-    async def _check(self, job: ClaimedJob, current: PollResult, token: str) -> None:
+    async def _check(
+        self, job: ClaimedJob, current: PollResult, token: str, span: Span = NOOP_SPAN
+    ) -> None:
         p = self.p
         s = p.settings
         account = current.account or DEFAULT_ACCOUNT
@@ -171,6 +199,10 @@ class CheckJob:
         api_s = time.perf_counter() - t0
         metrics.observe_api_call(outcome, api_s)
         kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
+        if span is not NOOP_SPAN:
+            span.update(api_attributes(outcome, api_s, kind))
+            if isinstance(outcome, ThreadsError):
+                span.error(kind.value if kind is not None else "error")
 
         paused_until = 0.0
         usage = outcome.usage
@@ -220,7 +252,7 @@ class CheckJob:
         plan = after_status(
             current, outcome, now=now, paused_until=paused_until, policy=p.policy, explain=explain
         )
-        await self.record(job, current, plan, checked_at=now, api_s=api_s, call="status")
+        await self.record(job, current, plan, checked_at=now, api_s=api_s, call="status", span=span)
 
     async def _note_throttle(
         self,
@@ -234,8 +266,35 @@ class CheckJob:
     ) -> float | None:
         """One throttled answer: a step of the account's back-off (one per episode). Returns
         the account's pause end, or None when the run lost its lease (nothing is recorded)."""
-        p, s = self.p, self.p.settings
         account = current.account or DEFAULT_ACCOUNT
+        with tracing.active().span(
+            tracing.THROTTLE,
+            attributes={"threads_poller.account": account, "threads_poller.throttle.code": code},
+        ) as span:
+            return await self._throttle(
+                job,
+                current,
+                account,
+                sent_ms=sent_ms,
+                regain=regain,
+                code=code,
+                usage_percent=usage_percent,
+                span=span,
+            )
+
+    async def _throttle(
+        self,
+        job: ClaimedJob,
+        current: PollResult,
+        account: str,
+        *,
+        sent_ms: int,
+        regain: float,
+        code: str,
+        usage_percent: float | None,
+        span: Span,
+    ) -> float | None:
+        p, s = self.p, self.p.settings
         change = await persist(
             "noting a throttled answer",
             lambda: p.accounts.note_throttle(
@@ -251,6 +310,15 @@ class CheckJob:
         if change.stale:
             self._stale(job, current, "lease lost")
             return None
+        if span is not NOOP_SPAN:
+            span.update(
+                {
+                    "threads_poller.throttle.pause_s": round(change.paused_until - job.now(), 3),
+                    "threads_poller.throttle.level": change.level,
+                    "threads_poller.throttle.new_episode": change.changed,
+                    "threads_poller.throttle.usage_percent": usage_percent,
+                }
+            )
         if change.changed:
             log.warning(
                 "account throttled; its checks pause for %.1fs",
@@ -264,7 +332,9 @@ class CheckJob:
             )
         return change.paused_until
 
-    async def _publish(self, job: ClaimedJob, current: PollResult, token: str) -> None:
+    async def _publish(
+        self, job: ClaimedJob, current: PollResult, token: str, span: Span = NOOP_SPAN
+    ) -> None:
         """Publish a FINISHED container at most once (the rules: worker/core/publishing.py)."""
         p = self.p
         s = p.settings
@@ -322,17 +392,32 @@ class CheckJob:
             return
         sent_ms = job.now_ms()
         t0 = time.perf_counter()
-        try:
-            answer: str | ThreadsError = await p.client.publish(
-                user_id, current.container_id, token=token
-            )
-        except ThreadsError as exc:
-            answer = ThreadsClient.scrub(exc, token)
+        with tracing.active().span(
+            tracing.PUBLISH,
+            kind="client",
+            attributes={"threads_poller.container_id": current.container_id},
+        ) as call:
+            try:
+                answer: str | ThreadsError = await p.client.publish(
+                    user_id, current.container_id, token=token
+                )
+            except ThreadsError as exc:
+                answer = ThreadsClient.scrub(exc, token)
+            if call is not NOOP_SPAN:
+                error = answer if isinstance(answer, ThreadsError) else None
+                call.update(
+                    api_attributes(
+                        error, time.perf_counter() - t0, classify(error) if error else None
+                    )
+                )
+                call.set("threads_poller.publish.verdict", str(judge_publish(answer)))
+                if error is not None:
+                    call.error("publish_failed")
         # From here on the answer is recorded whatever the run's timeout says (up to the end
         # of the lease): dropping it would lose the media id and leave the publish ambiguous.
         async with job.deadline.hold():
             await self._record_publish(
-                job, current, answer, quota, sent_ms, time.perf_counter() - t0
+                job, current, answer, quota, sent_ms, time.perf_counter() - t0, span
             )
 
     async def _record_publish(
@@ -343,6 +428,7 @@ class CheckJob:
         quota: Changes,
         sent_ms: int,
         api_s: float,
+        span: Span = NOOP_SPAN,
     ) -> None:
         p = self.p
         verdict = judge_publish(answer)
@@ -382,6 +468,7 @@ class CheckJob:
             call="publish",
             verdict=verdict,
             media_id=answer if isinstance(answer, str) else None,
+            span=span,
         )
 
     def _stale(self, job: ClaimedJob, current: PollResult, reason: str) -> None:
@@ -403,6 +490,7 @@ class CheckJob:
         call: str | None = None,
         verdict: str | None = None,
         media_id: str | None = None,
+        span: Span = NOOP_SPAN,
     ) -> Recorded:
         """Write the plan; ``call`` (``status`` / ``publish``), ``api_s``, ``verdict`` and
         ``media_id`` say what this run asked the API and heard, for the history."""
@@ -437,6 +525,14 @@ class CheckJob:
             ),
         )
         self._observe(job, current, plan, written, api_s)
+        if span is not NOOP_SPAN:
+            span.update(
+                {
+                    "threads_poller.status": decision.status,
+                    "threads_poller.final": decision.final,
+                    "threads_poller.recorded": written.outcome,
+                }
+            )
         return written
 
     def _observe(
@@ -481,6 +577,27 @@ class CheckJob:
             extra["error"] = str(decision.error)
             extra["error_kind"] = decision.error_kind
         log.log(level, "final state" if decision.final else "checked", extra=extra)
+
+
+def api_attributes(
+    outcome: ContainerStatus | ThreadsError | None, api_s: float, kind: ErrorKind | None
+) -> dict[str, str | int | float | None]:
+    """A call's answer as span attributes: ids, statuses and codes only (an error's message is
+    not among them: Meta echoes what it was sent)."""
+    attributes: dict[str, str | int | float | None] = {
+        "threads_poller.api.latency_ms": round(api_s * 1000, 1)
+    }
+    if isinstance(outcome, ContainerStatus):
+        attributes["threads_poller.api.status"] = outcome.status
+    elif outcome is not None:
+        attributes["threads_poller.error.kind"] = kind.value if kind is not None else None
+        attributes["threads_poller.error.type"] = type(outcome).__name__
+        attributes["http.response.status_code"] = outcome.http_status
+        if isinstance(outcome, GraphAPIError):
+            attributes["threads_poller.graph.code"] = outcome.code
+            attributes["threads_poller.graph.subcode"] = outcome.subcode
+            attributes["threads_poller.graph.fbtrace_id"] = outcome.fbtrace_id
+    return attributes
 
 
 def final_view(

@@ -41,6 +41,7 @@ from api_client.redact import redact
 from worker.core.errors import InvalidIdError
 from worker.core.publishing import WebhookOutcome as Out
 from worker.core.publishing import WebhookStatus
+from worker.core.result import PollResult
 from worker.core.signing import (
     DEFAULT_TOLERANCE_SECONDS,
     THREADS_POLLER_SIGNATURE_HEADER,
@@ -55,8 +56,9 @@ from worker.core.targets import (
     parse_address,
     parse_target,
 )
+from worker.core.tracing import poll_traceparent
 from worker.core.webhooks import EVENT_NAME, body_for
-from worker.ops import metrics
+from worker.ops import metrics, tracing
 from worker.store.jobdata import DELIVER_FUNCTION
 from worker.store.queue import ClaimedJob, persist
 from worker.store.results import WebhookAttempt
@@ -207,11 +209,41 @@ class WebhookJob:
         self.p = poller
 
     async def __call__(self, job: ClaimedJob) -> None:
-        settings = self.p.settings
         store = self.p.store
         container_id, generation = str(job.args[0]), str(job.args[1])
-        body = job.args[2] if len(job.args) > 2 else None
         current = await store.load(container_id)
+        mine = current is not None and current.generation == generation
+        # The poll's trace (README "Tracing"): the delivery is a span of it, sent onward.
+        poll_trace = current.traceparent if mine and current is not None else None
+        tracer = tracing.active()
+        if not tracer.enabled:
+            await self._attempt(
+                job, container_id, generation, current, tracing.NOOP_SPAN, poll_trace
+            )
+            return
+        with tracer.span(
+            tracing.WEBHOOK,
+            parent=poll_trace or poll_traceparent(container_id, generation),
+            kind="client",
+            attributes={
+                "threads_poller.container_id": container_id,
+                "threads_poller.generation": generation,
+                "threads_poller.webhook.attempt": job.try_,
+            },
+        ) as span:
+            await self._attempt(job, container_id, generation, current, span, poll_trace)
+
+    async def _attempt(
+        self,
+        job: ClaimedJob,
+        container_id: str,
+        generation: str,
+        current: PollResult | None,
+        span: tracing.Span,
+        poll_trace: str | None,
+    ) -> None:
+        settings = self.p.settings
+        body = job.args[2] if len(job.args) > 2 else None
         if body is None:
             # A job re-planned from its id (its data was refused: worker.store.queue): the body
             # is built again from the poll's final state (the same bytes, as body_for is a
@@ -273,6 +305,13 @@ class WebhookJob:
                 body,
             ),
         }
+        # W3C Trace Context onward: this attempt's span (tracing on), else the poll's trace as
+        # the producer gave it.
+        onward = span.traceparent or poll_trace
+        if onward:
+            headers["traceparent"] = onward
+        if span is not tracing.NOOP_SPAN:
+            span.set("threads_poller.webhook.url", tracing.safe_url(url))
         reason: str | None = None
         retryable = True
         try:
@@ -284,6 +323,7 @@ class WebhookJob:
                 timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds),
             ) as resp:
                 await resp.content.read(MAX_RESPONSE_BYTES)
+                span.set("http.response.status_code", resp.status)
                 if 200 <= resp.status < 300:
                     await self._settle(job, generation, Out.DELIVERED, attempt, "", url, body)
                     log.info(
@@ -301,6 +341,7 @@ class WebhookJob:
                 reason, retryable = f"webhook url refused: {refused}", False
             else:
                 reason = redact(f"{type(exc).__name__}: {exc}")
+        span.error("webhook_failed" if retryable else "webhook_refused")
         if not retryable or attempt >= settings.webhook_attempts():
             await self._settle(job, generation, Out.DEAD, attempt, reason or "failed", url, body)
             log.error(

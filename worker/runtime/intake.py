@@ -44,7 +44,8 @@ from config.producers import DEFAULT_PRODUCER, UNRESTRICTED, Scope, refusal_mess
 from worker.core.errors import BadEntryError, InvalidIdError
 from worker.core.ids import validate_children, validate_id
 from worker.core.targets import WebhookPolicy, check_target, parse_target
-from worker.ops import metrics
+from worker.core.tracing import TraceparentError, optional_traceparent
+from worker.ops import metrics, tracing
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
 from worker.store.targets import Resolve, check_webhook_urls
@@ -52,7 +53,16 @@ from worker.store.targets import Resolve, check_webhook_urls
 log = logging.getLogger("threads_poller.intake")
 
 ALLOWED_FIELDS = frozenset(
-    {"container_id", "account", "force", "publish", "webhook_url", "reply_to", "children"}
+    {
+        "container_id",
+        "account",
+        "force",
+        "publish",
+        "webhook_url",
+        "reply_to",
+        "children",
+        "traceparent",
+    }
 )
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
@@ -235,7 +245,7 @@ def parse_entry(
     if unknown:
         raise BadEntryError(
             f"unknown field(s) {', '.join(unknown)}; expected container_id and optionally "
-            "account, force, publish, webhook_url, reply_to, children"
+            "account, force, publish, webhook_url, reply_to, children, traceparent"
         )
     if "container_id" not in text:
         raise BadEntryError("missing field container_id")
@@ -256,8 +266,20 @@ def parse_entry(
         kids = validate_children(children, parent=cid) if children is not None else ()
     except InvalidIdError as exc:
         raise BadEntryError(str(exc)) from None
+    try:
+        # The producer's trace (README "Tracing"): W3C traceparent, version 00, or nothing.
+        trace = optional_traceparent(text.get("traceparent"))
+    except TraceparentError as exc:
+        raise BadEntryError(str(exc)) from None
     return EnqueueRequest(
-        cid, account, flags["force"], flags["publish"], hook, reply_to=reply_to, children=kids
+        cid,
+        account,
+        flags["force"],
+        flags["publish"],
+        hook,
+        reply_to=reply_to,
+        children=kids,
+        traceparent=trace,
     )
 
 
@@ -512,7 +534,9 @@ class IntakeConsumer:
             good = kept
         # The polls must exist before the entries are acknowledged: a crash in between means the
         # entries are read again, and enqueue is idempotent.
-        outcomes = await self.store.enqueue([req for _, req in good])
+        with tracing.enqueue_spans([req for _, req in good], "intake") as (traced, spans):
+            outcomes = await self.store.enqueue(traced)
+            tracing.note_enqueued(spans, outcomes)
         for (entry_id, _), done in zip(good, outcomes, strict=True):
             if done.outcome == "refused":
                 # A carousel's rules (README "Carousels and replies"): the producer's to fix.

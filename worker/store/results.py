@@ -26,6 +26,7 @@ from worker.core.decisions import Decision
 from worker.core.history import SEPARATOR, HistoryEvent, webhook_entry
 from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
+from worker.core.tracing import optional_traceparent
 from worker.store import scripts
 from worker.store.history import read_history
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
@@ -53,6 +54,12 @@ class EnqueueRequest:
     # Who asks, and so what may be asked (config/producers.py): enqueue.lua enforces it and
     # stores the name, to which the poll then belongs.
     producer: Scope = UNRESTRICTED
+    # The poll's trace (W3C ``traceparent``): a producer's, or its enqueue span's. Checked here
+    # (and by enqueue.lua) whatever door it came through; the doors check it first to say so.
+    traceparent: str | None = None
+
+    def __post_init__(self) -> None:
+        optional_traceparent(self.traceparent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +201,11 @@ class ResultStore:
                         # A child is polled like any container (never published on its own);
                         # its final record reports to this poll of the parent.
                         one = EnqueueRequest(
-                            child, req.account, force=req.force, producer=req.producer
+                            child,
+                            req.account,
+                            force=req.force,
+                            producer=req.producer,
+                            traceparent=req.traceparent,
                         )
                         await self._enqueue_one(
                             pipe,
@@ -282,6 +293,7 @@ class ResultStore:
                 "1" if req.producer.publish else "0",
                 "1" if req.producer.webhook else "0",
                 req.producer.lua_accounts(),
+                req.traceparent or "",  # ARGV 26
             ],
             client=pipe,
         )

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from worker.client.client import EnqueueOutcome
 from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.result import PollResult
-from worker.ops import metrics
+from worker.core.tracing import TraceparentError, optional_traceparent
+from worker.ops import metrics, tracing
 from worker.ops.health import live_beats
 from worker.ops.stats import read_minutes
 from worker.store.admin import CancelOutcome, ReplayOutcome
@@ -30,6 +32,7 @@ from worker.web.requests import (
     INFLIGHT_CURSOR_PATTERN,
     NO_BODY,
     STREAM_CURSOR_PATTERN,
+    EnqueueSpec,
     parse_account,
     parse_cancel,
     parse_container_id,
@@ -124,6 +127,36 @@ async def enqueue(request: web.Request) -> web.Response:
     verdict = request.get(AUTH)
     producer = verdict.key.producer if verdict is not None and verdict.key is not None else None
     try:
+        # The producer's trace (README "Tracing"): the polls join it.
+        given = optional_traceparent(request.headers.get("traceparent"))
+    except TraceparentError as exc:
+        raise ApiError("invalid_traceparent", str(exc)) from None
+    with tracing.active().span(
+        tracing.POLL,
+        parent=given,
+        kind="server",
+        attributes={"threads_poller.door": "http", "threads_poller.containers": len(spec.ids)},
+    ) as span:
+        outcomes = await _enqueue(ctx, spec, producer, span.traceparent or given)
+        for o in outcomes[:1] if spec.single else ():
+            span.set("threads_poller.container_id", o.container_id)
+            span.set("threads_poller.enqueue.outcome", o.outcome)
+    headers = {"Location": f"/v1/containers/{spec.ids[0]}"} if spec.single else None
+    return ok(
+        {
+            "outcomes": [
+                outcome_json(o.container_id, o.outcome, o.status, o.reason) for o in outcomes
+            ]
+        },
+        202,
+        headers,
+    )
+
+
+async def _enqueue(
+    ctx: WebContext, spec: EnqueueSpec, producer: str | None, traceparent: str | None
+) -> list[EnqueueOutcome]:
+    try:
         if spec.children:
             outcomes = [
                 await ctx.client.enqueue_carousel(
@@ -136,6 +169,7 @@ async def enqueue(request: web.Request) -> web.Response:
                     window_seconds=spec.window_seconds,
                     reply_to=spec.reply_to,
                     producer=producer,
+                    traceparent=traceparent,
                 )
             ]
         else:
@@ -148,6 +182,7 @@ async def enqueue(request: web.Request) -> web.Response:
                 window_seconds=spec.window_seconds,
                 reply_to=spec.reply_to,
                 producer=producer,
+                traceparent=traceparent,
             )
     except ScopeError as exc:
         # Named: what the producer may not ask for; every outcome when Redis refused part of it.
@@ -162,16 +197,7 @@ async def enqueue(request: web.Request) -> web.Response:
         raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     except ValueError as exc:
         raise ApiError("invalid_window", str(exc)) from None
-    headers = {"Location": f"/v1/containers/{spec.ids[0]}"} if spec.single else None
-    return ok(
-        {
-            "outcomes": [
-                outcome_json(o.container_id, o.outcome, o.status, o.reason) for o in outcomes
-            ]
-        },
-        202,
-        headers,
-    )
+    return outcomes
 
 
 def _result_response(result: PollResult, now: float | None = None) -> web.Response:

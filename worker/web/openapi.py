@@ -474,6 +474,14 @@ ACCOUNT = _param(
     "this account's only (default: containers enqueued without one)",
 )
 CID = _param("container_id", "path", _ID, "", required=True)
+TRACEPARENT = _param(
+    "traceparent",
+    "header",
+    {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "maxLength": 55},
+    "the producer's W3C Trace Context (version 00): the polls join its trace, and their "
+    'webhooks carry it onward (README "Tracing"); anything else is refused '
+    "(422 invalid_traceparent)",
+)
 KIND = _param("kind", "path", {"enum": ["intake", "webhooks"]}, "which dead letters", required=True)
 LETTER = _param(
     "letter_id",
@@ -527,6 +535,7 @@ PATHS: dict[str, Any] = {
                 "202": _resp("one outcome per distinct id, in order", "Enqueued"),
                 **_errors(400, 408, 413, 415, 422),
             },
+            params=[TRACEPARENT],
             body="EnqueueRequest",
             write=True,
         )

@@ -22,7 +22,8 @@
 --       21 producer name ('default' for the implicit one), 22/23/24 whether that producer may
 --       force / publish / give a webhook url ('1'/'0'), 25 the accounts it may use ('*', or
 --       ',id,id,'): its scope (config/producers.py), enforced here, in the same step as the
---       write, so that no check-then-write race lets a request past it
+--       write, so that no check-then-write race lets a request past it,
+--       26 the poll's W3C traceparent ('' for none; stored only when it is one, as data)
 -- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
 -- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started);
 -- a refusal by the producer's scope is {'refused', status, reason, 'scope'}.
@@ -213,6 +214,13 @@ put('webhook_url', ARGV[12])
 put('intake_entry', ARGV[15])
 put('reply_to', ARGV[16])
 put('producer', producer ~= 'default' and producer or '')  -- who may restart it (see foreign)
+-- The poll's trace (README "Tracing"): checked by every door already; here again, so that the
+-- hash never holds anything but a version 00 traceparent (a value, never run or parsed further).
+local traceparent = ARGV[26] or ''
+if #traceparent == 55 and string.find(traceparent, '^00%-' .. string.rep('[0-9a-f]', 32) ..
+    '%-' .. string.rep('[0-9a-f]', 16) .. '%-[0-9a-f][0-9a-f]$') then
+  put('traceparent', traceparent)
+end
 if child then
   put('carousel_parent', ARGV[17])
   put('parent_generation', ARGV[18])
