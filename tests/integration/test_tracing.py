@@ -23,7 +23,7 @@ from tests.integration.test_webhooks import SECRET, hook_settings, receiver
 from worker import enqueue
 from worker.client.client import PollerClient
 from worker.core.errors import InvalidIdError
-from worker.core.tracing import trace_id_of
+from worker.core.tracing import check_traceparent, trace_id_of
 from worker.ops import tracing
 from worker.store.keys import Keys
 
@@ -189,7 +189,7 @@ async def test_the_http_door_honours_and_checks_the_traceparent_header(
     redis: Redis, settings: Settings, sim: RunningSimulator
 ) -> None:
     """POST /v1/containers: the header's trace is the enqueue span's parent and the poll's;
-    a malformed header is 422 invalid_traceparent and writes nothing."""
+    a malformed header is ignored (W3C): the poll is taken and starts its own trace."""
     from tests.web_helpers import running_api
 
     keys = Keys(settings.key_prefix)
@@ -199,17 +199,37 @@ async def test_the_http_door_honours_and_checks_the_traceparent_header(
             bad = await api.post(
                 "/v1/containers", json={"container_id": "24107"}, headers={"traceparent": "x"}
             )
+            # W3C Trace Context: a receiver ignores a value it cannot use (Schemathesis found the
+            # document and the server at odds over empty and all-zero values): the polls are
+            # taken and start their own trace.
+            huge = await api.post(
+                "/v1/containers", json={"container_id": "24110"}, headers={"traceparent": "0" * 513}
+            )
+            empty = await api.post(
+                "/v1/containers", json={"container_id": "24109"}, headers={"traceparent": ""}
+            )
+            zeros = await api.post(
+                "/v1/containers",
+                json={"container_id": "24108"},
+                headers={"traceparent": f"00-{'0' * 32}-{'0' * 16}-00"},
+            )
             good = await api.post(
                 "/v1/containers", json={"container_id": "24106"}, headers={"traceparent": TP}
             )
         async with running_worker(settings):
             await final_of(redis, settings, "24106")
         spans = exported.get_finished_spans()
-    assert bad.status == 422 and bad.body["error"]["code"] == "invalid_traceparent", bad.body
-    assert await redis.exists(keys.result("24107")) == 0
+    assert huge.status == 422 and huge.body["error"]["code"] == "invalid_traceparent"
+    assert await redis.exists(keys.result("24110")) == 0
+    for ignored, cid in ((bad, "24107"), (empty, "24109"), (zeros, "24108")):
+        assert ignored.status == 202, ignored.body
+        stored = await redis.hget(keys.result(cid), "traceparent")  # type: ignore[misc]
+        assert stored is None or check_traceparent(stored.decode()), stored
     assert good.status == 202
-    (poll,) = named(spans, tracing.POLL)
-    assert poll.context.trace_id == TRACE_ID and poll.parent is not None
-    assert poll.parent.span_id == PARENT_SPAN
-    (check,) = named(spans, tracing.CHECK)
+    # 24108's poll (all-zero traceparent ignored) has a trace of its own.
+    (poll,) = [s for s in named(spans, tracing.POLL) if s.context.trace_id == TRACE_ID]
+    assert poll.parent is not None and poll.parent.span_id == PARENT_SPAN
+    others = [s for s in named(spans, tracing.POLL) if s.context.trace_id != TRACE_ID]
+    assert all(s.context.trace_id != 0 for s in others)
+    (check,) = [s for s in named(spans, tracing.CHECK) if s.context.trace_id == TRACE_ID]
     assert check.parent is not None and check.parent.span_id == poll.context.span_id

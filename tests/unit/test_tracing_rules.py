@@ -103,3 +103,28 @@ def test_the_result_hash_yields_only_a_valid_traceparent() -> None:
     assert PollResult.from_hash(base).traceparent is None
     # Never shown in a result (the API's document has no such field).
     assert "traceparent" not in PollResult.from_hash({**base, "traceparent": TP}).to_dict()
+
+
+def test_the_documents_pattern_is_the_doors_rule() -> None:
+    """What a door takes is what the pattern allows (all-zero ids fit it and are ignored)."""
+    import re
+
+    from worker.core.tracing import TRACEPARENT_PATTERN, TraceparentError, producer_traceparent
+
+    good = f"00-{'a' * 32}-{'b' * 16}-01"
+    samples = {
+        good: good,
+        f"00-{'0' * 32}-{'b' * 16}-01": None,
+        f"00-{'a' * 32}-{'0' * 16}-01": None,
+        f"00-{'A' * 32}-{'b' * 16}-01": "refused",
+        f"01-{'a' * 32}-{'b' * 16}-01": "refused",
+        good + "\n": "refused",
+        "": "refused",
+    }
+    for raw, taken in samples.items():
+        try:
+            got: str | None = producer_traceparent(raw)
+        except TraceparentError:
+            got = "refused"
+        assert got == taken, repr(raw)
+        assert (got != "refused") == bool(re.fullmatch(TRACEPARENT_PATTERN, raw)), repr(raw)

@@ -33,7 +33,7 @@ from worker.core.history import HistoryEvent
 from worker.core.ids import validate_batch, validate_children, validate_id
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
-from worker.core.tracing import TraceparentError, check_traceparent
+from worker.core.tracing import TraceparentError, producer_traceparent
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
 from worker.store.results import Enqueued, EnqueueRequest, EnqueueStatus, ResultStore
@@ -106,7 +106,7 @@ def check_traceparent_arg(traceparent: str | None) -> str | None:
     if traceparent is None:
         return ambient_traceparent()
     try:
-        return check_traceparent(traceparent)
+        return producer_traceparent(traceparent)
     except TraceparentError as exc:
         raise InvalidIdError(str(exc)) from None
 

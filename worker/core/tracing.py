@@ -17,10 +17,20 @@ TRACEPARENT_LENGTH = 55
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+# The form as one pattern (the OpenAPI document's). All-zero ids fit it: W3C says to ignore
+# such a value, and every door does (``producer_traceparent``): the poll starts its own trace.
+# (A plain "$": an HTTP header cannot end in a newline, and the unit test holds the pattern to
+# the check with re.fullmatch.)
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 
 class TraceparentError(ValueError):
     """A ``traceparent`` that is not a W3C Trace Context version 00 value."""
+
+
+class ZeroTraceparentError(TraceparentError):
+    """A ``traceparent`` of the right form whose trace or parent id is all zeros: invalid by
+    W3C, which says to ignore it (``producer_traceparent``)."""
 
 
 def check_traceparent(value: object) -> str:
@@ -41,15 +51,24 @@ def check_traceparent(value: object) -> str:
             "lower-case)"
         )
     if match.group(1) == _ZERO_TRACE or match.group(2) == _ZERO_SPAN:
-        raise TraceparentError("traceparent has an all-zero trace or parent id")
+        raise ZeroTraceparentError("traceparent has an all-zero trace or parent id")
     return value
 
 
+def producer_traceparent(value: object) -> str | None:
+    """A producer's ``traceparent`` at a door: the value when valid, None when its ids are all
+    zeros (W3C: ignored; the poll starts its own trace), ``TraceparentError`` when malformed."""
+    try:
+        return check_traceparent(value)
+    except ZeroTraceparentError:
+        return None
+
+
 def optional_traceparent(value: object) -> str | None:
-    """None for a missing or empty value, else ``check_traceparent(value)``."""
+    """None for a missing or empty value, else ``producer_traceparent(value)``."""
     if value is None or value == "":
         return None
-    return check_traceparent(value)
+    return producer_traceparent(value)
 
 
 def trace_id_of(traceparent: str) -> str:

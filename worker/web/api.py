@@ -19,7 +19,7 @@ from aiohttp import web
 from worker.client.client import EnqueueOutcome
 from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.result import PollResult
-from worker.core.tracing import TraceparentError, optional_traceparent
+from worker.core.tracing import TraceparentError, producer_traceparent
 from worker.ops import metrics, tracing
 from worker.ops.health import live_beats
 from worker.ops.stats import read_minutes
@@ -30,6 +30,7 @@ from worker.web.errors import ApiError
 from worker.web.requests import (
     ACCOUNT_CURSOR_PATTERN,
     INFLIGHT_CURSOR_PATTERN,
+    MAX_TRACEPARENT_HEADER,
     NO_BODY,
     STREAM_CURSOR_PATTERN,
     EnqueueSpec,
@@ -126,11 +127,18 @@ async def enqueue(request: web.Request) -> web.Response:
     # The producer of the key (None: an operator's key, or no keys: the default producer).
     verdict = request.get(AUTH)
     producer = verdict.key.producer if verdict is not None and verdict.key is not None else None
+    # The producer's trace (README "Tracing"): the polls join it. A header that is not a valid
+    # W3C value is ignored, as Trace Context says a receiver must (the polls start their own
+    # trace): a request is never refused for its tracing. The Python client, the CLI and the
+    # intake refuse a bad value instead: there it is an argument the producer chose to pass.
+    raw = request.headers.get("traceparent", "")
+    if len(raw) > MAX_TRACEPARENT_HEADER:
+        # Size first, as at every door: that is no trace context.
+        raise ApiError("invalid_traceparent", f"over {MAX_TRACEPARENT_HEADER} characters")
     try:
-        # The producer's trace (README "Tracing"): the polls join it.
-        given = optional_traceparent(request.headers.get("traceparent"))
-    except TraceparentError as exc:
-        raise ApiError("invalid_traceparent", str(exc)) from None
+        given = producer_traceparent(raw)
+    except TraceparentError:
+        given = None
     with tracing.active().span(
         tracing.POLL,
         parent=given,

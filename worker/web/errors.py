@@ -45,7 +45,7 @@ CODES: dict[str, tuple[int, str]] = {
     "unknown_field": (422, "the body has a field the API does not know"),
     "invalid_id": (422, "a container id, account id or webhook URL was refused"),
     "invalid_window": (422, "window_seconds is out of range"),
-    "invalid_traceparent": (422, "the traceparent header is not W3C Trace Context version 00"),
+    "invalid_traceparent": (422, "the traceparent header is too long to be W3C Trace Context"),
     "empty_batch": (422, "container_ids is empty"),
     "batch_too_large": (422, "more container ids than API_MAX_BATCH"),
     "too_many_requests": (429, "this API key holds its most event streams and long polls"),

@@ -23,6 +23,7 @@ from worker.web.requests import (
     ID_PATTERN,
     INFLIGHT_CURSOR_PATTERN,
     LAST_EVENT_ID_PATTERN,
+    MAX_TRACEPARENT_HEADER,
     SINCE_PATTERN,
     STATUS_PATTERN,
     STREAM_CURSOR_PATTERN,
@@ -477,10 +478,11 @@ CID = _param("container_id", "path", _ID, "", required=True)
 TRACEPARENT = _param(
     "traceparent",
     "header",
-    {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "maxLength": 55},
-    "the producer's W3C Trace Context (version 00): the polls join its trace, and their "
-    'webhooks carry it onward (README "Tracing"); anything else is refused '
-    "(422 invalid_traceparent)",
+    {"type": "string", "maxLength": MAX_TRACEPARENT_HEADER},
+    "the producer's W3C Trace Context, version 00 (00-<32 hex>-<16 hex>-<2 hex>): the polls "
+    'join its trace, and their webhooks carry it onward (README "Tracing"). Any other value is '
+    "ignored, as Trace Context says: the polls start their own trace; one over "
+    f"{MAX_TRACEPARENT_HEADER} characters is refused (422 invalid_traceparent).",
 )
 KIND = _param("kind", "path", {"enum": ["intake", "webhooks"]}, "which dead letters", required=True)
 LETTER = _param(

@@ -48,6 +48,8 @@ STREAM_ID_PATTERN = rf"^{_WS}{_STREAM}{_WS}$"
 LAST_EVENT_ID_PATTERN = rf"^{_WS}(0|{_STREAM}){_WS}$"
 # worker.core.durations.parse_duration: each unit once, largest first, any case, more than 0
 # (some digit is not 0); its upper bound (MAX_SINCE_SECONDS) is no pattern's, the document says it.
+# The longest traceparent header looked at (the document's maxLength; a W3C one has 55).
+MAX_TRACEPARENT_HEADER = 512
 SINCE_PATTERN = (
     rf"^{_WS}(?=[^1-9]*[1-9])([0-9]{{1,6}}[dD])?([0-9]{{1,6}}[hH])?([0-9]{{1,6}}[mM])?"
     rf"([0-9]{{1,6}}[sS])?{_WS}$"
