@@ -188,6 +188,20 @@ def _traceparent(value: str) -> str | None:
         return None
 
 
+# The fields that are times (Redis' clock, Unix seconds): read as numbers; the console shows
+# them as times.
+TIME_FIELDS = (
+    "enqueued_at",
+    "deadline_at",
+    "last_checked_at",
+    "next_check_at",
+    "finalized_at",
+    "last_throttled_at",
+    "published_at",
+    "finished_at",
+    "children_ready_at",
+)
+
 # How each field of a result hash is read (``PollResult.from_hash``), and what a field that is
 # not in the hash means (an empty value reads the same as no field).
 _READ: dict[str, Any] = {
@@ -240,20 +254,7 @@ _READ: dict[str, Any] = {
         ),
         _opt_int,
     ),
-    **dict.fromkeys(
-        (
-            "enqueued_at",
-            "deadline_at",
-            "last_checked_at",
-            "next_check_at",
-            "finalized_at",
-            "last_throttled_at",
-            "published_at",
-            "finished_at",
-            "children_ready_at",
-        ),
-        _num,
-    ),
+    **dict.fromkeys(TIME_FIELDS, _num),
     "window_delay": lambda value: _num(value) or 0.0,
     "children": lambda value: tuple(c for c in value.split(",") if c),
     "traceparent": _traceparent,

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from worker.core.access import Verdict
 from worker.core.history import EventKind, HistoryEvent, describe
-from worker.core.result import PollResult
+from worker.core.result import TIME_FIELDS, PollResult
 from worker.core.states import FINAL_STATES, SUCCESS_STATES
 from worker.store.admin import DeadLetterKind
 from worker.web.errors import ApiError
@@ -263,19 +263,6 @@ class Field:
     kind: str = ""  # time | bad | code | ""
 
 
-TIME_FIELDS = frozenset(
-    {
-        "enqueued_at",
-        "deadline_at",
-        "last_checked_at",
-        "next_check_at",
-        "finalized_at",
-        "last_throttled_at",
-        "published_at",
-        "finished_at",
-        "children_ready_at",
-    }
-)
 BAD_FIELDS = frozenset({"last_error", "error_message", "error_explanation", "failed_child_error"})
 
 
