@@ -93,6 +93,8 @@ def test_the_rules_cover_what_the_issue_asks_for() -> None:
         "ThreadsPollerPollsPastDeadline",
         "ThreadsPollerDeadLettersGrowing",
         "ThreadsPollerAccountThrottledForLong",
+        "ThreadsPollerTokenExpiresSoon",
+        "ThreadsPollerTokenRefreshFailing",
     ):
         assert needed in names
     for r in rules:
