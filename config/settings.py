@@ -195,6 +195,18 @@ class Settings(BaseSettings):
     # Per-account tokens: a JSON object {"<user id>": "<token>"}, re-read when it changes, so a
     # pipeline that refreshes its 60-day tokens just rewrites the file (or the mounted secret).
     threads_tokens_file: Path | None = None
+    # Token lifecycle (README "Token lifecycle"). Opt-in: refresh a token at least 24 h old
+    # within this margin of its expiry, once, by one worker, written back to the tokens file
+    # (or to TOKENS_REFRESHED_FILE when the tokens file is a read-only mount).
+    token_refresh: bool = False
+    token_refresh_margin_days: float = Field(default=10.0, gt=0, le=59)
+    tokens_refreshed_file: Path | None = None
+    # A failed refresh is tried again after this, doubling up to the cap.
+    token_refresh_backoff_seconds: float = Field(default=300.0, gt=0, le=86400)
+    token_refresh_backoff_max_seconds: float = Field(default=6 * 3600.0, gt=0, le=7 * 86400)
+    # How often a worker publishes its tokens' fingerprints and expiry to Redis and looks for
+    # refreshes due.
+    token_sync_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     # Meta: "query once per minute, for no more than 5 minutes". Fractions are allowed so that
     # tests and the demo can compress the schedule; production keeps the defaults.

@@ -19,9 +19,11 @@ from simulator.state import (
     QUOTA_CONFIG_FIELDS,
     QUOTA_DURATION,
     QUOTA_TOTALS,
+    REFRESH_EXPIRES_IN,
     ConfigError,
     Published,
     QuotaSnapshot,
+    RefreshAnswer,
     Reply,
     SimulatorState,
 )
@@ -132,6 +134,12 @@ async def _answer(
         body = status_body(outcome, object_id, fields)
     elif isinstance(outcome, Published):
         body = {"id": outcome.media_id}
+    elif isinstance(outcome, RefreshAnswer):
+        body = {
+            "access_token": outcome.access_token,
+            "token_type": outcome.token_type,
+            "expires_in": outcome.expires_in,
+        }
     else:
         body = quota_body(outcome, fields)
     return web.json_response(body, status=status, headers=headers)
@@ -147,6 +155,11 @@ async def publishing_limit(request: web.Request) -> web.StreamResponse:
     user_id = request.match_info["user_id"]
     reply = request.app[STATE_KEY].handle_quota(user_id, _token(request))
     return await _answer(request, reply, object_id=user_id, fields=_fields(request))
+
+
+async def refresh_access_token(request: web.Request) -> web.StreamResponse:
+    reply = request.app[STATE_KEY].handle_refresh(_token(request), request.query.get("grant_type"))
+    return await _answer(request, reply, object_id="me", fields=[])
 
 
 async def threads_publish(request: web.Request) -> web.StreamResponse:
@@ -339,6 +352,16 @@ async def put_tokens(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True, "valid": len(valid), "expired": len(expired)})
 
 
+async def put_refresh(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    expires_in = _integer(body, "expires_in")
+    faults = _string_list(body, "faults") if "faults" in body else []
+    request.app[STATE_KEY].set_refresh(
+        faults=faults, expires_in=expires_in if expires_in is not None else REFRESH_EXPIRES_IN
+    )
+    return web.json_response(_OK)
+
+
 async def get_calls(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[STATE_KEY].calls_summary())
 
@@ -370,6 +393,9 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_get(f"{api}/{{user_id}}/threads_publishing_limit", publishing_limit)
     app.router.add_post(f"{api}/{{user_id}}/threads_publish", threads_publish)
     app.router.add_get(f"{api}/{{container_id}}", container_status)
+    # Not versioned, like Meta's (graph.threads.net/refresh_access_token).
+    app.router.add_get("/refresh_access_token", refresh_access_token)
+    app.router.add_put(f"{admin}/refresh", put_refresh)
     app.router.add_get(f"{admin}/scripts", get_scripts)
     app.router.add_put(f"{admin}/scripts/{{key}}", put_script)
     app.router.add_delete(f"{admin}/scripts/{{key}}", delete_script)

@@ -37,7 +37,13 @@ from simulator.steps import (
     parse_steps,
 )
 
-RequestKind = Literal["status", "quota", "publish"]
+RequestKind = Literal["status", "quota", "publish", "refresh"]
+# Meta: a refreshed long-lived token is valid for 60 days.
+REFRESH_EXPIRES_IN = 60 * 86400
+REFRESH_GRANT_TYPE = "th_refresh_token"
+BAD_GRANT_TYPE = GraphErrorStep(
+    "bad_grant_type", 400, 100, "Unsupported grant_type", error_type="OAuthException"
+)
 # "*_after_publish": the post goes out, but the answer does not say so (observed: a timeout, a
 # 5xx, code 10, a reply without an id).
 PublishFault = Literal[
@@ -95,7 +101,20 @@ class QuotaSnapshot:
     usage: dict[str, int]
 
 
-Outcome = FinalStep | Published | QuotaSnapshot
+@dataclass(frozen=True, slots=True)
+class RefreshAnswer:
+    """``GET /refresh_access_token``'s answer (Meta's Threads "Long-lived tokens" page)."""
+
+    access_token: str = field(repr=False)
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 - the documented token type, not a secret
+
+    @property
+    def label(self) -> str:
+        return "refreshed"
+
+
+Outcome = FinalStep | Published | QuotaSnapshot | RefreshAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +272,13 @@ class SimulatorState:
         self._replies: dict[str, ReplySetting] = {}
         # When each container first answered FINISHED (a reply's settle time counts from it).
         self._finished_at: dict[str, float] = {}
+        # Token refresh: scripted answers (one per call, then success), the lifetime a refresh
+        # grants, and each issued token's expiry (past it, the token answers 190/463).
+        self._refresh_faults: list[Step] = []
+        self._refresh_expires_in = REFRESH_EXPIRES_IN
+        self._refresh_calls = 0
+        self._refreshed = 0
+        self._token_expiry: dict[str, float] = {}
         for key, steps in (scripts or {}).items():
             self.set_script(key, steps)
         self.set_faults(rate=fault_rate, kinds=fault_kinds, slow_seconds=slow_seconds)
@@ -478,8 +504,57 @@ class SimulatorState:
         self._valid_tokens = dict(valid or {})
         self._expired_tokens = dict(expired or {})
 
+    def set_refresh(
+        self,
+        *,
+        faults: Sequence[str | Step] = (),
+        expires_in: int = REFRESH_EXPIRES_IN,
+        token_expiry: Mapping[str, float] | None = None,
+    ) -> None:
+        """Script the next refresh answers (``faults``, one per call, then success), the
+        ``expires_in`` of a success, and tokens' expiry times (clock seconds)."""
+        self._refresh_faults = list(parse_steps(faults))
+        self._refresh_expires_in = expires_in
+        if token_expiry is not None:
+            self._token_expiry = dict(token_expiry)
+
+    @property
+    def refresh_calls(self) -> int:
+        return self._refresh_calls
+
+    def handle_refresh(self, token: str | None, grant_type: str | None) -> Reply:
+        """``GET /refresh_access_token?grant_type=th_refresh_token&access_token=...``: a new
+        token for the same account, valid ``expires_in`` seconds. The old token stays valid
+        until its own expiry (Meta does not say it is revoked)."""
+        now = self._clock()
+        self._refresh_calls += 1
+        account, auth_error = self._authenticate(token)
+        if auth_error is not None:
+            self._record(now, "refresh", "", account, auth_error.label)
+            return Reply(auth_error)
+        if grant_type != REFRESH_GRANT_TYPE:
+            self._record(now, "refresh", "", account, BAD_GRANT_TYPE.label)
+            return Reply(BAD_GRANT_TYPE)
+        # A scripted answer: slow (then success), or a fault; a status step means success.
+        step: Step | None = self._refresh_faults.pop(0) if self._refresh_faults else None
+        delay = 0.0
+        while isinstance(step, SlowStep):
+            delay += step.seconds
+            step = step.then
+        if step is not None and not isinstance(step, StatusStep):
+            self._record(now, "refresh", "", account, step.label)
+            return Reply(step, delay)
+        self._refreshed += 1
+        new = f"refreshed-{self._refreshed}-{self._rng.getrandbits(48):012x}"
+        if self._valid_tokens:
+            self._valid_tokens[new] = account
+        self._token_expiry[new] = now + self._refresh_expires_in
+        self._record(now, "refresh", "", account, "ok")
+        return Reply(RefreshAnswer(new, self._refresh_expires_in), delay)
+
     def reset(self, *, rules: bool = False) -> None:
         """Forget cursors, publishes and the call log; also scripts and settings if `rules`."""
+        self._refresh_calls = 0
         self._cursors.clear()
         self._published.clear()
         self._calls.clear()
@@ -531,6 +606,7 @@ class SimulatorState:
             "status_calls": sum(calls.count for calls in self._calls.values()),
             "publish_calls": sum(calls.publish_calls for calls in self._calls.values()),
             "quota_calls": self._quota_calls,
+            "refresh_calls": self._refresh_calls,
             "containers": {cid: calls.to_json() for cid, calls in self._calls.items()},
         }
 
@@ -551,6 +627,9 @@ class SimulatorState:
         expired = self._expired_tokens.get(token)
         if expired is not None:
             return expired, TOKEN_EXPIRED
+        expiry = self._token_expiry.get(token)
+        if expiry is not None and self._clock() >= expiry:
+            return self._valid_tokens.get(token, DEFAULT_ACCOUNT), TOKEN_EXPIRED
         if not self._valid_tokens:
             return DEFAULT_ACCOUNT, None
         account = self._valid_tokens.get(token)

@@ -194,6 +194,15 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         else:
             parts.append("quota unknown")
         parts.append("token REJECTED" if a.token_rejected else "token ok")
+        left = a.token_expires_in(now)
+        if left is None:
+            parts.append("expiry unknown")
+        elif left <= 0:
+            parts.append("token EXPIRED")
+        else:
+            parts.append(f"expires in {format_duration(left)}")
+        if a.token_refresh_failures:
+            parts.append(f"refresh FAILING ({a.token_refresh_failures}x)")
         print("  ".join(parts))
     return EXIT_OK
 

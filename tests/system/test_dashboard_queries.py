@@ -69,6 +69,20 @@ def test_promtool_checks_the_rules() -> None:
     assert "SUCCESS" in done.stdout + done.stderr
 
 
+def test_promtool_unit_tests_the_token_alerts() -> None:
+    """deploy/prometheus/alerts_test.yml: the token expiry alert fires under 7 days, per
+    account, and the refresh-failing one after 30 minutes of failures, not before."""
+    done = subprocess.run(
+        [binary("promtool"), "test", "rules", str(ALERTS.with_name("alerts_test.yml"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
 async def test_every_query_runs_on_a_real_prometheus(
     tmp_path: Path,
     redis: Redis,

@@ -32,6 +32,7 @@ def token_source(settings: Settings) -> AccountTokenSource:
         settings.threads_access_token,
         settings.threads_tokens_file,
         mode_check=settings.secret_file_mode_check,
+        refreshed_file=settings.tokens_refreshed_file,
     )
 
 

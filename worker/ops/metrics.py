@@ -134,8 +134,18 @@ WEBHOOK_JOB_SLOTS = Gauge(
     "threads_poller_worker_webhook_job_slots",
     "Webhook delivery runs this worker process takes at once (WEBHOOK_CONCURRENCY).",
 )
+TOKEN_REFRESH_OUTCOMES = ("refreshed", "failed", "rejected", "fenced")
+TOKEN_REFRESHES = Counter(
+    "threads_poller_token_refreshes",
+    "Token refreshes this worker process tried (TOKEN_REFRESH=1), by outcome: refreshed, failed "
+    "(retried with back-off), rejected (the API answered 190: a new sign-in is needed), fenced "
+    "(its lease was lost; another worker took over).",
+    ["outcome"],
+)
 
 # Pre-initialised: every series exists from the start, at 0.
+for _outcome in TOKEN_REFRESH_OUTCOMES:
+    TOKEN_REFRESHES.labels(outcome=_outcome)
 for _status in API_STATUSES:
     CHECKS.labels(status=_status)
 for _kind in ERROR_KINDS:
@@ -235,6 +245,27 @@ ACCOUNTS_TOKEN_REJECTED = Gauge(
     "Accounts whose current token the API rejected (their checks fail until it is replaced).",
     registry=SERVE_REGISTRY,
 )
+# One series per account, for the TOKEN_EXPIRY_SERIES accounts whose tokens expire first (the
+# alert needs those; a deployment of 100,000 accounts must not make 100,000 series).
+TOKEN_EXPIRY_SERIES = 100
+TOKEN_EXPIRES_IN = Gauge(
+    "threads_poller_token_expires_in_seconds",
+    "Seconds until the account's access token expires (negative: expired), for the "
+    f"{TOKEN_EXPIRY_SERIES} accounts whose tokens expire first among those with a known expiry.",
+    ["account"],
+    registry=SERVE_REGISTRY,
+)
+_expiry_exported: set[str] = set()
+TOKEN_EXPIRES_IN_MIN = Gauge(
+    "threads_poller_token_expires_in_min_seconds",
+    "Seconds until the first of the accounts' access tokens expires (+Inf: no expiry known).",
+    registry=SERVE_REGISTRY,
+)
+ACCOUNTS_TOKEN_REFRESH_FAILING = Gauge(
+    "threads_poller_accounts_token_refresh_failing",
+    "Accounts whose last token refresh failed (it is retried with back-off).",
+    registry=SERVE_REGISTRY,
+)
 SAMPLE_FAILURES = Counter(
     "threads_poller_redis_sample_failures",
     "Rounds in which the Redis gauges could not be sampled (they keep their last value).",
@@ -316,6 +347,10 @@ def observe_publish(verdict: PublishVerdict) -> None:
     PUBLISHES.labels(verdict=verdict.value).inc()
 
 
+def note_token_refresh(outcome: str) -> None:
+    TOKEN_REFRESHES.labels(outcome=outcome).inc()
+
+
 def track_jobs(running: Callable[[], int], slots: int) -> None:
     """This worker's saturation (its checks): ``running()`` is read at each scrape."""
     JOBS_RUNNING.set_function(running)
@@ -349,6 +384,11 @@ class DeploymentSample:
     accounts_throttled: int
     longest_throttle_s: float
     tokens_rejected: int
+    # Seconds to expiry of the tokens that expire first (account -> s), at most
+    # TOKEN_EXPIRY_SERIES of them; the first of all (None: none known).
+    token_expiry: dict[str, float]
+    token_expiry_min_s: float | None
+    token_refresh_failing: int
 
 
 async def sample(
@@ -389,6 +429,10 @@ async def sample(
     running = sum(b.jobs.get("ongoing", 0) for b in beats)
     slots = sum(b.jobs.get("slots", 0) for b in beats)
     throttled = [a for a in accounts if a.throttled(now)]
+    expiring = sorted(
+        ((a.account, a.token_expires_at - now) for a in accounts if a.token_expires_at is not None),
+        key=lambda pair: pair[1],
+    )
     got = DeploymentSample(
         inflight=int(inflight),
         past_deadline=int(past),
@@ -406,6 +450,9 @@ async def sample(
         accounts_throttled=len(throttled),
         longest_throttle_s=max((a.throttled_for(now) for a in throttled), default=0.0),
         tokens_rejected=sum(1 for a in accounts if a.token_rejected),
+        token_expiry=dict(expiring[:TOKEN_EXPIRY_SERIES]),
+        token_expiry_min_s=expiring[0][1] if expiring else None,
+        token_refresh_failing=sum(1 for a in accounts if a.token_refresh_failures),
     )
     IN_FLIGHT.set(got.inflight)
     PAST_DEADLINE.set(got.past_deadline)
@@ -423,6 +470,19 @@ async def sample(
     ACCOUNTS_THROTTLED.set(got.accounts_throttled)
     ACCOUNT_LONGEST_THROTTLE.set(got.longest_throttle_s)
     ACCOUNTS_TOKEN_REJECTED.set(got.tokens_rejected)
+    # An account that leaves the first TOKEN_EXPIRY_SERIES loses its series (removed, not
+    # cleared: a scrape in between must not see none).
+    for account in _expiry_exported - got.token_expiry.keys():
+        with contextlib.suppress(KeyError):
+            TOKEN_EXPIRES_IN.remove(account)
+    for account, left in got.token_expiry.items():
+        TOKEN_EXPIRES_IN.labels(account=account).set(round(left, 3))
+    _expiry_exported.clear()
+    _expiry_exported.update(got.token_expiry)
+    TOKEN_EXPIRES_IN_MIN.set(
+        got.token_expiry_min_s if got.token_expiry_min_s is not None else float("inf")
+    )
+    ACCOUNTS_TOKEN_REFRESH_FAILING.set(got.token_refresh_failing)
     await note_inflight(redis, keys, now=now, inflight=got.inflight)
     return got
 

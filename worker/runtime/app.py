@@ -30,7 +30,8 @@ from config import Settings
 from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.jobs.check import CheckJob, PollerContext, policy_of
 from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
-from worker.jobs.tokens import TokenSource
+from worker.jobs.token_refresh import TokenKeeper
+from worker.jobs.tokens import AccountTokenSource, TokenSource
 from worker.jobs.webhook import WebhookJob, make_webhook_session
 from worker.ops import metrics, stats
 from worker.ops.health import Heartbeat
@@ -338,6 +339,9 @@ class PollerWorker:
                 "reconcile",
             )
             spawn(refresh_quotas_forever(redis, accounts, client, tokens, s), "quota")
+            if isinstance(tokens, AccountTokenSource) and s.threads_tokens_file is not None:
+                keeper = TokenKeeper(accounts, tokens, session, s, owner=runner.name)
+                spawn(keeper.run_forever(), "tokens")
             # Per-minute counts for the console's chart (worker.ops.stats).
             spawn(stats.flush_forever(redis, store.keys), "stats")
             metrics.track_jobs(lambda: runner.running, runner.concurrency)

@@ -191,6 +191,15 @@ class AccountView:
     token_rejected_at: float | None = None
     token_rejected_reason: str | None = None
     token_rejected_code: str | None = None
+    # The current token's lifecycle (lua/token.lua; from the tokens file or a refresh).
+    token_expires_at: float | None = None
+    token_issued_at: float | None = None
+    token_seen_at: float | None = None
+    token_refreshed_at: float | None = None
+    token_refreshes: int = 0
+    token_refresh_failures: int = 0
+    token_refresh_retry_at: float | None = None
+    token_refresh_error: str | None = None
     quota: QuotaSnapshot | None = None
 
     @classmethod
@@ -217,11 +226,22 @@ class AccountView:
             token_rejected_at=_float(h.get("token_rejected_at")),
             token_rejected_reason=h.get("token_rejected_reason") or None,
             token_rejected_code=h.get("token_rejected_code") or None,
+            token_expires_at=_float(h.get("token_expires_at")),
+            token_issued_at=_float(h.get("token_issued_at")),
+            token_seen_at=_float(h.get("token_seen_at")),
+            token_refreshed_at=_float(h.get("token_refreshed_at")),
+            token_refreshes=int(_float(h.get("token_refreshes")) or 0),
+            token_refresh_failures=int(_float(h.get("token_refresh_failures")) or 0),
+            token_refresh_retry_at=_float(h.get("token_refresh_retry_at")),
+            token_refresh_error=h.get("token_refresh_error") or None,
             quota=snapshot,
         )
 
     def throttled(self, now: float) -> bool:
         return self.throttled_until > now
+
+    def token_expires_in(self, now: float) -> float | None:
+        return None if self.token_expires_at is None else self.token_expires_at - now
 
     def pause_left(self, now: float) -> float:
         return max(0.0, self.throttled_until - now)

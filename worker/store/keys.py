@@ -100,6 +100,16 @@ class Keys:
         """Hash: throttling and token state of one account (Threads user id, or "default")."""
         return f"{self.prefix}:account:{account}"
 
+    def token_lease(self, account: str) -> str:
+        """String (PX): the worker refreshing the account's token, and its fence number
+        (``lua/token.lua``)."""
+        return f"{self.prefix}:token:lease:{account}"
+
+    def token_fence(self, account: str) -> str:
+        """String: a counter, one more for each lease taken; only the holder of the latest may
+        write a refreshed token back."""
+        return f"{self.prefix}:token:fence:{account}"
+
     def rate(self, account: str) -> str:
         """Sorted set: the account's pacing calendar, runs of taken slots (lua/lib.lua,
         ``reserve_slot``). Earlier versions kept a hash at ``{prefix}:rate:{account}`` and a key

@@ -153,6 +153,14 @@ ACCOUNT = _obj(
         "token_rejected_at": _NNUM,
         "token_rejected_reason": _NSTR,
         "token_rejected_code": _NSTR,
+        "token_expires_at": _NNUM,
+        "token_expires_in_s": _NNUM,
+        "token_issued_at": _NNUM,
+        "token_refreshed_at": _NNUM,
+        "token_refreshes": _INT,
+        "token_refresh_failures": _INT,
+        "token_refresh_retry_at": _NNUM,
+        "token_refresh_error": _NSTR,
         "quota": QUOTA,
     }
 )

@@ -74,6 +74,10 @@ def event_json(event: FinalEvent) -> dict[str, Any]:
     }
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def account_json(view: AccountView, now: float) -> dict[str, Any]:
     quota = None
     if view.quota is not None:
@@ -101,6 +105,14 @@ def account_json(view: AccountView, now: float) -> dict[str, Any]:
         "token_rejected_at": view.token_rejected_at,
         "token_rejected_reason": view.token_rejected_reason,
         "token_rejected_code": view.token_rejected_code,
+        "token_expires_at": view.token_expires_at,
+        "token_expires_in_s": _round(view.token_expires_in(now)),
+        "token_issued_at": view.token_issued_at or view.token_seen_at,
+        "token_refreshed_at": view.token_refreshed_at,
+        "token_refreshes": view.token_refreshes,
+        "token_refresh_failures": view.token_refresh_failures,
+        "token_refresh_retry_at": view.token_refresh_retry_at,
+        "token_refresh_error": view.token_refresh_error,
         "quota": quota,
     }
 
