@@ -17,6 +17,8 @@ States
 Errors
     PollerError       the root of threads-poller's own errors
     InvalidIdError    a malformed id, account or webhook URL was refused; nothing was written
+    ScopeError        a producer asked for what its scope does not allow (``refused`` says
+                      what; ``outcomes`` what the call did, when Redis refused part of it)
 
 Module functions (one ``PollerClient.from_settings(settings, redis)`` per call)
     enqueue, enqueue_many, get_result, get_history, wait_for
@@ -28,7 +30,7 @@ Importing ``worker`` does not load the worker's runtime (``worker.runtime``, ``w
 from worker.client.client import EnqueueOutcome, PollerClient
 from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_history, get_result, wait_for
-from worker.core.errors import InvalidIdError, PollerError
+from worker.core.errors import InvalidIdError, PollerError, ScopeError
 from worker.core.history import HistoryEvent
 from worker.core.result import PollResult
 from worker.core.states import FINAL_STATES, State, is_final, is_success
@@ -42,6 +44,7 @@ __all__ = [
     "PollResult",
     "PollerClient",
     "PollerError",
+    "ScopeError",
     "State",
     "WebhookPolicy",
     "enqueue",

@@ -30,6 +30,7 @@ PUBLIC = [
     "PollResult",
     "PollerClient",
     "PollerError",
+    "ScopeError",
     "State",
     "WebhookPolicy",
     "enqueue",
@@ -58,6 +59,10 @@ def test_every_exported_name_is_importable_and_documented() -> None:
 def test_errors_share_the_root() -> None:
     assert issubclass(worker.InvalidIdError, worker.PollerError)
     assert issubclass(worker.InvalidIdError, ValueError)
+    # A producer catching the root catches a refusal of its scope too (and it is no OSError,
+    # which the doors read as "Redis cannot be reached").
+    assert issubclass(worker.ScopeError, worker.PollerError)
+    assert not issubclass(worker.ScopeError, OSError)
 
 
 RUNTIME = ("worker.runtime", "worker.jobs", "worker.ops", "worker.cli", "worker.demo")
