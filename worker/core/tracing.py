@@ -17,10 +17,10 @@ TRACEPARENT_LENGTH = 55
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
-# The form as one pattern (the OpenAPI document's). All-zero ids fit it: W3C says to ignore
-# such a value, and every door does (``producer_traceparent``): the poll starts its own trace.
-# (A plain "$": an HTTP header cannot end in a newline, and the unit test holds the pattern to
-# the check with re.fullmatch.)
+# The form ``check_traceparent`` takes, as one pattern (for readers and the unit test that holds
+# the two together; the HTTP header is not checked against it: it ignores what it cannot use).
+# All-zero ids fit it: W3C says to ignore such a value, and every door does
+# (``producer_traceparent``): the poll starts its own trace.
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 

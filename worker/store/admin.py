@@ -62,9 +62,13 @@ SEARCH_COUNT = 1000
 AUDIT_MAX_LEN = 10_000
 AUDIT_SCAN = 2_000
 
-# Each part below 2**64 (what Redis takes; 20 digits may be over it): 19 digits at most.
-_STREAM_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
-_INFLIGHT_CURSOR = re.compile(r"^([0-9]{1,16}(?:\.[0-9]{1,3})?):([0-9]{1,32})$")
+# A stream entry id: each part below 2**64 (what Redis takes; 20 digits may be over it), so 19
+# digits at most. The API's document spells its patterns with these (worker.web.requests).
+STREAM_ID_FORM = r"[0-9]{1,19}-[0-9]{1,19}"
+# An in-flight page's cursor, "deadline:container id".
+INFLIGHT_CURSOR_FORM = r"([0-9]{1,16}(?:\.[0-9]{1,3})?):([0-9]{1,32})"
+_STREAM_ID = re.compile(rf"^{STREAM_ID_FORM}$")
+_INFLIGHT_CURSOR = re.compile(rf"^{INFLIGHT_CURSOR_FORM}$")
 
 
 class DeadLetterKind(StrEnum):

@@ -51,7 +51,7 @@ from worker.store.keys import Keys
 from worker.web.api import cancel_error, fresh_sample, replay_error
 from worker.web.chart import chart
 from worker.web.context import AUTH, WebContext, ctx_of
-from worker.web.errors import CODES, ApiError
+from worker.web.errors import ApiError
 from worker.web.pages import (
     ACTIONS,
     BULK_MAX,
@@ -76,12 +76,8 @@ SESSION_COOKIE = "tp_session"
 DEFAULT_PREFIX = Keys().prefix
 HOUR = 3600.0
 
-NOTICES = {
-    "cancelled": "Cancelled: the container is final CANCELLED.",
-    "replayed": "Replayed: the dead letter is on its way again.",
-    "discarded": "Discarded.",
-    "logged_out": "Logged out.",
-}
+# What the login page says after ``?done=`` (actions show their outcomes on their own page).
+NOTICES = {"logged_out": "Logged out."}
 
 
 def templates() -> Environment:
@@ -207,14 +203,7 @@ def common(request: web.Request, **more: Any) -> dict[str, Any]:
 async def console_page(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     data = await panels_data(ctx)
-    notice = NOTICES.get(request.query.get("done", ""), "")
-    problem = request.query.get("problem", "")
-    page = ctx.templates.get_template("console.html").render(
-        **common(request),
-        **data,
-        notice=notice,
-        problem=CODES[problem][1] if problem in CODES else "",
-    )
+    page = ctx.templates.get_template("console.html").render(**common(request), **data)
     return html(page)
 
 

@@ -17,7 +17,14 @@ from worker.core.errors import InvalidIdError
 from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id
 from worker.core.states import FINAL_STATES
 from worker.core.targets import parse_target
-from worker.store.admin import MAX_PAGE, MAX_REASON_LENGTH, DeadLetterKind, validate_stream_id
+from worker.store.admin import (
+    INFLIGHT_CURSOR_FORM,
+    MAX_PAGE,
+    MAX_REASON_LENGTH,
+    STREAM_ID_FORM,
+    DeadLetterKind,
+    validate_stream_id,
+)
 from worker.web.errors import ApiError
 
 ENQUEUE_FIELDS = frozenset(
@@ -40,16 +47,16 @@ CANCEL_FIELDS = frozenset({"reason"})
 # both ways). The parsers ``str.strip()`` first; JSON Schema's ``\s`` (ECMA-262) is another set
 # than ``str.isspace()``, so the set is spelled out.
 _WS = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
-_STREAM = r"[0-9]{1,19}-[0-9]{1,19}"  # worker.store.admin.validate_stream_id
+_STREAM = STREAM_ID_FORM  # worker.store.admin.validate_stream_id
 ID_PATTERN = rf"^{_WS}[0-9]{{1,{MAX_ID_LENGTH}}}{_WS}$"  # worker.core.ids.validate_id
 STREAM_ID_PATTERN = rf"^{_WS}{_STREAM}{_WS}$"
 # "0": from the start. Not empty: EventSource sends no header before its first event, and an
 # empty value is refused like every other empty parameter.
 LAST_EVENT_ID_PATTERN = rf"^{_WS}(0|{_STREAM}){_WS}$"
-# worker.core.durations.parse_duration: each unit once, largest first, any case, more than 0
-# (some digit is not 0); its upper bound (MAX_SINCE_SECONDS) is no pattern's, the document says it.
 # The longest traceparent header looked at (the document's maxLength; a W3C one has 55).
 MAX_TRACEPARENT_HEADER = 512
+# worker.core.durations.parse_duration: each unit once, largest first, any case, more than 0
+# (some digit is not 0); longer than MAX_SINCE_SECONDS counts as that (no pattern can say it).
 SINCE_PATTERN = (
     rf"^{_WS}(?=[^1-9]*[1-9])([0-9]{{1,6}}[dD])?([0-9]{{1,6}}[hH])?([0-9]{{1,6}}[mM])?"
     rf"([0-9]{{1,6}}[sS])?{_WS}$"
@@ -59,9 +66,7 @@ SINCE_PATTERN = (
 # newline).
 _END = r"$(?!\n)"
 STREAM_CURSOR_PATTERN = rf"^({_STREAM})?{_END}"  # finals, failures, dead letters
-INFLIGHT_CURSOR_PATTERN = (  # "deadline:container id"
-    rf"^([0-9]{{1,16}}(\.[0-9]{{1,3}})?:[0-9]{{1,32}})?{_END}"
-)
+INFLIGHT_CURSOR_PATTERN = rf"^({INFLIGHT_CURSOR_FORM})?{_END}"  # "deadline:container id"
 ACCOUNT_CURSOR_PATTERN = rf"^([0-9]{{1,9}})?{_END}"  # an offset
 # ?wait=: a JSON number (float() would also take " 1", "1_0", "+1" and "infinity").
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
