@@ -487,9 +487,20 @@ class Harness:
         self._tasks.append(task)
         return task
 
-    async def wait_tasks(self) -> None:
-        for task in list(self._tasks):
-            await task
+    async def wait_tasks(self, wait_s: float = 60.0) -> list[str]:
+        """Wait for the row's helper tasks, at most ``wait_s``: a helper that never ends (a
+        hook waiting on a worker that will not answer) must fail the row, not hang the run.
+        Returns a description of each task cancelled for overrunning."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, pending_set = await asyncio.wait(pending, timeout=wait_s)
+            pending = list(pending_set)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
+        return [f"helper task overran {wait_s:g} s: {t.get_coro()!r}" for t in pending]
 
     # --- workers ---
 
@@ -776,7 +787,7 @@ class Harness:
 
     async def collect(self, result: RowResult, settled: str) -> RowResult:
         """Stop the workers and hold every container against what the row expects."""
-        await self.wait_tasks()
+        result.failures.extend(await self.wait_tasks())
         with contextlib.suppress(RedisError, OSError):
             await self.sample()
         await self.stop_monitor()
@@ -1075,18 +1086,22 @@ async def row_frozen(h: Harness, spec: RowSpec, n: int) -> RowResult:
             return
         h.stop_signal(victim)
         stopped_at = time.time()
-        frozen = await h.held_by(victim)
-        info.update(victim=victim.name, frozen=frozen)
-        ttl = max(frozen.values(), default=0) / 1000
-        cap = time.monotonic() + ttl + 3.0
-        while time.monotonic() < cap:
-            rerun = [c for c in frozen if any(x.t > stopped_at for x in h.ledger.of(c))]
-            if len(rerun) == len(frozen):
-                break
-            await asyncio.sleep(0.05)
-        info["rerun"] = [c for c in frozen if any(x.t > stopped_at for x in h.ledger.of(c))]
-        await asyncio.sleep(0.3)
-        h.cont_signal(victim)
+        # Whatever happens below (a Redis error, a cancel at the row's budget), the victim is
+        # resumed: a worker left stopped would hold its locks, and its SIGTERM, forever.
+        try:
+            frozen = await h.held_by(victim)
+            info.update(victim=victim.name, frozen=frozen)
+            ttl = max(frozen.values(), default=0) / 1000
+            cap = time.monotonic() + ttl + 3.0
+            while time.monotonic() < cap:
+                rerun = [c for c in frozen if any(x.t > stopped_at for x in h.ledger.of(c))]
+                if len(rerun) == len(frozen):
+                    break
+                await asyncio.sleep(0.05)
+            info["rerun"] = [c for c in frozen if any(x.t > stopped_at for x in h.ledger.of(c))]
+            await asyncio.sleep(0.3)
+        finally:
+            h.cont_signal(victim)
         info["frozen_s"] = time.time() - stopped_at
         info["ttl"] = ttl
         info["resumed"] = time.monotonic()
@@ -1722,6 +1737,10 @@ ROWS: tuple[RowSpec, ...] = (
 BY_KEY = {r.key: r for r in ROWS} | {r.number: r for r in ROWS}
 
 
+# Generous: the slowest CI row takes about 60 s on a 2-core machine, the slowest full row ~5 min.
+ROW_BUDGET_S: dict[Scale, float] = {"ci": 300.0, "full": 1800.0}
+
+
 async def run_row(
     key: str,
     *,
@@ -1734,12 +1753,16 @@ async def run_row(
     own_dir = workdir is None
     root = workdir or Path(tempfile.mkdtemp(prefix=f"fault-matrix-{spec.key}-"))
     say(f"  [{spec.key}] {spec.title} ({spec.size(scale)} containers; work dir {root})")
+    budget = ROW_BUDGET_S[scale]
     async with Harness(spec.key, spec.knobs, root, say) as h:
         try:
-            result = await spec.run(h, spec, spec.size(scale))
+            # One bound over the whole row: a hang anywhere (a hook, a stopped worker, a
+            # socket) ends as a failed row with its log, not as a CI job that never returns.
+            result = await asyncio.wait_for(spec.run(h, spec, spec.size(scale)), budget)
         except Exception as exc:
             result = new_result(spec)
-            result.failures.append(f"harness error: {type(exc).__name__}: {exc}")
+            what = f"row over its {budget:g} s budget" if isinstance(exc, TimeoutError) else ""
+            result.failures.append(f"harness error: {what or type(exc).__name__}: {exc}")
             result.wall = time.monotonic() - h.t0
     result.workdir = root
     if result.passed and own_dir and not keep:
