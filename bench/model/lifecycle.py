@@ -172,7 +172,7 @@ class World:
         poller = build_poller(
             s, self.redis, token_source(s), self.hooks_session, self.hooks_session, policy
         )
-        self.poller: PollerContext = dataclasses.replace(poller, client=self.graph)  # type: ignore[arg-type]
+        self.poller: PollerContext = dataclasses.replace(poller, clients={"threads": self.graph})  # type: ignore[dict-item]
         self.store = self.poller.store
         self.admin = AdminStore(self.store)
         self.intake = IntakeConsumer(

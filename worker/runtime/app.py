@@ -29,7 +29,7 @@ from api_client.client import make_session
 from config import Settings
 from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.jobs.check import CheckJob, PollerContext, policy_of
-from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
+from worker.jobs.quota import clients_for, refresh_quotas_forever, token_source
 from worker.jobs.token_refresh import TokenKeeper
 from worker.jobs.tokens import AccountTokenSource, TokenSource
 from worker.jobs.webhook import WebhookJob, make_webhook_session
@@ -117,7 +117,7 @@ def build_poller(
             redis, store.keys, job_ttl_seconds=settings.result_ttl_seconds, deliveries=True
         ),
         accounts=AccountStore(redis, store.keys),
-        client=client_for(settings, session),
+        clients=clients_for(settings, session),
         tokens=tokens,
         policy=policy_of(settings),
         client_session=session,
@@ -289,7 +289,7 @@ class PollerWorker:
             policy, max_connections=webhook_concurrency(s), resolver=self.webhook_resolver
         )
         poller = build_poller(s, redis, tokens, session, hooks, policy)
-        store, accounts, client = poller.store, poller.accounts, poller.client
+        store, accounts, clients = poller.store, poller.accounts, poller.clients
         runner, deliveries = runners(s, poller)
         self.runner, self.webhook_runner = runner, deliveries
         # One consumer per producer's stream (the default one, then each named producer's),
@@ -338,7 +338,7 @@ class PollerWorker:
                 ),
                 "reconcile",
             )
-            spawn(refresh_quotas_forever(redis, accounts, client, tokens, s), "quota")
+            spawn(refresh_quotas_forever(redis, accounts, clients, tokens, s), "quota")
             if isinstance(tokens, AccountTokenSource) and s.threads_tokens_file is not None:
                 keeper = TokenKeeper(accounts, tokens, session, s, owner=runner.name)
                 spawn(keeper.run_forever(), "tokens")

@@ -144,6 +144,8 @@ class FinalEvent:
     finalized_at: float | None
     last_error: str | None
     media_id: str | None
+    # No field (an event written before Instagram): threads.
+    platform: str = "threads"
 
     @classmethod
     def of(cls, entry_id: str, raw: Mapping[Any, Any]) -> FinalEvent:
@@ -160,6 +162,7 @@ class FinalEvent:
             finalized_at=float(at) if at else stream_ms(entry_id),
             last_error=h.get("last_error") or None,
             media_id=h.get("media_id") or None,
+            platform=h.get("platform") or "threads",
         )
 
     @property
@@ -168,7 +171,7 @@ class FinalEvent:
 
     @property
     def error_explanation(self) -> str | None:
-        return explain_error_message(self.error_message) or None
+        return explain_error_message(self.error_message, self.platform) or None
 
     @property
     def reason(self) -> str:

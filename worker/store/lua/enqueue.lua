@@ -23,7 +23,9 @@
 --       force / publish / give a webhook url ('1'/'0'), 25 the accounts it may use ('*', or
 --       ',id,id,'): its scope (config/producers.py), enforced here, in the same step as the
 --       write, so that no check-then-write race lets a request past it,
---       26 the poll's W3C traceparent ('' for none; stored only when it is one, as data)
+--       26 the poll's W3C traceparent ('' for none; stored only when it is one, as data),
+--       27 the poll's platform ('threads' / 'instagram': api_client.platforms; a live poll of
+--       the same id on another platform is refused)
 -- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
 -- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started);
 -- a refusal by the producer's scope is {'refused', status, reason, 'scope'}.
@@ -33,7 +35,11 @@ if child and redis.call('HGET', KEYS[6], 'generation') ~= ARGV[18] then
 end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
-  'producer', 'account', 'earlier_publish')
+  'producer', 'account', 'earlier_publish', 'platform')
+local platform = ARGV[27] or ''
+if platform == '' then
+  platform = 'threads'
+end
 local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
 
 -- Producers' scopes (issue 21). A request outside its producer's scope is refused before
@@ -149,6 +155,12 @@ if cur[1] == '0' then
   -- claim, a record, a release keep it in): the queue is declared, the job's keys need not be.
   local old_job = ARGV[6] .. (cur[2] or '')
   if redis.call('ZSCORE', KEYS[3], old_job) then
+    if (cur[13] or 'threads') ~= platform then
+      -- One id, two platforms: the live poll asks its own platform; this request would be
+      -- answered about another container, so it is refused, not folded in as a duplicate.
+      return {'refused', cur[3] or '', 'container ' .. ARGV[1] .. ' is being polled on ' ..
+        (cur[13] or 'threads') .. ', not ' .. platform}
+    end
     if child then
       -- Already being polled: its final record will report to this carousel (no second poll),
       -- and it is no longer published on its own (the carousel is; publish_claim.lua refuses a
@@ -197,7 +209,7 @@ local ttl = tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
 local fields = {'container_id', ARGV[1], 'status', 'QUEUED', 'final', '0',
   'enqueued_at', stamp(now), 'deadline_at', stamp(deadline), 'generation', ARGV[4],
-  'next_check_at', stamp(first)}
+  'next_check_at', stamp(first), 'platform', platform}
 -- An optional field is stored only when given (the hash stores an empty value by its absence).
 local function put(name, value)
   if value ~= '' then
@@ -255,7 +267,9 @@ redis.call('ZADD', KEYS[3], first, job_id)
 if account ~= '' then
   redis.call('ZADD', KEYS[4], now / 1000, account)
 end
-local story = {restarted == '1' and 'q|r' or 'q'}
+-- The platform rides on the enqueue entry when it is not the default (worker/core/history.py).
+local story = {(restarted == '1' and 'q|r' or 'q') ..
+  (platform ~= 'threads' and ((restarted == '1' and '|' or '||') .. platform) or '')}
 if first > now and not parent then
   story[2] = 'w|' .. (first - now)
 end
