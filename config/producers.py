@@ -11,7 +11,8 @@ a file, mode-checked like every secrets file)::
 ``"instagram"`` for the deployment's Instagram token) or ``"*"`` (any, and none: the
 deployment's own ``THREADS_ACCESS_TOKEN``); each flag says whether the producer may set it
 (``force``: poll a final container again; ``publish``: auto-publish; ``webhook``: give a
-``webhook_url``). A key left out is refused (``accounts``: none, a flag: false): a scope says what it allows.
+``webhook_url``). A key left out is refused (``accounts``: none, a flag: false): a scope says
+what it allows.
 
 Each named producer has its own intake stream, ``{prefix}:intake:{name}``, which only its Redis
 user may write (``threads-poller acl producer --producer NAME``), and HTTP API keys may be bound
