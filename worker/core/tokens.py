@@ -27,11 +27,6 @@ LONG_LIVED_SECONDS = 60 * 86400.0
 # An ``expires_in`` beyond this is not believed (a year: Meta documents 60 days).
 MAX_EXPIRES_IN_SECONDS = 366 * 86400
 
-# The platforms whose tokens this service knows how to refresh. Instagram (ig_refresh_token on
-# graph.instagram.com) is a later addition: a platform is a parameter, threads the default.
-PLATFORMS = frozenset({"threads"})
-DEFAULT_PLATFORM = "threads"
-
 
 @dataclass(frozen=True, slots=True)
 class TokenEntry:
