@@ -107,12 +107,12 @@ def parse_container_status(
             http_status=http_status,
         )
     reason = payload.get(platform.reason_field)
-    if reason is not None and not isinstance(reason, str | int):
+    if reason is not None and not isinstance(reason, str):
         raise MalformedResponseError(
             f"status body with a non-string '{platform.reason_field}'", http_status=http_status
         )
     state = status.strip()
-    reason_text = str(reason) if reason is not None and reason != "" else None
+    reason_text = reason or None
     if platform.reason_field == "status" and state != "ERROR":
         # Instagram's status is a sentence on every state ("In Progress: ..."): a reason only
         # when the container failed.

@@ -35,7 +35,7 @@ if child and redis.call('HGET', KEYS[6], 'generation') ~= ARGV[18] then
 end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
-  'producer', 'account', 'earlier_publish', 'platform')
+  'producer', 'account', 'earlier_publish')
 local platform = ARGV[27] or ''
 if platform == '' then
   platform = 'threads'
@@ -155,11 +155,13 @@ if cur[1] == '0' then
   -- claim, a record, a release keep it in): the queue is declared, the job's keys need not be.
   local old_job = ARGV[6] .. (cur[2] or '')
   if redis.call('ZSCORE', KEYS[3], old_job) then
-    if (cur[13] or 'threads') ~= platform then
+    -- (Read here only: a live duplicate is the one path that needs it.)
+    local polled_on = redis.call('HGET', KEYS[1], 'platform') or 'threads'
+    if polled_on ~= platform then
       -- One id, two platforms: the live poll asks its own platform; this request would be
       -- answered about another container, so it is refused, not folded in as a duplicate.
       return {'refused', cur[3] or '', 'container ' .. ARGV[1] .. ' is being polled on ' ..
-        (cur[13] or 'threads') .. ', not ' .. platform}
+        polled_on .. ', not ' .. platform}
     end
     if child then
       -- Already being polled: its final record will report to this carousel (no second poll),
