@@ -36,11 +36,11 @@ end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
   'producer', 'account', 'earlier_publish')
+local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
 local platform = ARGV[27] or ''
 if platform == '' then
   platform = 'threads'
 end
-local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
 
 -- Producers' scopes (issue 21). A request outside its producer's scope is refused before
 -- anything is written, whatever door it came through (the doors check it too, to say so early).
