@@ -37,10 +37,6 @@ local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intak
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
   'producer', 'account', 'earlier_publish')
 local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- "<prefix>:result:"
-local platform = ARGV[27] or ''
-if platform == '' then
-  platform = 'threads'
-end
 
 -- Producers' scopes (issue 21). A request outside its producer's scope is refused before
 -- anything is written, whatever door it came through (the doors check it too, to say so early).
@@ -148,6 +144,10 @@ if ARGV[15] ~= '' and cur[4] == ARGV[15] then
   -- The same intake entry again (a consumer died between this enqueue and its XACK): it
   -- started this poll already, force or not.
   return {'duplicate', cur[3] or ''}
+end
+local platform = ARGV[27] or ''
+if platform == '' then
+  platform = 'threads'
 end
 local restarted = '0'
 if cur[1] == '0' then
