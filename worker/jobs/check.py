@@ -442,7 +442,7 @@ class CheckJob:
     ) -> None:
         p = self.p
         verdict = judge_publish(answer)
-        metrics.observe_publish(verdict)
+        metrics.observe_publish(verdict, current.platform)
         error = answer if isinstance(answer, ThreadsError) else None
         log.info(
             "publish answered: %s",
@@ -557,7 +557,11 @@ class CheckJob:
         due = current.next_check_at or current.enqueued_at
         lag_s = job.claimed_ms / 1000 - due if due is not None else None
         metrics.observe_check(
-            decision, checked=api_s is not None, written=written.outcome == "ok", lag_s=lag_s
+            decision,
+            checked=api_s is not None,
+            written=written.outcome == "ok",
+            lag_s=lag_s,
+            platform=current.platform,
         )
         if written.outcome != "ok":
             self._stale(job, current, written.reason)

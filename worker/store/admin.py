@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from api_client.models import QuotaSnapshot, explain_error_message
+from api_client.platforms import PLATFORMS
 from config import Settings
 from config.producers import DEFAULT_PRODUCER, PRODUCER_NAME
 from worker.core.errors import InvalidIdError
@@ -162,7 +163,7 @@ class FinalEvent:
             finalized_at=float(at) if at else stream_ms(entry_id),
             last_error=h.get("last_error") or None,
             media_id=h.get("media_id") or None,
-            platform=h.get("platform") or "threads",
+            platform=h["platform"] if h.get("platform") in PLATFORMS else "threads",
         )
 
     @property
