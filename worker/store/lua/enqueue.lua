@@ -211,7 +211,7 @@ local ttl = tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
 local fields = {'container_id', ARGV[1], 'status', 'QUEUED', 'final', '0',
   'enqueued_at', stamp(now), 'deadline_at', stamp(deadline), 'generation', ARGV[4],
-  'next_check_at', stamp(first), 'platform', platform}
+  'next_check_at', stamp(first)}
 -- An optional field is stored only when given (the hash stores an empty value by its absence).
 local function put(name, value)
   if value ~= '' then
@@ -223,6 +223,8 @@ if first > now and not parent then
   put('window_delay', tostring((first - now) / 1000))
 end
 put('account', account)
+-- No field reads as threads (what every poll before Instagram was): only another is stored.
+put('platform', platform ~= 'threads' and platform or '')
 put('publish', ARGV[11] == '1' and '1' or '')
 put('webhook_url', ARGV[12])
 put('intake_entry', ARGV[15])
