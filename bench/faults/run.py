@@ -509,7 +509,7 @@ def config_from_args(args: argparse.Namespace) -> FaultRunConfig:
     if cfg.job_timeout < 2 * cfg.http_timeout:
         problems.append("--job-timeout must be at least twice --http-timeout (as the worker's)")
     if problems:
-        raise SystemExit("fault_run: " + "; ".join(problems))
+        raise SystemExit("faults.run: " + "; ".join(problems))
     return cfg
 
 
