@@ -179,7 +179,9 @@ async def test_server_serves_and_closes() -> None:
     server = metrics.start_server(0, "127.0.0.1")
     assert server is not None and server.port > 0
     try:
-        assert key("threads_poller_checks_total", status="FINISHED", platform="threads") in scrape(server.port)
+        assert key("threads_poller_checks_total", status="FINISHED", platform="threads") in scrape(
+            server.port
+        )
     finally:
         await metrics.stop_server(server)
     with pytest.raises(urllib.error.URLError):
