@@ -26,6 +26,9 @@ THROTTLE_MESSAGES: dict[int, str] = {
     32: "Page request limit reached",
     341: "Application limit reached",
     613: "Calls to this api have exceeded the rate limit.",
+    # Instagram's business-use-case rate limit, without its usage header (``buc_throttle``
+    # sends the header as well; its 1-minute estimate is too long for most tests).
+    80002: "There have been too many calls to this Instagram account. Wait a bit and try again.",
 }
 
 

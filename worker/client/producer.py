@@ -32,6 +32,7 @@ async def enqueue_many(
     reply_to: str | None = None,
     producer: str | None = None,
     traceparent: str | None = None,
+    platform: str | None = None,
     settings: Settings,
 ) -> list[EnqueueOutcome]:
     """Start polling; ``publish=True`` also publishes each container once it is FINISHED."""
@@ -44,6 +45,7 @@ async def enqueue_many(
         reply_to=reply_to,
         producer=producer,
         traceparent=traceparent,
+        platform=platform,
     )
 
 
@@ -58,6 +60,7 @@ async def enqueue(
     reply_to: str | None = None,
     producer: str | None = None,
     traceparent: str | None = None,
+    platform: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     return await PollerClient.from_settings(settings, redis).enqueue(
@@ -69,6 +72,7 @@ async def enqueue(
         reply_to=reply_to,
         producer=producer,
         traceparent=traceparent,
+        platform=platform,
     )
 
 
@@ -84,6 +88,7 @@ async def enqueue_carousel(
     reply_to: str | None = None,
     producer: str | None = None,
     traceparent: str | None = None,
+    platform: str | None = None,
     settings: Settings,
 ) -> EnqueueOutcome:
     """``PollerClient.enqueue_carousel``: the parent polled once every child is FINISHED."""
@@ -97,4 +102,5 @@ async def enqueue_carousel(
         reply_to=reply_to,
         producer=producer,
         traceparent=traceparent,
+        platform=platform,
     )
