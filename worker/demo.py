@@ -99,6 +99,10 @@ class Scenario:
     children: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # A reply, auto-published.
     reply_to: str | None = None
+    # Whose container (api_client.platforms); an Instagram one is auto-published when
+    # ``publish``.
+    platform: str = "threads"
+    publish: bool = False
 
 
 def _sc(n: int, story: str, steps: str, expect: str, **more: object) -> Scenario:
@@ -132,6 +136,29 @@ SCENARIOS = (
         "IN_PROGRESS,FINISHED",
         "PUBLISHED",
         reply_to="17900000000009999",
+    ),
+    # Instagram containers beside them: the same lifecycle, Instagram's wire format.
+    _sc(
+        12,
+        "Instagram video ready, auto-published once",
+        "IN_PROGRESS,FINISHED",
+        "PUBLISHED",
+        platform="instagram",
+        publish=True,
+    ),
+    _sc(
+        13,
+        "Instagram upload failed (subcode 2207026)",
+        "IN_PROGRESS,ERROR:2207026",
+        "ERROR",
+        platform="instagram",
+    ),
+    _sc(
+        14,
+        "Instagram rate limit (80002), then ready",
+        "throttle:80002,FINISHED",
+        "FINISHED",
+        platform="instagram",
     ),
 )
 
@@ -255,7 +282,7 @@ async def run_demo(
         run_simulator(port=0) as sim,
         webhook_receiver() as hooks,
     ):
-        print(f"Threads API simulator: {sim.base_url}")
+        print(f"Threads API simulator: {sim.base_url} (Instagram: {sim.instagram_url})")
         print(f"Webhook receiver: {hooks.url} (WEBHOOK_ALLOWED_HOSTS={DEMO_ALLOWED_HOSTS})")
         for sc in SCENARIOS:
             sim.state.set_script(sc.container_id, sc.steps)
@@ -269,6 +296,7 @@ async def run_demo(
         settings: Settings = load_settings(
             redis_url=redis_url,
             threads_api_base_url=sim.base_url,
+            instagram_api_base_url=sim.instagram_url,
             poll_interval_seconds=interval,
             poll_max_seconds=window,
             key_prefix=prefix,
@@ -279,6 +307,8 @@ async def run_demo(
             REDIS_URL=redis_url,
             THREADS_API_BASE_URL=sim.base_url,
             THREADS_ACCESS_TOKEN=DEMO_TOKEN,
+            INSTAGRAM_API_BASE_URL=sim.instagram_url,
+            INSTAGRAM_ACCESS_TOKEN=DEMO_TOKEN,
             POLL_INTERVAL_SECONDS=str(interval),
             POLL_MAX_SECONDS=str(window),
             # Compressed like the schedule: the default first pause is 60 s, the publish waits
@@ -423,7 +453,10 @@ async def _feed_and_watch(
     # Clear the previous demo's results so every container is polled afresh.
     for sc in SCENARIOS:
         await redis.delete(keys.result(sc.container_id), *(keys.result(k) for k, _ in sc.children))
-    plain = [sc for sc in SCENARIOS if not sc.children and not sc.reply_to]
+    plain = [
+        sc for sc in SCENARIOS if not sc.children and not sc.reply_to and sc.platform == "threads"
+    ]
+    instagram = [sc for sc in SCENARIOS if sc.platform == "instagram"]
     half = len(plain) // 2
     hooked = [s.container_id for s in plain[:half]]
     # Before the worker has said it can sign (it publishes that at start), a producer without
@@ -440,10 +473,19 @@ async def _feed_and_watch(
             await enqueue(
                 redis, sc.container_id, publish=True, reply_to=sc.reply_to, settings=settings
             )
+    # Instagram's: one through the intake stream (its platform field), the others the API.
+    for sc in instagram[:-1]:
+        await enqueue(
+            redis, sc.container_id, publish=sc.publish, platform=sc.platform, settings=settings
+        )
+    await redis.xadd(
+        keys.intake, {"container_id": instagram[-1].container_id, "platform": "instagram"}
+    )
     print(
-        f"Enqueued {half + 1} containers with the Python API ({half} with a signed webhook, "
-        f"one a reply, auto-published) and {len(plain) - half} with XADD {keys.intake}, plus a "
-        "carousel (XADD with children)\n"
+        f"Enqueued {half + 1} Threads containers with the Python API ({half} with a signed "
+        f"webhook, one a reply, auto-published) and {len(plain) - half} with XADD "
+        f"{keys.intake}, plus a carousel (XADD with children), and {len(instagram)} Instagram "
+        "containers (one auto-published, one by XADD)\n"
     )
     t0 = time.monotonic()
     results = {}
@@ -463,7 +505,18 @@ async def _feed_and_watch(
         await asyncio.sleep(1.0)
 
     calls = getattr(sim_state, "calls_for")  # noqa: B009 - the simulator's call log
-    rows = [["container", "scenario", "status", "error_message", "checks", "API calls", "ok"]]
+    rows = [
+        [
+            "container",
+            "platform",
+            "scenario",
+            "status",
+            "error_message",
+            "checks",
+            "API calls",
+            "ok",
+        ]
+    ]
     ok = True
     for sc in SCENARIOS:
         r = results[sc.container_id]
@@ -473,6 +526,7 @@ async def _feed_and_watch(
         rows.append(
             [
                 sc.container_id,
+                sc.platform,
                 sc.story,
                 status,
                 (r.error_message or "") if r else "",
