@@ -119,3 +119,26 @@ def test_the_door_checks_the_platform_and_its_carousel_size() -> None:
         validate_children(kids, parent="1", max_children=INSTAGRAM.max_children)
     with pytest.raises(ValueError, match="unknown platform"):
         platform_named("tiktok")
+
+
+def test_the_account_effect_of_an_answer_is_planned_not_decided_by_the_job() -> None:
+    from api_client.models import ContainerStatus
+    from api_client.usage import ApiUsage
+    from worker.core.planner import AccountEffect, Pause, account_effect, publish_account_effect
+
+    ok = ContainerStatus("1", "FINISHED")
+    assert account_effect(ok, throttle_level=0, usage_throttle_percent=90) == AccountEffect()
+    # Not throttled while the account was: its back-off ends.
+    assert account_effect(ok, throttle_level=2, usage_throttle_percent=90).clear_throttle
+    near = ContainerStatus("1", "IN_PROGRESS", usage=ApiUsage(95.0, 0.0))
+    assert account_effect(near, throttle_level=0, usage_throttle_percent=90) == AccountEffect(
+        pause=Pause("usage", 0.0, 95.0)
+    )
+    throttled = graph(80002, platform="instagram")
+    assert account_effect(throttled, throttle_level=1, usage_throttle_percent=90) == (
+        AccountEffect(pause=Pause("80002"))
+    )
+    token = graph(190)
+    assert account_effect(token, throttle_level=0, usage_throttle_percent=90).reject_token
+    assert publish_account_effect(PublishVerdict.THROTTLED, graph(4)).pause == Pause("4")
+    assert publish_account_effect(PublishVerdict.FAILED, graph(100)) == AccountEffect()

@@ -25,11 +25,15 @@ record. The check job (``worker.jobs.check``) only carries plans out.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from api_client.errors import GraphAPIError, MissingTokenError, ThreadsError
 from api_client.models import ContainerStatus, PublishingLimit
+from api_client.platforms import platform_of_account, user_id_of
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import (
     Decision,
@@ -52,6 +56,10 @@ from worker.core.errors import (
 from worker.core.publishing import PublishStatus, PublishVerdict
 from worker.core.result import CLEAR, Changes, PollResult
 from worker.core.states import State
+
+_Poll = TypeVar("_Poll", PollResult, PollResult | None)
+_P = ParamSpec("_P")
+_Out = TypeVar("_Out")
 
 # 100/33 has been seen for containers that do exist, once: fail only when it repeats on the
 # next scheduled check.
@@ -115,6 +123,65 @@ class CallPublish:
 
 
 Plan = Skip | Record | CallStatus | CallPublish
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """One step of the account's back-off (one per throttling episode: accounts.lua)."""
+
+    # The Graph code ("4", "80002"...) or "usage" (usage headers near the limit).
+    code: str
+    # Meta's estimate of when access comes back, seconds (0: none given).
+    regain: float = 0.0
+    usage_percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEffect:
+    """What one API answer does to its account's shared state, which the job writes before
+    it records the poll (a pause's end is the account's, learnt from Redis)."""
+
+    pause: Pause | None = None
+    # The answer was not throttled while the account was: its back-off ends.
+    clear_throttle: bool = False
+    # The API rejected the token (190/102): the account is marked, its polls fail at once.
+    reject_token: bool = False
+
+
+NO_EFFECT = AccountEffect()
+
+
+def account_effect(
+    outcome: ContainerStatus | ThreadsError,
+    *,
+    throttle_level: int,
+    usage_throttle_percent: float,
+) -> AccountEffect:
+    """The account effect of a status answer: a pause for a throttling answer or usage headers
+    near the limit (``USAGE_THROTTLE_PERCENT``, or an estimate to regain access), the end of a
+    back-off otherwise, and a rejected token's mark."""
+    kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
+    usage = outcome.usage
+    regain = usage.regain_seconds if usage else 0.0
+    near_limit = usage is not None and (usage.max_percent >= usage_throttle_percent or regain > 0)
+    pause = None
+    if kind is ErrorKind.THROTTLED or near_limit:
+        code = str(outcome.code) if isinstance(outcome, GraphAPIError) else "usage"
+        pause = Pause(code, regain, usage.max_percent if usage else None)
+    return AccountEffect(
+        pause=pause,
+        clear_throttle=pause is None and throttle_level > 0,
+        reject_token=kind is ErrorKind.TOKEN,
+    )
+
+
+def publish_account_effect(verdict: PublishVerdict, error: ThreadsError | None) -> AccountEffect:
+    """A publish answer's account effect: a rate limit pauses the account like a throttled
+    check (no Meta estimate: publish answers carry none we use)."""
+    if verdict is not PublishVerdict.THROTTLED:
+        return NO_EFFECT
+    code = str(error.code) if isinstance(error, GraphAPIError) else "throttled"
+    return AccountEffect(pause=Pause(code))
 
 
 def phase_of(r: PollResult) -> Phase:
@@ -296,21 +363,24 @@ def _settle_unconfirmed(r: PollResult, rec: Record) -> Record:
     )
 
 
+def settles_unconfirmed(
+    fn: Callable[Concatenate[_Poll, _P], _Out],
+) -> Callable[Concatenate[_Poll, _P], _Out]:
+    """Every record a planning step returns goes through ``_settle_unconfirmed`` (one rule for
+    all of them, rather than a public wrapper per step repeating its signature)."""
+
+    @functools.wraps(fn)
+    def settled(r: _Poll, /, *args: _P.args, **kwargs: _P.kwargs) -> _Out:
+        out = fn(r, *args, **kwargs)
+        if isinstance(out, Record) and r is not None:
+            return cast(_Out, _settle_unconfirmed(r, out))
+        return out
+
+    return settled
+
+
+@settles_unconfirmed
 def plan_run(
-    r: PollResult | None,
-    *,
-    throttled_until: float,
-    token: TokenState,
-    now: float,
-    policy: Policy,
-) -> Plan:
-    plan = _plan_run(r, throttled_until=throttled_until, token=token, now=now, policy=policy)
-    if isinstance(plan, Record) and r is not None:
-        return _settle_unconfirmed(r, plan)
-    return plan
-
-
-def _plan_run(
     r: PollResult | None,
     *,
     throttled_until: float,
@@ -392,10 +462,12 @@ def token_failure(r: PollResult, token: TokenState, phase: Phase) -> Decision:
 
 
 def token_hint(account: str) -> str:
+    platform = platform_of_account(account)
+    user_id = user_id_of(account)
     where = (
-        "THREADS_ACCESS_TOKEN"
-        if account == "default"
-        else f"THREADS_TOKENS_FILE (or THREADS_ACCESS_TOKEN_{account})"
+        platform.token_env
+        if user_id in ("", "default")
+        else f"THREADS_TOKENS_FILE (or {platform.token_env}_{user_id})"
     )
     return (
         f"the access token of account {account} was rejected: put a valid token in {where}; "
@@ -407,6 +479,7 @@ def token_hint(account: str) -> str:
 AWAITING_PUBLISHED: frozenset[str] = frozenset({State.FINISHED})
 
 
+@settles_unconfirmed
 def after_status(
     r: PollResult,
     outcome: ContainerStatus | ThreadsError,
@@ -418,21 +491,6 @@ def after_status(
 ) -> Record:
     """The record after a status call. ``paused_until``: the account's pause when the answer
     was throttled (0 otherwise); ``explain``: a readable note for an error, if any."""
-    rec = _after_status(
-        r, outcome, now=now, paused_until=paused_until, policy=policy, explain=explain
-    )
-    return _settle_unconfirmed(r, rec)
-
-
-def _after_status(
-    r: PollResult,
-    outcome: ContainerStatus | ThreadsError,
-    *,
-    now: float,
-    paused_until: float,
-    policy: Policy,
-    explain: str | None,
-) -> Record:
     kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
     if kind is ErrorKind.THROTTLED:
         assert isinstance(outcome, ThreadsError)
@@ -586,30 +644,6 @@ def publish_not_claimed(claim: str, policy: Policy) -> Record | Skip:
     return Skip(f"publish not claimed: {claim}")
 
 
-def after_publish(
-    r: PollResult,
-    verdict: PublishVerdict,
-    *,
-    media_id: str | None,
-    error: BaseException | None,
-    now: float,
-    policy: Policy,
-    paused_until: float = 0.0,
-) -> Record:
-    """The record after a publish call (``r`` as it was before the claim). ``paused_until``:
-    the account's pause after a throttled answer (0 otherwise)."""
-    rec = _after_publish(
-        r,
-        verdict,
-        media_id=media_id,
-        error=error,
-        now=now,
-        policy=policy,
-        paused_until=paused_until,
-    )
-    return _settle_unconfirmed(r, rec)
-
-
 NEEDS_RECREATE_HINT = (
     "this container cannot be published (24/4279009 'Media Not Found' on every attempt after "
     "FINISHED): create a new container and publish that"
@@ -622,7 +656,8 @@ EXPIRED_HINT = (
 )
 
 
-def _after_publish(
+@settles_unconfirmed
+def after_publish(
     r: PollResult,
     verdict: PublishVerdict,
     *,
@@ -630,8 +665,10 @@ def _after_publish(
     error: BaseException | None,
     now: float,
     policy: Policy,
-    paused_until: float,
+    paused_until: float = 0.0,
 ) -> Record:
+    """The record after a publish call (``r`` as it was before the claim). ``paused_until``:
+    the account's pause after a throttled answer (0 otherwise)."""
     if verdict is PublishVerdict.PUBLISHED:
         return Record(
             _publish_final(State.PUBLISHED),

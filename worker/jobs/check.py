@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import aiohttp
 
@@ -31,23 +31,26 @@ from config import Settings
 from worker.core.decisions import Decision, Schedule
 from worker.core.history import record_entries
 from worker.core.planner import (
+    AccountEffect,
     CallPublish,
     CallStatus,
     Policy,
     Record,
     Skip,
     TokenState,
+    account_effect,
     after_publish,
     after_status,
     given_up,
     graph_code,
     plan_run,
+    publish_account_effect,
     publish_not_claimed,
     publish_quota,
     publish_unacknowledged,
     token_hint,
 )
-from worker.core.publishing import PublishVerdict, judge_publish
+from worker.core.publishing import judge_publish
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.targets import WebhookPolicy
 from worker.core.tracing import poll_traceparent
@@ -117,8 +120,12 @@ class CheckJob:
 
     async def __call__(self, job: ClaimedJob) -> None:
         current = PollResult.from_hash(job.state) if job.state else None
+        if current is None:
+            # The poll is gone or was replaced: nothing to plan.
+            await self._end(job, "no poll")
+            return
         tracer = tracing.active()
-        if not tracer.enabled or current is None:
+        if not tracer.enabled:
             await self._run(job, current, NOOP_SPAN)
             return
         # The poll's trace: the one stored at enqueue, else one derived from the poll (enqueued
@@ -136,9 +143,10 @@ class CheckJob:
         ) as span:
             await self._run(job, current, span)
 
-    async def _run(self, job: ClaimedJob, current: PollResult | None, span: Span) -> None:
+    async def _run(self, job: ClaimedJob, current: PollResult, span: Span) -> None:
         p = self.p
-        token = await p.tokens.token_for(current.account) if current is not None else None
+        # "" when there is none: the planner calls the API only when the token is OK.
+        token = await p.tokens.token_for(current.account) or ""
         plan = plan_run(
             current,
             throttled_until=job.account.throttled_until,
@@ -146,21 +154,21 @@ class CheckJob:
             now=job.now(),
             policy=p.policy,
         )
-        if isinstance(plan, Skip) or current is None:
-            span.set("threads_poller.plan", "skip")
-            await self._end(job, plan.reason if isinstance(plan, Skip) else "no poll")
-        elif isinstance(plan, Record):
-            span.set("threads_poller.plan", "record")
-            await self.record(job, current, plan, span=span)
-        elif isinstance(plan, CallPublish):
-            assert token is not None
-            span.set("threads_poller.plan", "publish")
-            await self._publish(job, current, token, span)
-        else:
-            assert isinstance(plan, CallStatus)
-            assert token is not None
-            span.set("threads_poller.plan", "status")
-            await self._check(job, current, token, span)
+        match plan:
+            case Skip(reason=reason):
+                span.set("threads_poller.plan", "skip")
+                await self._end(job, reason)
+            case Record():
+                span.set("threads_poller.plan", "record")
+                await self.record(job, current, plan, span=span)
+            case CallPublish():
+                span.set("threads_poller.plan", "publish")
+                await self._publish(job, current, token, span)
+            case CallStatus():
+                span.set("threads_poller.plan", "status")
+                await self._check(job, current, token, span)
+            case _:
+                assert_never(plan)
 
     async def give_up(self, job: ClaimedJob, why: str) -> None:
         """Too many runs without a settled outcome: end the poll, saying why (TIMED_OUT, or
@@ -191,7 +199,6 @@ class CheckJob:
     ) -> None:
         p = self.p
         s = p.settings
-        account = current.account or DEFAULT_ACCOUNT
         sent_ms = job.now_ms()
         t0 = time.perf_counter()
         try:
@@ -208,36 +215,62 @@ class CheckJob:
             if isinstance(outcome, ThreadsError):
                 span.error(kind.value if kind is not None else "error")
 
-        paused_until = 0.0
-        usage = outcome.usage
-        regain = usage.regain_seconds if usage else 0.0
-        near_limit = usage is not None and (
-            usage.max_percent >= s.usage_throttle_percent or regain > 0
+        effect = account_effect(
+            outcome,
+            throttle_level=job.account.throttle_level,
+            usage_throttle_percent=s.usage_throttle_percent,
         )
-        if kind is ErrorKind.THROTTLED or near_limit:
-            code = str(outcome.code) if isinstance(outcome, GraphAPIError) else "usage"
+        error = outcome if isinstance(outcome, ThreadsError) else None
+        paused_until = await self._apply(
+            job, current, effect, sent_ms=sent_ms, token=token, error=error
+        )
+        if paused_until is None:
+            return
+        explain = explain_api_error(outcome) if isinstance(outcome, ThreadsError) else None
+        now = job.now()
+        plan = after_status(
+            current, outcome, now=now, paused_until=paused_until, policy=p.policy, explain=explain
+        )
+        await self.record(job, current, plan, checked_at=now, api_s=api_s, call="status", span=span)
+
+    async def _apply(
+        self,
+        job: ClaimedJob,
+        current: PollResult,
+        effect: AccountEffect,
+        *,
+        sent_ms: int,
+        token: str,
+        error: ThreadsError | None,
+    ) -> float | None:
+        """Write an answer's account effect (``planner.account_effect``): the pause, the end of
+        a back-off, a rejected token's mark. Returns the account's pause end (0.0 when not
+        paused), or None when the run lost its lease (nothing more is recorded)."""
+        account = current.account or DEFAULT_ACCOUNT
+        paused_until = 0.0
+        if effect.pause is not None:
+            pause = effect.pause
             noted = await self._note_throttle(
                 job,
                 current,
                 sent_ms=sent_ms,
-                regain=regain,
-                code=code,
-                usage_percent=usage.max_percent if usage else None,
+                regain=pause.regain,
+                code=pause.code,
+                usage_percent=pause.usage_percent,
             )
             if noted is None:
-                return
+                return None
             paused_until = noted
-        elif job.account.throttle_level > 0:
+        elif effect.clear_throttle:
             await persist(
                 "clearing a throttle",
-                lambda: p.accounts.clear_throttle(job, account, sent_ms=sent_ms),
+                lambda: self.p.accounts.clear_throttle(job, account, sent_ms=sent_ms),
             )
-        if kind is ErrorKind.TOKEN:
-            assert isinstance(outcome, ThreadsError)
-            err = outcome
+        if effect.reject_token and error is not None and token:
+            err = error
             if await persist(
                 "noting a rejected token",
-                lambda: p.accounts.reject_token(
+                lambda: self.p.accounts.reject_token(
                     job, account, fingerprint(token), str(err), graph_code(err)
                 ),
             ):
@@ -251,12 +284,7 @@ class CheckJob:
                         "container_id": current.container_id,
                     },
                 )
-        explain = explain_api_error(outcome) if isinstance(outcome, ThreadsError) else None
-        now = job.now()
-        plan = after_status(
-            current, outcome, now=now, paused_until=paused_until, policy=p.policy, explain=explain
-        )
-        await self.record(job, current, plan, checked_at=now, api_s=api_s, call="status", span=span)
+        return paused_until
 
     async def _note_throttle(
         self,
@@ -453,14 +481,16 @@ class CheckJob:
                 "error": str(error) if error else None,
             },
         )
-        paused_until = 0.0
-        if verdict is PublishVerdict.THROTTLED:
-            # A rate limit on the account: one step of its back-off, like a throttled check.
-            code = str(error.code) if isinstance(error, GraphAPIError) else "throttled"
-            noted = await self._note_throttle(job, current, sent_ms=sent_ms, regain=0.0, code=code)
-            if noted is None:
-                return
-            paused_until = noted
+        paused_until = await self._apply(
+            job,
+            current,
+            publish_account_effect(verdict, error),
+            sent_ms=sent_ms,
+            token="",
+            error=error,
+        )
+        if paused_until is None:
+            return
         plan = after_publish(
             current,
             verdict,
