@@ -40,7 +40,7 @@ from tests.kubernetes import (
     probe_command,
     render,
 )
-from worker.cli import build_parser
+from worker.cli.parser import build_parser
 from worker.ops import metrics
 from worker.runtime.app import STOP_REDIS_SECONDS
 from worker.web.console import STATIC
