@@ -41,6 +41,7 @@ from worker.core.access import (
     session_nonce,
 )
 from worker.ops import metrics
+from worker.ops.loops import every
 from worker.store.admin import AdminStore
 from worker.store.connections import open_redis
 from worker.store.sessions import SessionStore
@@ -379,18 +380,20 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _sampler(ctx: WebContext) -> None:
     """The deployment's gauges, every SAMPLE_SECONDS (the console reads the last round too)."""
-    while True:
+
+    async def round_() -> None:
         try:
             now = await ctx.admin.now()
             ctx.sample = await metrics.sample(ctx.admin, now, overdue_after=ctx.stuck_after)
             ctx.sampled_at = now
             EVENT_STREAMS.set(ctx.streams)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             metrics.SAMPLE_FAILURES.inc()
-            log.warning("metrics: Redis gauges not sampled", exc_info=True)
-        await asyncio.sleep(metrics.SAMPLE_SECONDS)
+            raise
+
+    await every(
+        "metrics sampler", metrics.SAMPLE_SECONDS, round_, logger=log, level=logging.WARNING
+    )
 
 
 def build_app(
