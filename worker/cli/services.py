@@ -1,4 +1,4 @@
-"""The long-running commands of ``threads-poller`` and their probe: ``worker`` (the arq worker),
+"""The long-running commands of ``threads-poller`` and their probe: ``worker`` (the job runners),
 ``serve`` (the HTTP API and the console, worker.web), ``health`` (the image's HEALTHCHECK and a
 liveness probe), and the pass-through ``simulate`` and ``demo``.
 

@@ -86,7 +86,6 @@ class PollerContext:
     client: ThreadsClient
     tokens: TokenSource
     policy: Policy
-    client_session: aiohttp.ClientSession
     # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
     webhook_session: aiohttp.ClientSession
     webhook_policy: WebhookPolicy

@@ -1,10 +1,10 @@
 """Per-process liveness: each worker beats in Redis, ``threads-poller health`` reads the beat.
 
-arq's own health key (``{prefix}:queue:health-check``) is one key for the whole queue: with three
-workers it stays fresh while two of them are dead, and the first worker to stop deletes it for
-everybody. So each worker process writes its own key, ``{prefix}:worker:{name}``, every
-``BEAT_SECONDS`` with a TTL of three beats, and lists its name in the ``{prefix}:workers`` sorted
-set so that readers find the live ones without a SCAN over the whole keyspace.
+One key for the whole queue would stay fresh while two of three workers are dead, and the first
+worker to stop would delete it for everybody. So each worker process writes its own key,
+``{prefix}:worker:{name}``, every ``BEAT_SECONDS`` with a TTL of three beats, and lists its name
+in the ``{prefix}:workers`` sorted set so that readers find the live ones without a SCAN over the
+whole keyspace.
 
 Times in a heartbeat are Redis server time: the health check of one container compares them with
 the same clock, whatever the skew between hosts.

@@ -120,7 +120,6 @@ def build_poller(
         client=client_for(settings, session),
         tokens=tokens,
         policy=policy_of(settings),
-        client_session=session,
         webhook_session=webhook_session,
         webhook_policy=policy,
         replicas=Replicas(redis, store.keys, fixed=settings.publish_wait_replicas),

@@ -538,9 +538,6 @@ class ResultStore:
     async def forget_inflight(self, container_id: str) -> None:
         await self.redis.zrem(self.keys.inflight, container_id)
 
-    async def inflight_count(self) -> int:
-        return int(await self.redis.zcard(self.keys.inflight))
-
 
 def record_fields(
     current: PollResult,
