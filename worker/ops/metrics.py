@@ -45,8 +45,9 @@ from api_client.errors import ThreadsError
 from api_client.models import ApiStatus, ContainerStatus
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import Decision
-from worker.core.publishing import PublishVerdict, WebhookOutcome
+from worker.core.publishing import PublishVerdict
 from worker.core.states import FINAL_STATES, State
+from worker.core.webhooks import WebhookOutcome
 from worker.ops.health import live_beats
 from worker.ops.stats import MINUTES, note_inflight
 from worker.store.admin import AdminStore

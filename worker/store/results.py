@@ -24,9 +24,9 @@ from config import Settings
 from config.producers import UNRESTRICTED, Scope
 from worker.core.decisions import Decision
 from worker.core.history import SEPARATOR, HistoryEvent, webhook_entry
-from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.tracing import optional_traceparent
+from worker.core.webhooks import WebhookOutcome
 from worker.store import scripts
 from worker.store.history import read_history
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
