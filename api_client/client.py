@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import aiohttp
 from yarl import URL
@@ -18,18 +19,19 @@ from api_client.errors import (
 )
 from api_client.models import ContainerStatus, PublishingLimit
 from api_client.parsing import (
-    QUOTA_FIELDS,
     parse_container_status,
     parse_publish,
     parse_publishing_limit,
 )
+from api_client.platforms import THREADS, Platform
 from api_client.redact import redact
 from api_client.usage import parse_usage_headers
 
-STATUS_FIELDS = "status,error_message"
+STATUS_FIELDS = THREADS.status_fields
 # Bodies we expect are a few hundred bytes; a huge one is an error page or an attack.
 MAX_BODY_BYTES = 1 << 20
 USER_AGENT = "threads-poller/0.1 (+aiohttp)"
+T = TypeVar("T")
 
 # A path and query made only of characters that URL encoding leaves as they are (RFC 3986's
 # unreserved ones, plus "/" between path segments and "," in query values, which yarl keeps):
@@ -110,7 +112,8 @@ async def _read_body(resp: aiohttp.ClientResponse, method: str, path: str) -> by
 
 
 class ThreadsClient:
-    """Calls of the Threads Graph API that threads-poller makes.
+    """Calls of the Graph API that threads-poller makes, on one platform (Threads by default,
+    or Instagram: ``api_client.platforms``), whose field names and edges it uses.
 
     The token is given per call (each account has its own), and it is sent as the documented
     ``access_token`` query parameter or, with ``auth_header=True``, as a Bearer header.
@@ -123,8 +126,11 @@ class ThreadsClient:
         base_url: str,
         auth_header: bool = False,
         timeout_seconds: float | None = None,
+        platform: Platform = THREADS,
     ) -> None:
         self._session = session
+        self.platform = platform
+        self._status_fields = platform.status_fields
         self._base_url = base_url.rstrip("/")
         # The base URL when ``request_url`` may skip the encoding (a base URL that needs some
         # goes the usual way).
@@ -140,38 +146,50 @@ class ThreadsClient:
 
     async def get_container_status(self, container_id: str, *, token: str) -> ContainerStatus:
         http_status, body, headers = await self.request(
-            "GET", f"/{container_id}", params={"fields": STATUS_FIELDS}, token=token
+            "GET", f"/{container_id}", params={"fields": self._status_fields}, token=token
         )
         usage = parse_usage_headers(headers)
         try:
-            status = parse_container_status(container_id, http_status, body)
+            status = parse_container_status(container_id, http_status, body, self.platform)
         except ThreadsError as exc:
             exc.usage = usage
+            exc.platform = self.platform.name.value
             raise
         return dataclasses.replace(status, usage=usage) if usage else status
 
     async def get_publishing_limit(self, user_id: str, *, token: str) -> PublishingLimit:
-        """Every quota block (posts, replies, deletes, location searches) of one profile."""
+        """Every quota block of one profile the platform has (Threads: posts, replies, deletes,
+        location searches; Instagram: posts)."""
         http_status, body, _ = await self.request(
             "GET",
-            f"/{user_id}/threads_publishing_limit",
-            params={"fields": QUOTA_FIELDS},
+            f"/{user_id}/{self.platform.quota_edge}",
+            params={"fields": self.platform.quota_fields},
             token=token,
         )
-        return parse_publishing_limit(http_status, body)
+        return self._tagged(parse_publishing_limit, http_status, body)
 
     async def publish(self, user_id: str, creation_id: str, *, token: str) -> str:
-        """``POST /{user-id}/threads_publish``: the published media id.
+        """``POST /{user-id}/threads_publish`` (Instagram: ``media_publish``): the published
+        media id.
 
         Not retried here, ever: a retry after an ambiguous failure could publish twice.
         """
         http_status, body, _ = await self.request(
             "POST",
-            f"/{user_id}/threads_publish",
+            f"/{user_id}/{self.platform.publish_edge}",
             params={"creation_id": creation_id},
             token=token,
         )
-        return parse_publish(http_status, body)
+        return self._tagged(parse_publish, http_status, body)
+
+    def _tagged(self, parse: Callable[[int, bytes], T], http_status: int, body: bytes) -> T:
+        """``parse``'s value, or its error marked with this client's platform (what an error
+        code means can depend on it: ``policy.classify``)."""
+        try:
+            return parse(http_status, body)
+        except ThreadsError as exc:
+            exc.platform = self.platform.name.value
+            raise
 
     async def request(
         self,
@@ -182,6 +200,20 @@ class ThreadsClient:
         params: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """One HTTP exchange. Every failure leaves as a ``ThreadsError`` with a redacted message."""
+        try:
+            return await self._exchange(method, path, token=token, params=params)
+        except ThreadsError as exc:
+            exc.platform = self.platform.name.value
+            raise
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str,
+        params: Mapping[str, str] | None,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
         query = dict(params or {})
         headers: dict[str, str] = {}
         if self._auth_header:

@@ -35,6 +35,9 @@ class ThreadsError(Exception):
         self.http_status = http_status
         # Usage headers that came with the failed answer, if any (throttling decisions use them).
         self.usage: ApiUsage | None = None
+        # The platform whose API answered (set by the client that raised it): what a code
+        # means can differ (api_client.platforms, api_client.policy.classify).
+        self.platform = "threads"
 
     def to_fields(self) -> dict[str, str]:
         """Flat, token-free description for the result hash and for logs."""

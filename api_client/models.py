@@ -6,12 +6,14 @@ enum that raises on a new one would turn a useful answer into a crash.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api_client.errors import GraphAPIError, ThreadsError
+from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS, THREADS_EXPLANATIONS
 from api_client.usage import ApiUsage
 
 
@@ -29,6 +31,8 @@ class ContainerStatus:
     status: str
     error_message: str | None = None
     usage: ApiUsage | None = None
+    # The error subcode an Instagram ERROR's reason carries (``Platform.reason_code``).
+    error_code: int | None = None
 
 
 class QuotaConfig(BaseModel):
@@ -76,35 +80,19 @@ class QuotaSnapshot(BaseModel):
     posts_remaining: int | None = Field(default=None)
 
 
-# Meta's documented error_message values, verbatim (including "ASPEC"), with what they mean for
-# the person who uploaded the media. UNKNOWN is not a reason, so it says what to try instead.
-ERROR_EXPLANATIONS: dict[str, str] = {
-    "FAILED_DOWNLOADING_VIDEO": "Meta could not download the video from its URL "
-    "(URL not public, expired, or too slow).",
-    "FAILED_PROCESSING_AUDIO": "The audio track could not be processed.",
-    "FAILED_PROCESSING_VIDEO": "The video could not be processed "
-    "(codec or container not supported).",
-    "INVALID_ASPEC_RATIO": "The video's aspect ratio is outside what Threads accepts.",
-    "INVALID_BIT_RATE": "The video's bit rate is outside what Threads accepts.",
-    "INVALID_DURATION": "The video is too short or too long for Threads.",
-    "INVALID_FRAME_RATE": "The video's frame rate is outside what Threads accepts.",
-    "INVALID_AUDIO_CHANNELS": "The audio has a number of channels Threads does not accept.",
-    "INVALID_AUDIO_CHANNEL_LAYOUT": "The audio channel layout is not supported.",
-    "UNKNOWN": "Meta gave no reason (image failures are reported this way too); check the media "
-    "against Threads' media specifications and create a new container.",
-}
+# Kept for importers: Threads' table lives with the platform now (api_client.platforms).
+ERROR_EXPLANATIONS: Mapping[str, str] = THREADS_EXPLANATIONS
 
 
-def explain_error_message(error_message: str | None) -> str:
-    if not error_message:
-        return ""
-    return ERROR_EXPLANATIONS.get(
-        error_message, "An error_message this service does not know; kept verbatim."
-    )
+def explain_error_message(error_message: str | None, platform: str | None = None) -> str:
+    """What a failed container's reason means on its platform ('' when there is none; an
+    unknown platform name, from data edited by hand, reads as Threads)."""
+    return PLATFORMS.get(platform or "", DEFAULT_PLATFORM).explain(error_message)
 
 
-# The fields the worker reads on GET /{container-id}: only media containers have them.
-CONTAINER_FIELDS = frozenset({"status", "error_message"})
+# The fields the worker reads on GET /{container-id}, on any platform: only media containers
+# have them.
+CONTAINER_FIELDS = frozenset({"status", "error_message", "status_code"})
 
 
 def explain_api_error(error: ThreadsError, container_id: str | None = None) -> str | None:
@@ -125,5 +113,6 @@ def explain_api_error(error: ThreadsError, container_id: str | None = None) -> s
     return (
         f"{which} looks like a published media id, not a media container id: the API has no "
         f"'{field}' field on it (only containers have status and error_message). Enqueue the "
-        "id that POST /{user-id}/threads returned, not the one threads_publish returned"
+        "id that creating the container returned (POST /{user-id}/threads or /media), not "
+        "the one publishing returned"
     )

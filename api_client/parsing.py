@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from api_client.errors import GraphAPIError, MalformedResponseError
 from api_client.models import ContainerStatus, PublishingLimit
+from api_client.platforms import THREADS, Platform
 
 _MAX_TEXT = 500
 
@@ -90,31 +91,42 @@ def parse_json_object(http_status: int, body: bytes) -> dict[str, Any]:
     return payload
 
 
-def parse_container_status(container_id: str, http_status: int, body: bytes) -> ContainerStatus:
+def parse_container_status(
+    container_id: str, http_status: int, body: bytes, platform: Platform = THREADS
+) -> ContainerStatus:
+    """The container's state, read from the platform's fields (Threads: ``status`` and
+    ``error_message``; Instagram: ``status_code`` and ``status``, whose error subcode is read
+    out of its text)."""
     payload = parse_json_object(http_status, body)
-    status = payload.get("status")
+    status = payload.get(platform.status_field)
     if not isinstance(status, str) or not status.strip():
         raise MalformedResponseError(
-            _clip(f"status body without a usable 'status' field: {sorted(payload)!r}"),
+            _clip(
+                f"status body without a usable '{platform.status_field}' field: {sorted(payload)!r}"
+            ),
             http_status=http_status,
         )
-    error_message = payload.get("error_message")
-    if error_message is not None and not isinstance(error_message, str):
+    reason = payload.get(platform.reason_field)
+    if reason is not None and not isinstance(reason, str):
         raise MalformedResponseError(
-            "status body with a non-string 'error_message'", http_status=http_status
+            f"status body with a non-string '{platform.reason_field}'", http_status=http_status
         )
+    state = status.strip()
+    reason_text = reason or None
+    if platform.reason_field == "status" and state != "ERROR":
+        # Instagram's status is a sentence on every state ("In Progress: ..."): a reason only
+        # when the container failed.
+        reason_text = None
     # Unknown values are kept verbatim; trimming guards against stray whitespace only.
     return ContainerStatus(
         container_id=container_id,
-        status=_clip(status.strip()),
-        error_message=_clip(error_message) if error_message else None,
+        status=_clip(state),
+        error_message=_clip(reason_text) if reason_text else None,
+        error_code=platform.reason_code(reason_text),
     )
 
 
-QUOTA_FIELDS = (
-    "quota_usage,config,reply_quota_usage,reply_config,delete_quota_usage,delete_config,"
-    "location_search_quota_usage,location_search_config"
-)
+QUOTA_FIELDS = THREADS.quota_fields
 
 
 def parse_publishing_limit(http_status: int, body: bytes) -> PublishingLimit:

@@ -2,10 +2,13 @@
 
 - TRANSIENT: network error, timeout, HTTP 5xx, unparseable body, code 1 or 2,
   ``is_transient: true`` -> retry at the next scheduled check.
-- THROTTLED: code 4, 17, 32, 341, 613; HTTP 429 -> back off, retry later.
+- THROTTLED: code 4, 17, 32, 341, 613, and the platform's own (Instagram's business-use-case
+  80001-80008: ``api_client.platforms``); HTTP 429 -> back off, retry later.
 - TOKEN: code 102 or 190 (any subcode), or no token configured -> FAILED: the token must be
   replaced.
 - PERMISSION: code 3, 10, 200-299 -> FAILED: the app or token lacks a permission.
+- RESTRICTED: a code that reads as throttling but, on its platform, is a restriction that
+  waiting does not lift (Instagram 4/2207051, spam) -> FAILED.
 - NOT_FOUND: code 100 with subcode 33 -> FAILED: wrong id, or no access to it.
 - INVALID_REQUEST: code 100 without subcode 33 -> FAILED: our request is wrong.
 - UNKNOWN: anything else -> retry at the next scheduled check.
@@ -25,6 +28,7 @@ from api_client.errors import (
     ThreadsError,
     TransportError,
 )
+from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 
 class ErrorKind(StrEnum):
@@ -32,6 +36,7 @@ class ErrorKind(StrEnum):
     THROTTLED = "throttled"
     TOKEN = "token"  # noqa: S105 - a category name, not a secret
     PERMISSION = "permission"
+    RESTRICTED = "restricted"
     NOT_FOUND = "not_found"
     INVALID_REQUEST = "invalid_request"
     UNKNOWN = "unknown"
@@ -43,7 +48,13 @@ class ErrorKind(StrEnum):
 
 
 _FATAL = frozenset(
-    {ErrorKind.TOKEN, ErrorKind.PERMISSION, ErrorKind.NOT_FOUND, ErrorKind.INVALID_REQUEST}
+    {
+        ErrorKind.TOKEN,
+        ErrorKind.PERMISSION,
+        ErrorKind.RESTRICTED,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.INVALID_REQUEST,
+    }
 )
 THROTTLING_CODES = frozenset({4, 17, 32, 341, 613})
 TOKEN_CODES = frozenset({102, 190})
@@ -58,7 +69,12 @@ def classify(error: ThreadsError) -> ErrorKind:
         return ErrorKind.THROTTLED if error.http_status == 429 else ErrorKind.TRANSIENT
     if isinstance(error, GraphAPIError):
         code = error.code
-        if code in THROTTLING_CODES or error.http_status == 429:
+        platform = PLATFORMS.get(error.platform, DEFAULT_PLATFORM)
+        if code is not None and (code, error.subcode) in platform.not_throttling:
+            return ErrorKind.RESTRICTED
+        if code in THROTTLING_CODES or code in platform.throttling_codes:
+            return ErrorKind.THROTTLED
+        if error.http_status == 429:
             return ErrorKind.THROTTLED
         if code in TOKEN_CODES:
             return ErrorKind.TOKEN

@@ -1,6 +1,6 @@
 """The one helper for the processes of the bench scripts and the tests.
 
-``bench/bench.py``, ``bench/fault_run.py``, ``bench/fault_matrix.py`` and ``tests/conftest.py``
+``bench/bench.py``, ``bench/faults/`` (the fault matrix and run) and ``tests/conftest.py``
 start their processes, ports, Redis servers and simulators through this module only:
 
 ``free_port()``

@@ -6,7 +6,7 @@ Real ``threads-poller worker`` processes with the shipped lease and timeouts (``
 ``JOB_TIMEOUT_SECONDS``, ``HTTP_TIMEOUT_SECONDS``, ``POLL_INTERVAL_SECONDS``,
 ``POLL_MAX_SECONDS`` all at their defaults; only pacing is off, so that the re-runs are not
 spread over pacing slots), a private redis-server and the simulator, through the fault matrix's
-harness (``bench/fault_matrix.py``, itself on ``bench/harness.py``).
+harness (``bench/faults/harness.py``, itself on ``bench/harness.py``).
 
 Each kill: one worker holds every check of a fresh batch of containers, each waiting on a status
 answer the simulator sends only after 8 s (under the 10 s HTTP timeout: in flight); a second
@@ -35,7 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.fault_matrix import Expect, Harness, Knobs, WorkerProc
+from bench.faults.harness import Expect, Harness, Knobs
+from bench.faults.pool import WorkerProc
 from worker.core.lease import renew_period
 
 # The shipped schedule and timeouts; pacing off (its slots would spread the re-runs).
@@ -144,7 +145,7 @@ async def _one_kill(
     await asyncio.sleep(jitter_s)
     held = await h.held_by(victim)
     killed_at = time.time()
-    await h.kill(victim)
+    await h.pool.kill(victim)
 
     def rerun_at(cid: str) -> float | None:
         return next((c.t for c in h.ledger.of(cid) if c.t > killed_at), None)

@@ -7,10 +7,12 @@ a file, mode-checked like every secrets file)::
                     "webhook": true},
      "backfill":   {"accounts": "*", "force": true}}
 
-``accounts`` is a list of Threads user ids or ``"*"`` (any, and none: the deployment's own
-``THREADS_ACCESS_TOKEN``); each flag says whether the producer may set it (``force``: poll a
-final container again; ``publish``: auto-publish; ``webhook``: give a ``webhook_url``). A key
-left out is refused (``accounts``: none, a flag: false): a scope says what it allows.
+``accounts`` is a list of Threads user ids (Instagram accounts: ``"instagram:<id>"``, or
+``"instagram"`` for the deployment's Instagram token) or ``"*"`` (any, and none: the
+deployment's own ``THREADS_ACCESS_TOKEN``); each flag says whether the producer may set it
+(``force``: poll a final container again; ``publish``: auto-publish; ``webhook``: give a
+``webhook_url``). A key left out is refused (``accounts``: none, a flag: false): a scope says
+what it allows.
 
 Each named producer has its own intake stream, ``{prefix}:intake:{name}``, which only its Redis
 user may write (``threads-poller acl producer --producer NAME``), and HTTP API keys may be bound
@@ -35,7 +37,9 @@ RESERVED_NAMES = frozenset({"dead"})
 FLAGS = ("force", "publish", "webhook")
 MAX_PRODUCERS = 256
 MAX_ACCOUNTS = 10_000
-_ACCOUNT = re.compile(r"^[0-9]{1,32}$")
+# A Threads user id, or an Instagram account (api_client.platforms: "instagram:<id>", or
+# "instagram" for the deployment's own Instagram token).
+_ACCOUNT = re.compile(r"^(?:[0-9]{1,32}|instagram(?::[0-9]{1,32})?)$")
 
 
 class ProducersError(ValueError):
@@ -79,7 +83,7 @@ class Scope:
         return out
 
     def lua_accounts(self) -> str:
-        """``accounts`` as enqueue.lua reads it: ``*``, or ``,id,id,`` (ids are digits)."""
+        """``accounts`` as enqueue.lua reads it: ``*``, or ``,id,id,`` (no id holds a comma)."""
         if self.accounts is None:
             return "*"
         return "," + ",".join(sorted(self.accounts)) + ","
@@ -150,7 +154,8 @@ def _scope(name: str, raw: object) -> Scope:
     elif isinstance(accounts_raw, list) and len(accounts_raw) <= MAX_ACCOUNTS:
         if not all(isinstance(a, str) and _ACCOUNT.match(a) for a in accounts_raw):
             raise ProducersError(
-                f"producer {name!r}: accounts are Threads user ids, strings of digits"
+                f"producer {name!r}: accounts are Threads user ids (strings of digits) or "
+                '"instagram:<id>"'
             )
         accounts = frozenset(accounts_raw)
     else:

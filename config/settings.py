@@ -27,11 +27,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api_client.platforms import INSTAGRAM, THREADS, Platform, PlatformName
 from config.producers import Producers, ProducersError, parse_producers
 from config.secrets import FileModeCheck, SecretFileError, file_mode_problem, read_secret_file
 from config.webhook_keys import SignatureScheme, SigningSecret, WebhookKeyError, parse_secrets
 
-DEFAULT_API_BASE_URL = "https://graph.threads.net/v1.0"
+DEFAULT_API_BASE_URL = THREADS.default_base_url
 # Between attempts 1-2, 2-3, ...: what users of webhook services know (Stripe, GitHub's
 # redeliveries): a blip is retried at once, an outage of hours is still covered (~17.6 h in all).
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h"
@@ -192,6 +193,16 @@ class Settings(BaseSettings):
     threads_auth_mode: AuthMode = AuthMode.QUERY
     # The Threads user id that THREADS_ACCESS_TOKEN belongs to (for its quota); optional.
     threads_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
+    # Instagram containers (a poll's platform: api_client.platforms). graph.instagram.com for
+    # Instagram Login tokens; https://graph.facebook.com/v23.0 for Facebook Login ones. The
+    # token: the deployment's fallback for Instagram polls without an account (per-account
+    # Instagram tokens: "instagram:<id>" in the tokens file, or INSTAGRAM_ACCESS_TOKEN_<id>).
+    instagram_api_base_url: str = Field(
+        default=INSTAGRAM.default_base_url, pattern=r"^https?://\S+$"
+    )
+    instagram_access_token: SecretStr | None = None
+    instagram_access_token_file: Path | None = None
+    instagram_user_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
     # Per-account tokens: a JSON object {"<user id>": "<token>"}, re-read when it changes, so a
     # pipeline that refreshes its 60-day tokens just rewrites the file (or the mounted secret).
     threads_tokens_file: Path | None = None
@@ -364,6 +375,7 @@ class Settings(BaseSettings):
     @field_validator(
         "threads_tokens_file",
         "threads_access_token_file",
+        "instagram_access_token_file",
         "webhook_secret_file",
         "redis_password_file",
         "api_keys_file",
@@ -391,6 +403,7 @@ class Settings(BaseSettings):
     def _read_secret_files(self) -> Self:
         for secret, file in (
             ("threads_access_token", "threads_access_token_file"),
+            ("instagram_access_token", "instagram_access_token_file"),
             ("webhook_secret", "webhook_secret_file"),
         ):
             path = getattr(self, file)
@@ -627,6 +640,32 @@ class Settings(BaseSettings):
 
     def token(self) -> str | None:
         return self.threads_access_token.get_secret_value() if self.threads_access_token else None
+
+    def api_base_url(self, platform: Platform) -> str:
+        """Where a platform's Graph API is (THREADS_API_BASE_URL, INSTAGRAM_API_BASE_URL)."""
+        return (
+            self.instagram_api_base_url
+            if platform.name is PlatformName.INSTAGRAM
+            else self.threads_api_base_url
+        )
+
+    def default_tokens(self) -> dict[str, str]:
+        """Each platform's fallback token (polls without an account), by platform name."""
+        out: dict[str, str] = {}
+        for name, secret in (
+            (PlatformName.THREADS, self.threads_access_token),
+            (PlatformName.INSTAGRAM, self.instagram_access_token),
+        ):
+            if secret is not None:
+                out[name.value] = secret.get_secret_value()
+        return out
+
+    def platform_user_id(self, platform: Platform) -> str | None:
+        """The user id a platform's fallback token belongs to (THREADS_USER_ID,
+        INSTAGRAM_USER_ID), if set."""
+        if platform.name is PlatformName.INSTAGRAM:
+            return self.instagram_user_id
+        return self.threads_user_id
 
 
 _NAMED = re.compile(r"^Value error, ([A-Z][A-Z0-9_]+): (.*)$", re.DOTALL)

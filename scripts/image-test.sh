@@ -19,7 +19,7 @@
 #    stop with Redis down exits 0 or 1 in JSON lines;
 # 5. Kubernetes: the worker and serve Deployments' containers (user, read-only root, env and
 #    secret files as deploy/kubernetes/ gives them) and their probes, healthy and with Redis
-#    gone; then the compose demo, as README says.
+#    gone; then the compose demo, as docs/deploying.md says.
 # Exit 0 only when all of it passed; the engine is stopped and its data removed on exit.
 # shellcheck disable=SC2016 # single-quoted scripts that run in the containers, not here
 set -euo pipefail
@@ -276,7 +276,7 @@ say "   Redis: PONG; the compose healthcheck's test fails with a wrong password 
 
 worker_env=(-e REDIS_URL="$REDIS_URL" -e THREADS_API_BASE_URL=http://simulator:8787/v1.0
   -e THREADS_ACCESS_TOKEN=smoke-test-token -e POLL_INTERVAL_SECONDS=1 -e POLL_MAX_SECONDS=8)
-# As README "Deploying" runs it: the stop timeout it recommends.
+# As docs/deploying.md runs it: the stop timeout it recommends.
 start_worker() {
   "$DOCKER" run -d --name "$1" --network "$NET" --stop-timeout 30 "${worker_env[@]}" "$IMAGE" >/dev/null
 }

@@ -1,8 +1,28 @@
-"""The aiohttp application: Graph API routes under /v1.0 and admin routes under /_sim.
+"""The aiohttp application: Threads routes under /v1.0, Instagram's under /v23.0, admin under /_sim.
 
 Handlers are thin: they pull the token and parameters out of the request, ask `SimulatorState`
-what to do, then render the answer in the real wire format. The token is only ever passed to the
-state for a lookup; it never reaches a body, a log line or the call log.
+what to do, then render the answer in the real wire format of the route's platform (Instagram's
+rendering is `simulator.instagram`). The token is only ever passed to the state for a lookup; it
+never reaches a body, a log line or the call log.
+
+Admin additions for Instagram (the rest of /_sim serves both platforms: scripts, faults, tokens,
+refresh, carousels, usage headers, account overrides and the call log):
+
+- ``PUT /_sim/quota/{user_id}`` with ``{"platform": "instagram", "quota_usage": N,
+  "quota_total": T}`` (both optional): N is an offset added to the user's Instagram publishes of
+  the last 24 h, T the limit (default 100). Without ``platform`` (or ``"threads"``) the body is
+  Threads' usage figures, as before; ``quota_total`` is refused there (Threads' totals are fixed).
+  ``GET /_sim/quota/{user_id}?platform=instagram`` shows ``{"quota_usage", "quota_total",
+  "quota_duration", "offset", "published_24h"}``.
+- ``PUT /_sim/publish-faults/{container_id}`` also takes ``ig_daily_limit``, ``ig_spam``,
+  ``ig_expired`` and ``buc_throttle`` (refusals: nothing is published), on either route.
+- ``buc_throttle`` is a step: ``PUT /_sim/faults {"kinds": ["buc_throttle"], ...}``, a script
+  step or an account override.
+- ``/_sim/requests`` records carry ``"platform"`` (``"threads"`` or ``"instagram"``);
+  ``/_sim/calls`` has ``"by_platform": {"threads": n, "instagram": m}`` (requests of each); a
+  container in ``/_sim/calls`` and ``/_sim/calls/{id}`` gains ``"platforms"`` (one per status
+  call, beside ``times``) once it has been polled on Instagram's route (a Threads-only
+  container's record is unchanged).
 """
 
 from __future__ import annotations
@@ -15,19 +35,31 @@ from typing import Any
 
 from aiohttp import web
 
+from simulator import instagram
+from simulator.instagram import INSTAGRAM_API_PREFIX
 from simulator.state import (
+    PLATFORMS,
     QUOTA_CONFIG_FIELDS,
     QUOTA_DURATION,
     QUOTA_TOTALS,
     REFRESH_EXPIRES_IN,
     ConfigError,
+    Platform,
     Published,
     QuotaSnapshot,
     RefreshAnswer,
     Reply,
     SimulatorState,
 )
-from simulator.steps import OBJECT_ID, DropStep, GraphErrorStep, RawStep, StatusStep, StepError
+from simulator.steps import (
+    BUC_THROTTLE,
+    OBJECT_ID,
+    DropStep,
+    GraphErrorStep,
+    RawStep,
+    StatusStep,
+    StepError,
+)
 
 API_PREFIX = "/v1.0"
 ADMIN_PREFIX = "/_sim"
@@ -67,10 +99,13 @@ def _fbtrace_id() -> str:
     return secrets.token_urlsafe(17)[:23]
 
 
-def error_envelope(step: GraphErrorStep, object_id: str) -> dict[str, Any]:
+def error_envelope(
+    step: GraphErrorStep, object_id: str, platform: Platform = "threads"
+) -> dict[str, Any]:
+    graph_type = instagram.error_type(step.error_type) if platform == "instagram" else None
     error: dict[str, Any] = {
         "message": step.message.replace(OBJECT_ID, object_id),
-        "type": step.error_type,
+        "type": graph_type or step.error_type,
         "code": step.code,
     }
     if step.subcode is not None:
@@ -115,12 +150,21 @@ def _drop(request: web.Request) -> web.StreamResponse:
 
 
 async def _answer(
-    request: web.Request, reply: Reply, *, object_id: str, fields: list[str]
+    request: web.Request,
+    reply: Reply,
+    *,
+    object_id: str,
+    fields: list[str],
+    platform: Platform = "threads",
 ) -> web.StreamResponse:
     if reply.delay > 0:
         await asyncio.sleep(reply.delay)
     outcome = reply.outcome
     headers = request.app[STATE_KEY].usage_headers
+    if isinstance(outcome, GraphErrorStep) and outcome.label == BUC_THROTTLE.label:
+        # Replaces any admin-set value for this reply: the throttle says who is throttled.
+        usage = instagram.buc_usage(reply.user_id or object_id, platform)
+        headers["X-Business-Use-Case-Usage"] = json.dumps(usage, separators=(",", ":"))
     if isinstance(outcome, DropStep):
         return _drop(request)
     if isinstance(outcome, RawStep):
@@ -129,9 +173,14 @@ async def _answer(
     body: dict[str, Any]
     status = 200
     if isinstance(outcome, GraphErrorStep):
-        body, status = error_envelope(outcome, object_id), outcome.http_status
+        body, status = error_envelope(outcome, object_id, platform), outcome.http_status
+    elif isinstance(outcome, StatusStep) and platform == "instagram":
+        body = instagram.container_body(outcome, object_id, fields)
     elif isinstance(outcome, StatusStep):
         body = status_body(outcome, object_id, fields)
+    elif isinstance(outcome, QuotaSnapshot) and platform == "instagram":
+        total = instagram.IG_QUOTA_TOTAL if outcome.total is None else outcome.total
+        body = instagram.quota_body(outcome.usage["quota_usage"], total, fields)
     elif isinstance(outcome, Published):
         body = {"id": outcome.media_id}
     elif isinstance(outcome, RefreshAnswer):
@@ -158,11 +207,13 @@ async def publishing_limit(request: web.Request) -> web.StreamResponse:
 
 
 async def refresh_access_token(request: web.Request) -> web.StreamResponse:
-    reply = request.app[STATE_KEY].handle_refresh(_token(request), request.query.get("grant_type"))
-    return await _answer(request, reply, object_id="me", fields=[])
+    grant_type = request.query.get("grant_type")
+    reply = request.app[STATE_KEY].handle_refresh(_token(request), grant_type)
+    platform: Platform = "instagram" if grant_type == instagram.IG_REFRESH_GRANT_TYPE else "threads"
+    return await _answer(request, reply, object_id="me", fields=[], platform=platform)
 
 
-async def threads_publish(request: web.Request) -> web.StreamResponse:
+async def _publish(request: web.Request, platform: Platform) -> web.StreamResponse:
     user_id = request.match_info["user_id"]
     # Graph takes parameters from the query string or a form body alike.
     form: dict[str, str] = {}
@@ -171,8 +222,44 @@ async def threads_publish(request: web.Request) -> web.StreamResponse:
             key: value for key, value in (await request.post()).items() if isinstance(value, str)
         }
     creation_id = request.query.get("creation_id") or form.get("creation_id") or None
-    reply = request.app[STATE_KEY].handle_publish(user_id, creation_id, _token(request, form))
-    return await _answer(request, reply, object_id=creation_id or user_id, fields=[])
+    reply = request.app[STATE_KEY].handle_publish(
+        user_id, creation_id, _token(request, form), platform=platform
+    )
+    return await _answer(
+        request, reply, object_id=creation_id or user_id, fields=[], platform=platform
+    )
+
+
+async def threads_publish(request: web.Request) -> web.StreamResponse:
+    return await _publish(request, "threads")
+
+
+# ----- Instagram ---------------------------------------------------------------------------
+
+
+async def ig_container_status(request: web.Request) -> web.StreamResponse:
+    container_id = request.match_info["container_id"]
+    fields = _fields(request)
+    unknown = instagram.unknown_container_field(fields)
+    refuse = instagram.nonexisting_field(unknown) if unknown is not None else None
+    reply = request.app[STATE_KEY].handle_status_for(
+        "instagram", container_id, _token(request), refuse=refuse
+    )
+    return await _answer(
+        request, reply, object_id=container_id, fields=fields, platform="instagram"
+    )
+
+
+async def ig_publishing_limit(request: web.Request) -> web.StreamResponse:
+    user_id = request.match_info["user_id"]
+    reply = request.app[STATE_KEY].handle_quota(user_id, _token(request), platform="instagram")
+    return await _answer(
+        request, reply, object_id=user_id, fields=_fields(request), platform="instagram"
+    )
+
+
+async def ig_media_publish(request: web.Request) -> web.StreamResponse:
+    return await _publish(request, "instagram")
 
 
 # ----- admin -------------------------------------------------------------------------------
@@ -275,21 +362,45 @@ async def get_faults(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[STATE_KEY].faults)
 
 
+def _platform(value: object) -> Platform:
+    if value is None or value == "threads":
+        return "threads"
+    if value == "instagram":
+        return "instagram"
+    raise AdminInputError(f"'platform' must be one of {list(PLATFORMS)}")
+
+
 async def put_quota(request: web.Request) -> web.StreamResponse:
     body = await _json_object(request)
+    platform = _platform(body.pop("platform", None))
+    state = request.app[STATE_KEY]
+    user_id = request.match_info["user_id"]
+    if platform == "instagram":
+        unknown = sorted(set(body) - {"quota_usage", "quota_total"})
+        if unknown:
+            raise AdminInputError(f"unknown Instagram quota fields {unknown}")
+        state.set_ig_quota(
+            user_id,
+            quota_usage=_integer(body, "quota_usage"),
+            quota_total=_integer(body, "quota_total"),
+        )
+        return web.json_response(state.ig_quota_of(user_id))
+    if "quota_total" in body:
+        raise AdminInputError("'quota_total' is settable for platform 'instagram' only")
     usage: dict[str, int] = {}
     for key in body:
         value = _integer(body, key)
         if value is not None:
             usage[key] = value
-    state = request.app[STATE_KEY]
-    user_id = request.match_info["user_id"]
     state.set_quota(user_id, **usage)
     return web.json_response(state.quota_of(user_id))
 
 
 async def get_quota(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app[STATE_KEY].quota_of(request.match_info["user_id"]))
+    state, user_id = request.app[STATE_KEY], request.match_info["user_id"]
+    if _platform(request.query.get("platform")) == "instagram":
+        return web.json_response(state.ig_quota_of(user_id))
+    return web.json_response(state.quota_of(user_id))
 
 
 async def put_publish_fault(request: web.Request) -> web.StreamResponse:
@@ -393,7 +504,11 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_get(f"{api}/{{user_id}}/threads_publishing_limit", publishing_limit)
     app.router.add_post(f"{api}/{{user_id}}/threads_publish", threads_publish)
     app.router.add_get(f"{api}/{{container_id}}", container_status)
-    # Not versioned, like Meta's (graph.threads.net/refresh_access_token).
+    ig = INSTAGRAM_API_PREFIX
+    app.router.add_get(f"{ig}/{{user_id}}/content_publishing_limit", ig_publishing_limit)
+    app.router.add_post(f"{ig}/{{user_id}}/media_publish", ig_media_publish)
+    app.router.add_get(f"{ig}/{{container_id}}", ig_container_status)
+    # Not versioned, like Meta's (graph.threads.net/ and graph.instagram.com/refresh_access_token).
     app.router.add_get("/refresh_access_token", refresh_access_token)
     app.router.add_put(f"{admin}/refresh", put_refresh)
     app.router.add_get(f"{admin}/scripts", get_scripts)

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from simulator.app import ADMIN_PREFIX, API_PREFIX, build_app
+from simulator.instagram import INSTAGRAM_API_PREFIX
 from simulator.state import (
     DEFAULT_FAULT_KINDS,
     DEFAULT_SLOW_SECONDS,
@@ -49,6 +50,8 @@ class RunningSimulator:
     state: SimulatorState
     host: str
     port: int
+    # Instagram's routes, on the same server (base_url is Threads').
+    instagram_url: str = ""
 
 
 def _url_host(host: str) -> str:
@@ -84,6 +87,7 @@ async def run_simulator(
             state=state,
             host=host,
             port=bound_port,
+            instagram_url=root + INSTAGRAM_API_PREFIX,
         )
     finally:
         await runner.cleanup()
@@ -145,7 +149,8 @@ def _kinds_arg(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threads-poller simulate",
-        description="Simulated Threads Graph API (status, quota, publish) on loopback.",
+        description="Simulated Threads and Instagram Graph APIs (status, quota, publish) on "
+        "loopback; Threads under /v1.0, Instagram under /v23.0.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")

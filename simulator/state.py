@@ -4,6 +4,10 @@ The handlers in `app.py` only translate between HTTP and the methods here, so th
 (script progression, random faults, publish readiness, quota, auth) lives in one place and can
 be read without knowing aiohttp. Every decision is taken and logged synchronously, before any
 sleep, so the call log reflects the moment a request arrived even if the client gives up.
+
+Threads and Instagram share every rule here (a container's script, cursor and publish do not
+depend on the route that polls it); what differs is passed in as the request's platform: the
+publish quota and carousel size, Instagram's refusals, and the platform each call is logged with.
 """
 
 from __future__ import annotations
@@ -12,10 +16,20 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast, get_args
 
+from simulator.instagram import (
+    IG_CAROUSEL_TOO_MANY,
+    IG_DAILY_LIMIT,
+    IG_MAX_CAROUSEL_CHILDREN,
+    IG_PUBLISH_FAULTS,
+    IG_QUOTA_DURATION,
+    IG_QUOTA_TOTAL,
+    IG_REFRESH_GRANT_TYPE,
+)
 from simulator.steps import (
+    BUC_THROTTLE,
     MAX_SLOW_SECONDS,
     MEDIA_NOT_READY,
     MISSING_CREATION_ID,
@@ -38,9 +52,16 @@ from simulator.steps import (
 )
 
 RequestKind = Literal["status", "quota", "publish", "refresh"]
+# Which wire format a request came in: the route decides (/v1.0 Threads, /v23.0 Instagram).
+Platform = Literal["threads", "instagram"]
+PLATFORMS: tuple[str, ...] = get_args(Platform)
 # Meta: a refreshed long-lived token is valid for 60 days.
 REFRESH_EXPIRES_IN = 60 * 86400
 REFRESH_GRANT_TYPE = "th_refresh_token"
+REFRESH_GRANT_TYPES: dict[str, Platform] = {
+    REFRESH_GRANT_TYPE: "threads",
+    IG_REFRESH_GRANT_TYPE: "instagram",
+}
 BAD_GRANT_TYPE = GraphErrorStep(
     "bad_grant_type", 400, 100, "Unsupported grant_type", error_type="OAuthException"
 )
@@ -53,8 +74,20 @@ PublishFault = Literal[
     "noid_after_publish",
     "500",
     "not_ready",
+    # Refusals (nothing is published), Instagram's (simulator.instagram); any route answers them.
+    "ig_daily_limit",
+    "ig_spam",
+    "ig_expired",
+    "buc_throttle",
 ]
 PUBLISH_FAULTS: tuple[str, ...] = get_args(PublishFault)
+# The publish faults that refuse (nothing goes out), and their answers.
+_PUBLISH_REFUSALS: dict[str, GraphErrorStep] = {
+    "500": SERVER_ERROR,
+    "not_ready": MEDIA_NOT_READY,
+    "buc_throttle": BUC_THROTTLE,
+    **IG_PUBLISH_FAULTS,
+}
 
 DEFAULT_ACCOUNT = "default"
 DEFAULT_FAULT_KINDS: tuple[str, ...] = ("500", "503", "garbage", "slow", "throttle", "429", "drop")
@@ -99,6 +132,8 @@ class QuotaSnapshot:
     """The usage figures of one user, rendered by the handler into the requested fields."""
 
     usage: dict[str, int]
+    # Instagram's limit (settable per user); None for Threads, whose totals are fixed.
+    total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +158,8 @@ class Reply:
 
     outcome: Outcome
     delay: float = 0.0
+    # The Graph user the call was made for (the key of a buc_throttle's usage header).
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +169,7 @@ class RequestRecord:
     id: str
     account: str
     answer: str
+    platform: Platform = "threads"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +178,7 @@ class RequestRecord:
             "id": self.id,
             "account": self.account,
             "answer": self.answer,
+            "platform": self.platform,
         }
 
 
@@ -153,6 +192,8 @@ class StatusCall:
     account: str
     answer: str
     delay: float
+    # Last, with a default: tests build StatusCall(t, cid, account, answer, delay) positionally.
+    platform: Platform = "threads"
 
 
 StatusHook = Callable[[StatusCall], None]
@@ -170,6 +211,8 @@ class ContainerCalls:
     # A reply published sooner than its settle time after FINISHED: it went out as a standalone
     # post (observed for video replies: the reply_to_id was lost).
     lost_reply_to: int = 0
+    # One per status call, beside `times` and `accounts`: the route that was polled.
+    platforms: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,6 +223,9 @@ class ContainerCalls:
             "publishes": self.publishes,
             "early_parent_calls": self.early_parent_calls,
             "lost_reply_to": self.lost_reply_to,
+            # Only once Instagram's route was polled: a Threads-only container's record stays
+            # exactly what it was before Instagram (tests compare it whole).
+            **({"platforms": list(self.platforms)} if set(self.platforms) - {"threads"} else {}),
         }
 
 
@@ -209,6 +255,20 @@ class _PublishFaultSetting:
 class _AccountOverride:
     step: Step
     remaining: int | None  # None: every status call of the account until cleared
+
+
+@dataclass(slots=True)
+class _IgQuota:
+    """An Instagram user's publishing limit: an admin-set usage offset, the total, and the
+    times of the user's successful publishes (those of the last 24 h count)."""
+
+    offset: int = 0
+    total: int = IG_QUOTA_TOTAL
+    published: list[float] = field(default_factory=list)
+
+    def usage(self, now: float) -> int:
+        self.published = [t for t in self.published if now - t < IG_QUOTA_DURATION]
+        return self.offset + len(self.published)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +317,7 @@ class SimulatorState:
         self._valid_tokens: dict[str, str] = {}
         self._expired_tokens: dict[str, str] = {}
         self._usage: dict[str, dict[str, int]] = {}
+        self._ig_quota: dict[str, _IgQuota] = {}
         self._publish_faults: dict[str, _PublishFaultSetting] = {}
         self._usage_headers: dict[str, str] = {}
         self._cursors: dict[str, _Cursor] = {}
@@ -424,6 +485,33 @@ class SimulatorState:
     def _usage_of(self, user_id: str) -> dict[str, int]:
         return self._usage.setdefault(user_id, dict.fromkeys(QUOTA_TOTALS, 0))
 
+    def set_ig_quota(
+        self, user_id: str, *, quota_usage: int | None = None, quota_total: int | None = None
+    ) -> None:
+        """An Instagram user's limit: ``quota_usage`` is an offset added to the user's
+        publishes of the last 24 h (so 0 forgets earlier settings, not real publishes), and
+        ``quota_total`` the limit (100 by default; Meta's pages say 50 or 100)."""
+        for name, value in (("quota_usage", quota_usage), ("quota_total", quota_total)):
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{name} must be a non-negative integer")
+        quota = self._ig_quota.setdefault(user_id, _IgQuota())
+        if quota_usage is not None:
+            quota.offset = quota_usage
+        if quota_total is not None:
+            quota.total = quota_total
+
+    def ig_quota_of(self, user_id: str) -> dict[str, int]:
+        """What the admin API shows: usage (offset included), total, and their parts."""
+        quota = self._ig_quota.get(user_id, _IgQuota())
+        usage = quota.usage(self._clock())
+        return {
+            "quota_usage": usage,
+            "quota_total": quota.total,
+            "quota_duration": IG_QUOTA_DURATION,
+            "offset": quota.offset,
+            "published_24h": usage - quota.offset,
+        }
+
     def set_publish_fault(
         self, container_id: str, fault: str | None, *, times: int | None = None
     ) -> None:
@@ -525,16 +613,22 @@ class SimulatorState:
     def handle_refresh(self, token: str | None, grant_type: str | None) -> Reply:
         """``GET /refresh_access_token?grant_type=th_refresh_token&access_token=...``: a new
         token for the same account, valid ``expires_in`` seconds. The old token stays valid
-        until its own expiry (Meta does not say it is revoked)."""
+        until its own expiry (Meta does not say it is revoked). ``ig_refresh_token`` is
+        Instagram's: same answer, same knobs, recorded as an Instagram call."""
+        account, reply = self._refresh_reply(token, grant_type)
+        return replace(reply, user_id=account)
+
+    def _refresh_reply(self, token: str | None, grant_type: str | None) -> tuple[str, Reply]:
         now = self._clock()
         self._refresh_calls += 1
+        platform = REFRESH_GRANT_TYPES.get(grant_type or "", "threads")
         account, auth_error = self._authenticate(token)
         if auth_error is not None:
-            self._record(now, "refresh", "", account, auth_error.label)
-            return Reply(auth_error)
-        if grant_type != REFRESH_GRANT_TYPE:
-            self._record(now, "refresh", "", account, BAD_GRANT_TYPE.label)
-            return Reply(BAD_GRANT_TYPE)
+            self._record(now, "refresh", "", account, auth_error.label, platform)
+            return account, Reply(auth_error)
+        if grant_type not in REFRESH_GRANT_TYPES:
+            self._record(now, "refresh", "", account, BAD_GRANT_TYPE.label, platform)
+            return account, Reply(BAD_GRANT_TYPE)
         # A scripted answer: slow (then success), or a fault; a status step means success.
         step: Step | None = self._refresh_faults.pop(0) if self._refresh_faults else None
         delay = 0.0
@@ -542,15 +636,15 @@ class SimulatorState:
             delay += step.seconds
             step = step.then
         if step is not None and not isinstance(step, StatusStep):
-            self._record(now, "refresh", "", account, step.label)
-            return Reply(step, delay)
+            self._record(now, "refresh", "", account, step.label, platform)
+            return account, Reply(step, delay)
         self._refreshed += 1
         new = f"refreshed-{self._refreshed}-{self._rng.getrandbits(48):012x}"
         if self._valid_tokens:
             self._valid_tokens[new] = account
         self._token_expiry[new] = now + self._refresh_expires_in
-        self._record(now, "refresh", "", account, "ok")
-        return Reply(RefreshAnswer(new, self._refresh_expires_in), delay)
+        self._record(now, "refresh", "", account, "ok", platform)
+        return account, Reply(RefreshAnswer(new, self._refresh_expires_in), delay)
 
     def reset(self, *, rules: bool = False) -> None:
         """Forget cursors, publishes and the call log; also scripts and settings if `rules`."""
@@ -569,6 +663,7 @@ class SimulatorState:
             self._default = parse_steps(["notfound"])
             self._publish_faults.clear()
             self._usage.clear()
+            self._ig_quota.clear()
             self._usage_headers.clear()
             self._account_overrides.clear()
             self._fault_rate = 0.0
@@ -586,6 +681,7 @@ class SimulatorState:
             calls.publishes,
             calls.early_parent_calls,
             calls.lost_reply_to,
+            list(calls.platforms),
         )
 
     @property
@@ -607,13 +703,23 @@ class SimulatorState:
             "publish_calls": sum(calls.publish_calls for calls in self._calls.values()),
             "quota_calls": self._quota_calls,
             "refresh_calls": self._refresh_calls,
+            "by_platform": {
+                platform: sum(1 for r in self._requests if r.platform == platform)
+                for platform in PLATFORMS
+            },
             "containers": {cid: calls.to_json() for cid, calls in self._calls.items()},
         }
 
     def _record(
-        self, t: float, kind: RequestKind, object_id: str, account: str, answer: str
+        self,
+        t: float,
+        kind: RequestKind,
+        object_id: str,
+        account: str,
+        answer: str,
+        platform: Platform = "threads",
     ) -> None:
-        self._requests.append(RequestRecord(t, kind, object_id, account, answer))
+        self._requests.append(RequestRecord(t, kind, object_id, account, answer, platform))
 
     def _container_calls(self, container_id: str) -> ContainerCalls:
         return self._calls.setdefault(container_id, ContainerCalls())
@@ -654,25 +760,54 @@ class SimulatorState:
         return best if best is not None else self._default
 
     def handle_status(self, container_id: str, token: str | None) -> Reply:
+        """A Threads status call (subclasses wrap this one: its signature stays)."""
+        return self.handle_status_for("threads", container_id, token)
+
+    def handle_status_for(
+        self,
+        platform: Platform,
+        container_id: str,
+        token: str | None,
+        *,
+        refuse: GraphErrorStep | None = None,
+    ) -> Reply:
+        """A status call on ``platform``'s route; the same script, faults and hooks serve both.
+        ``refuse`` is a request error the route found (an unknown field): answered once the
+        token passes, without consuming a script step."""
         now = self._clock()
-        account, reply = self._status_reply(now, container_id, token)
+        account, reply = self._status_reply(now, container_id, token, platform, refuse)
         if self._status_hooks:
             outcome = reply.outcome
             label = outcome.label if isinstance(outcome, FinalStep) else type(outcome).__name__
-            call = StatusCall(now, container_id, account, label, reply.delay)
+            call = StatusCall(now, container_id, account, label, reply.delay, platform)
             for hook in list(self._status_hooks):
                 hook(call)
-        return reply
+        return replace(reply, user_id=account)
 
-    def _status_reply(self, now: float, container_id: str, token: str | None) -> tuple[str, Reply]:
+    def _status_reply(
+        self,
+        now: float,
+        container_id: str,
+        token: str | None,
+        platform: Platform,
+        refuse: GraphErrorStep | None,
+    ) -> tuple[str, Reply]:
         account, auth_error = self._authenticate(token)
         calls = self._container_calls(container_id)
         calls.count += 1
         calls.times.append(now)
         calls.accounts.append(account)
+        calls.platforms.append(platform)
+
+        def record(answer: str) -> None:
+            self._record(now, "status", container_id, account, answer, platform)
+
         if auth_error is not None:
-            self._record(now, "status", container_id, account, auth_error.label)
+            record(auth_error.label)
             return account, Reply(auth_error)
+        if refuse is not None:
+            record(refuse.label)
+            return account, Reply(refuse)
         override = self._account_overrides.get(account)
         if override is not None:
             if override.remaining is not None:
@@ -680,7 +815,7 @@ class SimulatorState:
                 if override.remaining <= 0:
                     self._account_overrides.pop(account, None)
             delay, final = self._resolve(override.step, self._cursor(container_id))
-            self._record(now, "status", container_id, account, final.label)
+            record(final.label)
             return account, Reply(final, delay)
         delay = 0.0
         random_fault = self._draw_random_fault()
@@ -689,14 +824,14 @@ class SimulatorState:
         elif random_fault is not None:
             # Not consuming a step keeps the scripted outcome reachable whatever the dice say.
             delay, final = self._resolve(random_fault, self._cursor(container_id))
-            self._record(now, "status", container_id, account, final.label)
+            record(final.label)
             return account, Reply(final, delay)
         if self._children_not_finished(container_id):
             calls.early_parent_calls += 1
         extra, final = self._consume(container_id)
         if isinstance(final, StatusStep) and final.status == "FINISHED":
             self._finished_at.setdefault(container_id, now)
-        self._record(now, "status", container_id, account, final.label)
+        record(final.label)
         return account, Reply(final, delay + extra)
 
     def _children_not_finished(self, container_id: str) -> list[str]:
@@ -765,50 +900,70 @@ class SimulatorState:
 
     # ----- quota ---------------------------------------------------------------------------
 
-    def handle_quota(self, user_id: str, token: str | None) -> Reply:
+    def handle_quota(
+        self, user_id: str, token: str | None, *, platform: Platform = "threads"
+    ) -> Reply:
         now = self._clock()
         account, auth_error = self._authenticate(token)
         self._quota_calls += 1
-        if auth_error is not None:
-            self._record(now, "quota", user_id, account, auth_error.label)
-            return Reply(auth_error)
         user = account if user_id == "me" else user_id
-        self._record(now, "quota", user_id, account, "ok")
-        return Reply(QuotaSnapshot(self.quota_of(user)))
+        if auth_error is not None:
+            self._record(now, "quota", user_id, account, auth_error.label, platform)
+            return Reply(auth_error, user_id=user)
+        self._record(now, "quota", user_id, account, "ok", platform)
+        if platform == "instagram":
+            quota = self._ig_quota.get(user, _IgQuota())
+            snapshot = QuotaSnapshot({"quota_usage": quota.usage(now)}, quota.total)
+            return Reply(snapshot, user_id=user)
+        return Reply(QuotaSnapshot(self.quota_of(user)), user_id=user)
 
     # ----- publish -------------------------------------------------------------------------
 
-    def handle_publish(self, user_id: str, creation_id: str | None, token: str | None) -> Reply:
+    def handle_publish(
+        self,
+        user_id: str,
+        creation_id: str | None,
+        token: str | None,
+        *,
+        platform: Platform = "threads",
+    ) -> Reply:
+        """``threads_publish`` or Instagram's ``media_publish``: one publish per container,
+        whatever the route; the quota, carousel size and refusals differ per platform."""
+        account, reply = self._publish_reply(user_id, creation_id, token, platform)
+        return replace(reply, user_id=account if user_id == "me" else user_id)
+
+    def _publish_reply(
+        self, user_id: str, creation_id: str | None, token: str | None, platform: Platform
+    ) -> tuple[str, Reply]:
         now = self._clock()
         account, auth_error = self._authenticate(token)
         container_id = creation_id or ""
+
+        def record(answer: str) -> None:
+            self._record(now, "publish", container_id, account, answer, platform)
+
         calls = self._container_calls(container_id) if creation_id else None
         if calls is not None:
             calls.publish_calls += 1
         if auth_error is not None:
-            self._record(now, "publish", container_id, account, auth_error.label)
-            return Reply(auth_error)
+            record(auth_error.label)
+            return account, Reply(auth_error)
         if calls is None:
-            self._record(now, "publish", container_id, account, MISSING_CREATION_ID.label)
-            return Reply(MISSING_CREATION_ID)
+            record(MISSING_CREATION_ID.label)
+            return account, Reply(MISSING_CREATION_ID)
         fault = self._publish_faults.get(container_id)
-        if fault is not None and fault.fault == "500":
+        refusal = _PUBLISH_REFUSALS.get(fault.fault) if fault is not None else None
+        if fault is not None and refusal is not None:
+            # Refused: nothing goes out. "not_ready" is seen on the real API: FINISHED, yet
+            # publishing at once answers "Media Not Found".
             self._spend(container_id, fault)
-            self._record(now, "publish", container_id, account, "500")
-            return Reply(SERVER_ERROR)
-        if fault is not None and fault.fault == "not_ready":
-            # Seen on the real API: FINISHED, yet publishing at once answers "Media Not Found".
-            self._spend(container_id, fault)
-            self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
-            return Reply(MEDIA_NOT_READY)
-        usage = self._usage_of(account if user_id == "me" else user_id)
-        reply = self._replies.get(container_id)
-        if reply is not None and usage["reply_quota_usage"] >= REPLY_QUOTA_TOTAL:
-            self._record(now, "publish", container_id, account, REPLY_QUOTA_EXCEEDED.label)
-            return Reply(REPLY_QUOTA_EXCEEDED)
-        if reply is None and usage["quota_usage"] >= POST_QUOTA_TOTAL:
-            self._record(now, "publish", container_id, account, QUOTA_EXCEEDED.label)
-            return Reply(QUOTA_EXCEEDED)
+            record(refusal.label)
+            return account, Reply(refusal)
+        user = account if user_id == "me" else user_id
+        refused = self._publish_limit(container_id, user, platform, now)
+        if refused is not None:
+            record(refused.label)
+            return account, Reply(refused)
         status = self.current_status(container_id)
         if (
             status is None
@@ -816,29 +971,52 @@ class SimulatorState:
             or self._children_not_finished(container_id)
         ):
             # Observed: a carousel whose children (or itself) are not FINISHED answers this.
-            self._record(now, "publish", container_id, account, MEDIA_NOT_READY.label)
-            return Reply(MEDIA_NOT_READY)
+            record(MEDIA_NOT_READY.label)
+            return account, Reply(MEDIA_NOT_READY)
         self._media_counter += 1
         media_id = str(18_000_000_000_000_000 + self._media_counter)
         self._published[container_id] = media_id
         calls.publishes += 1
-        finished = self._finished_at.get(container_id)
-        if reply is not None and (finished is None or now - finished < reply.settle_seconds):
-            calls.lost_reply_to += 1
-            reply = None  # it went out as a standalone post
-        usage["reply_quota_usage" if reply is not None else "quota_usage"] += 1
+        if platform == "instagram":
+            self._ig_quota.setdefault(user, _IgQuota()).published.append(now)
+        else:
+            reply = self._replies.get(container_id)
+            finished = self._finished_at.get(container_id)
+            if reply is not None and (finished is None or now - finished < reply.settle_seconds):
+                calls.lost_reply_to += 1
+                reply = None  # it went out as a standalone post
+            usage = self._usage_of(user)
+            usage["reply_quota_usage" if reply is not None else "quota_usage"] += 1
         if fault is None:
-            self._record(now, "publish", container_id, account, "published")
-            return Reply(Published(media_id))
+            record("published")
+            return account, Reply(Published(media_id))
         self._spend(container_id, fault)
-        self._record(now, "publish", container_id, account, fault.fault)
+        record(fault.fault)
         if fault.fault == "500_after_publish":
-            return Reply(SERVER_ERROR)
+            return account, Reply(SERVER_ERROR)
         if fault.fault == "code10_after_publish":
-            return Reply(PERMISSION_AFTER_PUBLISH)
+            return account, Reply(PERMISSION_AFTER_PUBLISH)
         if fault.fault == "noid_after_publish":
-            return Reply(NO_ID_REPLY)
-        return Reply(Published(media_id), self._slow_seconds)
+            return account, Reply(NO_ID_REPLY)
+        return account, Reply(Published(media_id), self._slow_seconds)
+
+    def _publish_limit(
+        self, container_id: str, user: str, platform: Platform, now: float
+    ) -> GraphErrorStep | None:
+        """The platform's refusal of a publish before readiness is looked at: a spent quota
+        (Threads: posts or replies; Instagram: posts), an Instagram carousel over 10."""
+        if platform == "instagram":
+            quota = self._ig_quota.get(user, _IgQuota())
+            if quota.usage(now) >= quota.total:
+                return IG_DAILY_LIMIT
+            if len(self._carousels.get(container_id, ())) > IG_MAX_CAROUSEL_CHILDREN:
+                # Threads takes up to 20 children (set_carousel's bound), Instagram 10.
+                return IG_CAROUSEL_TOO_MANY
+            return None
+        usage = self._usage_of(user)
+        if container_id in self._replies:
+            return REPLY_QUOTA_EXCEEDED if usage["reply_quota_usage"] >= REPLY_QUOTA_TOTAL else None
+        return QUOTA_EXCEEDED if usage["quota_usage"] >= POST_QUOTA_TOTAL else None
 
     def published_media_id(self, container_id: str) -> str | None:
         return self._published.get(container_id)

@@ -202,6 +202,16 @@ NONEXISTING_FIELD = graph_error(
     "nonexisting_field", 400, 100, "Tried accessing nonexisting field (status)"
 )
 SERVER_ERROR = graph_error("500", 500, 1, UNKNOWN_ERROR)
+# Instagram's business-use-case throttling (codes 80001-80008; 80002 is Instagram's). The reply
+# also carries an X-Business-Use-Case-Usage header, added by the handler (it needs the user id).
+BUC_THROTTLE = graph_error(
+    "buc_throttle",
+    400,
+    80002,
+    "There have been too many calls to this Instagram account. Wait a bit and try again.",
+    error_type=OAUTH,
+    is_transient=True,
+)
 MISSING_CREATION_ID = graph_error(
     "missing_creation_id", 400, 100, "(#100) The parameter creation_id is required"
 )
@@ -225,6 +235,7 @@ _FIXED: dict[str, Step] = {
     "empty": RawStep("empty", 200, "{}", "application/json"),
     "throttle": graph_error("throttle", 400, 4, THROTTLE_MESSAGES[4], is_transient=True),
     "429": graph_error("429", 429, 4, THROTTLE_MESSAGES[4], is_transient=True),
+    "buc_throttle": BUC_THROTTLE,
     "notfound": NOT_FOUND,
     "nonexisting_field": NONEXISTING_FIELD,
     "permission": graph_error(

@@ -14,14 +14,15 @@ from typing import Any
 
 _: Any = None
 
-# pydantic: the model's configuration, fields the CLI prints through model_dump(), a setting
-# read from the environment (THREADS_ACCESS_TOKEN_FILE).
+# pydantic: the model's configuration, fields the CLI prints through model_dump(), settings
+# read from the environment (THREADS_ACCESS_TOKEN_FILE, INSTAGRAM_ACCESS_TOKEN_FILE).
 _.model_config
 _.delete_quota_usage
 _.delete_config
 _.location_search_quota_usage
 _.location_search_config
 _.threads_access_token_file
+_.instagram_access_token_file
 
 # Enum members chosen by a setting's text (SECRET_FILE_MODE_CHECK=warn, LOG_FORMAT=text,
 # WEBHOOK_SIGNATURE_SCHEME=both).
@@ -56,10 +57,13 @@ _.command_name
 _.job_serializer
 _.job_deserializer
 
-# Offered to the tests and the bench: the simulator's admin URL and its inspection hooks,
-# a producer's ResultStore, the API's routes, tracing's in-memory install, trace ids, the
-# tokens file's parser, a history's checks and its size bound, a webhook key's whsec form.
+# Offered to the tests and the bench: the simulator's admin and Instagram URLs and its
+# inspection hooks, the Threads status fields (the bench's floor), a producer's ResultStore,
+# the API's routes, tracing's in-memory install, trace ids, the tokens file's parser, a
+# history's checks and its size bound, a webhook key's whsec form.
 _.admin_url
+_.instagram_url
+_.STATUS_FIELDS
 _.add_status_hook
 _.remove_status_hook
 _.refresh_calls

@@ -92,15 +92,15 @@ async def test_worker_exposes_check_outcomes(
     port = free_port()
     settings = settings.model_copy(update={"metrics_port": port, "poll_max_seconds": 5.0})
     watched = [
-        key("threads_poller_checks_total", status="IN_PROGRESS"),
-        key("threads_poller_checks_total", status="FINISHED"),
-        key("threads_poller_checks_total", status="ERROR"),
-        key("threads_poller_check_errors_total", error_kind="not_found"),
-        key("threads_poller_check_errors_total", error_kind="throttled"),
+        key("threads_poller_checks_total", status="IN_PROGRESS", platform="threads"),
+        key("threads_poller_checks_total", status="FINISHED", platform="threads"),
+        key("threads_poller_checks_total", status="ERROR", platform="threads"),
+        key("threads_poller_check_errors_total", error_kind="not_found", platform="threads"),
+        key("threads_poller_check_errors_total", error_kind="throttled", platform="threads"),
         key("threads_poller_api_throttled_total"),
-        key("threads_poller_final_states_total", status="FINISHED"),
-        key("threads_poller_final_states_total", status="FAILED"),
-        key("threads_poller_final_states_total", status="ERROR"),
+        key("threads_poller_final_states_total", status="FINISHED", platform="threads"),
+        key("threads_poller_final_states_total", status="FAILED", platform="threads"),
+        key("threads_poller_final_states_total", status="ERROR", platform="threads"),
         key("threads_poller_api_request_duration_seconds_count", outcome="ok"),
         key("threads_poller_api_request_duration_seconds_count", outcome="error"),
         key("threads_poller_check_lag_seconds_count"),
@@ -179,7 +179,9 @@ async def test_server_serves_and_closes() -> None:
     server = metrics.start_server(0, "127.0.0.1")
     assert server is not None and server.port > 0
     try:
-        assert key("threads_poller_checks_total", status="FINISHED") in scrape(server.port)
+        assert key("threads_poller_checks_total", status="FINISHED", platform="threads") in scrape(
+            server.port
+        )
     finally:
         await metrics.stop_server(server)
     with pytest.raises(urllib.error.URLError):

@@ -1,4 +1,4 @@
-"""Found by the fault run (bench/fault_run.py): a Redis that restarts or drops connections under
+"""Found by the fault run (bench/faults/run.py): a Redis that restarts or drops connections under
 a working worker. Real redis-server processes (AOF on, stopped and started on the same port), the
 simulator in process, the worker in process.
 """

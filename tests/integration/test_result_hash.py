@@ -186,6 +186,9 @@ async def test_fresh_enqueue_reads_back_like_the_full_schema(
         "reply_quota_usage": None,
         "reply_quota_total": None,
         "publish_note": None,
+        # Issue 25: no platform field reads as threads (only another platform is stored).
+        "platform": "threads",
+        "error_code": None,
     }
     # Exactly what the old 34-field hash of the same poll reads as.
     assert r == PollResult.from_hash(legacy_hash(h))

@@ -748,8 +748,8 @@ async def test_image_entrypoint_and_healthcheck(
         await wait_until(finished, timeout=20)
         # The metrics endpoint of the real process shows the check it just did.
         body = await asyncio.to_thread(scrape, metrics_port)
-        assert 'threads_poller_final_states_total{status="FINISHED"} 1.0' in body
-        assert 'threads_poller_checks_total{status="IN_PROGRESS"} 1.0' in body
+        assert 'threads_poller_final_states_total{platform="threads",status="FINISHED"} 1.0' in body
+        assert 'threads_poller_checks_total{platform="threads",status="IN_PROGRESS"} 1.0' in body
 
         proc.send_signal(stop)
         drain = int(float(env["HTTP_TIMEOUT_SECONDS"])) + 2

@@ -1,13 +1,13 @@
-"""Never strand a poll: every row of the fault matrix (bench/fault_matrix.py) at CI size.
+"""Never strand a poll: every row of the fault matrix (bench/faults/) at CI size.
 
 Each row runs real ``threads-poller worker`` processes against a private redis-server and the
 simulator, injects one fault and asserts the row's figures: nothing lost, nothing stranded, no
 duplicate final event, API calls per container within the documented bound, job runs per API call
-at most 1.2, and what the row itself is about. ``python -m bench.fault_matrix`` runs the same
+at most 1.2, and what the row itself is about. ``python -m bench.faults.matrix`` runs the same
 code (``--scale full`` for the bigger sizes).
 
 The second half checks the harness itself against a real Redis: a harness that cannot fail proves
-nothing (its pure accounting: tests/unit/test_fault_matrix.py).
+nothing (its pure accounting: tests/unit/test_faults_matrix.py).
 """
 
 from __future__ import annotations
@@ -18,27 +18,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.fault_matrix import (
-    ACCOUNT,
-    ACCOUNT_TOKEN,
-    MAX_RUNS_PER_CALL,
-    ROWS,
-    TOKEN,
-    Expect,
-    Harness,
-    Knobs,
-    new_result,
-    render,
-    run_row,
-)
+from bench.faults.harness import ACCOUNT, ACCOUNT_TOKEN, TOKEN, Expect, Harness, Knobs, new_result
+from bench.faults.invariants import MAX_RUNS_PER_CALL
+from bench.faults.matrix import ROWS, run_row
+from bench.faults.report import render_matrix
 from simulator import StatusCall
+from worker.store.keys import ARQ_JOB_PREFIX
 
 
 @pytest.mark.parametrize("row", [r.key for r in ROWS])
 async def test_fault_matrix_row(row: str, tmp_path: Path) -> None:
     lines: list[str] = []
     result = await run_row(row, scale="ci", workdir=tmp_path / row, say=lines.append)
-    text = "\n".join(lines) + "\n" + render([result])
+    text = "\n".join(lines) + "\n" + render_matrix([result])
     assert result.containers > 0, text
     assert result.lost == 0, text
     assert result.stranded == 0, text
@@ -65,13 +57,13 @@ async def test_the_monitor_sees_a_stranded_poll_and_the_row_fails(tmp_path: Path
         await h.enqueue([stranded, queued, final], Expect("FINISHED"))
         gen = await h.hash_field(stranded, "generation")
         assert gen is not None
-        await h.redis.delete("arq:job:" + h.job_id(stranded, gen))
+        await h.redis.delete(ARQ_JOB_PREFIX + h.keys.job_id(stranded, gen))
         await h.redis.hset(  # type: ignore[misc]
-            h.result_key(final),
+            h.keys.result(final),
             mapping={"final": "1", "status": "FINISHED", "checks": "1", "runs": "1"},
         )
         for _ in range(2):
-            await h.redis.xadd(h.events, {"container_id": final})
+            await h.redis.xadd(h.keys.events, {"container_id": final})
         for i in range(8):
             h.ledger.record(call(float(i), cid=final))
         await h.sample()

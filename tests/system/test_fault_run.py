@@ -1,17 +1,18 @@
-"""Nothing is lost: the fault run (bench/fault_run.py) at CI size.
+"""Nothing is lost: the fault run (bench/faults/run.py) at CI size.
 
-It runs the same code as ``python -m bench.fault_run``: its own redis-server (AOF on, SIGKILLed and
+It runs the same code as ``python -m bench.faults.run``: its own redis-server (AOF on, SIGKILLed and
 restarted once), three worker processes of which one is SIGKILLed every few seconds, the simulator
 answering 20% of status calls with a random fault, and fails on any lost or wrong container, any
 duplicate or missing final event and any container over the call bound. The run's accounting:
-tests/unit/test_fault_run.py; what the run found: tests/integration/test_redis_restart.py.
+tests/unit/test_faults_run.py; what the run found: tests/integration/test_redis_restart.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.fault_run import FaultRunConfig, run_fault_run
+from bench.faults.run import run_fault_run
+from bench.faults.scenarios import FaultRunConfig
 
 
 async def test_fault_run_ci_sized_loses_nothing(tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def settings_of(docs: list[Doc], deployment: str) -> Settings:
 
 
 def stop_seconds(docs: list[Doc]) -> float:
-    """README "Stop grace": the drain, then at most 2 x STOP_REDIS_SECONDS with Redis away."""
+    """docs/deploying.md "Stop grace": the drain, then at most 2 x STOP_REDIS_SECONDS with Redis
+    away."""
     drain = math.ceil(settings_of(docs, WORKER).http_timeout_seconds) + 2
     return drain + 2 * STOP_REDIS_SECONDS
 
@@ -168,8 +169,8 @@ def test_grace_is_the_documented_stop_time_plus_margin(base: list[Doc]) -> None:
     pod = find(base, "Deployment", WORKER)["spec"]["template"]["spec"]
     assert stop_seconds(base) == 18  # 10 s HTTP timeout: 12 s drain + 6 s
     assert pod["terminationGracePeriodSeconds"] == stop_seconds(base) + GRACE_MARGIN_SECONDS
-    readme = (ROOT / "README.md").read_text()
-    assert "`int(HTTP_TIMEOUT_SECONDS) + 2` seconds (12 s by default)" in readme
+    deploying = (ROOT / "docs" / "deploying.md").read_text()
+    assert "`int(HTTP_TIMEOUT_SECONDS) + 2` seconds (12 s by default)" in deploying
     # serve: preStop sleep + its shutdown grace must fit too.
     serve = find(base, "Deployment", SERVE)["spec"]["template"]["spec"]
     sleep = serve["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
@@ -307,7 +308,9 @@ def test_metrics_ports_are_the_settings_and_annotated(base: list[Doc]) -> None:
 
 
 def readme_worker_rss_mib() -> float:
-    figures = re.findall(r"^worker RSS[^\n]*?([0-9.]+) MiB", (ROOT / "README.md").read_text(), re.M)
+    """The bench's worker RSS figures (docs/performance.md; they were in the README)."""
+    performance = (ROOT / "docs" / "performance.md").read_text()
+    figures = re.findall(r"^worker RSS[^\n]*?([0-9.]+) MiB", performance, re.M)
     assert len(figures) >= 3
     return max(float(f) for f in figures)
 

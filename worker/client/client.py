@@ -30,7 +30,13 @@ from config import Settings
 from config.producers import Producers, ProducersError, Scope, check_name, refusal_message
 from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.history import HistoryEvent
-from worker.core.ids import validate_batch, validate_children, validate_id
+from worker.core.ids import (
+    poll_account,
+    validate_batch,
+    validate_children,
+    validate_id,
+    validate_platform,
+)
 from worker.core.result import PollResult
 from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.core.tracing import TraceparentError, producer_traceparent
@@ -84,17 +90,29 @@ def build_requests(
     webhook_url: str | None = None,
     reply_to: str | None = None,
     traceparent: str | None = None,
+    platform: str | None = None,
 ) -> list[EnqueueRequest]:
-    """Validate the ids and the account: one bad one raises InvalidIdError (nothing is written).
+    """Validate the ids, the account and the platform: one bad one raises InvalidIdError
+    (nothing is written). The account is stored as its key on the platform (``poll_account``).
 
     ``webhook_url`` goes in as given: ``check_webhook_url`` has judged it. Repeated ids are
     folded into one request, in order of first appearance."""
-    acct = validate_id(account, what="account id") if account is not None else None
+    on = validate_platform(platform)
+    acct = poll_account(account, on)
     reply = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
     trace = check_traceparent_arg(traceparent)
     ids = _ids(container_ids)
     return [
-        EnqueueRequest(cid, acct, force, publish, webhook_url, reply_to=reply, traceparent=trace)
+        EnqueueRequest(
+            cid,
+            acct,
+            force,
+            publish,
+            webhook_url,
+            reply_to=reply,
+            traceparent=trace,
+            platform=on.name.value,
+        )
         for cid in dict.fromkeys(ids)
     ]
 
@@ -133,9 +151,11 @@ def build_carousel(
     publish: bool = False,
     reply_to: str | None = None,
     traceparent: str | None = None,
+    platform: str | None = None,
 ) -> EnqueueRequest:
-    """A carousel: its parent container and its 2 to 20 item containers, validated (a webhook
-    URL is judged and set by the caller, as for ``build_requests``' batches)."""
+    """A carousel: its parent container and its 2 to 20 item containers (10 on Instagram),
+    validated (a webhook URL is judged and set by the caller, as for ``build_requests``'
+    batches)."""
     (req,) = build_requests(
         [parent],
         account=account,
@@ -143,8 +163,13 @@ def build_carousel(
         publish=publish,
         reply_to=reply_to,
         traceparent=traceparent,
+        platform=platform,
     )
-    kids = validate_children(list(children), parent=req.container_id)
+    kids = validate_children(
+        list(children),
+        parent=req.container_id,
+        max_children=validate_platform(platform).max_children,
+    )
     return dataclasses.replace(req, children=kids)
 
 
@@ -333,6 +358,7 @@ class PollerClient:
         reply_to: str | None = None,
         producer: str | None = None,
         traceparent: str | None = None,
+        platform: str | None = None,
     ) -> list[EnqueueOutcome]:
         """Start polling each id (one round trip); one outcome per distinct id, in order.
 
@@ -352,7 +378,10 @@ class PollerClient:
         with every outcome of the batch in ``outcomes``).
 
         ``traceparent`` (W3C Trace Context) puts the polls in the producer's trace (README
-        "Tracing"); without it, the current OpenTelemetry span of this process, if any."""
+        "Tracing"); without it, the current OpenTelemetry span of this process, if any.
+
+        ``platform``: ``threads`` (the default) or ``instagram``, whose containers these are;
+        an Instagram ``account`` is an Instagram user id (stored as ``instagram:<id>``)."""
         window = self._window_of(window_seconds)
         scope = self.scope(producer)
         requests = build_requests(
@@ -362,6 +391,7 @@ class PollerClient:
             publish=publish,
             reply_to=reply_to,
             traceparent=traceparent,
+            platform=platform,
         )
         self.check_scope(
             scope,
@@ -413,6 +443,7 @@ class PollerClient:
         reply_to: str | None = None,
         producer: str | None = None,
         traceparent: str | None = None,
+        platform: str | None = None,
     ) -> EnqueueOutcome:
         """Poll a carousel as one unit: its 2 to 20 children each get their own poll (and
         result); the parent is polled only once every child is FINISHED, and ends
@@ -428,6 +459,7 @@ class PollerClient:
             publish=publish,
             reply_to=reply_to,
             traceparent=traceparent,
+            platform=platform,
         )
         self.check_scope(
             scope, account=req.account, force=force, publish=publish, webhook_url=webhook_url
@@ -451,6 +483,7 @@ class PollerClient:
         reply_to: str | None = None,
         producer: str | None = None,
         traceparent: str | None = None,
+        platform: str | None = None,
     ) -> EnqueueOutcome:
         """``enqueue_many`` of one id."""
         (outcome,) = await self.enqueue_many(
@@ -463,6 +496,7 @@ class PollerClient:
             reply_to=reply_to,
             producer=producer,
             traceparent=traceparent,
+            platform=platform,
         )
         return outcome
 

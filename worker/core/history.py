@@ -8,7 +8,7 @@ built here (``record_entries``) and handed to the script without its time, as ``
 Compact on purpose: a 6-check poll's story costs about 230 bytes of Redis memory (the bench
 measures it), so it can be kept for every container as long as its result.
 
-    q  enqueued           [r: restarted]
+    q  enqueued           [r: restarted], platform (when not threads)
     c  a status check     API status, latency ms, error kind, code, subcode, fbtrace_id
     t  throttled          pause ms, latency ms (of a throttled answer), kind, code, subcode, fbtrace
     w  paced              wait ms (for the account's pacing slot)
@@ -108,6 +108,8 @@ class HistoryEvent:
     checks: int | None = None
     # webhook, cancelled: the reason; child: the child's id.
     detail: str | None = None
+    # enqueued: the poll's platform when it is not Threads.
+    platform: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The event as JSON: ``kind``, ``at`` and the fields it has."""
@@ -227,7 +229,7 @@ def _status_name(code: str) -> str:
 
 
 # Fields per kind: an entry is split into at most this many (the last may hold "|").
-_FIELDS = {"q": 1, "c": 6, "t": 6, "w": 1, "a": 1, "p": 7, "h": 3, "x": 1, "k": 2, "f": 2}
+_FIELDS = {"q": 2, "c": 6, "t": 6, "w": 1, "a": 1, "p": 7, "h": 3, "x": 1, "k": 2, "f": 2}
 
 
 def parse_entry(line: str) -> HistoryEvent | None:
@@ -244,7 +246,12 @@ def parse_entry(line: str) -> HistoryEvent | None:
     fields += [""] * (_FIELDS[tag] - len(fields))
     kind, at = _KINDS[tag], ms / 1000
     if tag == "q":
-        return HistoryEvent(kind, at, outcome="restarted" if fields[0] == "r" else "enqueued")
+        return HistoryEvent(
+            kind,
+            at,
+            outcome="restarted" if fields[0] == "r" else "enqueued",
+            platform=_opt(fields[1]),
+        )
     if tag in "ct":
         first, latency, ekind, code, subcode, trace = fields
         return HistoryEvent(
@@ -308,6 +315,8 @@ def describe(event: HistoryEvent) -> str:
     parts: list[str] = []
     if e.kind is EventKind.ENQUEUED:
         parts.append("poll restarted" if e.outcome == "restarted" else "poll started")
+        if e.platform:
+            parts.append(f"on {e.platform}")
     elif e.kind is EventKind.CHECK:
         parts.append(e.status or "no status (request failed)")
     elif e.kind is EventKind.THROTTLED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from api_client.platforms import DEFAULT_PLATFORM, THREADS, Platform, platform_named
 from worker.core.errors import InvalidIdError
 
 MAX_ID_LENGTH = 32  # Graph ids are 64-bit numbers (<= 20 digits); leave room, refuse junk.
@@ -31,20 +32,44 @@ def validate_id(raw: object, *, what: str = "container id") -> str:
     return value
 
 
-# Meta: a carousel has 2 to 20 items.
-MIN_CHILDREN, MAX_CHILDREN = 2, 20
+# Meta: a carousel has 2 to 20 items on Threads (10 on Instagram: ``Platform.max_children``).
+MIN_CHILDREN, MAX_CHILDREN = 2, THREADS.max_children
 
 
-def validate_children(raw: object, *, parent: str) -> tuple[str, ...]:
-    """A carousel's item container ids: 2 to 20 distinct ids, none of them the parent."""
+def validate_platform(raw: object) -> Platform:
+    """A poll's platform by name (None or '': Threads); InvalidIdError for another value."""
+    if raw is None or raw == "":
+        return DEFAULT_PLATFORM
+    if not isinstance(raw, str):
+        raise InvalidIdError(f"platform must be a string, got {type(raw).__name__}")
+    try:
+        return platform_named(raw.strip().lower())
+    except ValueError as exc:
+        raise InvalidIdError(str(exc)) from None
+
+
+def poll_account(account: object, platform: Platform) -> str | None:
+    """The account key a poll is stored under (``Platform.account_key``): a Threads user id as
+    it is, an Instagram one as ``instagram:<id>``; no account is None on Threads (the
+    deployment's token, as always) and ``instagram`` on Instagram (its own fallback token)."""
+    if account is None:
+        return platform.account_key("") or None
+    return platform.account_key(validate_id(account, what="account id"))
+
+
+def validate_children(
+    raw: object, *, parent: str, max_children: int = MAX_CHILDREN
+) -> tuple[str, ...]:
+    """A carousel's item container ids: 2 to ``max_children`` (the platform's) distinct ids,
+    none of them the parent."""
     if isinstance(raw, str):
         raw = [part for part in raw.split(",") if part.strip()]
     if not isinstance(raw, list | tuple):
         raise InvalidIdError("carousel children must be a list of container ids")
     ids = tuple(validate_id(child, what="carousel child id") for child in raw)
-    if not MIN_CHILDREN <= len(ids) <= MAX_CHILDREN:
+    if not MIN_CHILDREN <= len(ids) <= max_children:
         raise InvalidIdError(
-            f"a carousel has {MIN_CHILDREN} to {MAX_CHILDREN} children, got {len(ids)}"
+            f"a carousel has {MIN_CHILDREN} to {max_children} children, got {len(ids)}"
         )
     if len(set(ids)) != len(ids):
         raise InvalidIdError("carousel children must be distinct ids")

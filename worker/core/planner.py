@@ -616,6 +616,12 @@ NEEDS_RECREATE_HINT = (
 )
 
 
+EXPIRED_HINT = (
+    "the container expired before it was published (2207020): create a new container and "
+    "publish that"
+)
+
+
 def _after_publish(
     r: PollResult,
     verdict: PublishVerdict,
@@ -680,6 +686,11 @@ def _after_publish(
             _publish_final(State.QUOTA_EXHAUSTED, error),
             Changes(publish_status=PublishStatus.QUOTA_EXHAUSTED),
         )
+    if verdict is PublishVerdict.EXPIRED:
+        # The API says the container expired before the publish: it ends as the API would
+        # report it, certainly unpublished, and the operator is told to create a new one.
+        decision = replace(_publish_final(State.EXPIRED, error), hint=EXPIRED_HINT)
+        return Record(decision, Changes(publish_status=PublishStatus.NEEDS_RECREATE))
     return Record(
         _publish_final(State.PUBLISH_FAILED, error), Changes(publish_status=PublishStatus.FAILED)
     )

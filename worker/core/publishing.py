@@ -1,4 +1,5 @@
-"""Auto-publish: what a ``threads_publish`` answer means. Pure; the job does the I/O.
+"""Auto-publish: what a ``threads_publish`` (Instagram: ``media_publish``) answer means. Pure;
+the job does the I/O.
 
 The rule that matters: a publish that may have happened is never repeated. Only an answer that
 proves nothing was published (a Graph error envelope with a 4xx status other than code 10, or a
@@ -15,8 +16,12 @@ from api_client.errors import GraphAPIError, NetworkError, ThreadsError
 from api_client.policy import ErrorKind, classify
 
 NOT_READY_CODE, NOT_READY_SUBCODE = 24, 4279009
-# Undocumented for Threads; what the simulator answers for an exhausted post quota.
+# Instagram's 9/2207042 ("maximum number of posts"); undocumented for Threads, where the
+# simulator answers it for an exhausted post quota too.
 QUOTA_EXHAUSTED_SUBCODE = 2207042
+# Instagram's -2/2207020: "The media you are trying to access has expired" - the container
+# is EXPIRED and certainly not published; only a new container can be.
+EXPIRED_SUBCODE = 2207020
 
 
 class PublishVerdict(StrEnum):
@@ -28,6 +33,8 @@ class PublishVerdict(StrEnum):
     # (the account pauses), and no publish attempt spent.
     THROTTLED = "throttled"
     QUOTA_EXHAUSTED = "quota_exhausted"
+    # Certainly not published: the container expired (2207020); a new one is needed.
+    EXPIRED = "expired"
     FAILED = "failed"  # certainly not published, and retrying will not help
 
 
@@ -64,6 +71,8 @@ def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
         return PublishVerdict.NOT_READY
     if outcome.subcode == QUOTA_EXHAUSTED_SUBCODE:
         return PublishVerdict.QUOTA_EXHAUSTED
+    if outcome.subcode == EXPIRED_SUBCODE:
+        return PublishVerdict.EXPIRED
     kind = classify(outcome)
     if kind is ErrorKind.THROTTLED:
         return PublishVerdict.THROTTLED

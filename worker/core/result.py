@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS, Platform
 from worker.core.tracing import TraceparentError, optional_traceparent
 
 
@@ -109,6 +110,9 @@ class PollResult:
     # The poll's trace (W3C ``traceparent``, README "Tracing"): a producer's, or the enqueue
     # span's; read only when valid (``worker.core.tracing``), never shown in a result.
     traceparent: str | None = None
+    # Whose container: ``threads`` or ``instagram`` (``api_client.platforms``); no field reads
+    # as threads, what every poll before Instagram was.
+    platform: str = "threads"
 
     @property
     def window(self) -> float | None:
@@ -155,7 +159,17 @@ class PollResult:
         data.pop("publish_verify")
         data.pop("traceparent")
         data["children"] = list(self.children)
+        # Instagram's reason is a sentence carrying a subcode: the subcode on its own, for
+        # callers that branch on it (None on Threads, whose reasons are names).
+        data["error_code"] = platform_named_or_default(self.platform).reason_code(
+            self.error_message
+        )
         return data
+
+
+def platform_named_or_default(name: str) -> Platform:
+    """A stored platform name's description (an unknown one, written by hand: Threads')."""
+    return PLATFORMS.get(name, DEFAULT_PLATFORM)
 
 
 def _opt(value: str) -> str | None:
@@ -258,6 +272,7 @@ _READ: dict[str, Any] = {
     "window_delay": lambda value: _num(value) or 0.0,
     "children": lambda value: tuple(c for c in value.split(",") if c),
     "traceparent": _traceparent,
+    "platform": lambda value: value if value in PLATFORMS else DEFAULT_PLATFORM.name.value,
 }
 _ABSENT: dict[str, Any] = {name: read("") for name, read in _READ.items()}
 _ABSENT["updated_at"] = False

@@ -25,11 +25,6 @@ MIN_REFRESH_AGE_SECONDS = 86400.0
 # An ``expires_in`` beyond this is not believed (a year: Meta documents 60 days).
 MAX_EXPIRES_IN_SECONDS = 366 * 86400
 
-# The platforms whose tokens this service knows how to refresh. Instagram (ig_refresh_token on
-# graph.instagram.com) is a later addition: a platform is a parameter, threads the default.
-PLATFORMS = frozenset({"threads"})
-DEFAULT_PLATFORM = "threads"
-
 
 @dataclass(frozen=True, slots=True)
 class TokenEntry:

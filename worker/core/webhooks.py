@@ -31,6 +31,7 @@ def body_for(result: PollResult, delivery_id: str) -> bytes:
         "last_error": result.last_error,
         "media_id": result.media_id,
         "account": result.account,
+        "platform": result.platform,
         "checks": result.checks,
         "enqueued_at": result.enqueued_at,
         "last_checked_at": result.last_checked_at,

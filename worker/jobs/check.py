@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import aiohttp
 from api_client.client import ThreadsClient
 from api_client.errors import GraphAPIError, ThreadsError
 from api_client.models import ContainerStatus, explain_api_error
+from api_client.platforms import PLATFORMS, user_id_of
 from api_client.policy import ErrorKind, classify
 from config import Settings
 from worker.core.decisions import Decision, Schedule
@@ -83,7 +85,9 @@ class PollerContext:
     queue: JobQueue
     deliveries: JobQueue
     accounts: AccountStore
-    client: ThreadsClient
+    # One Graph API client per platform (api_client.platforms), by name: a poll's platform
+    # picks its client, whose field names and edges are that platform's.
+    clients: Mapping[str, ThreadsClient]
     tokens: TokenSource
     policy: Policy
     # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
@@ -190,9 +194,9 @@ class CheckJob:
         sent_ms = job.now_ms()
         t0 = time.perf_counter()
         try:
-            outcome: ContainerStatus | ThreadsError = await p.client.get_container_status(
-                current.container_id, token=token
-            )
+            outcome: ContainerStatus | ThreadsError = await p.clients[
+                current.platform
+            ].get_container_status(current.container_id, token=token)
         except ThreadsError as exc:
             outcome = ThreadsClient.scrub(exc, token)
         api_s = time.perf_counter() - t0
@@ -337,10 +341,16 @@ class CheckJob:
         """Publish a FINISHED container at most once (the rules: worker/core/publishing.py)."""
         p = self.p
         s = p.settings
-        user_id = current.account or s.threads_user_id or "me"
+        platform = PLATFORMS[current.platform]
+        # The account whose quota and publish edge this is: the poll's, else the platform's
+        # fallback token's user (THREADS_USER_ID / INSTAGRAM_USER_ID), else "me".
+        account = current.account or ""
+        if not user_id_of(account):
+            account = platform.account_key(s.platform_user_id(platform) or "me")
+        user_id = user_id_of(account)
         quota = Changes()
         try:
-            snapshot = await fetch_quota(p.client, p.tokens, user_id)
+            snapshot = await fetch_quota(p.clients, p.tokens, account)
         except ThreadsError as exc:
             # Unknown quota does not block publishing: the publish call enforces it anyway.
             log.warning(
@@ -397,7 +407,7 @@ class CheckJob:
             attributes={"threads_poller.container_id": current.container_id},
         ) as call:
             try:
-                answer: str | ThreadsError = await p.client.publish(
+                answer: str | ThreadsError = await p.clients[current.platform].publish(
                     user_id, current.container_id, token=token
                 )
             except ThreadsError as exc:
@@ -431,7 +441,7 @@ class CheckJob:
     ) -> None:
         p = self.p
         verdict = judge_publish(answer)
-        metrics.observe_publish(verdict)
+        metrics.observe_publish(verdict, current.platform)
         error = answer if isinstance(answer, ThreadsError) else None
         log.info(
             "publish answered: %s",
@@ -546,7 +556,11 @@ class CheckJob:
         due = current.next_check_at or current.enqueued_at
         lag_s = job.claimed_ms / 1000 - due if due is not None else None
         metrics.observe_check(
-            decision, checked=api_s is not None, written=written.outcome == "ok", lag_s=lag_s
+            decision,
+            checked=api_s is not None,
+            written=written.outcome == "ok",
+            lag_s=lag_s,
+            platform=current.platform,
         )
         if written.outcome != "ok":
             self._stale(job, current, written.reason)
@@ -629,7 +643,7 @@ def final_view(
         status=decision.status,
         final=True,
         error_message=decision.error_message,
-        error_explanation=explain_error_message(decision.error_message) or None,
+        error_explanation=explain_error_message(decision.error_message, current.platform) or None,
         last_error=last_error,
         checks=checks,
         last_checked_at=last_checked_at,

@@ -6,7 +6,9 @@ One refresh, step by step (each account's token on its own):
 1. ``acquire``: a lease in Redis (``SET NX PX``, with the next number of the account's fence
    counter), taken only while Redis still names this token as the account's current one: a
    token another worker refreshed already is "moved", not refreshed again.
-2. the refresh call (``GET /refresh_access_token?grant_type=th_refresh_token``).
+2. the refresh call (``GET /refresh_access_token?grant_type=th_refresh_token``; an Instagram
+   account's, ``instagram:<id>``: ``ig_refresh_token`` on the Instagram host; the account's
+   ``Platform`` says which: ``api_client.platforms``).
 3. ``guard``: still the latest lease holder (a worker frozen past its lease, whose lease another
    took since, is fenced here and writes nothing); extends the lease and reads Redis' time, from
    which the new expiry is counted (now + ``expires_in``).
@@ -32,12 +34,11 @@ from yarl import URL
 from api_client.client import ThreadsClient
 from api_client.errors import GraphAPIError, MalformedResponseError, ThreadsError
 from api_client.parsing import parse_json_object
+from api_client.platforms import THREADS, Platform, platform_of_account
 from api_client.policy import ErrorKind, classify
 from config import Settings
 from worker.core.planner import graph_code
 from worker.core.tokens import (
-    DEFAULT_PLATFORM,
-    PLATFORMS,
     RefreshVerdict,
     TokenEntry,
     TokenFacts,
@@ -50,9 +51,6 @@ from worker.store.accounts import AccountStore, RefreshLease, TokenRecord
 
 log = logging.getLogger("threads_poller.tokens")
 
-# Per platform: the refresh's grant type (Meta: th_refresh_token for Threads; Instagram's
-# ig_refresh_token on graph.instagram.com is for when that platform is added).
-GRANT_TYPES = {"threads": "th_refresh_token"}
 # Accounts synced at once (one small script each).
 SYNC_CONCURRENCY = 64
 
@@ -81,21 +79,23 @@ async def refresh_call(
     api_base_url: str,
     token: str,
     *,
-    platform: str = DEFAULT_PLATFORM,
+    platform: Platform = THREADS,
     timeout_seconds: float | None = None,
 ) -> Refreshed:
-    """One refresh. ThreadsError (redacted) when it fails; never quotes a token."""
-    if platform not in PLATFORMS:
-        raise ValueError(f"no token refresh for platform {platform!r}")
+    """One refresh, with the platform's grant. ThreadsError (redacted) when it fails; never
+    quotes a token."""
     # The documented access_token query parameter, whatever THREADS_AUTH_MODE says.
     client = ThreadsClient(
-        session, base_url=refresh_base(api_base_url), timeout_seconds=timeout_seconds
+        session,
+        base_url=refresh_base(api_base_url),
+        timeout_seconds=timeout_seconds,
+        platform=platform,
     )
     try:
         http_status, body, _ = await client.request(
             "GET",
             "/refresh_access_token",
-            params={"grant_type": GRANT_TYPES[platform]},
+            params={"grant_type": platform.refresh_grant},
             token=token,
         )
         payload = parse_json_object(http_status, body)
@@ -118,14 +118,12 @@ class TokenKeeper:
         settings: Settings,
         *,
         owner: str,
-        platform: str = DEFAULT_PLATFORM,
     ) -> None:
         self.accounts = accounts
         self.tokens = tokens
         self.session = session
         self.settings = settings
         self.owner = owner
-        self.platform = platform
         self.lease_ms = int((settings.http_timeout_seconds + 30.0) * 1000)
 
     async def sync(self) -> dict[str, tuple[TokenEntry, TokenRecord]]:
@@ -175,12 +173,13 @@ class TokenKeeper:
         )
         if isinstance(lease, str):
             return lease
+        platform = platform_of_account(account)
         try:
             answer = await refresh_call(
                 self.session,
-                self.settings.threads_api_base_url,
+                self.settings.api_base_url(platform),
                 token,
-                platform=self.platform,
+                platform=platform,
                 timeout_seconds=self.settings.http_timeout_seconds,
             )
         except ThreadsError as exc:

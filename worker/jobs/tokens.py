@@ -3,7 +3,10 @@ never written to Redis; only a short fingerprint is, to recognise a token alread
 
 Lookup order for a container's account: the tokens file (``THREADS_TOKENS_FILE``, a JSON object
 ``{"<user id>": "<token>"}``, re-read when its modification time changes), then the environment
-variable ``THREADS_ACCESS_TOKEN_<user id>``, then ``THREADS_ACCESS_TOKEN``.
+variable ``THREADS_ACCESS_TOKEN_<user id>``, then ``THREADS_ACCESS_TOKEN``. Accounts are per
+platform (``api_client.platforms``): an Instagram account is ``instagram:<user id>`` in the
+tokens file, ``INSTAGRAM_ACCESS_TOKEN_<user id>`` in the environment, and falls back to
+``INSTAGRAM_ACCESS_TOKEN``.
 
 The tokens file is judged like every secrets file (``config.secrets``) on each load: one that
 others may read is not loaded (``SECRET_FILE_MODE_CHECK=refuse``, the default: the previous
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from api_client.platforms import DEFAULT_PLATFORM, platform_of_account, user_id_of
 from config.secrets import FileModeCheck, mode_advice, mode_problem
 from worker.core.tokens import (
     MAX_TOKENS_FILE_BYTES,
@@ -123,8 +127,11 @@ class AccountTokenSource:
         recheck_seconds: float = 1.0,
         mode_check: FileModeCheck = FileModeCheck.REFUSE,
         refreshed_file: Path | None = None,
+        platform_defaults: Mapping[str, str] | None = None,
     ) -> None:
         self._default = default.get_secret_value() if default else None
+        # Other platforms' fallback tokens, by platform name (INSTAGRAM_ACCESS_TOKEN).
+        self._platform_defaults = dict(platform_defaults or {})
         self._file = tokens_file
         self._main = _Watched(tokens_file, "THREADS_TOKENS_FILE") if tokens_file else None
         self._over = (
@@ -238,14 +245,20 @@ class AccountTokenSource:
         return self._effective.get(account)
 
     async def token_for(self, account: str | None) -> str | None:
-        if account and account != DEFAULT_ACCOUNT:
+        """The token of an account key (``Platform.account_key``), else its platform's
+        fallback token."""
+        platform = platform_of_account(account or "")
+        user_id = user_id_of(account or "")
+        if user_id and user_id != DEFAULT_ACCOUNT:
             self._reload()
-            token = self._tokens.get(account) or self._environ.get(
-                f"THREADS_ACCESS_TOKEN_{account}"
+            token = self._tokens.get(account or "") or self._environ.get(
+                f"{platform.token_env}_{user_id}"
             )
             if token:
                 return token
-        return self._default
+        if platform is DEFAULT_PLATFORM:
+            return self._default
+        return self._platform_defaults.get(platform.name.value)
 
     def write_refreshed(self, account: str, old_token: str, new: TokenEntry) -> None:
         """Write a refreshed token back (atomically); WriteBackError when the file no longer
@@ -281,9 +294,12 @@ class AccountTokenSource:
                 if w is not None:
                     secrets += [e.token for e in w.entries.values()]
             secrets += [
-                v for k, v in self._environ.items() if k.startswith("THREADS_ACCESS_TOKEN") and v
+                v
+                for k, v in self._environ.items()
+                if k.startswith(("THREADS_ACCESS_TOKEN", "INSTAGRAM_ACCESS_TOKEN")) and v
             ]
             if self._default:
                 secrets.append(self._default)
+            secrets += self._platform_defaults.values()
             self._secrets, self._secrets_for = list(dict.fromkeys(secrets)), self._tokens
         return self._secrets

@@ -43,6 +43,7 @@ from prometheus_client import (
 
 from api_client.errors import ThreadsError
 from api_client.models import ApiStatus, ContainerStatus
+from api_client.platforms import PLATFORMS
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import Decision
 from worker.core.publishing import PublishVerdict
@@ -69,12 +70,12 @@ CHECKS = Counter(
     "threads_poller_checks",
     "Checks the API answered with a status, by that status (OTHER: one we do not know). "
     "Failed checks: threads_poller_check_errors_total.",
-    ["status"],
+    ["status", "platform"],
 )
 CHECK_ERRORS = Counter(
     "threads_poller_check_errors",
     "Checks that asked the API and failed, by the failure's kind (the error policy).",
-    ["error_kind"],
+    ["error_kind", "platform"],
 )
 API_REQUEST_SECONDS = Histogram(
     "threads_poller_api_request_duration_seconds",
@@ -94,7 +95,7 @@ CHECK_LAG = Histogram(
 FINAL_STATES_TOTAL = Counter(
     "threads_poller_final_states",
     "Containers that reached a final state in this process, by status.",
-    ["status"],
+    ["status", "platform"],
 )
 INTAKE_ACCEPTED = Counter(
     "threads_poller_intake_accepted", "Intake stream entries turned into polls by this process."
@@ -111,8 +112,9 @@ WEBHOOK_DELIVERIES = Counter(
 )
 PUBLISHES = Counter(
     "threads_poller_publishes",
-    "Auto-publish calls (threads_publish) made by this process, by what the answer means.",
-    ["verdict"],
+    "Auto-publish calls (threads_publish, Instagram's media_publish) made by this process, by "
+    "what the answer means.",
+    ["verdict", "platform"],
 )
 JOBS_RUNNING = Gauge(
     "threads_poller_worker_jobs_running",
@@ -144,18 +146,19 @@ TOKEN_REFRESHES = Counter(
 # Pre-initialised: every series exists from the start, at 0.
 for _outcome in TOKEN_REFRESH_OUTCOMES:
     TOKEN_REFRESHES.labels(outcome=_outcome)
-for _status in API_STATUSES:
-    CHECKS.labels(status=_status)
-for _kind in ERROR_KINDS:
-    CHECK_ERRORS.labels(error_kind=_kind)
+for _platform in PLATFORMS:
+    for _status in API_STATUSES:
+        CHECKS.labels(status=_status, platform=_platform)
+    for _kind in ERROR_KINDS:
+        CHECK_ERRORS.labels(error_kind=_kind, platform=_platform)
+    for _status in WORKER_FINAL_STATES:
+        FINAL_STATES_TOTAL.labels(status=_status, platform=_platform)
+    for _verdict in PublishVerdict:
+        PUBLISHES.labels(verdict=_verdict.value, platform=_platform)
 for _outcome in ("ok", "error"):
     API_REQUEST_SECONDS.labels(outcome=_outcome)
-for _status in WORKER_FINAL_STATES:
-    FINAL_STATES_TOTAL.labels(status=_status)
 for _outcome in WebhookOutcome:
     WEBHOOK_DELIVERIES.labels(outcome=_outcome.value)
-for _verdict in PublishVerdict:
-    PUBLISHES.labels(verdict=_verdict.value)
 
 # ----- the deployment's gauges: served by `serve` only ----------------------------------------
 
@@ -294,39 +297,46 @@ def observe_api_call(outcome: ContainerStatus | ThreadsError, seconds: float) ->
 
 
 @functools.cache
-def _checks(status: str) -> Any:
+def _checks(status: str, platform: str) -> Any:
     # labels() takes a lock and builds a key on every call; label values are bounded (see the
     # module docstring), so caching each child is bounded too.
-    return CHECKS.labels(status=status)
+    return CHECKS.labels(status=status, platform=platform)
 
 
 @functools.cache
-def _check_errors(kind: str) -> Any:
-    return CHECK_ERRORS.labels(error_kind=kind)
+def _check_errors(kind: str, platform: str) -> Any:
+    return CHECK_ERRORS.labels(error_kind=kind, platform=platform)
 
 
 @functools.cache
-def _final_states(status: str) -> Any:
-    return FINAL_STATES_TOTAL.labels(status=status)
+def _final_states(status: str, platform: str) -> Any:
+    return FINAL_STATES_TOTAL.labels(status=status, platform=platform)
 
 
 def observe_check(
-    decision: Decision, *, checked: bool, written: bool, lag_s: float | None = None
+    decision: Decision,
+    *,
+    checked: bool,
+    written: bool,
+    lag_s: float | None = None,
+    platform: str = "threads",
 ) -> None:
-    """One check run: ``checked`` when it asked the API, ``written`` when its outcome was stored."""
+    """One check run: ``checked`` when it asked the API, ``written`` when its outcome was stored.
+    ``platform``: the poll's (a label: two values, ``api_client.platforms``)."""
+    platform = platform if platform in PLATFORMS else "threads"
     if checked:
         if decision.error is not None:
             kind = str(decision.error.kind)
-            _check_errors(kind if kind in ERROR_KINDS else ErrorKind.UNKNOWN.value).inc()
+            _check_errors(kind if kind in ERROR_KINDS else ErrorKind.UNKNOWN.value, platform).inc()
         else:
             label = status_label(decision.last_api_status)
-            _checks(label if label in API_STATUSES else OTHER).inc()
+            _checks(label if label in API_STATUSES else OTHER, platform).inc()
         if lag_s is not None:
             CHECK_LAG.observe(max(0.0, lag_s))
         if written:
             MINUTES.note_check()
     if written and decision.final:
-        _final_states(status_label(decision.status)).inc()
+        _final_states(status_label(decision.status), platform).inc()
         MINUTES.note_final(status_label(decision.status))
 
 
@@ -341,8 +351,10 @@ def observe_webhook(outcome: WebhookOutcome | str) -> None:
     WEBHOOK_DELIVERIES.labels(outcome=str(outcome)).inc()
 
 
-def observe_publish(verdict: PublishVerdict) -> None:
-    PUBLISHES.labels(verdict=verdict.value).inc()
+def observe_publish(verdict: PublishVerdict, platform: str = "threads") -> None:
+    PUBLISHES.labels(
+        verdict=verdict.value, platform=platform if platform in PLATFORMS else "threads"
+    ).inc()
 
 
 def note_token_refresh(outcome: str) -> None:

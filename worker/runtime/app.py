@@ -29,7 +29,7 @@ from api_client.client import make_session
 from config import Settings
 from worker.core.targets import WebhookPolicy, webhook_policy
 from worker.jobs.check import CheckJob, PollerContext, policy_of
-from worker.jobs.quota import client_for, refresh_quotas_forever, token_source
+from worker.jobs.quota import clients_for, refresh_quotas_forever, token_source
 from worker.jobs.token_refresh import TokenKeeper
 from worker.jobs.tokens import AccountTokenSource, TokenSource
 from worker.jobs.webhook import WebhookJob, make_webhook_session
@@ -117,7 +117,7 @@ def build_poller(
             redis, store.keys, job_ttl_seconds=settings.result_ttl_seconds, deliveries=True
         ),
         accounts=AccountStore(redis, store.keys),
-        client=client_for(settings, session),
+        clients=clients_for(settings, session),
         tokens=tokens,
         policy=policy_of(settings),
         webhook_session=webhook_session,
@@ -376,7 +376,7 @@ class PollerWorker:
             republish=lambda: republish(poller),
         )
         loops.append(("reconcile", reconcile))
-        quota = refresh_quotas_forever(redis, poller.accounts, poller.client, tokens, s)
+        quota = refresh_quotas_forever(redis, poller.accounts, poller.clients, tokens, s)
         loops.append(("quota", quota))
         if isinstance(tokens, AccountTokenSource) and s.threads_tokens_file is not None:
             keeper = TokenKeeper(poller.accounts, tokens, parts.session, s, owner=parts.runner.name)

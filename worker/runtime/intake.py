@@ -41,7 +41,7 @@ from redis.exceptions import RedisError, ResponseError
 from api_client.redact import redact
 from config.producers import DEFAULT_PRODUCER, UNRESTRICTED, Scope, refusal_message
 from worker.core.errors import BadEntryError, InvalidIdError
-from worker.core.ids import validate_children, validate_id
+from worker.core.ids import poll_account, validate_children, validate_id, validate_platform
 from worker.core.targets import WebhookPolicy, check_target, parse_target
 from worker.core.tracing import TraceparentError, optional_traceparent
 from worker.ops import metrics, tracing
@@ -55,6 +55,7 @@ log = logging.getLogger("threads_poller.intake")
 ALLOWED_FIELDS = frozenset(
     {
         "container_id",
+        "platform",
         "account",
         "force",
         "publish",
@@ -245,15 +246,15 @@ def parse_entry(
     if unknown:
         raise BadEntryError(
             f"unknown field(s) {', '.join(unknown)}; expected container_id and optionally "
-            "account, force, publish, webhook_url, reply_to, children, traceparent"
+            "account, force, publish, webhook_url, reply_to, children, traceparent, platform"
         )
     if "container_id" not in text:
         raise BadEntryError("missing field container_id")
     flags = {name: _flag(text, name) for name in ("force", "publish")}
     try:
         cid = validate_id(text["container_id"])
-        account = text.get("account") or None
-        account = validate_id(account, what="account id") if account is not None else None
+        platform = validate_platform(text.get("platform"))
+        account = poll_account(text.get("account") or None, platform)
         hook = text.get("webhook_url") or None
         if hook is not None:
             target = parse_target(hook)
@@ -263,7 +264,11 @@ def parse_entry(
         reply_to = text.get("reply_to") or None
         reply_to = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
         children = text.get("children") or None
-        kids = validate_children(children, parent=cid) if children is not None else ()
+        kids = (
+            validate_children(children, parent=cid, max_children=platform.max_children)
+            if children is not None
+            else ()
+        )
     except InvalidIdError as exc:
         raise BadEntryError(str(exc)) from None
     try:
@@ -280,6 +285,7 @@ def parse_entry(
         reply_to=reply_to,
         children=kids,
         traceparent=trace,
+        platform=platform.name.value,
     )
 
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from api_client.models import QuotaSnapshot, explain_error_message
+from api_client.platforms import PLATFORMS
 from config import Settings
 from config.producers import DEFAULT_PRODUCER, PRODUCER_NAME
 from worker.core.errors import InvalidIdError
@@ -144,6 +145,8 @@ class FinalEvent:
     finalized_at: float | None
     last_error: str | None
     media_id: str | None
+    # No field (an event written before Instagram): threads.
+    platform: str = "threads"
 
     @classmethod
     def of(cls, entry_id: str, raw: Mapping[Any, Any]) -> FinalEvent:
@@ -160,6 +163,7 @@ class FinalEvent:
             finalized_at=float(at) if at else stream_ms(entry_id),
             last_error=h.get("last_error") or None,
             media_id=h.get("media_id") or None,
+            platform=h["platform"] if h.get("platform") in PLATFORMS else "threads",
         )
 
     @property
@@ -168,7 +172,7 @@ class FinalEvent:
 
     @property
     def error_explanation(self) -> str | None:
-        return explain_error_message(self.error_message) or None
+        return explain_error_message(self.error_message, self.platform) or None
 
     @property
     def reason(self) -> str:

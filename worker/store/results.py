@@ -57,6 +57,8 @@ class EnqueueRequest:
     # The poll's trace (W3C ``traceparent``): a producer's, or its enqueue span's. Checked here
     # (and by enqueue.lua) whatever door it came through; the doors check it first to say so.
     traceparent: str | None = None
+    # Whose container (api_client.platforms); ``account`` is already its key on that platform.
+    platform: str = "threads"
 
     def __post_init__(self) -> None:
         optional_traceparent(self.traceparent)
@@ -206,6 +208,7 @@ class ResultStore:
                             force=req.force,
                             producer=req.producer,
                             traceparent=req.traceparent,
+                            platform=req.platform,
                         )
                         await self._enqueue_one(
                             pipe,
@@ -294,6 +297,7 @@ class ResultStore:
                 "1" if req.producer.webhook else "0",
                 req.producer.lua_accounts(),
                 req.traceparent or "",  # ARGV 26
+                req.platform,  # ARGV 27
             ],
             client=pipe,
         )
@@ -369,6 +373,7 @@ class ResultStore:
                 "error_message": decision.error_message or "",
                 "account": current.account or "",
                 "checks": str(checks),
+                "platform": current.platform,
             }
             if decision.error is not None:
                 event["last_error"] = fields["last_error"]
@@ -553,7 +558,7 @@ def record_fields(
             status=decision.status,
             final="1" if decision.final else "0",
             error_message=decision.error_message or "",
-            error_explanation=explain_error_message(decision.error_message),
+            error_explanation=explain_error_message(decision.error_message, current.platform),
         )
         if decision.checks is not None:
             fields["checks"] = str(decision.checks)

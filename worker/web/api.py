@@ -178,6 +178,7 @@ async def _enqueue(
                     reply_to=spec.reply_to,
                     producer=producer,
                     traceparent=traceparent,
+                    platform=spec.platform,
                 )
             ]
         else:
@@ -191,6 +192,7 @@ async def _enqueue(
                 reply_to=spec.reply_to,
                 producer=producer,
                 traceparent=traceparent,
+                platform=spec.platform,
             )
     except ScopeError as exc:
         # Named: what the producer may not ask for; every outcome when Redis refused part of it.

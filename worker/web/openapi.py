@@ -101,6 +101,11 @@ RESULT = _obj(
         "webhook_status": _NSTR,
         "webhook_attempts": _INT,
         "account": _NSTR,
+        "platform": {"type": "string", "enum": ["threads", "instagram"]},
+        "error_code": {
+            **_NINT,
+            "description": "Instagram: the error subcode in error_message's text",
+        },
     },
     required=["container_id", "status", "final", "checks", "enqueued_at", "deadline_at"],
     # New result fields may appear (the hash's schema grows); clients ignore what they do not know.
@@ -121,6 +126,7 @@ EVENT = _obj(
         "checks": _INT,
         "finalized_at": _NNUM,
         "media_id": _NSTR,
+        "platform": {"type": "string", "enum": ["threads", "instagram"]},
     }
 )
 
@@ -252,7 +258,17 @@ ENQUEUE = {
             "minItems": 1,
             "description": "at most API_MAX_BATCH (maxItems: this server's)",
         },
-        "account": {**_NID, "description": "the Threads user id"},
+        "platform": {
+            "type": ["string", "null"],
+            "enum": ["threads", "instagram", None],
+            "default": "threads",
+            "description": "whose containers these are (Instagram: 2 to 10 children)",
+        },
+        "account": {
+            **_NID,
+            "description": "the user id on that platform (an Instagram account is stored as "
+            "instagram:<id>)",
+        },
         "force": {"type": "boolean", "default": False},
         "publish": {"type": "boolean", "default": False},
         "webhook_url": {"type": ["string", "null"], "format": "uri"},

@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from api_client.platforms import INSTAGRAM
 from worker.client.client import MAX_WINDOW_SECONDS
 from worker.core.durations import MAX_SINCE_SECONDS, parse_duration
 from worker.core.errors import InvalidIdError
-from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id
+from worker.core.ids import MAX_ID_LENGTH, validate_children, validate_id, validate_platform
 from worker.core.states import FINAL_STATES
 from worker.core.targets import parse_target
 from worker.store.admin import (
@@ -31,6 +32,7 @@ ENQUEUE_FIELDS = frozenset(
     {
         "container_id",
         "container_ids",
+        "platform",
         "account",
         "force",
         "publish",
@@ -74,8 +76,11 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # ``?status=ERROR,EXPIRED``: final states, comma-separated (worker.core.states.FINAL_STATES).
 _STATES = "|".join(sorted(FINAL_STATES))
 STATUS_PATTERN = rf"^{_WS}({_STATES})(,({_STATES}))*{_WS}$"
-# ``?account=``: an account id, or ``default`` (containers enqueued without one).
-ACCOUNT_PATTERN = rf"^{_WS}([0-9]{{1,{MAX_ID_LENGTH}}}|default){_WS}$"
+# ``?account=``: an account id, ``default`` (containers enqueued without one), an Instagram
+# account's key (``instagram:<id>``, or ``instagram`` for the deployment's Instagram token).
+ACCOUNT_PATTERN = (
+    rf"^{_WS}([0-9]{{1,{MAX_ID_LENGTH}}}|default|instagram(:[0-9]{{1,{MAX_ID_LENGTH}}})?){_WS}$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,8 @@ class EnqueueSpec:
     children: tuple[str, ...] = ()
     # The body named one ``container_id`` (not a list).
     single: bool = False
+    # Whose containers: ``threads`` or ``instagram`` (``api_client.platforms``).
+    platform: str = "threads"
 
 
 def _object(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
@@ -130,7 +137,8 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
 def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
     """One id (``container_id``) or a batch (``container_ids``), with the options of
     ``threads-poller enqueue``: ``account``, ``force``, ``publish``, ``webhook_url``,
-    ``reply_to``, ``children`` (one parent: a carousel) and the poll's ``window_seconds``.
+    ``reply_to``, ``children`` (one parent: a carousel), ``platform`` and the poll's
+    ``window_seconds``.
     Nothing is enqueued unless every id is valid."""
     data = _object(body, ENQUEUE_FIELDS)
     has_one, has_many = "container_id" in data, "container_ids" in data
@@ -172,10 +180,15 @@ def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
     ):
         raise ApiError("invalid_body", "children must be a list of strings")
     try:
+        platform = validate_platform(_optional_str(data, "platform"))
         account = validate_id(account, what="account id") if account is not None else None
         hook = parse_target(hook).url if hook is not None else None
         reply_to = validate_id(reply_to, what="reply_to id") if reply_to is not None else None
-        kids = validate_children(children, parent=ids[0]) if children is not None else ()
+        kids = (
+            validate_children(children, parent=ids[0], max_children=platform.max_children)
+            if children is not None
+            else ()
+        )
     except InvalidIdError as exc:
         raise ApiError("invalid_id", f"refused, nothing enqueued: {exc}") from None
     window = data.get("window_seconds")
@@ -197,6 +210,7 @@ def parse_enqueue(body: Any, *, max_batch: int) -> EnqueueSpec:
         reply_to=reply_to,
         children=kids,
         single=has_one,
+        platform=platform.name.value,
     )
 
 
@@ -328,13 +342,18 @@ def parse_statuses(raw: str | None) -> frozenset[str] | None:
 
 
 def parse_account(raw: str | None) -> str | None:
-    """``?account=``: an account id or ``default``; None: every account."""
+    """``?account=``: an account id, ``default`` or an Instagram account key; None: every
+    account."""
     if raw is None:
         return None
     value = raw.strip()
-    if value == "default":
+    if value in ("default", INSTAGRAM.account_key("")):
         return value
     try:
+        if value.startswith(INSTAGRAM.account_prefix):
+            return INSTAGRAM.account_key(
+                validate_id(value.removeprefix(INSTAGRAM.account_prefix), what="account")
+            )
         return validate_id(value, what="account")
     except InvalidIdError as exc:
         raise ApiError("invalid_parameter", f"account: {exc}") from None

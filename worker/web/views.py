@@ -71,6 +71,7 @@ def event_json(event: FinalEvent) -> dict[str, Any]:
         "checks": event.checks,
         "finalized_at": event.finalized_at,
         "media_id": event.media_id,
+        "platform": event.platform,
     }
 
 

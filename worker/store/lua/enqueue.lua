@@ -23,7 +23,9 @@
 --       force / publish / give a webhook url ('1'/'0'), 25 the accounts it may use ('*', or
 --       ',id,id,'): its scope (config/producers.py), enforced here, in the same step as the
 --       write, so that no check-then-write race lets a request past it,
---       26 the poll's W3C traceparent ('' for none; stored only when it is one, as data)
+--       26 the poll's W3C traceparent ('' for none; stored only when it is one, as data),
+--       27 the poll's platform ('threads' / 'instagram': api_client.platforms; a live poll of
+--       the same id on another platform is refused)
 -- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
 -- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started);
 -- a refusal by the producer's scope is {'refused', status, reason, 'scope'}.
@@ -143,12 +145,24 @@ if ARGV[15] ~= '' and cur[4] == ARGV[15] then
   -- started this poll already, force or not.
   return {'duplicate', cur[3] or ''}
 end
+local platform = ARGV[27] or ''
+if platform == '' then
+  platform = 'threads'
+end
 local restarted = '0'
 if cur[1] == '0' then
   -- Its job is live while it is in the queue (every path that ends a job takes it out; a
   -- claim, a record, a release keep it in): the queue is declared, the job's keys need not be.
   local old_job = ARGV[6] .. (cur[2] or '')
   if redis.call('ZSCORE', KEYS[3], old_job) then
+    -- (Read here only: a live duplicate is the one path that needs it.)
+    local polled_on = redis.call('HGET', KEYS[1], 'platform') or 'threads'
+    if polled_on ~= platform then
+      -- One id, two platforms: the live poll asks its own platform; this request would be
+      -- answered about another container, so it is refused, not folded in as a duplicate.
+      return {'refused', cur[3] or '', 'container ' .. ARGV[1] .. ' is being polled on ' ..
+        polled_on .. ', not ' .. platform}
+    end
     if child then
       -- Already being polled: its final record will report to this carousel (no second poll),
       -- and it is no longer published on its own (the carousel is; publish_claim.lua refuses a
@@ -209,6 +223,8 @@ if first > now and not parent then
   put('window_delay', tostring((first - now) / 1000))
 end
 put('account', account)
+-- No field reads as threads (what every poll before Instagram was): only another is stored.
+put('platform', platform ~= 'threads' and platform or '')
 put('publish', ARGV[11] == '1' and '1' or '')
 put('webhook_url', ARGV[12])
 put('intake_entry', ARGV[15])
@@ -255,7 +271,9 @@ redis.call('ZADD', KEYS[3], first, job_id)
 if account ~= '' then
   redis.call('ZADD', KEYS[4], now / 1000, account)
 end
-local story = {restarted == '1' and 'q|r' or 'q'}
+-- The platform rides on the enqueue entry when it is not the default (worker/core/history.py).
+local story = {(restarted == '1' and 'q|r' or 'q') ..
+  (platform ~= 'threads' and ((restarted == '1' and '|' or '||') .. platform) or '')}
 if first > now and not parent then
   story[2] = 'w|' .. (first - now)
 end

@@ -1,22 +1,21 @@
-"""The fault matrix's accounting (bench/fault_matrix.py): the call bound, rates and gaps, row
-names, runs per call. Pure; the rows themselves and the harness's own checks against a real Redis:
-tests/system/test_fault_matrix.py.
+"""The fault matrix's accounting (bench/faults/: invariants, report, matrix): the call bound,
+rates and gaps, row names, runs per call. Pure; the rows themselves and the harness's own checks
+against a real Redis: tests/system/test_fault_matrix.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from bench.fault_matrix import (
-    ROWS,
-    RowResult,
+from bench.faults.invariants import (
     call_bound,
     calls_ahead_of_pace,
     gaps,
     is_throttled,
     max_in_window,
-    parse_rows,
 )
+from bench.faults.matrix import ROWS, parse_rows
+from bench.faults.report import RowResult
 from simulator import StatusCall
 
 

@@ -1,4 +1,4 @@
-"""The fault run's accounting (bench/fault_run.py): a bench that cannot fail proves nothing.
+"""The fault run's accounting (bench/faults/scenarios.py): a bench that cannot fail proves nothing.
 
 Pure: scenario ids, the classification of each container, the call bound, the worker-log parser and
 the starvation model. The run itself: tests/system/test_fault_run.py.
@@ -6,16 +6,15 @@ the starvation model. The run itself: tests/system/test_fault_run.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bench.fault_run import (
+from bench.faults.scenarios import (
     SCENARIOS,
-    Answer,
     FaultRunConfig,
     LogFacts,
-    call_bound,
     classify_container,
     container_id,
     parse_worker_logs,
@@ -23,9 +22,18 @@ from bench.fault_run import (
     scenario_of_index,
     starved_probability,
 )
+from bench.faults.scenarios import run_call_bound as call_bound
 from worker.core.result import PollResult
 
 CFG = FaultRunConfig(containers=300, interval=6.0, window=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer as the accounting reads it (``bench.faults.ledger.Answered``)."""
+
+    answer: str
+    delay: float
 
 
 def result(cid: str, status: str, **fields: str) -> PollResult:
