@@ -258,8 +258,9 @@ class WebhookJob:
             # The URL the delivery was created for (README "Webhooks": it travels in the job).
             url: str | None = str(job.args[3])
         else:
-            # A job from before URLs travelled with it: the poll's own URL while it is still
-            # that poll, else the default.
+            # A job without its URL (re-planned from its id, its data refused; or written before
+            # URLs travelled with it): the poll's own URL while it is still that poll, else the
+            # default.
             url = (
                 current.webhook_url
                 if current is not None and current.generation == generation
