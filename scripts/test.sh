@@ -17,6 +17,8 @@ echo "== mypy --strict"
 "$VENV/bin/mypy"
 echo "== import layers (import-linter: core <- store <- ops <- jobs <- runtime)"
 "$VENV/bin/lint-imports" --no-cache | tail -n 3
+echo "== vulture (dead code: [tool.vulture] in pyproject.toml, the dynamic names in tests/vulture_whitelist.py)"
+"$VENV/bin/vulture"
 echo "== container: hadolint, compose spec (tests/system/test_container.py runs them too, with canaries)"
 "$VENV/bin/hadolint" --failure-threshold style --disable-ignore-pragma Dockerfile
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml

@@ -249,10 +249,6 @@ _FIXED: dict[str, Step] = {
     "drop": DropStep(),
 }
 
-STATUS_WORDS = sorted(KNOWN_STATUSES)
-FAULT_WORDS = sorted(_FIXED)
-
-
 # The simulator's own inputs are bounded too: a step's text, a script's length, and a slow
 # answer's delay (a request held for ever would be a hang, not a fault).
 MAX_STEP_CHARS = 256

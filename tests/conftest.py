@@ -98,7 +98,8 @@ def make_settings(redis_url: str, base_url: str, **overrides: Any) -> Settings:
         # Pacing is tested on its own (test_api_policy.py); elsewhere it would only add delay.
         "account_max_requests_per_second": 0,
         "throttle_backoff_seconds": 0.2,
-        # No /metrics server unless a test asks for one (tests/test_metrics.py): no fixed port.
+        # No /metrics server unless a test asks for one (tests/integration/test_metrics.py): no
+        # fixed port.
         "metrics_port": 0,
         "log_format": "json",
     }

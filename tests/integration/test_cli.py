@@ -13,7 +13,7 @@ from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, worker_env
 from tests.conftest import running_worker
-from worker.cli import SERVE_SETTINGS, WORKER_SETTINGS
+from worker.cli.parser import SERVE_SETTINGS, WORKER_SETTINGS
 from worker.store.keys import Keys
 
 

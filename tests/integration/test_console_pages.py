@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from tests.web_helpers import RO_KEY, RW_KEY, Api, running_api
-from worker.core.access import KeyRing
 from worker.store.keys import Keys
+from worker.web.access import KeyRing
 
 HTML = {"Accept": "text/html"}
 

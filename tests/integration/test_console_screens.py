@@ -20,8 +20,8 @@ from bench.harness import RedisServer, free_port, spawn, threads_poller_command
 from tests.integration.test_console_browser import ARTIFACTS, CHROMIUM, FLAGS
 from tests.integration.test_serve import ahttp, serve_env, started
 from tests.web_helpers import RO_KEY, RW_KEY
-from worker.core.access import KeyRing
 from worker.store.keys import Keys
+from worker.web.access import KeyRing
 
 SCREENS = [(390, "light"), (390, "dark"), (1280, "light"), (1280, "dark")]
 

@@ -129,8 +129,8 @@ async def test_worker_survives_connections_dropped_while_it_starts_jobs(
     redis_server: RedisServer,
 ) -> None:
     """A Redis restart (or a failover, or a proxy dropping idle connections) can cut any
-    connection at any moment: while a job is claimed (stock arq WATCHes then), while arq reads
-    or re-schedules a job, during a new connection's handshake. The worker must carry on."""
+    connection at any moment: while a job is claimed, while the runner reads or re-schedules a
+    job, during a new connection's handshake. The worker must carry on."""
     async with simulator_in_process() as sim:
         sim.state.set_script("8810*", ["IN_PROGRESS"])
         settings = make_settings(

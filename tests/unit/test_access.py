@@ -1,10 +1,10 @@
-"""API keys, roles, console sessions and CSRF (worker.core.access). Pure."""
+"""API keys, roles, console sessions and CSRF (worker.web.access). Pure."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.core.access import (
+from worker.web.access import (
     SESSION_SECONDS,
     ApiKey,
     BadKeyError,

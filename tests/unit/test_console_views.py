@@ -9,9 +9,9 @@ from importlib import resources
 
 import pytest
 
-from worker.core.access import ApiKey, Role, Verdict
 from worker.core.result import PollResult
 from worker.ops.stats import MinuteStats
+from worker.web.access import ApiKey, Role, Verdict
 from worker.web.chart import LEFT, chart
 from worker.web.console import templates
 from worker.web.errors import ApiError

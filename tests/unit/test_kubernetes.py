@@ -4,7 +4,7 @@
 code they deploy: the probes are ``threads-poller health`` commands the CLI accepts, the stop
 grace is the worker's documented stop time plus a margin, no secret value in any env, read-only
 root, the image's user, the ports the settings open. The probes run against a real worker
-configured like the Deployment: tests/system/test_kubernetes_probes.py; in a container of the
+configured like the Deployment: tests/integration/test_health.py; in a container of the
 image: scripts/image-test.sh."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tests.kubernetes import (
     probe_command,
     render,
 )
-from worker.cli import build_parser
+from worker.cli.parser import build_parser
 from worker.ops import metrics
 from worker.runtime.app import STOP_REDIS_SECONDS
 from worker.web.console import STATIC

@@ -1,5 +1,5 @@
-"""Logging set-up (pure): below DEBUG, arq's per-job INFO lines are not even built. What a
-running worker logs: tests/integration/test_logs.py.
+"""Logging (pure): the redaction's fast path and the JSON formatter. What a running worker
+logs: tests/integration/test_logs.py.
 """
 
 from __future__ import annotations
@@ -7,36 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from api_client.redact import redact
 from config import LogFormat
-from worker.ops.logs import _STANDARD, JsonFormatter, RedactingFilter, setup_logging
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root, arq_log = logging.getLogger(), logging.getLogger("arq.worker")
-    saved = (list(root.handlers), root.level, arq_log.level, list(arq_log.filters))
-    yield
-    root.handlers[:], arq_log.filters[:] = saved[0], saved[3]
-    root.setLevel(saved[1])
-    arq_log.setLevel(saved[2])
-
-
-def test_arq_info_lines_are_not_built_below_debug(restore_logging: None) -> None:
-    arq_log = logging.getLogger("arq.worker")
-    setup_logging(LogFormat.JSON, "INFO")
-    # arq's per-job "→ job" / "← job" records would be built and then dropped: skip them.
-    assert not arq_log.isEnabledFor(logging.INFO)
-    assert arq_log.isEnabledFor(logging.WARNING)  # its failures still show
-    setup_logging(LogFormat.JSON, "DEBUG")
-    assert arq_log.isEnabledFor(logging.DEBUG)
-
+from worker.ops.logs import _STANDARD, JsonFormatter, RedactingFilter
 
 # --- The redaction's one-look fast path and the JSON formatter (issue 22, closer to the floor) --
 

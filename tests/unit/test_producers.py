@@ -18,9 +18,9 @@ from config.producers import (
     parse_producers,
     split_scoped_key,
 )
-from worker.core.access import KeyRing, Role, authorize
 from worker.store.acl import acl_setuser, role_rules
 from worker.store.keys import Keys
+from worker.web.access import KeyRing, Role, authorize
 from worker.web.auth import KeysError, KeySource
 
 CONFIG = {

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from api_client.errors import MalformedResponseError, ThreadsError
 from api_client.parsing import parse_publishing_limit
-from worker.cli import quota_line
+from worker.cli.operator import quota_line
 
 FULL = {
     "data": [

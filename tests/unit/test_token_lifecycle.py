@@ -19,7 +19,6 @@ from worker.core.tokens import (
     expiry_from_refresh,
     parse_time,
     parse_token_entries,
-    refresh_backoff,
     refresh_verdict,
 )
 from worker.jobs.token_refresh import Refreshed, refresh_base
@@ -111,12 +110,6 @@ def test_expiry_counts_from_redis_time() -> None:
     for bad in (0, -1, "5183944", None, True, float("inf"), 10**9):
         with pytest.raises(ValueError):
             expiry_from_refresh(NOW, bad)
-
-
-def test_backoff_doubles_up_to_the_cap() -> None:
-    got = [refresh_backoff(n, base=300, cap=3600) for n in range(1, 7)]
-    assert got == [300, 600, 1200, 2400, 3600, 3600]
-    assert refresh_backoff(10_000, base=1, cap=5) == 5
 
 
 def test_refresh_base_drops_the_version() -> None:

@@ -1,5 +1,5 @@
-"""Webhook signatures and settings (pure). Delivery, retries and dead letters against a real
-receiver: tests/integration/test_webhooks.py.
+"""Webhook signatures, settings and what an attempt's answer means (pure). Delivery, retries and
+dead letters against a real receiver: tests/integration/test_webhooks.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from config import Settings, SettingsError, load_settings
 from worker.core.targets import WebhookPolicy
+from worker.core.webhooks import DeliveryVerdict, WebhookOutcome, judge_delivery
 from worker.jobs.webhook import (
     GuardedResolver,
     TargetRefusedError,
@@ -160,3 +161,40 @@ def test_the_delivery_resolver_refuses_what_the_policy_refuses() -> None:
 def test_a_stored_url_is_judged_again_before_delivery(url: str, why: str | None) -> None:
     refusal = delivery_refusal(url, WebhookPolicy(signing=True))
     assert (refusal is None) if why is None else (why in (refusal or "")), refusal
+
+
+@pytest.mark.parametrize(
+    ("status", "failure", "refused", "attempt", "expected"),
+    [
+        (200, "", False, 1, DeliveryVerdict(WebhookOutcome.DELIVERED, "")),
+        (204, "", False, 6, DeliveryVerdict(WebhookOutcome.DELIVERED, "")),
+        # 5xx and the "later" statuses are retried while attempts are left, then dead.
+        (503, "", False, 1, DeliveryVerdict(WebhookOutcome.RETRY, "HTTP 503")),
+        (429, "", False, 2, DeliveryVerdict(WebhookOutcome.RETRY, "HTTP 429")),
+        (408, "", False, 3, DeliveryVerdict(WebhookOutcome.DEAD, "HTTP 408")),
+        # Any other status is the receiver's final no: dead at once, not retryable.
+        (404, "", False, 1, DeliveryVerdict(WebhookOutcome.DEAD, "HTTP 404", retryable=False)),
+        (302, "", False, 1, DeliveryVerdict(WebhookOutcome.DEAD, "HTTP 302", retryable=False)),
+        # No answer: retried; a refused target never is.
+        (
+            None,
+            "no answer within 5s",
+            False,
+            1,
+            DeliveryVerdict(WebhookOutcome.RETRY, "no answer within 5s"),
+        ),
+        (None, "", False, 3, DeliveryVerdict(WebhookOutcome.DEAD, "failed")),
+        (
+            None,
+            "webhook url refused: 10.0.0.1",
+            True,
+            1,
+            DeliveryVerdict(WebhookOutcome.DEAD, "webhook url refused: 10.0.0.1", retryable=False),
+        ),
+    ],
+)
+def test_judge_delivery(
+    status: int | None, failure: str, refused: bool, attempt: int, expected: DeliveryVerdict
+) -> None:
+    got = judge_delivery(status, attempt=attempt, max_attempts=3, failure=failure, refused=refused)
+    assert got == expected

@@ -137,18 +137,18 @@ def next_check_at(
     return due
 
 
-# A run this close to its due time is on time: arq starts a job when its score (ms) is due, and
-# the score and next_check_at are computed a few ms apart.
+# A run this close to its due time is on time: the runner claims a job when its score (ms) is
+# due, and the score and next_check_at are computed a few ms apart.
 EARLY_TOLERANCE_SECONDS = 1.0
 
 
 def wait_before_check(next_check: float | None, *, now: float) -> float:
     """Seconds until the check is due, 0 when it is (or nearly is).
 
-    A run comes early only when a job's previous run recorded its check but the job was not
-    re-scheduled: under stock arq, whose re-scheduling is a separate write after the run, a worker
-    killed (or Redis lost) between the two. Waiting keeps the once-per-interval promise instead
-    of spending an API call. (Our runner re-schedules in the record script itself.)
+    The job's score (when the runner claims it) and the poll's ``next_check_at`` (when the
+    check is due) are two fields; the record script writes both at once, but a job made due by
+    another path (given back to its queue, resumed, written by another client) can come before
+    its check. Waiting keeps the once-per-interval promise instead of spending an API call.
     """
     if next_check is None or next_check - now <= EARLY_TOLERANCE_SECONDS:
         return 0.0

@@ -79,19 +79,3 @@ def judge_publish(outcome: str | ThreadsError) -> PublishVerdict:
     if kind is ErrorKind.TRANSIENT:
         return PublishVerdict.RETRY_LATER
     return PublishVerdict.FAILED
-
-
-class WebhookStatus(StrEnum):
-    """The ``webhook_status`` field of the result hash."""
-
-    PENDING = "pending"  # the delivery job exists (created with the final state)
-    DELIVERED = "delivered"
-    DEAD = "dead"  # failed for good: see {prefix}:webhooks:dead
-
-
-class WebhookOutcome(StrEnum):
-    """What one delivery attempt leads to."""
-
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    DEAD = "dead"

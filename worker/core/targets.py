@@ -120,9 +120,6 @@ class WebhookPolicy:
             host.endswith(suffix) for suffix in self.allowed_suffixes
         )
 
-    def allows_address(self, address: IPAddress) -> bool:
-        return address_refusal(address, self) is None
-
 
 def webhook_policy(settings: Settings, *, worker: bool = False) -> WebhookPolicy:
     """The policy ``settings`` describe; SettingsError for a bad WEBHOOK_ALLOWED_HOSTS.

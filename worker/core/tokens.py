@@ -22,8 +22,6 @@ from typing import Any
 MAX_TOKENS_FILE_BYTES = 32 << 20
 # Meta: a long-lived token can be refreshed once it is at least 24 hours old.
 MIN_REFRESH_AGE_SECONDS = 86400.0
-# Meta: long-lived tokens, and refreshed ones, are valid for 60 days.
-LONG_LIVED_SECONDS = 60 * 86400.0
 # An ``expires_in`` beyond this is not believed (a year: Meta documents 60 days).
 MAX_EXPIRES_IN_SECONDS = 366 * 86400
 
@@ -172,13 +170,3 @@ def refresh_verdict(facts: TokenFacts, *, now: float, margin: float) -> RefreshV
     if now < facts.retry_at:
         return RefreshVerdict.BACKING_OFF
     return RefreshVerdict.DUE
-
-
-def refresh_backoff(failures: int, *, base: float, cap: float) -> float:
-    """Seconds before the next try after ``failures`` failed refreshes in a row (>= 1)."""
-    exp = min(max(failures, 1) - 1, 30)
-    return float(min(cap, base * (2**exp)))
-
-
-def seconds_to_expiry(expires_at: float | None, now: float) -> float | None:
-    return None if expires_at is None else expires_at - now

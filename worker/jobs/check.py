@@ -54,9 +54,9 @@ from worker.core.publishing import judge_publish
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.targets import WebhookPolicy
 from worker.core.tracing import poll_traceparent
+from worker.core.webhooks import body_for
 from worker.jobs.quota import fetch_quota, quota_ttl
 from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
-from worker.jobs.webhook import body_for
 from worker.ops import metrics, tracing
 from worker.ops.tracing import NOOP_SPAN, Span
 from worker.store.accounts import AccountStore
@@ -93,7 +93,6 @@ class PollerContext:
     clients: Mapping[str, ThreadsClient]
     tokens: TokenSource
     policy: Policy
-    client_session: aiohttp.ClientSession
     # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
     webhook_session: aiohttp.ClientSession
     webhook_policy: WebhookPolicy

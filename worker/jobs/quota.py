@@ -11,7 +11,6 @@ spending API calls.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from api_client.platforms import (
 from config import AuthMode, Settings
 from worker.core.ids import validate_id
 from worker.jobs.tokens import DEFAULT_ACCOUNT, AccountTokenSource, TokenSource
+from worker.ops.loops import every
 from worker.store.accounts import AccountStore
 from worker.store.keys import Keys
 
@@ -116,31 +116,27 @@ async def refresh_quotas_forever(
     tokens: TokenSource,
     settings: Settings,
 ) -> None:
-    """Keep the cached quota of every recently active account (any platform) fresh."""
+    """Keep the cached quota of every recently active account (any platform) fresh (a failed
+    round is logged, the next one tries again)."""
     period = settings.quota_refresh_seconds
-    while True:
-        try:
-            seconds, _ = await redis.time()
-            users = await accounts.active_accounts(since=float(seconds) - 86400)
-            for platform in PLATFORMS.values():
-                own = settings.platform_user_id(platform)
-                if own and platform.account_key(own) not in users:
-                    users.append(platform.account_key(own))
-            for user_id in users:
-                lock = f"{accounts.keys.quota(user_id)}:lock"
-                # One worker per account per period; the others skip it.
-                if not await redis.set(lock, b"1", nx=True, px=int(period * 1000)):
-                    continue
-                try:
-                    snapshot = await fetch_quota(clients, tokens, user_id)
-                except ThreadsError as exc:
-                    log.warning(
-                        "quota refresh failed", extra={"account": user_id, "error": str(exc)}
-                    )
-                    continue
-                await accounts.save_quota(snapshot, quota_ttl(settings))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("quota refresh round failed")
-        await asyncio.sleep(period)
+
+    async def round_() -> None:
+        seconds, _ = await redis.time()
+        users = await accounts.active_accounts(since=float(seconds) - 86400)
+        for platform in PLATFORMS.values():
+            own = settings.platform_user_id(platform)
+            if own and platform.account_key(own) not in users:
+                users.append(platform.account_key(own))
+        for user_id in users:
+            lock = f"{accounts.keys.quota(user_id)}:lock"
+            # One worker per account per period; the others skip it.
+            if not await redis.set(lock, b"1", nx=True, px=int(period * 1000)):
+                continue
+            try:
+                snapshot = await fetch_quota(clients, tokens, user_id)
+            except ThreadsError as exc:
+                log.warning("quota refresh failed", extra={"account": user_id, "error": str(exc)})
+                continue
+            await accounts.save_quota(snapshot, quota_ttl(settings))
+
+    await every("quota refresh", period, round_, logger=log)

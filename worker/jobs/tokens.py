@@ -106,19 +106,6 @@ class TokenSource(Protocol):
         ...
 
 
-class StaticTokenSource:
-    """One token for every container: ``THREADS_ACCESS_TOKEN``."""
-
-    def __init__(self, token: SecretStr | None) -> None:
-        self._token = token
-
-    async def token_for(self, account: str | None) -> str | None:
-        return self._token.get_secret_value() if self._token else None
-
-    def known_secrets(self) -> list[str]:
-        return [self._token.get_secret_value()] if self._token else []
-
-
 class _Watched:
     """One JSON tokens file, re-read when its modification time changes."""
 

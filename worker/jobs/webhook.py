@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -39,8 +38,6 @@ from yarl import URL
 from api_client.client import USER_AGENT
 from api_client.redact import redact
 from worker.core.errors import InvalidIdError
-from worker.core.publishing import WebhookOutcome as Out
-from worker.core.publishing import WebhookStatus
 from worker.core.result import PollResult
 from worker.core.signing import (
     DEFAULT_TOLERANCE_SECONDS,
@@ -57,7 +54,9 @@ from worker.core.targets import (
     parse_target,
 )
 from worker.core.tracing import poll_traceparent
-from worker.core.webhooks import EVENT_NAME, body_for
+from worker.core.webhooks import EVENT_NAME, WebhookStatus, body_for, judge_delivery
+from worker.core.webhooks import WebhookOutcome as Out
+from worker.jobs.check import PollerContext
 from worker.ops import metrics, tracing
 from worker.store.jobdata import DELIVER_FUNCTION
 from worker.store.queue import ClaimedJob, persist
@@ -81,7 +80,6 @@ SIGNATURE_HEADER = THREADS_POLLER_SIGNATURE_HEADER
 # Sent under every scheme: informative, not signed.
 DELIVERY_HEADER = "X-Threads-Poller-Delivery"
 EVENT_HEADER = "X-Threads-Poller-Event"
-RETRY_STATUSES = frozenset({408, 425, 429})
 DEAD_LETTERS_MAX_LEN = 100_000
 # A receiver's answer is read up to this much (and then dropped): its body is not used.
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -204,8 +202,7 @@ class WebhookJob:
     delivery says. Every outcome is written by one fenced script (``store.settle_webhook``).
     """
 
-    def __init__(self, poller: Any) -> None:
-        # worker.jobs.check.PollerContext (typed loosely: jobs imports this module).
+    def __init__(self, poller: PollerContext) -> None:
         self.p = poller
 
     async def __call__(self, job: ClaimedJob) -> None:
@@ -261,8 +258,9 @@ class WebhookJob:
             # The URL the delivery was created for (README "Webhooks": it travels in the job).
             url: str | None = str(job.args[3])
         else:
-            # A job from before URLs travelled with it: the poll's own URL while it is still
-            # that poll, else the default.
+            # A job without its URL (re-planned from its id, its data refused; or written before
+            # URLs travelled with it): the poll's own URL while it is still that poll, else the
+            # default.
             url = (
                 current.webhook_url
                 if current is not None and current.generation == generation
@@ -312,8 +310,8 @@ class WebhookJob:
             headers["traceparent"] = onward
         if span is not tracing.NOOP_SPAN:
             span.set("threads_poller.webhook.url", tracing.safe_url(url))
-        reason: str | None = None
-        retryable = True
+        status: int | None = None
+        failure, refused = "", False
         try:
             async with self.p.webhook_session.post(
                 url,
@@ -324,39 +322,42 @@ class WebhookJob:
             ) as resp:
                 await resp.content.read(MAX_RESPONSE_BYTES)
                 span.set("http.response.status_code", resp.status)
-                if 200 <= resp.status < 300:
-                    await self._settle(job, generation, Out.DELIVERED, attempt, "", url, body)
-                    log.info(
-                        "webhook delivered",
-                        extra={"container_id": container_id, "attempt": attempt},
-                    )
-                    return
-                reason = f"HTTP {resp.status}"
-                retryable = resp.status >= 500 or resp.status in RETRY_STATUSES
+                status = resp.status
         except TimeoutError:
-            reason = f"no answer within {settings.webhook_timeout_seconds:g}s"
+            failure = f"no answer within {settings.webhook_timeout_seconds:g}s"
         except (aiohttp.ClientError, OSError) as exc:
-            refused = _refused(exc)
-            if refused is not None:
-                reason, retryable = f"webhook url refused: {refused}", False
+            guard = _refused(exc)
+            if guard is not None:
+                failure, refused = f"webhook url refused: {guard}", True
             else:
-                reason = redact(f"{type(exc).__name__}: {exc}")
-        span.error("webhook_failed" if retryable else "webhook_refused")
-        if not retryable or attempt >= settings.webhook_attempts():
-            await self._settle(job, generation, Out.DEAD, attempt, reason or "failed", url, body)
+                failure = redact(f"{type(exc).__name__}: {exc}")
+        verdict = judge_delivery(
+            status,
+            attempt=attempt,
+            max_attempts=settings.webhook_attempts(),
+            failure=failure,
+            refused=refused,
+        )
+        if verdict.outcome is Out.DELIVERED:
+            await self._settle(job, generation, Out.DELIVERED, attempt, "", url, body)
+            log.info("webhook delivered", extra={"container_id": container_id, "attempt": attempt})
+            return
+        span.error("webhook_failed" if verdict.retryable else "webhook_refused")
+        if verdict.outcome is Out.DEAD:
+            await self._settle(job, generation, Out.DEAD, attempt, verdict.reason, url, body)
             log.error(
                 "webhook dead-lettered after %d attempt(s): %s",
                 attempt,
-                reason,
+                verdict.reason,
                 extra={"container_id": container_id},
             )
             return
         delay = settings.webhook_retry_delay(attempt)
-        await self._settle(job, generation, Out.RETRY, attempt, reason or "", url, body, delay)
+        await self._settle(job, generation, Out.RETRY, attempt, verdict.reason, url, body, delay)
         log.warning(
             "webhook delivery failed, retrying in %.1fs: %s",
             delay,
-            reason,
+            verdict.reason,
             extra={"container_id": container_id, "attempt": attempt},
         )
 

@@ -1,10 +1,10 @@
 """Per-process liveness: each worker beats in Redis, ``threads-poller health`` reads the beat.
 
-arq's own health key (``{prefix}:queue:health-check``) is one key for the whole queue: with three
-workers it stays fresh while two of them are dead, and the first worker to stop deletes it for
-everybody. So each worker process writes its own key, ``{prefix}:worker:{name}``, every
-``BEAT_SECONDS`` with a TTL of three beats, and lists its name in the ``{prefix}:workers`` sorted
-set so that readers find the live ones without a SCAN over the whole keyspace.
+One key for the whole queue would stay fresh while two of three workers are dead, and the first
+worker to stop would delete it for everybody. So each worker process writes its own key,
+``{prefix}:worker:{name}``, every ``BEAT_SECONDS`` with a TTL of three beats, and lists its name
+in the ``{prefix}:workers`` sorted set so that readers find the live ones without a SCAN over the
+whole keyspace.
 
 Times in a heartbeat are Redis server time: the health check of one container compares them with
 the same clock, whatever the skew between hosts.
@@ -34,6 +34,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from worker.ops.loops import every
 from worker.store.keys import Keys
 
 log = logging.getLogger("threads_poller.health")
@@ -180,24 +181,34 @@ class Heartbeat:
         return beat
 
     async def run(self) -> None:
-        """Beat every ``beat_seconds``, and at once when the worker starts draining."""
+        """Beat every ``beat_seconds``, and at once when the worker starts draining (looked at
+        every half second). A failed beat (Redis is away, or the probe broke) is logged and tried
+        again a whole beat later: meanwhile the key expires and health says so."""
         loop = asyncio.get_running_loop()
         last_beat = loop.time()
         last_accepting = True
-        while True:
-            await asyncio.sleep(min(_STATE_POLL_SECONDS, self.beat_seconds))
+
+        async def look() -> None:
+            nonlocal last_beat, last_accepting
             try:
                 accepting, _ = self.probe()
                 if loop.time() - last_beat < self.beat_seconds and accepting == last_accepting:
-                    continue
+                    return
                 await self.beat()
-                last_beat, last_accepting = loop.time(), accepting
-            except asyncio.CancelledError:
-                raise
+                last_accepting = accepting
             except Exception:
-                # Redis is away (or the probe broke): the key expires and health says so.
-                log.warning("heartbeat not written", exc_info=True)
-                last_beat = loop.time()
+                last_beat = loop.time()  # the next try a whole beat later
+                raise
+            last_beat = loop.time()
+
+        await every(
+            "heartbeat",
+            min(_STATE_POLL_SECONDS, self.beat_seconds),
+            look,
+            wait_first=True,
+            logger=log,
+            level=logging.WARNING,
+        )
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):

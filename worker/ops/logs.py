@@ -1,7 +1,7 @@
 """Logging: one JSON object per line by default (plain text on a terminal), tokens scrubbed.
 
 Scrubbing happens in a filter on the handler, after formatting of the message and any traceback,
-so no code path (ours, arq's, aiohttp's) can put a token on the wire by accident.
+so no code path (ours, aiohttp's, another library's) can put a token on the wire by accident.
 """
 
 from __future__ import annotations
@@ -102,22 +102,6 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class ArqJobLineFilter(logging.Filter):
-    """Drops arq's three INFO lines per job run ("→ job", "← job", "↻ retrying").
-
-    Our own check line (DEBUG; INFO for final states) carries the same facts (container id,
-    job try, status, timings); arq's cost about a quarter of a worker's CPU at full load
-    (bench/). arq's failure lines (WARNING and up) and its DEBUG lines still pass.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.levelno == logging.INFO
-            and isinstance(record.msg, str)
-            and record.msg.startswith("%6.2fs ")
-        )
-
-
 class AbandonedLookupFilter(logging.Filter):
     """Drops asyncio's "Future exception was never retrieved" for a failed DNS lookup.
 
@@ -147,17 +131,9 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's access log and arq's per-job lines are noisy at INFO on a busy worker.
+    # aiohttp's access log is noisy at INFO on a busy server.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     asyncio_log = logging.getLogger("asyncio")
     for stale in [f for f in asyncio_log.filters if isinstance(f, AbandonedLookupFilter)]:
         asyncio_log.removeFilter(stale)
     asyncio_log.addFilter(AbandonedLookupFilter())
-    arq_log = logging.getLogger("arq.worker")
-    for old_filter in [f for f in arq_log.filters if isinstance(f, ArqJobLineFilter)]:
-        arq_log.removeFilter(old_filter)
-    arq_log.addFilter(ArqJobLineFilter())
-    # Below DEBUG, arq's INFO lines are not even built: building and then dropping its two
-    # per-job records costs about 4% of a check's CPU. Our own "worker started" / "worker
-    # stopped" lines (with arq's job counters) replace its start and shutdown lines.
-    arq_log.setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)

@@ -46,9 +46,9 @@ from api_client.models import ApiStatus, ContainerStatus
 from api_client.platforms import PLATFORMS
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import Decision
-from worker.core.publishing import PublishVerdict, WebhookOutcome
-from worker.core.result import PollResult
+from worker.core.publishing import PublishVerdict
 from worker.core.states import FINAL_STATES, State
+from worker.core.webhooks import WebhookOutcome
 from worker.ops.health import live_beats
 from worker.ops.stats import MINUTES, note_inflight
 from worker.store.admin import AdminStore
@@ -59,8 +59,6 @@ log = logging.getLogger("threads_poller.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 SAMPLE_SECONDS = 5.0
-# Where check_container notes the run's start in arq's per-job ctx (read by check_timings).
-RUN_STARTED_KEY = "check_started_at"
 _KNOWN_STATUSES = frozenset(s.value for s in State)
 OTHER = "OTHER"
 API_STATUSES = (*(s.value for s in ApiStatus), OTHER)
@@ -544,18 +542,3 @@ async def stop_server(server: MetricsServer | None) -> None:
         with contextlib.suppress(Exception):
             # shutdown() waits for the serving thread's poll loop: not on the event loop.
             await asyncio.to_thread(server.close)
-
-
-def check_timings(ctx: dict[str, Any], current: PollResult, now: float) -> dict[str, float]:
-    """``run_ms`` (this run so far) and ``lag_s`` (how late it started) for the check log line.
-
-    ``ctx`` is arq's per-job dict, where ``check_container`` notes when the run started.
-    """
-    started = ctx.get(RUN_STARTED_KEY)
-    if not isinstance(started, float):
-        return {}
-    timings = {"run_ms": round((now - started) * 1000, 1)}
-    due = current.next_check_at or current.enqueued_at
-    if due is not None:
-        timings["lag_s"] = round(started - due, 3)
-    return timings

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from worker.ops.loops import every
 from worker.store.keys import Keys
 
 log = logging.getLogger("threads_poller.stats")
@@ -80,15 +81,15 @@ async def flush_forever(
     redis: Redis, keys: Keys, tally: MinuteTally = MINUTES, period: float = FLUSH_SECONDS
 ) -> None:
     """Flush every ``period`` until cancelled; a cancel flushes once more (a clean stop)."""
+
+    async def round_() -> None:
+        # A failed flush gives its counts back to the tally: the next round writes them.
+        await tally.flush(redis, keys)
+
     try:
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await tally.flush(redis, keys)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("stats: per-minute counts not written (kept for the next)")
+        await every(
+            "stats flush", period, round_, wait_first=True, logger=log, level=logging.WARNING
+        )
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(tally.flush(redis, keys), 2.0)

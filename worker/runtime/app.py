@@ -120,7 +120,6 @@ def build_poller(
         clients=clients_for(settings, session),
         tokens=tokens,
         policy=policy_of(settings),
-        client_session=session,
         webhook_session=webhook_session,
         webhook_policy=policy,
         replicas=Replicas(redis, store.keys, fixed=settings.publish_wait_replicas),
@@ -271,25 +270,37 @@ class PollerWorker:
         self.stop()
 
     async def run(self) -> None:
-        s = self.settings
-        own_redis = self.redis is None
+        """Start, claim until ``stop``, drain; every resource acquired is released in reverse
+        order on the way out, whatever ends the run (an ``AsyncExitStack``)."""
         try:
-            redis = self.redis or await connect_worker_redis(s, stopping=self._stopping)
+            redis = self.redis or await connect_worker_redis(self.settings, stopping=self._stopping)
         except StartupAborted:
             log.info("worker stopped before Redis answered")
             return
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self._log_stopped)  # the very last line of a run
+            if self.redis is None:
+                stack.push_async_callback(redis.aclose)
+            parts = self._wire(stack, redis)
+            await self._start(stack, parts)
+            await self._claim_until_stopped(parts.runner, parts.deliveries)
+
+    def _wire(self, stack: contextlib.AsyncExitStack, redis: Redis) -> _Parts:
+        """Everything a run uses, built from the settings; the HTTP sessions close at the end."""
+        s = self.settings
         tokens = self.tokens or token_source(s)
         policy = webhook_policy(s, worker=True)
         own_secrets = s.secrets()
         session = make_session(
             timeout_seconds=s.http_timeout_seconds, max_connections=concurrency(s)
         )
+        stack.push_async_callback(session.close)
         # A connection for each delivery slot: a delivery never waits for another's.
         hooks = make_webhook_session(
             policy, max_connections=webhook_concurrency(s), resolver=self.webhook_resolver
         )
+        stack.push_async_callback(hooks.close)
         poller = build_poller(s, redis, tokens, session, hooks, policy)
-        store, accounts, clients = poller.store, poller.accounts, poller.clients
         runner, deliveries = runners(s, poller)
         self.runner, self.webhook_runner = runner, deliveries
         # One consumer per producer's stream (the default one, then each named producer's),
@@ -298,7 +309,7 @@ class PollerWorker:
         intakes = [
             IntakeConsumer(
                 redis,
-                store,
+                poller.store,
                 consumer=runner.name,
                 batch_size=s.intake_batch_size,
                 claim_idle_seconds=s.intake_claim_idle_seconds,
@@ -312,112 +323,139 @@ class PollerWorker:
         ]
         heartbeat = Heartbeat(
             redis,
-            store.keys,
+            poller.store.keys,
             runner.name,
             probe=lambda: (runner.accepting, job_counts(runner, deliveries)),
         )
-        background = self.background
+        stack.push_async_callback(_leave, intakes, heartbeat)
+        return _Parts(redis, tokens, session, poller, runner, deliveries, intakes, heartbeat)
 
-        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
-            background.append(asyncio.create_task(coro, name=name))
+    async def _start(self, stack: contextlib.AsyncExitStack, parts: _Parts) -> None:
+        """The config for producers, a first beat, the background loops (cancelled at the end),
+        the gauges and the /metrics server."""
+        s, poller, runner, deliveries = self.settings, parts.poller, parts.runner, parts.deliveries
+        for warning in s.warnings():
+            log.warning(warning)
+        await republish(poller)
+        await parts.heartbeat.beat()
+        stack.push_async_callback(self._cancel_background)
+        stack.callback(deliveries.stop)
+        stack.callback(runner.stop)
+        for name, loop in self._loops(parts):
+            self.background.append(asyncio.create_task(loop, name=name))
+        metrics.track_jobs(lambda: runner.running, runner.concurrency)
+        metrics.track_deliveries(lambda: deliveries.running, deliveries.concurrency)
+        if s.metrics_port > 0:
+            # This process's own metrics; the deployment's (Redis) gauges: `serve`.
+            self.metrics_server = metrics.start_server(s.metrics_port, s.metrics_host)
+            stack.push_async_callback(metrics.stop_server, self.metrics_server)
+        log.info(
+            "worker started",
+            extra={
+                "worker": runner.name,
+                "api_base_url": s.threads_api_base_url,
+                "interval_s": s.poll_interval_seconds,
+                "window_s": s.poll_max_seconds,
+                "concurrency": runner.concurrency,
+                "lease_s": runner.lease_s,
+                "queue": poller.store.keys.queue,
+                "webhook_concurrency": deliveries.concurrency,
+                "webhook_queue": poller.store.keys.webhook_queue,
+            },
+        )
 
-        try:
-            for warning in s.warnings():
-                log.warning(warning)
-            await republish(poller)
-            await heartbeat.beat()
-            spawn(heartbeat.run(), "heartbeat")
-            for intake in intakes:
-                spawn(intake.run(), f"intake:{intake.scope.name}")
-            spawn(
-                reconcile_forever(
-                    store,
-                    period_seconds=min(60.0, max(1.0, s.poll_interval_seconds)),
-                    grace_seconds=s.job_timeout_seconds + s.poll_interval_seconds + 30.0,
-                    republish=lambda: republish(poller),
-                ),
-                "reconcile",
-            )
-            spawn(refresh_quotas_forever(redis, accounts, clients, tokens, s), "quota")
-            if isinstance(tokens, AccountTokenSource) and s.threads_tokens_file is not None:
-                keeper = TokenKeeper(accounts, tokens, session, s, owner=runner.name)
-                spawn(keeper.run_forever(), "tokens")
-            # Per-minute counts for the console's chart (worker.ops.stats).
-            spawn(stats.flush_forever(redis, store.keys), "stats")
-            metrics.track_jobs(lambda: runner.running, runner.concurrency)
-            metrics.track_deliveries(lambda: deliveries.running, deliveries.concurrency)
-            if s.metrics_port > 0:
-                # This process's own metrics; the deployment's (Redis) gauges: `serve`.
-                self.metrics_server = metrics.start_server(s.metrics_port, s.metrics_host)
-            log.info(
-                "worker started",
-                extra={
-                    "worker": runner.name,
-                    "api_base_url": s.threads_api_base_url,
-                    "interval_s": s.poll_interval_seconds,
-                    "window_s": s.poll_max_seconds,
-                    "concurrency": runner.concurrency,
-                    "lease_s": runner.lease_s,
-                    "queue": store.keys.queue,
-                    "webhook_concurrency": deliveries.concurrency,
-                    "webhook_queue": store.keys.webhook_queue,
-                },
-            )
+    def _loops(self, parts: _Parts) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The loops beside the runners, by task name (each on ``worker.ops.loops.every``)."""
+        s, poller, redis, tokens = self.settings, parts.poller, parts.redis, parts.tokens
+        loops: list[tuple[str, Coroutine[Any, Any, None]]] = [("heartbeat", parts.heartbeat.run())]
+        loops += [(f"intake:{intake.scope.name}", intake.run()) for intake in parts.intakes]
+        reconcile = reconcile_forever(
+            poller.store,
+            period_seconds=min(60.0, max(1.0, s.poll_interval_seconds)),
+            grace_seconds=s.job_timeout_seconds + s.poll_interval_seconds + 30.0,
+            republish=lambda: republish(poller),
+        )
+        loops.append(("reconcile", reconcile))
+        quota = refresh_quotas_forever(redis, poller.accounts, poller.clients, tokens, s)
+        loops.append(("quota", quota))
+        if isinstance(tokens, AccountTokenSource) and s.threads_tokens_file is not None:
+            keeper = TokenKeeper(poller.accounts, tokens, parts.session, s, owner=parts.runner.name)
+            loops.append(("tokens", keeper.run_forever()))
+        # Per-minute counts for the console's chart (worker.ops.stats).
+        loops.append(("stats", stats.flush_forever(redis, poller.store.keys)))
+        return loops
 
-            async def claim() -> None:
-                # Both claim loops; each returns at ``stop`` (a Redis error only pauses one).
-                await asyncio.gather(runner.run(), deliveries.run())
+    async def _claim_until_stopped(self, runner: Runner, deliveries: Runner) -> None:
+        """Both runners claim until ``stop``; then running jobs get a grace to finish."""
 
-            claiming: asyncio.Future[None] | None = None
-            if not self._stopping.is_set():
-                self._alive = True
-                claiming = asyncio.ensure_future(claim())
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
-                    self._alive = False
-            stopped_at = asyncio.get_running_loop().time()
-            grace = math.ceil(s.http_timeout_seconds) + 2
-            await asyncio.gather(runner.drain(grace), deliveries.drain(grace))
-            if claiming is not None:
-                # A claim still waiting on an absent Redis (STOP_REDIS_SECONDS after the stop, the
-                # drain included) is abandoned: any job Redis did hand it is due again when its
-                # lease ends, as after a crash.
-                waited = asyncio.get_running_loop().time() - stopped_at
-                await asyncio.wait({claiming}, timeout=max(0.0, STOP_REDIS_SECONDS - waited))
-                claiming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await claiming
-        finally:
-            runner.stop()
-            deliveries.stop()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        async def claim() -> None:
+            # Both claim loops; each returns at ``stop`` (a Redis error only pauses one).
+            await asyncio.gather(runner.run(), deliveries.run())
+
+        claiming: asyncio.Future[None] | None = None
+        if not self._stopping.is_set():
+            self._alive = True
+            claiming = asyncio.ensure_future(claim())
+            stopping = asyncio.ensure_future(self._stopping.wait())
             try:
-                async with asyncio.timeout(STOP_REDIS_SECONDS):
-                    for intake in intakes:
-                        with contextlib.suppress(Exception):
-                            await intake.close()
-                    with contextlib.suppress(Exception):
-                        # At once, not after the TTL: from here on this process fails its health
-                        # check.
-                        await heartbeat.stop()
-            except TimeoutError:
-                log.warning(
-                    "Redis did not answer at stop: heartbeat and intake consumer left to expire",
-                    extra={"waited_s": STOP_REDIS_SECONDS},
-                )
-            await session.close()
-            await hooks.close()
-            await metrics.stop_server(self.metrics_server)
-            if own_redis:
-                await redis.aclose()
-            log.info("worker stopped", extra=job_counts(runner, deliveries))
+                await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                self._alive = False
+        stopped_at = asyncio.get_running_loop().time()
+        grace = math.ceil(self.settings.http_timeout_seconds) + 2
+        await asyncio.gather(runner.drain(grace), deliveries.drain(grace))
+        if claiming is not None:
+            # A claim still waiting on an absent Redis (STOP_REDIS_SECONDS after the stop, the
+            # drain included) is abandoned: any job Redis did hand it is due again when its
+            # lease ends, as after a crash.
+            waited = asyncio.get_running_loop().time() - stopped_at
+            await asyncio.wait({claiming}, timeout=max(0.0, STOP_REDIS_SECONDS - waited))
+            claiming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claiming
+
+    async def _cancel_background(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _log_stopped(self) -> None:
+        if self.runner is not None and self.webhook_runner is not None:
+            log.info("worker stopped", extra=job_counts(self.runner, self.webhook_runner))
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What one run of ``PollerWorker`` is made of (``PollerWorker._wire``)."""
+
+    redis: Redis
+    tokens: TokenSource
+    session: aiohttp.ClientSession
+    poller: PollerContext
+    runner: Runner
+    deliveries: Runner
+    intakes: list[IntakeConsumer]
+    heartbeat: Heartbeat
+
+
+async def _leave(intakes: list[IntakeConsumer], heartbeat: Heartbeat) -> None:
+    """At stop: leave the intake groups and remove the heartbeat, within STOP_REDIS_SECONDS."""
+    try:
+        async with asyncio.timeout(STOP_REDIS_SECONDS):
+            for intake in intakes:
+                with contextlib.suppress(Exception):
+                    await intake.close()
+            with contextlib.suppress(Exception):
+                # At once, not after the TTL: from here on this process fails its health check.
+                await heartbeat.stop()
+    except TimeoutError:
+        log.warning(
+            "Redis did not answer at stop: heartbeat and intake consumer left to expire",
+            extra={"waited_s": STOP_REDIS_SECONDS},
+        )
 
 
 def build_worker(

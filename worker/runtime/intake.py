@@ -26,7 +26,6 @@ entries from the group, and nothing would ever deliver them again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -46,6 +45,7 @@ from worker.core.ids import poll_account, validate_children, validate_id, valida
 from worker.core.targets import WebhookPolicy, check_target, parse_target
 from worker.core.tracing import TraceparentError, optional_traceparent
 from worker.ops import metrics, tracing
+from worker.ops.loops import every
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
 from worker.store.targets import Resolve, check_webhook_urls
@@ -338,6 +338,10 @@ class IntakeConsumer:
         self._take_script = redis.register_script(TAKE_LUA)
         self.accepted = 0
         self.dead_lettered = 0
+        # ``run``'s state between its rounds.
+        self._group_ready = False
+        self._pruned = False
+        self._stale_due = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -423,38 +427,47 @@ class IntakeConsumer:
                 )
 
     async def run(self) -> None:
-        backoff = 0.5
-        pruned = False
-        while True:
-            try:
-                await self.ensure_group()
-                if not pruned:
-                    # Once per process: consumers left behind by workers that died.
-                    pruned = True
-                    try:
-                        await self.prune_consumers()
-                    except (RedisError, OSError) as exc:
-                        log.warning("could not prune idle intake consumers: %r", exc)
-                stale_due = 0.0
-                while True:
-                    taken = 0
-                    if time.monotonic() >= stale_due:
-                        stale_due = time.monotonic() + max(
-                            self.idle_pause, self.claim_idle_ms / 1000 / STALE_LOOKS_PER_CLAIM_IDLE
-                        )
-                        taken = await self.claim_stale()
-                    taken += await self.read_once()
-                    backoff = 0.5
-                    if taken == 0:
-                        # The script cannot block (XREADGROUP BLOCK would hand the entry to
-                        # redis-py whole): an idle consumer looks again after a short pause.
-                        await asyncio.sleep(self.idle_pause)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("intake consumer error; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        """Take entries until cancelled: at once again after a round that took some, after
+        ``idle_pause`` after one that took none, and after 0.5 s, 1 s, ... up to 30 s while
+        rounds fail (Redis away)."""
+        await every(
+            "intake consumer",
+            self.idle_pause,
+            self._round,
+            backoff=(0.5, 30.0),
+            logger=log,
+            extra={"producer": self.scope.name},
+        )
+
+    async def _round(self) -> float | None:
+        """One round of ``run``: the group made (again, after a failed round: a Redis that lost
+        its data lost the group), dead workers' consumers pruned (once per process), entries
+        left by a dead worker claimed when that look is due, new entries read."""
+        if not self._group_ready:
+            await self.ensure_group()
+            self._group_ready = True
+            self._stale_due = 0.0
+            if not self._pruned:
+                # Once per process: consumers left behind by workers that died.
+                self._pruned = True
+                try:
+                    await self.prune_consumers()
+                except (RedisError, OSError) as exc:
+                    log.warning("could not prune idle intake consumers: %r", exc)
+        try:
+            taken = 0
+            if time.monotonic() >= self._stale_due:
+                self._stale_due = time.monotonic() + max(
+                    self.idle_pause, self.claim_idle_ms / 1000 / STALE_LOOKS_PER_CLAIM_IDLE
+                )
+                taken = await self.claim_stale()
+            taken += await self.read_once()
+        except Exception:
+            self._group_ready = False
+            raise
+        # The script cannot block (XREADGROUP BLOCK would hand the entry to redis-py whole): an
+        # idle consumer looks again after a short pause, a busy one at once.
+        return None if taken == 0 else 0.0
 
     async def read_once(self) -> int:
         """Take new entries (none waits: see ``run``); returns how many were taken."""

@@ -10,10 +10,10 @@ the window is over).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from worker.ops.loops import every
 from worker.store.results import ResultStore
 
 log = logging.getLogger("threads_poller.reconcile")
@@ -45,18 +45,13 @@ async def reconcile_forever(
 ) -> None:
     """Every ``period_seconds``: the sweep, and ``republish`` (the workers' config for
     producers), since a Redis that came back empty has forgotten it and producers would fall
-    back to their own pacing and refuse every webhook URL until a worker restarted."""
-    while True:
-        try:
-            if republish is not None:
-                await republish()
-            seconds, micros = await store.redis.time()
-            await reconcile_once(
-                store, now=float(seconds) + micros / 1e6, grace_seconds=grace_seconds
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A Redis outage must not kill the worker; the next round tries again.
-            log.exception("reconcile round failed")
-        await asyncio.sleep(period_seconds)
+    back to their own pacing and refuse every webhook URL until a worker restarted. A failed
+    round (a Redis outage) is logged and the next one tries again."""
+
+    async def round_() -> None:
+        if republish is not None:
+            await republish()
+        seconds, micros = await store.redis.time()
+        await reconcile_once(store, now=float(seconds) + micros / 1e6, grace_seconds=grace_seconds)
+
+    await every("reconcile", period_seconds, round_, logger=log)

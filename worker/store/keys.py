@@ -82,11 +82,6 @@ class Keys:
         (README, "Webhooks")."""
         return f"{self.prefix}:webhooks:queue"
 
-    @property
-    def health_check(self) -> str:
-        """arq's own health key: one for the whole queue, so it cannot tell workers apart."""
-        return f"{self.queue}:health-check"
-
     def worker_heartbeat(self, worker_name: str) -> str:
         """String (JSON, with a TTL): one live worker process (``worker.ops.health``)."""
         return f"{self.prefix}:worker:{worker_name}"
@@ -151,5 +146,5 @@ class Keys:
         return f"{self.check_job_prefix}{container_id}:"
 
     def job_id(self, container_id: str, generation: str) -> str:
-        """One arq job carries one container through its whole window (re-run via Retry)."""
+        """One job carries one container through its whole window (each check re-schedules it)."""
         return self.job_id_base(container_id) + generation

@@ -6,7 +6,7 @@ The queue is arq's: a sorted set of job ids scored by due time (ms), each job's 
 reads our jobs correctly, and a job enqueued with arq's ``enqueue_job`` runs here (both given
 ``jobdata``'s ``job_serializer`` / ``job_deserializer``).
 
-What differs from arq's worker is ownership. A claim (``lua/claim.lua``) gives each run a token
+On that layout, a run owns its job. A claim (``lua/claim.lua``) gives each run a token
 of its own in the job's lock, for a short lease (``LEASE_SECONDS``), and moves the job's score to
 the lease's end; the runner renews the leases of its running jobs (``lua/renew.lua``, one round
 trip for all of them) for as long as they run. Every write a run makes afterwards

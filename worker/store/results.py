@@ -24,9 +24,9 @@ from config import Settings
 from config.producers import UNRESTRICTED, Scope
 from worker.core.decisions import Decision
 from worker.core.history import SEPARATOR, HistoryEvent, webhook_entry
-from worker.core.publishing import WebhookOutcome
 from worker.core.result import Changes, PollResult, stamp
 from worker.core.tracing import optional_traceparent
+from worker.core.webhooks import WebhookOutcome
 from worker.store import scripts
 from worker.store.history import read_history
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
@@ -542,9 +542,6 @@ class ResultStore:
 
     async def forget_inflight(self, container_id: str) -> None:
         await self.redis.zrem(self.keys.inflight, container_id)
-
-    async def inflight_count(self) -> int:
-        return int(await self.redis.zcard(self.keys.inflight))
 
 
 def record_fields(

@@ -1,6 +1,6 @@
 """Console sessions on the server side: the nonce of each open session, until logout or expiry.
 
-A session cookie is signed with the API key it was opened with (``worker.core.access``), so any
+A session cookie is signed with the API key it was opened with (``worker.web.access``), so any
 replica can verify it; this key (``{prefix}:session:<nonce>``) is what makes it revocable: logout
 deletes it, and a cookie whose nonce is gone is refused, a copy of it included.
 """

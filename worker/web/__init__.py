@@ -6,5 +6,6 @@ scripts the workers and the Python client use) and ``worker.client``.
 
 May import: ``worker.core``, ``worker.store``, ``worker.ops``, ``worker.client``, ``config``,
 ``api_client``. Not ``worker.jobs`` or ``worker.runtime``: the server runs no job and calls no
-Graph API. ``errors``, ``requests``, ``views`` and ``openapi`` are pure (no I/O).
+Graph API. ``errors``, ``requests``, ``views``, ``openapi`` and ``access`` (who may use the API
+and the console) are pure (no I/O).
 """

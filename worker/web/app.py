@@ -1,7 +1,7 @@
 """The aiohttp application of ``threads-poller serve``, and the process around it.
 
 Middlewares, outermost first: request id, access log line and HTTP metrics; errors as JSON
-(stable codes, ``worker.web.errors``); security headers; authentication (``worker.core.access``:
+(stable codes, ``worker.web.errors``); security headers; authentication (``worker.web.access``:
 bearer keys in constant time, console sessions with CSRF). Request bodies are bounded by
 aiohttp's ``client_max_size`` (``API_MAX_BODY_BYTES``).
 
@@ -32,7 +32,13 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from worker.client.client import PollerClient
-from worker.core.access import (
+from worker.ops import metrics
+from worker.ops.loops import every
+from worker.store.admin import AdminStore
+from worker.store.connections import open_redis
+from worker.store.sessions import SessionStore
+from worker.web import api, console, sse
+from worker.web.access import (
     SAFE_METHODS,
     authorize,
     is_loopback,
@@ -40,11 +46,6 @@ from worker.core.access import (
     same_origin,
     session_nonce,
 )
-from worker.ops import metrics
-from worker.store.admin import AdminStore
-from worker.store.connections import open_redis
-from worker.store.sessions import SessionStore
-from worker.web import api, console, sse
 from worker.web.auth import KeySource
 from worker.web.context import (
     AUTH,
@@ -379,18 +380,20 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _sampler(ctx: WebContext) -> None:
     """The deployment's gauges, every SAMPLE_SECONDS (the console reads the last round too)."""
-    while True:
+
+    async def round_() -> None:
         try:
             now = await ctx.admin.now()
             ctx.sample = await metrics.sample(ctx.admin, now, overdue_after=ctx.stuck_after)
             ctx.sampled_at = now
             EVENT_STREAMS.set(ctx.streams)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             metrics.SAMPLE_FAILURES.inc()
-            log.warning("metrics: Redis gauges not sampled", exc_info=True)
-        await asyncio.sleep(metrics.SAMPLE_SECONDS)
+            raise
+
+    await every(
+        "metrics sampler", metrics.SAMPLE_SECONDS, round_, logger=log, level=logging.WARNING
+    )
 
 
 def build_app(

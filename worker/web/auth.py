@@ -1,6 +1,6 @@
 """The API keys of a running server: from the settings and the keys files, re-read on change.
 
-The decisions (which key, which role, sessions, CSRF) are pure: ``worker.core.access``. This
+The decisions (which key, which role, sessions, CSRF) are pure: ``worker.web.access``. This
 module only gathers the keys: ``API_KEYS`` and ``API_KEYS_FILE`` (read-write), ``API_READ_KEYS``
 and ``API_READ_KEYS_FILE`` (read-only). A file is looked at again at most once a second and read
 again when its size or modification time changed, so keys rotate without a restart; a file that
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from config import Settings
 from config.producers import ProducersError, split_scoped_key
-from worker.core.access import BadKeyError, KeyRing, check_key, split_keys
+from worker.web.access import BadKeyError, KeyRing, check_key, split_keys
 
 log = logging.getLogger("threads_poller.web")
 

@@ -9,7 +9,7 @@ names what it will touch and asks for a reason, ``POST /console/act`` does it, s
 with the key's name, and shows each row's outcome. There is no one-click action.
 
 A browser logs in once with an API key (``/login``) and then carries a session cookie
-(``worker.core.access``): HttpOnly, SameSite=Strict, and every form carries the session's CSRF
+(``worker.web.access``): HttpOnly, SameSite=Strict, and every form carries the session's CSRF
 token.
 """
 
@@ -25,16 +25,6 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from worker.core.access import (
-    SESSION_SECONDS,
-    Role,
-    Verdict,
-    csrf_token,
-    issue_session,
-    same_origin,
-    session_nonce,
-    verify_session,
-)
 from worker.core.durations import format_duration
 from worker.core.errors import InvalidIdError, ScopeError
 from worker.core.ids import MAX_ID_LENGTH
@@ -48,6 +38,16 @@ from worker.store.admin import (
     ReplayOutcome,
 )
 from worker.store.keys import Keys
+from worker.web.access import (
+    SESSION_SECONDS,
+    Role,
+    Verdict,
+    csrf_token,
+    issue_session,
+    same_origin,
+    session_nonce,
+    verify_session,
+)
 from worker.web.api import cancel_error, fresh_sample, replay_error
 from worker.web.chart import chart
 from worker.web.context import AUTH, WebContext, ctx_of

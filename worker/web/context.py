@@ -12,10 +12,10 @@ from redis.asyncio import Redis
 
 from config import Settings
 from worker.client.client import PollerClient
-from worker.core.access import Verdict
 from worker.ops.metrics import DeploymentSample
 from worker.store.admin import AdminStore
 from worker.store.sessions import SessionStore
+from worker.web.access import Verdict
 from worker.web.auth import KeySource
 from worker.web.errors import ApiError
 

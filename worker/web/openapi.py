@@ -1,7 +1,7 @@
 """The API's contract, ``GET /v1/openapi.json``: written by hand, served as it is. Pure.
 
 tests/integration/test_http_api.py validates every response it gets against the schema given
-here for its route and status, and tests/unit/test_web_contract.py holds the document and the
+here for its route and status, and tests/unit/test_web.py holds the document and the
 routes of ``worker.web.routes`` together (no route without its operation, nor the reverse).
 """
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
-from worker.core.access import Verdict
 from worker.core.history import EventKind, HistoryEvent, describe
 from worker.core.result import TIME_FIELDS, PollResult
 from worker.core.states import FINAL_STATES, SUCCESS_STATES
 from worker.store.admin import DeadLetterKind
+from worker.web.access import Verdict
 from worker.web.errors import ApiError
 from worker.web.requests import (
     INFLIGHT_CURSOR_PATTERN,

@@ -1,6 +1,6 @@
 """Every route of ``serve``, in one table. Pure.
 
-``app.build_app`` registers exactly these; tests/unit/test_web_contract.py holds the API rows and
+``app.build_app`` registers exactly these; tests/unit/test_web.py holds the API rows and
 ``/v1/openapi.json`` together. ``auth``: ``none`` (no key: liveness, the login page, static
 files), ``read`` (any key: GET), ``write`` (a read-write key; a console session also needs its
 CSRF token).

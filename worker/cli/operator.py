@@ -1,14 +1,15 @@
-"""The operator's commands of ``threads-poller`` (registered by ``worker.cli.build_parser``):
+"""The operator's commands of ``threads-poller``:
 
-    serve                          the HTTP API and the console (worker.web)
     inflight [--limit N]           polls in flight, soonest deadline first
     failures [--since 1h]          final states that are not FINISHED or PUBLISHED, with the reason
     accounts                       throttling, pause left, cached quota, rejected token yes/no
     dead-letters list|replay|discard [ID] [--kind intake|webhooks]
     cancel ID [--reason TEXT]      stop polling: final CANCELLED, one event
+    quota USER_ID [--cached]       an account's publishing quota (an API call, or the cached copy)
+    acl ROLE...                    the ACL SETUSER line of a least-privilege Redis user
 
-They read and write through ``worker.store.admin``, as the HTTP API does, and ``--json`` prints
-the API's JSON shapes (``worker.web.views``), one object per line.
+The first five read and write through ``worker.store.admin``, as the HTTP API does, and
+``--json`` prints the API's JSON shapes (``worker.web.views``), one object per line.
 
 Exit codes: those of ``worker.cli``; ``cancel`` exits 1 when the container is unknown, already
 final or publishing, ``dead-letters replay|discard`` exits 1 when there is no such dead letter or
@@ -22,16 +23,13 @@ import json
 from typing import Any
 
 from config import Settings
-from config.settings import EventLoop
-from worker.cli import (
+from worker.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    SERVE_SETTINGS,
     CliError,
-    _settings,
-    _with_client,
-    settings_epilog,
+    load_cli_settings,
+    with_client,
 )
 from worker.client.client import PollerClient
 from worker.core.durations import format_duration, parse_duration
@@ -64,47 +62,11 @@ def _ago(now: float, at: float | None) -> str:
     return f"{shown} ago" if delta >= 0 else f"in {shown}"
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from worker.cli import no_core_dumps, use_event_loop
-    from worker.ops import tracing
-    from worker.ops.logs import setup_logging
-    from worker.web.app import ServeRefusedError, check_exposure, serve
-    from worker.web.auth import KeysError, KeySource
-
-    no_core_dumps()
-    settings = _settings()
-    try:
-        keys = KeySource.from_settings(settings)
-        check_exposure(settings, keys)
-    except (KeysError, ServeRefusedError) as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    token = settings.token()
-    setup_logging(
-        settings.log_format,
-        settings.log_level,
-        lambda: [*keys.secrets, *([token] if token else [])],
-    )
-    # asyncio's loop whatever EVENT_LOOP says: out of file descriptors, libuv (uvloop) accepts
-    # and closes every queued connection, a key holder's request among them, where asyncio
-    # stops accepting for a second while the connection guard closes idle connections.
-    use_event_loop(EventLoop.ASYNCIO)
-    traces = tracing.configure()  # README "Tracing": the enqueue spans of POST /v1/containers
-    try:
-        serve(settings, keys)
-    except OSError as exc:
-        raise CliError(
-            f"cannot listen on {settings.http_host}:{settings.http_port}: {exc}", EXIT_FAILURE
-        ) from None
-    finally:
-        traces.shutdown()
-    return EXIT_OK
-
-
 def cmd_inflight(args: argparse.Namespace) -> int:
     from worker.web.context import stuck_after
     from worker.web.views import inflight_json
 
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def work(client: PollerClient) -> tuple[float, Any, int]:
         admin = _admin(client, settings)
@@ -113,7 +75,7 @@ def cmd_inflight(args: argparse.Namespace) -> int:
         _, past = await admin.inflight_counts(now=now, overdue_after=stuck_after(settings))
         return now, page, past
 
-    now, page, past = _with_client(settings, work)
+    now, page, past = with_client(settings, work)
     if args.json:
         _print([inflight_json(p, now) for p in page.items])
         return EXIT_OK
@@ -131,7 +93,7 @@ def cmd_inflight(args: argparse.Namespace) -> int:
 def cmd_failures(args: argparse.Namespace) -> int:
     from worker.web.views import event_json
 
-    settings = _settings()
+    settings = load_cli_settings()
     try:
         since = parse_duration(args.since)
     except ValueError as exc:
@@ -144,7 +106,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
             since_seconds=since, now=now, failed_only=True, limit=args.limit
         )
 
-    now, page = _with_client(settings, work)
+    now, page = with_client(settings, work)
     if args.json:
         _print([event_json(e) for e in page.items])
         return EXIT_OK
@@ -167,13 +129,13 @@ def cmd_failures(args: argparse.Namespace) -> int:
 def cmd_accounts(args: argparse.Namespace) -> int:
     from worker.web.views import account_json
 
-    settings = _settings()
+    settings = load_cli_settings()
 
     async def work(client: PollerClient) -> tuple[float, Any]:
         admin = _admin(client, settings)
         return await admin.now(), await admin.accounts(limit=args.limit)
 
-    now, page = _with_client(settings, work)
+    now, page = with_client(settings, work)
     if args.json:
         _print([account_json(a, now) for a in page.items])
         return EXIT_OK
@@ -222,7 +184,7 @@ def _letter_line(d: DeadLetter) -> str:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from worker.web.views import dead_letter_json
 
-    settings = _settings()
+    settings = load_cli_settings()
     kinds = [DeadLetterKind(args.kind)] if args.kind else list(DeadLetterKind)
     if args.action == "list":
 
@@ -233,7 +195,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 out += (await admin.dead_letters(kind, limit=args.limit)).items
             return out
 
-        letters = _with_client(settings, listing)
+        letters = with_client(settings, listing)
         if args.json:
             _print([dead_letter_json(d) for d in letters])
         else:
@@ -261,7 +223,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             return ("discarded" if await admin.discard(kind, letter_id) else "gone"), kind
         return (await admin.replay(kind, letter_id)).outcome.value, kind
 
-    outcome, kind = _with_client(settings, act)
+    outcome, kind = with_client(settings, act)
     if args.json:
         print(
             json.dumps({"id": letter_id, "kind": kind.value if kind else None, "outcome": outcome})
@@ -278,7 +240,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from worker.web.views import result_json
 
-    settings = _settings()
+    settings = load_cli_settings()
     try:
         cid = validate_id(args.id)
     except InvalidIdError as exc:
@@ -287,7 +249,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     async def work(client: PollerClient) -> Any:
         return await _admin(client, settings).cancel(cid, reason=args.reason)
 
-    done = _with_client(settings, work)
+    done = with_client(settings, work)
     if args.json:
         row: dict[str, Any] = {
             "container_id": cid,
@@ -310,49 +272,73 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK if done.outcome is CancelOutcome.CANCELLED else EXIT_FAILURE
 
 
-def add_commands(sub: Any) -> None:
-    """Register the operator's commands on ``threads-poller``'s subparsers."""
-    p = sub.add_parser(
-        "serve",
-        help="run the HTTP API and the console (HTTP_HOST:HTTP_PORT)",
-        epilog=settings_epilog(SERVE_SETTINGS),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(func=cmd_serve)
+def cmd_quota(args: argparse.Namespace) -> int:
+    from api_client.errors import ThreadsError
+    from worker.jobs.quota import get_quota
+    from worker.store.accounts import AccountStore
+    from worker.store.keys import Keys
 
-    p = sub.add_parser("inflight", help="containers being polled, soonest deadline first")
-    p.add_argument("--limit", type=_limit, default=50, help="at most this many (default 50)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_inflight)
+    settings = load_cli_settings()
 
-    p = sub.add_parser("failures", help="final states that failed, newest first, with the reason")
-    p.add_argument("--since", default="1h", help="how far back: 90s, 30m, 1h, 2d (default 1h)")
-    p.add_argument("--limit", type=_limit, default=100, help="at most this many (default 100)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_failures)
+    async def work(client: PollerClient) -> dict[str, Any]:
+        redis = client.redis
+        if args.cached:
+            snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(args.user_id)
+            if snap is None:
+                raise CliError(f"no cached quota for {args.user_id}", EXIT_FAILURE)
+            return {
+                "user_id": snap.user_id,
+                "fetched_at": snap.fetched_at,
+                **snap.limit.model_dump(),
+            }
+        limit = await get_quota(args.user_id, settings=settings, redis=redis)
+        return {"user_id": args.user_id, **limit.model_dump()}
 
-    p = sub.add_parser("accounts", help="throttling, pause left, cached quota, rejected tokens")
-    p.add_argument("--limit", type=_limit, default=100, help="at most this many (default 100)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_accounts)
+    try:
+        data = with_client(settings, work)
+    except InvalidIdError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ThreadsError as exc:
+        raise CliError(f"quota of {args.user_id}: {exc}", EXIT_FAILURE) from None
+    if args.json:
+        print(json.dumps(data))
+        return EXIT_OK
+    for kind, usage, config in (
+        ("posts", "quota_usage", "config"),
+        ("replies", "reply_quota_usage", "reply_config"),
+        ("deletes", "delete_quota_usage", "delete_config"),
+        ("location searches", "location_search_quota_usage", "location_search_config"),
+    ):
+        conf = data.get(config) or {}
+        print(
+            quota_line(kind, data.get(usage), conf.get("quota_total"), conf.get("quota_duration"))
+        )
+    return EXIT_OK
 
-    p = sub.add_parser("dead-letters", help="list, replay or discard dead letters")
-    # Bare ``dead-letters`` lists (the harmless action), as ``dead-letters list`` does.
-    p.add_argument("action", nargs="?", default="list", choices=["list", "replay", "discard"])
-    p.add_argument("id", nargs="?", metavar="ID", help="the dead letter's id (replay, discard)")
-    p.add_argument("--kind", choices=[k.value for k in DeadLetterKind], help="default: both")
-    p.add_argument("--limit", type=_limit, default=50, help="list: per kind (default 50)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=cmd_dead_letters)
 
-    p = sub.add_parser("cancel", help="stop polling a container: final CANCELLED, one event")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--reason", help="kept in last_error (at most 200 characters)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_cancel)
+def quota_line(kind: str, used: object, total: object, window: object) -> str:
+    """One quota as a person reads it: used and left, never a bare "2 of 250". Pure."""
+    per = f" per {window // 3600} h" if isinstance(window, int) and window >= 3600 else ""
+    if not isinstance(used, int):
+        return f"{kind:18} unknown (the API did not say)"
+    if not isinstance(total, int):
+        return f"{kind:18} {used} used, limit unknown"
+    return f"{kind:18} {used} used, {max(0, total - used)} left of {total}{per}"
 
 
-def _limit(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 500:
-        raise argparse.ArgumentTypeError("a whole number from 1 to 500")
-    return int(text)
+def cmd_acl(args: argparse.Namespace) -> int:
+    from worker.store.acl import acl_setuser
+
+    prefix, cluster = args.prefix, args.cluster
+    if prefix is None:
+        settings = load_cli_settings()
+        prefix, cluster = settings.key_prefix, cluster or bool(settings.redis_cluster_nodes)
+    named = args.producer not in (None, "default")
+    # A user name has no braces: a tagged prefix ("{tp}") names its users "tp-...".
+    base = prefix.replace("{", "").replace("}", "")
+    user = args.user or f"{base}-{'-'.join(args.roles)}" + (f"-{args.producer}" if named else "")
+    try:
+        print(acl_setuser(user, args.roles, prefix, producer=args.producer, cluster=cluster))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return EXIT_OK
