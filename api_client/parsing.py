@@ -126,7 +126,6 @@ def parse_container_status(
     )
 
 
-QUOTA_FIELDS = THREADS.quota_fields
 
 
 def parse_publishing_limit(http_status: int, body: bytes) -> PublishingLimit:

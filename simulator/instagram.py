@@ -51,7 +51,6 @@ IG_REFRESH_GRANT_TYPE = "ig_refresh_token"
 # The fields a container (Graph's node type ShadowIGMediaBuilder) answers here.
 IG_CONTAINER_FIELDS = frozenset({"id", "status", "status_code"})
 IG_CONTAINER_NODE = "ShadowIGMediaBuilder"
-IG_QUOTA_FIELDS = ("quota_usage", "config")
 
 # "unknown upload error": Meta's table says a new container is needed.
 DEFAULT_ERROR_SUBCODE = 2207053
