@@ -126,8 +126,6 @@ def parse_container_status(
     )
 
 
-
-
 def parse_publishing_limit(http_status: int, body: bytes) -> PublishingLimit:
     """``{"data": [{...}]}`` to a model; blocks the API left out stay None."""
     payload = parse_json_object(http_status, body)

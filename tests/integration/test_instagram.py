@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
+from tests.cli_helpers import run_cli, worker_env
 from tests.conftest import TEST_TOKEN, running_worker, wait_until
 from worker import InvalidIdError, enqueue, enqueue_many, get_result
 from worker.client.producer import enqueue_carousel
@@ -312,3 +313,42 @@ async def test_three_keepers_refresh_an_instagram_token_once_with_its_grant(
         v.account: v for v in (await AdminStore.from_settings(redis, settings).accounts()).items
     }
     assert views[IG_ACCOUNT].token_refreshes == 1
+
+
+async def test_the_cli_takes_a_platform_for_enqueue_intake_and_quota(
+    redis: Redis,
+    ig_settings: Settings,
+    sim: RunningSimulator,
+    project_env: dict[str, str],
+) -> None:
+    env = worker_env(
+        project_env,
+        ig_settings,
+        INSTAGRAM_API_BASE_URL=sim.instagram_url,
+        INSTAGRAM_ACCESS_TOKEN=IG_TOKEN,
+    )
+    code, out, err = await run_cli(
+        "enqueue", "8961", "--platform", "instagram", "--account", IG_USER, env=env
+    )
+    assert code == 0 and "8961  enqueued" in out, err
+    code, out, err = await run_cli(
+        "enqueue", "8962", "--intake", "--platform", "instagram", "--account", IG_USER, env=env
+    )
+    assert code == 0 and "submitted to the intake" in out, err
+    # The intake entry carries the user id and the platform, as a producer would write them.
+    ((_, entry),) = await redis.xrange(Keys(ig_settings.key_prefix).intake)
+    assert (entry[b"account"], entry[b"platform"]) == (IG_USER.encode(), b"instagram")
+    sim.state.set_script("8961", ["FINISHED"])
+    sim.state.set_script("8962", ["FINISHED"])
+    async with running_worker(ig_settings):
+        got = await finals(redis, ig_settings, ["8961", "8962"])
+    assert {(r.status, r.platform, r.account) for r in got.values()} == {
+        ("FINISHED", IG, IG_ACCOUNT)
+    }
+    sim.state.set_ig_quota(IG_USER, quota_usage=3, quota_total=50)
+    code, out, err = await run_cli("quota", IG_USER, "--platform", "instagram", "--json", env=env)
+    assert code == 0, err
+    quota = json.loads(out)
+    assert (quota["quota_usage"], quota["config"]["quota_total"]) == (3, 50)
+    code, _, err = await run_cli("enqueue", "8963", "--platform", "myspace", env=env)
+    assert code == 2 and "invalid choice" in err

@@ -274,6 +274,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_quota(args: argparse.Namespace) -> int:
     from api_client.errors import ThreadsError
+    from api_client.platforms import PLATFORMS
     from worker.jobs.quota import get_quota
     from worker.store.accounts import AccountStore
     from worker.store.keys import Keys
@@ -283,7 +284,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
     async def work(client: PollerClient) -> dict[str, Any]:
         redis = client.redis
         if args.cached:
-            snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(args.user_id)
+            account = PLATFORMS[args.platform].account_key(args.user_id)
+            snap = await AccountStore(redis, Keys(settings.key_prefix)).load_quota(account)
             if snap is None:
                 raise CliError(f"no cached quota for {args.user_id}", EXIT_FAILURE)
             return {
@@ -291,7 +293,9 @@ def cmd_quota(args: argparse.Namespace) -> int:
                 "fetched_at": snap.fetched_at,
                 **snap.limit.model_dump(),
             }
-        limit = await get_quota(args.user_id, settings=settings, redis=redis)
+        limit = await get_quota(
+            args.user_id, settings=settings, redis=redis, platform=args.platform
+        )
         return {"user_id": args.user_id, **limit.model_dump()}
 
     try:

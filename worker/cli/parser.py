@@ -113,12 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="start polling container ids (args or stdin)")
     p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--account", help="Threads user id that owns the containers")
+    p.add_argument(
+        "--platform",
+        choices=["threads", "instagram"],
+        default=None,
+        help="whose containers these are (default: threads)",
+    )
+    p.add_argument("--account", help="the user id that owns the containers (on --platform)")
     p.add_argument("--force", action="store_true", help="poll again even if already final")
     p.add_argument(
         "--publish",
         action="store_true",
-        help="publish each container once FINISHED (needs --account or THREADS_USER_ID)",
+        help="publish each container once FINISHED (with --account, or THREADS_USER_ID / "
+        "INSTAGRAM_USER_ID, else 'me')",
     )
     p.add_argument("--webhook-url", help="POST a signed JSON body here on the final state")
     p.add_argument(
@@ -132,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="enqueue one carousel: its parent container id (with --children; no IDs)",
     )
     p.add_argument(
-        "--children", metavar="A,B,...", help="the carousel's 2 to 20 item container ids"
+        "--children",
+        metavar="A,B,...",
+        help="the carousel's 2 to 20 item container ids (Instagram: 2 to 10)",
     )
     p.add_argument(
         "--intake",
@@ -191,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quota", help="show an account's publishing quota (API call)")
     p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument(
+        "--platform",
+        choices=["threads", "instagram"],
+        default="threads",
+        help="whose account (Instagram: content_publishing_limit)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--cached", action="store_true", help="read the worker's cached copy instead")
     p.set_defaults(func=cmd_quota)

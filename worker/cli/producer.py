@@ -130,6 +130,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 reply_to=args.reply_to,
                 producer=args.producer,
                 traceparent=args.traceparent,
+                platform=args.platform,
             )
             return [one]
         return await _in_batches(
@@ -143,6 +144,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 reply_to=args.reply_to,
                 producer=args.producer,
                 traceparent=args.traceparent,
+                platform=args.platform,
             ),
         )
 
@@ -186,6 +188,7 @@ def _submit(settings: Settings, ids: list[str], args: argparse.Namespace) -> int
                     webhook_url=args.webhook_url,
                     producer=args.producer,
                     traceparent=args.traceparent,
+                    platform=args.platform,
                 ),
             ),
         )

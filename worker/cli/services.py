@@ -69,10 +69,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     tokens = token_source(settings)
     own = settings.secrets()  # the Redis password, the webhook secret
     setup_logging(settings.log_format, settings.log_level, lambda: [*tokens.known_secrets(), *own])
-    if settings.threads_access_token is None and settings.threads_tokens_file is None:
+    if (
+        settings.threads_access_token is None
+        and settings.instagram_access_token is None
+        and settings.threads_tokens_file is None
+    ):
         raise CliError(
-            "invalid setting THREADS_ACCESS_TOKEN: not set (nor THREADS_TOKENS_FILE); "
-            "the worker cannot call the API",
+            "invalid setting THREADS_ACCESS_TOKEN: not set (nor INSTAGRAM_ACCESS_TOKEN, nor "
+            "THREADS_TOKENS_FILE); the worker cannot call the API",
             EXIT_USAGE,
         )
     if settings.webhook_url:

@@ -26,6 +26,7 @@ from typing import Self
 
 from redis.asyncio import Redis
 
+from api_client.platforms import user_id_of
 from config import Settings
 from config.producers import Producers, ProducersError, Scope, check_name, refusal_message
 from worker.core.errors import InvalidIdError, ScopeError
@@ -510,6 +511,7 @@ class PollerClient:
         webhook_url: str | None = None,
         producer: str | None = None,
         traceparent: str | None = None,
+        platform: str | None = None,
     ) -> list[str]:
         """Hand each id to the workers through the intake stream (one ``XADD`` each, one round
         trip): what a Redis user with the ``producer`` role may do, and nothing more. Returns
@@ -528,7 +530,12 @@ class PollerClient:
         except ProducersError as exc:
             raise ScopeError(str(exc), producer=name[:40]) from None
         requests = build_requests(
-            container_ids, account=account, force=force, publish=publish, traceparent=traceparent
+            container_ids,
+            account=account,
+            force=force,
+            publish=publish,
+            traceparent=traceparent,
+            platform=platform,
         )
         if name in self.producers.scopes:
             # A producer-only Redis user may not know its scope (the workers do): then the
@@ -546,8 +553,12 @@ class PollerClient:
         async with self.redis.pipeline(transaction=False) as pipe:
             for req in requests:
                 fields = {"container_id": req.container_id}
-                if req.account:
-                    fields["account"] = req.account
+                # The entry names the user id and the platform, as a producer writes them;
+                # the workers build the account key again (worker.core.ids.poll_account).
+                if req.platform != "threads":
+                    fields["platform"] = req.platform
+                if user_id_of(req.account or ""):
+                    fields["account"] = user_id_of(req.account or "")
                 if force:
                     fields["force"] = "1"
                 if publish:
