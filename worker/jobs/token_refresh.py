@@ -47,6 +47,7 @@ from worker.core.tokens import (
 )
 from worker.jobs.tokens import AccountTokenSource, WriteBackError, fingerprint
 from worker.ops import metrics
+from worker.ops.loops import every
 from worker.store.accounts import AccountStore, RefreshLease, TokenRecord
 
 log = logging.getLogger("threads_poller.tokens")
@@ -245,12 +246,7 @@ class TokenKeeper:
         return outcome
 
     async def run_forever(self) -> None:
-        period = self.settings.token_sync_seconds
-        while True:
-            try:
-                await self.refresh_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("token round failed")
-            await asyncio.sleep(period)
+        async def once() -> None:
+            await self.refresh_due()
+
+        await every("token refresh", self.settings.token_sync_seconds, once, logger=log)
