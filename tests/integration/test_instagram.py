@@ -28,6 +28,7 @@ from worker.client.producer import enqueue_carousel
 from worker.core.result import PollResult
 from worker.jobs.token_refresh import TokenKeeper
 from worker.jobs.tokens import AccountTokenSource, write_atomically
+from worker.ops import metrics
 from worker.store.accounts import AccountStore
 from worker.store.admin import AccountView, AdminStore
 from worker.store.keys import Keys
