@@ -13,7 +13,7 @@ that absorbs scheduling jitter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from api_client.errors import ThreadsError
 from api_client.models import ContainerStatus
@@ -111,8 +111,13 @@ def decide_throttled(
             f"window out by {max_delay:.0f}s at most (THROTTLE_MAX_DELAY_SECONDS); "
             f"{window_delay:.1f}s used"
         )
-        return timed_out(
-            previous_status, previous_error_message, error=why, error_kind=ErrorKind.THROTTLED
+        # The answer (or the pause) that ended the window was throttled: not a check. A spent
+        # decision would add a check entry to the history that ``checks`` never counted.
+        return replace(
+            timed_out(
+                previous_status, previous_error_message, error=why, error_kind=ErrorKind.THROTTLED
+            ),
+            spent=False,
         )
     return Decision(
         status=previous_status,
