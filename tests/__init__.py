@@ -5,5 +5,6 @@
 ``tests/system/``       whole runs, marked ``slow``: the fault run, the fault matrix, Sentinel
                         failover, shutdown, the container image. ``-m "not slow"`` leaves them out.
 
-Shared fixtures: tests/conftest.py; processes, ports and servers: bench/harness.py.
+Shared fixtures and hooks: tests/conftest.py; plain helpers, one module a purpose: tests/helpers/
+(never imported from a conftest); processes, ports and servers: bench/harness.py.
 """

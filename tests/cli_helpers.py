@@ -1,5 +1,6 @@
 """Running the installed ``threads-poller`` command the way a user would (integration and system
-tests; the command itself: bench.harness.threads_poller_command)."""
+tests; the command itself: bench.harness.threads_poller_command; its environment:
+tests/helpers/env.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import asyncio
 from pathlib import Path
 
 from bench.harness import threads_poller_command
-from config import Settings
-from tests.conftest import TEST_TOKEN
 
 
 async def run_cli(
@@ -37,18 +36,3 @@ async def start_worker(env: dict[str, str], log_path: Path) -> asyncio.subproces
     return await asyncio.create_subprocess_exec(
         *threads_poller_command(), "worker", env=env, stdout=log, stderr=log
     )
-
-
-def worker_env(project_env: dict[str, str], settings: Settings, **overrides: str) -> dict[str, str]:
-    """The environment of a ``threads-poller`` process that works like ``settings``."""
-    env = dict(
-        project_env,
-        THREADS_API_BASE_URL=settings.threads_api_base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
-        POLL_INTERVAL_SECONDS=str(settings.poll_interval_seconds),
-        POLL_MAX_SECONDS=str(settings.poll_max_seconds),
-        HTTP_TIMEOUT_SECONDS="1",
-        JOB_TIMEOUT_SECONDS="5",
-    )
-    env.update(overrides)
-    return env

@@ -22,14 +22,16 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
-from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from bench.harness import RedisServer, free_port, start_redis, stop_redis
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, start_worker
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from tests.leaks import assert_no_leaks, dump_redis, http_doors
 from worker import PollerClient
 from worker.core.targets import WebhookPolicy
@@ -231,24 +233,6 @@ async def test_the_enqueuer_starts_polls_and_nothing_more(
 # ----- the whole worker under its own user -------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def hook_receiver(status: int) -> AsyncIterator[str]:
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=status)
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finally:
-        await runner.cleanup()
-
-
 async def test_the_worker_runs_fully_under_its_own_user(
     acl_server: RedisServer,
     admin: redis_sync.Redis,
@@ -284,17 +268,17 @@ async def test_the_worker_runs_fully_under_its_own_user(
         "window_seconds": 3.0,
         "webhook_policy": WebhookPolicy.parse("127.0.0.1", signing=True),
     }
-    async with hook_receiver(200) as ok, hook_receiver(500) as failing:
+    async with webhook_receiver([200]) as ok, webhook_receiver([500]) as failing:
         async with (
             as_user(acl_server, "enqueuer") as r,
             PollerClient(r, **opts) as client,
         ):
-            await client.enqueue("9830", webhook_url=ok)
-            await client.enqueue("9831", webhook_url=failing)
+            await client.enqueue("9830", webhook_url=ok.url)
+            await client.enqueue("9831", webhook_url=failing.url)
             await client.enqueue_many(["9832"])
             await client.enqueue("9833", account="777", publish=True)
         async with as_user(acl_server, "producer") as r:
-            await PollerClient(r, **opts).submit_many(["9834"], webhook_url=ok)
+            await PollerClient(r, **opts).submit_many(["9834"], webhook_url=ok.url)
             await r.xadd(KEYS.intake, {"container_id": "not-an-id"})
         async with running_worker(settings) as worker:
             async with as_user(acl_server, "reader") as r:

@@ -13,28 +13,14 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import finals, wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result
-from worker.core.result import PollResult
 from worker.store.accounts import AccountStore
 from worker.store.keys import Keys
 
 TOKEN_A = "EAAaccountAtokenAAAAAAAAAAAAAAAA1"
 TOKEN_B = "EAAaccountBtokenBBBBBBBBBBBBBBBB2"
-
-
-async def finals(redis: Redis, settings: Settings, ids: list[str]) -> dict[str, PollResult]:
-    out: dict[str, PollResult] = {}
-
-    async def done() -> bool:
-        for cid in ids:
-            r = await get_result(redis, cid, settings=settings)
-            if r is not None and r.final:
-                out[cid] = r
-        return len(out) == len(ids)
-
-    await wait_until(done, timeout=20)
-    return out
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:

@@ -30,8 +30,12 @@ from api_client.policy import classify
 from bench.harness import RedisServer
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, start_worker, worker_env
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.cli_helpers import run_cli, start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import serving_app
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result, wait_for
 from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
@@ -467,14 +471,8 @@ class ReplyServer:
     async def serve(self) -> AsyncIterator[str]:
         app = web.Application()
         app.router.add_get("/v1.0/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1.0"
-        finally:
-            await runner.cleanup()
+        async with serving_app(app) as base:
+            yield f"{base}/v1.0"
 
 
 def expected_outcome(cid: str, raw: Raw) -> tuple[str, str | None]:

@@ -9,8 +9,9 @@ from redis.asyncio import Redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import running_worker
-from tests.integration.test_publish import ACCOUNT, final_of, pub_settings
+from tests.helpers.waiting import final_of
+from tests.helpers.worker import running_worker
+from tests.integration.test_publish import ACCOUNT, pub_settings
 from worker import InvalidIdError, PollerClient, enqueue
 from worker.store.admin import AdminStore, CancelOutcome
 from worker.store.keys import Keys
@@ -281,7 +282,7 @@ async def test_carousels_do_not_overlap_and_a_child_is_never_published_alone(
 
 
 async def _dead_letter_says(redis: Redis, keys: Keys, words: str) -> None:
-    from tests.conftest import wait_until
+    from tests.helpers.waiting import wait_until
 
     async def found() -> bool:
         letters = await redis.xrange(keys.dead_letters)

@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 from bench.harness import threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, worker_env
-from tests.conftest import running_worker
+from tests.cli_helpers import run_cli
+from tests.helpers.env import worker_env
+from tests.helpers.worker import running_worker
 from worker.cli.parser import SERVE_SETTINGS, WORKER_SETTINGS
 from worker.store.keys import Keys
 

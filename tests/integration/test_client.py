@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker import InvalidIdError, PollerClient, PollResult, is_success
 from worker.store.keys import Keys
 

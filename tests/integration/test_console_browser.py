@@ -20,10 +20,11 @@ from redis.asyncio import Redis
 from bench.harness import Child, free_port, spawn, threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import worker_env
-from tests.conftest import wait_until
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import wait_until
 from tests.integration.test_serve import ahttp, serve_env, started
-from tests.integration.test_webhooks import SECRET, receiver
+from tests.integration.test_webhooks import SECRET
 from tests.web_helpers import RW_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ async def test_the_console_live_in_a_browser(
     sim.state.set_script("13402", ["ERROR:FAILED_DOWNLOADING_VIDEO"])
     sim.state.set_script("13403", ["FINISHED"])
     children: list[Child] = []
-    async with receiver([500]) as rec:
+    async with webhook_receiver([500]) as rec:
         try:
             api = spawn(
                 "serve",
@@ -116,7 +117,7 @@ async def test_the_console_live_in_a_browser(
 
 
 async def _run(tmp_path: Path, base: str, rec: object) -> None:
-    from tests.integration.test_webhooks import Receiver
+    from tests.helpers.receivers import Receiver
 
     assert isinstance(rec, Receiver)
     async with chromium(tmp_path / "profile") as context:

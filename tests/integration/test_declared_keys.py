@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 from bench.harness import HOST, RedisServer
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker
 from tests.declared_keys import KeyWatch, describe
-from tests.integration.test_publish import ACCOUNT, final_of, pub_settings
+from tests.helpers.waiting import final_of
+from tests.helpers.worker import running_worker
+from tests.integration.test_publish import ACCOUNT, pub_settings
 from tests.integration.test_webhooks import hook_settings
 from worker import PollerClient
 from worker.store.admin import AdminStore, CancelOutcome

@@ -10,7 +10,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from config import Settings
-from tests.conftest import wait_until
+from tests.helpers.waiting import wait_until
 from tests.web_helpers import RO_KEY, RW_KEY, Api, running_api
 from worker.web.console import SESSION_COOKIE
 

@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import final_of, is_final, wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result
 from worker.core.errors import InvalidIdError
 from worker.store.keys import ARQ_JOB_PREFIX, Keys
@@ -51,17 +52,12 @@ async def test_duplicate_enqueue_makes_no_job_and_no_call(
     assert [o.outcome for o in again] == ["duplicate"]  # in-batch duplicates are folded too
     assert await redis.zcard(keys.queue) == 1
     async with running_worker(settings):
-
-        async def final() -> bool:
-            r = await get_result(redis, "8001", settings=settings)
-            return r is not None and r.final
-
         # Keep hammering enqueue while the poll runs: none of it may reach the API.
         for _ in range(10):
             dup = await enqueue(redis, "8001", settings=settings)
             assert dup.outcome in {"duplicate", "final"}
             await asyncio.sleep(0.05)
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "8001", timeout=10)
     assert sim.state.calls_for("8001").count == 3
     done = await enqueue(redis, "8001", settings=settings)
     assert (done.outcome, done.status) == ("final", "FINISHED")
@@ -119,15 +115,10 @@ async def test_reconciler_gives_a_lost_job_back(
     assert await reconcile_once(store, now=now, grace_seconds=-60) == 0  # it has its job again
     assert await redis.zcard(keys.queue) == 1
     async with running_worker(settings):
-        await wait_until(lambda: _final(redis, settings, "8004"))
+        await wait_until(lambda: is_final(redis, settings, "8004"))
     r = await get_result(redis, "8004", settings=settings)
     assert r is not None and r.status == "FINISHED" and r.checks == 1
     assert len(await redis.xrange(keys.events)) == 1
-
-
-async def _final(redis: Redis, settings: Settings, cid: str) -> bool:
-    r = await get_result(redis, cid, settings=settings)
-    return r is not None and r.final
 
 
 async def test_account_is_stored(redis: Redis, settings: Settings) -> None:

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from bench.harness import RedisServer, free_port
 from config import Settings
 from tests.cli_helpers import run_cli
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker.ops.health import BEAT_SECONDS, TTL_SECONDS, Beat, Heartbeat, check, live_beats
 from worker.store.keys import Keys
 

@@ -11,10 +11,12 @@ from redis.asyncio import Redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import running_worker, wait_until
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
 from tests.integration.test_poll_states import poll_all
-from tests.integration.test_publish import ACCOUNT, final_of, pub_settings
-from tests.integration.test_webhooks import hook_settings, receiver
+from tests.integration.test_publish import ACCOUNT, pub_settings
+from tests.integration.test_webhooks import hook_settings
 from tests.web_helpers import RO_KEY, RW_KEY, running_api
 from worker import PollerClient, enqueue, get_history
 from worker.core.history import MAX_BYTES, EventKind, HistoryEvent, checks_of_last_poll
@@ -82,7 +84,7 @@ async def test_publish_and_webhook_attempts(
 ) -> None:
     s = hook_settings(pub_settings(settings))
     sim.state.set_script("7201", ["FINISHED"])
-    async with receiver([500, 200]) as rec, running_worker(s):
+    async with webhook_receiver([500, 200]) as rec, running_worker(s):
         await enqueue(redis, "7201", account=ACCOUNT, publish=True, webhook_url=rec.url, settings=s)
         r = await final_of(redis, s, "7201")
 

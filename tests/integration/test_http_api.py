@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import TEST_TOKEN, running_worker, wait_until
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from tests.web_helpers import RO_KEY, RW_KEY, Api, events, running_api
 from worker import PollerClient
 from worker.ops import stats

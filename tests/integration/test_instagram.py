@@ -21,14 +21,15 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, worker_env
-from tests.conftest import TEST_TOKEN, running_worker, wait_until
-from worker import InvalidIdError, enqueue, enqueue_many, get_result
+from tests.cli_helpers import run_cli
+from tests.helpers.env import worker_env
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import finals
+from tests.helpers.worker import running_worker
+from worker import InvalidIdError, enqueue, enqueue_many
 from worker.client.producer import enqueue_carousel
-from worker.core.result import PollResult
 from worker.jobs.token_refresh import TokenKeeper
 from worker.jobs.tokens import AccountTokenSource, write_atomically
-from worker.ops import metrics
 from worker.store.accounts import AccountStore
 from worker.store.admin import AccountView, AdminStore
 from worker.store.keys import Keys
@@ -57,23 +58,6 @@ def ig_settings(settings: Settings, sim: RunningSimulator) -> Settings:
 async def account_views(redis: Redis, settings: Settings) -> dict[str, AccountView]:
     page = await AdminStore.from_settings(redis, settings).accounts()
     return {v.account: v for v in page.items}
-
-
-async def finals(
-    redis: Redis, settings: Settings, ids: list[str], timeout: float = 20
-) -> dict[str, PollResult]:
-    out: dict[str, PollResult] = {}
-
-    async def done() -> bool:
-        for cid in ids:
-            if cid not in out:
-                r = await get_result(redis, cid, settings=settings)
-                if r is not None and r.final:
-                    out[cid] = r
-        return len(out) == len(ids)
-
-    await wait_until(done, timeout=timeout)
-    return out
 
 
 async def test_every_instagram_status_beside_threads_containers(

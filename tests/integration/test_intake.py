@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
 from worker import get_result
 from worker.client.producer import store_for
 from worker.runtime.intake import IntakeConsumer
@@ -119,12 +120,7 @@ async def test_intake_duplicates_are_deduplicated(
     for _ in range(5):
         await redis.xadd(keys.intake, {"container_id": "9030"})
     async with running_worker(settings):
-
-        async def final() -> bool:
-            r = await get_result(redis, "9030", settings=settings)
-            return r is not None and r.final
-
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "9030", timeout=10)
     assert sim.state.calls_for("9030").count == 2
 
 

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from bench.harness import HOST, RedisServer
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
-from tests.conftest import wait_until
+from tests.cli_helpers import start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from worker import get_result
 from worker.client.producer import store_for
 from worker.runtime.intake import MAX_DELIVERIES, IntakeConsumer

@@ -24,9 +24,11 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from tests.integration.test_lifecycle import runner_for
-from tests.integration.test_webhooks import SECRET, hook_settings, receiver
+from tests.integration.test_webhooks import SECRET, hook_settings
 from tests.webhook_verify import verifies
 from worker import enqueue, get_result
 from worker.core.decisions import Decision
@@ -100,7 +102,7 @@ async def test_old_pickled_jobs_are_replanned_from_their_ids_and_a_malicious_one
     sim.state.set_script("9702", ["FINISHED"])
     sim.state.set_script("9701", ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"])
     sim.state.set_script("9703", ["IN_PROGRESS", "FINISHED"])
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         # The previous release's record of a final state with a webhook: its delivery job
         # pickled, pending.
         await enqueue(redis, "9702", webhook_url=rec.url, settings=settings)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
-from tests.conftest import wait_until
+from tests.helpers.waiting import wait_until
 from tests.integration.test_lifecycle import arq_pool
 from worker.runtime.runner import JobSpec, Runner
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, Keys

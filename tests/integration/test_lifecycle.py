@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from api_client.client import make_session
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import is_final, wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
@@ -266,18 +267,13 @@ async def test_runs_beyond_the_limit_end_the_poll_saying_why(
         await enqueue(redis, "7004", settings=settings)
         async with runner_for(redis, keys, [spec]) as runner:
             await wait_until(lambda: runner.stats.given_up == 1, timeout=10)
-            await wait_until(lambda: _final(redis, settings, "7004"), timeout=5)
+            await wait_until(lambda: is_final(redis, settings, "7004"), timeout=5)
     finally:
         await session.close()
     r = await get_result(redis, "7004", settings=settings)
     assert r is not None and r.status == "TIMED_OUT" and r.runs == 4
     assert r.last_error is not None and "given up" in r.last_error and "3 runs" in r.last_error
     assert await redis.xlen(keys.events) == 1
-
-
-async def _final(redis: Redis, settings: Settings, cid: str) -> bool:
-    r = await get_result(redis, cid, settings=settings)
-    return r is not None and r.final
 
 
 # ----- settings that cannot strand data ----------------------------------------------------
@@ -359,7 +355,7 @@ async def test_a_published_media_id_is_said_to_be_one(
     sim.state.set_script("7201", ["nonexisting_field"])
     await enqueue(redis, "7201", settings=settings)
     async with running_worker(settings):
-        await wait_until(lambda: _final(redis, settings, "7201"), timeout=10)
+        await wait_until(lambda: is_final(redis, settings, "7201"), timeout=10)
     r = await get_result(redis, "7201", settings=settings)
     assert r is not None and r.status == "FAILED" and r.last_error_code == 100
     assert r.last_error is not None and "published media id" in r.last_error
@@ -395,7 +391,7 @@ async def test_publishing_waits_while_the_account_is_paused(
         await asyncio.sleep(1.0)
         assert sim.state.calls_for("7202").publish_calls == 0
         assert sim.state.quota_calls == quota_calls
-        await wait_until(lambda: _final(redis, settings, "7202"), timeout=10)
+        await wait_until(lambda: is_final(redis, settings, "7202"), timeout=10)
     r = await get_result(redis, "7202", settings=settings)
     assert r is not None and r.status == "PUBLISHED"
     assert r.published_at is not None and r.published_at >= paused_until - 0.01

@@ -13,20 +13,17 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
-from worker import enqueue_many, get_result
+from tests.helpers.waiting import final_of
+from tests.helpers.worker import running_worker
+from worker import enqueue_many
 
 
 async def run_two_checks(redis: Redis, settings: Settings, sim: RunningSimulator) -> None:
     sim.state.set_script("7100001", ["IN_PROGRESS", "FINISHED"])
     await enqueue_many(redis, ["7100001"], settings=settings)
 
-    async def final() -> bool:
-        r = await get_result(redis, "7100001", settings=settings)
-        return r is not None and r.final
-
     async with running_worker(settings):
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "7100001", timeout=10)
 
 
 def check_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from bench.harness import free_port
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
-from worker import enqueue_many, get_result
+from tests.helpers.waiting import finals, wait_until
+from tests.helpers.worker import running_worker
+from worker import enqueue_many
 from worker.ops import metrics
 from worker.store.admin import AdminStore
 from worker.store.keys import Keys
@@ -114,12 +115,7 @@ async def test_worker_exposes_check_outcomes(
     await redis.xadd(keys.intake, {"container_id": "not-an-id"})
     ids = list(scripts)
     async with running_worker(settings) as worker:
-
-        async def all_final() -> bool:
-            results = [await get_result(redis, cid, settings=settings) for cid in ids]
-            return all(r is not None and r.final for r in results)
-
-        await wait_until(all_final, timeout=20)
+        await finals(redis, settings, ids, timeout=20)
         after = scrape(port)
         assert worker.metrics_server is not None and worker.metrics_server.port == port
     delta = {k: after.get(k, 0.0) - before[k] for k in watched}

@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
-from tests.integration.test_webhooks import SECRET, hook_settings, receiver
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
+from tests.integration.test_webhooks import SECRET, hook_settings
 from tests.web_helpers import RO_KEY, RW_KEY, running_api
 from tests.webhook_verify import verifies
 from worker import PollerClient
@@ -75,7 +77,11 @@ async def test_a_dead_webhook_is_replayed_signed_afresh(
 ) -> None:
     settings = hook_settings(settings, webhook_max_attempts=1)
     sim.state.set_script("13111", ["FINISHED"])
-    async with receiver([500]) as rec, running_api(settings) as api, running_worker(settings):
+    async with (
+        webhook_receiver([500]) as rec,
+        running_api(settings) as api,
+        running_worker(settings),
+    ):
         await api.post("/v1/containers", json={"container_id": "13111", "webhook_url": rec.url})
 
         async def dead() -> bool:
@@ -128,7 +134,11 @@ async def test_a_cancel_is_delivered_to_the_webhook(
 ) -> None:
     settings = hook_settings(settings.model_copy(update={"poll_max_seconds": 30.0}))
     sim.state.set_script("13121", ["IN_PROGRESS"])
-    async with receiver([200]) as rec, running_api(settings) as api, running_worker(settings):
+    async with (
+        webhook_receiver([200]) as rec,
+        running_api(settings) as api,
+        running_worker(settings),
+    ):
         await api.post("/v1/containers", json={"container_id": "13121", "webhook_url": rec.url})
         await wait_until(lambda: sim.state.calls_for("13121").count >= 1, timeout=10)
         assert (await api.post("/v1/containers/13121/cancel")).status == 200

@@ -23,7 +23,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from config import Settings
-from tests.conftest import wait_until
+from tests.helpers.waiting import wait_until
 from worker.client.client import PollerClient
 from worker.client.producer import store_for
 from worker.core.decisions import Decision

@@ -7,8 +7,9 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
-from worker import enqueue_many, get_result
+from tests.helpers.waiting import finals
+from tests.helpers.worker import running_worker
+from worker import enqueue_many
 from worker.core.result import PollResult
 from worker.store.keys import Keys
 
@@ -23,18 +24,8 @@ async def poll_all(
     for cid, steps in scripts.items():
         sim.state.set_script(cid, steps)
     await enqueue_many(redis, list(scripts), settings=settings)
-    results: dict[str, PollResult] = {}
-
-    async def all_final() -> bool:
-        for cid in scripts:
-            r = await get_result(redis, cid, settings=settings)
-            if r is not None and r.final:
-                results[cid] = r
-        return len(results) == len(scripts)
-
     async with running_worker(settings):
-        await wait_until(all_final, timeout=timeout)
-    return results
+        return await finals(redis, settings, list(scripts), timeout=timeout)
 
 
 async def test_api_final_states(redis: Redis, settings: Settings, sim: RunningSimulator) -> None:

@@ -29,7 +29,9 @@ from bench.harness import RedisServer, start_redis, stop_redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from tests.integration.test_acl import command, denials, refused
 from tests.web_helpers import RO_KEY, RW_KEY, running_api
 from worker import PollerClient

@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import start_worker
-from tests.conftest import TEST_TOKEN, running_worker, wait_until
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result
 from worker.core.result import PollResult
 from worker.store.keys import Keys
@@ -28,20 +30,6 @@ def pub_settings(settings: Settings, **more: object) -> Settings:
     }
     update.update(more)
     return settings.model_copy(update=update)
-
-
-async def final_of(redis: Redis, settings: Settings, cid: str, timeout: float = 15) -> PollResult:
-    box: list[PollResult] = []
-
-    async def done() -> bool:
-        r = await get_result(redis, cid, settings=settings)
-        if r is not None and r.final:
-            box.append(r)
-            return True
-        return False
-
-    await wait_until(done, timeout=timeout)
-    return box[0]
 
 
 async def publish_one(
@@ -207,10 +195,9 @@ async def test_worker_killed_mid_publish_does_not_publish_twice(
     sim.state.set_script("9401", ["FINISHED"])
     sim.state.set_publish_fault("9401", "timeout_after_publish")
     await enqueue(redis, "9401", account=ACCOUNT, publish=True, settings=settings)
-    env = dict(
+    env = worker_env(
         project_env,
-        THREADS_API_BASE_URL=sim.base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
+        settings,
         POLL_INTERVAL_SECONDS="0.2",
         POLL_MAX_SECONDS="40",
         HTTP_TIMEOUT_SECONDS="2",

@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import TEST_TOKEN, running_worker, wait_until
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue
 from worker.jobs.quota import get_quota
 from worker.store.accounts import AccountStore

@@ -18,7 +18,9 @@ from bench.harness import RedisServer, simulator_in_process, start_redis, stop_r
 from config import Settings
 from simulator import SimulatorState
 from simulator.state import Reply
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result
 from worker.store.connections import open_redis
 

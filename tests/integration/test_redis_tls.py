@@ -23,8 +23,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bench.harness import Child, free_port, redis_binary, spawn
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import make_settings, running_worker, wait_until
-from worker import enqueue, get_result
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import final_of
+from tests.helpers.worker import running_worker
+from worker import enqueue
 from worker.store.connections import open_redis
 
 PASSWORD = "tls-redis-password-0123456789"
@@ -138,12 +140,7 @@ async def test_the_worker_and_the_cli_work_over_tls(
         sim.state.set_script("9901", ["IN_PROGRESS", "FINISHED"])
         await enqueue(redis, "9901", settings=settings)
         async with running_worker(settings):
-
-            async def final() -> bool:
-                r = await get_result(redis, "9901", settings=settings)
-                return r is not None and r.final
-
-            await wait_until(final, timeout=15)
+            await final_of(redis, settings, "9901", timeout=15)
     finally:
         await redis.aclose()
     # Only TLS is spoken on that port: a plaintext client gets nowhere.

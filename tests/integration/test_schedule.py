@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, get_result
 from worker.store.keys import Keys
 
@@ -24,11 +25,7 @@ async def test_check_count_and_spacing(
     async with running_worker(settings):
         await enqueue(redis, "7001", settings=settings)
 
-        async def final() -> bool:
-            r = await get_result(redis, "7001", settings=settings)
-            return r is not None and r.final
-
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "7001", timeout=10)
     times = sim.state.calls_for("7001").times
     assert len(times) == 6  # t = 0, 0.5, ..., 2.5
     assert times[0] - t0 < 0.5  # the first check runs right away
@@ -47,11 +44,7 @@ async def test_no_api_call_after_final(
     async with running_worker(settings):
         await enqueue(redis, "7002", settings=settings)
 
-        async def final() -> bool:
-            r = await get_result(redis, "7002", settings=settings)
-            return r is not None and r.final
-
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "7002", timeout=10)
         count = sim.state.calls_for("7002").count
         # Give the worker two intervals to (wrongly) check again.
         await asyncio.sleep(2 * settings.poll_interval_seconds)
@@ -66,11 +59,7 @@ async def test_window_zero_means_one_check(
     async with running_worker(settings):
         await enqueue(redis, "7003", settings=settings)
 
-        async def final() -> bool:
-            r = await get_result(redis, "7003", settings=settings)
-            return r is not None and r.final
-
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "7003", timeout=10)
     r = await get_result(redis, "7003", settings=settings)
     assert r is not None and r.status == "TIMED_OUT" and r.checks == 1
     assert sim.state.calls_for("7003").count == 1
@@ -101,11 +90,7 @@ async def test_a_run_before_its_check_is_due_makes_no_call(
         await asyncio.sleep(1.0)
         assert sim.state.calls_for("7010").count == 1
 
-        async def final() -> bool:
-            r = await get_result(redis, "7010", settings=settings)
-            return r is not None and r.final
-
-        await wait_until(final, timeout=10)
+        await final_of(redis, settings, "7010", timeout=10)
     times = sim.state.calls_for("7010").times
     assert len(times) == 2
     assert times[1] - times[0] >= 3.0 - 0.02, times

@@ -22,16 +22,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from aiohttp import web
 
 from bench.harness import HOST, Child, free_port, spawn, threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import worker_env
-from tests.conftest import wait_until
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import Receiver, webhook_receiver
+from tests.helpers.waiting import wait_until
 from tests.integration.test_serve_process import get
 from tests.schemathesis_hooks import RECEIVER_ENV
 from tests.web_helpers import RO_KEY, RW_KEY
@@ -62,34 +61,6 @@ WRITES = {
     "DELETE /v1/dead-letters/{kind}/{letter_id}",
 }
 DOCUMENTED = READS | WRITES
-
-
-@dataclass
-class Receiver:
-    url: str
-    seen: list[tuple[str, str]] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def receiver() -> AsyncIterator[Receiver]:
-    """The only place a generated webhook may go: 127.0.0.1, recording what it gets."""
-    port = free_port()
-    got = Receiver(f"http://{HOST}:{port}/hook")
-
-    async def hook(request: web.Request) -> web.Response:
-        await request.read()
-        got.seen.append((request.method, request.path))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, HOST, port).start()
-    try:
-        yield got
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
@@ -233,7 +204,7 @@ def findings(run: Run) -> str:
 async def test_schemathesis_finds_nothing_with_a_read_write_key(
     tmp_path: Path, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
 ) -> None:
-    async with receiver() as hook, serving(tmp_path, settings, project_env, hook) as base:
+    async with webhook_receiver() as hook, serving(tmp_path, settings, project_env, hook) as base:
         run = await schemathesis(tmp_path, base, RW_KEY, "rw", hook.url)
         assert run.rc == 0, findings(run)
         # Every operation was run, and writes were accepted: it is not all refusals.
@@ -249,7 +220,7 @@ async def test_schemathesis_finds_nothing_with_a_read_write_key(
 async def test_schemathesis_finds_nothing_with_a_read_only_key(
     tmp_path: Path, settings: Settings, sim: RunningSimulator, project_env: dict[str, str]
 ) -> None:
-    async with receiver() as hook, serving(tmp_path, settings, project_env, hook) as base:
+    async with webhook_receiver() as hook, serving(tmp_path, settings, project_env, hook) as base:
         run = await schemathesis(tmp_path, base, RO_KEY, "ro", hook.url)
         assert run.rc == 0, findings(run)
         # Writes: 403 (the document's answer to a read-only key), never done.

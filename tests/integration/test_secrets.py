@@ -15,8 +15,10 @@ from bench.harness import free_port
 from config import Settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli, start_worker
-from tests.conftest import TEST_TOKEN, wait_until
-from tests.integration.test_webhooks import receiver
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import wait_until
 from tests.leaks import assert_no_leaks, dump_redis, http_doors
 from worker import enqueue_many, get_result
 
@@ -51,7 +53,7 @@ async def test_token_absent_from_logs_and_redis(
             "webhook_allowed_hosts": "127.0.0.1",
         }
     )
-    async with receiver([200]) as good, receiver([500]) as bad:
+    async with webhook_receiver([200]) as good, webhook_receiver([500]) as bad:
         doors = await run_with_webhooks(
             redis, settings, scripts, project_env, tmp_path, auth_mode, good.url, bad.url
         )
@@ -105,16 +107,13 @@ async def run_with_webhooks(
     ):
         await redis.xadd(intake, junk)  # type: ignore[arg-type]
     metrics_port = free_port()
-    env = dict(
+    env = worker_env(
         project_env,
-        THREADS_API_BASE_URL=settings.threads_api_base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
+        settings,
         THREADS_ACCESS_TOKEN_555=OTHER_TOKEN,
         THREADS_AUTH_MODE=auth_mode,
         POLL_INTERVAL_SECONDS="0.3",
         POLL_MAX_SECONDS="10",
-        HTTP_TIMEOUT_SECONDS="1",
-        JOB_TIMEOUT_SECONDS="5",
         LOG_LEVEL="DEBUG",
         WEBHOOK_SECRET=WEBHOOK_SECRET,
         WEBHOOK_ALLOWED_HOSTS="127.0.0.1",

@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 from bench.harness import Child, free_port, spawn, threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, worker_env
-from tests.conftest import wait_until
+from tests.cli_helpers import run_cli
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from tests.web_helpers import RO_KEY, RW_KEY
 from worker.store.keys import Keys
 
@@ -191,7 +192,7 @@ async def test_serve_refuses_to_start_exposed_without_a_key(
 async def test_cli_parity(
     redis: Redis, settings: Settings, sim: RunningSimulator, project_env: dict[str, str], keys: Keys
 ) -> None:
-    from tests.conftest import running_worker
+    from tests.helpers.worker import running_worker
     from worker import PollerClient
 
     settings = settings.model_copy(update={"poll_max_seconds": 30.0})

@@ -12,8 +12,8 @@ from pathlib import Path
 from bench.harness import HOST, Child, free_port, spawn, threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import worker_env
-from tests.conftest import wait_until
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from tests.web_helpers import RW_KEY
 
 # What many hosts give a process by default; the half-sent connections exceed it.

@@ -23,9 +23,12 @@ from redis.asyncio import Redis
 from config import Settings
 from config.webhook_keys import SignatureScheme
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, worker_env
-from tests.conftest import running_worker, wait_until
-from tests.integration.test_webhooks import Receiver, hook_settings, receiver
+from tests.cli_helpers import run_cli
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import Receiver, webhook_receiver
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
+from tests.integration.test_webhooks import hook_settings
 from tests.webhook_verify import verified, verifies
 from worker import enqueue, get_result
 from worker.jobs.webhook import SIGNATURE_HEADER, verify_signature
@@ -112,7 +115,7 @@ async def test_a_secret_rotation_verified_by_the_python_and_node_libraries(
     """The README's procedure: OLD alone; then NEW and OLD together while the receiver moves
     to NEW (either one verifies, in both languages); then NEW alone (OLD no longer does)."""
     base = hook_settings(settings)
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         before = await _deliver_one(
             redis, base.model_copy(update={"webhook_secret": SecretStr(OLD)}), sim, rec, "24001"
         )
@@ -181,7 +184,7 @@ async def test_a_replayed_dead_letter_verifies_with_the_same_id(
         webhook_max_attempts=1,
     )
     sim.state.set_script("24011", ["EXPIRED"])
-    async with receiver([500, 200]) as rec:
+    async with webhook_receiver([500, 200]) as rec:
         await enqueue(redis, "24011", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
 
@@ -216,7 +219,7 @@ async def test_the_older_scheme_stays_available_by_setting(
     """WEBHOOK_SIGNATURE_SCHEME=threads-poller: the X-Threads-Poller-Signature alone, keyed by
     the secret's text as before; both: each receiver finds its own header."""
     base = hook_settings(settings, webhook_secret=SecretStr(f"{NEW},{OLD}"))
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         old_body, old_only = await _deliver_one(
             redis,
             base.model_copy(update={"webhook_signature_scheme": SignatureScheme.THREADS_POLLER}),

@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.waiting import is_final, wait_until
+from tests.helpers.worker import running_worker
 from tests.leaks import dump_redis
 from worker import enqueue_many, get_result
 from worker.jobs.token_refresh import Refreshed, TokenKeeper
@@ -228,19 +229,15 @@ async def test_a_token_rejected_with_190_fails_its_polls_at_once_until_replaced(
     async with running_worker(settings):
         await enqueue_many(redis, ["77001"], account=ACCOUNT, settings=settings)
 
-        async def final(cid: str) -> bool:
-            r = await get_result(redis, cid, settings=settings)
-            return r is not None and r.final
-
-        await wait_until(lambda: final("77001"), timeout=15)
+        await wait_until(lambda: is_final(redis, settings, "77001"), timeout=15)
         first = await get_result(redis, "77001", settings=settings)
         assert first is not None and first.status == "FAILED" and first.last_error_code == 190
         view = await account_view(redis, settings)
         assert view["token_rejected"] is True and str(view["token_rejected_code"]).startswith("190")
         # Marked: the next polls of the account fail at once, with a clear reason, no call.
         await enqueue_many(redis, ["77002", "77003"], account=ACCOUNT, settings=settings)
-        await wait_until(lambda: final("77002"), timeout=15)
-        await wait_until(lambda: final("77003"), timeout=15)
+        await wait_until(lambda: is_final(redis, settings, "77002"), timeout=15)
+        await wait_until(lambda: is_final(redis, settings, "77003"), timeout=15)
         for cid in ("77002", "77003"):
             r = await get_result(redis, cid, settings=settings)
             assert r is not None and r.status == "FAILED"
@@ -254,6 +251,6 @@ async def test_a_token_rejected_with_190_fails_its_polls_at_once_until_replaced(
 
         await wait_until(cleared, timeout=10)
         await enqueue_many(redis, ["77004"], account=ACCOUNT, settings=settings)
-        await wait_until(lambda: final("77004"), timeout=15)
+        await wait_until(lambda: is_final(redis, settings, "77004"), timeout=15)
         ok = await get_result(redis, "77004", settings=settings)
         assert ok is not None and ok.status == "FINISHED"

@@ -17,9 +17,12 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import TEST_TOKEN, running_worker, wait_until
-from tests.integration.test_publish import ACCOUNT, final_of, pub_settings
-from tests.integration.test_webhooks import SECRET, hook_settings, receiver
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
+from tests.integration.test_publish import ACCOUNT, pub_settings
+from tests.integration.test_webhooks import SECRET, hook_settings
 from worker import enqueue
 from worker.client.client import PollerClient
 from worker.core.errors import InvalidIdError
@@ -78,7 +81,7 @@ async def test_the_span_tree_of_one_poll_in_the_producers_trace(
     sim.state.set_script(cid, ["IN_PROGRESS", "throttle", "IN_PROGRESS", "FINISHED"])
     sim.state.set_quota(ACCOUNT, quota_usage=1)
     with in_memory() as exported:
-        async with receiver([200]) as rec:
+        async with webhook_receiver([200]) as rec:
             await enqueue(
                 redis,
                 cid,

@@ -18,9 +18,11 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
-from tests.conftest import TEST_TOKEN, wait_until
-from tests.integration.test_publish import final_of
+from tests.cli_helpers import start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import serving_app
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import final_of, wait_until
 from worker import enqueue
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -59,15 +61,9 @@ async def collector() -> AsyncIterator[Collector]:
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    got.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving_app(app) as url:
+        got.url = url
         yield got
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_worker_exports_otlp_http_to_the_configured_endpoint(

@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
-from tests.integration.test_webhooks import hook_settings, receiver
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import final_of, wait_until
+from tests.helpers.worker import running_worker
+from tests.integration.test_webhooks import hook_settings
 from worker import enqueue, get_result
 from worker.core.webhooks import body_for
 from worker.store.jobdata import DELIVER_FUNCTION, encode_job
@@ -133,15 +135,10 @@ async def test_a_delivery_left_in_the_shared_queue_is_handed_over_and_delivered(
     (without counting a try), and delivered on its first attempt."""
     settings = hook_settings(settings)
     sim.state.set_script("9631", ["FINISHED"])
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         await enqueue(redis, "9631", settings=settings)
         async with running_worker(settings):
-
-            async def final() -> bool:
-                r = await get_result(redis, "9631", settings=settings)
-                return r is not None and r.final
-
-            await wait_until(final)
+            await final_of(redis, settings, "9631", timeout=10)
             # What an earlier release's record.lua wrote for a final state with a webhook.
             current = await get_result(redis, "9631", settings=settings)
             assert current is not None

@@ -29,8 +29,11 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, worker_env
-from tests.conftest import running_worker, wait_until
+from tests.cli_helpers import run_cli
+from tests.helpers.env import worker_env
+from tests.helpers.receivers import serving_app
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from tests.webhook_verify import verifies
 from worker import InvalidIdError, PollerClient, get_result
 from worker.client.producer import store_for
@@ -88,7 +91,7 @@ async def receiver(
     async def hook(request: web.Request) -> web.StreamResponse:
         rec.got.append((await request.read(), dict(request.headers)))
         if redirect:
-            raise web.HTTPTemporaryRedirect(location=f"http://{host}:{port}/inner")
+            raise web.HTTPTemporaryRedirect(location=rec.url.removesuffix("/hook") + "/inner")
         if endless:
             # A receiver that never stops answering: the worker reads a capped amount.
             resp = web.StreamResponse(status=200)
@@ -106,16 +109,9 @@ async def receiver(
     app = web.Application()
     app.router.add_post("/hook", hook)
     app.router.add_post("/inner", inner)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://{host}:{port}/hook"
-    try:
+    async with serving_app(app, host) as base:
+        rec.url = f"{base}/hook"
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 class MapResolver(AbstractResolver):

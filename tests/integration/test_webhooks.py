@@ -4,21 +4,19 @@ Node's library and the older scheme: test_standard_webhooks.py."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.conftest import running_worker, wait_until
+from tests.helpers.receivers import webhook_receiver
+from tests.helpers.waiting import is_final, wait_until
+from tests.helpers.worker import running_worker
 from tests.webhook_verify import verified, verifies
 from worker import enqueue, get_result
 from worker.core.errors import InvalidIdError
@@ -26,38 +24,6 @@ from worker.core.signing import standard_headers
 from worker.store.keys import Keys
 
 SECRET = "whsec-test-0123456789"
-
-
-@dataclass
-class Receiver:
-    url: str
-    answers: list[int]
-    got: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
-    at: list[float] = field(default_factory=list)  # time.monotonic() of each request
-
-
-@contextlib.asynccontextmanager
-async def receiver(answers: list[int]) -> AsyncIterator[Receiver]:
-    rec = Receiver("", answers)
-
-    async def handle(request: web.Request) -> web.Response:
-        rec.at.append(time.monotonic())
-        rec.got.append((await request.read(), dict(request.headers)))
-        status = rec.answers.pop(0) if len(rec.answers) > 1 else rec.answers[0]
-        return web.Response(status=status, text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook?tenant=a"
-    try:
-        yield rec
-    finally:
-        await runner.cleanup()
 
 
 def hook_settings(settings: Settings, **more: object) -> Settings:
@@ -77,7 +43,7 @@ async def test_signed_delivery_on_final_state(
 ) -> None:
     settings = hook_settings(settings)
     sim.state.set_script("9501", ["IN_PROGRESS", "ERROR:INVALID_DURATION"])
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         await enqueue(redis, "9501", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: len(rec.got) == 1, timeout=10)
@@ -108,7 +74,7 @@ async def test_retry_then_success(
 ) -> None:
     settings = hook_settings(settings)
     sim.state.set_script("9502", ["FINISHED"])
-    async with receiver([500, 503, 200]) as rec:
+    async with webhook_receiver([500, 503, 200]) as rec:
         await enqueue(redis, "9502", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: _hook_status(redis, settings, "9502", "delivered"))
@@ -125,7 +91,7 @@ async def test_retry_then_dead_letter(
 ) -> None:
     settings = hook_settings(settings)
     sim.state.set_script("9503", ["EXPIRED"])
-    async with receiver([500]) as rec:
+    async with webhook_receiver([500]) as rec:
         await enqueue(redis, "9503", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: _hook_status(redis, settings, "9503", "dead"))
@@ -140,7 +106,7 @@ async def test_client_error_is_not_retried(
 ) -> None:
     settings = hook_settings(settings)
     sim.state.set_script("9504", ["FINISHED"])
-    async with receiver([410]) as rec:
+    async with webhook_receiver([410]) as rec:
         await enqueue(redis, "9504", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: _hook_status(redis, settings, "9504", "dead"))
@@ -169,15 +135,10 @@ async def test_no_webhook_no_delivery_job(
     sim.state.set_script("9506", ["FINISHED"])
     await enqueue(redis, "9506", settings=settings)
     async with running_worker(settings):
-        await wait_until(lambda: _is_final(redis, settings, "9506"))
+        await wait_until(lambda: is_final(redis, settings, "9506"))
     r = await get_result(redis, "9506", settings=settings)
     assert r is not None and r.final and r.webhook_status is None
     assert not [k async for k in redis.scan_iter(match=b"arq:job:*webhook*")]
-
-
-async def _is_final(redis: Redis, settings: Settings, cid: str) -> bool:
-    r = await get_result(redis, cid, settings=settings)
-    return r is not None and r.final
 
 
 @pytest.mark.parametrize("url", ["ftp://x/y", "not a url", "http://", "", "http://a b/"])
@@ -199,7 +160,7 @@ async def test_retries_follow_the_schedule_and_the_dead_letter_can_be_replayed(
         webhook_retry_schedule="0.4s,1s",
     )
     sim.state.set_script("9508", ["FINISHED"])
-    async with receiver([503]) as rec:
+    async with webhook_receiver([503]) as rec:
         await enqueue(redis, "9508", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: _hook_status(redis, settings, "9508", "dead"), timeout=15)
@@ -228,7 +189,7 @@ async def test_the_body_carries_the_final_records_checks_and_last_checked_at(
     check's time. The body must say what the final record wrote."""
     settings = hook_settings(settings)
     sim.state.set_script("9531", script)
-    async with receiver([200]) as rec:
+    async with webhook_receiver([200]) as rec:
         await enqueue(redis, "9531", webhook_url=rec.url, settings=settings)
         async with running_worker(settings):
             await wait_until(lambda: len(rec.got) == 1, timeout=10)

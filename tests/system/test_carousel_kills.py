@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
-from tests.conftest import wait_until
+from tests.cli_helpers import start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from tests.integration.test_publish import ACCOUNT
 from worker import PollerClient
 

@@ -35,7 +35,8 @@ from bench.harness import (
 from config import load_settings
 from simulator import RunningSimulator
 from tests.cli_helpers import run_cli
-from tests.conftest import TEST_TOKEN, wait_until
+from tests.helpers.settings import TEST_TOKEN
+from tests.helpers.waiting import wait_until
 from tests.integration.test_serve import ahttp, serve_env, started
 from worker import PollerClient, get_result
 from worker.demo import DEMO_CLUSTER_PREFIX, SCENARIOS

@@ -48,7 +48,8 @@ from bench.harness import free_port
 from config import Settings, load_settings
 from simulator import RunningSimulator
 from simulator.server import build_parser as simulator_parser
-from tests.conftest import TEST_TOKEN, wait_until
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from worker import enqueue_many, get_result
 from worker.ops.health import TTL_SECONDS
 from worker.runtime.app import STOP_REDIS_SECONDS
@@ -712,13 +713,7 @@ async def test_image_entrypoint_and_healthcheck(
     metrics_port = free_port()
     env = image_env(
         dockerfile,
-        project_env,
-        THREADS_API_BASE_URL=sim.base_url,
-        THREADS_ACCESS_TOKEN=TEST_TOKEN,
-        POLL_INTERVAL_SECONDS="0.3",
-        POLL_MAX_SECONDS="10",
-        HTTP_TIMEOUT_SECONDS="1",
-        JOB_TIMEOUT_SECONDS="5",
+        worker_env(project_env, settings, POLL_INTERVAL_SECONDS="0.3", POLL_MAX_SECONDS="10"),
         METRICS_PORT=str(metrics_port),
     )
     _, health = dockerfile.healthcheck

@@ -24,10 +24,10 @@ from redis.asyncio import Redis
 from bench.harness import HOST, Child, free_port, spawn, threads_poller_command
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import worker_env
-from tests.conftest import wait_until
 from tests.dashboard import ALERTS, queries
-from worker import enqueue_many, get_result
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import finals, wait_until
+from worker import enqueue_many
 
 JOB = "threads-poller"
 SCRAPE_S = 1
@@ -159,12 +159,7 @@ async def test_every_query_runs_on_a_real_prometheus(
             return len(got.get("data", {}).get("result", [])) == 2
 
         await wait_until(both_up, timeout=30, interval=0.2)
-
-        async def all_final() -> bool:
-            results = [await get_result(redis, cid, settings=settings) for cid in ids]
-            return all(r is not None and r.final for r in results)
-
-        await wait_until(all_final, timeout=20)
+        await finals(redis, settings, ids, timeout=20)
         # Enough scrapes for every range of RATE_INTERVAL to hold two samples or more, and for
         # serve's 5-second sample of Redis to have seen the worker's heartbeat.
         await asyncio.sleep(4 * SCRAPE_S + 2)

@@ -19,8 +19,9 @@ from redis.asyncio import Redis
 from bench.model.topology import Topology
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
-from tests.conftest import wait_until
+from tests.cli_helpers import start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from worker import PollerClient
 
 

@@ -18,9 +18,10 @@ from redis.asyncio import Redis
 
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import start_worker, worker_env
-from tests.conftest import wait_until
-from worker import enqueue_many, get_result
+from tests.cli_helpers import start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import finals, wait_until
+from worker import enqueue_many
 
 N = 81
 REPLICAS = 3
@@ -56,12 +57,7 @@ async def test_three_replicas_share_the_checks(
     try:
         await wait_until(lambda: all("worker started" in _read(p) for p in logs), timeout=30)
         await enqueue_many(redis, ids, settings=settings)
-
-        async def all_final() -> bool:
-            rs = [await get_result(redis, cid, settings=settings) for cid in ids]
-            return all(r is not None and r.final for r in rs)
-
-        await wait_until(all_final, timeout=60)
+        await finals(redis, settings, ids, timeout=60)
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)

@@ -24,7 +24,9 @@ from bench.harness import (
     stop_redis,
 )
 from simulator import RunningSimulator
-from tests.conftest import make_settings, running_worker, wait_until
+from tests.helpers.settings import make_settings
+from tests.helpers.waiting import wait_until
+from tests.helpers.worker import running_worker
 from worker import enqueue, get_result
 from worker.store.connections import open_redis
 

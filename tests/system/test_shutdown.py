@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from bench.harness import free_port
 from config import Settings
 from simulator import RunningSimulator
-from tests.cli_helpers import run_cli, start_worker, worker_env
-from tests.conftest import wait_until
+from tests.cli_helpers import run_cli, start_worker
+from tests.helpers.env import worker_env
+from tests.helpers.waiting import wait_until
 from worker import enqueue_many, get_result
 from worker.store.keys import Keys
 

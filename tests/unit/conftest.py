@@ -1,5 +1,6 @@
 """The rule of tests/unit: pure tests only. No fixture that starts Redis or the simulator, no
-network connection, no listening socket; helpers such as ``tests.conftest.make_settings`` are fine.
+network connection, no listening socket; helpers such as ``tests.helpers.settings.make_settings``
+are fine.
 
 Two checks enforce it, each failing the offending test with a pointer to tests/integration/:
 the fixtures a test requests (directly or through other fixtures), before any of them is set up,

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from config import Settings, SettingsError
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 from worker.core.lease import (
     DEFAULT_LEASE_SECONDS,
     MIN_LEASE_SECONDS,

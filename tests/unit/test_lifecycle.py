@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from config import SettingsError
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 
 
 def test_a_result_ttl_shorter_than_the_longest_poll_is_refused() -> None:

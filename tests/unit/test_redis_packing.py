@@ -19,7 +19,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import DataError
 
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 from worker.store.connections import _PackedInC, open_redis, packed_in_c
 
 

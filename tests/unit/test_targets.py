@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import SettingsError
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 from worker.core.errors import InvalidIdError
 from worker.core.targets import (
     IPAddress,
