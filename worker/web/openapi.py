@@ -368,6 +368,10 @@ HISTORY_EVENT = _obj(
             "type": "string",
             "description": "webhook, cancelled: the reason; child: the child's id",
         },
+        "platform": {
+            "type": "string",
+            "description": "enqueued: the poll's platform when it is not threads",
+        },
     },
     required=["kind", "at"],
 )
