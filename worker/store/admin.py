@@ -42,6 +42,7 @@ from worker.store.jobdata import DELIVER_FUNCTION, encode_job
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
 from worker.store.queue import text
 from worker.store.results import ResultStore
+from worker.store.script_args import CancelArgs
 
 T = TypeVar("T")
 
@@ -803,20 +804,19 @@ class AdminStore:
                     self.keys.result(current.carousel_parent) if current.carousel_parent else own,
                     self.keys.history(container_id),
                 ],
-                args=[
-                    container_id,
-                    current.generation,
-                    ARQ_JOB_PREFIX,
-                    self.keys.job_id_base(container_id),
-                    ARQ_RETRY_PREFIX,
-                    last_error,
-                    self.results.result_ttl_seconds,
-                    self.results.events_max_len,
-                    *hook,
-                    self.keys.stats_prefix,
-                    STATS_TTL_SECONDS,
-                    cancel_entry(last_error),
-                ],
+                args=CancelArgs(
+                    container_id=container_id,
+                    generation=current.generation,
+                    job_id_base=self.keys.job_id_base(container_id),
+                    last_error=last_error,
+                    ttl_seconds=self.results.result_ttl_seconds,
+                    events_max_len=self.results.events_max_len,
+                    webhook_job_id=hook[0],
+                    webhook_job_data=hook[2],
+                    stats_prefix=self.keys.stats_prefix,
+                    stats_ttl_seconds=STATS_TTL_SECONDS,
+                    history=cancel_entry(last_error),
+                ).argv(),
             )
             outcome, detail = text(reply[0]), text(reply[1])
             if outcome == "changed":

@@ -58,6 +58,7 @@ from worker.store.jobdata import (
     job_by_id,
 )
 from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.script_args import ClaimArgs
 
 log = logging.getLogger("threads_poller.queue")
 
@@ -300,20 +301,22 @@ class JobQueue:
             reply = await self._claim(
                 keys=[self.key, self.other_key, *keys],
                 args=[
-                    limit - len(jobs),
-                    lease_ms,
-                    worker,
-                    ARQ_JOB_PREFIX,
-                    ARQ_IN_PROGRESS_PREFIX,
-                    ARQ_RETRY_PREFIX,
-                    self.keys.check_job_prefix,
-                    self.keys.result(""),
-                    self.job_ttl_ms,
-                    self.keys.webhook_job_prefix,
-                    "deliveries" if self.deliveries else "checks",
-                    min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
-                    _MAX_CANDIDATES,
-                    self.keys.account(""),
+                    ClaimArgs(
+                        limit=limit - len(jobs),
+                        lease_ms=lease_ms,
+                        worker=worker,
+                        job_prefix=ARQ_JOB_PREFIX,
+                        lock_prefix=ARQ_IN_PROGRESS_PREFIX,
+                        tries_prefix=ARQ_RETRY_PREFIX,
+                        check_prefix=self.keys.check_job_prefix,
+                        result_prefix=self.keys.result(""),
+                        job_ttl_ms=self.job_ttl_ms,
+                        webhook_prefix=self.keys.webhook_job_prefix,
+                        queue="deliveries" if self.deliveries else "checks",
+                        candidates=min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
+                        candidates_when_left=_MAX_CANDIDATES,
+                        account_prefix=self.keys.account(""),
+                    ).to_json(),
                     *unrunnable,
                 ],
             )
