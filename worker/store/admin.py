@@ -38,8 +38,8 @@ from worker.core.result import PollResult, stamp
 from worker.core.states import SUCCESS_STATES, State
 from worker.core.webhooks import body_for
 from worker.store import scripts
-from worker.store.jobdata import DELIVER_FUNCTION, encode_job
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.jobdata import delivery_job
+from worker.store.keys import Keys
 from worker.store.queue import text
 from worker.store.results import ResultStore
 from worker.store.script_args import CancelArgs
@@ -643,17 +643,14 @@ class AdminStore:
             return Replayed(ReplayOutcome.UNREADABLE)
         job_id = letter.fields.get("delivery_id") or self.keys.webhook_job_id(cid, generation)
         now_ms = int(await self.now() * 1000)
-        args: tuple[str | bytes, ...] = (cid, generation, raw_body.encode())
-        if letter.target:
-            args += (letter.target,)
-        data = encode_job(DELIVER_FUNCTION, args, now_ms)
+        data = delivery_job(cid, generation, raw_body.encode(), letter.target or None, now_ms)
         reply = await self._webhook_replay(
             keys=[
                 self.keys.webhook_dead_letters,
                 self.keys.webhook_queue,
-                ARQ_JOB_PREFIX + job_id,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
-                ARQ_RETRY_PREFIX + job_id,
+                self.keys.job_data(job_id),
+                self.keys.job_lock(job_id),
+                self.keys.job_tries(job_id),
                 self.keys.result(cid),
             ],
             args=[letter_id, job_id, data, self.results.result_ttl_seconds * 1000, generation],
@@ -784,7 +781,7 @@ class AdminStore:
                     current, body_for(view, delivery), int(now * 1000)
                 )
                 if webhook is not None:
-                    hook = (webhook.job_id, ARQ_JOB_PREFIX + webhook.job_id, webhook.data)
+                    hook = (webhook.job_id, self.keys.job_data(webhook.job_id), webhook.data)
             own = self.keys.result(container_id)
             job_id = self.keys.job_id(container_id, current.generation)
             reply = await scripts.call(
@@ -795,8 +792,8 @@ class AdminStore:
                     self.keys.events,
                     self.keys.queue,
                     self.keys.webhook_queue,
-                    ARQ_JOB_PREFIX + job_id,
-                    ARQ_RETRY_PREFIX + job_id,
+                    self.keys.job_data(job_id),
+                    self.keys.job_tries(job_id),
                     hook[1] or own,
                     # This minute's counts as the clock read above says (the script asks for
                     # the right one when the minute turned since) and the parent as read.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # arq's own key prefixes (arq.constants); our Lua scripts create and inspect arq jobs directly so
-# that "record the container" and "schedule its first check" are one atomic step.
+# that "record the container" and "schedule its first check" are one atomic step. Spelled here
+# only: every other module names a job's keys through ``Keys.job_data / job_lock / job_tries``.
 ARQ_JOB_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_RETRY_PREFIX = "arq:retry:"
@@ -136,6 +137,33 @@ class Keys:
     def accounts(self) -> str:
         """Sorted set: accounts named at enqueue, scored by when they were last seen."""
         return f"{self.prefix}:accounts"
+
+    # ----- a job's own keys (arq's layout: global names, the job id carries the prefix) --------
+
+    @property
+    def job_data_prefix(self) -> str:
+        """What every job's data key starts with (for scripts that name them: claim.lua)."""
+        return ARQ_JOB_PREFIX
+
+    @property
+    def job_lock_prefix(self) -> str:
+        return ARQ_IN_PROGRESS_PREFIX
+
+    @property
+    def job_tries_prefix(self) -> str:
+        return ARQ_RETRY_PREFIX
+
+    def job_data(self, job_id: str) -> str:
+        """String (PX): the job's data (``worker.store.jobdata``)."""
+        return ARQ_JOB_PREFIX + job_id
+
+    def job_lock(self, job_id: str) -> str:
+        """String (PX): the token of the run holding the job (its lease: ``worker.store.queue``)."""
+        return ARQ_IN_PROGRESS_PREFIX + job_id
+
+    def job_tries(self, job_id: str) -> str:
+        """String: how many times the job was claimed."""
+        return ARQ_RETRY_PREFIX + job_id
 
     @property
     def check_job_prefix(self) -> str:

@@ -29,8 +29,8 @@ from worker.core.tracing import optional_traceparent
 from worker.core.webhooks import WebhookOutcome
 from worker.store import scripts
 from worker.store.history import read_history
-from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.jobdata import check_job, delivery_job
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, text
 from worker.store.script_args import EnqueueArgs, RecordArgs, WebhookSettleArgs, flag
 
@@ -170,7 +170,7 @@ class ResultStore:
 
     def check_job_data(self, container_id: str, generation: str) -> bytes:
         """A poll's check job data (``worker.store.jobdata``)."""
-        return encode_job(CHECK_FUNCTION, (container_id, generation), int(time.time() * 1000))
+        return check_job(container_id, generation, int(time.time() * 1000))
 
     async def enqueue(
         self, requests: Sequence[EnqueueRequest], *, window_seconds: float | None = None
@@ -264,7 +264,7 @@ class ResultStore:
                 self.keys.config,
                 self.keys.result(parent[0] if parent else req.container_id),
                 self.keys.rate(account or "default"),
-                ARQ_JOB_PREFIX + self.keys.job_id(req.container_id, generation),
+                self.keys.job_data(self.keys.job_id(req.container_id, generation)),
                 self.keys.history(req.container_id),
                 *(self.keys.result(child) for child in children),
                 *extra,
@@ -339,9 +339,7 @@ class ResultStore:
         if not url:
             return None
         job_id = self.keys.webhook_job_id(current.container_id, current.generation)
-        data = encode_job(
-            DELIVER_FUNCTION, (current.container_id, current.generation, body, url), now_ms
-        )
+        data = delivery_job(current.container_id, current.generation, body, url, now_ms)
         return Webhook(job_id, data)
 
     async def record(
@@ -408,12 +406,12 @@ class ResultStore:
                 self.keys.inflight,
                 self.keys.events,
                 self.keys.queue,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
-                ARQ_RETRY_PREFIX + job_id,
-                ARQ_JOB_PREFIX + job_id,
+                self.keys.job_lock(job_id),
+                self.keys.job_tries(job_id),
+                self.keys.job_data(job_id),
                 self.keys.webhook_queue,
                 self.keys.rate(current.account or "default"),
-                ARQ_JOB_PREFIX + webhook.job_id if webhook else own,
+                self.keys.job_data(webhook.job_id) if webhook else own,
                 # The parent as this run read it; one named since is asked for by the script.
                 self.keys.result(current.carousel_parent) if current.carousel_parent else own,
                 story,
@@ -443,7 +441,7 @@ class ResultStore:
         its own connection) and in one round trip. Safe to repeat after a lost reply."""
         keys = [
             self.keys.result(current.container_id),
-            ARQ_IN_PROGRESS_PREFIX + job.job_id,
+            self.keys.job_lock(job.job_id),
             self.keys.history(current.container_id),
         ]
         args: list[str | int] = [job.token, current.generation, max_attempts]
@@ -487,9 +485,9 @@ class ResultStore:
             keys=[
                 self.keys.result(container_id),
                 self.keys.webhook_queue,
-                ARQ_IN_PROGRESS_PREFIX + job.job_id,
-                ARQ_RETRY_PREFIX + job.job_id,
-                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.job_lock(job.job_id),
+                self.keys.job_tries(job.job_id),
+                self.keys.job_data(job.job_id),
                 self.keys.webhook_dead_letters,
                 self.keys.history(container_id),
             ],
@@ -518,8 +516,8 @@ class ResultStore:
             keys=[
                 self.keys.result(result.container_id),
                 self.keys.queue,
-                ARQ_JOB_PREFIX + job_id,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
+                self.keys.job_data(job_id),
+                self.keys.job_lock(job_id),
             ],
             args=[
                 result.generation,
