@@ -42,7 +42,8 @@ CONNECTION = ("ping", "select")
 # (COMMAND, and COMMAND GETKEYS for commands whose keys move, XREAD's).
 CLUSTER_CONNECTION = ("cluster|slots", "command")
 
-# The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA; redis-py loads
+# The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA (the intake's two
+# scripts' stream commands are the worker's alone: WORKER_DIRECT); redis-py loads
 # a script with SCRIPT LOAD after a restart and checks with SCRIPT EXISTS in pipelines.
 SCRIPTING = ("evalsha", "script|load", "script|exists")
 IN_SCRIPTS = (

@@ -684,7 +684,7 @@ class AdminStore:
 
     async def _scan_ids(self, prefix: str, limit: int, calls: int, count: int) -> Found:
         pattern = self.keys.result(prefix) + "*"
-        start = len(self.keys.result(""))
+        start = len(self.keys.result_prefix)
         found: set[str] = set()
         cursor = 0
         for _ in range(calls):
@@ -813,6 +813,8 @@ class AdminStore:
                     stats_prefix=self.keys.stats_prefix,
                     stats_ttl_seconds=STATS_TTL_SECONDS,
                     history=cancel_entry(last_error),
+                    result_prefix=self.keys.result_prefix,
+                    check_prefix=self.keys.check_job_prefix,
                 ).argv(),
             )
             outcome, detail = text(reply[0]), text(reply[1])

@@ -18,14 +18,25 @@ INTAKE_GROUP = "threads-poller"
 class Keys:
     prefix: str = "threads-poller"
 
+    @property
+    def result_prefix(self) -> str:
+        """What every result hash's key starts with (handed to the scripts that name the hash of
+        a container they read of: a carousel's parent, its children, a check's poll)."""
+        return f"{self.prefix}:result:"
+
     def result(self, container_id: str) -> str:
         """Hash: the state of one container (schema in the README)."""
-        return f"{self.prefix}:result:{container_id}"
+        return self.result_prefix + container_id
+
+    @property
+    def history_prefix(self) -> str:
+        """What every history's key starts with (handed to record.lua: the parent's)."""
+        return f"{self.prefix}:history:"
 
     def history(self, container_id: str) -> str:
         """String: the container's history, capped, expiring with its result hash
         (``worker.core.history``; README, "History")."""
-        return f"{self.prefix}:history:{container_id}"
+        return self.history_prefix + container_id
 
     @property
     def events(self) -> str:
@@ -92,9 +103,15 @@ class Keys:
         """Sorted set: worker names by last heartbeat (Redis time), to find them without SCAN."""
         return f"{self.prefix}:workers"
 
+    @property
+    def account_prefix(self) -> str:
+        """What every account hash's key starts with (handed to claim.lua: the account a
+        check's hash names)."""
+        return f"{self.prefix}:account:"
+
     def account(self, account: str) -> str:
         """Hash: throttling and token state of one account (Threads user id, or "default")."""
-        return f"{self.prefix}:account:{account}"
+        return self.account_prefix + account
 
     def token_lease(self, account: str) -> str:
         """String (PX): the worker refreshing the account's token, and its fence number
@@ -116,6 +133,11 @@ class Keys:
     def quota(self, account: str) -> str:
         """String: JSON of the account's last publishing limit (QuotaSnapshot)."""
         return f"{self.prefix}:quota:{account}"
+
+    def quota_lock(self, account: str) -> str:
+        """String (PX): the worker refreshing the account's quota this period (the others skip
+        it: ``worker.jobs.quota``)."""
+        return f"{self.quota(account)}:lock"
 
     @property
     def stats_prefix(self) -> str:

@@ -294,6 +294,7 @@ class ResultStore:
                 producer_accounts=req.producer.lua_accounts(),
                 traceparent=req.traceparent or "",
                 platform=req.platform,
+                result_prefix=self.keys.result_prefix,
             ).argv(),
             client=pipe,
         )
@@ -392,6 +393,9 @@ class ResultStore:
             error_message=decision.error_message or "",
             waiting_parent=flag(current.is_carousel and current.children_ready_at is None),
             history=SEPARATOR.join(history),
+            result_prefix=self.keys.result_prefix,
+            history_prefix=self.keys.history_prefix,
+            check_prefix=self.keys.check_job_prefix,
         ).argv()
         for k, v in fields.items():
             args += [k, v]

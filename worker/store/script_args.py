@@ -104,6 +104,7 @@ class EnqueueArgs(ScriptTable):
     producer_accounts: str  # '*', or ',id,id,'
     traceparent: str  # the poll's W3C traceparent ('' for none)
     platform: str  # 'threads' / 'instagram' (api_client.platforms)
+    result_prefix: str  # "<prefix>:result:" (Keys: a child's, a live carousel's hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,10 @@ class RecordArgs(ScriptTable):
     error_message: str
     waiting_parent: str  # '1' when this run planned a carousel parent still waiting
     history: str  # this record's history entries, newline-separated ('' for none)
+    # Keys' prefixes, for the keys of a carousel child's parent (the one its hash names).
+    result_prefix: str  # "<prefix>:result:"
+    history_prefix: str  # "<prefix>:history:"
+    check_prefix: str  # "<prefix>:check:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +175,9 @@ class CancelArgs(ScriptTable):
     stats_prefix: str  # "<prefix>:stats:"
     stats_ttl_seconds: int
     history: str  # the cancel's history entry ("x|reason")
+    # Keys' prefixes, for the keys of a carousel child's parent (the one its hash names).
+    result_prefix: str  # "<prefix>:result:"
+    check_prefix: str  # "<prefix>:check:"
 
 
 @dataclass(frozen=True, slots=True)

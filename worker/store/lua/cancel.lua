@@ -16,7 +16,9 @@
 --       value a string): container_id, generation (the one expected), job_id_base
 --       ("<prefix>:check:<id>:"), last_error (text), ttl_seconds, events_max_len,
 --       webhook_job_id ('' for none), stats_prefix ("<prefix>:stats:"), stats_ttl_seconds,
---       history (the cancel's history entry, "x|reason": worker/core/history.py);
+--       history (the cancel's history entry, "x|reason": worker/core/history.py),
+--       result_prefix / check_prefix ("<prefix>:result:", "<prefix>:check:": Keys; a carousel
+--       child's parent's keys);
 --       2 the webhook job's data ('' for none; bytes: beside the table, which JSON could not
 --       carry byte for byte)
 -- Returns {'cancelled', event id} or {outcome, status}: 'unknown' (no hash), 'changed' (another
@@ -43,7 +45,7 @@ if not declared[stats] then
   return need(stats)
 end
 -- The parent as the hash says now (it may have been named a child since the caller read it).
-local pkey = cur[8] and string.sub(KEYS[1], 1, #KEYS[1] - #args.container_id) .. cur[8]
+local pkey = cur[8] and args.result_prefix .. cur[8]
 if pkey and not declared[pkey] then
   return need(pkey)
 end
@@ -71,8 +73,7 @@ if args.webhook_job_id ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
 end
 if pkey then
-  local pjob = string.sub(args.job_id_base, 1, #args.job_id_base - #args.container_id - 1) ..
-    cur[8] .. ':' .. (cur[9] or '')
+  local pjob = args.check_prefix .. cur[8] .. ':' .. (cur[9] or '')
   local p = redis.call('HMGET', pkey, 'generation', 'final', 'failed_child', 'children_ready_at')
   if p[1] == cur[9] and p[2] == '0' and not p[3] and not p[4] then
     redis.call('HSET', pkey, 'failed_child', args.container_id, 'failed_child_status',

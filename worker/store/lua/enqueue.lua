@@ -23,7 +23,8 @@
 --       the write, so that no check-then-write race lets a request past it; traceparent (the
 --       poll's W3C traceparent, '' for none; stored only when it is one, as data), platform
 --       ('threads' / 'instagram': api_client.platforms; a live poll of the same id on another
---       platform is refused);
+--       platform is refused), result_prefix ("<prefix>:result:", Keys: a hash this script
+--       learns of as it reads);
 --       2 the new check job's data (bytes: beside the table, which JSON could not carry)
 -- Returns {outcome, status, reason}: enqueued / restarted / duplicate / final / refused (a
 -- carousel's rule, with the reason) (/ skipped: a child of a carousel that was not started);
@@ -36,7 +37,7 @@ end
 local cur = redis.call('HMGET', KEYS[1], 'final', 'generation', 'status', 'intake_entry',
   'carousel_parent', 'parent_generation', 'publish_status', 'media_id', 'published_at',
   'producer', 'account', 'earlier_publish')
-local results = string.sub(KEYS[1], 1, #KEYS[1] - #args.container_id)  -- "<prefix>:result:"
+local results = args.result_prefix  -- "<prefix>:result:" (Keys)
 
 -- Producers' scopes (issue 21). A request outside its producer's scope is refused before
 -- anything is written, whatever door it came through (the doors check it too, to say so early).

@@ -20,7 +20,8 @@
 --       status (this record's), error_message (its), waiting_parent ('1' when this run planned
 --       a carousel parent still waiting for its children), history (this record's history
 --       entries, "<kind>|fields" newline-separated, '' for none: worker/core/history.py,
---       record_entries);
+--       record_entries), result_prefix / history_prefix / check_prefix ("<prefix>:result:",
+--       "<prefix>:history:", "<prefix>:check:": Keys; a carousel child's parent's keys);
 --       2 the webhook job's data ('' for none; bytes: beside the table, which JSON could not
 --       carry byte for byte),
 --       3 .. 2+2n field/value pairs (an empty value deletes the field), then the event's
@@ -47,18 +48,15 @@ if cur[1] ~= args.generation or cur[2] == '1' then
   redis.call('ZREM', KEYS[4], args.job_id)
   return {'stale', cur[1] == args.generation and 'already final' or 'replaced'}
 end
--- "<prefix>:result:": from this poll's own key.
-local results = string.sub(KEYS[1], 1, #KEYS[1] - #args.container_id)
+local results = args.result_prefix  -- "<prefix>:result:" (Keys)
 local link = {false, false}
 if args.final == '1' then
   link = redis.call('HMGET', KEYS[1], 'carousel_parent', 'parent_generation')
   if link[1] and not declared[results .. link[1]] then
     return need(results .. link[1])
   end
-  -- "<prefix>:history:", from this poll's own history key.
-  local histories = string.sub(KEYS[12], 1, #KEYS[12] - #args.container_id)
-  if link[1] and not declared[histories .. link[1]] then
-    return need(histories .. link[1])
+  if link[1] and not declared[args.history_prefix .. link[1]] then
+    return need(args.history_prefix .. link[1])
   end
 end
 local now = now_ms()
@@ -129,13 +127,9 @@ if args.final == '1' then
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('ZREM', KEYS[4], args.job_id)
   if link[1] then
-    -- "<prefix>:check:", from this poll's job id.
-    local checks = string.sub(args.job_id, 1,
-      #args.job_id - #args.container_id - #args.generation - 1)
     local pgen = link[2] or ''
-    local phist = string.sub(KEYS[12], 1, #KEYS[12] - #args.container_id) .. link[1]
-    report_to_parent(results .. link[1], phist, link[1], pgen,
-      checks .. link[1] .. ':' .. pgen)
+    report_to_parent(results .. link[1], args.history_prefix .. link[1], link[1], pgen,
+      args.check_prefix .. link[1] .. ':' .. pgen)
   end
 else
   local want = math.max(tonumber(args.want_ms), now)
