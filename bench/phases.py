@@ -59,7 +59,6 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PREFIX = "bench"
 
-ARQ_JOB_PREFIX = "arq:job:"
 JOB_EXPIRY_MS = 86_400_000
 
 # Container id prefixes, one per scripted behaviour of the simulator (FINISHED_IDS: baselines).
@@ -463,7 +462,9 @@ class Bench:
         # worker's jobs are JSON (worker.store.jobdata) and never go through this.
         from arq.jobs import serialize_job
 
-        n, f = self.cfg.n, self.figures
+        from worker.store.keys import Keys
+
+        n, f, job_data = self.cfg.n, self.figures, Keys().job_data
         out(f"\n[noop] bare arq: {n} no-op jobs, max_jobs={self.cfg.max_jobs}, same poll_delay")
         await self.reset()
         now_ms = int(time.time() * 1000)
@@ -472,7 +473,7 @@ class Bench:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for j in range(i, min(n, i + 5000)):
                     job_id = f"noop:{j}"
-                    pipe.psetex(ARQ_JOB_PREFIX + job_id, JOB_EXPIRY_MS, payload)
+                    pipe.psetex(job_data(job_id), JOB_EXPIRY_MS, payload)
                     pipe.zadd(NOOP_QUEUE, {job_id: now_ms})
                 await pipe.execute()
         cmd = [
@@ -1311,7 +1312,6 @@ class Bench:
         await phase_paced(self)
 
     async def phase_capacity(self) -> None:
-        from worker.store.keys import ARQ_JOB_PREFIX as JOB_PREFIX
         from worker.store.keys import Keys
 
         n, f, keys = self.cfg.capacity_n, self.figures, Keys(PREFIX)
@@ -1329,7 +1329,7 @@ class Bench:
         sample = ids[:: max(1, n // 200)]
         hash_bytes = await mean_memory_usage(self.redis, [keys.result(c) for c in sample])
         gen = await self.redis.hget(keys.result(sample[0]), "generation")  # type: ignore[misc]
-        job_key = JOB_PREFIX + keys.job_id(sample[0], gen.decode() if gen else "")
+        job_key = keys.job_data(keys.job_id(sample[0], gen.decode() if gen else ""))
         job_bytes = await mean_memory_usage(self.redis, [job_key])
         queue_bytes = await mean_memory_usage(self.redis, [keys.queue]) / n
         inflight_bytes = await mean_memory_usage(self.redis, [keys.inflight]) / n

@@ -42,7 +42,7 @@ from config import Settings
 from simulator import SimulatorState, StatusCall
 from simulator.server import RunningSimulator
 from worker.client.producer import enqueue_many
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
+from worker.store.keys import Keys
 
 Scale = Literal["ci", "full"]
 
@@ -264,7 +264,7 @@ class Harness:
         gen = await self.redis.hget(self.keys.result(cid), "generation")  # type: ignore[misc]
         if not gen:
             return None
-        key = ARQ_IN_PROGRESS_PREFIX + self.keys.job_id(cid, gen.decode())
+        key = self.keys.job_lock(self.keys.job_id(cid, gen.decode()))
         async with self.redis.pipeline(transaction=True) as tx:
             tx.get(key)
             tx.pttl(key)
@@ -414,9 +414,9 @@ class Harness:
             for cid, gen in candidates:
                 job = self.keys.job_id(cid, gen)
                 tx.hmget(self.keys.result(cid), ["final", "generation", "status"])
-                tx.exists(ARQ_JOB_PREFIX + job)
+                tx.exists(self.keys.job_data(job))
                 tx.zscore(self.keys.queue, job)
-                tx.exists(ARQ_IN_PROGRESS_PREFIX + job)
+                tx.exists(self.keys.job_lock(job))
             replies = await tx.execute()
         dead = 0
         for i, (cid, gen) in enumerate(candidates):
@@ -490,7 +490,7 @@ class Harness:
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid, h in zip(ids, hashes, strict=True):
                 job = self.keys.job_id(cid, h.get("generation", ""))
-                pipe.exists(ARQ_JOB_PREFIX + job)
+                pipe.exists(self.keys.job_data(job))
                 pipe.zscore(self.keys.queue, job)
             flags = await pipe.execute()
         result.settled = settled

@@ -65,7 +65,7 @@ from worker.runtime.runner import Runner
 from worker.store.admin import AdminStore
 from worker.store.connections import open_redis
 from worker.store.jobdata import DELIVER_FUNCTION
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob
 from worker.store.results import EnqueueRequest
 from worker.store.scripts import register
@@ -270,7 +270,7 @@ class World:
             return False
         job_id = ids[pick % len(ids)].decode()
         queue = self.queue_of(job_id)
-        if not await self.redis.exists(ARQ_IN_PROGRESS_PREFIX + job_id):
+        if not await self.redis.exists(self.keys.job_lock(job_id)):
             await self.redis.zadd(queue, {job_id: 0}, xx=True)
         hook = queue == self.keys.webhook_queue
         runner = self.hook_runner if hook else self.runner
@@ -289,7 +289,7 @@ class World:
 
     async def expire_lease(self, run: Run) -> None:
         """The run's lease runs out (it stalled, or its worker died): its job is due again."""
-        key = ARQ_IN_PROGRESS_PREFIX + run.job.job_id
+        key = self.keys.job_lock(run.job.job_id)
         if await self.redis.get(key) == run.job.token.encode():
             await self.redis.delete(key)
             await self.redis.zadd(self.queue_of(run.job.job_id), {run.job.job_id: 0}, xx=True)
@@ -707,7 +707,7 @@ class LifecycleModel(RuleBasedStateMachine):
             h = await w.read_hash(cid)
             if h.get("final") == "0":
                 job_id = w.keys.job_id(cid, h["generation"])
-                await w.redis.set(ARQ_RETRY_PREFIX + job_id, MAX_RUNS_PER_POLL)
+                await w.redis.set(w.keys.job_tries(job_id), MAX_RUNS_PER_POLL)
 
         self.run(exhaust())
 
@@ -946,9 +946,9 @@ async def _leases_run_out(world: World) -> None:
     going = {r.job.token for r in world.runs if not r.task.done() and not r.killed}
     for raw in await _queued(world):
         job_id = raw.decode()
-        token = await world.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
+        token = await world.redis.get(world.keys.job_lock(job_id))
         if token is not None and token.decode() not in going:
-            await world.redis.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
+            await world.redis.delete(world.keys.job_lock(job_id))
             await world.redis.zadd(world.queue_of(job_id), {job_id: 0}, xx=True)
 
 

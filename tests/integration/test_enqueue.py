@@ -14,7 +14,10 @@ from tests.helpers.waiting import final_of, is_final, wait_until
 from tests.helpers.worker import running_worker
 from worker import enqueue, enqueue_many, get_result
 from worker.core.errors import InvalidIdError
-from worker.store.keys import ARQ_JOB_PREFIX, Keys
+from worker.store.keys import Keys
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 
 @pytest.mark.parametrize(
@@ -87,7 +90,7 @@ async def test_enqueue_restarts_a_poll_whose_job_vanished(
 ) -> None:
     await enqueue(redis, "8003", settings=settings)
     # Simulate a lost job (e.g. an expired key): the hash says in flight, arq has nothing.
-    for key in await redis.keys(ARQ_JOB_PREFIX + "*"):
+    for key in await redis.keys(JOBS.job_data("*")):
         await redis.delete(key)
     await redis.delete(keys.queue)
     again = await enqueue(redis, "8003", settings=settings)
@@ -105,7 +108,7 @@ async def test_reconciler_gives_a_lost_job_back(
 
     sim.state.set_script("8004", ["FINISHED"])
     await enqueue(redis, "8004", settings=settings)
-    for key in await redis.keys(ARQ_JOB_PREFIX + "*"):
+    for key in await redis.keys(JOBS.job_data("*")):
         await redis.delete(key)
     await redis.delete(keys.queue)
     store = store_for(redis, settings)

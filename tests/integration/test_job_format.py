@@ -37,9 +37,12 @@ from worker.core.webhooks import body_for
 from worker.jobs.check import final_view
 from worker.runtime.runner import JobSpec
 from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, decode_job
-from worker.store.keys import ARQ_JOB_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, JobQueue
 from worker.store.results import ResultStore, Webhook
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 REFUSED = "job data refused, the job runs as its id says: %s"
 NOT_RUNNABLE = "job not runnable: %s"
@@ -119,7 +122,7 @@ async def test_old_pickled_jobs_are_replanned_from_their_ids_and_a_malicious_one
         recorded = await store.record(job, current, done, webhook=webhook)
         assert recorded.outcome == "ok"
         assert (await result(redis, settings, "9702")).webhook_status == "pending"
-        old_hook = await redis.get(ARQ_JOB_PREFIX + hook_id)
+        old_hook = await redis.get(JOBS.job_data(hook_id))
         assert old_hook is not None and old_hook.startswith(b"\x80")  # a pickle
         # This test wrote it: reading it back here is safe (a worker never does).
         sent_body = deserialize_job(old_hook).args[2]
@@ -133,9 +136,9 @@ async def test_old_pickled_jobs_are_replanned_from_their_ids_and_a_malicious_one
         attacked = await result(redis, settings, "9703")
         live_id = keys.job_id("9701", live.generation)
         attacked_id = keys.job_id("9703", attacked.generation)
-        assert (await redis.get(ARQ_JOB_PREFIX + live_id) or b"").startswith(b"\x80")
+        assert (await redis.get(JOBS.job_data(live_id)) or b"").startswith(b"\x80")
         malicious = serialize_job(CHECK_FUNCTION, (Opens(evil),), {}, None, 0)
-        assert await redis.set(ARQ_JOB_PREFIX + attacked_id, malicious, keepttl=True)
+        assert await redis.set(JOBS.job_data(attacked_id), malicious, keepttl=True)
 
         # The new worker meets them.
         caplog.set_level(logging.INFO)
@@ -168,7 +171,7 @@ async def test_a_delivery_whose_data_is_refused_and_whose_poll_is_gone_is_dead_l
     settings = hook_settings(settings)
     job_id = keys.webhook_job_id("9704", "0a1b2c3d4e5f")
     old = serialize_job(DELIVER_FUNCTION, ("9704", "0a1b2c3d4e5f", b"{}", "x"), {}, None, 0)
-    await redis.set(ARQ_JOB_PREFIX + job_id, old, px=60_000)
+    await redis.set(JOBS.job_data(job_id), old, px=60_000)
     await redis.zadd(keys.queue, {job_id: 0})
     caplog.set_level(logging.INFO)
     async with running_worker(settings):
@@ -194,7 +197,7 @@ async def test_garbage_under_a_foreign_id_and_stock_arqs_pickle_never_run(
 
     stock = ArqRedis(connection_pool=redis.connection_pool)  # arq's default: pickle
     await stock.enqueue_job("flaky", Opens(evil), _job_id="job-evil", _queue_name=keys.queue)
-    await redis.set(ARQ_JOB_PREFIX + "job-junk", b"\x00junk", px=60_000)
+    await redis.set(JOBS.job_data("job-junk"), b"\x00junk", px=60_000)
     await redis.zadd(keys.queue, {"job-junk": 0})
     caplog.set_level(logging.INFO)
     spec = JobSpec("flaky", flaky, timeout_s=0.05, retry_delay_s=0.05)
@@ -218,16 +221,16 @@ async def test_data_that_disagrees_with_its_id_is_replaced_by_what_the_id_says(
     r = await result(redis, settings, "9705")
     job_id = keys.job_id("9705", r.generation)
     lying = encode_job(CHECK_FUNCTION, ("9999", "ffffffffffff"), 0)
-    await redis.set(ARQ_JOB_PREFIX + job_id, lying, keepttl=True)
+    await redis.set(JOBS.job_data(job_id), lying, keepttl=True)
     queue = JobQueue(redis, keys, job_ttl_seconds=3600)
     (job,) = (await queue.claim("w", limit=1, lease_ms=30_000)).jobs
     assert (job.function, job.args) == (CHECK_FUNCTION, ("9705", r.generation))
     assert "not what its id says" in job.replanned and job.state is not None
     assert await queue.rewrite(job)
     assert not await queue.rewrite(job)  # only over the data it refused
-    data = await redis.get(ARQ_JOB_PREFIX + job_id)
+    data = await redis.get(JOBS.job_data(job_id))
     assert data is not None and decode_job(data).args == ("9705", r.generation)
-    assert await redis.pttl(ARQ_JOB_PREFIX + job_id) > 0
+    assert await redis.pttl(JOBS.job_data(job_id)) > 0
 
 
 async def _final(redis: Redis, settings: Settings, cid: str) -> bool:

@@ -20,8 +20,11 @@ from redis.asyncio import Redis
 from tests.helpers.waiting import wait_until
 from tests.integration.test_lifecycle import arq_pool
 from worker.runtime.runner import JobSpec, Runner
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, JobQueue
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 LEASE_S = 0.6  # renewed every 0.2 s
 
@@ -51,7 +54,7 @@ def runner_of(
 
 
 async def lock_of(redis: Redis, job_id: str) -> tuple[str | None, int]:
-    key = ARQ_IN_PROGRESS_PREFIX + job_id
+    key = JOBS.job_lock(job_id)
     value, ttl = await redis.get(key), await redis.pttl(key)
     return (value.decode() if value is not None else None), int(ttl)
 
@@ -144,7 +147,7 @@ async def test_a_run_whose_renewals_stop_loses_its_job_after_one_lease(
     # One lease (counted from the last renewal, up to a period before the stop) and a claim.
     assert taken_after < LEASE_S + 0.5, taken_after
     assert [r.try_ for r in runs] == [1, 2]
-    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + "job-stops")
+    assert not await redis.exists(JOBS.job_lock("job-stops"))
 
 
 async def test_a_run_whose_job_was_taken_stops_at_its_next_renewal(
@@ -171,7 +174,7 @@ async def test_a_run_whose_job_was_taken_stops_at_its_next_renewal(
         runner.stop()
         # The lease ran out as far as Redis knows (the process was frozen), and a successor
         # claimed the job.
-        await redis.delete(ARQ_IN_PROGRESS_PREFIX + "job-taken")
+        await redis.delete(JOBS.job_lock("job-taken"))
         await redis.zadd(keys.queue, {"job-taken": 0}, xx=True)
         (successor,) = (await queue.claim("w9", limit=1, lease_ms=60_000)).jobs
         t0 = time.monotonic()

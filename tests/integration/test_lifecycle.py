@@ -36,8 +36,11 @@ from worker.runtime.app import build_poller, job_specs
 from worker.runtime.runner import JobSpec, Runner
 from worker.store.accounts import AccountStore
 from worker.store.jobdata import CHECK_FUNCTION, job_deserializer, job_serializer
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, JobQueue
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 # ----- the runner: every failure path ends in "the job runs again" -------------------------
 
@@ -137,8 +140,8 @@ async def test_a_shutdown_gives_running_jobs_back_at_once(redis: Redis, keys: Ke
     score = await redis.zscore(keys.queue, "job-3")
     seconds, _ = await redis.time()
     assert score is not None and score <= seconds * 1000 + 1000
-    assert not await redis.exists(ARQ_IN_PROGRESS_PREFIX + "job-3")
-    assert await redis.exists(ARQ_JOB_PREFIX + "job-3")
+    assert not await redis.exists(JOBS.job_lock("job-3"))
+    assert await redis.exists(JOBS.job_data("job-3"))
 
 
 async def test_an_unknown_function_is_kept_for_a_worker_that_knows_it(
@@ -151,7 +154,7 @@ async def test_an_unknown_function_is_kept_for_a_worker_that_knows_it(
 
     async with runner_for(redis, keys, [JobSpec("other", other, 1.0, 1.0)]) as runner:
         await wait_until(lambda: runner.stats.released == 1, timeout=5)
-    assert await redis.exists(ARQ_JOB_PREFIX + "job-4")
+    assert await redis.exists(JOBS.job_data("job-4"))
     assert await redis.zscore(keys.queue, "job-4") is not None
 
 
@@ -200,7 +203,7 @@ async def test_a_run_past_its_lease_can_write_nothing(
     assert (await store.record(fresh, current, done)).outcome == "ok"
     assert await redis.xlen(keys.events) == 1
     # And the job is gone only now, with the final state.
-    assert not await redis.exists(ARQ_JOB_PREFIX + fresh.job_id)
+    assert not await redis.exists(JOBS.job_data(fresh.job_id))
 
 
 async def test_a_check_job_is_never_ended_while_its_poll_is_live(
@@ -210,7 +213,7 @@ async def test_a_check_job_is_never_ended_while_its_poll_is_live(
     job = await claim_one(redis, keys)
     queue = JobQueue(redis, keys, job_ttl_seconds=3600)
     assert not await queue.settle(job, retry_in_ms=None, unless_live=("7002", str(job.args[1])))
-    assert await redis.exists(ARQ_JOB_PREFIX + job.job_id)
+    assert await redis.exists(JOBS.job_data(job.job_id))
 
 
 async def test_one_throttling_episode_is_one_step_of_back_off(
@@ -288,7 +291,7 @@ async def test_the_job_lives_as_long_as_its_poll(
     )
     sim.state.set_script("7005", ["IN_PROGRESS"])
     await enqueue(redis, "7005", settings=settings)
-    job_key = ARQ_JOB_PREFIX + keys.job_id("7005", (await _generation(redis, keys, "7005")))
+    job_key = keys.job_data(keys.job_id("7005", await _generation(redis, keys, "7005")))
     assert await redis.pttl(job_key) > 2 * 86400 * 1000
     async with running_worker(settings):
         await wait_until(lambda: _checks(redis, settings, "7005", 2), timeout=10)

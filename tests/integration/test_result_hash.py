@@ -20,8 +20,11 @@ from worker.client.producer import store_for
 from worker.core.decisions import Decision
 from worker.core.errors import failure_of
 from worker.core.result import Changes, PollResult
-from worker.store.keys import ARQ_JOB_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, JobQueue
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 
 @pytest.fixture
@@ -344,7 +347,7 @@ async def test_final_state_creates_the_webhook_job_on_a_minimal_hash(
     r = await store.load("9108")
     assert r is not None and (r.webhook_status, r.webhook_attempts) == ("pending", 0)
     job_id = keys.webhook_job_id("9108", current.generation)
-    assert await redis.exists(ARQ_JOB_PREFIX + job_id)
+    assert await redis.exists(JOBS.job_data(job_id))
     # In the deliveries' own queue (issue 22), never the checks'.
     assert await redis.zscore(keys.webhook_queue, job_id) is not None
     assert await redis.zscore(keys.queue, job_id) is None

@@ -26,8 +26,11 @@ from tests.integration.test_webhooks import hook_settings
 from worker import enqueue, get_result
 from worker.core.webhooks import body_for
 from worker.store.jobdata import DELIVER_FUNCTION, encode_job
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import Claim, JobQueue
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 
 @dataclass
@@ -145,7 +148,7 @@ async def test_a_delivery_left_in_the_shared_queue_is_handed_over_and_delivered(
             job_id = keys.webhook_job_id("9631", current.generation)
             body = body_for(current, job_id)
             data = encode_job(DELIVER_FUNCTION, ("9631", current.generation, body, rec.url), 1_000)
-            await redis.set(ARQ_JOB_PREFIX + job_id, data)
+            await redis.set(JOBS.job_data(job_id), data)
             await redis.hset(keys.result("9631"), "webhook_status", "pending")  # type: ignore[misc]
             await redis.zadd(keys.queue, {job_id: int(time.time() * 1000)})
 
@@ -170,8 +173,8 @@ async def test_each_claim_hands_the_other_queues_jobs_over(redis: Redis, keys: K
     check = keys.job_id("9642", "g2")
     held = keys.webhook_job_id("9643", "g3")
     for job_id in (hook, check, held):
-        await redis.set(ARQ_JOB_PREFIX + job_id, encode_job(DELIVER_FUNCTION, ("x", "y"), 1))
-    await redis.set(ARQ_IN_PROGRESS_PREFIX + held, "someone/1", px=60_000)
+        await redis.set(JOBS.job_data(job_id), encode_job(DELIVER_FUNCTION, ("x", "y"), 1))
+    await redis.set(JOBS.job_lock(held), "someone/1", px=60_000)
     await redis.zadd(keys.queue, {hook: 1000, held: 1001})
     await redis.zadd(keys.webhook_queue, {check: 1002})
 
@@ -187,8 +190,8 @@ async def test_each_claim_hands_the_other_queues_jobs_over(redis: Redis, keys: K
     assert [j.job_id for j in claim.jobs] == [hook]
     assert await redis.zscore(keys.queue, check) == 1002
     assert await redis.zscore(keys.webhook_queue, check) is None
-    assert await redis.get(ARQ_RETRY_PREFIX + check) is None
-    assert await redis.get(ARQ_RETRY_PREFIX + hook) == b"1"  # one try: its own claim
+    assert await redis.get(JOBS.job_tries(check)) is None
+    assert await redis.get(JOBS.job_tries(hook)) == b"1"  # one try: its own claim
 
 
 async def test_a_long_backlog_is_handed_over_in_bounded_claims(redis: Redis, keys: Keys) -> None:

@@ -23,7 +23,10 @@ from bench.faults.invariants import MAX_RUNS_PER_CALL
 from bench.faults.matrix import ROWS, run_row
 from bench.faults.report import render_matrix
 from simulator import StatusCall
-from worker.store.keys import ARQ_JOB_PREFIX
+from worker.store.keys import Keys
+
+# A job's own keys (arq's layout: the same whatever the deployment's prefix).
+JOBS = Keys()
 
 
 @pytest.mark.parametrize("row", [r.key for r in ROWS])
@@ -57,7 +60,7 @@ async def test_the_monitor_sees_a_stranded_poll_and_the_row_fails(tmp_path: Path
         await h.enqueue([stranded, queued, final], Expect("FINISHED"))
         gen = await h.hash_field(stranded, "generation")
         assert gen is not None
-        await h.redis.delete(ARQ_JOB_PREFIX + h.keys.job_id(stranded, gen))
+        await h.redis.delete(JOBS.job_data(h.keys.job_id(stranded, gen)))
         await h.redis.hset(  # type: ignore[misc]
             h.keys.result(final),
             mapping={"final": "1", "status": "FINISHED", "checks": "1", "runs": "1"},

@@ -128,7 +128,7 @@ async def refresh_quotas_forever(
             if own and platform.account_key(own) not in users:
                 users.append(platform.account_key(own))
         for user_id in users:
-            lock = f"{accounts.keys.quota(user_id)}:lock"
+            lock = accounts.keys.quota_lock(user_id)
             # One worker per account per period; the others skip it.
             if not await redis.set(lock, b"1", nx=True, px=int(period * 1000)):
                 continue

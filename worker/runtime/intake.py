@@ -46,6 +46,7 @@ from worker.core.targets import WebhookPolicy, check_target, parse_target
 from worker.core.tracing import TraceparentError, optional_traceparent
 from worker.ops import metrics, tracing
 from worker.ops.loops import every
+from worker.store import scripts
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
 from worker.store.targets import Resolve, check_webhook_urls
@@ -72,85 +73,8 @@ DEAD_LETTERS_MAX_LEN = 100_000
 # means a dead process.
 CONSUMER_MAX_IDLE_SECONDS = 3600.0
 
-# One script, so that no consumer can read an entry between the pending check and the delete.
-# KEYS[1] stream; ARGV[1] group, ARGV[2] a consumer to delete whatever its idle time ("" for
-# none), ARGV[3] idle bound in ms. Deletes the consumers with no pending entry that are ARGV[2] or
-# idle for longer than the bound; returns their names. (RESP2 in Lua: each consumer of XINFO
-# CONSUMERS is a flat name/value list.)
-DELETE_IDLE_CONSUMERS_LUA = """
-local deleted = {}
-local bound = tonumber(ARGV[3])
-for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local c = {}
-  for i = 1, #consumer, 2 do c[consumer[i]] = consumer[i + 1] end
-  if c['pending'] == 0 and (c['name'] == ARGV[2] or c['idle'] > bound) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
-    deleted[#deleted + 1] = c['name']
-  end
-end
-return deleted
-"""
-
-# An entry is judged inside Redis before any of it reaches this process: a producer can XADD one
-# entry of millions of fields, which redis-py would turn into millions of Python objects (the
-# worker dies of memory, is restarted, claims the same entry first, and dies again: no later
-# entry of any producer becomes a poll). This script reads new entries (XREADGROUP ">") or
-# claims stale ones (XAUTOCLAIM) for the consumer, and returns whole only the entries within
-# MAX_FIELDS and ARGV[5] bytes that were delivered at most MAX_DELIVERIES times; of any other
-# it returns the id, its size and a bounded preview (20 fields, names cut at 64 bytes, values at
-# 1 KiB, what a dead letter keeps), or nothing of its body once delivered too often.
-# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] "new" or "claim", ARGV[4] count,
-# ARGV[5] max bytes, ARGV[6] max fields, ARGV[7] max deliveries, ARGV[8] claim idle ms.
-# Reply: {kind, id, fields, bytes, deliveries, flat field list} per entry; kind "ok" (the whole
-# entry), "big" (a preview) or "poison" (no fields). Entries deleted while pending are
-# acknowledged here.
-TAKE_LUA = """
-local stream, group, consumer, mode = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local count, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-local max_fields, max_deliveries = tonumber(ARGV[6]), tonumber(ARGV[7])
-local entries
-if mode == 'new' then
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
-                           'STREAMS', stream, '>')
-  entries = reply and reply[1] and reply[1][2] or {}
-else
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[8], '0-0',
-                           'COUNT', count)
-  entries = reply[2]
-end
-local out = {}
-for _, e in ipairs(entries) do
-  if not e or not e[2] then
-    -- Deleted while pending (Redis 6.2 lists it without fields): nothing to deliver.
-    if e and e[1] then redis.call('XACK', stream, group, e[1]) end
-  else
-    local id, flat = e[1], e[2]
-    local deliveries = 1
-    if mode ~= 'new' then
-      local p = redis.call('XPENDING', stream, group, id, id, 1)
-      if p[1] then deliveries = p[1][4] end
-    end
-    local size = 0
-    for i = 1, #flat do size = size + #flat[i] end
-    local nfields = #flat / 2
-    if deliveries > max_deliveries then
-      out[#out + 1] = {'poison', id, nfields, size, deliveries, {}}
-    elseif nfields > max_fields or size > max_bytes then
-      local preview = {}
-      for i = 1, math.min(#flat, 40), 2 do
-        local value = flat[i + 1]
-        if #value > 1024 then value = string.sub(value, 1, 1024) .. '...[truncated]' end
-        preview[#preview + 1] = string.sub(flat[i], 1, 64)
-        preview[#preview + 1] = value
-      end
-      out[#out + 1] = {'big', id, nfields, size, deliveries, preview}
-    else
-      out[#out + 1] = {'ok', id, nfields, size, deliveries, flat}
-    end
-  end
-end
-return out
-"""
+# The intake's two scripts: worker/store/lua/intake_take.lua (read new entries, or claim stale
+# ones, judged inside Redis) and intake_consumers.lua (delete idle consumers).
 # More fields than any valid entry has (7 known names) and far fewer than an entry that would
 # hurt: the rest is refused by name.
 MAX_FIELDS = 32
@@ -334,8 +258,8 @@ class IntakeConsumer:
         self.webhook_policy = webhook_policy or WebhookPolicy()
         self._resolve = webhook_resolve
         self._secrets = secrets
-        self._delete_consumers = redis.register_script(DELETE_IDLE_CONSUMERS_LUA)
-        self._take_script = redis.register_script(TAKE_LUA)
+        self._delete_consumers = scripts.register(redis, "intake_consumers.lua")
+        self._take_script = scripts.register(redis, "intake_take.lua")
         self.accepted = 0
         self.dead_lettered = 0
         # ``run``'s state between its rounds.

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from api_client.models import QuotaSnapshot
 from worker.store import scripts
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, Keys
+from worker.store.keys import Keys
 from worker.store.queue import AccountState, ClaimedJob, text
 
 __all__ = [
@@ -98,7 +98,7 @@ class AccountStore:
         self, job: ClaimedJob, account: str, action: str, sent_ms: int, *rest: str | int | float
     ) -> AccountChange:
         reply = await self._account(
-            keys=[self.keys.account(account), ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            keys=[self.keys.account(account), self.keys.job_lock(job.job_id)],
             args=[job.token, action, sent_ms, ACCOUNT_TTL_SECONDS, *rest],
         )
         if text(reply[0]) != "ok":

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 from config.producers import DEFAULT_PRODUCER, ProducersError, check_name
 from config.settings import valid_key_prefix
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX
+from worker.store.keys import Keys
 
 # Every client connection: SELECT for a database other than 0; PING is the harmless liveness
 # probe. (redis-py also sends CLIENT SETINFO, which Redis 7.0 does not know; on 7.2+ it is
@@ -42,7 +42,8 @@ CONNECTION = ("ping", "select")
 # (COMMAND, and COMMAND GETKEYS for commands whose keys move, XREAD's).
 CLUSTER_CONNECTION = ("cluster|slots", "command")
 
-# The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA; redis-py loads
+# The commands inside worker/store/lua/*.lua (lib.lua included), run by EVALSHA (the intake's two
+# scripts' stream commands are the worker's alone: WORKER_DIRECT); redis-py loads
 # a script with SCRIPT LOAD after a restart and checks with SCRIPT EXISTS in pipelines.
 SCRIPTING = ("evalsha", "script|load", "script|exists")
 IN_SCRIPTS = (
@@ -120,6 +121,7 @@ def role_rules(
     the producer whose stream a ``producer`` role writes (None or ``default``: the plain one);
     ``cluster``: for a Redis Cluster's nodes (REDIS_CLUSTER_NODES)."""
     p = prefix
+    k = Keys(prefix)
     connection = (*CONNECTION, *CLUSTER_CONNECTION) if cluster else CONNECTION
     if role == "producer":
         stream = f"{p}:intake" if producer in (None, DEFAULT_PRODUCER) else f"{p}:intake:{producer}"
@@ -141,17 +143,17 @@ def role_rules(
             f"~{p}:accounts",
             f"~{p}:config",
             f"~{p}:rate:*",
-            f"~{ARQ_JOB_PREFIX}{p}:check:*",
-            f"~{ARQ_IN_PROGRESS_PREFIX}{p}:check:*",
+            f"~{k.job_data(k.check_job_prefix)}*",
+            f"~{k.job_lock(k.check_job_prefix)}*",
             f"%R~{p}:events",
         ]
         return [*_commands((*SCRIPTING, *IN_SCRIPTS, *READER, *connection)), *keys]
     if role == "worker":
         keys = [
             f"~{p}:*",
-            f"~{ARQ_JOB_PREFIX}{p}:*",
-            f"~{ARQ_IN_PROGRESS_PREFIX}{p}:*",
-            f"~{ARQ_RETRY_PREFIX}{p}:*",
+            f"~{k.job_data(p)}:*",
+            f"~{k.job_lock(p)}:*",
+            f"~{k.job_tries(p)}:*",
         ]
         return [*_commands((*SCRIPTING, *IN_SCRIPTS, *WORKER_DIRECT, *connection)), *keys]
     raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")

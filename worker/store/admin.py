@@ -38,10 +38,11 @@ from worker.core.result import PollResult, stamp
 from worker.core.states import SUCCESS_STATES, State
 from worker.core.webhooks import body_for
 from worker.store import scripts
-from worker.store.jobdata import DELIVER_FUNCTION, encode_job
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.jobdata import delivery_job
+from worker.store.keys import Keys
 from worker.store.queue import text
 from worker.store.results import ResultStore
+from worker.store.script_args import CancelArgs
 
 T = TypeVar("T")
 
@@ -642,17 +643,14 @@ class AdminStore:
             return Replayed(ReplayOutcome.UNREADABLE)
         job_id = letter.fields.get("delivery_id") or self.keys.webhook_job_id(cid, generation)
         now_ms = int(await self.now() * 1000)
-        args: tuple[str | bytes, ...] = (cid, generation, raw_body.encode())
-        if letter.target:
-            args += (letter.target,)
-        data = encode_job(DELIVER_FUNCTION, args, now_ms)
+        data = delivery_job(cid, generation, raw_body.encode(), letter.target or None, now_ms)
         reply = await self._webhook_replay(
             keys=[
                 self.keys.webhook_dead_letters,
                 self.keys.webhook_queue,
-                ARQ_JOB_PREFIX + job_id,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
-                ARQ_RETRY_PREFIX + job_id,
+                self.keys.job_data(job_id),
+                self.keys.job_lock(job_id),
+                self.keys.job_tries(job_id),
                 self.keys.result(cid),
             ],
             args=[letter_id, job_id, data, self.results.result_ttl_seconds * 1000, generation],
@@ -686,7 +684,7 @@ class AdminStore:
 
     async def _scan_ids(self, prefix: str, limit: int, calls: int, count: int) -> Found:
         pattern = self.keys.result(prefix) + "*"
-        start = len(self.keys.result(""))
+        start = len(self.keys.result_prefix)
         found: set[str] = set()
         cursor = 0
         for _ in range(calls):
@@ -783,7 +781,7 @@ class AdminStore:
                     current, body_for(view, delivery), int(now * 1000)
                 )
                 if webhook is not None:
-                    hook = (webhook.job_id, ARQ_JOB_PREFIX + webhook.job_id, webhook.data)
+                    hook = (webhook.job_id, self.keys.job_data(webhook.job_id), webhook.data)
             own = self.keys.result(container_id)
             job_id = self.keys.job_id(container_id, current.generation)
             reply = await scripts.call(
@@ -794,8 +792,8 @@ class AdminStore:
                     self.keys.events,
                     self.keys.queue,
                     self.keys.webhook_queue,
-                    ARQ_JOB_PREFIX + job_id,
-                    ARQ_RETRY_PREFIX + job_id,
+                    self.keys.job_data(job_id),
+                    self.keys.job_tries(job_id),
                     hook[1] or own,
                     # This minute's counts as the clock read above says (the script asks for
                     # the right one when the minute turned since) and the parent as read.
@@ -803,20 +801,21 @@ class AdminStore:
                     self.keys.result(current.carousel_parent) if current.carousel_parent else own,
                     self.keys.history(container_id),
                 ],
-                args=[
-                    container_id,
-                    current.generation,
-                    ARQ_JOB_PREFIX,
-                    self.keys.job_id_base(container_id),
-                    ARQ_RETRY_PREFIX,
-                    last_error,
-                    self.results.result_ttl_seconds,
-                    self.results.events_max_len,
-                    *hook,
-                    self.keys.stats_prefix,
-                    STATS_TTL_SECONDS,
-                    cancel_entry(last_error),
-                ],
+                args=CancelArgs(
+                    container_id=container_id,
+                    generation=current.generation,
+                    job_id_base=self.keys.job_id_base(container_id),
+                    last_error=last_error,
+                    ttl_seconds=self.results.result_ttl_seconds,
+                    events_max_len=self.results.events_max_len,
+                    webhook_job_id=hook[0],
+                    webhook_job_data=hook[2],
+                    stats_prefix=self.keys.stats_prefix,
+                    stats_ttl_seconds=STATS_TTL_SECONDS,
+                    history=cancel_entry(last_error),
+                    result_prefix=self.keys.result_prefix,
+                    check_prefix=self.keys.check_job_prefix,
+                ).argv(),
             )
             outcome, detail = text(reply[0]), text(reply[1])
             if outcome == "changed":

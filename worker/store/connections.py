@@ -23,7 +23,6 @@ import logging
 from typing import Any
 
 import hiredis
-from arq.connections import RedisSettings
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry as RedisRetry
@@ -160,18 +159,20 @@ def open_redis(
             return packed_in_c(bounded)
         direct: Redis = Redis.from_url(settings.redis_url, **options)
         return packed_in_c(direct)
-    # arq's DSN parser: the database, user, password and TLS of the data nodes.
-    rs = RedisSettings.from_dsn(settings.redis_url)
+    # redis-py's URL parser (as for a direct connection): the database, user, password and TLS
+    # of the data nodes (its host and port are the sentinels' to say).
+    url = parse_url(settings.redis_url)
+    ssl = settings.redis_url.startswith("rediss://")
     sentinel = Sentinel(sentinels, socket_connect_timeout=connect_timeout)  # type: ignore[no-untyped-call]
-    if rs.password:
-        options["password"] = rs.password
-    if not rs.ssl:
+    if url.get("password"):
+        options["password"] = url["password"]
+    if not ssl:
         options.pop("ssl_check_hostname", None)
     client: Redis = sentinel.master_for(
         settings.redis_sentinel_master,
-        db=rs.database,
-        username=rs.username,
-        ssl=rs.ssl,
+        db=int(url.get("db") or 0),
+        username=url.get("username"),
+        ssl=ssl,
         **options,
     )
     return packed_in_c(client)

@@ -8,6 +8,9 @@ back byte-identical::
 
     {"v":1,"t":null,"f":"check_container","a":["17890","3f2a9c1b0d4e"],"k":{},"et":1795438388610}
 
+Every job data this service writes is made here (``check_job``, ``delivery_job``, ``encode_job``
+for a re-planned job's), and every job data it reads is read here (``decode_job``).
+
 Nothing here ever calls pickle; a value that is not this format (a pickle of an earlier release,
 garbage, a known function with arguments of the wrong types) raises ``JobDataError``. arq itself
 reads and writes this format when given the same hooks: ``create_pool(...,
@@ -77,6 +80,22 @@ def encode_job(
         ).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise JobDataError(f"job {function!r} cannot be stored: {exc}") from None
+
+
+def check_job(container_id: str, generation: str, enqueue_time_ms: int) -> bytes:
+    """A poll's check job's data: ``check_container(container, generation)``."""
+    return encode_job(CHECK_FUNCTION, (container_id, generation), enqueue_time_ms)
+
+
+def delivery_job(
+    container_id: str, generation: str, body: bytes, url: str | None, enqueue_time_ms: int
+) -> bytes:
+    """A final state's delivery job's data: ``deliver_webhook(container, generation, signed
+    body[, URL])``; without ``url``, the poll's or the default at each attempt."""
+    args: tuple[str | bytes, ...] = (container_id, generation, body)
+    if url:
+        args += (url,)
+    return encode_job(DELIVER_FUNCTION, args, enqueue_time_ms)
 
 
 def decode_job(data: bytes) -> JobCall:

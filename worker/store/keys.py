@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # arq's own key prefixes (arq.constants); our Lua scripts create and inspect arq jobs directly so
-# that "record the container" and "schedule its first check" are one atomic step.
+# that "record the container" and "schedule its first check" are one atomic step. Spelled here
+# only: every other module names a job's keys through ``Keys.job_data / job_lock / job_tries``.
 ARQ_JOB_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_RETRY_PREFIX = "arq:retry:"
@@ -17,14 +18,25 @@ INTAKE_GROUP = "threads-poller"
 class Keys:
     prefix: str = "threads-poller"
 
+    @property
+    def result_prefix(self) -> str:
+        """What every result hash's key starts with (handed to the scripts that name the hash of
+        a container they read of: a carousel's parent, its children, a check's poll)."""
+        return f"{self.prefix}:result:"
+
     def result(self, container_id: str) -> str:
         """Hash: the state of one container (schema in the README)."""
-        return f"{self.prefix}:result:{container_id}"
+        return self.result_prefix + container_id
+
+    @property
+    def history_prefix(self) -> str:
+        """What every history's key starts with (handed to record.lua: the parent's)."""
+        return f"{self.prefix}:history:"
 
     def history(self, container_id: str) -> str:
         """String: the container's history, capped, expiring with its result hash
         (``worker.core.history``; README, "History")."""
-        return f"{self.prefix}:history:{container_id}"
+        return self.history_prefix + container_id
 
     @property
     def events(self) -> str:
@@ -91,9 +103,15 @@ class Keys:
         """Sorted set: worker names by last heartbeat (Redis time), to find them without SCAN."""
         return f"{self.prefix}:workers"
 
+    @property
+    def account_prefix(self) -> str:
+        """What every account hash's key starts with (handed to claim.lua: the account a
+        check's hash names)."""
+        return f"{self.prefix}:account:"
+
     def account(self, account: str) -> str:
         """Hash: throttling and token state of one account (Threads user id, or "default")."""
-        return f"{self.prefix}:account:{account}"
+        return self.account_prefix + account
 
     def token_lease(self, account: str) -> str:
         """String (PX): the worker refreshing the account's token, and its fence number
@@ -116,6 +134,11 @@ class Keys:
         """String: JSON of the account's last publishing limit (QuotaSnapshot)."""
         return f"{self.prefix}:quota:{account}"
 
+    def quota_lock(self, account: str) -> str:
+        """String (PX): the worker refreshing the account's quota this period (the others skip
+        it: ``worker.jobs.quota``)."""
+        return f"{self.quota(account)}:lock"
+
     @property
     def stats_prefix(self) -> str:
         """What every minute's stats hash starts with (``stats`` below; cancel.lua adds the
@@ -136,6 +159,33 @@ class Keys:
     def accounts(self) -> str:
         """Sorted set: accounts named at enqueue, scored by when they were last seen."""
         return f"{self.prefix}:accounts"
+
+    # ----- a job's own keys (arq's layout: global names, the job id carries the prefix) --------
+
+    @property
+    def job_data_prefix(self) -> str:
+        """What every job's data key starts with (for scripts that name them: claim.lua)."""
+        return ARQ_JOB_PREFIX
+
+    @property
+    def job_lock_prefix(self) -> str:
+        return ARQ_IN_PROGRESS_PREFIX
+
+    @property
+    def job_tries_prefix(self) -> str:
+        return ARQ_RETRY_PREFIX
+
+    def job_data(self, job_id: str) -> str:
+        """String (PX): the job's data (``worker.store.jobdata``)."""
+        return ARQ_JOB_PREFIX + job_id
+
+    def job_lock(self, job_id: str) -> str:
+        """String (PX): the token of the run holding the job (its lease: ``worker.store.queue``)."""
+        return ARQ_IN_PROGRESS_PREFIX + job_id
+
+    def job_tries(self, job_id: str) -> str:
+        """String: how many times the job was claimed."""
+        return ARQ_RETRY_PREFIX + job_id
 
     @property
     def check_job_prefix(self) -> str:

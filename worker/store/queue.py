@@ -57,7 +57,8 @@ from worker.store.jobdata import (
     encode_job,
     job_by_id,
 )
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.keys import Keys
+from worker.store.script_args import ClaimArgs
 
 log = logging.getLogger("threads_poller.queue")
 
@@ -300,20 +301,22 @@ class JobQueue:
             reply = await self._claim(
                 keys=[self.key, self.other_key, *keys],
                 args=[
-                    limit - len(jobs),
-                    lease_ms,
-                    worker,
-                    ARQ_JOB_PREFIX,
-                    ARQ_IN_PROGRESS_PREFIX,
-                    ARQ_RETRY_PREFIX,
-                    self.keys.check_job_prefix,
-                    self.keys.result(""),
-                    self.job_ttl_ms,
-                    self.keys.webhook_job_prefix,
-                    "deliveries" if self.deliveries else "checks",
-                    min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
-                    _MAX_CANDIDATES,
-                    self.keys.account(""),
+                    ClaimArgs(
+                        limit=limit - len(jobs),
+                        lease_ms=lease_ms,
+                        worker=worker,
+                        job_prefix=self.keys.job_data_prefix,
+                        lock_prefix=self.keys.job_lock_prefix,
+                        tries_prefix=self.keys.job_tries_prefix,
+                        check_prefix=self.keys.check_job_prefix,
+                        result_prefix=self.keys.result_prefix,
+                        job_ttl_ms=self.job_ttl_ms,
+                        webhook_prefix=self.keys.webhook_job_prefix,
+                        queue="deliveries" if self.deliveries else "checks",
+                        candidates=min(max(limit, _MIN_CANDIDATES), _MAX_CANDIDATES),
+                        candidates_when_left=_MAX_CANDIDATES,
+                        account_prefix=self.keys.account_prefix,
+                    ).to_json(),
                     *unrunnable,
                 ],
             )
@@ -338,7 +341,7 @@ class JobQueue:
         full = max(limit, _MIN_CANDIDATES)
         cluster = self.redis if isinstance(self.redis, DeploymentCluster) else None
         for job_id in self._candidates:
-            lock = ARQ_IN_PROGRESS_PREFIX + job_id
+            lock = self.keys.job_lock(job_id)
             if (
                 cluster is not None
                 and not job_id.startswith(self.keys.prefix)
@@ -361,7 +364,7 @@ class JobQueue:
             if full <= 0:
                 continue
             full -= 1
-            keys += [ARQ_RETRY_PREFIX + job_id, ARQ_JOB_PREFIX + job_id]
+            keys += [self.keys.job_tries(job_id), self.keys.job_data(job_id)]
             cid = check_container(self.keys, job_id)
             if cid is not None:
                 # The account a check's hash names is only known once it is read: the one this
@@ -402,10 +405,10 @@ class JobQueue:
         lock holds its run's token); the runs (job id, token) that no longer own their job."""
         if not jobs:
             return set()
-        args: list[str | int] = [lease_ms, ARQ_IN_PROGRESS_PREFIX]
+        args: list[str | int] = [lease_ms, self.keys.job_lock_prefix]
         for job in jobs:
             args += [job.job_id, job.token]
-        locks = [ARQ_IN_PROGRESS_PREFIX + job.job_id for job in jobs]
+        locks = [self.keys.job_lock(job.job_id) for job in jobs]
         # This queue's own key: a delivery's score is in the deliveries' queue.
         lost = await self._renew(keys=[self.key, *locks], args=args)
         return {(text(lost[i]), text(lost[i + 1])) for i in range(0, len(lost) - 1, 2)}
@@ -413,7 +416,7 @@ class JobQueue:
     async def release(self, job: ClaimedJob, *, delay_ms: int) -> bool:
         """Give the job back, due again in ``delay_ms``; False if the run no longer owned it."""
         done = await self._release(
-            keys=[self.key, ARQ_IN_PROGRESS_PREFIX + job.job_id],
+            keys=[self.key, self.keys.job_lock(job.job_id)],
             args=[job.token, job.job_id, max(0, delay_ms)],
         )
         return bool(done)
@@ -433,9 +436,9 @@ class JobQueue:
         done = await self._settle(
             keys=[
                 self.key,
-                ARQ_IN_PROGRESS_PREFIX + job.job_id,
-                ARQ_RETRY_PREFIX + job.job_id,
-                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.job_lock(job.job_id),
+                self.keys.job_tries(job.job_id),
+                self.keys.job_data(job.job_id),
                 self.keys.result(cid),
             ],
             args=[
@@ -457,8 +460,8 @@ class JobQueue:
         done = await self._rewrite(
             keys=[
                 self.key,
-                ARQ_IN_PROGRESS_PREFIX + job.job_id,
-                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.job_lock(job.job_id),
+                self.keys.job_data(job.job_id),
             ],
             args=[
                 job.token,
@@ -473,7 +476,7 @@ class JobQueue:
 
     async def owner(self, job_id: str) -> str | None:
         """The token of the run holding ``job_id`` (None when no run holds it)."""
-        value = await self.redis.get(ARQ_IN_PROGRESS_PREFIX + job_id)
+        value = await self.redis.get(self.keys.job_lock(job_id))
         return text(value) or None
 
 

@@ -29,9 +29,10 @@ from worker.core.tracing import optional_traceparent
 from worker.core.webhooks import WebhookOutcome
 from worker.store import scripts
 from worker.store.history import read_history
-from worker.store.jobdata import CHECK_FUNCTION, DELIVER_FUNCTION, encode_job
-from worker.store.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys
+from worker.store.jobdata import check_job, delivery_job
+from worker.store.keys import Keys
 from worker.store.queue import ClaimedJob, text
+from worker.store.script_args import EnqueueArgs, RecordArgs, WebhookSettleArgs, flag
 
 WEBHOOK_DEAD_LETTERS_MAX_LEN = 100_000
 EnqueueStatus = Literal["enqueued", "restarted", "duplicate", "final", "refused"]
@@ -169,7 +170,7 @@ class ResultStore:
 
     def check_job_data(self, container_id: str, generation: str) -> bytes:
         """A poll's check job data (``worker.store.jobdata``)."""
-        return encode_job(CHECK_FUNCTION, (container_id, generation), int(time.time() * 1000))
+        return check_job(container_id, generation, int(time.time() * 1000))
 
     async def enqueue(
         self, requests: Sequence[EnqueueRequest], *, window_seconds: float | None = None
@@ -263,42 +264,38 @@ class ResultStore:
                 self.keys.config,
                 self.keys.result(parent[0] if parent else req.container_id),
                 self.keys.rate(account or "default"),
-                ARQ_JOB_PREFIX + self.keys.job_id(req.container_id, generation),
+                self.keys.job_data(self.keys.job_id(req.container_id, generation)),
                 self.keys.history(req.container_id),
                 *(self.keys.result(child) for child in children),
                 *extra,
             ],
-            args=[
-                req.container_id,
-                window_ms,
-                self.result_ttl_seconds,
-                generation,
-                ARQ_JOB_PREFIX,
-                self.keys.job_id_base(req.container_id),
-                self.check_job_data(req.container_id, generation),
-                ARQ_IN_PROGRESS_PREFIX,
-                account,
-                "1" if req.force else "0",
-                "1" if req.publish else "0",
-                req.webhook_url or "",
-                self.pace_step_ms,
-                "",  # unused: the pacing calendar is KEYS[7]
-                req.intake_entry or "",
-                req.reply_to or "",
-                parent[0] if parent else "",
-                parent[1] if parent else "",
-                ",".join(children),
-                len(children),
-                # The producer's scope (ARGV 21-25): appended, the arguments above keep their
-                # numbers.
-                req.producer.name,
-                "1" if req.producer.force else "0",
-                "1" if req.producer.publish else "0",
-                "1" if req.producer.webhook else "0",
-                req.producer.lua_accounts(),
-                req.traceparent or "",  # ARGV 26
-                req.platform,  # ARGV 27
-            ],
+            args=EnqueueArgs(
+                container_id=req.container_id,
+                window_ms=window_ms,
+                ttl_seconds=self.result_ttl_seconds,
+                generation=generation,
+                job_id_base=self.keys.job_id_base(req.container_id),
+                job_data=self.check_job_data(req.container_id, generation),
+                account=account,
+                force=flag(req.force),
+                publish=flag(req.publish),
+                webhook_url=req.webhook_url or "",
+                pace_step_ms=self.pace_step_ms,
+                intake_entry=req.intake_entry or "",
+                reply_to=req.reply_to or "",
+                parent_id=parent[0] if parent else "",
+                parent_generation=parent[1] if parent else "",
+                children=",".join(children),
+                children_count=len(children),
+                producer=req.producer.name,
+                producer_force=flag(req.producer.force),
+                producer_publish=flag(req.producer.publish),
+                producer_webhook=flag(req.producer.webhook),
+                producer_accounts=req.producer.lua_accounts(),
+                traceparent=req.traceparent or "",
+                platform=req.platform,
+                result_prefix=self.keys.result_prefix,
+            ).argv(),
             client=pipe,
         )
 
@@ -343,9 +340,7 @@ class ResultStore:
         if not url:
             return None
         job_id = self.keys.webhook_job_id(current.container_id, current.generation)
-        data = encode_job(
-            DELIVER_FUNCTION, (current.container_id, current.generation, body, url), now_ms
-        )
+        data = delivery_job(current.container_id, current.generation, body, url, now_ms)
         return Webhook(job_id, data)
 
     async def record(
@@ -381,27 +376,27 @@ class ResultStore:
                 event["media_id"] = fields["media_id"]
         job_id = job.job_id
         want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
-        args: list[str | int | bytes] = [
-            job.token,
-            current.generation,
-            job_id,
-            "1" if decision.final else "0",
-            want_ms,
-            self.pace_step_ms,
-            "",  # unused: the pacing calendar is KEYS[9]
-            self.result_ttl_seconds,
-            self.events_max_len,
-            current.container_id,
-            webhook.job_id if webhook else "",
-            ARQ_JOB_PREFIX + webhook.job_id if webhook else "",
-            webhook.data if webhook else b"",
-            ARQ_JOB_PREFIX,
-            len(fields),
-            decision.status,
-            decision.error_message or "",
-            "1" if current.is_carousel and current.children_ready_at is None else "0",
-            SEPARATOR.join(history),
-        ]
+        args = RecordArgs(
+            token=job.token,
+            generation=current.generation,
+            job_id=job_id,
+            final=flag(decision.final),
+            want_ms=want_ms,
+            pace_step_ms=self.pace_step_ms,
+            ttl_seconds=self.result_ttl_seconds,
+            events_max_len=self.events_max_len,
+            container_id=current.container_id,
+            webhook_job_id=webhook.job_id if webhook else "",
+            webhook_job_data=webhook.data if webhook else b"",
+            fields_count=len(fields),
+            status=decision.status,
+            error_message=decision.error_message or "",
+            waiting_parent=flag(current.is_carousel and current.children_ready_at is None),
+            history=SEPARATOR.join(history),
+            result_prefix=self.keys.result_prefix,
+            history_prefix=self.keys.history_prefix,
+            check_prefix=self.keys.check_job_prefix,
+        ).argv()
         for k, v in fields.items():
             args += [k, v]
         for k, v in event.items():
@@ -415,12 +410,12 @@ class ResultStore:
                 self.keys.inflight,
                 self.keys.events,
                 self.keys.queue,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
-                ARQ_RETRY_PREFIX + job_id,
-                ARQ_JOB_PREFIX + job_id,
+                self.keys.job_lock(job_id),
+                self.keys.job_tries(job_id),
+                self.keys.job_data(job_id),
                 self.keys.webhook_queue,
                 self.keys.rate(current.account or "default"),
-                ARQ_JOB_PREFIX + webhook.job_id if webhook else own,
+                self.keys.job_data(webhook.job_id) if webhook else own,
                 # The parent as this run read it; one named since is asked for by the script.
                 self.keys.result(current.carousel_parent) if current.carousel_parent else own,
                 story,
@@ -450,7 +445,7 @@ class ResultStore:
         its own connection) and in one round trip. Safe to repeat after a lost reply."""
         keys = [
             self.keys.result(current.container_id),
-            ARQ_IN_PROGRESS_PREFIX + job.job_id,
+            self.keys.job_lock(job.job_id),
             self.keys.history(current.container_id),
         ]
         args: list[str | int] = [job.token, current.generation, max_attempts]
@@ -494,23 +489,25 @@ class ResultStore:
             keys=[
                 self.keys.result(container_id),
                 self.keys.webhook_queue,
-                ARQ_IN_PROGRESS_PREFIX + job.job_id,
-                ARQ_RETRY_PREFIX + job.job_id,
-                ARQ_JOB_PREFIX + job.job_id,
+                self.keys.job_lock(job.job_id),
+                self.keys.job_tries(job.job_id),
+                self.keys.job_data(job.job_id),
                 self.keys.webhook_dead_letters,
                 self.keys.history(container_id),
             ],
             args=[
-                job.token,
-                job.job_id,
-                generation,
-                outcome,
-                attempt.attempt,
-                int(attempt.delay_s * 1000),
-                reason,
-                self.result_ttl_seconds * 1000,
-                WEBHOOK_DEAD_LETTERS_MAX_LEN,
-                webhook_entry(outcome, attempt.attempt, reason),
+                WebhookSettleArgs(
+                    token=job.token,
+                    job_id=job.job_id,
+                    generation=generation,
+                    outcome=outcome,
+                    attempt=attempt.attempt,
+                    delay_ms=int(attempt.delay_s * 1000),
+                    reason=reason,
+                    job_ttl_ms=self.result_ttl_seconds * 1000,
+                    dead_letters_max_len=WEBHOOK_DEAD_LETTERS_MAX_LEN,
+                    history=webhook_entry(outcome, attempt.attempt, reason),
+                ).to_json(),
                 *dead,
             ],
         )
@@ -523,8 +520,8 @@ class ResultStore:
             keys=[
                 self.keys.result(result.container_id),
                 self.keys.queue,
-                ARQ_JOB_PREFIX + job_id,
-                ARQ_IN_PROGRESS_PREFIX + job_id,
+                self.keys.job_data(job_id),
+                self.keys.job_lock(job_id),
             ],
             args=[
                 result.generation,

@@ -4,13 +4,15 @@
 --       then the keys of the jobs the caller expects to find due (its candidates: the ids the
 --       last claim's reply named): per job its lock, tries and data, and for a poll's check its
 --       result hash and its account's hash (the account the caller expects)
--- ARGV: 1 most jobs to claim, 2 lease ms, 3 worker name, 4 job key prefix, 5 lock prefix,
---       6 tries prefix, 7 check job id prefix ("<prefix>:check:"), 8 result hash prefix
---       ("<prefix>:result:"), 9 job ttl ms,
---       10 delivery job id prefix ("<prefix>:webhook:"), 11 which queue KEYS[1] is: 'checks'
---       or 'deliveries', 12 how many candidates the reply names (the next claim's keys), 13 how
---       many when due jobs were left for want of their keys, 14 account hash prefix
---       ("<prefix>:account:"), 15.. ids of candidates whose keys cannot be declared (parked)
+-- ARGV: 1 one JSON object, its named arguments (worker/store/script_args.py, ClaimArgs: every
+--       value a string): limit (most jobs to claim), lease_ms, worker (its name), job_prefix /
+--       lock_prefix / tries_prefix (of a job's data, lock and tries keys: Keys), check_prefix
+--       ("<prefix>:check:"), result_prefix ("<prefix>:result:"), job_ttl_ms, webhook_prefix
+--       ("<prefix>:webhook:"), queue (which queue KEYS[1] is: 'checks' or 'deliveries'),
+--       candidates (how many the reply names: the next claim's keys), candidates_when_left (how
+--       many when due jobs were left for want of their keys), account_prefix
+--       ("<prefix>:account:");
+--       2.. ids of candidates whose keys cannot be declared (parked)
 -- Each claimed job gets a lock holding a fresh run token "<worker>/<try>" for the lease, and its
 -- score moves to the lease's end: a run that dies or stalls is due again when its lease ends, and
 -- every later write of that run is refused (it no longer holds the token). A check job's reply
@@ -26,12 +28,13 @@
 -- (a lock) stays until its lease ends, like any held job.
 -- Returns {now ms, next due ms or '', candidates (the first ids by due time), how many due jobs
 -- were left for want of their keys, then per job: id, token, data, try, hash (flat), account}
+local args = cjson.decode(ARGV[1])
 local now = now_ms()
-local limit = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local check_prefix = ARGV[7]
-local hook_prefix = ARGV[10]
-local deliveries = ARGV[11] == 'deliveries'
+local limit = tonumber(args.limit)
+local lease = tonumber(args.lease_ms)
+local check_prefix = args.check_prefix
+local hook_prefix = args.webhook_prefix
+local deliveries = args.queue == 'deliveries'
 -- At most this many jobs handed over per claim (an upgrade may find a long backlog): the claim
 -- stays a short script, and the next claim goes on at once (the reply says a job is due now).
 local most_handed = 1000
@@ -58,15 +61,15 @@ local function check_key(job_id)
     return nil
   end
   local cid = string.match(string.sub(job_id, #check_prefix + 1), '^(.*):[^:]*$')
-  return cid and (ARGV[8] .. cid) or nil
+  return cid and (args.result_prefix .. cid) or nil
 end
 
 local function claim(job_id)
-  local tries = ARGV[6] .. job_id
+  local tries = args.tries_prefix .. job_id
   local try = redis.call('INCR', tries)
-  redis.call('PEXPIRE', tries, ARGV[9])
-  local token = ARGV[3] .. '/' .. try
-  redis.call('SET', ARGV[5] .. job_id, token, 'PX', lease)
+  redis.call('PEXPIRE', tries, args.job_ttl_ms)
+  local token = args.worker .. '/' .. try
+  redis.call('SET', args.lock_prefix .. job_id, token, 'PX', lease)
   redis.call('ZADD', KEYS[1], 'XX', now + lease, job_id)
   local state, account = false, false
   local rkey = check_key(job_id)
@@ -77,7 +80,7 @@ local function claim(job_id)
       state = redis.call('HGETALL', rkey)
       local name = redis.call('HGET', rkey, 'account')
       if not name or name == '' then name = 'default' end
-      local akey = ARGV[14] .. name
+      local akey = args.account_prefix .. name
       if declared[akey] then
         account = redis.call('HMGET', akey, 'throttled_until', 'throttle_level',
           'token_rejected_fp', 'token_rejected_reason')
@@ -88,7 +91,7 @@ local function claim(job_id)
   end
   out[#out + 1] = job_id
   out[#out + 1] = token
-  out[#out + 1] = redis.call('GET', ARGV[4] .. job_id)
+  out[#out + 1] = redis.call('GET', args.job_prefix .. job_id)
   out[#out + 1] = try
   out[#out + 1] = state
   out[#out + 1] = account
@@ -98,13 +101,13 @@ end
 -- Whether the caller declared what a claim of job_id touches (lib.lua: every key declared):
 -- its lock only for a job of the other queue (handed over, or left while it is held).
 local function brought(job_id)
-  if not declared[ARGV[5] .. job_id] then
+  if not declared[args.lock_prefix .. job_id] then
     return false
   end
   if elsewhere(job_id) then
     return true
   end
-  if not (declared[ARGV[6] .. job_id] and declared[ARGV[4] .. job_id]) then
+  if not (declared[args.tries_prefix .. job_id] and declared[args.job_prefix .. job_id]) then
     return false
   end
   local rkey = check_key(job_id)
@@ -115,7 +118,7 @@ end
 -- hash tag: its keys are in another slot): never claimable here, they would be left due at the
 -- front for ever. Parked an hour ahead instead, each time one is due (the worker says so).
 local parked = 60 * 60 * 1000
-for i = 15, #ARGV do
+for i = 2, #ARGV do
   local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if due and tonumber(due) <= now then
     redis.call('ZADD', KEYS[1], 'XX', now + parked, ARGV[i])
@@ -133,7 +136,7 @@ while true do
     if not brought(job_id) then
       skipped = skipped + 1
     else
-      local left = redis.call('PTTL', ARGV[5] .. job_id)
+      local left = redis.call('PTTL', args.lock_prefix .. job_id)
       if left > 0 then
         -- Held (its score was moved by hand, or the lease outlives the score): due when it ends.
         redis.call('ZADD', KEYS[1], 'XX', now + left, job_id)
@@ -162,7 +165,7 @@ end
 -- The next claim's candidates: the jobs due first (those left for want of their keys first);
 -- more of them when some were left (a backlog to hand over: the caller declares only the lock
 -- of those, and the full keys of as many as it may claim).
-local candidates = tonumber(ARGV[skipped > 0 and 13 or 12])
+local candidates = tonumber(skipped > 0 and args.candidates_when_left or args.candidates)
 out[3] = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'LIMIT', 0, candidates)
 out[4] = skipped
 return out

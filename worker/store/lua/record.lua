@@ -13,16 +13,18 @@
 --       expects it (KEYS[1] again for none; the one the hash names is asked for, lib.lua),
 --       12 the poll's history (lib.lua, history), 13 the parent's history as the caller expects
 --       it (KEYS[12] again for none; asked for like the parent's hash)
--- ARGV: 1 run token, 2 generation, 3 job id, 4 final ('1'/'0'), 5 next run wanted at (ms),
---       6 pacing step ms (0: none), 7 unused (was the pacing key, now KEYS[9]), 8 ttl seconds,
---       9 events maxlen, 10 container id, 11 webhook job id ('' for none), 12 unused (was the
---       webhook job key, now KEYS[10]),
---       13 webhook job data, 14 job key prefix, 15 number of hash fields n,
---       16 this record's status, 17 its error_message, 18 '1' when this run planned a carousel
---       parent still waiting for its children,
---       19 this record's history entries ("<kind>|fields", newline-separated; '' for none:
---       worker/core/history.py, record_entries),
---       20 .. 19+2n field/value pairs (an empty value deletes the field), then the event's
+-- ARGV: 1 one JSON object, its named arguments (worker/store/script_args.py, RecordArgs: every
+--       value a string): token (the run's), generation, job_id, final ('1'/'0'), want_ms (the
+--       next run wanted at, ms), pace_step_ms (0: none), ttl_seconds, events_max_len,
+--       container_id, webhook_job_id ('' for none), fields_count (n),
+--       status (this record's), error_message (its), waiting_parent ('1' when this run planned
+--       a carousel parent still waiting for its children), history (this record's history
+--       entries, "<kind>|fields" newline-separated, '' for none: worker/core/history.py,
+--       record_entries), result_prefix / history_prefix / check_prefix ("<prefix>:result:",
+--       "<prefix>:history:", "<prefix>:check:": Keys; a carousel child's parent's keys);
+--       2 the webhook job's data ('' for none; bytes: beside the table, which JSON could not
+--       carry byte for byte),
+--       3 .. 2+2n field/value pairs (an empty value deletes the field), then the event's
 --       field/value pairs
 -- A child's parent is read from the child's hash here, at the record, not from what the run
 -- read at its claim: a container named a carousel's child while its run was under way still
@@ -30,39 +32,37 @@
 -- Returns {'ok', event id, next run ms} / {'stale', reason}: a run that lost its lease (a newer
 -- run holds the job) changes nothing; a job whose poll is over or was replaced is ended. A
 -- repeat of a record that went through answers {'ok', '', next run ms or ''}.
-if not owns(KEYS[5], ARGV[1]) then
+local args = cjson.decode(ARGV[1])
+if not owns(KEYS[5], args.token) then
   -- This very run's record, sent again because its reply was lost: it went through, so the
   -- answer is the same ('ok'), not 'lease lost' (last_run names the run that wrote last).
   local mine = redis.call('HMGET', KEYS[1], 'generation', 'last_run')
-  if mine[1] == ARGV[2] and mine[2] == ARGV[1] then
-    return {'ok', '', redis.call('ZSCORE', KEYS[4], ARGV[3]) or ''}
+  if mine[1] == args.generation and mine[2] == args.token then
+    return {'ok', '', redis.call('ZSCORE', KEYS[4], args.job_id) or ''}
   end
   return {'stale', 'lease lost'}
 end
 local cur = redis.call('HMGET', KEYS[1], 'generation', 'final')
-if cur[1] ~= ARGV[2] or cur[2] == '1' then
+if cur[1] ~= args.generation or cur[2] == '1' then
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  return {'stale', cur[1] == ARGV[2] and 'already final' or 'replaced'}
+  redis.call('ZREM', KEYS[4], args.job_id)
+  return {'stale', cur[1] == args.generation and 'already final' or 'replaced'}
 end
--- "<prefix>:result:": from this poll's own key.
-local results = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[10])
+local results = args.result_prefix  -- "<prefix>:result:" (Keys)
 local link = {false, false}
-if ARGV[4] == '1' then
+if args.final == '1' then
   link = redis.call('HMGET', KEYS[1], 'carousel_parent', 'parent_generation')
   if link[1] and not declared[results .. link[1]] then
     return need(results .. link[1])
   end
-  -- "<prefix>:history:", from this poll's own history key.
-  local histories = string.sub(KEYS[12], 1, #KEYS[12] - #ARGV[10])
-  if link[1] and not declared[histories .. link[1]] then
-    return need(histories .. link[1])
+  if link[1] and not declared[args.history_prefix .. link[1]] then
+    return need(args.history_prefix .. link[1])
   end
 end
 local now = now_ms()
-local n = tonumber(ARGV[15])
-local base = 20
-local ttl = tonumber(ARGV[8])
+local n = tonumber(args.fields_count)
+local base = 3  -- the hash's field/value pairs, after the table and the webhook job's data
+local ttl = tonumber(args.ttl_seconds)
 
 local function report_to_parent(pkey, phist, parent, pgen, pjob)
   local p = redis.call('HMGET', pkey, 'generation', 'final', 'enqueued_at', 'deadline_at',
@@ -71,32 +71,32 @@ local function report_to_parent(pkey, phist, parent, pgen, pjob)
     return
   end
   -- The parent's story names the child's ending (its history keeps the parent hash's TTL).
-  history(phist, ttl * 1000, now, {'k|' .. ARGV[10] .. '|' .. (HISTORY_STATUS[ARGV[16]] or
-    ARGV[16])})
+  history(phist, ttl * 1000, now, {'k|' .. args.container_id .. '|' ..
+    (HISTORY_STATUS[args.status] or args.status)})
   local due = now
-  if ARGV[16] == 'FINISHED' then
+  if args.status == 'FINISHED' then
     if redis.call('HINCRBY', pkey, 'children_pending', -1) > 0 then
       redis.call('EXPIRE', pkey, ttl)
       return
     end
     -- The parent's own window (as long as it was given) starts now.
     local window = math.floor((tonumber(p[4]) - tonumber(p[3])) * 1000 + 0.5)
-    due = reserve_slot(KEYS[9], tonumber(ARGV[6]), now, now)
+    due = reserve_slot(KEYS[9], tonumber(args.pace_step_ms), now, now)
     redis.call('HSET', pkey, 'children_ready_at', stamp(now),
       'deadline_at', stamp(now + window), 'next_check_at', stamp(due))
     redis.call('ZADD', KEYS[2], (now + window) / 1000, parent)
   else
-    redis.call('HSET', pkey, 'failed_child', ARGV[10], 'failed_child_status', ARGV[16],
-      'next_check_at', stamp(now))
-    if ARGV[17] ~= '' then
-      redis.call('HSET', pkey, 'failed_child_error', ARGV[17])
+    redis.call('HSET', pkey, 'failed_child', args.container_id, 'failed_child_status',
+      args.status, 'next_check_at', stamp(now))
+    if args.error_message ~= '' then
+      redis.call('HSET', pkey, 'failed_child_error', args.error_message)
     end
   end
   redis.call('ZADD', KEYS[4], 'XX', due, pjob)
   redis.call('EXPIRE', pkey, ttl)
 end
 
-local fields, gone = {'updated_at', stamp(now), 'last_run', ARGV[1]}, {}
+local fields, gone = {'updated_at', stamp(now), 'last_run', args.token}, {}
 for i = base, base - 2 + 2 * n, 2 do
   if ARGV[i + 1] == '' then
     gone[#gone + 1] = ARGV[i]
@@ -106,47 +106,44 @@ for i = base, base - 2 + 2 * n, 2 do
   end
 end
 local event_id, at, waited = '', '', 0
-if ARGV[4] == '1' then
+if args.final == '1' then
   fields[#fields + 1] = 'finalized_at'
   fields[#fields + 1] = stamp(now)
   gone[#gone + 1] = 'next_check_at'
-  redis.call('ZREM', KEYS[2], ARGV[10])
+  redis.call('ZREM', KEYS[2], args.container_id)
   local ev = {}
   for i = base + 2 * n, #ARGV do
     ev[#ev + 1] = ARGV[i]
   end
   ev[#ev + 1] = 'finalized_at'
   ev[#ev + 1] = stamp(now)
-  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ev))
-  if ARGV[11] ~= '' then
-    redis.call('SET', KEYS[10], ARGV[13], 'PX', ttl * 1000)
-    redis.call('ZADD', KEYS[8], now, ARGV[11])
+  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', args.events_max_len, '*', unpack(ev))
+  if args.webhook_job_id ~= '' then
+    redis.call('SET', KEYS[10], ARGV[2], 'PX', ttl * 1000)
+    redis.call('ZADD', KEYS[8], now, args.webhook_job_id)
     fields[#fields + 1] = 'webhook_status'
     fields[#fields + 1] = 'pending'
   end
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
-  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[4], args.job_id)
   if link[1] then
-    -- "<prefix>:check:", from this poll's job id.
-    local checks = string.sub(ARGV[3], 1, #ARGV[3] - #ARGV[10] - #ARGV[2] - 1)
     local pgen = link[2] or ''
-    local phist = string.sub(KEYS[12], 1, #KEYS[12] - #ARGV[10]) .. link[1]
-    report_to_parent(results .. link[1], phist, link[1], pgen,
-      checks .. link[1] .. ':' .. pgen)
+    report_to_parent(results .. link[1], args.history_prefix .. link[1], link[1], pgen,
+      args.check_prefix .. link[1] .. ':' .. pgen)
   end
 else
-  local want = math.max(tonumber(ARGV[5]), now)
-  if ARGV[18] == '1' and redis.call('HEXISTS', KEYS[1], 'children_ready_at') +
+  local want = math.max(tonumber(args.want_ms), now)
+  if args.waiting_parent == '1' and redis.call('HEXISTS', KEYS[1], 'children_ready_at') +
       redis.call('HEXISTS', KEYS[1], 'failed_child') > 0 then
     -- A child reported while this run planned from the parent's older state: run it again now
     -- rather than at the safety net's time.
     want = now
   end
-  at = reserve_slot(KEYS[9], tonumber(ARGV[6]), want, now)
+  at = reserve_slot(KEYS[9], tonumber(args.pace_step_ms), want, now)
   waited = at - want
   fields[#fields + 1] = 'next_check_at'
   fields[#fields + 1] = stamp(at)
-  redis.call('ZADD', KEYS[4], 'XX', at, ARGV[3])
+  redis.call('ZADD', KEYS[4], 'XX', at, args.job_id)
   redis.call('DEL', KEYS[5])
   -- The job lives as long as its poll's hash (a poll longer than a day keeps its job).
   redis.call('PEXPIRE', KEYS[6], ttl * 1000)
@@ -162,7 +159,7 @@ if waited > 0 then
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 local story = {}
-for e in string.gmatch(ARGV[19], '[^\n]+') do
+for e in string.gmatch(args.history, '[^\n]+') do
   story[#story + 1] = e
 end
 if waited > 0 then
