@@ -79,3 +79,23 @@ _.entry_for
 _.checks_of_last_poll
 _.MAX_BYTES
 _.whsec
+
+# The Lua scripts' named arguments (worker/store/script_args.py): read by the scripts, from
+# the JSON table to_json() builds out of the dataclass's fields, never by Python.
+_.candidates
+_.candidates_when_left
+_.check_prefix
+_.children_count
+_.dead_letters_max_len
+_.job_prefix
+_.lock_prefix
+_.parent_id
+_.producer_accounts
+_.producer_force
+_.producer_publish
+_.producer_webhook
+_.stats_ttl_seconds
+_.tries_prefix
+_.waiting_parent
+_.webhook_job_data
+_.webhook_prefix
