@@ -87,6 +87,25 @@ async def test_a_batch_has_the_rules_of_enqueue(redis: Redis, settings: Settings
         assert r.deadline_at - r.enqueued_at == pytest.approx(5, abs=0.01)
 
 
+async def test_a_refused_enqueue_names_no_location_where_nothing_exists(
+    redis: Redis, settings: Settings
+) -> None:
+    """Schemathesis (ST302): a refused carousel pointed Location at a container that does not
+    exist. Location names the poll a request started or found, never nothing."""
+    async with running_api(settings) as api:
+        first = await api.post(
+            "/v1/containers", json={"container_id": "13031", "children": ["13032", "13033"]}
+        )
+        assert first.status == 202 and first.headers["Location"] == "/v1/containers/13031"
+        # 13032 belongs to the live carousel 13031: a second carousel may not take it.
+        other = await api.post(
+            "/v1/containers", json={"container_id": "13034", "children": ["13032", "13035"]}
+        )
+        assert [o["outcome"] for o in other.body["outcomes"]] == ["refused"]
+        assert "Location" not in other.headers
+        assert (await api.get("/v1/containers/13034")).status == 404
+
+
 async def test_bad_input_is_refused_with_a_stable_code_and_writes_nothing(
     redis: Redis, settings: Settings
 ) -> None:

@@ -149,7 +149,10 @@ async def enqueue(request: web.Request) -> web.Response:
         for o in outcomes[:1] if spec.single else ():
             span.set("threads_poller.container_id", o.container_id)
             span.set("threads_poller.enqueue.outcome", o.outcome)
-    headers = {"Location": f"/v1/containers/{spec.ids[0]}"} if spec.single else None
+    # Location names the poll the request started or found; a refusal of an unknown container
+    # (no status: nothing exists there) has none to name.
+    exists = bool(outcomes) and (outcomes[0].outcome != "refused" or bool(outcomes[0].status))
+    headers = {"Location": f"/v1/containers/{spec.ids[0]}"} if spec.single and exists else None
     return ok(
         {
             "outcomes": [
