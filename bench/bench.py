@@ -69,10 +69,11 @@ Phases (``--phases`` picks some; the README's "Performance" section explains eve
 
 Exit status 0 whatever the figures: this is a report, not a gate.
 
-The code: this file is the command line and the run; ``bench/phases.py`` the bench's world and
-its phases, ``bench/baselines.py`` bare arq and the floor (the ``--role`` subprocesses),
-``bench/measure.py`` sampling and the 10-90 % figures, ``bench/report.py`` the summary table,
-``bench/harness.py`` processes, ports, redis-server and the simulator (shared with the tests).
+The code: this file is the command line and the run; ``bench/phases/`` the bench's world and
+its phases (one module per family), ``bench/baselines.py`` bare arq and the floor (the
+``--role`` subprocesses), ``bench/measure.py`` sampling and the 10-90 % figures,
+``bench/report.py`` the summary table, ``bench/harness.py`` processes, ports, redis-server and
+the simulator (shared with the tests).
 """
 
 from __future__ import annotations
@@ -87,13 +88,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.baselines import run_floor_worker, run_noop_worker
 from bench.harness import mem_total_mib
 from bench.measure import out
-from bench.phases import ALL_PHASES, DEFAULT_PHASES, REPO, Bench, Config, stop_spawned
+from bench.phases import ALL_PHASES, DEFAULT_PHASES, PHASES, REPO, Bench, Config, stop_spawned
 from bench.report import summary
 
 
@@ -158,22 +159,9 @@ async def run(cfg: Config) -> None:
                 f"redis-server {info['redis_version']} on {bench.redis_url} (AOF off, no RDB); "
                 f"simulator {bench.sim_base} (pid {bench.child('simulator').pid})"
             )
-            phases: dict[str, Callable[[], Awaitable[object]]] = {
-                "noop": bench.phase_noop,
-                "floor": bench.phase_floor,
-                "throughput": bench.phase_throughput,
-                "schedule": bench.phase_schedule,
-                "capacity": bench.phase_capacity,
-                "scale": bench.phase_scale,
-                "million": bench.phase_million,
-                "webhooks": bench.phase_webhooks,
-                "paced": bench.phase_paced,
-                "history": bench.phase_history,
-                "tracing": bench.phase_tracing,
-            }
             for name in cfg.phases:
                 try:
-                    await phases[name]()
+                    await PHASES[name](bench)
                 except Exception as exc:  # a report: say what broke and go on
                     bench.figures.notes.append(f"{name} phase failed: {exc!r}")
                     out(f"  ! {name} phase failed: {exc!r}")
