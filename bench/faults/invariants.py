@@ -2,7 +2,7 @@
 poll, job runs per API call, and the pacing and gap figures.
 
 Both fault harnesses (the matrix and the long run) judge their containers with these; the lifecycle
-model (``bench.model.lifecycle``) reads the events stream and judges a final poll's event with the
+model (``bench.model.invariants``) reads the events stream and judges a final poll's event with the
 same two functions (``final_events``, ``event_problem``).
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from bench.model.lifecycle import machine
+from bench.model.rules import machine
 
 
 def main() -> int:

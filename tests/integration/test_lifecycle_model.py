@@ -2,7 +2,7 @@
 scripts, planner, job functions and runner through random interleavings (enqueues, carousels,
 answers, stalls, timeouts, dead workers, lost replies, Redis restarts and failovers) on a real
 redis-server primary and replica, and checks every promise after every step
-(``bench/model/lifecycle.py``). ``python -m bench.model`` is the long run;
+(``bench/model/rules.py``). ``python -m bench.model`` is the long run;
 ``python -m bench.model.mutants`` shows it finds each of issue 20's defects when its fix is
 reverted."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from bench.model.lifecycle import machine
+from bench.model.rules import machine
 
 
 def test_every_promise_holds_after_every_step(tmp_path: Path) -> None:
