@@ -28,7 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bench.harness import Child
 from bench.measure import (
+    Progress,
+    RedisDelta,
     counters_delta,
     describe_commands,
     fmt,
@@ -119,23 +122,15 @@ async def phase_paced(bench: Bench) -> list[PacedRun]:
 
 
 async def _one_run(bench: Bench, label: str, pace: float, *, trickle: float) -> PacedRun:
+    """One run on a fresh worker paced at ``pace`` per account (0: unpaced): the containers
+    enqueued at once (``trickle`` 0) or at ``trickle`` a second, until all are final."""
     from bench.phases import PREFIX
     from worker.client.client import PollerClient
     from worker.store.keys import Keys
 
     cfg, keys = bench.cfg, Keys(PREFIX)
     n, accounts = cfg.paced_n, cfg.paced_accounts
-    await bench.reset()
-    await bench.sim("PUT", f"/scripts/{PACED_IDS[1]}*", {"steps": ["IN_PROGRESS", "FINISHED"]})
-    env = bench.worker_env(
-        ACCOUNT_MAX_REQUESTS_PER_SECOND=str(pace),
-        POLL_INTERVAL_SECONDS=str(INTERVAL_S),
-        POLL_MAX_SECONDS=str(WINDOW_S),
-        EVENTS_MAX_LEN=str(max(100_000, 2 * n)),
-    )
-    child = bench.spawn_worker(label, env)
-    await bench.wait_ready(child)  # it has published its pacing: enqueue follows it
-    prof = bench.start_profiler(child, label)
+    child, prof = await _start_worker(bench, label, pace)
     # Container i is account i % accounts's; each account gets both kinds, alternately.
     ids = [f"{PACED_IDS[i // accounts % 2]}{i:015d}" for i in range(n)]
     settings = bench.settings(
@@ -176,25 +171,67 @@ async def _one_run(bench: Bench, label: str, pace: float, *, trickle: float) -> 
     if prof is not None:
         prof.stop()
     calls = await bench.sim("GET", "/calls")
+    runs, checks = await _runs_and_checks(bench, ids)
+    # The worker's own: less this script's enqueue calls and its polling (the commands inside
+    # the enqueue scripts stay in, they are few next to a check's).
+    delta = counters_delta(before, after, own_reads=prog.polls + 1 + batches)
+    delta.commands["evalsha"] = delta.commands.get("evalsha", 0) - n
+    if prog.done < n:
+        bench.figures.notes.append(f"paced ({label}): only {prog.done}/{n} final")
+        out(f"  ! only {prog.done}/{n} final; worker log tail:\n{child.tail()}")
+    result = _paced_run(label, pace, prog, (runs, checks), int(calls["status_calls"]), delta)
+    _report_run(result, prog, (runs, checks), delta)
+    out(f"  {label}: CPU while running: {bench.cpu_line(cpu0, cpu1)}")
+    return result
+
+
+async def _start_worker(bench: Bench, label: str, pace: float) -> tuple[Child, Child | None]:
+    """A fresh Redis and worker (paced at ``pace``), ready, with its profiler if asked for."""
+    n = bench.cfg.paced_n
+    await bench.reset()
+    await bench.sim("PUT", f"/scripts/{PACED_IDS[1]}*", {"steps": ["IN_PROGRESS", "FINISHED"]})
+    env = bench.worker_env(
+        ACCOUNT_MAX_REQUESTS_PER_SECOND=str(pace),
+        POLL_INTERVAL_SECONDS=str(INTERVAL_S),
+        POLL_MAX_SECONDS=str(WINDOW_S),
+        EVENTS_MAX_LEN=str(max(100_000, 2 * n)),
+    )
+    child = bench.spawn_worker(label, env)
+    await bench.wait_ready(child)  # it has published its pacing: enqueue follows it
+    return child, bench.start_profiler(child, label)
+
+
+async def _runs_and_checks(bench: Bench, ids: list[str]) -> tuple[int, int]:
+    """The job runs the claims counted and the checks recorded, summed over ``ids``."""
+    from bench.phases import PREFIX
+    from worker.store.keys import Keys
+
+    keys = Keys(PREFIX)
     runs = checks = 0
-    for i in range(0, n, 5000):
+    for i in range(0, len(ids), 5000):
         async with bench.redis.pipeline(transaction=False) as pipe:
             for cid in ids[i : i + 5000]:
                 pipe.hmget(keys.result(cid), ["runs", "checks"])
             for r, c in await pipe.execute():
                 runs += int(r or 0)
                 checks += int(c or 0)
-    # The worker's own: less this script's enqueue calls and its polling (the commands inside
-    # the enqueue scripts stay in, they are few next to a check's).
-    delta = counters_delta(before, after, own_reads=prog.polls + 1 + batches)
-    scripts = delta.commands.get("evalsha", 0) - n
-    delta.commands["evalsha"] = scripts
-    if prog.done < n:
-        bench.figures.notes.append(f"paced ({label}): only {prog.done}/{n} final")
-        out(f"  ! only {prog.done}/{n} final; worker log tail:\n{child.tail()}")
+    return runs, checks
+
+
+def _paced_run(
+    label: str,
+    pace: float,
+    prog: Progress,
+    runs_checks: tuple[int, int],
+    status_calls: int,
+    delta: RedisDelta,
+) -> PacedRun:
+    """The run's figures; ``delta``'s evalsha already counts the worker's script calls only."""
+    runs, checks = runs_checks
+    n = prog.n
     cpu_c = prog.cpu_ms_per_item
     per = max(checks, 1)
-    result = PacedRun(
+    return PacedRun(
         label=label,
         rate=pace,
         n=n,
@@ -204,14 +241,23 @@ async def _one_run(bench: Bench, label: str, pace: float, *, trickle: float) -> 
         cpu_ms_per_check=None if cpu_c is None or not checks else cpu_c * n / checks,
         redis_ms_per_container=prog.redis_cpu_ms_per_item,
         runs_per_check=runs / checks if checks else None,
-        calls_per_container=int(calls["status_calls"]) / n,
+        calls_per_container=status_calls / n,
         wall=prog.wall,
         reads_per_check=delta.reads / per,
-        scripts_per_check=scripts / per,
+        scripts_per_check=delta.commands["evalsha"] / per,
     )
+
+
+def _report_run(
+    result: PacedRun, prog: Progress, runs_checks: tuple[int, int], delta: RedisDelta
+) -> None:
+    """The run's lines: its rate and CPU, then its runs per check and Redis work per check."""
+    label, n = result.label, result.n
+    runs, checks = runs_checks
     out(
         f"  {label}: done {prog.done}/{n} in {fmt(prog.wall, '.1f')} s; checks/s "
-        f"{fmt(result.checks_per_s)} (10-90 %); worker CPU {fmt(cpu_c, '.3f')} ms per container, "
+        f"{fmt(result.checks_per_s)} (10-90 %); worker CPU "
+        f"{fmt(result.cpu_ms_per_container, '.3f')} ms per container, "
         f"{fmt(result.cpu_ms_per_check, '.3f')} ms per check; redis-server "
         f"{fmt(result.redis_ms_per_container, '.3f')} ms per container"
     )
@@ -219,10 +265,8 @@ async def _one_run(bench: Bench, label: str, pace: float, *, trickle: float) -> 
         f"  {label}: {checks} checks, {runs} job runs: {fmt(result.runs_per_check, '.3f')} runs "
         f"per check; API calls per container {result.calls_per_container:.3f}; per check "
         f"{result.reads_per_check:.2f} Redis round trips, {result.scripts_per_check:.2f} script "
-        f"calls; commands {describe_commands(delta, per)}"
+        f"calls; commands {describe_commands(delta, max(checks, 1))}"
     )
-    out(f"  {label}: CPU while running: {bench.cpu_line(cpu0, cpu1)}")
-    return result
 
 
 async def _burst(client: object, ids: list[str], accounts: int) -> int:

@@ -39,12 +39,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from bench.harness import RedisServer, cpu_seconds, environment_without_settings, spawn
-from bench.measure import counters_delta, fmt, out, percentile, redis_counters
+from bench.harness import Child, RedisServer, cpu_seconds, environment_without_settings, spawn
+from bench.measure import RedisDelta, counters_delta, fmt, out, percentile, redis_counters
+
+if TYPE_CHECKING:
+    from config import Settings
 
 PREFIX = "bench"
 ACCOUNT = "4242"
@@ -167,7 +172,6 @@ def run_pinger(redis_url: str, every_ms: float, path: Path) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     from config import Settings
-    from worker.client.client import PollerClient
     from worker.store.results import ResultStore, pacing_step_ms
 
     tmp = Path(tempfile.mkdtemp(prefix="threads-poller-pacing-burst-"))
@@ -201,72 +205,16 @@ async def run(args: argparse.Namespace) -> int:
             env=env,
             cwd=REPO,
         )
-        for _ in range(500):
-            if ping_out.with_suffix(".ready").exists() or not pinger.alive():
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # a few samples of an idle Redis first
-
-        client = PollerClient.from_settings(settings, redis)
-        ids = [f"8{i:015d}" for i in range(args.n)]
-        # Redis' own view of its stalls, to tell them from the machine's scheduling: every
-        # event of 2 ms or more (LATENCY), every command of 2 ms or more (SLOWLOG).
-        await redis.config_set("latency-monitor-threshold", 2)
-        await redis.config_set("slowlog-log-slower-than", 2000)
-        await redis.execute_command("LATENCY", "RESET")
-        await redis.slowlog_reset()
-        before = await redis_counters(redis)
-        cpu0 = cpu_seconds(server.pid) or 0.0
-        start = time.monotonic()
-        enqueued = 0
-        for i in range(0, len(ids), args.batch):
-            done = await client.enqueue_many(ids[i : i + args.batch], account=ACCOUNT)
-            enqueued += sum(o.outcome == "enqueued" for o in done)
-        end = time.monotonic()
-        cpu1 = cpu_seconds(server.pid) or 0.0
-        after = await redis_counters(redis)
-        latest = await redis.execute_command("LATENCY", "LATEST")
-        slow = await redis.slowlog_get(128)
-        await asyncio.sleep(0.2)
-        await pinger.astop(10)
-        samples = json.loads(ping_out.read_text(encoding="ascii")) if ping_out.exists() else []
-        during = [dt * 1000 for t, dt in samples if start <= t <= end]
-
-        took = end - start
-        delta = counters_delta(before, after, own_reads=1)
-        per = max(enqueued, 1)
-        scripted = {k: v for k, v in delta.commands.items() if k not in ("info", "evalsha")}
-        shown = ", ".join(
-            f"{k} {v / per:.2f}" for k, v in sorted(scripted.items(), key=lambda kv: -kv[1])
-        )
-        out(f"  enqueued {enqueued}/{args.n} in {took:.2f} s: {enqueued / took:.0f} enqueues/s")
-        out(
-            f"  another client's PING during the burst (every {args.ping_every_ms:g} ms, "
-            f"n={len(during)}): p50 {fmt(percentile(during, 50), '.2f')} ms, p99 "
-            f"{fmt(percentile(during, 99), '.2f')} ms, max "
-            f"{fmt(max(during, default=float('nan')), '.2f')} ms"
-        )
-        events = ", ".join(f"{e[0].decode()} max {e[3]} ms" for e in latest) or "none"
-        slowest = max((int(e["duration"]) for e in slow), default=0)
-        if args.keep:
-            for e in slow:
-                out(f"    slowlog: {int(e['duration']) / 1000:.1f} ms {e['command'][:60]!r}")
-        out(
-            f"  Redis' own stalls of 2 ms or more (LATENCY LATEST): {events}; commands of 2 ms or "
-            f"more (SLOWLOG): {len(slow)}, the slowest {slowest / 1000:.1f} ms"
-        )
-        out(f"  Redis commands per enqueue (inside Lua included): {shown}")
-        out(
-            f"  redis-server CPU per enqueue {1000 * (cpu1 - cpu0) / per:.3f} ms "
-            f"({100 * (cpu1 - cpu0) / took:.0f}% of a core during the burst)"
-        )
+        await pinger_ready(pinger, ping_out)
+        measured = await burst(redis, settings, args, server.pid, pinger, ping_out)
+        report_burst(measured, args)
         booked, twice, gap = await double_booked(redis, step)
         out(
             f"  calendar: {booked} checks booked, {twice} slots booked twice, smallest gap "
             f"{gap} ms (step {step} ms)"
         )
-        rate_ok = enqueued / took >= 5000
-        ping_ok = bool(during) and max(during) < 20
+        rate_ok = measured.enqueued / measured.took >= 5000
+        ping_ok = bool(measured.during) and max(measured.during) < 20
         out(
             f"  targets: >= 5000 enqueues/s {'PASS' if rate_ok else 'FAIL'}, "
             f"PING max < 20 ms {'PASS' if ping_ok else 'FAIL'}, "
@@ -282,6 +230,105 @@ async def run(args: argparse.Namespace) -> int:
             out(f"logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def pinger_ready(pinger: Child, ping_out: Path) -> None:
+    """Wait until the pinger has its connection (or died), then for a few idle samples."""
+    for _ in range(500):
+        if ping_out.with_suffix(".ready").exists() or not pinger.alive():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # a few samples of an idle Redis first
+
+
+@dataclass
+class Burst:
+    """What the burst measured."""
+
+    enqueued: int
+    took: float  # seconds, first enqueue to last
+    delta: RedisDelta
+    redis_cpu_s: float  # redis-server's CPU seconds over the burst
+    latest: Any  # LATENCY LATEST after it
+    slow: Any  # SLOWLOG GET 128 after it
+    during: list[float]  # the other client's PING times during it, ms
+
+
+async def burst(
+    redis: Redis,
+    settings: Settings,
+    args: argparse.Namespace,
+    server_pid: int,
+    pinger: Child,
+    ping_out: Path,
+) -> Burst:
+    """``--n`` enqueues in batches of ``--batch`` while the pinger runs; then the pinger is
+    stopped and its samples read."""
+    from worker.client.client import PollerClient
+
+    client = PollerClient.from_settings(settings, redis)
+    ids = [f"8{i:015d}" for i in range(args.n)]
+    # Redis' own view of its stalls, to tell them from the machine's scheduling: every
+    # event of 2 ms or more (LATENCY), every command of 2 ms or more (SLOWLOG).
+    await redis.config_set("latency-monitor-threshold", 2)
+    await redis.config_set("slowlog-log-slower-than", 2000)
+    await redis.execute_command("LATENCY", "RESET")  # type: ignore[no-untyped-call]
+    await redis.slowlog_reset()
+    before = await redis_counters(redis)
+    cpu0 = cpu_seconds(server_pid) or 0.0
+    start = time.monotonic()
+    enqueued = 0
+    for i in range(0, len(ids), args.batch):
+        done = await client.enqueue_many(ids[i : i + args.batch], account=ACCOUNT)
+        enqueued += sum(o.outcome == "enqueued" for o in done)
+    end = time.monotonic()
+    cpu1 = cpu_seconds(server_pid) or 0.0
+    after = await redis_counters(redis)
+    latest = await redis.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
+    slow = await redis.slowlog_get(128)
+    await asyncio.sleep(0.2)
+    await pinger.astop(10)
+    during = ping_samples(ping_out, start, end)
+    delta = counters_delta(before, after, own_reads=1)
+    return Burst(enqueued, end - start, delta, cpu1 - cpu0, latest, slow, during)
+
+
+def ping_samples(ping_out: Path, start: float, end: float) -> list[float]:
+    """The pinger's PING times (ms) between ``start`` and ``end``: its file, once it stopped (a
+    small local file, read once: nothing else runs on the loop by then)."""
+    samples = json.loads(ping_out.read_text(encoding="ascii")) if ping_out.exists() else []
+    return [dt * 1000 for t, dt in samples if start <= t <= end]
+
+
+def report_burst(b: Burst, args: argparse.Namespace) -> None:
+    """Enqueues/s, the other client's PING, Redis' own stalls, its work and CPU per enqueue."""
+    took, during, slow = b.took, b.during, b.slow
+    per = max(b.enqueued, 1)
+    scripted = {k: v for k, v in b.delta.commands.items() if k not in ("info", "evalsha")}
+    shown = ", ".join(
+        f"{k} {v / per:.2f}" for k, v in sorted(scripted.items(), key=lambda kv: -kv[1])
+    )
+    out(f"  enqueued {b.enqueued}/{args.n} in {took:.2f} s: {b.enqueued / took:.0f} enqueues/s")
+    out(
+        f"  another client's PING during the burst (every {args.ping_every_ms:g} ms, "
+        f"n={len(during)}): p50 {fmt(percentile(during, 50), '.2f')} ms, p99 "
+        f"{fmt(percentile(during, 99), '.2f')} ms, max "
+        f"{fmt(max(during, default=float('nan')), '.2f')} ms"
+    )
+    events = ", ".join(f"{e[0].decode()} max {e[3]} ms" for e in b.latest) or "none"
+    slowest = max((int(e["duration"]) for e in slow), default=0)
+    if args.keep:
+        for e in slow:
+            out(f"    slowlog: {int(e['duration']) / 1000:.1f} ms {e['command'][:60]!r}")
+    out(
+        f"  Redis' own stalls of 2 ms or more (LATENCY LATEST): {events}; commands of 2 ms or "
+        f"more (SLOWLOG): {len(slow)}, the slowest {slowest / 1000:.1f} ms"
+    )
+    out(f"  Redis commands per enqueue (inside Lua included): {shown}")
+    out(
+        f"  redis-server CPU per enqueue {1000 * b.redis_cpu_s / per:.3f} ms "
+        f"({100 * b.redis_cpu_s / took:.0f}% of a core during the burst)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,19 +25,40 @@ TARGET_HOOK_P99_DELTA_S = 0.1
 
 def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
     """The table at the end of a run: every figure, its target and verdict where it has one."""
-    ratio = f.check_rate / f.noop_rate if f.check_rate and f.noop_rate else None
-    floor_ratio = f.check_rate / f.floor_rate if f.check_rate and f.floor_rate else None
     rows: list[tuple[str, str, str, str]] = []
 
     def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
         rows.append((name, value, target, "" if not target else verdict(ok)))
 
-    def le(value: float | None, limit: float) -> bool | None:
-        return None if value is None or math.isnan(value) else value <= limit
+    throughput_rows(f, row)
+    memory_rows(f, row)
+    lateness_rows(f, row)
+    worker_rows(f, row)
+    row(
+        "history bytes per 6-check poll",
+        fmt(f.history_bytes),
+        f"<= {TARGET_HISTORY_BYTES}",
+        _le(f.history_bytes, TARGET_HISTORY_BYTES),
+    )
+    scale_rows(f.scale, row)
+    hook_rows(f.hooks, row)
+    paced_rows(f.paced, row, f.paced_floor)
+    million_rows(f, row)
+    print_table(rows, f.notes, cfg, started)
 
-    def pair(a: float | None, b: float | None, spec: str, unit: str = "") -> str:
-        return f"{fmt(a, spec)} / {fmt(b, spec)}{unit}"
 
+def _le(value: float | None, limit: float) -> bool | None:
+    return None if value is None or math.isnan(value) else value <= limit
+
+
+def _pair(a: float | None, b: float | None, spec: str, unit: str = "") -> str:
+    return f"{fmt(a, spec)} / {fmt(b, spec)}{unit}"
+
+
+def throughput_rows(f: Figures, row: Callable[..., None]) -> None:
+    """One worker's checks/s against bare arq's and the floor's, and what a check costs."""
+    ratio = f.check_rate / f.noop_rate if f.check_rate and f.noop_rate else None
+    floor_ratio = f.check_rate / f.floor_rate if f.check_rate and f.floor_rate else None
     row(
         "checks/s, one worker (10-90 %)",
         fmt(f.check_rate),
@@ -50,46 +71,58 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
     row("ratio ours / floor", fmt(floor_ratio, ".2f"))
     row(
         "floor CPU ms per check: process / redis-server",
-        pair(f.floor_cpu_ms, f.floor_redis_cpu_ms, ".3f"),
+        _pair(f.floor_cpu_ms, f.floor_redis_cpu_ms, ".3f"),
     )
-    row("worker CPU ms per check / per no-op job", pair(f.check_cpu_ms, f.noop_cpu_ms, ".3f"))
+    row("worker CPU ms per check / per no-op job", _pair(f.check_cpu_ms, f.noop_cpu_ms, ".3f"))
     row(
         "redis CPU ms per check / per no-op job",
-        pair(f.check_redis_cpu_ms, f.noop_redis_cpu_ms, ".3f"),
+        _pair(f.check_redis_cpu_ms, f.noop_redis_cpu_ms, ".3f"),
     )
     row(
         "Redis round trips per check / per no-op job",
-        pair(f.reads_per_check, f.noop_reads_per_job, ".2f"),
+        _pair(f.reads_per_check, f.noop_reads_per_job, ".2f"),
     )
     row(
         "Redis commands per check / per no-op job",
-        pair(f.cmds_per_check, f.noop_cmds_per_job, ".2f"),
+        _pair(f.cmds_per_check, f.noop_cmds_per_job, ".2f"),
     )
+
+
+def memory_rows(f: Figures, row: Callable[..., None]) -> None:
+    """The capacity phase's Redis bytes per container and enqueue rate."""
     row(
         "Redis bytes per queued container",
         fmt(f.bytes_per_container),
         f"<= {TARGET_BYTES_PER_CONTAINER}",
-        le(f.bytes_per_container, TARGET_BYTES_PER_CONTAINER),
+        _le(f.bytes_per_container, TARGET_BYTES_PER_CONTAINER),
     )
     row("Redis bytes per container once checked", fmt(f.bytes_per_checked_container))
     row("enqueue_many containers/s", fmt(f.enqueue_rate))
+
+
+def lateness_rows(f: Figures, row: Callable[..., None]) -> None:
+    """The schedule phase's lateness, the simulator's and the worker's own (lag_s)."""
     row(
         f"lateness p99 at {fmt(f.sched_target_rate)} checks/s",
         fmt(f.late_p99, ".3f") + " s",
         f"<= {TARGET_P99_LATENESS_S:g} s",
-        le(f.late_p99, TARGET_P99_LATENESS_S),
+        _le(f.late_p99, TARGET_P99_LATENESS_S),
     )
-    row("lateness p50 / max", pair(f.late_p50, f.late_max, ".3f", " s"))
+    row("lateness p50 / max", _pair(f.late_p50, f.late_max, ".3f", " s"))
     row(
         "worker lag_s p50 / p99 / max",
-        f"{fmt(f.lag_p50, '.3f')} / {pair(f.lag_p99, f.lag_max, '.3f', ' s')}",
+        f"{fmt(f.lag_p50, '.3f')} / {_pair(f.lag_p99, f.lag_max, '.3f', ' s')}",
     )
+
+
+def worker_rows(f: Figures, row: Callable[..., None]) -> None:
+    """The worker's RSS, and its API calls per container (none wasted on duplicates)."""
     in_flight = fmt(f.capacity_in_flight, "d") if f.capacity_in_flight else "n/a"
     row(
         f"worker RSS, {in_flight} in flight",
         fmt(f.rss_100k_mib, ".1f") + " MiB",
         f"<= {TARGET_RSS_MIB:g} MiB",
-        le(f.rss_100k_mib, TARGET_RSS_MIB),
+        _le(f.rss_100k_mib, TARGET_RSS_MIB),
     )
     row("worker RSS after the throughput run", fmt(f.rss_end_throughput_mib, ".1f") + " MiB")
     row("worker RSS idle", fmt(f.rss_idle_mib, ".1f") + " MiB")
@@ -111,34 +144,39 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
         "0",
         None if extra is None else extra == 0,
     )
+
+
+def million_rows(f: Figures, row: Callable[..., None]) -> None:
+    """The million phase's lines of the summary (none when it did not run)."""
+    if f.million_n is None:
+        return
     row(
-        "history bytes per 6-check poll",
-        fmt(f.history_bytes),
-        f"<= {TARGET_HISTORY_BYTES}",
-        le(f.history_bytes, TARGET_HISTORY_BYTES),
+        f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
+        fmt(f.million_bytes_per_container),
+        f"<= {TARGET_BYTES_PER_CONTAINER}",
+        _le(f.million_bytes_per_container, TARGET_BYTES_PER_CONTAINER),
     )
-    scale_rows(f.scale, row)
-    hook_rows(f.hooks, row)
-    paced_rows(f.paced, row, f.paced_floor)
-    if f.million_n is not None:
-        row(
-            f"million phase: Redis bytes per container ({fmt(f.million_n, 'd')} in flight)",
-            fmt(f.million_bytes_per_container),
-            f"<= {TARGET_BYTES_PER_CONTAINER}",
-            le(f.million_bytes_per_container, TARGET_BYTES_PER_CONTAINER),
-        )
-        enqueue_s = f.million_enqueue_s or math.nan
-        row(
-            "million phase: CLI enqueue time / containers per s",
-            f"{fmt(enqueue_s, '.1f')} s / {fmt(f.million_n / enqueue_s)}",
-        )
-        row(
-            "million phase: lateness p99 beside them",
-            fmt(f.million_late_p99, ".3f") + " s",
-            f"<= {TARGET_P99_LATENESS_S:g} s",
-            le(f.million_late_p99, TARGET_P99_LATENESS_S),
-        )
-        row("million phase: worker RSS at the end", fmt(f.million_rss_mib, ".1f") + " MiB")
+    enqueue_s = f.million_enqueue_s or math.nan
+    row(
+        "million phase: CLI enqueue time / containers per s",
+        f"{fmt(enqueue_s, '.1f')} s / {fmt(f.million_n / enqueue_s)}",
+    )
+    row(
+        "million phase: lateness p99 beside them",
+        fmt(f.million_late_p99, ".3f") + " s",
+        f"<= {TARGET_P99_LATENESS_S:g} s",
+        _le(f.million_late_p99, TARGET_P99_LATENESS_S),
+    )
+    row("million phase: worker RSS at the end", fmt(f.million_rss_mib, ".1f") + " MiB")
+
+
+def print_table(
+    rows: list[tuple[str, str, str, str]],
+    notes: list[str],
+    cfg: Config,
+    started: datetime.datetime,
+) -> None:
+    """The summary's header (the run and the worker's variant), its rows, then its notes."""
     variant = []
     if cfg.log_level.upper() != "INFO":
         variant.append(f"LOG_LEVEL={cfg.log_level}")
@@ -155,7 +193,7 @@ def summary(f: Figures, cfg: Config, started: datetime.datetime) -> None:
     width = max(len(r[0]) for r in rows)
     for name, value, target, ok in rows:
         out(f"{name:<{width}}  {value:>24}  {target:<22} {ok}".rstrip())
-    for note in dict.fromkeys(f.notes):
+    for note in dict.fromkeys(notes):
         out(f"note: {note}")
     out("=" * 100)
 
