@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from simulator import RunningSimulator, SimulatorState, run_simulator
+from tests.helpers.graph import get_status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/integration/ -> the repository
 TOKEN = "tok-SECRET-abc123"
@@ -28,13 +29,7 @@ async def sim() -> AsyncIterator[RunningSimulator]:
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def get_status(
+async def status_of(
     http: aiohttp.ClientSession,
     sim: RunningSimulator,
     container_id: str,
@@ -42,13 +37,7 @@ async def get_status(
     token: str | None = TOKEN,
     fields: str | None = FIELDS,
 ) -> tuple[int, Any]:
-    params = {}
-    if token is not None:
-        params["access_token"] = token
-    if fields is not None:
-        params["fields"] = fields
-    async with http.get(f"{sim.base_url}/{container_id}", params=params) as resp:
-        return resp.status, await resp.json(content_type=None)
+    return await get_status(http, sim.base_url, container_id, token=token, fields=fields)
 
 
 async def statuses(
@@ -56,7 +45,7 @@ async def statuses(
 ) -> list[str]:
     seen = []
     for _ in range(n):
-        _, body = await get_status(http, sim, container_id)
+        _, body = await status_of(http, sim, container_id)
         seen.append(body["status"])
     return seen
 
@@ -79,7 +68,7 @@ async def test_script_progresses_and_last_step_repeats(
 ) -> None:
     sim.state.set_script("1788", ["IN_PROGRESS", "IN_PROGRESS", "FINISHED"])
     assert await statuses(http, sim, "1788", 5) == ["IN_PROGRESS"] * 2 + ["FINISHED"] * 3
-    status, body = await get_status(http, sim, "1788")
+    status, body = await status_of(http, sim, "1788")
     assert status == 200
     assert body == {"status": "FINISHED", "id": "1788"}
 
@@ -90,16 +79,16 @@ async def test_error_message_and_unknown_status_verbatim(
     sim.state.set_script("e", ["ERROR:INVALID_ASPEC_RATIO"])
     sim.state.set_script("b", ["ERROR"])
     sim.state.set_script("n", ["STATUS:QUEUED_SOMEWHERE"])
-    assert (await get_status(http, sim, "e"))[1] == {
+    assert (await status_of(http, sim, "e"))[1] == {
         "status": "ERROR",
         "id": "e",
         "error_message": "INVALID_ASPEC_RATIO",
     }
-    assert (await get_status(http, sim, "b"))[1] == {"status": "ERROR", "id": "b"}
-    assert (await get_status(http, sim, "n"))[1] == {"status": "QUEUED_SOMEWHERE", "id": "n"}
+    assert (await status_of(http, sim, "b"))[1] == {"status": "ERROR", "id": "b"}
+    assert (await status_of(http, sim, "n"))[1] == {"status": "QUEUED_SOMEWHERE", "id": "n"}
     # Only requested fields come back, plus the id; the call still consumes a step.
-    assert (await get_status(http, sim, "e", fields=None))[1] == {"id": "e"}
-    assert (await get_status(http, sim, "e", fields="status"))[1] == {"status": "ERROR", "id": "e"}
+    assert (await status_of(http, sim, "e", fields=None))[1] == {"id": "e"}
+    assert (await status_of(http, sim, "e", fields="status"))[1] == {"status": "ERROR", "id": "e"}
 
 
 async def test_prefix_rules_exact_rules_and_default(
@@ -111,7 +100,7 @@ async def test_prefix_rules_exact_rules_and_default(
     assert await statuses(http, sim, "90017", 2) == ["IN_PROGRESS", "FINISHED"]
     assert await statuses(http, sim, "9500", 1) == ["EXPIRED"]
     assert await statuses(http, sim, "90015", 1) == ["PUBLISHED"]
-    status, body = await get_status(http, sim, "123")
+    status, body = await status_of(http, sim, "123")
     assert status == 400
     assert body["error"]["code"] == 100
     sim.state.set_default_script(["FINISHED"])
@@ -153,7 +142,7 @@ async def test_graph_error_envelopes(
     transient: bool,
 ) -> None:
     sim.state.set_script("c1", [step, "FINISHED"])
-    status, body = await get_status(http, sim, "c1")
+    status, body = await status_of(http, sim, "c1")
     assert status == http_status
     error = body["error"]
     assert set(body) == {"error"}
@@ -171,7 +160,7 @@ async def test_graph_error_envelopes(
 async def test_notfound_message_names_the_object(
     sim: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
-    _, body = await get_status(http, sim, "424242")
+    _, body = await status_of(http, sim, "424242")
     assert body["error"]["message"] == (
         "Unsupported get request. Object with ID '424242' does not exist, cannot be loaded due "
         "to missing permissions, or does not support this operation."
@@ -184,7 +173,7 @@ async def test_nonexisting_field_reads_as_a_published_media_id(
     from api_client import ErrorKind, GraphAPIError, ThreadsClient, classify, explain_api_error
 
     sim.state.set_script("18030000000000002", ["nonexisting_field"])
-    _, body = await get_status(http, sim, "18030000000000002")
+    _, body = await status_of(http, sim, "18030000000000002")
     assert body["error"]["message"] == "Tried accessing nonexisting field (status)"
     client = ThreadsClient(http, base_url=sim.base_url)
     with pytest.raises(GraphAPIError) as info:
@@ -232,7 +221,7 @@ async def test_drop_closes_the_connection(
     # drops in a row for the caller to see the error.
     sim.state.set_script("d", ["drop", "drop", "drop", "FINISHED"])
     with pytest.raises(aiohttp.ClientConnectionError):
-        await get_status(http, sim, "d")
+        await status_of(http, sim, "d")
     assert [r.answer for r in sim.state.requests] == ["drop", "drop"]
     # The client's own retry turns a single drop into a normal answer.
     assert await statuses(http, sim, "d", 1) == ["FINISHED"]
@@ -246,7 +235,7 @@ async def test_slow_steps(sim: RunningSimulator, http: aiohttp.ClientSession) ->
     assert await statuses(http, sim, "s", 1) == ["IN_PROGRESS"]
     assert time.monotonic() - started >= 0.2
     assert await statuses(http, sim, "s", 1) == ["ERROR"]
-    _, body = await get_status(http, sim, "s")
+    _, body = await status_of(http, sim, "s")
     assert body == {"status": "ERROR", "id": "s", "error_message": "UNKNOWN"}
     started = time.monotonic()
     assert await statuses(http, sim, "s", 1) == ["FINISHED"]
@@ -295,7 +284,7 @@ async def test_auth_query_param_and_bearer_header(
 ) -> None:
     sim.state.set_tokens(valid={TOKEN: "user-a", "other-token": "user-b"})
     sim.state.set_script("a", ["FINISHED"])
-    assert (await get_status(http, sim, "a"))[0] == 200
+    assert (await status_of(http, sim, "a"))[0] == 200
     headers = {"Authorization": "Bearer other-token"}
     async with http.get(f"{sim.base_url}/a", params={"fields": "status"}, headers=headers) as r:
         assert r.status == 200
@@ -307,7 +296,7 @@ async def test_any_token_accepted_when_none_configured(
     sim: RunningSimulator, http: aiohttp.ClientSession
 ) -> None:
     sim.state.set_script("a", ["FINISHED"])
-    assert (await get_status(http, sim, "a", token="whatever"))[0] == 200
+    assert (await status_of(http, sim, "a", token="whatever"))[0] == 200
     assert sim.state.calls_for("a").accounts == ["default"]
 
 
@@ -316,13 +305,13 @@ async def test_missing_unknown_and_expired_tokens(
 ) -> None:
     sim.state.set_tokens(valid={TOKEN: "user-a"}, expired={"old-token": "user-old"})
     sim.state.set_script("a", ["FINISHED"])
-    status, body = await get_status(http, sim, "a", token=None)
+    status, body = await status_of(http, sim, "a", token=None)
     assert (status, body["error"]["code"], body["error"].get("error_subcode")) == (400, 190, None)
     assert body["error"]["message"].startswith("An active access token must be used")
-    status, body = await get_status(http, sim, "a", token="wrong")
+    status, body = await status_of(http, sim, "a", token="wrong")
     assert (status, body["error"]["code"], body["error"]["error_subcode"]) == (400, 190, 467)
     assert body["error"]["type"] == "OAuthException"
-    status, body = await get_status(http, sim, "a", token="old-token")
+    status, body = await status_of(http, sim, "a", token="old-token")
     assert (status, body["error"]["code"], body["error"]["error_subcode"]) == (400, 190, 463)
     # Rejected calls are logged but do not consume the script.
     assert sim.state.calls_for("a").accounts == ["", "", "user-old"]
@@ -493,7 +482,7 @@ async def test_call_log(sim: RunningSimulator, http: aiohttp.ClientSession) -> N
     sim.state.set_script("L", ["IN_PROGRESS", "500", "FINISHED"])
     before = time.time()
     await statuses(http, sim, "L", 1)
-    await get_status(http, sim, "L")
+    await status_of(http, sim, "L")
     await statuses(http, sim, "L", 1)
     await publish(http, sim, "L")
     await quota(http, sim, "u1", None)
@@ -557,8 +546,8 @@ async def test_admin_endpoints(sim: RunningSimulator, http: aiohttp.ClientSessio
 
     tokens = {"valid": {"t-1": "acct-1"}, "expired": {"t-0": "acct-0"}}
     assert (await admin(http, sim, "PUT", "/tokens", tokens))[0] == 200
-    assert (await get_status(http, sim, "771", token="t-0"))[1]["error"]["error_subcode"] == 463
-    assert (await get_status(http, sim, "771", token="t-1"))[0] == 200
+    assert (await status_of(http, sim, "771", token="t-0"))[1]["error"]["error_subcode"] == 463
+    assert (await status_of(http, sim, "771", token="t-1"))[0] == 200
     assert (await admin(http, sim, "PUT", "/tokens", {}))[0] == 200  # any token again
 
     for path, bad in [
@@ -590,7 +579,7 @@ async def test_state_passed_in_is_used() -> None:
         assert running.state is state
         assert running.base_url == f"http://127.0.0.1:{running.port}/v1.0"
         assert running.admin_url == f"http://127.0.0.1:{running.port}/_sim"
-        assert (await get_status(http, running, "x", token="k"))[1]["status"] == "FINISHED"
+        assert (await status_of(http, running, "x", token="k"))[1]["status"] == "FINISHED"
 
 
 # ----- CLI ---------------------------------------------------------------------------------

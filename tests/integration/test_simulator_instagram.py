@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from simulator import INSTAGRAM_API_PREFIX, RunningSimulator, StatusCall, run_simulator
+from tests.helpers.graph import get_status
 
 TOKEN = "ig-tok-SECRET-xyz789"
 FIELDS = "status_code,status"
@@ -23,12 +24,6 @@ async def sim() -> AsyncIterator[RunningSimulator]:
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def ig_status(
     http: aiohttp.ClientSession,
     sim: RunningSimulator,
@@ -37,13 +32,7 @@ async def ig_status(
     token: str | None = TOKEN,
     fields: str | None = FIELDS,
 ) -> tuple[int, Any]:
-    params = {}
-    if token is not None:
-        params["access_token"] = token
-    if fields is not None:
-        params["fields"] = fields
-    async with http.get(f"{sim.instagram_url}/{container_id}", params=params) as resp:
-        return resp.status, await resp.json(content_type=None)
+    return await get_status(http, sim.instagram_url, container_id, token=token, fields=fields)
 
 
 async def ig_publish(

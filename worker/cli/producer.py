@@ -117,36 +117,23 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.intake:
         return _submit(settings, ids, args)
 
+    # The options every enqueue of this command shares (a carousel's, or each batch's).
+    options: dict[str, Any] = {
+        "account": args.account,
+        "force": args.force,
+        "publish": args.publish,
+        "webhook_url": args.webhook_url,
+        "reply_to": args.reply_to,
+        "producer": args.producer,
+        "traceparent": args.traceparent,
+        "platform": args.platform,
+    }
+
     async def work(c: PollerClient) -> list[EnqueueOutcome]:
         if args.carousel is not None:
             children = [part for part in args.children.split(",") if part.strip()]
-            one = await c.enqueue_carousel(
-                args.carousel,
-                children,
-                account=args.account,
-                force=args.force,
-                publish=args.publish,
-                webhook_url=args.webhook_url,
-                reply_to=args.reply_to,
-                producer=args.producer,
-                traceparent=args.traceparent,
-                platform=args.platform,
-            )
-            return [one]
-        return await _in_batches(
-            ids,
-            lambda batch: c.enqueue_many(
-                batch,
-                account=args.account,
-                force=args.force,
-                publish=args.publish,
-                webhook_url=args.webhook_url,
-                reply_to=args.reply_to,
-                producer=args.producer,
-                traceparent=args.traceparent,
-                platform=args.platform,
-            ),
-        )
+            return [await c.enqueue_carousel(args.carousel, children, **options)]
+        return await _in_batches(ids, lambda batch: c.enqueue_many(batch, **options))
 
     try:
         outcomes = with_client(settings, work)
