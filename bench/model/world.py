@@ -19,7 +19,7 @@ from bench.model.graph import GraphModel, Receiver
 from bench.model.topology import Topology
 from config import Settings, load_settings
 from worker.core.targets import webhook_policy
-from worker.jobs.check import PollerContext
+from worker.jobs.context import PollerContext
 from worker.jobs.quota import token_source
 from worker.jobs.webhook import make_webhook_session
 from worker.runtime.app import build_poller, job_specs

@@ -30,7 +30,7 @@ from worker import enqueue, get_result
 from worker.client.producer import store_for
 from worker.core.decisions import Decision
 from worker.core.targets import WebhookPolicy
-from worker.jobs.check import PollerContext
+from worker.jobs.context import PollerContext
 from worker.jobs.quota import token_source
 from worker.runtime.app import build_poller, job_specs
 from worker.runtime.runner import JobSpec, Runner

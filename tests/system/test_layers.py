@@ -48,6 +48,8 @@ def test_the_layers_hold() -> None:
         ("worker/cli/common.py", "from worker.cli.parser import build_parser\n"),
         # The check job once imported the delivery job (for body_for), which ran on its context.
         ("worker/jobs/check.py", "from worker.jobs.webhook import body_for\n"),
+        # ... and the delivery job the check job (for the context both now share: jobs/context.py).
+        ("worker/jobs/webhook.py", "from worker.jobs.check import CheckJob\n"),
         ("api_client/_canary.py", "import worker\n"),
     ],
 )

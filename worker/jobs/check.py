@@ -16,11 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, assert_never
-
-import aiohttp
 
 from api_client.client import ThreadsClient
 from api_client.errors import GraphAPIError, ThreadsError
@@ -52,17 +48,15 @@ from worker.core.planner import (
 )
 from worker.core.publishing import judge_publish
 from worker.core.result import Changes, PollResult, stamp
-from worker.core.targets import WebhookPolicy
 from worker.core.tracing import poll_traceparent
 from worker.core.webhooks import body_for
+from worker.jobs.context import PollerContext
 from worker.jobs.quota import fetch_quota, quota_ttl
-from worker.jobs.tokens import DEFAULT_ACCOUNT, TokenSource, fingerprint
+from worker.jobs.tokens import DEFAULT_ACCOUNT, fingerprint
 from worker.ops import metrics, tracing
 from worker.ops.tracing import NOOP_SPAN, Span
-from worker.store.accounts import AccountStore
-from worker.store.queue import ClaimedJob, JobQueue, persist
-from worker.store.replicas import Replicas
-from worker.store.results import Recorded, ResultStore, record_fields
+from worker.store.queue import ClaimedJob, persist
+from worker.store.results import Recorded, record_fields
 
 log = logging.getLogger("threads_poller.check")
 
@@ -76,28 +70,6 @@ def policy_of(settings: Settings) -> Policy:
         publish_min_age=settings.publish_min_age_seconds,
         reply_settle=settings.publish_reply_settle_seconds,
     )
-
-
-@dataclass
-class PollerContext:
-    """What every run needs; built once per worker process (``worker.runtime.app``)."""
-
-    settings: Settings
-    store: ResultStore
-    # The checks' queue, and the webhook deliveries' (claimed apart: worker.store.queue).
-    queue: JobQueue
-    deliveries: JobQueue
-    accounts: AccountStore
-    # One Graph API client per platform (api_client.platforms), by name: a poll's platform
-    # picks its client, whose field names and edges are that platform's.
-    clients: Mapping[str, ThreadsClient]
-    tokens: TokenSource
-    policy: Policy
-    # The deliveries' own session (the SSRF guard's resolver) and the policy it enforces.
-    webhook_session: aiohttp.ClientSession
-    webhook_policy: WebhookPolicy
-    # How many replicas must hold a publish claim before the call (worker.store.replicas).
-    replicas: Replicas
 
 
 def token_state(token: str | None, job: ClaimedJob) -> TokenState:

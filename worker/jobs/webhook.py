@@ -56,7 +56,7 @@ from worker.core.targets import (
 from worker.core.tracing import poll_traceparent
 from worker.core.webhooks import EVENT_NAME, WebhookStatus, body_for, judge_delivery
 from worker.core.webhooks import WebhookOutcome as Out
-from worker.jobs.check import PollerContext
+from worker.jobs.context import PollerContext
 from worker.ops import metrics, tracing
 from worker.store.jobdata import DELIVER_FUNCTION
 from worker.store.queue import ClaimedJob, persist

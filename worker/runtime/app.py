@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from api_client.client import make_session
 from config import Settings
 from worker.core.targets import WebhookPolicy, webhook_policy
-from worker.jobs.check import CheckJob, PollerContext, policy_of
+from worker.jobs.check import CheckJob, policy_of
+from worker.jobs.context import PollerContext
 from worker.jobs.quota import clients_for, refresh_quotas_forever, token_source
 from worker.jobs.token_refresh import TokenKeeper
 from worker.jobs.tokens import AccountTokenSource, TokenSource
