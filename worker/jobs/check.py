@@ -338,16 +338,39 @@ class CheckJob:
     async def _publish(
         self, job: ClaimedJob, current: PollResult, token: str, span: Span = NOOP_SPAN
     ) -> None:
-        """Publish a FINISHED container at most once (the rules: worker/core/publishing.py)."""
-        p = self.p
-        s = p.settings
-        platform = PLATFORMS[current.platform]
-        # The account whose quota and publish edge this is: the poll's, else the platform's
-        # fallback token's user (THREADS_USER_ID / INSTAGRAM_USER_ID), else "me".
+        """Publish a FINISHED container at most once (the rules: worker/core/publishing.py): the
+        quota gate, the claim, the call, the record."""
+        account = self._publish_account(current)
+        quota = await self._quota_gate(job, current, account)
+        if quota is None:
+            return
+        if not await self._claim(job, current):
+            return
+        sent_ms = job.now_ms()
+        t0 = time.perf_counter()
+        answer = await self._call_publish(current, user_id_of(account), token, t0)
+        # From here on the answer is recorded whatever the run's timeout says (up to the end
+        # of the lease): dropping it would lose the media id and leave the publish ambiguous.
+        async with job.deadline.hold():
+            await self._record_publish(
+                job, current, answer, quota, sent_ms, time.perf_counter() - t0, span
+            )
+
+    def _publish_account(self, current: PollResult) -> str:
+        """The account whose quota and publish edge this is: the poll's, else the platform's
+        fallback token's user (THREADS_USER_ID / INSTAGRAM_USER_ID), else "me"."""
         account = current.account or ""
         if not user_id_of(account):
-            account = platform.account_key(s.platform_user_id(platform) or "me")
-        user_id = user_id_of(account)
+            platform = PLATFORMS[current.platform]
+            account = platform.account_key(self.p.settings.platform_user_id(platform) or "me")
+        return account
+
+    async def _quota_gate(
+        self, job: ClaimedJob, current: PollResult, account: str
+    ) -> Changes | None:
+        """Read the account's quota before the call: the quota's changes for the record, or None
+        when a spent quota ended the run (its record written)."""
+        p = self.p
         quota = Changes()
         try:
             snapshot = await fetch_quota(p.clients, p.tokens, account)
@@ -359,12 +382,18 @@ class CheckJob:
             )
             snapshot = None
         if snapshot is not None:
-            await p.accounts.save_quota(snapshot, quota_ttl(s))
+            await p.accounts.save_quota(snapshot, quota_ttl(p.settings))
             # A reply spends the reply quota, anything else the post quota.
             quota, stop = publish_quota(current, snapshot.limit)
             if stop is not None:
                 await self.record(job, current, stop)
-                return
+                return None
+        return quota
+
+    async def _claim(self, job: ClaimedJob, current: PollResult) -> bool:
+        """Claim the publish (fenced, held by enough replicas): True when the call may go out;
+        else the refusal is recorded, or the job released to plan again."""
+        p, s = self.p, self.p.settings
         needed = await persist("reading the replicas", p.replicas.needed)
         claim = await persist(
             "claiming the publish",
@@ -384,7 +413,7 @@ class CheckJob:
                 log.info(not_claimed.reason, extra={"container_id": current.container_id})
                 # Plan again from what Redis holds now (the run still owns the job, or not).
                 await p.queue.release(job, delay_ms=0)
-            return
+            return False
         if not claim.safe:
             log.warning(
                 "publish claim not acknowledged by enough replicas; not published yet",
@@ -398,16 +427,21 @@ class CheckJob:
                 current, acked=claim.acked, needed=claim.needed, now=job.now(), policy=p.policy
             )
             await self.record(job, current, unsafe)
-            return
-        sent_ms = job.now_ms()
-        t0 = time.perf_counter()
+            return False
+        return True
+
+    async def _call_publish(
+        self, current: PollResult, user_id: str, token: str, t0: float
+    ) -> str | ThreadsError:
+        """The publish call, in a span of its own: the media id, or the error (token scrubbed).
+        ``t0`` is when the call was timed from (the span's latency)."""
         with tracing.active().span(
             tracing.PUBLISH,
             kind="client",
             attributes={"threads_poller.container_id": current.container_id},
         ) as call:
             try:
-                answer: str | ThreadsError = await p.clients[current.platform].publish(
+                answer: str | ThreadsError = await self.p.clients[current.platform].publish(
                     user_id, current.container_id, token=token
                 )
             except ThreadsError as exc:
@@ -422,12 +456,7 @@ class CheckJob:
                 call.set("threads_poller.publish.verdict", str(judge_publish(answer)))
                 if error is not None:
                     call.error("publish_failed")
-        # From here on the answer is recorded whatever the run's timeout says (up to the end
-        # of the lease): dropping it would lose the media id and leave the publish ambiguous.
-        async with job.deadline.hold():
-            await self._record_publish(
-                job, current, answer, quota, sent_ms, time.perf_counter() - t0, span
-            )
+        return answer
 
     async def _record_publish(
         self,

@@ -54,7 +54,13 @@ from worker.core.targets import (
     parse_target,
 )
 from worker.core.tracing import poll_traceparent
-from worker.core.webhooks import EVENT_NAME, WebhookStatus, body_for, judge_delivery
+from worker.core.webhooks import (
+    EVENT_NAME,
+    DeliveryVerdict,
+    WebhookStatus,
+    body_for,
+    judge_delivery,
+)
 from worker.core.webhooks import WebhookOutcome as Out
 from worker.jobs.context import PollerContext
 from worker.ops import metrics, tracing
@@ -239,21 +245,59 @@ class WebhookJob:
         span: tracing.Span,
         poll_trace: str | None,
     ) -> None:
-        settings = self.p.settings
-        body = job.args[2] if len(job.args) > 2 else None
+        """One attempt: the body, the target (or the end before sending), the signed POST, and
+        its verdict settled."""
+        body = await self._body(job, container_id, generation, current)
         if body is None:
-            # A job re-planned from its id (its data was refused: worker.store.queue): the body
-            # is built again from the poll's final state (the same bytes, as body_for is a
-            # function of it) while the hash is still that poll's. Else there is nothing to send:
-            # dead-lettered with the reason (a dead letter without a body cannot be replayed).
-            if current is None or current.generation != generation or not current.final:
-                why = "no body to send: the poll's final state is gone (expired or replaced)"
-                if job.replanned:
-                    why = f"{why}; the job's data was refused ({job.replanned[:200]})"
-                await self._settle(job, generation, Out.DEAD, job.try_, why, "", b"")
-                log.error("webhook dead-lettered: %s", why, extra={"container_id": container_id})
-                return
-            body = body_for(current, job.job_id)
+            return
+        url = await self._target(job, container_id, generation, current, body)
+        if url is None:
+            return
+        headers = self._headers(job, body, span, poll_trace)
+        if span is not tracing.NOOP_SPAN:
+            span.set("threads_poller.webhook.url", tracing.safe_url(url))
+        status, failure, refused = await self._post(url, body, headers, span)
+        verdict = judge_delivery(
+            status,
+            attempt=job.try_,
+            max_attempts=self.p.settings.webhook_attempts(),
+            failure=failure,
+            refused=refused,
+        )
+        await self._conclude(job, container_id, generation, verdict, url, body, span)
+
+    async def _body(
+        self, job: ClaimedJob, container_id: str, generation: str, current: PollResult | None
+    ) -> bytes | None:
+        """The body to send: the job's, else built again; None when there is none (the
+        delivery is then dead-lettered, here)."""
+        body: bytes | None = job.args[2] if len(job.args) > 2 else None
+        if body is not None:
+            return body
+        # A job re-planned from its id (its data was refused: worker.store.queue): the body is
+        # built again from the poll's final state (the same bytes, as body_for is a function of
+        # it) while the hash is still that poll's. Else there is nothing to send: dead-lettered
+        # with the reason (a dead letter without a body cannot be replayed).
+        if current is None or current.generation != generation or not current.final:
+            why = "no body to send: the poll's final state is gone (expired or replaced)"
+            if job.replanned:
+                why = f"{why}; the job's data was refused ({job.replanned[:200]})"
+            await self._settle(job, generation, Out.DEAD, job.try_, why, "", b"")
+            log.error("webhook dead-lettered: %s", why, extra={"container_id": container_id})
+            return None
+        return body_for(current, job.job_id)
+
+    async def _target(
+        self,
+        job: ClaimedJob,
+        container_id: str,
+        generation: str,
+        current: PollResult | None,
+        body: bytes,
+    ) -> str | None:
+        """The URL to POST to; None when the attempt ends before sending: the delivery already
+        settled, or dead-lettered here (no URL, no secret, a target the policy refuses)."""
+        settings = self.p.settings
         if len(job.args) > 3:
             # The URL the delivery was created for (README "Webhooks": it travels in the job).
             url: str | None = str(job.args[3])
@@ -271,26 +315,27 @@ class WebhookJob:
         if mine and current is not None and current.webhook_status in _SETTLED:
             # Already delivered or dead-lettered (by a run whose end this run repeats).
             await self.p.deliveries.settle(job, retry_in_ms=None)
-            return
+            return None
         if not url:
             await self._settle(job, generation, Out.DEAD, attempt, "no webhook URL", "", body)
-            return
+            return None
         if settings.webhook_secret is None:
-            await self._settle(
-                job,
-                generation,
-                Out.DEAD,
-                attempt,
-                "WEBHOOK_SECRET is not set",
-                url,
-                body,
-            )
-            return
+            why = "WEBHOOK_SECRET is not set"
+            await self._settle(job, generation, Out.DEAD, attempt, why, url, body)
+            return None
         refusal = delivery_refusal(url, self.p.webhook_policy)
         if refusal is not None:
             await self._settle(job, generation, Out.DEAD, attempt, refusal, url, body)
             log.error("webhook refused: %s", refusal, extra={"container_id": container_id})
-            return
+            return None
+        return url
+
+    def _headers(
+        self, job: ClaimedJob, body: bytes, span: tracing.Span, poll_trace: str | None
+    ) -> dict[str, str]:
+        """The attempt's headers: the content type, the delivery's id and event, its signatures
+        (this attempt's timestamp), and the trace it continues."""
+        settings = self.p.settings
         headers = {
             "Content-Type": "application/json",
             DELIVERY_HEADER: job.job_id,
@@ -308,8 +353,14 @@ class WebhookJob:
         onward = span.traceparent or poll_trace
         if onward:
             headers["traceparent"] = onward
-        if span is not tracing.NOOP_SPAN:
-            span.set("threads_poller.webhook.url", tracing.safe_url(url))
+        return headers
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], span: tracing.Span
+    ) -> tuple[int | None, str, bool]:
+        """The POST: the answer's status (None without one), why it failed ('' if it did not),
+        and whether the SSRF guard refused the connection."""
+        timeout_s = self.p.settings.webhook_timeout_seconds
         status: int | None = None
         failure, refused = "", False
         try:
@@ -318,26 +369,33 @@ class WebhookJob:
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 await resp.content.read(MAX_RESPONSE_BYTES)
                 span.set("http.response.status_code", resp.status)
                 status = resp.status
         except TimeoutError:
-            failure = f"no answer within {settings.webhook_timeout_seconds:g}s"
+            failure = f"no answer within {timeout_s:g}s"
         except (aiohttp.ClientError, OSError) as exc:
             guard = _refused(exc)
             if guard is not None:
                 failure, refused = f"webhook url refused: {guard}", True
             else:
                 failure = redact(f"{type(exc).__name__}: {exc}")
-        verdict = judge_delivery(
-            status,
-            attempt=attempt,
-            max_attempts=settings.webhook_attempts(),
-            failure=failure,
-            refused=refused,
-        )
+        return status, failure, refused
+
+    async def _conclude(
+        self,
+        job: ClaimedJob,
+        container_id: str,
+        generation: str,
+        verdict: DeliveryVerdict,
+        url: str,
+        body: bytes,
+        span: tracing.Span,
+    ) -> None:
+        """Settle the attempt as its verdict says: delivered, dead-lettered, or retried later."""
+        attempt = job.try_
         if verdict.outcome is Out.DELIVERED:
             await self._settle(job, generation, Out.DELIVERED, attempt, "", url, body)
             log.info("webhook delivered", extra={"container_id": container_id, "attempt": attempt})
@@ -352,7 +410,7 @@ class WebhookJob:
                 extra={"container_id": container_id},
             )
             return
-        delay = settings.webhook_retry_delay(attempt)
+        delay = self.p.settings.webhook_retry_delay(attempt)
         await self._settle(job, generation, Out.RETRY, attempt, verdict.reason, url, body, delay)
         log.warning(
             "webhook delivery failed, retrying in %.1fs: %s",
