@@ -89,6 +89,8 @@ _.children_count
 _.dead_letters_max_len
 _.job_prefix
 _.lock_prefix
+_.max_deliveries
+_.max_fields
 _.parent_id
 _.producer_accounts
 _.producer_force

@@ -49,6 +49,7 @@ from worker.ops.loops import every
 from worker.store import scripts
 from worker.store.keys import INTAKE_GROUP
 from worker.store.results import EnqueueRequest, ResultStore
+from worker.store.script_args import IntakeTakeArgs
 from worker.store.targets import Resolve, check_webhook_urls
 
 log = logging.getLogger("threads_poller.intake")
@@ -404,16 +405,16 @@ class IntakeConsumer:
     async def _take(self, mode: str) -> int:
         reply = await self._take_script(
             keys=[self.stream],
-            args=[
-                INTAKE_GROUP,
-                self.consumer,
-                mode,
-                self.batch_size,
-                self.max_entry_bytes,
-                MAX_FIELDS,
-                MAX_DELIVERIES,
-                self.claim_idle_ms,
-            ],
+            args=IntakeTakeArgs(
+                group=INTAKE_GROUP,
+                consumer=self.consumer,
+                mode=mode,
+                count=self.batch_size,
+                max_bytes=self.max_entry_bytes,
+                max_fields=MAX_FIELDS,
+                max_deliveries=MAX_DELIVERIES,
+                claim_idle_ms=self.claim_idle_ms,
+            ).argv(),
         )
         entries: list[Entry] = []
         refused: list[Taken] = []

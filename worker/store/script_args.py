@@ -196,3 +196,20 @@ class WebhookSettleArgs(ScriptTable):
     job_ttl_ms: int
     dead_letters_max_len: int
     history: str  # the attempt's history entry ("h|fields")
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeTakeArgs(ScriptTable):
+    """``intake_take.lua``: read new intake entries, or claim stale ones, judged inside Redis
+    (worker/runtime/intake.py)."""
+
+    script: ClassVar[str] = "intake_take.lua"
+
+    group: str  # the consumer group
+    consumer: str  # this worker's consumer name
+    mode: str  # 'new' (XREADGROUP) / 'claim' (XAUTOCLAIM)
+    count: int  # entries read or claimed at most
+    max_bytes: int  # an entry's size (names and values) at most, to be returned whole
+    max_fields: int  # an entry's fields at most, to be returned whole
+    max_deliveries: int  # deliveries of an entry at most before it is poison (no fields)
+    claim_idle_ms: int  # how long an entry stays pending before 'claim' takes it over

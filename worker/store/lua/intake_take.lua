@@ -5,26 +5,30 @@
 -- worker dies of memory, is restarted, claims the same entry first, and dies again: no later
 -- entry of any producer becomes a poll). This script reads new entries (XREADGROUP ">") or
 -- claims stale ones (XAUTOCLAIM) for the consumer, and returns whole only the entries within
--- MAX_FIELDS and ARGV[5] bytes that were delivered at most MAX_DELIVERIES times; of any other
--- it returns the id, its size and a bounded preview (20 fields, names cut at 64 bytes, values at
--- 1 KiB, what a dead letter keeps), or nothing of its body once delivered too often.
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] "new" or "claim", ARGV[4] count,
--- ARGV[5] max bytes, ARGV[6] max fields, ARGV[7] max deliveries, ARGV[8] claim idle ms.
+-- max_fields fields and max_bytes bytes that were delivered at most max_deliveries times; of any
+-- other it returns the id, its size and a bounded preview (20 fields, names cut at 64 bytes,
+-- values at 1 KiB, what a dead letter keeps), or nothing of its body once delivered too often.
+-- KEYS: 1 the stream
+-- ARGV: 1 one JSON object, its named arguments (worker/store/script_args.py, IntakeTakeArgs:
+--       every value a string): group, consumer, mode ('new' or 'claim'), count (entries read at
+--       most), max_bytes, max_fields, max_deliveries, claim_idle_ms (how long an entry stays
+--       pending before 'claim' takes it over)
 -- Reply: {kind, id, fields, bytes, deliveries, flat field list} per entry; kind "ok" (the whole
 -- entry), "big" (a preview) or "poison" (no fields). Entries deleted while pending are
 -- acknowledged here.
 -- (allow-oom: as when it was sent inline without flags, the intake reads and acknowledges its
 -- stream when Redis is over maxmemory; no command here adds memory but the group's own.)
-local stream, group, consumer, mode = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local count, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-local max_fields, max_deliveries = tonumber(ARGV[6]), tonumber(ARGV[7])
+local args = cjson.decode(ARGV[1])
+local stream, group, consumer, mode = KEYS[1], args.group, args.consumer, args.mode
+local count, max_bytes = tonumber(args.count), tonumber(args.max_bytes)
+local max_fields, max_deliveries = tonumber(args.max_fields), tonumber(args.max_deliveries)
 local entries
 if mode == 'new' then
   local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
                            'STREAMS', stream, '>')
   entries = reply and reply[1] and reply[1][2] or {}
 else
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[8], '0-0',
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, args.claim_idle_ms, '0-0',
                            'COUNT', count)
   entries = reply[2]
 end
