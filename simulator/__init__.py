@@ -8,8 +8,7 @@ what is Instagram's own and where the real API may differ.
 
 from simulator.app import API_PREFIX, build_app
 from simulator.instagram import INSTAGRAM_API_PREFIX
-from simulator.server import RunningSimulator, main, run_simulator
-from simulator.state import (
+from simulator.records import (
     DEFAULT_FAULT_KINDS,
     PLATFORMS,
     PUBLISH_FAULTS,
@@ -18,10 +17,11 @@ from simulator.state import (
     Platform,
     PublishFault,
     RequestRecord,
-    SimulatorState,
     StatusCall,
     StatusHook,
 )
+from simulator.server import RunningSimulator, main, run_simulator
+from simulator.state import SimulatorState
 from simulator.steps import (
     DropStep,
     GraphErrorStep,

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from simulator import instagram
 from simulator.instagram import INSTAGRAM_API_PREFIX
-from simulator.state import (
+from simulator.records import (
     PLATFORMS,
     QUOTA_CONFIG_FIELDS,
     QUOTA_DURATION,
@@ -49,8 +49,8 @@ from simulator.state import (
     QuotaSnapshot,
     RefreshAnswer,
     Reply,
-    SimulatorState,
 )
+from simulator.state import SimulatorState
 from simulator.steps import (
     BUC_THROTTLE,
     OBJECT_ID,

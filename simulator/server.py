@@ -19,13 +19,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from simulator.app import ADMIN_PREFIX, API_PREFIX, build_app
 from simulator.instagram import INSTAGRAM_API_PREFIX
-from simulator.state import (
-    DEFAULT_FAULT_KINDS,
-    DEFAULT_SLOW_SECONDS,
-    ConfigError,
-    SimulatorState,
-    parse_token_specs,
-)
+from simulator.records import DEFAULT_FAULT_KINDS, DEFAULT_SLOW_SECONDS, ConfigError
+from simulator.rules import parse_token_specs
+from simulator.state import SimulatorState
 from simulator.steps import Step, StepError, parse_step_list, parse_steps
 
 log = logging.getLogger("simulator")

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from bench.harness import RedisServer, simulator_in_process, start_redis, stop_redis
 from config import Settings
 from simulator import SimulatorState
-from simulator.state import Reply
+from simulator.records import Reply
 from tests.helpers.settings import make_settings
 from tests.helpers.waiting import wait_until
 from tests.helpers.worker import running_worker

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from simulator import ConfigError, SimulatorState, SlowStep, StatusStep, StepError, parse_step
+from simulator.records import Published, QuotaSnapshot, Reply
 from simulator.server import build_parser, main, state_from_args
-from simulator.state import Published, QuotaSnapshot, Reply
 
 
 def test_step_labels_round_trip() -> None:

@@ -15,7 +15,7 @@ from simulator.instagram import (
     status_text,
     unknown_container_field,
 )
-from simulator.state import Published, QuotaSnapshot, Reply
+from simulator.records import Published, QuotaSnapshot, Reply
 
 
 @pytest.mark.parametrize(
