@@ -60,10 +60,12 @@ def main() -> int:
         print("final states: " + ", ".join(f"{k} {v}" for k, v in stats.finals.most_common()))
         print("steps by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.rules.items())))
         if failed is not None:
-            print(
-                f"BROKEN PROMISE, first seen in example {stats.first_failure}: "
-                f"{stats.first_failure_message}"
-            )
+            # No example recorded: a rule's own check failed (an AssertionError raised in a
+            # step, e.g. "a run whose lease ran out went on after its renewal"), not the
+            # invariant; it is a broken promise all the same.
+            where = stats.first_failure if stats.first_failure is not None else "?"
+            message = stats.first_failure_message or str(failed).splitlines()[0]
+            print(f"BROKEN PROMISE, first seen in example {where}: {message}")
             if stats.first_failure_trace:
                 print("its steps: " + ", ".join(stats.first_failure_trace))
             print(f"shrunk to: {str(failed).splitlines()[0] if str(failed) else failed!r}")

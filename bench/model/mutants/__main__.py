@@ -52,7 +52,9 @@ def run_one(
             timeout=3600,
         )
         took = time.monotonic() - t0
-        found = re.search(r"^BROKEN PROMISE, first seen in example (\d+): (.*)$", done.stdout, re.M)
+        found = re.search(
+            r"^BROKEN PROMISE, first seen in example (\d+|\?): (.*)$", done.stdout, re.M
+        )
         if found:
             return True, f"example {found[1]}: {found[2]}", took
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["(no output)"]
