@@ -39,6 +39,7 @@ from config.settings import redacted_url
 from simulator import run_simulator
 from worker.client.producer import enqueue, enqueue_many
 from worker.client.reader import get_result
+from worker.core.result import PollResult
 from worker.store.connections import open_redis
 from worker.store.keys import Keys
 
@@ -449,7 +450,25 @@ async def _feed_and_watch(
     give_up_after: float,
     hooks: Deliveries,
 ) -> int:
+    """Feed every scenario through its door, watch them until final, print the table."""
     keys = Keys(settings.key_prefix)
+    hooked = await _feed(redis, settings, keys, worker, hooks)
+    results = await _watch(redis, settings, worker, give_up_after, hooks, hooked)
+    if results is None:
+        print("The worker exited early; see its log.")
+        return 1
+    return 0 if await _report(redis, keys, sim_state, results, hooks, hooked) else 1
+
+
+async def _feed(
+    redis: Redis,
+    settings: Settings,
+    keys: Keys,
+    worker: asyncio.subprocess.Process,
+    hooks: Deliveries,
+) -> list[str]:
+    """Every scenario enqueued (the Python API, the intake stream, a carousel, a reply,
+    Instagram's); returns the ids that carry a signed webhook."""
     # Clear the previous demo's results so every container is polled afresh.
     for sc in SCENARIOS:
         await redis.delete(keys.result(sc.container_id), *(keys.result(k) for k, _ in sc.children))
@@ -487,8 +506,21 @@ async def _feed_and_watch(
         f"{keys.intake}, plus a carousel (XADD with children), and {len(instagram)} Instagram "
         "containers (one auto-published, one by XADD)\n"
     )
+    return hooked
+
+
+async def _watch(
+    redis: Redis,
+    settings: Settings,
+    worker: asyncio.subprocess.Process,
+    give_up_after: float,
+    hooks: Deliveries,
+    hooked: list[str],
+) -> dict[str, PollResult | None] | None:
+    """Each scenario's result once all are final and their webhooks in (or the time is up);
+    None when the worker exited."""
     t0 = time.monotonic()
-    results = {}
+    results: dict[str, PollResult | None] = {}
     while True:
         for sc in SCENARIOS:
             results[sc.container_id] = await get_result(redis, sc.container_id, settings=settings)
@@ -498,25 +530,24 @@ async def _feed_and_watch(
         print(f"  t={time.monotonic() - t0:5.1f}s  final {finals}/{len(SCENARIOS)}  |  {summary}")
         hooks_done = all(cid in hooks.verified for cid in hooked)
         if (finals == len(SCENARIOS) and hooks_done) or time.monotonic() - t0 > give_up_after:
-            break
+            return results
         if worker.returncode is not None:
-            print("The worker exited early; see its log.")
-            return 1
+            return None
         await asyncio.sleep(1.0)
 
+
+async def _report(
+    redis: Redis,
+    keys: Keys,
+    sim_state: object,
+    results: dict[str, PollResult | None],
+    hooks: Deliveries,
+    hooked: list[str],
+) -> bool:
+    """The table of scenarios against what each expects; True when every one met it."""
     calls = getattr(sim_state, "calls_for")  # noqa: B009 - the simulator's call log
-    rows = [
-        [
-            "container",
-            "platform",
-            "scenario",
-            "status",
-            "error_message",
-            "checks",
-            "API calls",
-            "ok",
-        ]
-    ]
+    header = ["container", "platform", "scenario", "status", "error_message", "checks"]
+    rows = [[*header, "API calls", "ok"]]
     ok = True
     for sc in SCENARIOS:
         r = results[sc.container_id]
@@ -543,7 +574,7 @@ async def _feed_and_watch(
     print(f"Webhooks received with a valid signature: {signed} of {len(hooked)}")
     ok &= signed == len(hooked)
     print("Every scenario reached its expected final state." if ok else "SOME SCENARIOS FAILED.")
-    return 0 if ok else 1
+    return ok
 
 
 async def _wait_for_config(redis: Redis, keys: Keys, worker: asyncio.subprocess.Process) -> None:
