@@ -494,64 +494,24 @@ def after_status(
     kind = classify(outcome) if isinstance(outcome, ThreadsError) else None
     if kind is ErrorKind.THROTTLED:
         assert isinstance(outcome, ThreadsError)
-        decision = decide_throttled(
-            schedule_of(r, policy),
-            now=now,
-            paused_until=max(paused_until, now),
-            deadline=r.deadline_at or now,
-            window_delay=r.window_delay,
-            max_delay=policy.max_delay,
-            previous_status=r.status,
-            previous_error_message=r.error_message,
-            error=outcome,
-        )
-        return Record(decision)
+        return _throttled_answer(r, outcome, now=now, paused_until=paused_until, policy=policy)
     checks = r.checks + 1
     # Only an answer about the container ends a run of 100/33s (a failed request says nothing).
     changes = Changes(strikes=CLEAR) if isinstance(outcome, ContainerStatus) else Changes()
-    deadline = deadline_of(r, policy)
     if kind is ErrorKind.NOT_FOUND and r.strikes + 1 < NOT_FOUND_STRIKES:
-        # Once is not proof: ask again at the next scheduled check.
         assert isinstance(outcome, ThreadsError)
-        changes = Changes(strikes=r.strikes + 1)
-        due = next_check_at(schedule_of(r, policy), checks_made=checks, deadline=deadline, now=now)
-        if due is None:
-            return Record(replace(_timed_out(r, policy, outcome), checks=checks), changes)
-        decision = Decision(
-            r.status,
-            False,
-            due,
-            error_message=r.error_message,
-            last_api_status=r.last_api_status,
-            error=failure_of(outcome, kind),
-            hint="not found once; checked again before failing",
-            checks=checks,
+        return _not_found_once(r, outcome, checks=checks, now=now, policy=policy)
+    if isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED and r.publish:
+        publishing = _finished_for_publish(
+            r, checks=checks, changes=changes, now=now, policy=policy
         )
-        return Record(decision, changes)
-    finished = isinstance(outcome, ContainerStatus) and outcome.status == State.FINISHED
-    if r.publish and finished and r.publish_status == PublishStatus.PENDING and r.publish_verify:
-        # The status read an uncertain step asked for: still FINISHED (not PUBLISHED), so the
-        # publish may go ahead, now.
-        decision = Decision(
-            State.FINISHED, False, now, last_api_status=State.FINISHED, checks=checks
-        )
-        return Record(decision, changes.merged(Changes(publish_verify=False)))
-    if r.publish and finished and not r.publish_status:
-        # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
-        decision = Decision(
-            State.FINISHED,
-            False,
-            publish_due_at(r, policy, now),
-            last_api_status=State.FINISHED,
-            checks=checks,
-        )
-        changes = changes.merged(Changes(publish_status=PublishStatus.PENDING, finished_at=now))
-        return Record(decision, changes)
+        if publishing is not None:
+            return publishing
     decision = decide(
         schedule_of(r, policy),
         outcome,
         checks_made=checks,
-        deadline=deadline,
+        deadline=deadline_of(r, policy),
         now=now,
         previous_status=r.status,
         previous_error_message=r.error_message,
@@ -567,6 +527,72 @@ def after_status(
     elif explain and decision.error is not None:
         decision = replace(decision, hint=explain)
     return Record(replace(decision, checks=checks), changes)
+
+
+def _throttled_answer(
+    r: PollResult, outcome: ThreadsError, *, now: float, paused_until: float, policy: Policy
+) -> Record:
+    """A throttled answer: the check is postponed past the account's pause, not spent."""
+    decision = decide_throttled(
+        schedule_of(r, policy),
+        now=now,
+        paused_until=max(paused_until, now),
+        deadline=r.deadline_at or now,
+        window_delay=r.window_delay,
+        max_delay=policy.max_delay,
+        previous_status=r.status,
+        previous_error_message=r.error_message,
+        error=outcome,
+    )
+    return Record(decision)
+
+
+def _not_found_once(
+    r: PollResult, outcome: ThreadsError, *, checks: int, now: float, policy: Policy
+) -> Record:
+    """100/33 once is not proof: ask again at the next scheduled check (or time out)."""
+    changes = Changes(strikes=r.strikes + 1)
+    due = next_check_at(
+        schedule_of(r, policy), checks_made=checks, deadline=deadline_of(r, policy), now=now
+    )
+    if due is None:
+        return Record(replace(_timed_out(r, policy, outcome), checks=checks), changes)
+    decision = Decision(
+        r.status,
+        False,
+        due,
+        error_message=r.error_message,
+        last_api_status=r.last_api_status,
+        error=failure_of(outcome, ErrorKind.NOT_FOUND),
+        hint="not found once; checked again before failing",
+        checks=checks,
+    )
+    return Record(decision, changes)
+
+
+def _finished_for_publish(
+    r: PollResult, *, checks: int, changes: Changes, now: float, policy: Policy
+) -> Record | None:
+    """FINISHED on a poll that publishes: the publish goes ahead now (the status read an
+    uncertain step asked for) or after the grace (the first FINISHED); None otherwise."""
+    if r.publish_status == PublishStatus.PENDING and r.publish_verify:
+        # Still FINISHED (not PUBLISHED) after an uncertain step: the publish may go ahead.
+        decision = Decision(
+            State.FINISHED, False, now, last_api_status=State.FINISHED, checks=checks
+        )
+        return Record(decision, changes.merged(Changes(publish_verify=False)))
+    if not r.publish_status:
+        # Auto-publish: FINISHED starts the publish, after a short grace (see publishing.py).
+        decision = Decision(
+            State.FINISHED,
+            False,
+            publish_due_at(r, policy, now),
+            last_api_status=State.FINISHED,
+            checks=checks,
+        )
+        changes = changes.merged(Changes(publish_status=PublishStatus.PENDING, finished_at=now))
+        return Record(decision, changes)
+    return None
 
 
 def quota_exhausted(used: int | None, total: int | None, *, reply: bool = False) -> Record:
