@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -358,22 +358,7 @@ class ResultStore:
         entries it adds to the container's history (``worker.core.history.record_entries``),
         stamped by the script."""
         fields = record_fields(current, decision, checked_at=checked_at, changes=changes)
-        event: dict[str, str] = {}
-        if decision.final:
-            checks = decision.checks if decision.checks is not None else current.checks
-            event = {
-                "container_id": current.container_id,
-                "generation": current.generation,
-                "status": decision.status,
-                "error_message": decision.error_message or "",
-                "account": current.account or "",
-                "checks": str(checks),
-                "platform": current.platform,
-            }
-            if decision.error is not None:
-                event["last_error"] = fields["last_error"]
-            if fields.get("media_id"):
-                event["media_id"] = fields["media_id"]
+        event = final_event(current, decision, fields)
         job_id = job.job_id
         want_ms = int(decision.next_check_at * 1000) if decision.next_check_at else 0
         args = RecordArgs(
@@ -401,27 +386,8 @@ class ResultStore:
             args += [k, v]
         for k, v in event.items():
             args += [k, v]
-        own = self.keys.result(current.container_id)
-        story = self.keys.history(current.container_id)
         reply = await scripts.call(
-            self._record,
-            keys=[
-                own,
-                self.keys.inflight,
-                self.keys.events,
-                self.keys.queue,
-                self.keys.job_lock(job_id),
-                self.keys.job_tries(job_id),
-                self.keys.job_data(job_id),
-                self.keys.webhook_queue,
-                self.keys.rate(current.account or "default"),
-                self.keys.job_data(webhook.job_id) if webhook else own,
-                # The parent as this run read it; one named since is asked for by the script.
-                self.keys.result(current.carousel_parent) if current.carousel_parent else own,
-                story,
-                self.keys.history(current.carousel_parent) if current.carousel_parent else story,
-            ],
-            args=args,
+            self._record, keys=self._record_keys(job_id, current, webhook), args=args
         )
         outcome = text(reply[0])
         if outcome != "ok":
@@ -430,6 +396,28 @@ class ResultStore:
         return Recorded(
             "ok", event_id=text(reply[1]), next_run_at=int(float(at)) / 1000 if at else None
         )
+
+    def _record_keys(self, job_id: str, current: PollResult, webhook: Webhook | None) -> list[str]:
+        """record.lua's KEYS (its header says which is which)."""
+        own = self.keys.result(current.container_id)
+        story = self.keys.history(current.container_id)
+        parent = current.carousel_parent
+        return [
+            own,
+            self.keys.inflight,
+            self.keys.events,
+            self.keys.queue,
+            self.keys.job_lock(job_id),
+            self.keys.job_tries(job_id),
+            self.keys.job_data(job_id),
+            self.keys.webhook_queue,
+            self.keys.rate(current.account or "default"),
+            self.keys.job_data(webhook.job_id) if webhook else own,
+            # The parent as this run read it; one named since is asked for by the script.
+            self.keys.result(parent) if parent else own,
+            story,
+            self.keys.history(parent) if parent else story,
+        ]
 
     async def claim_publish(
         self,
@@ -539,6 +527,30 @@ class ResultStore:
 
     async def forget_inflight(self, container_id: str) -> None:
         await self.redis.zrem(self.keys.inflight, container_id)
+
+
+def final_event(
+    current: PollResult, decision: Decision, fields: Mapping[str, str]
+) -> dict[str, str]:
+    """The fields of the poll's one final event (``{prefix}:events``), from the hash fields
+    the same record writes; empty when the decision is not final. Pure."""
+    if not decision.final:
+        return {}
+    checks = decision.checks if decision.checks is not None else current.checks
+    event = {
+        "container_id": current.container_id,
+        "generation": current.generation,
+        "status": decision.status,
+        "error_message": decision.error_message or "",
+        "account": current.account or "",
+        "checks": str(checks),
+        "platform": current.platform,
+    }
+    if decision.error is not None:
+        event["last_error"] = fields["last_error"]
+    if fields.get("media_id"):
+        event["media_id"] = fields["media_id"]
+    return event
 
 
 def record_fields(
