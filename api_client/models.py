@@ -13,7 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from api_client.errors import GraphAPIError, ThreadsError
-from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS, THREADS_EXPLANATIONS
+from api_client.platforms import THREADS_EXPLANATIONS, platform_or_default
 from api_client.usage import ApiUsage
 
 
@@ -87,7 +87,7 @@ ERROR_EXPLANATIONS: Mapping[str, str] = THREADS_EXPLANATIONS
 def explain_error_message(error_message: str | None, platform: str | None = None) -> str:
     """What a failed container's reason means on its platform ('' when there is none; an
     unknown platform name, from data edited by hand, reads as Threads)."""
-    return PLATFORMS.get(platform or "", DEFAULT_PLATFORM).explain(error_message)
+    return platform_or_default(platform).explain(error_message)
 
 
 # The fields the worker reads on GET /{container-id}, on any platform: only media containers

@@ -196,6 +196,13 @@ def platform_named(name: str | None) -> Platform:
         raise ValueError(f"unknown platform {name[:40]!r}; one of: {known}") from None
 
 
+def platform_or_default(name: str | None) -> Platform:
+    """A stored name's platform, Threads for none or one we do not know (data written before
+    Instagram, or edited by hand): readers never fail on it. Doors refuse unknown names
+    instead (``platform_named``)."""
+    return PLATFORMS.get(name or "", DEFAULT_PLATFORM)
+
+
 def platform_of_account(account_key: str) -> Platform:
     """The platform an account key belongs to (``Platform.account_key``)."""
     for p in PLATFORMS.values():

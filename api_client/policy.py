@@ -28,7 +28,7 @@ from api_client.errors import (
     ThreadsError,
     TransportError,
 )
-from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS
+from api_client.platforms import platform_or_default
 
 
 class ErrorKind(StrEnum):
@@ -69,7 +69,7 @@ def classify(error: ThreadsError) -> ErrorKind:
         return ErrorKind.THROTTLED if error.http_status == 429 else ErrorKind.TRANSIENT
     if isinstance(error, GraphAPIError):
         code = error.code
-        platform = PLATFORMS.get(error.platform, DEFAULT_PLATFORM)
+        platform = platform_or_default(error.platform)
         if code is not None and (code, error.subcode) in platform.not_throttling:
             return ErrorKind.RESTRICTED
         if code in THROTTLING_CODES or code in platform.throttling_codes:

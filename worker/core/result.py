@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from api_client.platforms import DEFAULT_PLATFORM, PLATFORMS, Platform
+from api_client.platforms import platform_or_default
 from worker.core.tracing import TraceparentError, optional_traceparent
 
 
@@ -161,15 +161,8 @@ class PollResult:
         data["children"] = list(self.children)
         # Instagram's reason is a sentence carrying a subcode: the subcode on its own, for
         # callers that branch on it (None on Threads, whose reasons are names).
-        data["error_code"] = platform_named_or_default(self.platform).reason_code(
-            self.error_message
-        )
+        data["error_code"] = platform_or_default(self.platform).reason_code(self.error_message)
         return data
-
-
-def platform_named_or_default(name: str) -> Platform:
-    """A stored platform name's description (an unknown one, written by hand: Threads')."""
-    return PLATFORMS.get(name, DEFAULT_PLATFORM)
 
 
 def _opt(value: str) -> str | None:
@@ -272,7 +265,7 @@ _READ: dict[str, Any] = {
     "window_delay": lambda value: _num(value) or 0.0,
     "children": lambda value: tuple(c for c in value.split(",") if c),
     "traceparent": _traceparent,
-    "platform": lambda value: value if value in PLATFORMS else DEFAULT_PLATFORM.name.value,
+    "platform": lambda value: platform_or_default(value).name.value,
 }
 _ABSENT: dict[str, Any] = {name: read("") for name, read in _READ.items()}
 _ABSENT["updated_at"] = False

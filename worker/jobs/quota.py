@@ -31,7 +31,7 @@ from api_client.platforms import (
 )
 from config import AuthMode, Settings
 from worker.core.ids import validate_id
-from worker.jobs.tokens import DEFAULT_ACCOUNT, AccountTokenSource, TokenSource
+from worker.jobs.tokens import AccountTokenSource, TokenSource
 from worker.ops.loops import every
 from worker.store.accounts import AccountStore
 from worker.store.keys import Keys
@@ -73,7 +73,7 @@ async def fetch_quota(
     """One account's publishing limit, asked of its platform (``account``: an account key,
     ``Platform.account_key``; the snapshot is cached under it)."""
     client = clients[platform_of_account(account).name.value]
-    token = await tokens.token_for(None if account == DEFAULT_ACCOUNT else account)
+    token = await tokens.token_for(account)
     if not token:
         raise MissingTokenError(f"no access token configured for account {account}")
     try:

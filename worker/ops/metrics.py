@@ -43,7 +43,7 @@ from prometheus_client import (
 
 from api_client.errors import ThreadsError
 from api_client.models import ApiStatus, ContainerStatus
-from api_client.platforms import PLATFORMS
+from api_client.platforms import PLATFORMS, platform_or_default
 from api_client.policy import ErrorKind, classify
 from worker.core.decisions import Decision
 from worker.core.publishing import PublishVerdict
@@ -323,7 +323,7 @@ def observe_check(
 ) -> None:
     """One check run: ``checked`` when it asked the API, ``written`` when its outcome was stored.
     ``platform``: the poll's (a label: two values, ``api_client.platforms``)."""
-    platform = platform if platform in PLATFORMS else "threads"
+    platform = platform_or_default(platform).name.value
     if checked:
         if decision.error is not None:
             kind = str(decision.error.kind)
@@ -352,9 +352,7 @@ def observe_webhook(outcome: WebhookOutcome | str) -> None:
 
 
 def observe_publish(verdict: PublishVerdict, platform: str = "threads") -> None:
-    PUBLISHES.labels(
-        verdict=verdict.value, platform=platform if platform in PLATFORMS else "threads"
-    ).inc()
+    PUBLISHES.labels(verdict=verdict.value, platform=platform_or_default(platform).name.value).inc()
 
 
 def note_token_refresh(outcome: str) -> None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from api_client.models import QuotaSnapshot, explain_error_message
-from api_client.platforms import PLATFORMS
+from api_client.platforms import platform_or_default
 from worker.core.errors import InvalidIdError
 from worker.core.result import PollResult
 from worker.core.states import SUCCESS_STATES, State
@@ -139,7 +139,7 @@ class FinalEvent:
             finalized_at=float(at) if at else stream_ms(entry_id),
             last_error=h.get("last_error") or None,
             media_id=h.get("media_id") or None,
-            platform=h["platform"] if h.get("platform") in PLATFORMS else "threads",
+            platform=platform_or_default(h.get("platform")).name.value,
         )
 
     @property
